@@ -1,0 +1,1 @@
+"""Scoring: embeddings and neighbours, pairwise utilities, gradient scores."""
