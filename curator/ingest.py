@@ -1,0 +1,227 @@
+"""Ingest: read an input, map it to samples, and record it as a new version of a dataset.
+
+Rows stream through in batches. Each batch is written in its own short transaction into a
+staging area keyed by the ingest run; only the final transaction creates the version, so
+an ingest that dies half way leaves no half version (its staging rows are cleared by the
+next ingest). Every row ends up counted: read = accepted + duplicates + quarantined.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+
+import pyarrow as pa
+
+from curator.readers import InputError, RawRow, read_source
+from curator.records import sample_id_for, split_prompt_response
+from curator.schemas import FieldMap, RowError, map_row
+from curator.store import Store
+
+BATCH_SIZE = 10_000
+
+
+class IngestError(ValueError):
+    """The input as a whole could not be ingested (message is for the user)."""
+
+
+@dataclass
+class IngestSummary:
+    dataset: str
+    version: int
+    parent: int | None
+    mode: str
+    files: list[str]
+    n_read: int = 0
+    n_accepted: int = 0
+    n_duplicates: int = 0
+    n_quarantined: int = 0
+    n_added: int = 0
+    n_removed: int = 0
+    n_unchanged: int = 0
+    n_members: int = 0
+    seconds: float = 0.0
+    reasons: Counter = field(default_factory=Counter)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"dataset {self.dataset}: version {self.version} ({self.mode}"
+            + (f" on version {self.parent})" if self.parent else ")"),
+            f"  rows read {self.n_read}: accepted {self.n_accepted}, duplicates "
+            f"{self.n_duplicates}, quarantined {self.n_quarantined}",
+            f"  version: added {self.n_added}, removed {self.n_removed}, unchanged "
+            f"{self.n_unchanged}, members {self.n_members}",
+        ]
+        for reason, n in self.reasons.most_common(5):
+            out.append(f"  quarantined {n}: {reason}")
+        return out
+
+
+def _batches(rows: Iterable[RawRow], size: int) -> Iterator[list[RawRow]]:
+    it = iter(rows)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons for the summary ("malformed JSON: Expecting ',' ..." -> "malformed JSON")."""
+    return reason.split(":")[0] if reason.startswith(("malformed JSON", "not valid UTF-8")) \
+        else reason
+
+
+def clear_abandoned_staging(store: Store) -> None:
+    """Drop staging and quarantine rows of ingests that are no longer running."""
+    with store.atomic() as con:
+        con.execute("UPDATE runs SET status = 'failed', error = 'abandoned (process gone)', "
+                    "finished_at = current_timestamp WHERE kind = 'ingest' AND status = 'running'"
+                    " AND updated_at < current_timestamp - INTERVAL 1 HOUR")
+        con.execute("DELETE FROM ingest_staging WHERE run_id NOT IN "
+                    "(SELECT run_id FROM runs WHERE status = 'running')")
+        con.execute("DELETE FROM quarantine WHERE version IS NULL AND run_id NOT IN "
+                    "(SELECT run_id FROM runs WHERE status = 'running')")
+
+
+def ingest(store: Store, source: str, dataset: str, *, append: bool = False,
+           fields: FieldMap | None = None, split: str = "train", message: str | None = None,
+           batch_size: int = BATCH_SIZE,
+           progress: Callable[[int], None] | None = None) -> IngestSummary:
+    """Ingest ``source`` as the next version of ``dataset``.
+
+    Snapshot (default): the new version is exactly the input. ``append``: the new version
+    is the previous version plus the input. ``progress`` is called with rows read so far.
+    """
+    started = time.monotonic()
+    try:
+        files, rows = read_source(source, split)
+    except InputError as exc:
+        raise IngestError(str(exc)) from exc
+    store.init()
+    clear_abandoned_staging(store)
+    run_id = store.start_run("ingest", dataset, {"source": source, "append": append,
+                                                 "fields": vars(fields) if fields else None})
+    summary = IngestSummary(dataset, 0, None, "append" if append else "snapshot", files)
+    try:
+        for batch in _batches(rows, batch_size):
+            _stage_batch(store, run_id, dataset, batch, fields, summary)
+            if progress:
+                progress(summary.n_read)
+        if summary.n_read == 0:
+            raise IngestError(f"{source}: no rows found")
+        if summary.n_accepted == 0:
+            reasons = "; ".join(f"{n} {r}" for r, n in summary.reasons.most_common(3))
+            raise IngestError(f"{source}: no usable rows ({summary.n_quarantined} quarantined: "
+                              f"{reasons})")
+        _commit_version(store, run_id, dataset, source, append, message, summary)
+    except BaseException as exc:
+        store.finish_run(run_id, "failed", error=str(exc) or type(exc).__name__)
+        clear_abandoned_staging(store)
+        if isinstance(exc, InputError):
+            raise IngestError(str(exc)) from exc
+        raise
+    summary.seconds = time.monotonic() - started
+    store.finish_run(run_id, "done", result={"version": summary.version,
+                                             "accepted": summary.n_accepted,
+                                             "quarantined": summary.n_quarantined})
+    return summary
+
+
+def _stage_batch(store: Store, run_id: str, dataset: str, batch: list[RawRow],
+                 fields: FieldMap | None, summary: IngestSummary) -> None:
+    samples: dict[str, tuple] = {}
+    members: dict[str, tuple] = {}
+    bad: list[tuple] = []
+    for row in batch:
+        summary.n_read += 1
+        reason = row.error
+        if reason is None:
+            try:
+                messages, metadata = map_row(row.data or {}, fields)
+                prompt, response = split_prompt_response(messages)
+            except (RowError, ValueError) as exc:
+                reason = str(exc)
+        if reason is not None:
+            bad.append((run_id, dataset, None, row.file, row.line, reason, row.raw))
+            summary.n_quarantined += 1
+            summary.reasons[_reason_kind(reason)] += 1
+            continue
+        sid = sample_id_for(messages)
+        if sid in members:
+            continue  # duplicate within this batch; counted after staging
+        samples[sid] = (sid, json.dumps(messages, ensure_ascii=False), prompt, response,
+                        len(prompt) + len(response))
+        members[sid] = (run_id, sid, json.dumps(metadata, ensure_ascii=False, default=str)
+                        if metadata else None, row.file, row.line)
+    with store.atomic() as con:
+        if samples:
+            con.register("_samples", pa.Table.from_pylist(
+                [dict(zip(("sample_id", "messages", "prompt", "response", "n_chars"), s,
+                          strict=True)) for s in samples.values()]))
+            con.execute("INSERT OR IGNORE INTO samples (sample_id, messages, prompt, response, "
+                        "n_chars) SELECT sample_id, messages, prompt, response, n_chars "
+                        "FROM _samples")
+            con.unregister("_samples")
+            con.register("_members", pa.Table.from_pylist(
+                [dict(zip(("run_id", "sample_id", "metadata", "source_file", "source_line"), m,
+                          strict=True)) for m in members.values()],
+                schema=pa.schema([("run_id", pa.string()), ("sample_id", pa.string()),
+                                  ("metadata", pa.string()), ("source_file", pa.string()),
+                                  ("source_line", pa.int64())])))
+            # The primary key keeps the first occurrence across batches: later ones are duplicates.
+            con.execute("INSERT OR IGNORE INTO ingest_staging SELECT * FROM _members")
+            con.unregister("_members")
+        if bad:
+            con.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)", bad)
+        staged = con.execute("SELECT count(*) FROM ingest_staging WHERE run_id = ?",
+                             [run_id]).fetchone()[0]
+    summary.n_accepted = staged
+    summary.n_duplicates = summary.n_read - summary.n_quarantined - summary.n_accepted
+    store.update_run(run_id, done=summary.n_read)
+
+
+def _commit_version(store: Store, run_id: str, dataset: str, source: str, append: bool,
+                    message: str | None, summary: IngestSummary) -> None:
+    """One short transaction: the version row, its members, and the staged quarantine."""
+    with store.atomic() as con:
+        con.execute("INSERT OR IGNORE INTO datasets (name) VALUES (?)", [dataset])
+        parent = con.execute("SELECT max(version) FROM versions WHERE dataset = ?",
+                             [dataset]).fetchone()[0]
+        version = (parent or 0) + 1
+        con.execute(
+            "INSERT INTO version_members SELECT ?, ?, sample_id, metadata, source_file, "
+            "source_line FROM ingest_staging WHERE run_id = ?", [dataset, version, run_id])
+        if append and parent is not None:
+            # Earlier members stay, with their own metadata, unless the input repeats them.
+            con.execute(
+                "INSERT INTO version_members SELECT dataset, ?, sample_id, metadata, source_file,"
+                " source_line FROM version_members p WHERE dataset = ? AND version = ? AND "
+                "sample_id NOT IN (SELECT sample_id FROM ingest_staging WHERE run_id = ?)",
+                [version, dataset, parent, run_id])
+        n_members = con.execute("SELECT count(*) FROM version_members WHERE dataset = ? AND "
+                                "version = ?", [dataset, version]).fetchone()[0]
+        if parent is None:
+            n_added, n_removed, n_unchanged = n_members, 0, 0
+        else:
+            n_unchanged = con.execute(
+                "SELECT count(*) FROM version_members n SEMI JOIN (SELECT sample_id FROM "
+                "version_members WHERE dataset = ? AND version = ?) p USING (sample_id) "
+                "WHERE n.dataset = ? AND n.version = ?",
+                [dataset, parent, dataset, version]).fetchone()[0]
+            n_parent = con.execute("SELECT n_members FROM versions WHERE dataset = ? AND "
+                                   "version = ?", [dataset, parent]).fetchone()[0]
+            n_added, n_removed = n_members - n_unchanged, n_parent - n_unchanged
+        con.execute(
+            "INSERT INTO versions (dataset, version, parent, mode, source, message, n_read, "
+            "n_accepted, n_duplicates, n_quarantined, n_added, n_removed, n_unchanged, "
+            "n_members, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [dataset, version, parent, summary.mode, source, message, summary.n_read,
+             summary.n_accepted, summary.n_duplicates, summary.n_quarantined, n_added,
+             n_removed, n_unchanged, n_members, run_id])
+        con.execute("UPDATE quarantine SET version = ? WHERE run_id = ?", [version, run_id])
+        con.execute("DELETE FROM ingest_staging WHERE run_id = ?", [run_id])
+    summary.version, summary.parent = version, parent
+    summary.n_added, summary.n_removed, summary.n_unchanged = n_added, n_removed, n_unchanged
+    summary.n_members = n_members

@@ -1,0 +1,226 @@
+"""Readers: turn input files into raw rows, streamed, with file and line for every row.
+
+A reader never raises on a bad row: it yields a RawRow with ``error`` set, and ingest puts
+that row in quarantine. Only a missing file, an unknown format or an unreadable container
+(e.g. a corrupt Parquet footer) is an error for the whole input.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUFFIXES = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
+    ".parquet": "parquet", ".pq": "parquet",
+}
+
+
+class InputError(ValueError):
+    """The input as a whole cannot be read (message is for the user)."""
+
+
+@dataclass
+class RawRow:
+    file: str
+    line: int | None            # 1-based line (JSONL, CSV) or row index + 1 (JSON, Parquet, HF)
+    data: dict[str, Any] | None
+    raw: str                    # what was read, for quarantine
+    error: str | None = None
+
+
+def _shorten(text: str, limit: int = 2000) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
+
+
+def read_jsonl(path: Path) -> Iterator[RawRow]:
+    name = str(path)
+    with path.open("rb") as fh:  # bytes: a bad UTF-8 line must not stop the file
+        for lineno, raw in enumerate(fh, start=1):
+            stripped = raw.strip()
+            if not stripped:
+                continue  # blank lines carry nothing
+            try:
+                text = stripped.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                shown = stripped.decode("utf-8", errors="backslashreplace")
+                yield RawRow(name, lineno, None, _shorten(shown),
+                             f"not valid UTF-8 (byte {exc.start})")
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield RawRow(name, lineno, None, _shorten(text), f"malformed JSON: {exc.msg}")
+                continue
+            if not isinstance(obj, dict):
+                yield RawRow(name, lineno, None, _shorten(text),
+                             f"expected a JSON object, got {type(obj).__name__}")
+                continue
+            yield RawRow(name, lineno, obj, _shorten(text))
+
+
+def read_json(path: Path) -> Iterator[RawRow]:
+    name = str(path)
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not valid UTF-8 (byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        # Many ".json" files are really JSON lines.
+        if exc.msg == "Extra data":
+            yield from read_jsonl(path)
+            return
+        raise InputError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+    if isinstance(obj, dict):
+        # {"data": [...]} / {"examples": [...]} / {"train": [...]}: the one list of records.
+        lists = [v for v in obj.values() if isinstance(v, list)]
+        if len(lists) == 1:
+            obj = lists[0]
+        else:
+            obj = [obj]
+    if not isinstance(obj, list):
+        raise InputError(f"{path}: expected a list of records, got {type(obj).__name__}")
+    for i, item in enumerate(obj, start=1):
+        text = json.dumps(item, ensure_ascii=False)
+        if isinstance(item, dict):
+            yield RawRow(name, i, item, _shorten(text))
+        else:
+            yield RawRow(name, i, None, _shorten(text),
+                         f"expected a JSON object, got {type(item).__name__}")
+
+
+def read_csv(path: Path, delimiter: str = ",") -> Iterator[RawRow]:
+    name = str(path)
+    # surrogateescape keeps undecodable bytes visible per row instead of failing the file.
+    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        header = [h.strip().lstrip("\ufeff") for h in header]
+        start = reader.line_num + 1
+        for fields in reader:
+            lineno = start
+            start = reader.line_num + 1
+            raw = delimiter.join(fields)
+            if not any(f.strip() for f in fields):
+                continue
+            if any(_has_surrogates(f) for f in fields):
+                shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                yield RawRow(name, lineno, None, _shorten(shown), "not valid UTF-8")
+                continue
+            if len(fields) != len(header):
+                yield RawRow(name, lineno, None, _shorten(raw),
+                             f"expected {len(header)} fields, got {len(fields)}")
+                continue
+            yield RawRow(name, lineno, dict(zip(header, fields, strict=True)), _shorten(raw))
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def read_parquet(path: Path, batch_size: int = 10_000) -> Iterator[RawRow]:
+    import pyarrow.parquet as pq
+
+    name = str(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid and OSError variants
+        raise InputError(f"{path} is not a readable Parquet file: {exc}") from exc
+    index = 0
+    for batch in pf.iter_batches(batch_size=batch_size):
+        for row in batch.to_pylist():
+            index += 1
+            yield RawRow(name, index, row, _shorten(json.dumps(row, default=str,
+                                                               ensure_ascii=False)))
+
+
+def read_hf_dataset(source: Any, name: str) -> Iterator[RawRow]:
+    for i, row in enumerate(source, start=1):
+        yield RawRow(name, i, dict(row), _shorten(json.dumps(row, default=str,
+                                                             ensure_ascii=False)))
+
+
+def is_saved_hf_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").exists()
+                              or (path / "dataset_dict.json").exists()
+                              or (path / "state.json").exists())
+
+
+def read_file(path: Path) -> Iterator[RawRow]:
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        known = ", ".join(sorted(SUFFIXES))
+        raise InputError(f"unknown format for {path}: use one of {known}, a folder of them, "
+                         "or a saved Hugging Face dataset")
+    if kind == "jsonl":
+        return read_jsonl(path)
+    if kind == "json":
+        return read_json(path)
+    if kind == "csv":
+        return read_csv(path)
+    if kind == "tsv":
+        return read_csv(path, delimiter="\t")
+    return read_parquet(path)
+
+
+def input_files(path: Path) -> list[Path]:
+    """The files an input path stands for (a file, or a folder's known files, sorted)."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*")
+                       if p.is_file() and p.suffix.lower() in SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not files:
+            raise InputError(f"folder {path} holds no .jsonl, .json, .csv, .tsv or .parquet file")
+        return files
+    raise InputError(f"no such file or folder: {path}")
+
+
+def read_source(source: str, split: str = "train") -> tuple[list[str], Iterator[RawRow]]:
+    """Resolve an input (path, folder, saved HF dataset, or hub name) to its rows."""
+    path = Path(source)
+    if is_saved_hf_dataset(path):
+        return [str(path)], _read_saved_hf(path, split)
+    if path.exists():
+        files = input_files(path)
+        for f in files:
+            if f.stat().st_size == 0:
+                raise InputError(f"{f} is empty")
+
+        def rows() -> Iterator[RawRow]:
+            for f in files:
+                yield from read_file(f)
+        return [str(f) for f in files], rows()
+    if "/" in source and not source.startswith((".", "/")) and source.count("/") == 1 \
+            and not Path(source).suffix:
+        return [f"hub:{source}"], _read_hub(source, split)
+    raise InputError(f"no such file or folder: {source}")
+
+
+def _read_saved_hf(path: Path, split: str) -> Iterator[RawRow]:
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        if split not in ds:
+            raise InputError(f"{path} has splits {', '.join(ds)}; pick one with --split")
+        ds = ds[split]
+    yield from read_hf_dataset(ds, str(path))
+
+
+def _read_hub(name: str, split: str) -> Iterator[RawRow]:
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(name, split=split)
+    except Exception as exc:  # offline, unknown name, gated: all mean the same to the user
+        raise InputError(f"cannot load {name!r} from the Hugging Face hub: {exc}") from exc
+    yield from read_hf_dataset(ds, f"hub:{name}")

@@ -1,0 +1,8 @@
+"""The DuckDB store: schema and migrations, one writer, short transactions."""
+
+from curator.store.datasets import Diff, VersionInfo
+from curator.store.db import DB_FILENAME, Store, default_store_path
+from curator.store.errors import NotFound, SchemaTooNew, StoreError, StoreLocked
+
+__all__ = ["DB_FILENAME", "Diff", "NotFound", "SchemaTooNew", "Store", "StoreError",
+           "StoreLocked", "VersionInfo", "default_store_path"]
