@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-slow test-all lint bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m ""

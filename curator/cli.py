@@ -223,5 +223,28 @@ def demo(store_path: Path, model: str | None, data_dir: Path | None) -> None:
     run_demo(Store(store_path), model=model, data_dir=data_dir, echo=click.echo)
 
 
+@main.command()
+@store_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (127.0.0.1: this machine only).")
+@click.option("--port", default=8501, show_default=True, type=int)
+@click.option("--headless/--browser", default=True, show_default=True,
+              help="Do not open a browser window.")
+def app(store_path: Path, host: str, port: int, headless: bool) -> None:
+    """Start the Streamlit app on the store (listens on 127.0.0.1 unless --host says)."""
+    import os
+    import subprocess
+
+    app_file = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
+    if not app_file.exists():
+        raise CuratorError(f"app not found at {app_file} (run from a source checkout)")
+    env = dict(os.environ, CURATOR_STORE=str(store_path.resolve()))
+    click.echo(f"curator app on http://{host}:{port} (store {store_path.resolve()})")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_file),
+           "--server.address", host, "--server.port", str(port),
+           "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false"]
+    sys.exit(subprocess.call(cmd, env=env))
+
+
 if __name__ == "__main__":
     main()

@@ -88,6 +88,129 @@ CREATE TABLE models (
     created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
 """),
+    (2, "scores", """
+-- Every score is keyed by (model fingerprint, config hash): a new model or setting never
+-- reads another's numbers, and a rerun computes only what is missing.
+CREATE TABLE embeddings (
+    embedder TEXT NOT NULL,        -- embedder fingerprint (model + pooling + max length)
+    sample_id TEXT NOT NULL,
+    vector FLOAT[] NOT NULL,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (embedder, sample_id)
+);
+-- d(i): the target's distance with no in-context example.
+CREATE TABLE losses (
+    model TEXT NOT NULL,
+    config TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    distance DOUBLE,
+    n_tokens INTEGER,
+    valid BOOLEAN NOT NULL,
+    reason TEXT,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (model, config, sample_id)
+);
+-- Sparse pairwise utilities UF(target, example) = d(target) - d(target | example).
+CREATE TABLE utilities (
+    model TEXT NOT NULL,
+    config TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    example_id TEXT NOT NULL,
+    utility DOUBLE,                -- NULL when invalid
+    d_target DOUBLE,
+    d_given DOUBLE,
+    valid BOOLEAN NOT NULL,
+    reason TEXT,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (model, config, target_id, example_id)
+);
+-- Gradient scores per sample; layer '' is the whole scope (DualSFT), others are GAST layers.
+CREATE TABLE gradient_scores (
+    model TEXT NOT NULL,
+    config TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    layer TEXT NOT NULL DEFAULT '',
+    score DOUBLE NOT NULL,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (model, config, sample_id, layer)
+);
+"""),
+    (3, "selections", """
+CREATE TABLE selections (
+    selection_id TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    stage TEXT NOT NULL,           -- instruction, task, continual
+    method TEXT NOT NULL,          -- delift, embedding, random, rds, dualsft, gast, ...
+    function TEXT,                 -- facility_location, flmi, flvmi, flcg, graph_cut, top_k
+    budget TEXT NOT NULL,          -- as given: '30%', '100', 'tokens:50000'
+    n_pool INTEGER NOT NULL,
+    n_selected INTEGER NOT NULL,
+    objective DOUBLE,
+    model TEXT,                    -- model fingerprint, NULL for model-free methods
+    config JSON,
+    parent TEXT,                   -- the selection this one is conditioned on (continual)
+    target TEXT,                   -- 'dataset:version' of the target set (task stage)
+    run_id TEXT,
+    seconds DOUBLE,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+-- layer '' holds the subset; GAST adds one member list per layer.
+CREATE TABLE selection_members (
+    selection_id TEXT NOT NULL,
+    layer TEXT NOT NULL DEFAULT '',
+    sample_id TEXT NOT NULL,
+    rank INTEGER NOT NULL,         -- pick order, from 0
+    gain DOUBLE,                   -- marginal gain when picked
+    score DOUBLE,                  -- a per-sample score where the method has one
+    PRIMARY KEY (selection_id, layer, sample_id)
+);
+CREATE TABLE masks (
+    selection_id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    path TEXT NOT NULL,            -- relative to the store's artifacts folder
+    sha256 TEXT NOT NULL,
+    density DOUBLE NOT NULL,
+    n_params BIGINT NOT NULL,
+    n_kept BIGINT NOT NULL,
+    info JSON,                     -- density per tensor, layer and module kind
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+CREATE TABLE exports (
+    export_id TEXT PRIMARY KEY,
+    selection_id TEXT NOT NULL,
+    format TEXT NOT NULL,
+    path TEXT NOT NULL,
+    manifest_sha256 TEXT NOT NULL,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+"""),
+    (4, "schedules", """
+CREATE TABLE schedules (
+    name TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    watch_dir TEXT NOT NULL,
+    every_seconds BIGINT,
+    cron TEXT,
+    recipe JSON,
+    paused BOOLEAN NOT NULL DEFAULT false,
+    next_run_at TIMESTAMP,
+    last_run_id TEXT,
+    last_selection_id TEXT,
+    lock_owner TEXT,
+    lock_expires_at TIMESTAMP,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+-- Files already taken from a watched folder, by content, so a renamed copy is not re-ingested.
+CREATE TABLE ingested_files (
+    dataset TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    path TEXT NOT NULL,
+    version INTEGER,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (dataset, sha256)
+);
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

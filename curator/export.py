@@ -1,0 +1,206 @@
+"""Writing a selection out: the subset in a chosen format, its mask, and a manifest.
+
+Everything is written into a temporary folder beside the target and renamed into place at
+the end, so a reader never sees half an export; an existing export is replaced only with
+``force``. The manifest lists every file with its sha256 so a consumer can check it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curator.records import Sample
+from curator.store import Store
+from curator.store.datasets import load_samples
+from curator.store.selections import (
+    get_mask_record,
+    get_selection,
+    selection_layers,
+    selection_sample_ids,
+)
+
+FORMATS = ("jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf")
+SHAREGPT_ROLE = {"user": "human", "assistant": "gpt", "system": "system"}
+
+
+class ExportError(ValueError):
+    """The export could not be written (message is for the user)."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    files: dict[str, str]   # relative path -> sha256
+    n_rows: int
+    manifest: dict[str, Any]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def to_row(sample: Sample, fmt: str) -> dict[str, Any]:
+    """One sample in an export format."""
+    if fmt == "jsonl":
+        return {"sample_id": sample.sample_id, "messages": list(sample.messages),
+                "prompt": sample.prompt, "response": sample.response,
+                "metadata": sample.metadata}
+    if fmt == "messages":
+        return {"messages": list(sample.messages)}
+    if fmt == "alpaca":
+        system = [m["content"] for m in sample.messages if m["role"] == "system"]
+        row = {"instruction": sample.prompt, "input": "", "output": sample.response}
+        if system:
+            row["system"] = system[0]
+        return row
+    if fmt == "sharegpt":
+        return {"conversations": [{"from": SHAREGPT_ROLE[m["role"]], "value": m["content"]}
+                                  for m in sample.messages]}
+    raise ExportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _write_rows(samples: list[Sample], fmt: str, folder: Path) -> list[Path]:
+    if fmt in ("jsonl", "messages", "alpaca", "sharegpt"):
+        path = folder / "data.jsonl"
+        with path.open("w", encoding="utf-8") as fh:
+            for s in samples:
+                fh.write(json.dumps(to_row(s, fmt), ensure_ascii=False) + "\n")
+        return [path]
+    rows = [{"sample_id": s.sample_id, "messages": list(s.messages), "prompt": s.prompt,
+             "response": s.response, "metadata": json.dumps(s.metadata, ensure_ascii=False)}
+            for s in samples]
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = folder / "data.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), path)
+        return [path]
+    if fmt == "hf":
+        from datasets import Dataset
+
+        target = folder / "hf"
+        Dataset.from_list(rows).save_to_disk(str(target))
+        return sorted(p for p in target.rglob("*") if p.is_file())
+    raise ExportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def selected_samples(store: Store, selection_id: str) -> list[Sample]:
+    """The selection's samples in pick order, with the version's membership metadata."""
+    sel = get_selection(store, selection_id)
+    ids = selection_sample_ids(store, selection_id)
+    by_id = {s.sample_id: s for s in load_samples(store, sel.dataset, sel.version)}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        # A selection over a version's samples always finds them; this means a damaged store.
+        raise ExportError(f"{len(missing)} selected samples are not in {sel.dataset} "
+                          f"v{sel.version} (first: {missing[0]})")
+    return [by_id[i] for i in ids]
+
+
+def export_selection(store: Store, selection_id: str, out: str | Path, fmt: str = "jsonl",
+                     force: bool = False) -> ExportResult:
+    """Write selection ``selection_id`` to the folder ``out`` (created; must not exist
+    unless ``force``)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not force:
+        raise ExportError(f"{out} exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder")
+    sel = get_selection(store, selection_id)
+    samples = selected_samples(store, selection_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        written = _write_rows(samples, fmt, tmp)
+        mask = get_mask_record(store, selection_id)
+        if mask is not None:
+            src = store.artifacts / mask["path"]
+            if sha256_file(src) != mask["sha256"]:
+                raise ExportError(f"mask file {src} does not match its recorded checksum")
+            shutil.copyfile(src, tmp / "mask.safetensors")
+            written.append(tmp / "mask.safetensors")
+        layers = selection_layers(store, selection_id)
+        if layers:
+            path = tmp / "layers.json"
+            path.write_text(json.dumps(layers, indent=1))
+            written.append(path)
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in written}
+        manifest = _manifest(sel, fmt, samples, files, mask, layers)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out, files, len(samples), manifest)
+
+
+def _manifest(sel: Any, fmt: str, samples: list[Sample], files: dict[str, str],
+              mask: dict[str, Any] | None, layers: dict[str, list[str]]) -> dict[str, Any]:
+    from curator import __version__
+
+    return {
+        "curator_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "selection": {
+            "selection_id": sel.selection_id, "dataset": sel.dataset, "version": sel.version,
+            "stage": sel.stage, "method": sel.method, "function": sel.function,
+            "budget": sel.budget, "n_pool": sel.n_pool, "n_selected": sel.n_selected,
+            "objective": sel.objective, "parent": sel.parent, "target": sel.target,
+            "config": sel.config,
+        },
+        "model_fingerprint": sel.model,
+        "format": fmt,
+        "n_rows": len(samples),
+        "sample_ids": [s.sample_id for s in samples],
+        "files": files,
+        "mask": None if mask is None else {
+            "file": "mask.safetensors", "density": mask["density"],
+            "n_params": mask["n_params"], "n_kept": mask["n_kept"], "info": mask["info"]},
+        "layers": {k: len(v) for k, v in layers.items()} or None,
+    }
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{int(time.time())}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def verify_export(path: str | Path) -> list[str]:
+    """Problems found checking an export against its manifest (empty list: all good)."""
+    path = Path(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    problems = []
+    for rel, digest in manifest["files"].items():
+        f = path / rel
+        if not f.exists():
+            problems.append(f"missing {rel}")
+        elif sha256_file(f) != digest:
+            problems.append(f"checksum mismatch {rel}")
+    return problems
+
+
+def iter_jsonl(path: Path) -> Iterable[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
