@@ -94,7 +94,8 @@ CREATE TABLE models (
 CREATE TABLE embeddings (
     embedder TEXT NOT NULL,        -- embedder fingerprint (model + pooling + max length)
     sample_id TEXT NOT NULL,
-    vector FLOAT[] NOT NULL,
+    dim INTEGER NOT NULL,
+    vector BLOB NOT NULL,          -- float32 little-endian; read back with numpy.frombuffer
     created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
     PRIMARY KEY (embedder, sample_id)
 );

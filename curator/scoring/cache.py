@@ -1,0 +1,178 @@
+"""Score caches in the store: embeddings, d(i) losses, pairwise utilities, gradient scores.
+
+Keys are (model fingerprint, config hash, sample ids), so the same numbers are never
+computed twice and a new version costs only what it adds. Writes are batched into short
+transactions; ``INSERT OR IGNORE`` makes a resumed run that recomputes a chunk harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from curator.store import Store
+
+
+def _with_ids(con, ids: Sequence[str]) -> None:
+    """Register the wanted ids as a temporary relation `_ids(sample_id)`."""
+    con.register("_ids", pa.table({"sample_id": pa.array(list(ids), pa.string())}))
+
+
+# -- embeddings -------------------------------------------------------------------------
+
+def load_embeddings(store: Store, embedder: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    if not ids:
+        return {}
+    with store.connect() as con:
+        _with_ids(con, ids)
+        rows = con.execute("SELECT e.sample_id, e.vector FROM embeddings e JOIN _ids USING "
+                           "(sample_id) WHERE e.embedder = ?", [embedder]).fetchall()
+        con.unregister("_ids")
+    return {sid: np.frombuffer(blob, dtype="<f4") for sid, blob in rows}
+
+
+def save_embeddings(store: Store, embedder: str, ids: Sequence[str], vectors: np.ndarray) -> None:
+    vectors = np.ascontiguousarray(vectors, dtype="<f4")  # (N, d)
+    if len(ids) != vectors.shape[0]:
+        raise ValueError("ids and vectors differ in length")
+    table = pa.table({
+        "embedder": pa.array([embedder] * len(ids), pa.string()),
+        "sample_id": pa.array(list(ids), pa.string()),
+        "dim": pa.array([vectors.shape[1]] * len(ids), pa.int32()),
+        "vector": pa.array([row.tobytes() for row in vectors], pa.binary()),
+    })
+    with store.atomic() as con:
+        con.register("_emb", table)
+        con.execute("INSERT OR IGNORE INTO embeddings (embedder, sample_id, dim, vector) "
+                    "SELECT embedder, sample_id, dim, vector FROM _emb")
+        con.unregister("_emb")
+
+
+# -- pairwise utilities -----------------------------------------------------------------
+
+@dataclass
+class UtilityRows:
+    """Parallel arrays of stored utilities."""
+
+    target_id: list[str]
+    example_id: list[str]
+    utility: np.ndarray      # (n,) float64, NaN where invalid
+    valid: np.ndarray        # (n,) bool
+
+    def __len__(self) -> int:
+        return len(self.target_id)
+
+
+def existing_pairs(store: Store, model: str, config: str,
+                   target_ids: Sequence[str]) -> set[tuple[str, str]]:
+    """Pairs already stored (valid or not) for these targets."""
+    if not target_ids:
+        return set()
+    with store.connect() as con:
+        _with_ids(con, target_ids)
+        rows = con.execute("SELECT u.target_id, u.example_id FROM utilities u JOIN _ids i ON "
+                           "u.target_id = i.sample_id WHERE u.model = ? AND u.config = ?",
+                           [model, config]).fetchall()
+        con.unregister("_ids")
+    return {(t, e) for t, e in rows}
+
+
+def save_utilities(store: Store, model: str, config: str, target_ids: Sequence[str],
+                   example_ids: Sequence[str], utility: Sequence[float],
+                   d_target: Sequence[float], d_given: Sequence[float],
+                   valid: Sequence[bool], reasons: Sequence[str | None] | None = None) -> None:
+    n = len(target_ids)
+    util = np.asarray(utility, dtype=np.float64)
+    ok = np.asarray(valid, dtype=bool)
+    table = pa.table({
+        "model": pa.array([model] * n, pa.string()),
+        "config": pa.array([config] * n, pa.string()),
+        "target_id": pa.array(list(target_ids), pa.string()),
+        "example_id": pa.array(list(example_ids), pa.string()),
+        "utility": pa.array(np.where(ok, util, np.nan), pa.float64(), mask=~ok),
+        "d_target": pa.array(np.asarray(d_target, dtype=np.float64), pa.float64()),
+        "d_given": pa.array(np.asarray(d_given, dtype=np.float64), pa.float64()),
+        "valid": pa.array(ok, pa.bool_()),
+        "reason": pa.array(list(reasons) if reasons is not None else [None] * n, pa.string()),
+    })
+    with store.atomic() as con:
+        con.register("_u", table)
+        con.execute("INSERT OR IGNORE INTO utilities (model, config, target_id, example_id, "
+                    "utility, d_target, d_given, valid, reason) SELECT * FROM _u")
+        con.unregister("_u")
+
+
+def load_utilities(store: Store, model: str, config: str, target_ids: Sequence[str],
+                   example_ids: Iterable[str] | None = None) -> UtilityRows:
+    """Stored utilities whose target is in ``target_ids`` (and example in ``example_ids``)."""
+    with store.connect() as con:
+        _with_ids(con, target_ids)
+        sql = ("SELECT u.target_id, u.example_id, u.utility, u.valid FROM utilities u "
+               "JOIN _ids t ON u.target_id = t.sample_id ")
+        if example_ids is not None:
+            con.register("_ex", pa.table({"sample_id": pa.array(list(example_ids),
+                                                                 pa.string())}))
+            sql += "JOIN _ex x ON u.example_id = x.sample_id "
+        rows = con.execute(sql + "WHERE u.model = ? AND u.config = ? ORDER BY u.target_id, "
+                           "u.example_id", [model, config]).fetchall()
+        con.unregister("_ids")
+        if example_ids is not None:
+            con.unregister("_ex")
+    return UtilityRows([r[0] for r in rows], [r[1] for r in rows],
+                       np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=float),
+                       np.array([bool(r[3]) for r in rows], dtype=bool))
+
+
+# -- d(i) losses --------------------------------------------------------------------------
+
+def load_losses(store: Store, model: str, config: str,
+                ids: Sequence[str]) -> dict[str, float | None]:
+    with store.connect() as con:
+        _with_ids(con, ids)
+        rows = con.execute("SELECT l.sample_id, l.distance, l.valid FROM losses l JOIN _ids "
+                           "USING (sample_id) WHERE l.model = ? AND l.config = ?",
+                           [model, config]).fetchall()
+        con.unregister("_ids")
+    return {sid: (d if ok else None) for sid, d, ok in rows}
+
+
+def save_losses(store: Store, model: str, config: str, ids: Sequence[str],
+                distance: Sequence[float | None], n_tokens: Sequence[int]) -> None:
+    rows = [(model, config, sid, None if d is None else float(d), int(n),
+             bool(d is not None and np.isfinite(d)))
+            for sid, d, n in zip(ids, distance, n_tokens, strict=True)]
+    with store.atomic() as con:
+        con.executemany("INSERT OR IGNORE INTO losses (model, config, sample_id, distance, "
+                        "n_tokens, valid) VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+# -- gradient scores ------------------------------------------------------------------------
+
+def save_gradient_scores(store: Store, model: str, config: str, ids: Sequence[str],
+                         scores: np.ndarray, layer: str = "") -> None:
+    table = pa.table({
+        "model": pa.array([model] * len(ids), pa.string()),
+        "config": pa.array([config] * len(ids), pa.string()),
+        "sample_id": pa.array(list(ids), pa.string()),
+        "layer": pa.array([layer] * len(ids), pa.string()),
+        "score": pa.array(np.asarray(scores, dtype=np.float64), pa.float64()),
+    })
+    with store.atomic() as con:
+        con.register("_g", table)
+        con.execute("INSERT OR REPLACE INTO gradient_scores (model, config, sample_id, layer, "
+                    "score) SELECT * FROM _g")
+        con.unregister("_g")
+
+
+def load_gradient_scores(store: Store, model: str, config: str, ids: Sequence[str],
+                         layer: str = "") -> dict[str, float]:
+    with store.connect() as con:
+        _with_ids(con, ids)
+        rows = con.execute("SELECT g.sample_id, g.score FROM gradient_scores g JOIN _ids USING "
+                           "(sample_id) WHERE g.model = ? AND g.config = ? AND g.layer = ?",
+                           [model, config, layer]).fetchall()
+        con.unregister("_ids")
+    return dict(rows)
