@@ -152,7 +152,7 @@ def versions(dataset: str, store_path: Path) -> None:
 @user_errors
 def diff(old: str | None, new: str | None, dataset: str, store_path: Path, limit: int) -> None:
     """What changed between versions OLD and NEW (default: the latest against its parent)."""
-    from curator.store.datasets import diff_versions, get_version, get_samples
+    from curator.store.datasets import diff_versions, get_samples, get_version
 
     store = open_store(store_path)
     if old is None and new is None:
@@ -209,6 +209,196 @@ def show(dataset: str, store_path: Path, version: str | None, limit: int, offset
         click.echo(f"    prompt:   {_one_line(s.prompt, 100)}")
         click.echo(f"    response: {_one_line(s.response, 100)}")
 
+
+
+def scoring_options(func: Callable) -> Callable:
+    """Options shared by commands that score with a model."""
+    opts = [
+        click.option("--model", default=None,
+                     help="Hugging Face causal LM name or path (default: embedded SmolLM2)."),
+        click.option("--k", "k", default=16, show_default=True,
+                     help="Neighbours per sample in the candidate-pair graph."),
+        click.option("--distance", type=click.Choice(["prob-l2", "nll"]), default="prob-l2",
+                     show_default=True, help="prob-l2: the paper's distance; nll: mean NLL."),
+        click.option("--batch-size", default=16, show_default=True),
+        click.option("--max-length", default=1024, show_default=True,
+                     help="Tokens per scored sequence (capped by the model)."),
+        click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]),
+                     default="auto", show_default=True),
+        click.option("--trust-remote-code", is_flag=True,
+                     help="Allow model code from the model's repository (off by default)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _options(k: int, distance: str, batch_size: int, max_length: int, dtype: str,
+             dense: bool = False):
+    from curator.config import ScoringOptions
+
+    options = ScoringOptions(k=k, distance=distance, batch_size=batch_size,
+                             max_length=max_length, dense=dense, dtype=dtype)
+    options.validate("option")
+    return options
+
+
+def _loader(model: str | None, dtype: str, trust_remote_code: bool, echo: bool = True):
+    """A function that loads the model once, on first use (random/full need none)."""
+    from curator.models import load_model
+
+    cache: list = []
+
+    def load():
+        if not cache:
+            if echo:
+                click.echo(f"loading model {model or 'default (SmolLM2-135M-Instruct)'}...",
+                           err=True)
+            cache.append(load_model(model, dtype=dtype, trust_remote_code=trust_remote_code))
+        return cache[0]
+    return load
+
+
+@main.group()
+def score() -> None:
+    """Score samples with a model (results are cached in the store)."""
+
+
+@score.command("utility")
+@dataset_option
+@store_option
+@click.option("--version", "-v", "version", default=None, help="Version (default: latest).")
+@click.option("--target-set", default=None,
+              help="Dataset whose samples are the targets (default: the version itself).")
+@click.option("--dense", is_flag=True, help="All pairs instead of kNN candidates (small sets).")
+@scoring_options
+@user_errors
+def score_utility(dataset: str, store_path: Path, version: str | None, target_set: str | None,
+                  dense: bool, model: str | None, k: int, distance: str, batch_size: int,
+                  max_length: int, dtype: str, trust_remote_code: bool) -> None:
+    """Pairwise in-context utilities UF(target, example) on nearest-neighbour pairs.
+
+    Only pairs not already stored for this model and configuration are computed; a rerun
+    with nothing new computes nothing and says so.
+    """
+    from curator.scoring.jobs import score_utilities
+    from curator.store.datasets import load_samples, resolve_version
+
+    store = open_store(store_path)
+    options = _options(k, distance, batch_size, max_length, dtype, dense)
+    v = resolve_version(store, dataset, version)
+    pool = load_samples(store, dataset, v)
+    if not pool:
+        raise CuratorError(f"{dataset} v{v} has no samples")
+    targets = pool
+    if target_set:
+        targets = load_samples(store, target_set, resolve_version(store, target_set, None))
+        if not targets:
+            raise CuratorError(f"target set {target_set} has no rows")
+    lm = _loader(model, dtype, trust_remote_code)()
+    summary = score_utilities(store, lm, targets, pool, options, dataset=dataset,
+                              progress=True, echo=lambda m: click.echo(m, err=True))
+    click.echo(summary.line())
+
+
+@main.command("select")
+@dataset_option
+@store_option
+@click.option("--version", "-v", "version", default=None, help="Version (default: latest).")
+@click.option("--stage", type=click.Choice(["instruction", "task", "continual"]),
+              default="instruction", show_default=True)
+@click.option("--method", type=click.Choice(["delift", "embedding", "random", "rds", "full",
+                                             "dualsft", "gast", "less"]),
+              default="delift", show_default=True)
+@click.option("--budget", default="30%", show_default=True,
+              help="Subset size: a count (100), a fraction (0.3) or a percentage (30%).")
+@click.option("--function", default=None,
+              help="Set function (default per stage: facility_location, flvmi, flcg).")
+@click.option("--target-set", default=None, help="Target dataset (task stage).")
+@click.option("--parent", default=None,
+              help="Continual stage: the selection to condition on (default: the latest).")
+@click.option("--pool", type=click.Choice(["new", "all"]), default="new", show_default=True,
+              help="Continual stage: select among samples new since the parent's version, "
+                   "or among all not previously selected.")
+@click.option("--optimizer", type=click.Choice(["naive", "lazy", "stochastic"]),
+              default="lazy", show_default=True)
+@click.option("--eta", default=1.0, show_default=True, help="Mutual information weight.")
+@click.option("--nu", default=1.0, show_default=True, help="Conditional gain weight.")
+@click.option("--param-budget", default=None, help="DualSFT: share of parameters to keep.")
+@click.option("--seed", default=0, show_default=True)
+@scoring_options
+@user_errors
+def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, method: str,
+               budget: str, function: str | None, target_set: str | None, parent: str | None,
+               pool: str, optimizer: str, eta: float, nu: float, param_budget: str | None,
+               seed: int, model: str | None, k: int, distance: str, batch_size: int,
+               max_length: int, dtype: str, trust_remote_code: bool) -> None:
+    """Pick a subset for a fine-tuning stage and store it as a selection."""
+    from curator.config import RecipeError, StageSpec
+    from curator.curate import select_stage
+
+    store = open_store(store_path)
+    spec = StageSpec(stage=stage, method=method, budget=budget, function=function,
+                     version=version, target=target_set, parent=parent, pool=pool,
+                     optimizer=optimizer, eta=eta, nu=nu, seed=seed, param_budget=param_budget)
+    try:
+        spec.validate("option")
+    except RecipeError as exc:
+        raise CuratorError(str(exc).replace("option.", "--").replace("option: ", "")) from exc
+    outcome = select_stage(store, dataset, spec, lm=_loader(model, dtype, trust_remote_code),
+                           options=_options(k, distance, batch_size, max_length, dtype),
+                           progress=True, echo=lambda m: click.echo(m, err=True))
+    r = outcome.record
+    for run in outcome.scoring:
+        click.echo(run.line())
+    for note in outcome.notes:
+        click.echo(f"note: {note}")
+    objective = "-" if r.objective is None else f"{r.objective:.4f}"
+    click.echo(f"selection {outcome.selection_id}: {r.n_selected} of {r.n_pool} "
+               f"({r.stage}, {r.method}, {r.function or '-'}), objective {objective}")
+
+
+@main.command()
+@store_option
+@click.option("--dataset", "-d", default=None, help="Only this dataset.")
+@user_errors
+def selections(store_path: Path, dataset: str | None) -> None:
+    """List stored selections."""
+    from curator.store.selections import list_selections
+
+    rows = list_selections(open_store(store_path), dataset)
+    click.echo(f"{'selection':<10} {'dataset':<12} {'ver':>3} {'stage':<11} {'method':<9} "
+               f"{'function':<17} {'budget':>6} {'picked':>6} {'pool':>6} {'objective':>10} "
+               "parent")
+    for r in rows:
+        obj = "-" if r.objective is None else f"{r.objective:.3f}"
+        click.echo(f"{r.selection_id:<10} {r.dataset:<12} {r.version:>3} {r.stage:<11} "
+                   f"{r.method:<9} {r.function or '-':<17} {r.budget:>6} {r.n_selected:>6} "
+                   f"{r.n_pool:>6} {obj:>10} {r.parent or '-'}")
+
+
+@main.command()
+@click.argument("selection_id")
+@store_option
+@click.option("--format", "fmt",
+              type=click.Choice(["jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf"]),
+              default="jsonl", show_default=True)
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Folder to write (must not exist unless --force).")
+@click.option("--force", is_flag=True, help="Replace an existing export folder.")
+@user_errors
+def export(selection_id: str, store_path: Path, fmt: str, out: Path, force: bool) -> None:
+    """Write a selection's samples, its mask (if any) and manifest.json to a folder."""
+    from curator.export import ExportError, export_selection
+
+    try:
+        result = export_selection(open_store(store_path), selection_id, out, fmt, force)
+    except ExportError as exc:
+        raise CuratorError(str(exc)) from exc
+    click.echo(f"exported {result.n_rows} samples of {selection_id} to {result.path}")
+    for name, digest in result.files.items():
+        click.echo(f"  {name}  sha256 {digest[:16]}...")
+    click.echo("  manifest.json")
 
 @main.command()
 @store_option

@@ -1,0 +1,224 @@
+"""Typed configs for curation runs and recipe files (YAML or JSON).
+
+A recipe is validated completely before any work starts: an unknown key or a bad value is
+reported with its path in the file (``stages[1].budget: ...``), so a typo never costs a
+half-hour scoring run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGES = ("instruction", "task", "continual")
+METHODS = ("delift", "embedding", "random", "rds", "dualsft", "gast", "less", "full")
+DISTANCES = ("prob-l2", "nll")
+OPTIMIZERS = ("naive", "lazy", "stochastic")
+EXPORT_FORMATS = ("jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf")
+DEFAULT_FUNCTION = {"instruction": "facility_location", "task": "flvmi", "continual": "flcg"}
+
+
+class RecipeError(ValueError):
+    """A recipe or option value is invalid; the message names the key."""
+
+
+_BUDGET_RE = re.compile(r"^\s*(\d+(\.\d+)?)\s*%?\s*$")
+
+
+def check_budget(value: Any, where: str) -> str:
+    """Budgets are kept as given ("30%", "100", "0.3") and parsed against the pool later."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not _BUDGET_RE.match(text):
+        raise RecipeError(f"{where}: budget must be a count (100), a fraction (0.3) or a "
+                          f"percentage (30%), got {value!r}")
+    number = float(text.rstrip("%"))
+    if number <= 0:
+        raise RecipeError(f"{where}: budget must be above 0, got {value!r}")
+    if text.endswith("%") and number > 100:
+        raise RecipeError(f"{where}: budget above 100% ({value!r})")
+    return text
+
+
+@dataclass
+class ScoringOptions:
+    """How pairwise utilities are computed (DELIFT) and candidate pairs are chosen."""
+
+    k: int = 16                       # neighbours per target in the candidate graph
+    distance: str = "prob-l2"         # the paper's distance, or "nll"
+    batch_size: int = 16
+    max_length: int = 1024            # tokens per scored sequence (capped by the model)
+    dense: bool = False               # all pairs: the reference for small sets
+    dtype: str = "auto"               # auto: bf16 on CUDA and on CPUs with native bf16
+
+    def validate(self, where: str = "scoring") -> None:
+        if not isinstance(self.k, int) or self.k < 1:
+            raise RecipeError(f"{where}.k must be a positive integer, got {self.k!r}")
+        if self.distance not in DISTANCES:
+            raise RecipeError(f"{where}.distance must be one of {', '.join(DISTANCES)}, "
+                              f"got {self.distance!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise RecipeError(f"{where}.batch_size must be a positive integer")
+        if not isinstance(self.max_length, int) or self.max_length < 16:
+            raise RecipeError(f"{where}.max_length must be an integer >= 16")
+        if self.dtype not in ("auto", "bf16", "fp32", "fp16", "bfloat16", "float32", "float16"):
+            raise RecipeError(f"{where}.dtype must be auto, bf16, fp16 or fp32")
+
+
+@dataclass
+class StageSpec:
+    """One selection step of a recipe."""
+
+    stage: str = "instruction"
+    method: str = "delift"
+    budget: str = "30%"
+    function: str | None = None       # default per stage: DEFAULT_FUNCTION
+    version: int | str | None = None  # dataset version (default: latest)
+    target: str | None = None         # dataset name of the target set (task stage)
+    parent: str | None = None         # continual: "previous", a selection id, or None
+    pool: str = "new"                 # continual: "new" (added since the parent) or "all"
+    optimizer: str = "lazy"
+    eta: float = 1.0
+    nu: float = 1.0
+    seed: int = 0
+    param_budget: str | None = None   # DualSFT: share of parameters in the mask
+    name: str | None = None
+
+    def validate(self, where: str) -> None:
+        if self.stage not in STAGES:
+            raise RecipeError(f"{where}.stage must be one of {', '.join(STAGES)}, "
+                              f"got {self.stage!r}")
+        if self.method not in METHODS:
+            raise RecipeError(f"{where}.method must be one of {', '.join(METHODS)}, "
+                              f"got {self.method!r}")
+        self.budget = check_budget(self.budget, f"{where}.budget")
+        if self.param_budget is not None:
+            self.param_budget = check_budget(self.param_budget, f"{where}.param_budget")
+        if self.optimizer not in OPTIMIZERS:
+            raise RecipeError(f"{where}.optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.pool not in ("new", "all"):
+            raise RecipeError(f"{where}.pool must be 'new' or 'all', got {self.pool!r}")
+        for name in ("eta", "nu"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise RecipeError(f"{where}.{name} must be a number >= 0, got {value!r}")
+        if self.stage == "task" and self.method in ("delift", "embedding", "rds") \
+                and not self.target:
+            raise RecipeError(f"{where}: the task stage needs a target set (`target:` in a "
+                              "recipe, --target-set on the command line)")
+
+    @property
+    def resolved_function(self) -> str:
+        return self.function or DEFAULT_FUNCTION[self.stage]
+
+
+@dataclass
+class InputSpec:
+    """A file to ingest before selecting (skipped when its content was ingested before)."""
+
+    path: str
+    dataset: str | None = None        # default: the recipe's dataset
+    append: bool = True
+
+
+@dataclass
+class ExportSpec:
+    format: str = "jsonl"
+    out: str = "exports"              # one folder per selection below this
+
+    def validate(self, where: str = "export") -> None:
+        if self.format not in EXPORT_FORMATS:
+            raise RecipeError(f"{where}.format must be one of {', '.join(EXPORT_FORMATS)}, "
+                              f"got {self.format!r}")
+
+
+@dataclass
+class Recipe:
+    dataset: str
+    model: str | None = None          # None: the embedded default
+    inputs: list[InputSpec] = field(default_factory=list)
+    scoring: ScoringOptions = field(default_factory=ScoringOptions)
+    stages: list[StageSpec] = field(default_factory=list)
+    export: ExportSpec | None = field(default_factory=ExportSpec)
+
+    def validate(self) -> Recipe:
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise RecipeError("dataset: a dataset name is required")
+        self.scoring.validate()
+        if not self.stages:
+            raise RecipeError("stages: give at least one stage")
+        for i, stage in enumerate(self.stages):
+            stage.validate(f"stages[{i}]")
+            if stage.parent == "previous" and i == 0:
+                raise RecipeError(f"stages[{i}].parent: 'previous' needs an earlier stage")
+        if self.export is not None:
+            self.export.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Construct dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise RecipeError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    return cls(**data)
+
+
+def recipe_from_dict(data: Any) -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a mapping with at least 'dataset' and 'stages'")
+    data = dict(data)
+    if "dataset" not in data:
+        raise RecipeError("dataset: a dataset name is required")
+    inputs = data.pop("inputs", None) or []
+    if not isinstance(inputs, list):
+        raise RecipeError("inputs: expected a list")
+    stages = data.pop("stages", None) or []
+    if not isinstance(stages, list):
+        raise RecipeError("stages: expected a list")
+    scoring = data.pop("scoring", None) or {}
+    export = data.pop("export", {})
+    recipe = _build(Recipe, data, "recipe")
+    recipe.inputs = [_build(InputSpec, {"path": i} if isinstance(i, str) else i,
+                            f"inputs[{n}]") for n, i in enumerate(inputs)]
+    recipe.stages = [_build(StageSpec, s, f"stages[{n}]") for n, s in enumerate(stages)]
+    recipe.scoring = _build(ScoringOptions, scoring, "scoring")
+    recipe.export = None if export is None else _build(ExportSpec, export, "export")
+    return recipe.validate()
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file (.yaml, .yml or .json)."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"no such recipe file: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # yaml and json raise several types; the message is what matters
+        raise RecipeError(f"{path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") \
+            from exc
+    return recipe_from_dict(data)
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a JSON-able config."""
+    import hashlib
+
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,327 @@
+"""Stage selection: join scoring and selection for one fine-tuning stage, store the result.
+
+This is the workflow layer the CLI, the recipes and the scheduler call. It reads pools from
+the store, scores what is missing (``curator.scoring.jobs``), builds the kernels for the
+stage's function, runs the optimiser (``curator.selection``) and stores the selection with
+its provenance.
+
+Stages (DELIFT):
+- instruction: facility location over pool x pool utilities;
+- task: mutual information with a target set Q (default the paper's FLVMI form, which needs
+  only Q x pool utilities; ``flmi`` is submodlib's form and also needs pool x pool);
+- continual: conditional gain over the new data D given the previous data P (D x D and
+  D x P utilities).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from curator.config import ScoringOptions, StageSpec
+from curator.models import LoadedModel
+from curator.records import Sample
+from curator.scoring.jobs import (
+    UtilitySummary,
+    ensure_embeddings,
+    score_utilities,
+    utility_config,
+    utility_kernel_from_store,
+    utility_scale,
+)
+from curator.selection import canonical_function, parse_budget, select
+from curator.store import NotFound, Store
+from curator.store.datasets import get_version, load_samples, resolve_version
+from curator.store.selections import (
+    SelectionRecord,
+    get_selection,
+    latest_selection,
+    save_selection,
+    selection_sample_ids,
+)
+
+MODEL_METHODS = ("delift", "embedding", "rds", "dualsft", "gast", "less")
+
+
+@dataclass
+class StageOutcome:
+    selection_id: str
+    record: SelectionRecord
+    sample_ids: list[str]
+    gains: np.ndarray
+    scoring: list[UtilitySummary] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pools:
+    """Who is selected from, who is covered, and what came before."""
+
+    pool: list[Sample]
+    version: int
+    target: list[Sample] = field(default_factory=list)
+    target_ref: str | None = None
+    previous: list[Sample] = field(default_factory=list)
+    parent: str | None = None
+
+
+def resolve_pools(store: Store, dataset: str, spec: StageSpec,
+                  previous_selection: str | None = None) -> Pools:
+    version = resolve_version(store, dataset, spec.version)
+    pool = load_samples(store, dataset, version)
+    if not pool:
+        raise ValueError(f"{dataset} v{version} has no samples")
+    pools = Pools(pool, version)
+    if spec.target:
+        t_version = resolve_version(store, spec.target, None)
+        pools.target = load_samples(store, spec.target, t_version)
+        pools.target_ref = f"{spec.target}:{t_version}"
+        if not pools.target:
+            raise ValueError(f"target set {spec.target} v{t_version} has no rows")
+    elif spec.stage == "task":
+        raise ValueError("the task stage needs a target set (--target-set DATASET)")
+    if spec.stage == "continual":
+        parent_id = spec.parent
+        if parent_id in (None, "previous", "latest"):
+            parent_id = previous_selection
+            if parent_id is None:
+                try:
+                    parent_id = latest_selection(store, dataset).selection_id
+                except NotFound as exc:
+                    raise ValueError(
+                        "the continual stage needs something previous: select from an earlier "
+                        "version first, or pass --parent SELECTION") from exc
+        parent = get_selection(store, parent_id)
+        prev_ids = set(selection_sample_ids(store, parent_id))
+        pools.parent = parent_id
+        by_id = {s.sample_id: s for s in load_samples(store, parent.dataset, parent.version)}
+        pools.previous = [by_id[i] for i in selection_sample_ids(store, parent_id) if i in by_id]
+        if spec.pool == "new":
+            seen = {s.sample_id for s in load_samples(store, parent.dataset, parent.version)}
+            pools.pool = [s for s in pool if s.sample_id not in seen]
+        else:
+            pools.pool = [s for s in pool if s.sample_id not in prev_ids]
+        if not pools.pool:
+            raise ValueError(f"nothing new in {dataset} v{version} since selection {parent_id} "
+                             f"(v{parent.version})")
+        if not pools.previous:
+            raise ValueError(f"selection {parent_id} has no members to condition on")
+    return pools
+
+
+def _ids(samples: list[Sample]) -> list[str]:
+    return [s.sample_id for s in samples]
+
+
+def _query_k(options: ScoringOptions, n_select: int, n_query: int, n_pool: int) -> int:
+    """Neighbours per target for target x pool graphs: enough that the targets' candidate
+    lists together can fill the budget, at least ``k``."""
+    return min(n_pool, max(options.k, 2 * -(-n_select // max(n_query, 1))))
+
+
+def _embedding_kernels(store: Store, lm: LoadedModel, pools: Pools, function: str,
+                       options: ScoringOptions) -> dict[str, Any]:
+    """Cosine kernels from the model's pooled hidden states (the model-independent
+    baseline's shapes, the same orientation as the utility kernels)."""
+    from curator.scoring.kernels import embedding_kernel
+
+    everyone = {s.sample_id: s for s in [*pools.pool, *pools.target, *pools.previous]}
+    emb, _ = ensure_embeddings(store, lm, list(everyone.values()),
+                               batch_size=options.batch_size)
+    row = {sid: i for i, sid in enumerate(everyone)}
+    pool_ids = _ids(pools.pool)
+    e_pool = emb[[row[i] for i in pool_ids]]
+    k = min(options.k, max(len(pool_ids) - 1, 1))
+    out: dict[str, Any] = {}
+    if function in ("facility_location", "graph_cut", "flcg", "flmi"):
+        out["kernel"] = embedding_kernel(e_pool, pool_ids, k).matrix if len(pool_ids) > 1 \
+            else sp.csr_matrix(np.ones((1, 1), dtype=np.float32))
+    if function in ("flmi", "flvmi"):
+        q_ids = _ids(pools.target)
+        e_q = emb[[row[i] for i in q_ids]]
+        cos = (e_pool @ e_q.T + 1.0) / 2.0                      # (n_pool, n_query)
+        out["query_kernel"] = np.clip(cos, 0.0, 1.0).astype(np.float32)
+    if function == "flcg":
+        p_ids = _ids(pools.previous)
+        e_p = emb[[row[i] for i in p_ids]]
+        out["private_kernel"] = embedding_kernel(e_pool, pool_ids, min(options.k, len(p_ids)),
+                                                 col_emb=e_p, col_ids=p_ids).matrix
+    return out
+
+
+def _utility_kernels(store: Store, lm: LoadedModel, pools: Pools, function: str,
+                     options: ScoringOptions, n_select: int, progress: bool,
+                     echo: Callable[[str], None] | None, dataset: str
+                     ) -> tuple[dict[str, Any], list[UtilitySummary]]:
+    """Score the pairs the stage's function reads, then build its kernels."""
+    pool, pool_ids = pools.pool, _ids(pools.pool)
+    chash = utility_config(lm, options).config_hash()
+    fp = lm.fingerprint
+    runs: list[UtilitySummary] = []
+    out: dict[str, Any] = {}
+    if function in ("facility_location", "graph_cut", "flcg", "flmi"):
+        if len(pool) > 1:
+            runs.append(score_utilities(store, lm, pool, pool, options, dataset=dataset,
+                                        progress=progress, echo=echo))
+    if function in ("flmi", "flvmi"):
+        q = pools.target
+        kq = _query_k(options, n_select, len(q), len(pool))
+        runs.append(score_utilities(store, lm, q, pool, options, k=kq, dataset=dataset,
+                                    progress=progress, echo=echo))
+        # (n_query, n_pool): how much each pool item helps each target -> transposed below.
+        qk = utility_kernel_from_store(store, fp, chash, _ids(q), pool_ids).matrix
+        out["query_kernel"] = qk.T.tocsr()
+    if function == "flcg":
+        prev = pools.previous
+        runs.append(score_utilities(store, lm, pool, prev, options, dataset=dataset,
+                                    progress=progress, echo=echo))
+        scale = max(utility_scale(store, fp, chash, pool_ids, pool_ids),
+                    utility_scale(store, fp, chash, pool_ids, _ids(prev)))
+        out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids, pool_ids,
+                                                  scale).matrix
+        out["private_kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids,
+                                                          _ids(prev), scale).matrix
+        return out, runs
+    if "kernel" not in out and function != "flvmi":
+        if len(pool) > 1:
+            out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids,
+                                                      pool_ids).matrix
+        else:
+            out["kernel"] = sp.csr_matrix(np.ones((1, 1), dtype=np.float32))
+    return out, runs
+
+
+def _fill_zero_gain_tail(result: Any, fallback: dict[str, Any], n_select: int,
+                         spec: StageSpec, function: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Picks made at zero gain carry no information from the utilities (no candidate pair
+    covered anything more); re-pick that tail with the embedding kernels, starting from the
+    informative picks, instead of taking candidates in index order."""
+    ranking, gains = np.asarray(result.ranking), np.asarray(result.gains, dtype=float)
+    informative = int(np.argmax(gains <= 1e-12)) if (gains <= 1e-12).any() else len(gains)
+    if informative >= len(ranking):
+        return ranking, gains, 0
+    head = ranking[:informative]
+    tail = select(fallback.get("kernel"), n_select - informative, function=function,
+                  optimizer=spec.optimizer, query_kernel=fallback.get("query_kernel"),
+                  private_kernel=fallback.get("private_kernel"), eta=spec.eta, nu=spec.nu,
+                  seed=spec.seed, initial_subset=head if len(head) else None)
+    new_rank = np.concatenate([head, np.asarray(tail.ranking)])
+    new_gains = np.concatenate([gains[:informative], np.zeros(len(tail.ranking))])
+    return new_rank, new_gains, len(tail.ranking)
+
+
+def rds_ranking(pool_emb: np.ndarray, target_emb: np.ndarray, n_select: int) -> np.ndarray:
+    """RDS+ (Ivison et al. 2025): cosine of pooled hidden states to each target point;
+    take the best unpicked pool item of each target in turn (round robin) up to the budget."""
+    sims = pool_emb @ target_emb.T                 # (n_pool, n_query)
+    order = np.argsort(-sims, axis=0, kind="stable")  # per target, pool items best first
+    picked: list[int] = []
+    taken = np.zeros(len(pool_emb), dtype=bool)
+    cursor = np.zeros(target_emb.shape[0], dtype=np.int64)
+    while len(picked) < n_select:
+        progressed = False
+        for q in range(target_emb.shape[0]):
+            while cursor[q] < len(pool_emb) and taken[order[cursor[q], q]]:
+                cursor[q] += 1
+            if cursor[q] < len(pool_emb):
+                i = int(order[cursor[q], q])
+                taken[i] = True
+                picked.append(i)
+                progressed = True
+                if len(picked) == n_select:
+                    break
+        if not progressed:
+            break
+    return np.asarray(picked, dtype=np.int64)
+
+
+def select_stage(store: Store, dataset: str, spec: StageSpec, *,
+                 lm: LoadedModel | Callable[[], LoadedModel] | None = None,
+                 options: ScoringOptions | None = None, previous_selection: str | None = None,
+                 progress: bool = False, echo: Callable[[str], None] | None = None
+                 ) -> StageOutcome:
+    """Select a subset of ``dataset`` for one stage and store it; returns the outcome."""
+    spec.validate("stage")
+    options = options or ScoringOptions()
+    options.validate()
+    started = time.monotonic()
+    pools = resolve_pools(store, dataset, spec, previous_selection)
+    n_pool = len(pools.pool)
+    n_select = parse_budget(spec.budget, n_pool)
+    function = canonical_function(spec.resolved_function)
+    if spec.method in MODEL_METHODS:
+        if lm is None:
+            raise ValueError(f"method {spec.method} needs a model")
+        if callable(lm) and not isinstance(lm, LoadedModel):
+            lm = lm()
+    config: dict[str, Any] = {"function": function, "optimizer": spec.optimizer,
+                              "eta": spec.eta, "nu": spec.nu, "seed": spec.seed,
+                              "k": options.k, "distance": options.distance,
+                              "pool": spec.pool if spec.stage == "continual" else None}
+    runs: list[UtilitySummary] = []
+    notes: list[str] = []
+    scores = None
+    pool_ids = _ids(pools.pool)
+    if spec.method == "random":
+        rng = np.random.default_rng(spec.seed)
+        ranking = rng.permutation(n_pool)[:n_select]
+        gains, objective, function = np.zeros(n_select), None, None
+    elif spec.method == "full":
+        ranking, gains, objective, function = np.arange(n_pool), np.zeros(n_pool), None, None
+        n_select = n_pool
+    elif spec.method == "rds":
+        if not pools.target:
+            raise ValueError("rds ranks the pool by similarity to a target set: pass a target")
+        everyone = {s.sample_id: s for s in [*pools.pool, *pools.target]}
+        emb, _ = ensure_embeddings(store, lm, list(everyone.values()),
+                                   batch_size=options.batch_size)
+        row = {sid: i for i, sid in enumerate(everyone)}
+        ranking = rds_ranking(emb[[row[i] for i in pool_ids]],
+                              emb[[row[s.sample_id] for s in pools.target]], n_select)
+        gains, objective, function = np.zeros(len(ranking)), None, "round_robin_cosine"
+    elif spec.method in ("delift", "embedding"):
+        if spec.method == "delift":
+            kernels, runs = _utility_kernels(store, lm, pools, function, options, n_select,
+                                             progress, echo, dataset)
+            config["utility_config"] = utility_config(lm, options).config_hash()
+        else:
+            kernels = _embedding_kernels(store, lm, pools, function, options)
+        result = select(kernels.get("kernel"), n_select, function=function,
+                        optimizer=spec.optimizer, query_kernel=kernels.get("query_kernel"),
+                        private_kernel=kernels.get("private_kernel"), eta=spec.eta, nu=spec.nu,
+                        seed=spec.seed)
+        ranking, gains, objective = np.asarray(result.ranking), np.asarray(result.gains), \
+            float(result.objective)
+        if spec.method == "delift" and (gains <= 1e-12).any():
+            fallback = _embedding_kernels(store, lm, pools, function, options)
+            ranking, gains, filled = _fill_zero_gain_tail(result, fallback, n_select, spec,
+                                                          function)
+            if filled:
+                notes.append(f"{filled} picks made at zero utility gain were re-picked by "
+                             "embedding similarity")
+                config["zero_gain_refilled"] = filled
+    else:
+        from curator.gradient_stages import select_by_gradients
+
+        return select_by_gradients(store, dataset, spec, pools, lm, options, n_select,
+                                   started=started, progress=progress, echo=echo)
+    sample_ids = [pool_ids[i] for i in ranking]
+    record = SelectionRecord(
+        dataset=dataset, version=pools.version, stage=spec.stage, method=spec.method,
+        budget=spec.budget, n_pool=n_pool, n_selected=len(sample_ids), function=function,
+        objective=objective,
+        model=lm.fingerprint if isinstance(lm, LoadedModel) and spec.method in MODEL_METHODS
+        else None, config=config, parent=pools.parent, target=pools.target_ref,
+        seconds=round(time.monotonic() - started, 3))
+    sel_id = save_selection(store, record, sample_ids, gains=list(gains), scores=scores)
+    return StageOutcome(sel_id, record, sample_ids, np.asarray(gains), runs, notes)
+
+
+def version_summary(store: Store, dataset: str, version: int | None = None) -> str:
+    v = get_version(store, dataset, version)
+    return f"{dataset} v{v.version}: {v.n_members} samples"

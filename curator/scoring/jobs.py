@@ -1,0 +1,199 @@
+"""Store-aware scoring jobs: compute only what the cache lacks, commit in chunks, resume.
+
+``score_utilities`` is the DELIFT scoring step: embed the samples (cached), take candidate
+pairs from the FAISS kNN graph (or all pairs with ``dense``), drop pairs already stored for
+this model and config, and score the rest chunk by chunk, committing each chunk. A killed
+run loses at most the chunk in flight; the rerun skips everything committed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from curator.config import ScoringOptions
+from curator.models import LoadedModel
+from curator.records import Sample
+from curator.scoring.cache import (
+    existing_pairs,
+    load_embeddings,
+    load_losses,
+    load_utilities,
+    save_embeddings,
+    save_losses,
+    save_utilities,
+)
+from curator.scoring.embeddings import embed_samples, embedder_fingerprint
+from curator.scoring.kernels import Kernel, utility_kernel
+from curator.scoring.neighbours import dense_pairs, knn, neighbour_pairs
+from curator.scoring.utility import UtilityConfig, score_pairs
+from curator.store import Store
+
+EMBED_MAX_LENGTH = 512
+EMBED_COMMIT = 512     # samples per committed embedding batch
+PAIR_COMMIT = 256      # pairs per committed utility chunk
+
+
+@dataclass
+class UtilitySummary:
+    n_targets: int
+    n_examples: int
+    n_pairs: int          # candidate pairs wanted
+    n_computed: int       # scored in this run
+    n_reused: int         # already in the store
+    n_invalid: int        # computed but invalid (did not fit, etc.)
+    n_embedded: int       # samples embedded in this run
+    seconds: float
+    model: str
+    config: str           # utility config hash
+    graph: str            # "exact", "hnsw(...)" or "dense"
+    run_id: str | None = None
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.n_computed / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        if self.n_computed == 0:
+            return (f"nothing new to score: {self.n_pairs} pairs already in the store "
+                    f"(model {self.model}, config {self.config})")
+        return (f"pairs: {self.n_pairs} wanted, {self.n_computed} computed, {self.n_reused} "
+                f"reused, {self.n_invalid} invalid; {self.n_embedded} samples embedded; "
+                f"{self.seconds:.1f} s ({self.pairs_per_second:.1f} pairs/s; graph "
+                f"{self.graph})")
+
+
+def utility_config(lm: LoadedModel, options: ScoringOptions) -> UtilityConfig:
+    return UtilityConfig(distance=options.distance, max_length=options.max_length).resolved(lm)
+
+
+def ensure_embeddings(store: Store, lm: LoadedModel, samples: Sequence[Sample], *,
+                      batch_size: int = 16, progress: bool = False) -> tuple[np.ndarray, int]:
+    """Embeddings of ``samples`` (N, d) in order, computing and storing only missing ones."""
+    key = embedder_fingerprint(lm, EMBED_MAX_LENGTH)
+    ids = [s.sample_id for s in samples]
+    cached = load_embeddings(store, key, ids)
+    missing = [s for s in samples if s.sample_id not in cached]
+    for start in range(0, len(missing), EMBED_COMMIT):
+        part = missing[start:start + EMBED_COMMIT]
+        vectors = embed_samples(lm, part, max_length=EMBED_MAX_LENGTH, batch_size=batch_size,
+                                progress=progress)
+        save_embeddings(store, key, [s.sample_id for s in part], vectors)
+        cached.update({s.sample_id: v for s, v in zip(part, vectors, strict=True)})
+    if not samples:
+        return np.zeros((0, 0), dtype=np.float32), 0
+    return np.stack([cached[i] for i in ids]), len(missing)
+
+
+def candidate_pairs(targets: Sequence[Sample], examples: Sequence[Sample],
+                    target_emb: np.ndarray | None, example_emb: np.ndarray | None, k: int,
+                    dense: bool = False) -> tuple[list[tuple[str, str]], str]:
+    """(target_id, example_id) pairs to score and how they were found.
+
+    When targets and examples are the same set, a sample is never its own example.
+    """
+    t_ids = [s.sample_id for s in targets]
+    e_ids = [s.sample_id for s in examples]
+    same = t_ids == e_ids
+    if dense:
+        pairs = dense_pairs(t_ids) if same else dense_pairs(t_ids, e_ids)
+        return [(t, e) for t, e in pairs if t != e], "dense"
+    assert target_emb is not None and example_emb is not None
+    available = len(e_ids) - (1 if same else 0)
+    if available < 1:
+        raise ValueError("no candidate examples: the example set has no other sample")
+    nb = knn(target_emb, example_emb, min(k, available), exclude_self=same)
+    pairs = [(t, e) for t, e in neighbour_pairs(t_ids, e_ids, nb) if t != e]
+    return pairs, nb.method
+
+
+def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
+                    examples: Sequence[Sample], options: ScoringOptions | None = None, *,
+                    k: int | None = None, dataset: str | None = None, progress: bool = False,
+                    echo: Callable[[str], None] | None = None) -> UtilitySummary:
+    """Score UF(target, example) for the candidate pairs of ``targets`` x ``examples``."""
+    options = options or ScoringOptions()
+    if not targets:
+        raise ValueError("no targets to score (empty set)")
+    if not examples:
+        raise ValueError("no candidate examples to score against (empty set)")
+    started = time.monotonic()
+    config = utility_config(lm, options)
+    chash = config.config_hash()
+    n_embedded = 0
+    t_emb = e_emb = None
+    if not options.dense:
+        both = {s.sample_id: s for s in [*targets, *examples]}
+        emb, n_embedded = ensure_embeddings(store, lm, list(both.values()),
+                                            batch_size=options.batch_size, progress=progress)
+        row = {sid: i for i, sid in enumerate(both)}
+        t_emb = emb[[row[s.sample_id] for s in targets]]
+        e_emb = emb[[row[s.sample_id] for s in examples]]
+    pairs, graph = candidate_pairs(targets, examples, t_emb, e_emb, k or options.k,
+                                   options.dense)
+    done = existing_pairs(store, lm.fingerprint, chash, [s.sample_id for s in targets])
+    todo = [p for p in pairs if p not in done]
+    summary = UtilitySummary(len(targets), len(examples), len(pairs), 0, len(pairs) - len(todo),
+                             0, n_embedded, 0.0, lm.fingerprint, chash, graph)
+    if not todo:
+        summary.seconds = time.monotonic() - started
+        return summary
+    if echo:
+        echo(f"scoring {len(todo)} pairs ({summary.n_reused} already stored)")
+    samples_by_id = {s.sample_id: s for s in [*targets, *examples]}
+    known = {t: d for t, d in load_losses(store, lm.fingerprint, chash,
+                                          sorted({t for t, _ in todo})).items() if d is not None}
+    run_id = store.start_run("score-utility", dataset, {"model": lm.fingerprint, "config": chash,
+                                                        "pairs": len(todo)}, total=len(todo))
+    summary.run_id = run_id
+    try:
+        saved_losses: set[str] = set(known)
+        for chunk in score_pairs(lm, samples_by_id, todo, config, batch_size=options.batch_size,
+                                 chunk_pairs=PAIR_COMMIT, target_distances=known,
+                                 progress=progress):
+            reasons = [r or None for r in chunk.reason]
+            save_utilities(store, lm.fingerprint, chash, chunk.target_id, chunk.example_id,
+                           chunk.utility, chunk.d_target, chunk.d_target_given_example,
+                           chunk.valid, reasons)
+            new_targets = {}
+            for t, d in zip(chunk.target_id, chunk.d_target, strict=True):
+                if t not in saved_losses:
+                    new_targets[t] = None if math.isnan(float(d)) else float(d)
+            if new_targets:
+                save_losses(store, lm.fingerprint, chash, list(new_targets),
+                            list(new_targets.values()), [0] * len(new_targets))
+                saved_losses.update(new_targets)
+            summary.n_computed += len(chunk)
+            summary.n_invalid += int((~chunk.valid).sum())
+            store.update_run(run_id, done=summary.n_computed)
+    except BaseException as exc:
+        store.finish_run(run_id, "failed", error=str(exc) or type(exc).__name__)
+        raise
+    summary.seconds = time.monotonic() - started
+    store.finish_run(run_id, "done", result={"computed": summary.n_computed,
+                                             "invalid": summary.n_invalid,
+                                             "seconds": round(summary.seconds, 2)})
+    return summary
+
+
+def utility_kernel_from_store(store: Store, model: str, config: str, row_ids: Sequence[str],
+                              col_ids: Sequence[str], scale: float | None = None) -> Kernel:
+    """Kernel (rows: targets to cover, columns: candidate examples) from stored utilities."""
+    rows = load_utilities(store, model, config, list(row_ids), list(col_ids))
+    return utility_kernel(rows.target_id, rows.example_id, rows.utility, rows.valid,
+                          row_ids=list(row_ids), col_ids=list(col_ids), scale=scale)
+
+
+def utility_scale(store: Store, model: str, config: str, row_ids: Sequence[str],
+                  col_ids: Sequence[str]) -> float:
+    """The largest valid positive utility among these pairs (1.0 when there is none): the
+    common scale when two kernels (e.g. FLCG's pool and private kernels) must share units."""
+    rows = load_utilities(store, model, config, list(row_ids), list(col_ids))
+    ok = rows.valid & ~np.isnan(rows.utility) & (rows.utility > 0)
+    ok &= np.array([t != e for t, e in zip(rows.target_id, rows.example_id, strict=True)],
+                   dtype=bool) if len(rows) else ok
+    return float(rows.utility[ok].max()) if ok.any() else 1.0
