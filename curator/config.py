@@ -78,7 +78,7 @@ class StageSpec:
     function: str | None = None       # default per stage: DEFAULT_FUNCTION
     version: int | str | None = None  # dataset version (default: latest)
     target: str | None = None         # dataset name of the target set (task stage)
-    parent: str | None = None         # continual: "previous", a selection id, or None
+    parent: str | None = None         # continual: "previous", a stage name, a selection id
     pool: str = "new"                 # continual: "new" (added since the parent) or "all"
     optimizer: str = "lazy"
     eta: float = 1.0
@@ -150,10 +150,15 @@ class Recipe:
         self.scoring.validate()
         if not self.stages:
             raise RecipeError("stages: give at least one stage")
+        names: set[str] = set()
         for i, stage in enumerate(self.stages):
             stage.validate(f"stages[{i}]")
             if stage.parent == "previous" and i == 0:
                 raise RecipeError(f"stages[{i}].parent: 'previous' needs an earlier stage")
+            if stage.name:
+                if stage.name in names:
+                    raise RecipeError(f"stages[{i}].name: {stage.name!r} is used twice")
+                names.add(stage.name)
         if self.export is not None:
             self.export.validate()
         return self

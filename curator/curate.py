@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from curator.config import ScoringOptions, StageSpec
+from curator.config import ScoringOptions, StageSpec, config_hash
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.jobs import (
@@ -39,6 +39,7 @@ from curator.store import NotFound, Store
 from curator.store.datasets import get_version, load_samples, resolve_version
 from curator.store.selections import (
     SelectionRecord,
+    find_selection,
     get_selection,
     latest_selection,
     save_selection,
@@ -56,6 +57,7 @@ class StageOutcome:
     gains: np.ndarray
     scoring: list[UtilitySummary] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reused: bool = False
 
 
 @dataclass
@@ -243,9 +245,13 @@ def rds_ranking(pool_emb: np.ndarray, target_emb: np.ndarray, n_select: int) -> 
 def select_stage(store: Store, dataset: str, spec: StageSpec, *,
                  lm: LoadedModel | Callable[[], LoadedModel] | None = None,
                  options: ScoringOptions | None = None, previous_selection: str | None = None,
-                 progress: bool = False, echo: Callable[[str], None] | None = None
-                 ) -> StageOutcome:
-    """Select a subset of ``dataset`` for one stage and store it; returns the outcome."""
+                 progress: bool = False, echo: Callable[[str], None] | None = None,
+                 reuse: bool = True) -> StageOutcome:
+    """Select a subset of ``dataset`` for one stage and store it; returns the outcome.
+
+    ``reuse``: when a selection with the same data, settings and model exists, return it
+    instead of selecting again (selections are deterministic given their seed).
+    """
     spec.validate("stage")
     options = options or ScoringOptions()
     options.validate()
@@ -259,7 +265,21 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *,
             raise ValueError(f"method {spec.method} needs a model")
         if callable(lm) and not isinstance(lm, LoadedModel):
             lm = lm()
-    config: dict[str, Any] = {"function": function, "optimizer": spec.optimizer,
+    fingerprint = lm.fingerprint if isinstance(lm, LoadedModel) else None
+    key = config_hash({"dataset": dataset, "version": pools.version, "pool": _ids(pools.pool),
+                       "target": pools.target_ref, "parent": pools.parent,
+                       "spec": {k: v for k, v in vars(spec).items()
+                                if k not in ("name", "version", "parent")},
+                       "options": vars(options), "model": fingerprint})
+    if reuse:
+        existing = find_selection(store, dataset, key)
+        if existing is not None:
+            ids = selection_sample_ids(store, existing.selection_id)
+            return StageOutcome(existing.selection_id, existing, ids, np.zeros(len(ids)),
+                                [], [f"reused {existing.selection_id}: same data, settings "
+                                    "and model"], reused=True)
+    config: dict[str, Any] = {"spec_hash": key, "function": function,
+                              "optimizer": spec.optimizer,
                               "eta": spec.eta, "nu": spec.nu, "seed": spec.seed,
                               "k": options.k, "distance": options.distance,
                               "pool": spec.pool if spec.stage == "continual" else None}
@@ -309,7 +329,7 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *,
         from curator.gradient_stages import select_by_gradients
 
         return select_by_gradients(store, dataset, spec, pools, lm, options, n_select,
-                                   started=started, progress=progress, echo=echo)
+                                   started=started, spec_hash=key, progress=progress, echo=echo)
     sample_ids = [pool_ids[i] for i in ranking]
     record = SelectionRecord(
         dataset=dataset, version=pools.version, stage=spec.stage, method=spec.method,

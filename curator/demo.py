@@ -1,4 +1,9 @@
-"""`make demo` / `curator demo`: the main job on the project's sample data."""
+"""`make demo` / `curator demo`: the whole path on the project's sample data.
+
+Instruction-stage selection on v1, task-stage selection toward the target set, continual
+selection on v2 and v3 conditioned on what was selected before, a DualSFT parameter mask
+for the last subset, exports of each, and a summary table.
+"""
 
 from __future__ import annotations
 
@@ -6,58 +11,104 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from curator.ingest import ingest
+from curator.config import ExportSpec, InputSpec, Recipe, ScoringOptions, StageSpec
+from curator.models import LoadedModel
+from curator.runner import RecipeReport, ingest_once, run_recipe
 from curator.store import Store
-from curator.store.datasets import diff_versions, list_versions
+from curator.store.datasets import list_versions
+from curator.store.selections import selection_sample_ids
 
 DEMO_DATASET = "demo"
-VERSION_FILES = [("v1.jsonl", False), ("v2.jsonl", True), ("v3.csv", True)]
+TARGET_DATASET = "demo-target"
+MALFORMED_DATASET = "demo-malformed"
 
 
-def ingest_sample_versions(store: Store, data_dir: Path, dataset: str = DEMO_DATASET,
-                           echo: Callable[[str], None] = print) -> None:
-    """Ingest the sample versions in order (v2 and v3 append), unless already there."""
-    have = {v.source for v in list_versions(store, dataset)} if _has_dataset(store, dataset) \
-        else set()
-    for name, append in VERSION_FILES:
-        source = str(data_dir / name)
-        if source in have:
-            echo(f"  {name}: already ingested")
-            continue
-        summary = ingest(store, source, dataset, append=append)
-        for line in summary.lines():
-            echo(line)
+def demo_recipe(data_dir: Path, export_dir: Path) -> Recipe:
+    """The demo as a recipe (also a worked example of the recipe format)."""
+    return Recipe(
+        dataset=DEMO_DATASET,
+        inputs=[InputSpec(str(data_dir / "v1.jsonl"), append=False),
+                InputSpec(str(data_dir / "v2.jsonl")),
+                InputSpec(str(data_dir / "v3.csv")),
+                InputSpec(str(data_dir / "target.jsonl"), dataset=TARGET_DATASET,
+                          append=False)],
+        # Small k and short sequences keep the demo within a few minutes on 2 CPU cores.
+        scoring=ScoringOptions(k=4, batch_size=16, max_length=512),
+        stages=[
+            StageSpec(name="instruction", stage="instruction", budget="30%", version=1),
+            StageSpec(name="task", stage="task", budget="30%", version=1,
+                      target=TARGET_DATASET),
+            StageSpec(name="continual-v2", stage="continual", budget="30%", version=2,
+                      parent="instruction"),
+            StageSpec(name="continual-v3", stage="continual", budget="30%", version=3,
+                      parent="previous", param_budget="5%"),
+        ],
+        export=ExportSpec(format="jsonl", out=str(export_dir)),
+    ).validate()
 
 
-def _has_dataset(store: Store, dataset: str) -> bool:
-    return bool(store.query("SELECT 1 FROM datasets WHERE name = ?", [dataset]))
+def noise_rates(store: Store, report: RecipeReport, labels: dict[str, dict]) -> dict[str, tuple]:
+    """(noisy share of the pool, noisy share of the selection) per stage."""
+    from curator.curate import resolve_pools
+    from curator.store.selections import get_selection
+
+    out = {}
+    for r in report.stages:
+        sel = get_selection(store, r.selection_id)
+        spec = StageSpec(stage=sel.stage, version=sel.version,
+                         target=sel.target.split(":")[0] if sel.target else None,
+                         parent=sel.parent)
+        pool = resolve_pools(store, sel.dataset, spec).pool
+        picked = selection_sample_ids(store, r.selection_id)
+        noisy = {i for i, v in labels.items() if v.get("noisy")}
+        pool_rate = sum(s.sample_id in noisy for s in pool) / max(1, len(pool))
+        sel_rate = sum(i in noisy for i in picked) / max(1, len(picked))
+        out[r.name] = (pool_rate, sel_rate, sum(i in noisy for i in picked),
+                       sum(s.sample_id in noisy for s in pool))
+    return out
 
 
 def run_demo(store: Store, model: str | None = None, data_dir: Path | None = None,
-             echo: Callable[[str], None] = print) -> None:
-    from curator.sample_data import SAMPLE_DATA_DIR, ensure_sample_data
+             export_dir: Path | None = None, echo: Callable[[str], None] = print,
+             model_loader: Callable[[], LoadedModel] | None = None) -> RecipeReport:
+    from curator.sample_data import SAMPLE_DATA_DIR, ensure_sample_data, load_labels
 
+    started = time.monotonic()
     data_dir = ensure_sample_data(data_dir or SAMPLE_DATA_DIR)
-    echo(f"store: {store.path.resolve()}")
+    export_dir = export_dir or store.path / "exports"
+    echo(f"store:       {store.path.resolve()}")
     echo(f"sample data: {data_dir}")
+    recipe = demo_recipe(data_dir, export_dir)
+    recipe.model = model
     store.init()
-    echo("\n== ingest the three versions ==")
-    ingest_sample_versions(store, data_dir, echo=echo)
+    bad = ingest_once(store, data_dir / "malformed.jsonl", MALFORMED_DATASET, append=False)
+    if bad is not None:
+        echo(f"malformed.jsonl: {bad.n_accepted} rows accepted, {bad.n_quarantined} "
+             f"quarantined (see `curator show --quarantine -d {MALFORMED_DATASET}`)")
+    report = run_recipe(store, recipe, model_loader=model_loader, progress=True, echo=echo)
     echo("\n== versions ==")
     for v in list_versions(store, DEMO_DATASET):
-        echo(f"  v{v.version}: {v.n_members} members (+{v.n_added} -{v.n_removed}, "
-             f"{v.n_duplicates} duplicates, {v.n_quarantined} quarantined) from "
-             f"{Path(v.source).name}")
-    versions = [v.version for v in list_versions(store, DEMO_DATASET)]
-    for old, new in zip(versions, versions[1:], strict=False):
-        d = diff_versions(store, DEMO_DATASET, old, new)
-        echo(f"  diff v{old} -> v{new}: added {d.n_added}, removed {d.n_removed}, "
-             f"unchanged {d.n_unchanged}")
-    echo("\n== model ==")
-    from curator.models import load_model
-
-    t0 = time.monotonic()
-    lm = load_model(model)
-    n_params = sum(p.numel() for p in lm.model.parameters())
-    echo(f"  loaded {lm.name} ({n_params / 1e6:.0f}M parameters) on {lm.device} in "
-         f"{lm.dtype} in {time.monotonic() - t0:.1f} s; fingerprint {lm.fingerprint}")
+        echo(f"  v{v.version}: {v.n_members} samples (+{v.n_added}, {v.n_quarantined} "
+             f"quarantined) from {Path(v.source).name}")
+    rates = noise_rates(store, report, load_labels(data_dir))
+    echo("\n== summary ==")
+    echo(f"{'stage':<14} {'ver':>3} {'selection':<9} {'pool':>5} {'picked':>6} {'objective':>9} "
+         f"{'noisy in pool':>13} {'noisy picked':>12} {'pairs':>6} {'time':>7}")
+    for r in report.stages:
+        pool_rate, sel_rate, n_sel_noisy, n_pool_noisy = rates[r.name]
+        obj = "-" if r.objective is None else f"{r.objective:.2f}"
+        echo(f"{r.name:<14} {r.version:>3} {r.selection_id:<9} {r.n_pool:>5} {r.n_selected:>6} "
+             f"{obj:>9} {f'{n_pool_noisy} ({pool_rate:.0%})':>13} "
+             f"{f'{n_sel_noisy} ({sel_rate:.0%})':>12} {r.pairs_computed:>6} "
+             f"{r.seconds:>6.1f}s")
+    for r in report.stages:
+        if r.mask:
+            echo(f"\nDualSFT mask for {r.selection_id}: "
+                 f"{r.mask['overall']['selected']:,} of {r.mask['overall']['total']:,} "
+                 f"parameters ({r.mask['overall']['density']:.2%} of the model, "
+                 f"{r.mask['scope_density']:.1%} of its linear layers)")
+    echo(f"\nexports:  {export_dir.resolve()}")
+    echo(f"store:    {store.path.resolve()}")
+    echo(f"finished in {time.monotonic() - started:.0f} s")
+    echo(f"open the app:  .venv/bin/curator app --store {store.path}")
+    return report

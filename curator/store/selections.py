@@ -117,6 +117,14 @@ def latest_selection(store: Store, dataset: str, stage: str | None = None) -> Se
     return _record(rows[0])
 
 
+def find_selection(store: Store, dataset: str, spec_hash: str) -> SelectionRecord | None:
+    """The newest selection of ``dataset`` made from exactly these inputs, if any."""
+    rows = store.query(f"SELECT {', '.join(_COLS)} FROM selections WHERE dataset = ? AND "
+                       "json_extract_string(config, '$.spec_hash') = ? ORDER BY created_at "
+                       "DESC LIMIT 1", [dataset, spec_hash])
+    return _record(rows[0]) if rows else None
+
+
 def selection_members(store: Store, selection_id: str, layer: str = "",
                       limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
     sql = ("SELECT m.rank, m.sample_id, m.gain, m.score, s.prompt, s.response "
