@@ -400,6 +400,149 @@ def export(selection_id: str, store_path: Path, fmt: str, out: Path, force: bool
         click.echo(f"  {name}  sha256 {digest[:16]}...")
     click.echo("  manifest.json")
 
+
+@main.command()
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="Recipe file (YAML or JSON).")
+@store_option
+@click.option("--exports", "export_root", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Where exports go (default: the recipe's export.out).")
+@user_errors
+def curate(recipe_path: Path, store_path: Path, export_root: Path | None) -> None:
+    """Run a whole recipe: ingest new inputs, score what is new, select, mask, export.
+
+    The recipe is validated before anything runs. A rerun after a crash redoes only what
+    did not finish (inputs by checksum, cached scores, identical selections reused).
+    """
+    from curator.config import load_recipe
+    from curator.runner import run_recipe
+
+    recipe = load_recipe(recipe_path)
+    report = run_recipe(Store(store_path), recipe, export_root=export_root, progress=True,
+                        echo=click.echo)
+    click.echo(f"\nrun {report.run_id}: {len(report.stages)} stages in {report.seconds:.0f} s")
+    for r in report.stages:
+        obj = "-" if r.objective is None else f"{r.objective:.3f}"
+        click.echo(f"  {r.name}: {r.selection_id} {r.n_selected}/{r.n_pool} objective {obj}"
+                   + (" (reused)" if r.reused else "") + (f" -> {r.export}" if r.export else ""))
+
+
+@main.command()
+@click.argument("selection_id")
+@store_option
+@click.option("--param-budget", default="5%", show_default=True,
+              help="Share of the model's linear-layer parameters to keep trainable.")
+@click.option("--target-set", default=None,
+              help="Dataset whose gradient defines the direction (default: a held-out slice).")
+@click.option("--model", default=None, help="Model (default: the embedded SmolLM2).")
+@click.option("--seed", default=0, show_default=True)
+@user_errors
+def mask(selection_id: str, store_path: Path, param_budget: str, target_set: str | None,
+         model: str | None, seed: int) -> None:
+    """Compute the DualSFT parameter mask that goes with a stored selection."""
+    from curator.gradient_stages import mask_for_selection
+    from curator.store.datasets import load_samples, resolve_version
+
+    store = open_store(store_path)
+    targets = None
+    if target_set:
+        targets = load_samples(store, target_set, resolve_version(store, target_set, None))
+    lm = _loader(model, "fp32", False)()
+    info = mask_for_selection(store, selection_id, lm, param_budget, targets, progress=True,
+                              seed=seed)
+    o = info["overall"]
+    click.echo(f"mask for {selection_id}: {o['selected']:,} of {o['total']:,} parameters "
+               f"({o['density']:.2%} of the model, {info['scope_density']:.1%} of the scope)")
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder for the fine-tuned model (must not exist unless --force).")
+@click.option("--model", default=None, help="Model to fine-tune (default: embedded SmolLM2).")
+@click.option("--epochs", default=1, show_default=True)
+@click.option("--steps", default=None, type=int, help="Overrides --epochs.")
+@click.option("--lr", default=1e-5, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--max-length", default=1024, show_default=True)
+@click.option("--no-mask", is_flag=True, help="Ignore the export's mask (train everything).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True)
+@user_errors
+def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: int | None,
+          lr: float, batch_size: int, max_length: int, no_mask: bool, seed: int,
+          force: bool) -> None:
+    """Fine-tune a model on an exported subset, honouring its mask and layer subsets."""
+    from curator.export import load_export
+    from curator.train import train as run_train
+
+    if out.exists() and not force:
+        raise CuratorError(f"{out} exists; pass --force to replace it")
+    exp = load_export(export_dir)
+    if exp.manifest.get("model_fingerprint") and model is None:
+        click.echo("note: training the default model; the export was scored with model "
+                   f"{exp.manifest['model_fingerprint']}", err=True)
+    lm = _loader(model, "fp32", False)()
+    mask_ = None if no_mask else exp.mask
+    result = run_train(lm, None, exp.samples, mask=mask_, layer_subsets=exp.layers,
+                       steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                       max_length=max_length, progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    lm.model.save_pretrained(out, safe_serialization=True)
+    lm.tokenizer.save_pretrained(out)
+    first, last = result.losses[0], result.losses[-1]
+    click.echo(f"trained {result.steps} steps on {len(exp.samples)} samples"
+               + (" with mask" if mask_ is not None else "")
+               + (f" and {len(exp.layers)} layer subsets" if exp.layers else "")
+               + f": loss {first:.4f} -> {last:.4f}; saved to {out.resolve()}")
+
+
+@main.command("eval")
+@click.option("--model", default=None, help="Model name or path (default: embedded SmolLM2).")
+@click.option("--data", "data_path", default=None, help="A file of samples (any input format).")
+@click.option("--dataset", "-d", default=None, help="Or a dataset in the store.")
+@store_option
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--max-length", default=1024, show_default=True)
+@user_errors
+def eval_cmd(model: str | None, data_path: str | None, dataset: str | None, store_path: Path,
+             batch_size: int, max_length: int) -> None:
+    """Mean response-token loss of a model on a target set (compare before/after training)."""
+    from curator.train import eval_loss
+
+    samples = _samples_from(data_path, dataset, store_path)
+    lm = _loader(model, "fp32", False)()
+    loss = eval_loss(lm, samples, batch_size=batch_size, max_length=max_length)
+    click.echo(f"response loss {loss:.4f} on {len(samples)} samples ({lm.name})")
+
+
+def _samples_from(data_path: str | None, dataset: str | None, store_path: Path) -> list:
+    """Samples from a file (read and mapped like ingest, bad rows skipped) or a dataset."""
+    if bool(data_path) == bool(dataset):
+        raise CuratorError("give exactly one of --data FILE or --dataset NAME")
+    if dataset:
+        from curator.store.datasets import load_samples, resolve_version
+
+        store = open_store(store_path)
+        return load_samples(store, dataset, resolve_version(store, dataset, None))
+    from curator.readers import read_source
+    from curator.records import Sample
+    from curator.schemas import RowError, map_row
+
+    _, rows = read_source(data_path)
+    samples = []
+    for row in rows:
+        if row.data is None:
+            continue
+        try:
+            messages, meta = map_row(row.data)
+        except RowError:
+            continue
+        samples.append(Sample.from_messages(messages, meta))
+    if not samples:
+        raise CuratorError(f"{data_path}: no usable rows")
+    return samples
+
 @main.command()
 @store_option
 @click.option("--model", default=None, help="Model to load (default: the embedded SmolLM2).")

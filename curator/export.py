@@ -204,3 +204,49 @@ def iter_jsonl(path: Path) -> Iterable[dict[str, Any]]:
         for line in fh:
             if line.strip():
                 yield json.loads(line)
+
+
+@dataclass
+class LoadedExport:
+    path: Path
+    samples: list[Sample]
+    mask: dict[str, Any] | None      # parameter name -> bool tensor
+    layers: dict[str, list[str]] | None
+    manifest: dict[str, Any]
+
+
+def load_export(path: str | Path, verify: bool = True) -> LoadedExport:
+    """Read an export folder back (any format), checking it against its manifest."""
+    from curator.readers import read_file
+    from curator.records import Sample
+    from curator.schemas import map_row
+
+    path = Path(path)
+    if not (path / "manifest.json").exists():
+        raise ExportError(f"{path} is not a curator export (no manifest.json)")
+    if verify:
+        problems = verify_export(path)
+        if problems:
+            raise ExportError(f"{path} does not match its manifest: {'; '.join(problems)}")
+    manifest = json.loads((path / "manifest.json").read_text())
+    samples: list[Sample] = []
+    if (path / "hf").exists():
+        from datasets import load_from_disk
+
+        rows = [dict(r) for r in load_from_disk(str(path / "hf"))]
+    else:
+        data = path / ("data.parquet" if (path / "data.parquet").exists() else "data.jsonl")
+        rows = [r.data for r in read_file(data) if r.data is not None]
+    for row in rows:
+        meta = row.get("metadata")
+        meta = json.loads(meta) if isinstance(meta, str) else (meta or {})
+        messages, _ = map_row({"messages": row["messages"]} if "messages" in row else row)
+        samples.append(Sample.from_messages(messages, meta))
+    mask = None
+    if (path / "mask.safetensors").exists():
+        from curator.masks import load_mask
+
+        mask = load_mask(path / "mask.safetensors")
+    layers = json.loads((path / "layers.json").read_text()) if (path / "layers.json").exists() \
+        else None
+    return LoadedExport(path, samples, mask, layers, manifest)
