@@ -77,7 +77,8 @@ def read_json(path: Path) -> Iterator[RawRow]:
         raise InputError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
     if isinstance(obj, dict):
         # {"data": [...]} / {"examples": [...]} / {"train": [...]}: the one list of records.
-        lists = [v for v in obj.values() if isinstance(v, list)]
+        # A single record's own lists (chat turns, tags) are not a list of records.
+        lists = [v for v in obj.values() if _is_record_list(v)]
         if len(lists) == 1:
             obj = lists[0]
         else:
@@ -91,6 +92,14 @@ def read_json(path: Path) -> Iterator[RawRow]:
         else:
             yield RawRow(name, i, None, _shorten(text),
                          f"expected a JSON object, got {type(item).__name__}")
+
+
+def _is_record_list(value: Any) -> bool:
+    """A non-empty list of objects that are not chat turns (role/content, from/value)."""
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(v, dict) for v in value)
+            and not all(("role" in v and "content" in v) or ("from" in v and "value" in v)
+                        for v in value))
 
 
 def read_csv(path: Path, delimiter: str = ",") -> Iterator[RawRow]:

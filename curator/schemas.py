@@ -110,14 +110,16 @@ def map_row(row: Mapping[str, Any], fields: FieldMap | None = None
         messages = _pair(prompt, _text(row, "response"))
         used = {"instruction", "context", "response"}
     else:
-        for p, r in PAIR_SCHEMAS:
-            if p in row or r in row:
-                if p in row and r in row:
-                    messages, used = _pair(_text(row, p), _text(row, r)), {p, r}
-                    break
-                missing = r if p in row else p
-                raise RowError(f"missing field {missing!r}")
+        # A complete pair anywhere in the list wins over a partial one earlier in it
+        # (prompt/completion must not stop at prompt/response's missing 'response').
+        complete = [(p, r) for p, r in PAIR_SCHEMAS if p in row and r in row]
+        if complete:
+            p, r = complete[0]
+            messages, used = _pair(_text(row, p), _text(row, r)), {p, r}
         else:
+            for p, r in PAIR_SCHEMAS:
+                if p in row or r in row:
+                    raise RowError(f"missing field {r if p in row else p!r}")
             keys = ", ".join(sorted(map(str, row))) or "none"
             raise RowError(f"no known schema (fields: {keys}); use --prompt-field and "
                            "--response-field")

@@ -23,3 +23,27 @@ def tiny_llama():
     from curator.testing import tiny_loaded_model
 
     return tiny_loaded_model("llama")
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty store in a temporary folder (a short lock timeout keeps failures fast)."""
+    from curator.store import Store
+
+    return Store(tmp_path / "store", lock_timeout=10)
+
+
+@pytest.fixture
+def write_jsonl(tmp_path):
+    """write_jsonl(name, rows) -> path: rows are dicts (dumped) or str (written as is)."""
+    import json
+
+    def write(name: str, rows: list) -> str:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+        return str(path)
+
+    return write

@@ -73,7 +73,7 @@ class Store:
                 if time.monotonic() >= deadline:
                     raise StoreLocked(
                         f"store {self.path} is busy: another process has held it for more "
-                        f"than {self.lock_timeout:.0f} s (set CURATOR_LOCK_TIMEOUT to wait longer)"
+                        f"than {self.lock_timeout:g} s (set CURATOR_LOCK_TIMEOUT to wait longer)"
                     ) from exc
                 # Jitter so two waiting processes do not retry in lock step.
                 time.sleep(delay * (0.5 + random.random()))

@@ -1,0 +1,272 @@
+"""The `curator` command: exact outputs and exit codes (0; 1 with one `error:` line)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from curator.cli import main
+from curator.records import sample_id_for
+from curator.store import Store
+from curator.store.datasets import list_versions
+from curator.store.schema import LATEST
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def run(*args: str, ok: bool = True):
+    result = CliRunner().invoke(main, [str(a) for a in args], prog_name="curator")
+    if ok:
+        assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def fail(*args: str) -> str:
+    """Run a command that must fail: exit 1, nothing on stdout, one `error:` line on stderr."""
+    result = run(*args, ok=False)
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    return result.stderr[len("error: "):-1]
+
+
+def sid(i: int) -> str:
+    return sample_id_for([{"role": "user", "content": f"prompt {i}"},
+                          {"role": "assistant", "content": f"answer {i}"}])
+
+
+def write(path: Path, ids, extra=()) -> str:
+    rows = [json.dumps({"prompt": f"prompt {i}", "response": f"answer {i}", "n": i}) for i in ids]
+    path.write_text("\n".join(rows + list(extra)) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Store with dataset "d": v1 = 0..3 + a bad line, v2 = snapshot 2..5 (read-only)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    store = tmp / "s"
+    run("ingest", write(tmp / "v1.jsonl", range(4), ['{"prompt": 1}']), "-d", "d",
+        "--store", store, "-q")
+    run("ingest", write(tmp / "v2.jsonl", range(2, 6)), "-d", "d", "--store", store,
+        "-m", "second")
+    return store
+
+
+# -- init -----------------------------------------------------------------------------------
+
+
+def test_init_creates_then_reports_existing(tmp_path):
+    store = tmp_path / "s"
+    assert run("init", "--store", store).output == \
+        f"store created: {store.resolve()} (schema version {LATEST})\n"
+    assert run("init", "--store", store).output == \
+        f"store exists: {store.resolve()} (schema version {LATEST})\n"
+    assert (store / "curator.duckdb").is_file() and (store / "artifacts").is_dir()
+
+
+def test_store_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CURATOR_STORE", str(tmp_path / "env"))
+    assert run("init").output.startswith(f"store created: {(tmp_path / 'env').resolve()} ")
+
+
+# -- ingest ---------------------------------------------------------------------------------
+
+
+def test_ingest_prints_the_summary(tmp_path):
+    source = write(tmp_path / "a.jsonl", [0, 1, 0], ["not json", '{"prompt": "p"}'])
+    result = run("ingest", source, "-d", "d", "--store", tmp_path / "s")
+    assert result.stdout == (
+        "dataset d: version 1 (snapshot)\n"
+        "  rows read 5: accepted 2, duplicates 1, quarantined 2\n"
+        "  version: added 2, removed 0, unchanged 0, members 2\n"
+        "  quarantined 1: malformed JSON\n"
+        "  quarantined 1: missing field 'response'\n"
+    )
+    result = run("ingest", write(tmp_path / "b.jsonl", [2]), "-d", "d", "--store",
+                 tmp_path / "s", "--append")
+    assert result.stdout == (
+        "dataset d: version 2 (append on version 1)\n"
+        "  rows read 1: accepted 1, duplicates 0, quarantined 0\n"
+        "  version: added 1, removed 0, unchanged 2, members 3\n"
+    )
+
+
+def test_ingest_with_field_options(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("q,a,topic\nQ1,A1,x\n")
+    run("ingest", path, "-d", "d", "--store", tmp_path / "s", "--prompt-field", "q",
+        "--response-field", "a")
+    chat = tmp_path / "c.jsonl"
+    chat.write_text(json.dumps({"turns": [{"from": "human", "value": "hi"},
+                                          {"from": "gpt", "value": "yo"}]}) + "\n")
+    run("ingest", chat, "-d", "c", "--store", tmp_path / "s", "--messages-field", "turns")
+    out = run("show", "-d", "d", "--store", tmp_path / "s").stdout
+    qa = sample_id_for([{"role": "user", "content": "Q1"},
+                        {"role": "assistant", "content": "A1"}])
+    assert out == f"d v1: 1 samples\n- {qa} topic=x\n    prompt:   Q1\n    response: A1\n"
+    assert run("show", "-d", "c", "--store", tmp_path / "s").stdout.endswith(
+        "    prompt:   hi\n    response: yo\n")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.jsonl", b"", "{path} is empty"),
+    ("blank.jsonl", b"\n\n", "{path}: no rows found"),
+    ("bad.jsonl", b"{oops\n", "{path}: no usable rows (1 quarantined: 1 malformed JSON)"),
+    ("latin1.jsonl", b'{"prompt": "\xe9", "response": "r"}\n',
+     "{path}: no usable rows (1 quarantined: 1 not valid UTF-8)"),
+    ("fields.jsonl", b'{"prompt": "p", "response": ""}\n',
+     "{path}: no usable rows (1 quarantined: 1 field 'response' is empty)"),
+    ("type.jsonl", b'{"prompt": "p", "response": 5}\n',
+     "{path}: no usable rows (1 quarantined: 1 field 'response' must be text, got int)"),
+    ("cols.csv", b"prompt,response\np\n",
+     "{path}: no usable rows (1 quarantined: 1 expected 2 fields, got 1)"),
+    ("latin1.csv", b"prompt,response\n\xe9,r\n",
+     "{path}: no usable rows (1 quarantined: 1 not valid UTF-8)"),
+    ("header.csv", b"prompt,response\n", "{path}: no rows found"),
+    ("bad.json", b"[1,\n{", "{path} is not valid JSON: Expecting property name enclosed in "
+                         "double quotes at line 2"),
+    ("data.xml", b"<x/>", "unknown format for {path}: use one of .csv, .json, .jsonl, .ndjson, "
+                          ".parquet, .pq, .tsv, a folder of them, or a saved Hugging Face dataset"),
+])
+def test_bad_input_exits_1_with_one_line_and_creates_no_version(tmp_path, name, content,
+                                                                message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    store = tmp_path / "s"
+    assert fail("ingest", path, "-d", "d", "--store", store, "-q") == message.format(path=path)
+    if (store / "curator.duckdb").exists():
+        assert Store(store).query("SELECT count(*) FROM versions") == [(0,)]
+
+
+def test_missing_input_and_missing_store(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    assert fail("ingest", missing, "-d", "d", "--store", tmp_path / "s") == \
+        f"no such file or folder: {missing}"
+    assert fail("versions", "-d", "d", "--store", tmp_path / "none") == \
+        f"no curator store at {tmp_path / 'none'} (create one with `curator init`)"
+
+
+def test_usage_errors_exit_2(tmp_path):
+    result = run("ingest", tmp_path / "a.jsonl", "--store", tmp_path / "s", ok=False)
+    assert result.exit_code == 2
+    assert "Missing option '--dataset' / '-d'" in result.stderr
+
+
+# -- versions, diff, show -------------------------------------------------------------------
+
+
+def test_versions_table(built):
+    out = run("versions", "-d", "d", "--store", built).stdout.splitlines()
+    v1, v2 = list_versions(Store(built), "d")
+    assert out == [
+        "version parent mode      members   added removed  dups  quar  created              "
+        "source",
+        f"      1      - snapshot        4       4       0     0     1  "
+        f"{v1.created_at:%Y-%m-%d %H:%M:%S}  {v1.source}",
+        f"      2      1 snapshot        4       2       2     0     0  "
+        f"{v2.created_at:%Y-%m-%d %H:%M:%S}  {v2.source}",
+    ]
+
+
+def test_diff_lines(built):
+    default = run("diff", "-d", "d", "--store", built).stdout
+    added = sorted([sid(4), sid(5)])
+    removed = sorted([sid(0), sid(1)])
+    prompt = {sid(i): f"prompt {i}" for i in range(6)}
+    assert default == "d: v1 -> v2: added 2, removed 2, unchanged 2\n" + "".join(
+        f"  + {s}  {prompt[s]}\n" for s in added) + "".join(
+        f"  - {s}  {prompt[s]}\n" for s in removed)
+    assert run("diff", "1", "2", "-d", "d", "--store", built).stdout == default
+    assert run("diff", "v1", "-d", "d", "--store", built).stdout == default  # NEW = latest
+    assert run("diff", "2", "1", "-d", "d", "--store", built, "--limit", "1").stdout == (
+        f"d: v2 -> v1: added 2, removed 2, unchanged 2\n  + {removed[0]}  {prompt[removed[0]]}\n"
+        f"  - {added[0]}  {prompt[added[0]]}\n")
+    assert run("diff", "2", "2", "-d", "d", "--store", built).stdout == \
+        "d: v2 -> v2: added 0, removed 0, unchanged 4\n"
+
+
+def test_diff_errors(built, tmp_path):
+    assert fail("diff", "1", "7", "-d", "d", "--store", built) == "dataset 'd' has no version 7"
+    assert fail("diff", "x", "-d", "d", "--store", built) == \
+        "bad version 'x': use a number such as 2 or v2"
+    assert fail("diff", "-d", "nope", "--store", built) == "no dataset 'nope' (known: d)"
+    store = tmp_path / "one"
+    run("ingest", write(tmp_path / "a.jsonl", [1]), "-d", "one", "--store", store)
+    assert fail("diff", "-d", "one", "--store", store) == \
+        "dataset 'one' has one version; name two to compare"
+
+
+def test_show_samples_paging_and_search(built):
+    assert run("show", "-d", "d", "--store", built, "--limit", "2").stdout == (
+        f"d v2: 4 samples\n"
+        f"- {sid(2)} n=2\n    prompt:   prompt 2\n    response: answer 2\n"
+        f"- {sid(3)} n=3\n    prompt:   prompt 3\n    response: answer 3\n")
+    assert run("show", "-d", "d", "--store", built, "-v", "1", "--offset", "3").stdout == (
+        f"d v1: 4 samples\n- {sid(3)} n=3\n    prompt:   prompt 3\n    response: answer 3\n")
+    assert run("show", "-d", "d", "--store", built, "--search", "ANSWER 5").stdout == (
+        f"d v2: 4 samples (showing 1 matching 'ANSWER 5')\n"
+        f"- {sid(5)} n=5\n    prompt:   prompt 5\n    response: answer 5\n")
+
+
+def test_show_quarantine(built):
+    out = run("show", "-d", "d", "--store", built, "-v", "1", "--quarantine").stdout
+    assert out == ("d v1: 1 quarantined rows\n"
+                   "  v1.jsonl:5: missing field 'response': {\"prompt\": 1}\n")
+    assert run("show", "-d", "d", "--store", built, "--quarantine").stdout == \
+        "d v2: 0 quarantined rows\n"
+    assert fail("show", "-d", "d", "--store", built, "-v", "3") == "dataset 'd' has no version 3"
+
+
+def test_a_locked_store_fails_with_one_line(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    run("init", "--store", tmp_path / "s")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+         "print('locked', flush=True); sys.stdin.readline()", str(tmp_path / "s" / "curator.duckdb")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setenv("CURATOR_LOCK_TIMEOUT", "0.2")
+        assert fail("versions", "-d", "d", "--store", tmp_path / "s") == (
+            f"store {tmp_path / 's'} is busy: another process has held it for more than 0.2 s "
+            "(set CURATOR_LOCK_TIMEOUT to wait longer)")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# -- help and README ------------------------------------------------------------------------
+
+
+def test_version_option():
+    assert run("--version").stdout == "curator, version 0.1.0\n"
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_every_command_has_help(command):
+    result = run(command, "--help")
+    assert result.stdout.startswith(f"Usage: curator {command} [OPTIONS]")
+    first_line = main.commands[command].help.strip().splitlines()[0]
+    assert first_line and first_line in " ".join(result.stdout.split())
+    assert run(command, "-h").stdout == result.stdout
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_every_command_is_in_the_readme(command):
+    if not README.exists():
+        pytest.skip("README.md does not exist yet")
+    assert re.search(rf"`curator {command}\b", README.read_text()), \
+        f"`curator {command}` is not mentioned in README.md"
+
+
+def test_top_level_help_lists_every_command():
+    out = run("--help").stdout
+    for command in main.commands:
+        assert re.search(rf"^  {command}\b", out, re.M), command
