@@ -579,5 +579,16 @@ def app(store_path: Path, host: str, port: int, headless: bool) -> None:
     sys.exit(subprocess.call(cmd, env=env))
 
 
+def _register_extensions() -> None:
+    """Command groups that live in their own modules."""
+    try:
+        from curator import cli_schedule
+    except ImportError:  # pragma: no cover - only while the module is being written
+        return
+    cli_schedule.register(main)
+
+
+_register_extensions()
+
 if __name__ == "__main__":
     main()
