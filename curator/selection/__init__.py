@@ -1,0 +1,43 @@
+"""Submodular selection: set functions over similarity kernels and greedy optimisers.
+
+``select(kernel, budget, function=..., optimizer=...)`` is the entry point; see its docstring
+for the kernel orientation ``(n_cover, n_candidates)`` and the shapes of the other kernels.
+"""
+
+from curator.selection.api import (
+    FUNCTION_ALIASES,
+    FUNCTIONS,
+    SelectionResult,
+    build_function,
+    canonical_function,
+    select,
+)
+from curator.selection.budget import parse_budget, parse_cost_budget
+from curator.selection.functions import (
+    FacilityLocation,
+    FacilityLocationConditionalGain,
+    FacilityLocationMutualInformation,
+    FacilityLocationVariantMutualInformation,
+    GraphCut,
+    SetFunction,
+)
+from curator.selection.optimizers import OPTIMIZERS, maximize
+
+__all__ = [
+    "FUNCTIONS",
+    "FUNCTION_ALIASES",
+    "OPTIMIZERS",
+    "FacilityLocation",
+    "FacilityLocationConditionalGain",
+    "FacilityLocationMutualInformation",
+    "FacilityLocationVariantMutualInformation",
+    "GraphCut",
+    "SelectionResult",
+    "SetFunction",
+    "build_function",
+    "canonical_function",
+    "maximize",
+    "parse_budget",
+    "parse_cost_budget",
+    "select",
+]
