@@ -1,0 +1,211 @@
+"""DualSFT: a parameter mask and a data subset from one gradient interaction matrix.
+
+``M[n, p] = u[p] * g_n[p]``; its column sums ``phi_param = u * G`` rank parameters, its row
+sums ``phi_data[n] = <u, g_n>`` rank samples (computed by hooks, never forming M).
+Co-extraction re-scores the samples on the masked coordinates only (``u * mask``), so the
+subset is the data that helps the parameters that will actually be trained.
+
+Mask allocation rule (``allocate_mask``), for a budget fraction rho over the scope's N
+coordinates:
+1. K = max(1, round(rho * N)) coordinates are selected in total, exactly.
+2. A share ``spread`` of K (floor(spread * K)) is divided evenly over *cells*, one cell per
+   (layer, module kind) pair, e.g. ("model.layers.3", "self_attn.q_proj"); weight and bias
+   of a module share a cell. Water-filling: cells are visited from smallest to largest, each
+   takes floor(remaining / cells left) but never more than its size, so a small cell's
+   unused quota passes to larger ones. Each cell keeps its own top entries by |phi_param|.
+3. The rest of K goes to the global top by |phi_param| among coordinates not yet selected.
+So every layer and module kind gets at least its even share of ``spread * K`` (when it has
+that many coordinates), and the remainder follows the scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from curator.models import LoadedModel
+from curator.records import Sample
+from curator.scoring.gradients import (
+    GradientStatistics,
+    Grads,
+    SampleScores,
+    gradient_statistics,
+    hook_scores,
+    layer_of,
+    module_kind,
+    resolve_scope,
+    update_direction,
+    warmup_copy,
+)
+
+Mask = dict[str, torch.Tensor]
+
+
+@dataclass
+class DualSFTConfig:
+    eta: float = 2e-5  # the fine-tuning learning rate the direction u is built for
+    lambda_new: float = 1.0
+    lambda_prior: float = 1.0
+    second_order: bool = True  # include -0.5 eta^2 c G in u
+    tau: float = 2.0  # temperature of the v_prior self-distillation
+    confidence: str = "max_prob"  # teacher confidence weighting: max_prob, entropy, uniform
+    warmup_steps: int = 0  # >0: score with a warmed-up copy, the original as KL reference
+    warmup_fraction: float = 0.05  # pool share the warm-up trains on
+    warmup_lr: float = 2e-5
+    holdout_fraction: float = 0.1  # v_new from this pool slice when there is no target set
+    anchor_fraction: float = 0.05  # anchors from this pool slice when none are given
+    spread: float = 0.25  # share of the parameter budget spread evenly over cells
+    use_abs: bool = True  # rank parameters by |phi_param| (False: by signed phi_param)
+    co_extract: bool = True  # rank data on the masked coordinates only
+    modules: Sequence[str] | None = None  # glob patterns on module names (default: all linear)
+    last_layers: int | None = None
+    include_head: bool = False
+    batch_size: int = 8  # for v_new, G, c, v_prior
+    score_batch_size: int = 16  # for the hook scoring passes
+    max_length: int = 1024
+    seed: int = 0
+
+
+@dataclass
+class DualSFTResult:
+    mask: Mask
+    ranking: list[int]  # pool indices, best first (skipped samples last)
+    selected: list[int]  # the first data-budget entries of ranking
+    scores: np.ndarray  # (N,) the data utilities the ranking uses (masked when co-extracting)
+    scores_full: np.ndarray  # (N,) <u, g_n> over the whole scope
+    phi_param: Grads
+    stats: GradientStatistics = field(repr=False)
+    skipped: list[int] = field(default_factory=list)
+
+    def selected_ids(self, pool: Sequence[Sample]) -> list[str]:
+        return [pool[i].sample_id for i in self.selected]
+
+
+def resolve_count(budget: int | float, n: int, what: str) -> int:
+    """A count (int >= 1) or a fraction in (0, 1] of n; a fraction rounds, never below 1."""
+    if n <= 0:
+        raise ValueError(f"cannot take a {what} budget from nothing (n={n})")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise ValueError(f"{what} budget must be a count or a fraction in (0, 1], got {budget!r}")
+    if isinstance(budget, int) and budget > 1:
+        if budget > n:
+            raise ValueError(f"{what} budget {budget} is larger than the {n} available")
+        return budget
+    if not 0.0 < float(budget) <= 1.0:
+        raise ValueError(f"{what} budget must be a count or a fraction in (0, 1], got {budget!r}")
+    return max(1, min(n, round(float(budget) * n)))
+
+
+def _topk_into(mask: torch.Tensor, score: torch.Tensor, k: int) -> None:
+    """Set the k highest-scoring unselected entries of a flat mask (in place)."""
+    if k <= 0:
+        return
+    work = score.masked_fill(mask, -1.0)  # scores are >= 0 (abs) or shifted so
+    mask[torch.topk(work, k).indices] = True
+
+
+def allocate_mask(phi_param: Mapping[str, torch.Tensor], budget: float, spread: float = 0.25,
+                  use_abs: bool = True) -> Mask:
+    """Top-|phi_param| mask with a share of the budget spread evenly over (layer, kind)
+    cells (the rule is in the module docstring). Exactly K = max(1, round(budget * N))
+    coordinates are selected."""
+    if not 0.0 <= spread <= 1.0:
+        raise ValueError(f"spread must be in [0, 1], got {spread}")
+    names = list(phi_param)
+    if not names:
+        raise ValueError("phi_param is empty")
+    sizes = [phi_param[n].numel() for n in names]
+    N = sum(sizes)
+    if isinstance(budget, bool) or not 0.0 < float(budget) <= 1.0:
+        raise ValueError(f"parameter budget must be a fraction in (0, 1], got {budget!r}")
+    K = max(1, min(N, round(float(budget) * N)))
+
+    # One flat score vector over the scope (fp32 on CPU), non-negative so -1 marks "taken".
+    flat = torch.cat([phi_param[n].detach().float().reshape(-1).cpu() for n in names])
+    flat = torch.nan_to_num(flat, nan=0.0)
+    score = flat.abs() if use_abs else flat - flat.min()
+    taken = torch.zeros(N, dtype=torch.bool)
+    offsets = np.cumsum([0] + sizes)
+
+    cells: dict[tuple[str, str], list[int]] = {}
+    for i, n in enumerate(names):
+        cells.setdefault((layer_of(n), module_kind(n)), []).append(i)
+    cell_idx = {key: torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in members])
+                for key, members in cells.items()}
+    remaining = int(spread * K)
+    order = sorted(cell_idx, key=lambda key: (cell_idx[key].numel(), key))
+    for j, key in enumerate(order):
+        idx = cell_idx[key]
+        take = min(remaining // (len(order) - j), idx.numel())
+        if take > 0:
+            taken[idx[torch.topk(score[idx], take).indices]] = True
+            remaining -= take
+    _topk_into(taken, score, K - int(taken.sum()))
+
+    return {n: taken[offsets[i]:offsets[i + 1]].reshape(phi_param[n].shape)
+            for i, n in enumerate(names)}
+
+
+def _rank(scores: np.ndarray) -> list[int]:
+    """Indices by descending score; NaN (skipped) last; ties by index (stable)."""
+    key = np.where(np.isnan(scores), -np.inf, scores)
+    return [int(i) for i in np.argsort(-key, kind="stable")]
+
+
+def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
+                   targets: Sequence[Sample] | None = None, *,
+                   anchors: Sequence[Sample] | None = None,
+                   param_budget: float = 0.05, data_budget: int | float = 0.1,
+                   config: DualSFTConfig | None = None, reference: nn.Module | None = None,
+                   progress: bool = False) -> DualSFTResult:
+    """Parameter mask and data ranking from one DualSFT pass over ``pool``.
+
+    ``reference``: the frozen model of the KL prior. By default the prior is zero unless
+    ``config.warmup_steps > 0``, in which case (as in DualSFT) a copy of ``lm`` is warmed
+    up on a slice of the pool, all gradients are taken at that copy, and ``lm`` itself is
+    the reference. The mask is meant for fine-tuning ``lm`` (the original weights).
+    """
+    cfg = config or DualSFTConfig()
+    if not pool:
+        raise ValueError("the pool is empty")
+    if isinstance(param_budget, bool) or not 0.0 < float(param_budget) <= 1.0:
+        raise ValueError(f"parameter budget must be a fraction in (0, 1], got {param_budget!r}")
+    n_data = resolve_count(data_budget, len(pool), "data")
+    if targets is not None and len(targets) == 0:
+        raise ValueError("the target set is empty; pass None to use a held-out slice of the pool")
+
+    scoring_lm = lm
+    if cfg.warmup_steps > 0 and reference is None:
+        g = torch.Generator().manual_seed(cfg.seed + 2)
+        k = max(1, round(cfg.warmup_fraction * len(pool)))
+        warm = [pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()]
+        scoring_lm = warmup_copy(lm, warm, cfg.warmup_steps, cfg.warmup_lr,
+                                 seed=cfg.seed, max_length=cfg.max_length)
+        reference = lm.model
+    scope = resolve_scope(scoring_lm.model, cfg.modules, cfg.last_layers, cfg.include_head)
+    stats = gradient_statistics(
+        scoring_lm, pool, targets, anchors, reference, scope, cfg.holdout_fraction,
+        cfg.anchor_fraction, cfg.tau, cfg.confidence, cfg.batch_size, cfg.max_length, cfg.seed)
+    u = update_direction(stats, cfg.eta, cfg.lambda_new, cfg.lambda_prior, cfg.second_order)
+    phi_param = {k: u[k] * stats.G[k] for k in u}
+    mask = allocate_mask(phi_param, param_budget, cfg.spread, cfg.use_abs)
+
+    full: SampleScores = hook_scores(scoring_lm, pool, u, scope, cfg.score_batch_size,
+                                     cfg.max_length, progress)
+    scores = full.total
+    if cfg.co_extract:
+        u_masked = {k: v * mask[k].to(v.device, v.dtype) for k, v in u.items()}
+        scores = hook_scores(scoring_lm, pool, u_masked, scope, cfg.score_batch_size,
+                             cfg.max_length, progress).total
+    ranking = _rank(scores)
+    n_ok = len(pool) - len(full.skipped)
+    selected = ranking[:min(n_data, n_ok)]
+    # TODO(selection): optional submodular pick over gradient features via
+    # curator.selection (not available when this was written); top-k for now.
+    return DualSFTResult({k: v.cpu() for k, v in mask.items()}, ranking, selected, scores,
+                         full.total, {k: v.cpu() for k, v in phi_param.items()}, stats,
+                         full.skipped)
