@@ -34,7 +34,10 @@ def default_store_path() -> Path:
 
 
 def _is_lock_error(exc: Exception) -> bool:
+    """Another process holds the file, or another thread of this one is opening it."""
     text = str(exc)
+    if "Unique file handle conflict" in text:
+        return True
     return "lock" in text.lower() and ("Conflicting" in text or "Could not set lock" in text)
 
 
@@ -67,7 +70,7 @@ class Store:
         while True:
             try:
                 return duckdb.connect(str(self.db_path))
-            except duckdb.IOException as exc:
+            except duckdb.Error as exc:
                 if not _is_lock_error(exc):
                     raise StoreError(f"cannot open store {self.db_path}: {exc}") from exc
                 if time.monotonic() >= deadline:

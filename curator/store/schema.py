@@ -212,6 +212,35 @@ CREATE TABLE ingested_files (
     PRIMARY KEY (dataset, sha256)
 );
 """),
+    (5, "schedule state", """
+-- Retry bookkeeping and the newest good export of a schedule (runs live in `runs`, kind
+-- 'schedule', with the schedule's name in config.schedule).
+ALTER TABLE schedules ADD COLUMN failures INTEGER DEFAULT 0;
+ALTER TABLE schedules ADD COLUMN last_error TEXT;
+ALTER TABLE schedules ADD COLUMN last_export TEXT;
+-- Files in a watched folder that could not be ingested, by content: not retried until the
+-- file changes; reported in the run that found them.
+CREATE TABLE quarantined_files (
+    dataset TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    path TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    schedule TEXT,
+    run_id TEXT,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (dataset, sha256)
+);
+-- What a watched file hashed to, so an unchanged file (same size and mtime) is not read
+-- again on every run; only a cache: files are still told apart by checksum.
+CREATE TABLE watched_files (
+    schedule TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    mtime_ns BIGINT NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (schedule, path)
+);
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -1,0 +1,269 @@
+"""`curator schedule ...` and `curator worker`: thin shells over curator.schedule.
+
+Registered on the main group by ``register(main)`` (curator/cli.py calls it). Helpers come
+from curator.cli inside the functions, since curator.cli imports this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _cli() -> Any:
+    from curator import cli
+
+    return cli
+
+
+def _errors(func: Callable) -> Callable:
+    """curator.cli.user_errors, looked up when the command runs (no import cycle)."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return _cli().user_errors(func)(*args, **kwargs)
+    return wrapper
+
+
+def _store_option(func: Callable) -> Callable:
+    return click.option(
+        "--store", "store_path", type=click.Path(file_okay=False, path_type=Path),
+        envvar="CURATOR_STORE", default="curator-store", show_default=True,
+        help="Store folder (env CURATOR_STORE).")(func)
+
+
+def _when(dt: datetime | None) -> str:
+    return "-" if dt is None else f"{dt:%Y-%m-%d %H:%M:%S}"
+
+
+def _open(store_path: Path) -> Any:
+    """The store, which must exist (a typo in --store is an error, not a new store)."""
+    return _cli().open_store(store_path)
+
+
+@click.group("schedule", context_settings={"help_option_names": ["-h", "--help"]})
+def schedule() -> None:
+    """Re-curate on a timetable when new files land in a watched folder.
+
+    Each run ingests the folder's new files (by checksum: a renamed or re-copied file is
+    not taken twice) as a new version, scores only the new samples, selects with the
+    continual stage conditioned on the schedule's previous selection, and exports into
+    <store>/exports/NAME/<run id>/ (and <store>/exports/NAME/latest). `curator worker`
+    runs the schedules; times are UTC.
+    """
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.option("--dataset", "-d", required=True, help="Dataset the new files are added to.")
+@click.option("--watch", "watch_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder where new data lands (.jsonl, .json, .csv, .tsv, .parquet).")
+@click.option("--every", default=None, help="Interval: 90s, 15m, 1h, 1h30m, 1d.")
+@click.option("--cron", default=None, help='Cron expression in UTC, e.g. "0 2 * * *".')
+@click.option("--recipe", "recipe_path", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Recipe with a continual stage (default: continual, DELIFT, 30%, the "
+                   "embedded default model, JSONL export).")
+@_store_option
+@_errors
+def add_cmd(name: str, dataset: str, watch_dir: Path, every: str | None, cron: str | None,
+            recipe_path: Path | None, store_path: Path) -> None:
+    """Add schedule NAME. It is due at once: the next worker cycle runs it."""
+    from curator.schedule import add_schedule
+    from curator.store import Store
+
+    s = add_schedule(Store(store_path), name, dataset, watch_dir, every=every, cron=cron,
+                     recipe=recipe_path)
+    stage = s.get_recipe().stages
+    spec = next(x for x in stage if x.stage == "continual")
+    click.echo(f"schedule {s.name}: watches {s.watch_dir} for dataset {s.dataset}, "
+               f"{s.trigger} (UTC), {spec.method} {spec.budget}; due now (the next "
+               "`curator worker` cycle runs it)")
+
+
+@schedule.command("list")
+@_store_option
+@_errors
+def list_cmd(store_path: Path) -> None:
+    """List schedules: trigger, state, next run and last run."""
+    from curator.schedule import SystemClock, list_schedules
+
+    store = _open(store_path)
+    rows = list_schedules(store)
+    if not rows:
+        click.echo("no schedules (add one with `curator schedule add`)")
+        return
+    now = SystemClock().now()
+    statuses = {r[0]: r[1] for r in store.query(
+        "SELECT run_id, status FROM runs WHERE kind = 'schedule' AND run_id IN (SELECT "
+        "last_run_id FROM schedules)")}
+    table = [("name", "dataset", "trigger", "state", "next run (UTC)", "last run")]
+    for s in rows:
+        last = f"{statuses.get(s.last_run_id, '?')} {s.last_run_id}" if s.last_run_id else "-"
+        table.append((s.name, s.dataset, s.trigger, s.state(now), _when(s.next_run_at), last))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for s in rows:
+        if s.last_error:
+            click.echo(f"{s.name}: last error ({s.failures} in a row): {s.last_error}")
+
+
+@schedule.command("pause")
+@click.argument("name")
+@_store_option
+@_errors
+def pause_cmd(name: str, store_path: Path) -> None:
+    """Stop starting runs of NAME (a run in progress finishes)."""
+    from curator.schedule import pause_schedule
+
+    pause_schedule(_open(store_path), name)
+    click.echo(f"schedule {name} paused")
+
+
+@schedule.command("resume")
+@click.argument("name")
+@_store_option
+@_errors
+def resume_cmd(name: str, store_path: Path) -> None:
+    """Start runs of NAME again (a trigger missed while paused runs once)."""
+    from curator.schedule import resume_schedule
+
+    s = resume_schedule(_open(store_path), name)
+    click.echo(f"schedule {name} resumed; next run {_when(s.next_run_at)} UTC")
+
+
+@schedule.command("remove")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Remove even while a run holds its lease.")
+@_store_option
+@_errors
+def remove_cmd(name: str, force: bool, store_path: Path) -> None:
+    """Remove schedule NAME (its run history, versions, selections and exports stay)."""
+    from curator.schedule import remove_schedule
+
+    remove_schedule(_open(store_path), name, force=force)
+    click.echo(f"schedule {name} removed (its runs, selections and exports stay)")
+
+
+@schedule.command("run")
+@click.argument("name")
+@click.option("--queue", is_flag=True,
+              help="Do not run here: make it due so the worker runs it on its next cycle.")
+@_store_option
+@_errors
+def run_cmd(name: str, queue: bool, store_path: Path) -> None:
+    """Run schedule NAME now (even when paused or not due), in this process."""
+    from curator.schedule import get_schedule, request_run, run_schedule, stop_on_signals
+
+    store = _open(store_path)
+    if queue:
+        s = request_run(store, name)
+        click.echo(f"schedule {name} is due now: the next worker cycle runs it"
+                   + (" (it is paused: resume it first)" if s.paused else ""))
+        return
+    echo = functools.partial(click.echo, err=True)
+    with stop_on_signals(threading.Event(), echo) as stop:
+        outcome = run_schedule(store, name, manual=True, stop=stop, echo=echo)
+    if outcome is None:
+        s = get_schedule(store, name)
+        raise _cli().CuratorError(f"schedule {name} is running ({s.lock_owner}, lease until "
+                                  f"{_when(s.lock_expires_at)} UTC)")
+    if outcome.status != "done":
+        raise _cli().CuratorError(f"run {outcome.run_id} failed: {outcome.error}")
+    _print_outcome(outcome)
+
+
+def _print_outcome(o: Any) -> None:
+    click.echo(f"run {o.run_id}: {o.status}")
+    click.echo(f"  files: {len(o.files_new)} new, {o.files_seen} already ingested, "
+               f"{len(o.files_bad)} quarantined, {len(o.files_waiting)} still being written")
+    for bad in o.files_bad:
+        click.echo(f"  quarantined {bad['path']}: {bad['reason']}")
+    if o.version:
+        click.echo(f"  new version: v{o.version} ({o.n_quarantined_rows} rows quarantined)")
+    if o.selection_id:
+        click.echo(f"  selection: {o.selection_id} ({o.stage}"
+                   + (f", parent {o.parent}" if o.parent else "")
+                   + f"): {o.n_selected} of {o.n_new_samples} new samples; pairs scored "
+                   f"{o.pairs_computed}, reused {o.pairs_reused}")
+    if o.export:
+        click.echo(f"  export: {o.export}")
+    if o.note:
+        click.echo(f"  {o.note}")
+
+
+@schedule.command("history")
+@click.argument("name")
+@click.option("--limit", default=20, show_default=True)
+@_store_option
+@_errors
+def history_cmd(name: str, limit: int, store_path: Path) -> None:
+    """Runs of schedule NAME, newest first, with their status, counts and errors."""
+    from curator.schedule import schedule_runs
+
+    runs = schedule_runs(_open(store_path), name, limit=limit)
+    if not runs:
+        click.echo(f"no runs of {name} yet")
+        return
+    for r in runs:
+        what = r.get("error") if r["status"] == "failed" else _run_line(r)
+        click.echo(f"{r['run_id']}  {r['status']:<7}  {r.get('trigger') or '-':<6}  {what}")
+
+
+def _run_line(r: dict[str, Any]) -> str:
+    n_new = len(r.get("files_new") or [])
+    parts = [f"{n_new} new file{'s' * (n_new != 1)}"]
+    if r.get("files_bad"):
+        parts.append(f"{len(r['files_bad'])} quarantined")
+    if r.get("version"):
+        parts.append(f"v{r['version']}")
+    if r.get("selection_id"):
+        parts.append(f"{r['selection_id']} ({r.get('n_selected')} of "
+                     f"{r.get('n_new_samples')})")
+    if r.get("note"):
+        parts.append(r["note"])
+    if r["status"] == "running":
+        return "running"
+    return ", ".join(parts)
+
+
+@click.command("worker")
+@click.option("--once", is_flag=True,
+              help="Run what is due and exit (for cron or a systemd timer); exit 1 if a "
+                   "run failed.")
+@click.option("--poll", default=30.0, show_default=True, type=click.FloatRange(min=0.5),
+              help="Seconds between looks for due schedules (at most).")
+@_store_option
+@_errors
+def worker_cmd(once: bool, poll: float, store_path: Path) -> None:
+    """Run due schedules until stopped (SIGINT/SIGTERM finish the current step; a second
+    signal abandons it)."""
+    from curator.schedule import stop_on_signals, worker
+
+    echo = click.echo
+    if not once:
+        echo(f"worker on {Path(store_path).resolve()}: looking every {poll:g} s "
+             "(Ctrl-C to stop)")
+    with stop_on_signals(threading.Event(), echo) as stop:
+        outcomes = worker(_open(store_path), once=once, poll=poll, stop_event=stop,
+                          echo=echo)
+    failed = [o for o in outcomes if o.status != "done"]
+    if once and not outcomes:
+        echo("nothing due")
+    if once and failed:
+        raise _cli().CuratorError(
+            f"{len(failed)} of {len(outcomes)} runs failed: "
+            + "; ".join(f"{o.schedule}: {o.error}" for o in failed))
+
+
+def register(main: click.Group) -> None:
+    """Add `schedule` and `worker` to the `curator` command group."""
+    main.add_command(schedule)
+    main.add_command(worker_cmd)
