@@ -40,6 +40,10 @@ def check_budget(value: Any, where: str) -> str:
         raise RecipeError(f"{where}: budget must be above 0, got {value!r}")
     if text.endswith("%") and number > 100:
         raise RecipeError(f"{where}: budget above 100% ({value!r})")
+    if not text.endswith("%") and number > 1 and number != int(number):
+        # what curator.selection.parse_budget refuses later, after earlier stages ran
+        raise RecipeError(f"{where}: budget {text} is neither a whole count nor a fraction "
+                          "in (0, 1]; write a percentage as '30%'")
     return text
 
 
@@ -97,6 +101,17 @@ class StageSpec:
         self.budget = check_budget(self.budget, f"{where}.budget")
         if self.param_budget is not None:
             self.param_budget = check_budget(self.param_budget, f"{where}.param_budget")
+            if not self.param_budget.endswith("%") and float(self.param_budget) > 1:
+                raise RecipeError(f"{where}.param_budget: a share of the parameters, as a "
+                                  f"fraction (0.05) or a percentage (5%), got "
+                                  f"{self.param_budget!r}")
+        if self.function is not None:
+            from curator.selection import canonical_function
+
+            try:
+                canonical_function(self.function)
+            except ValueError as exc:
+                raise RecipeError(f"{where}.function: {exc}") from exc
         if self.optimizer not in OPTIMIZERS:
             raise RecipeError(f"{where}.optimizer must be one of {', '.join(OPTIMIZERS)}")
         if self.pool not in ("new", "all"):

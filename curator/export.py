@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curator.records import Sample
+from curator.records import Sample, split_prompt_response
 from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.selections import (
@@ -61,7 +61,12 @@ def to_row(sample: Sample, fmt: str) -> dict[str, Any]:
         return {"messages": list(sample.messages)}
     if fmt == "alpaca":
         system = [m["content"] for m in sample.messages if m["role"] == "system"]
-        row = {"instruction": sample.prompt, "input": "", "output": sample.response}
+        # The system prompt goes in its own field, so the instruction must not repeat it
+        # (sample.prompt would read "system: ...\n\nuser: ..." for such a sample).
+        instruction = split_prompt_response(
+            [m for m in sample.messages if m["role"] != "system"])[0] if system \
+            else sample.prompt
+        row = {"instruction": instruction, "input": "", "output": sample.response}
         if system:
             row["system"] = system[0]
         return row
@@ -241,6 +246,9 @@ def load_export(path: str | Path, verify: bool = True) -> LoadedExport:
         meta = row.get("metadata")
         meta = json.loads(meta) if isinstance(meta, str) else (meta or {})
         messages, _ = map_row({"messages": row["messages"]} if "messages" in row else row)
+        if "instruction" in row and row.get("system"):
+            # alpaca keeps the system prompt in its own field, which map_row does not read
+            messages = [{"role": "system", "content": row["system"]}, *messages]
         samples.append(Sample.from_messages(messages, meta))
     mask = None
     if (path / "mask.safetensors").exists():

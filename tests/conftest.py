@@ -47,3 +47,27 @@ def write_jsonl(tmp_path):
         return str(path)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def pair_rows():
+    """pair_rows(n, start=0) -> n short, varied prompt/response rows (distinct per index),
+    for small workflow stores: arithmetic, reversal and counting questions in turn."""
+
+    words = ("apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "piano")
+
+    def rows(n: int, start: int = 0) -> list[dict[str, str]]:
+        out = []
+        for i in range(start, start + n):
+            w = words[i % len(words)]
+            if i % 3 == 0:
+                out.append({"prompt": f"What is {i} plus {i % 7}?", "response": f"{i + i % 7}"})
+            elif i % 3 == 1:
+                out.append({"prompt": f"Reverse the word {w}{i}.", "response": f"{i}"[::-1]
+                            + w[::-1]})
+            else:
+                out.append({"prompt": f"How many letters are in {w} (item {i})?",
+                            "response": f"{len(w)} letters."})
+        return out
+
+    return rows

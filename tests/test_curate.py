@@ -1,0 +1,418 @@
+"""Stage selection: pools, budgets, every stage x method on a tiny store, the stored record
+(objective recomputed by hand from the kernel), reuse of identical selections and the
+zero-gain tail refill."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from curator.config import RecipeError, ScoringOptions, StageSpec
+from curator.curate import rds_ranking, resolve_pools, select_stage
+from curator.ingest import ingest
+from curator.scoring.cache import load_embeddings, save_utilities
+from curator.scoring.embeddings import embedder_fingerprint
+from curator.scoring.jobs import (
+    EMBED_MAX_LENGTH,
+    ensure_embeddings,
+    score_utilities,
+    utility_config,
+    utility_kernel_from_store,
+    utility_scale,
+)
+from curator.scoring.kernels import dense, embedding_kernel
+from curator.selection import select
+from curator.store import Store
+from curator.store.datasets import load_samples
+from curator.store.selections import get_selection, selection_members
+from curator.testing import tiny_loaded_model
+
+OPTIONS = ScoringOptions(k=3, batch_size=8, max_length=128)
+N_V1, N_NEW, N_Q = 24, 8, 4
+
+
+def write(path, data) -> str:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in data))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_loaded_model("llama")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, lm, pair_rows):
+    """A store built once: "d" v1 (24), v2 = v1 + 8 new (append), target set "q" (4), with
+    every sample embedded and v1 x v1 utilities scored. Tests work on copies."""
+    root = tmp_path_factory.mktemp("curate-base")
+    store = Store(root / "store", lock_timeout=10)
+    ingest(store, write(root / "v1.jsonl", pair_rows(N_V1)), "d")
+    ingest(store, write(root / "v2.jsonl", pair_rows(N_NEW, start=N_V1)), "d", append=True)
+    ingest(store, write(root / "q.jsonl", [{"prompt": f"Add {i} and {i + 1}.",
+                                            "response": f"{2 * i + 1}"} for i in range(N_Q)]),
+           "q")
+    everyone = {s.sample_id: s for s in [*load_samples(store, "d", 2), *load_samples(store, "q", 1)]}
+    ensure_embeddings(store, lm, list(everyone.values()))
+    v1 = load_samples(store, "d", 1)
+    score_utilities(store, lm, v1, v1, OPTIONS)
+    return store.path
+
+
+@pytest.fixture
+def cstore(base, tmp_path):
+    shutil.copytree(base, tmp_path / "store")
+    return Store(tmp_path / "store", lock_timeout=10)
+
+
+def ids(samples) -> list[str]:
+    return [s.sample_id for s in samples]
+
+
+def chash(lm) -> str:
+    return utility_config(lm, OPTIONS).config_hash()
+
+
+def embeddings(store, lm, sample_ids) -> np.ndarray:
+    got = load_embeddings(store, embedder_fingerprint(lm, EMBED_MAX_LENGTH), sample_ids)
+    return np.stack([got[i] for i in sample_ids])
+
+
+def positions(pool_ids, picked) -> np.ndarray:
+    where = {s: i for i, s in enumerate(pool_ids)}
+    return np.array([where[s] for s in picked])
+
+
+def check_stored(store, outcome, **expected):
+    """The stored record and members agree with the outcome and with ``expected``."""
+    rec = get_selection(store, outcome.selection_id)
+    for key, value in expected.items():
+        assert getattr(rec, key) == value, key
+    assert rec.n_selected == len(outcome.sample_ids)
+    members = selection_members(store, outcome.selection_id)
+    assert [m["rank"] for m in members] == list(range(len(outcome.sample_ids)))
+    assert [m["sample_id"] for m in members] == outcome.sample_ids
+    assert len(set(outcome.sample_ids)) == len(outcome.sample_ids)
+    return rec, members
+
+
+# -- pools ------------------------------------------------------------------------------------
+
+
+def test_resolve_pools_instruction_and_task(cstore):
+    pools = resolve_pools(cstore, "d", StageSpec(stage="instruction", version=1))
+    assert pools.version == 1 and ids(pools.pool) == ids(load_samples(cstore, "d", 1))
+    assert pools.target == [] and pools.parent is None
+    pools = resolve_pools(cstore, "d", StageSpec(stage="task", target="q"))
+    assert pools.version == 2 and len(pools.pool) == N_V1 + N_NEW
+    assert pools.target_ref == "q:1" and len(pools.target) == N_Q
+
+
+def test_task_without_a_target_is_a_clear_error(cstore, lm):
+    with pytest.raises(ValueError, match="task stage needs a target set"):
+        resolve_pools(cstore, "d", StageSpec(stage="task", method="random"))
+    with pytest.raises(RecipeError, match="task stage needs a target set"):
+        select_stage(cstore, "d", StageSpec(stage="task"), lm=lm, options=OPTIONS)
+
+
+def test_continual_with_nothing_previous_is_a_clear_error(cstore, lm):
+    with pytest.raises(ValueError, match="continual stage needs something previous"):
+        select_stage(cstore, "d", StageSpec(stage="continual"), lm=lm, options=OPTIONS)
+
+
+def test_continual_pools_new_and_all(cstore):
+    parent = select_stage(cstore, "d", StageSpec(method="random", budget="6", version=1))
+    v1, v2 = ids(load_samples(cstore, "d", 1)), ids(load_samples(cstore, "d", 2))
+    new = resolve_pools(cstore, "d", StageSpec(stage="continual", parent=parent.selection_id))
+    assert set(ids(new.pool)) == set(v2) - set(v1) and len(new.pool) == N_NEW
+    assert ids(new.previous) == parent.sample_ids          # in the parent's rank order
+    assert new.parent == parent.selection_id
+    every = resolve_pools(cstore, "d", StageSpec(stage="continual", pool="all",
+                                                 parent=parent.selection_id))
+    assert set(ids(every.pool)) == set(v2) - set(parent.sample_ids)
+    assert len(every.pool) == N_V1 + N_NEW - 6
+    # "previous" (or no parent) takes the given previous selection, else the latest one
+    other = select_stage(cstore, "d", StageSpec(method="random", budget="3", version=1,
+                                                seed=1))
+    assert resolve_pools(cstore, "d", StageSpec(stage="continual")).parent == \
+        other.selection_id
+    assert resolve_pools(cstore, "d", StageSpec(stage="continual", parent="previous"),
+                         previous_selection=parent.selection_id).parent == parent.selection_id
+
+
+def test_continual_with_nothing_new_is_a_clear_error(cstore):
+    parent = select_stage(cstore, "d", StageSpec(method="random", budget="6", version=1))
+    with pytest.raises(ValueError, match="nothing new in d v1"):
+        resolve_pools(cstore, "d", StageSpec(stage="continual", version=1,
+                                             parent=parent.selection_id))
+
+
+# -- budgets ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("budget", "n"), [("5", 5), ("25%", 6), ("0.5", 12), ("100%", 24),
+                                           ("24", 24)])
+def test_budgets(cstore, budget, n):
+    out = select_stage(cstore, "d", StageSpec(method="random", budget=budget, version=1))
+    assert len(out.sample_ids) == n
+    assert get_selection(cstore, out.selection_id).budget == budget
+
+
+@pytest.mark.parametrize(("budget", "error", "message"), [
+    ("0", RecipeError, "budget must be above 0"),
+    ("150%", RecipeError, "budget above 100%"),
+    ("lots", RecipeError, "budget must be a count"),
+    ("25", ValueError, "larger than the pool of 24"),
+])
+def test_bad_budgets(cstore, budget, error, message):
+    with pytest.raises(error, match=message):
+        select_stage(cstore, "d", StageSpec(method="random", budget=budget, version=1))
+    assert cstore.query("SELECT count(*) FROM selections")[0][0] == 0
+
+
+def test_model_methods_need_a_model(cstore):
+    with pytest.raises(ValueError, match="method embedding needs a model"):
+        select_stage(cstore, "d", StageSpec(method="embedding"))
+
+
+# -- model-free methods -----------------------------------------------------------------------
+
+
+def test_random_is_seeded_and_reproducible(cstore):
+    spec = StageSpec(method="random", budget="8", version=1, seed=7)
+    a = select_stage(cstore, "d", spec)
+    b = select_stage(cstore, "d", spec, reuse=False)
+    assert a.selection_id != b.selection_id and a.sample_ids == b.sample_ids
+    pool = ids(load_samples(cstore, "d", 1))
+    assert a.sample_ids == [pool[i] for i in np.random.default_rng(7).permutation(24)[:8]]
+    c = select_stage(cstore, "d", StageSpec(method="random", budget="8", version=1, seed=8))
+    assert c.sample_ids != a.sample_ids
+    check_stored(cstore, a, method="random", function=None, objective=None, model=None,
+                 n_pool=24, n_selected=8)
+
+
+def test_full_takes_the_whole_pool_in_order(cstore):
+    out = select_stage(cstore, "d", StageSpec(method="full", budget="10%"))
+    assert out.sample_ids == ids(load_samples(cstore, "d", 2))
+    check_stored(cstore, out, method="full", n_pool=32, n_selected=32, version=2)
+
+
+# -- rds --------------------------------------------------------------------------------------
+
+
+def test_rds_ranking_is_round_robin_by_hand():
+    pool = np.array([[0.9, 0.1], [0.8, 0.6], [0.1, 0.95], [0.2, 0.3], [0.7, 0.7]])
+    targets = np.array([[1.0, 0.0], [0.0, 1.0]])
+    # target 0 orders the pool 0, 1, 4, 3, 2; target 1 orders it 2, 4, 1, 3, 0.
+    # turns: t0 -> 0, t1 -> 2, t0 -> 1, t1 -> 4 (2 taken), t0 -> 3 (4 taken)
+    assert rds_ranking(pool, targets, 5).tolist() == [0, 2, 1, 4, 3]
+    assert rds_ranking(pool, targets, 3).tolist() == [0, 2, 1]
+    assert rds_ranking(pool, targets[:1], 4).tolist() == [0, 1, 4, 3]
+    # ties keep pool order
+    assert rds_ranking(np.ones((4, 2)), targets, 4).tolist() == [0, 1, 2, 3]
+
+
+def test_rds_stage_ranks_by_round_robin_cosine(cstore, lm):
+    out = select_stage(cstore, "d", StageSpec(stage="task", method="rds", budget="6",
+                                              target="q"), lm=lm, options=OPTIONS)
+    pool = ids(load_samples(cstore, "d", 2))
+    q = ids(load_samples(cstore, "q", 1))
+    expected = rds_ranking(embeddings(cstore, lm, pool), embeddings(cstore, lm, q), 6)
+    assert out.sample_ids == [pool[i] for i in expected]
+    check_stored(cstore, out, stage="task", method="rds", function="round_robin_cosine",
+                 objective=None, model=lm.fingerprint, target="q:1")
+
+
+def test_rds_needs_a_target(cstore, lm):
+    with pytest.raises(ValueError, match="rds ranks the pool by similarity to a target"):
+        select_stage(cstore, "d", StageSpec(method="rds"), lm=lm, options=OPTIONS)
+
+
+# -- DELIFT and the embedding baseline --------------------------------------------------------
+
+
+def fl(S: np.ndarray, picked: np.ndarray) -> float:
+    return float(S[:, picked].max(axis=1).sum())
+
+
+def test_instruction_delift_facility_location(cstore, lm):
+    spec = StageSpec(stage="instruction", method="delift", budget="25%", version=1)
+    out = select_stage(cstore, "d", spec, lm=lm, options=OPTIONS)
+    assert out.scoring[0].n_computed == 0           # v1 x v1 was scored in the base store
+    assert out.scoring[0].n_pairs == 72
+    assert not out.reused and out.notes == []
+    rec, members = check_stored(cstore, out, stage="instruction", method="delift",
+                                function="facility_location", budget="25%", n_pool=24,
+                                n_selected=6, parent=None, target=None,
+                                model=lm.fingerprint, version=1)
+    pool = ids(load_samples(cstore, "d", 1))
+    S = dense(utility_kernel_from_store(cstore, lm.fingerprint, chash(lm), pool, pool))
+    assert rec.objective == pytest.approx(fl(S, positions(pool, out.sample_ids)), rel=1e-5)
+    gains = [m["gain"] for m in members]
+    assert sum(gains) == pytest.approx(rec.objective, rel=1e-5)
+    assert gains == sorted(gains, reverse=True)     # greedy gains never grow (submodular)
+    np.testing.assert_allclose(out.gains, gains)
+    assert rec.config["function"] == "facility_location"
+    assert rec.config["utility_config"] == chash(lm)
+    assert rec.config["k"] == 3 and rec.config["pool"] is None
+
+
+def test_identical_selection_is_reused(cstore, lm):
+    spec = StageSpec(stage="instruction", method="delift", budget="6", version=1)
+    first = select_stage(cstore, "d", spec, lm=lm, options=OPTIONS)
+    second = select_stage(cstore, "d", spec, lm=lm, options=OPTIONS)
+    assert second.reused and not first.reused
+    assert second.selection_id == first.selection_id
+    assert second.sample_ids == first.sample_ids
+    assert "reused" in second.notes[0]
+    assert cstore.query("SELECT count(*) FROM selections")[0][0] == 1
+    # a different setting, or reuse=False, selects again
+    third = select_stage(cstore, "d", StageSpec(stage="instruction", method="delift",
+                                                budget="7", version=1), lm=lm, options=OPTIONS)
+    assert not third.reused and third.selection_id != first.selection_id
+    fourth = select_stage(cstore, "d", spec, lm=lm, options=OPTIONS, reuse=False)
+    assert not fourth.reused and fourth.sample_ids == first.sample_ids
+
+
+def test_a_model_loader_is_called_only_for_model_methods(cstore, lm):
+    calls = []
+
+    def loader():
+        calls.append(1)
+        return lm
+
+    select_stage(cstore, "d", StageSpec(method="random", budget="3"), lm=loader)
+    assert calls == []
+    out = select_stage(cstore, "d", StageSpec(method="embedding", budget="3", version=1),
+                       lm=loader, options=OPTIONS)
+    assert calls == [1] and get_selection(cstore, out.selection_id).model == lm.fingerprint
+
+
+def test_instruction_embedding_baseline(cstore, lm):
+    out = select_stage(cstore, "d", StageSpec(method="embedding", budget="6", version=1),
+                       lm=lm, options=OPTIONS)
+    rec, _ = check_stored(cstore, out, method="embedding", function="facility_location",
+                          model=lm.fingerprint, n_pool=24)
+    pool = ids(load_samples(cstore, "d", 1))
+    S = dense(embedding_kernel(embeddings(cstore, lm, pool), pool, 3))
+    assert rec.objective == pytest.approx(fl(S, positions(pool, out.sample_ids)), rel=1e-5)
+    assert out.scoring == [] and "utility_config" not in rec.config
+    assert cstore.query("SELECT count(*) FROM utilities")[0][0] == 72   # nothing scored
+
+
+def test_task_delift_flvmi(cstore, lm):
+    out = select_stage(cstore, "d", StageSpec(stage="task", budget="6", version=1,
+                                              target="q"), lm=lm, options=OPTIONS)
+    rec, members = check_stored(cstore, out, stage="task", method="delift", function="flvmi",
+                                target="q:1", n_pool=24, n_selected=6)
+    assert len(out.scoring) == 1                    # FLVMI needs only Q x pool
+    assert out.scoring[0].n_targets == N_Q and out.scoring[0].n_computed > 0
+    pool, q = ids(load_samples(cstore, "d", 1)), ids(load_samples(cstore, "q", 1))
+    Q = dense(utility_kernel_from_store(cstore, lm.fingerprint, chash(lm), q, pool)).T
+    picked = positions(pool, out.sample_ids)
+    # the paper's FLMI: sum_q max_a Q[a, q] + eta * sum_a max_q Q[a, q]
+    expected = Q[picked].max(axis=0).sum() + Q[picked].max(axis=1).sum()
+    assert rec.objective == pytest.approx(expected, rel=1e-5)
+    assert sum(m["gain"] for m in members) == pytest.approx(rec.objective, rel=1e-5)
+    if rec.config.get("zero_gain_refilled"):
+        assert any("re-picked by embedding similarity" in n for n in out.notes)
+
+
+def test_task_delift_flmi(cstore, lm):
+    out = select_stage(cstore, "d", StageSpec(stage="task", function="flmi", budget="6",
+                                              version=1, target="q", eta=0.5),
+                       lm=lm, options=OPTIONS)
+    rec, members = check_stored(cstore, out, function="flmi", target="q:1")
+    assert [s.n_targets for s in out.scoring] == [24, N_Q]   # pool x pool, then Q x pool
+    assert out.scoring[0].n_computed == 0
+    pool, q = ids(load_samples(cstore, "d", 1)), ids(load_samples(cstore, "q", 1))
+    S = dense(utility_kernel_from_store(cstore, lm.fingerprint, chash(lm), pool, pool))
+    Q = dense(utility_kernel_from_store(cstore, lm.fingerprint, chash(lm), q, pool)).T
+    picked = positions(pool, out.sample_ids)
+    # submodlib's FLMI: sum_i min(max_a S[i, a], eta * max_q Q[i, q])
+    expected = np.minimum(S[:, picked].max(axis=1), 0.5 * Q.max(axis=1)).sum()
+    assert rec.objective == pytest.approx(expected, rel=1e-5)
+    assert rec.config["eta"] == 0.5
+
+
+def test_continual_delift_flcg(cstore, lm):
+    pool_kind = "new"
+    parent = select_stage(cstore, "d", StageSpec(method="random", budget="6", version=1))
+    out = select_stage(cstore, "d", StageSpec(stage="continual", budget="3", pool=pool_kind),
+                       lm=lm, options=OPTIONS, previous_selection=parent.selection_id)
+    pools = resolve_pools(cstore, "d", StageSpec(stage="continual", pool=pool_kind,
+                                                 parent=parent.selection_id))
+    rec, members = check_stored(cstore, out, stage="continual", function="flcg",
+                                parent=parent.selection_id, version=2,
+                                n_pool=len(pools.pool), n_selected=3)
+    assert rec.config["pool"] == pool_kind
+    assert set(out.sample_ids) <= set(ids(pools.pool))
+    assert not set(out.sample_ids) & set(parent.sample_ids)
+    assert [s.n_examples for s in out.scoring] == [len(pools.pool), 6]  # D x D, D x P
+    pool, prev = ids(pools.pool), ids(pools.previous)
+    fp, ch = lm.fingerprint, chash(lm)
+    scale = max(utility_scale(cstore, fp, ch, pool, pool), utility_scale(cstore, fp, ch, pool,
+                                                                         prev))
+    S = dense(utility_kernel_from_store(cstore, fp, ch, pool, pool, scale))
+    P = dense(utility_kernel_from_store(cstore, fp, ch, pool, prev, scale))
+    picked = positions(pool, out.sample_ids)
+    expected = np.maximum(S[:, picked].max(axis=1) - P.max(axis=1), 0.0).sum()
+    assert rec.objective == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert sum(m["gain"] for m in members) == pytest.approx(rec.objective, rel=1e-5, abs=1e-6)
+
+
+# -- the zero-gain tail refill ----------------------------------------------------------------
+
+
+def test_zero_gain_tail_is_refilled_by_embedding_similarity(cstore, lm):
+    """One hub example helps every target fully and every other pair hurts: after the hub
+    the utility kernel gives nothing, so the rest of the budget is re-picked by embeddings."""
+    pool = ids(load_samples(cstore, "d", 1))
+    hub = pool[5]
+    cfg = chash(lm)
+    cstore.query("DELETE FROM utilities")
+    pairs = [(t, e) for t in pool for e in pool if t != e]
+    save_utilities(cstore, lm.fingerprint, cfg, [t for t, _ in pairs], [e for _, e in pairs],
+                   [1.0 if e == hub else -0.5 for _, e in pairs], [0.5] * len(pairs),
+                   [0.5] * len(pairs), [True] * len(pairs))
+    out = select_stage(cstore, "d", StageSpec(budget="6", version=1), lm=lm, options=OPTIONS)
+    assert out.scoring[0].n_computed == 0            # every candidate pair was stored
+    assert out.sample_ids[0] == hub
+    tail = out.sample_ids[1:]
+    assert len(tail) == 5 and len(set(tail)) == 5 and hub not in tail
+    assert out.notes == ["5 picks made at zero utility gain were re-picked by embedding "
+                         "similarity"]
+    rec, members = check_stored(cstore, out, objective=24.0)
+    assert rec.config["zero_gain_refilled"] == 5
+    assert [m["gain"] for m in members] == [24.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    # the tail is what facility location on the embedding kernel picks after the hub
+    E = embedding_kernel(embeddings(cstore, lm, pool), pool, 3).matrix
+    expected = select(E, 5, initial_subset=[5]).ranking
+    assert tail == [pool[i] for i in expected]
+    assert tail != [p for p in pool if p != hub][:5]   # not index order
+
+
+def test_continual_embedding_flcg_over_all_unused_samples(cstore, lm):
+    parent = select_stage(cstore, "d", StageSpec(method="random", budget="6", version=1))
+    out = select_stage(cstore, "d", StageSpec(stage="continual", method="embedding",
+                                              budget="4", pool="all",
+                                              parent=parent.selection_id),
+                       lm=lm, options=OPTIONS)
+    pools = resolve_pools(cstore, "d", StageSpec(stage="continual", pool="all",
+                                                 parent=parent.selection_id))
+    rec, members = check_stored(cstore, out, function="flcg", parent=parent.selection_id,
+                                n_pool=N_V1 + N_NEW - 6, n_selected=4)
+    assert rec.config["pool"] == "all"
+    assert not set(out.sample_ids) & set(parent.sample_ids)
+    pool, prev = ids(pools.pool), ids(pools.previous)
+    S = dense(embedding_kernel(embeddings(cstore, lm, pool), pool, 3))
+    P = dense(embedding_kernel(embeddings(cstore, lm, pool), pool, 3,
+                               col_emb=embeddings(cstore, lm, prev), col_ids=prev))
+    picked = positions(pool, out.sample_ids)
+    expected = np.maximum(S[:, picked].max(axis=1) - P.max(axis=1), 0.0).sum()
+    assert rec.objective == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert cstore.query("SELECT count(*) FROM utilities")[0][0] == 72   # nothing scored

@@ -1,0 +1,229 @@
+"""Exports: every format reads back with `datasets`, the manifest's checksums hold, an
+existing folder is replaced only with force, tampering is caught, masks and layer subsets
+travel with the subset, and load_export gives back the same samples in order."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from curator.export import (
+    FORMATS,
+    ExportError,
+    export_selection,
+    load_export,
+    sha256_file,
+    verify_export,
+)
+from curator.ingest import ingest
+from curator.store import Store
+from curator.store.datasets import load_samples
+from curator.store.selections import SelectionRecord, save_mask_record, save_selection
+
+ROWS = [
+    {"prompt": "What is 2 plus 2?", "response": "4", "topic": "math"},
+    {"messages": [{"role": "system", "content": "Answer briefly."},
+                  {"role": "user", "content": "Capital of France?"},
+                  {"role": "assistant", "content": "Paris."}]},
+    {"prompt": "Say hi in French.", "response": "Bonjour — salut!"},
+    {"messages": [{"role": "user", "content": "Name a colour."},
+                  {"role": "assistant", "content": "Blue."},
+                  {"role": "user", "content": "Another one?"},
+                  {"role": "assistant", "content": "Green."}]},
+    {"prompt": "Reverse abc.", "response": "cba"},
+    {"prompt": "Count to three.", "response": "1, 2, 3"},
+]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """The six rows ingested once; tests use copies."""
+    root = tmp_path_factory.mktemp("export-base")
+    (root / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    ingest(Store(root / "store", lock_timeout=10), str(root / "d.jsonl"), "d")
+    return root / "store"
+
+
+@pytest.fixture
+def store(base, tmp_path):
+    shutil.copytree(base, tmp_path / "store")
+    return Store(tmp_path / "store", lock_timeout=10)
+
+
+@pytest.fixture
+def selection(store):
+    """A selection of 4 of the 6 samples, in a non-trivial order."""
+    pool = load_samples(store, "d", 1)
+    picked = [pool[i].sample_id for i in (3, 1, 0, 5)]
+    sid = save_selection(store, SelectionRecord("d", 1, "instruction", "random", "4", 6, 4),
+                         picked, gains=[0.0] * 4)
+    return sid, picked
+
+
+def with_mask(store, sid):
+    """A hand-made mask file in the artifacts, recorded against the selection."""
+    from curator.masks import save_mask
+
+    mask = {"layer.weight": torch.tensor([[True, False], [False, True]])}
+    path = save_mask(mask, store.artifacts / "masks" / f"{sid}.safetensors")
+    save_mask_record(store, sid, "model-fp", f"masks/{sid}.safetensors", sha256_file(path),
+                     0.5, 4, 2, {"scope_density": 0.5})
+    return mask
+
+
+def read_back(path: Path, fmt: str, cache: Path) -> list[dict]:
+    from datasets import load_dataset, load_from_disk
+
+    if fmt == "hf":
+        return list(load_from_disk(str(path / "hf")))
+    if fmt == "parquet":
+        ds = load_dataset("parquet", data_files=str(path / "data.parquet"), split="train",
+                          cache_dir=str(cache))
+    else:
+        ds = load_dataset("json", data_files=str(path / "data.jsonl"), split="train",
+                          cache_dir=str(cache))
+    return list(ds)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_round_trips(store, selection, tmp_path, fmt):
+    sid, picked = selection
+    by_id = {s.sample_id: s for s in load_samples(store, "d", 1)}
+    samples = [by_id[i] for i in picked]
+    result = export_selection(store, sid, tmp_path / "out", fmt)
+    assert result.n_rows == 4 and result.path == (tmp_path / "out").resolve()
+    rows = read_back(result.path, fmt, tmp_path / "hf-cache")
+    assert len(rows) == 4
+    if fmt in ("jsonl", "parquet", "hf"):
+        assert [r["sample_id"] for r in rows] == picked
+        assert [r["messages"] for r in rows] == [list(s.messages) for s in samples]
+        assert [r["response"] for r in rows] == [s.response for s in samples]
+    if fmt == "messages":
+        assert rows == [{"messages": list(s.messages)} for s in samples]
+    if fmt == "alpaca":
+        assert [r["output"] for r in rows] == [s.response for s in samples]
+        assert [r["input"] for r in rows] == [""] * 4
+        # the system prompt has its own field and is not repeated in the instruction
+        assert rows[1]["system"] == "Answer briefly."
+        assert rows[1]["instruction"] == "Capital of France?"
+        assert [r["instruction"] for r in rows[2:]] == [s.prompt for s in samples[2:]]
+        assert rows[0]["instruction"] == samples[0].prompt    # multi-turn: flattened
+    if fmt == "sharegpt":
+        assert rows[1]["conversations"] == [
+            {"from": "system", "value": "Answer briefly."},
+            {"from": "human", "value": "Capital of France?"},
+            {"from": "gpt", "value": "Paris."}]
+    if fmt == "jsonl":
+        assert rows[2]["metadata"] == {"topic": "math"}
+    if fmt in ("parquet", "hf"):
+        assert json.loads(rows[2]["metadata"]) == {"topic": "math"}
+
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    assert manifest["sample_ids"] == picked and manifest["n_rows"] == 4
+    assert manifest["format"] == fmt and manifest["selection"]["selection_id"] == sid
+    assert manifest["files"] == result.files
+    for rel, digest in manifest["files"].items():
+        assert sha256_file(result.path / rel) == digest
+    assert verify_export(result.path) == []
+    assert manifest["mask"] is None and manifest["layers"] is None
+
+    loaded = load_export(result.path)
+    if fmt == "alpaca":
+        # alpaca has one instruction and one output: single-turn samples (with or without
+        # a system prompt) come back as they were; the multi-turn one is flattened
+        assert [s.sample_id for s in loaded.samples][1:] == picked[1:]
+        assert loaded.samples[0].prompt == samples[0].prompt
+        assert [s.response for s in loaded.samples] == [s.response for s in samples]
+    else:
+        assert [s.sample_id for s in loaded.samples] == picked
+    assert loaded.mask is None and loaded.layers is None
+    assert loaded.manifest == manifest
+
+
+def test_existing_folder_is_not_overwritten_without_force(store, selection, tmp_path):
+    sid, picked = selection
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(ExportError, match="exists; pass --force"):
+        export_selection(store, sid, out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+    result = export_selection(store, sid, out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["data.jsonl", "manifest.json"]
+    assert [s.sample_id for s in load_export(result.path).samples] == picked
+    # no temporary or old folders are left beside it
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_file_where_the_folder_should_be_is_refused(store, selection, tmp_path):
+    sid, _ = selection
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(ExportError, match="is not a folder"):
+        export_selection(store, sid, tmp_path / "out", force=True)
+    assert (tmp_path / "out").read_text() == "a file"
+
+
+def test_tampering_is_reported_and_refused(store, selection, tmp_path):
+    sid, _ = selection
+    result = export_selection(store, sid, tmp_path / "out", "jsonl")
+    data = result.path / "data.jsonl"
+    data.write_text(data.read_text().replace("Paris.", "Rome."))
+    assert verify_export(result.path) == ["checksum mismatch data.jsonl"]
+    with pytest.raises(ExportError, match="does not match its manifest: checksum mismatch"):
+        load_export(result.path)
+    assert len(load_export(result.path, verify=False).samples) == 4
+    data.unlink()
+    assert verify_export(result.path) == ["missing data.jsonl"]
+
+
+def test_not_an_export(tmp_path):
+    with pytest.raises(ExportError, match="not a curator export"):
+        load_export(tmp_path)
+
+
+def test_unknown_format(store, selection, tmp_path):
+    sid, _ = selection
+    with pytest.raises(ExportError, match="unknown format 'csv'"):
+        export_selection(store, sid, tmp_path / "out", "csv")
+    assert not (tmp_path / "out").exists()
+
+
+def test_mask_and_layers_travel_with_the_subset(store, selection, tmp_path):
+    sid, picked = selection
+    mask = with_mask(store, sid)
+    layers = {"model.layers.0": picked[:2], "model.layers.1": picked[1:]}
+    other = save_selection(store, SelectionRecord("d", 1, "instruction", "gast", "4", 6, 4),
+                           picked, layers=layers)
+    result = export_selection(store, sid, tmp_path / "masked")
+    assert sorted(result.files) == ["data.jsonl", "mask.safetensors"]
+    assert result.manifest["mask"]["file"] == "mask.safetensors"
+    assert result.manifest["mask"]["n_kept"] == 2
+    assert result.manifest["mask"]["info"] == {"scope_density": 0.5}
+    loaded = load_export(result.path)
+    assert torch.equal(loaded.mask["layer.weight"], mask["layer.weight"])
+    assert verify_export(result.path) == []
+
+    result = export_selection(store, other, tmp_path / "layered", "parquet")
+    assert sorted(result.files) == ["data.parquet", "layers.json"]
+    assert result.manifest["layers"] == {"model.layers.0": 2, "model.layers.1": 3}
+    loaded = load_export(result.path)
+    assert loaded.layers == layers and loaded.mask is None
+    assert [s.sample_id for s in loaded.samples] == picked
+
+
+def test_mask_with_a_wrong_checksum_stops_the_export(store, selection, tmp_path):
+    sid, _ = selection
+    with_mask(store, sid)
+    mask_file = store.artifacts / "masks" / f"{sid}.safetensors"
+    mask_file.write_bytes(mask_file.read_bytes() + b" ")
+    with pytest.raises(ExportError, match="does not match its recorded checksum"):
+        export_selection(store, sid, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
