@@ -92,8 +92,11 @@ def resolve_pools(store: Store, dataset: str, spec: StageSpec,
         if parent_id in (None, "previous", "latest"):
             parent_id = previous_selection
             if parent_id is None:
+                # The newest selection made on an earlier version: what was trained before
+                # this version's data arrived.
                 try:
-                    parent_id = latest_selection(store, dataset).selection_id
+                    parent_id = latest_selection(store, dataset,
+                                                 before_version=version).selection_id
                 except NotFound as exc:
                     raise ValueError(
                         "the continual stage needs something previous: select from an earlier "

@@ -84,9 +84,10 @@ def _dualsft_config(spec: StageSpec, options: ScoringOptions):
 def mask_for_selection(store: Store, selection_id: str, lm: LoadedModel,
                        param_budget: str = DEFAULT_PARAM_BUDGET,
                        targets: Sequence[Sample] | None = None, progress: bool = False,
-                       seed: int = 0) -> dict[str, Any]:
+                       seed: int = 0, options: ScoringOptions | None = None) -> dict[str, Any]:
     """The DualSFT parameter mask for an existing selection: parameter importance
-    ``u * G`` with G summed over the selected samples only."""
+    ``u * G`` with G summed over the selected samples only. ``targets`` give the
+    validation direction (default: a held-out slice of the subset)."""
     from curator.selection.dualsft import dualsft_select
 
     sel = get_selection(store, selection_id)
@@ -96,7 +97,7 @@ def mask_for_selection(store: Store, selection_id: str, lm: LoadedModel,
         raise ValueError(f"selection {selection_id} has no members to build a mask from")
     result = dualsft_select(lm, subset, targets or None,
                             param_budget=budget_fraction(param_budget), data_budget=1.0,
-                            config=_dualsft_config(StageSpec(seed=seed), ScoringOptions()),
+                            config=_dualsft_config(StageSpec(seed=seed), options or ScoringOptions()),
                             progress=progress)
     return store_mask(store, selection_id, lm, result.mask, param_budget,
                       {"method": "dualsft", "v_prior": result.stats.v_prior_source})

@@ -129,8 +129,15 @@ def run_recipe(store: Store, recipe: Recipe, *,
                 if existing is None:
                     echo(f"  DualSFT mask ({spec.param_budget} of parameters) for "
                          f"{outcome.selection_id}")
+                    targets = None
+                    if spec.target:
+                        from curator.store.datasets import load_samples, resolve_version
+
+                        targets = load_samples(store, spec.target,
+                                               resolve_version(store, spec.target, None))
                     report.mask = mask_for_selection(store, outcome.selection_id, lm(),
-                                                     spec.param_budget, seed=spec.seed)
+                                                     spec.param_budget, targets,
+                                                     seed=spec.seed, options=recipe.scoring)
                 else:
                     report.mask = existing["info"]
             elif spec.method == "dualsft":

@@ -71,3 +71,16 @@ def pair_rows():
         return out
 
     return rows
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and two threads spinning against
+    each other on a shared 2-core machine make them many times slower. The real-model
+    tests (`make test-slow`) set CURATOR_TEST_THREADS to use every core."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("CURATOR_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(previous)

@@ -104,16 +104,23 @@ def get_selection(store: Store, selection_id: str) -> SelectionRecord:
     return _record(rows[0])
 
 
-def latest_selection(store: Store, dataset: str, stage: str | None = None) -> SelectionRecord:
+def latest_selection(store: Store, dataset: str, stage: str | None = None,
+                     before_version: int | None = None) -> SelectionRecord:
+    """The newest selection of ``dataset`` (of ``stage``; made on a version older than
+    ``before_version``)."""
     sql = f"SELECT {', '.join(_COLS)} FROM selections WHERE dataset = ?"
     params: list[Any] = [dataset]
     if stage:
         sql += " AND stage = ?"
         params.append(stage)
+    if before_version is not None:
+        sql += " AND version < ?"
+        params.append(before_version)
     rows = store.query(sql + " ORDER BY created_at DESC, selection_id DESC LIMIT 1", params)
     if not rows:
-        raise NotFound(f"dataset {dataset!r} has no selection" + (f" for stage {stage}"
-                                                                 if stage else ""))
+        raise NotFound(f"dataset {dataset!r} has no selection"
+                       + (f" for stage {stage}" if stage else "")
+                       + (f" before version {before_version}" if before_version else ""))
     return _record(rows[0])
 
 
