@@ -1,11 +1,29 @@
-"""curator's Streamlit app: thin pages over the library (no SQL here)."""
+"""curator's Streamlit app: thin pages over the library (no SQL here).
+
+Run it with ``curator app [--store PATH] [--port N] [--host ADDR]``; it reads the store
+named by ``CURATOR_STORE``.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import streamlit as st
 
-st.set_page_config(page_title="curator", layout="wide")
+APP_DIR = Path(__file__).resolve().parent
+if str(APP_DIR) not in sys.path:  # the pages import curator_ui from here
+    sys.path.insert(0, str(APP_DIR))
+
+st.set_page_config(page_title="curator", page_icon=":material/dataset:", layout="wide")
 pages = [
-    st.Page("views/overview.py", title="Overview", default=True),
+    st.Page(APP_DIR / "views" / "overview.py", title="Overview", icon=":material/home:", default=True,
+            url_path="overview"),
+    st.Page(APP_DIR / "views" / "versions.py", title="Versions", icon=":material/table_rows:",
+            url_path="versions"),
+    st.Page(APP_DIR / "views" / "selections.py", title="Selections", icon=":material/checklist:",
+            url_path="selections"),
+    st.Page(APP_DIR / "views" / "masks.py", title="Masks", icon=":material/grid_on:", url_path="masks"),
+    st.Page(APP_DIR / "views" / "export.py", title="Export", icon=":material/download:", url_path="export"),
 ]
 st.navigation(pages).run()

@@ -1,35 +1,46 @@
-"""Overview: datasets, their versions, recent runs."""
+"""Overview: the store at a glance, each dataset's versions as a timeline, recent runs."""
 
 from __future__ import annotations
 
-import os
-
+import curator_ui as ui
+import pandas as pd
 import streamlit as st
 
-from curator.store import Store, StoreError
-from curator.store.datasets import list_datasets, list_versions
-
-store_path = os.environ.get("CURATOR_STORE", "curator-store")
 st.title("curator")
-st.caption(f"store: {store_path}")
-store = Store(store_path)
-if not store.exists:
-    st.info("This store is empty. Create one and ingest data:\n\n"
-            "```\ncurator ingest data.jsonl --dataset mydata --store " + store_path + "\n```\n"
-            "or run `make demo` for the sample data.")
-    st.stop()
-try:
-    datasets = list_datasets(store)
-    if not datasets:
-        st.info("No datasets yet: `curator ingest FILE --dataset NAME`.")
-    for d in datasets:
-        st.subheader(d["name"])
-        rows = [{"version": v.version, "mode": v.mode, "members": v.n_members,
+st.caption(f"store: `{ui.store_path()}`")
+
+with ui.guard():
+    ui.require_store()
+    summary = ui.read("store_summary")
+    cols = st.columns(6)
+    for col, (label, key) in zip(cols, [("datasets", "datasets"), ("versions", "versions"),
+                                        ("distinct samples", "samples"),
+                                        ("selections", "selections"), ("masks", "masks"),
+                                        ("running jobs", "running")], strict=True):
+        col.metric(label, f"{summary[key]:,}")
+
+    for d in ui.read("list_datasets"):
+        name = d["name"]
+        st.subheader(f"{name}")
+        versions = ui.read("list_versions", name)
+        rows = [{"version": f"v{v.version}", "mode": v.mode, "members": v.n_members,
                  "added": v.n_added, "removed": v.n_removed, "duplicates": v.n_duplicates,
-                 "quarantined": v.n_quarantined, "created": v.created_at, "source": v.source}
-                for v in list_versions(store, d["name"])]
-        st.dataframe(rows, key=f"versions-{d['name']}", hide_index=True)
+                 "quarantined": v.n_quarantined, "created": v.created_at,
+                 "source": v.source} for v in versions]
+        left, right = st.columns([2, 3])
+        if len(rows) > 1 or (rows and rows[0]["added"] != rows[0]["members"]):
+            chart = pd.DataFrame(rows).set_index("version")[
+                ["added", "removed", "duplicates", "quarantined"]]
+            left.bar_chart(chart, stack=False, height=220)
+        else:
+            left.caption(f"one version, {rows[0]['members']:,} samples" if rows
+                         else "no versions yet")
+        right.dataframe(rows, key=f"overview_versions_{name}", hide_index=True)
+
     st.subheader("Recent runs")
-    st.dataframe(store.runs(limit=20), key="runs", hide_index=True)
-except StoreError as exc:
-    st.warning(f"The store is busy or unreadable right now: {exc}. Reload in a moment.")
+    runs = ui.read("recent_runs", 20)
+    if runs:
+        st.dataframe(runs, key="overview_runs", hide_index=True,
+                     column_config={"error": st.column_config.TextColumn(width="medium")})
+    else:
+        st.caption("no runs yet")

@@ -1,0 +1,150 @@
+"""Shared plumbing for the pages: the store, cached reads, busy-store handling, paging.
+
+Pages stay thin: they read through ``curator.browse`` and the store modules via ``read``
+(cached for a few seconds, so reruns while people click are cheap), and wrap their body in
+``guard()`` so a store that a scheduled job holds shows a message, not a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import streamlit as st
+
+from curator import browse
+from curator.export import ExportError
+from curator.store import Store, StoreError
+from curator.store import datasets as store_datasets
+from curator.store import selections as store_selections
+
+CACHE_TTL = 10  # seconds: a scheduled job's new data shows up after this at the latest
+
+_READERS: dict[str, Callable[..., Any]] = {
+    "list_datasets": store_datasets.list_datasets,
+    "list_versions": store_datasets.list_versions,
+    "diff_versions": store_datasets.diff_versions,
+    "quarantine_rows": store_datasets.quarantine_rows,
+    "get_selection": store_selections.get_selection,
+    "get_mask_record": store_selections.get_mask_record,
+}
+
+
+def store_path() -> Path:
+    return Path(os.environ.get("CURATOR_STORE", "curator-store"))
+
+
+def lock_timeout() -> float:
+    """A page should not hang for a minute behind a writer: wait a few seconds, then say so."""
+    return float(os.environ.get("CURATOR_APP_LOCK_TIMEOUT", "5"))
+
+
+@st.cache_resource(show_spinner=False)
+def _store(path: str, timeout: float) -> Store:
+    # A Store holds no open connection between calls (one per operation, per thread),
+    # so sharing the object across sessions is safe.
+    return Store(path, lock_timeout=timeout, create=True)
+
+
+def get_store() -> Store:
+    return _store(str(store_path().resolve()), lock_timeout())
+
+
+@st.cache_data(ttl=CACHE_TTL, show_spinner=False, max_entries=512)
+def _read(path: str, timeout: float, name: str, args: tuple, kwargs: tuple) -> Any:
+    fn = _READERS.get(name) or getattr(browse, name)
+    return fn(_store(path, timeout), *args, **dict(kwargs))
+
+
+def read(name: str, *args: Any, **kwargs: Any) -> Any:
+    """``browse.<name>(store, ...)`` (or a store reader), cached for ``CACHE_TTL`` s."""
+    return _read(str(store_path().resolve()), lock_timeout(), name, args,
+                 tuple(sorted(kwargs.items())))
+
+
+def clear_cache() -> None:
+    _read.clear()
+
+
+BUSY_ERRORS = (StoreError, duckdb.Error, OSError)
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Turn a busy or unreadable store into a message on the page."""
+    try:
+        yield
+    except BUSY_ERRORS as exc:
+        st.warning(f"The store is busy or unreadable right now: {exc}\n\n"
+                   "A scheduled job may be writing to it; reload in a moment.", icon=":material/hourglass_top:")
+    except ExportError as exc:
+        st.error(f"Export failed: {exc}")
+
+
+def require_store() -> Store:
+    """The store, or a how-to-create message (and stop) when it is missing or empty."""
+    path = store_path()
+    store = get_store()
+    if not store.exists or read("is_empty"):
+        shown = str(path)
+        st.info(
+            f"There is no curator data at `{shown}` yet. Create a store and add data:\n\n"
+            f"```\ncurator init --store {shown}\n"
+            f"curator ingest data.jsonl --dataset mydata --store {shown}\n```\n"
+            f"or build the sample store with every kind of result in it:\n\n"
+            f"```\ncurator demo --store {shown}\n```\n"
+            f"then reload this page (or start the app with `curator app --store PATH`).",
+            icon=":material/info:")
+        st.stop()
+    return store
+
+
+def page_state(key: str, default_size: int = 50) -> tuple[int, int]:
+    """(limit, offset) the pager named ``key`` holds now (before it is drawn), so a page
+    can read its rows and the match count in one query."""
+    size = int(st.session_state.get(f"{key}_size", default_size))
+    page = int(st.session_state.get(f"{key}_page", 1) or 1)
+    return size, (page - 1) * size
+
+
+def pager(total: int, key: str, sizes: tuple[int, ...] = (25, 50, 100)) -> tuple[int, int]:
+    """A page-size choice and a page number; returns (limit, offset)."""
+    left, mid, right = st.columns([1, 1, 3])
+    size = left.selectbox("rows per page", sizes, index=1 if len(sizes) > 1 else 0,
+                          key=f"{key}_size")
+    pages = max(1, -(-total // size))
+    page_key = f"{key}_page"
+    if int(st.session_state.get(page_key, 1) or 1) > pages:
+        st.session_state[page_key] = pages  # the filter shrank the result: stay in range
+    page = mid.number_input(f"page (of {pages:,})", min_value=1, max_value=pages, value=1,
+                            step=1, key=page_key)
+    page = min(int(page or 1), pages)
+    offset = (page - 1) * size
+    right.caption(f"rows {min(total, offset + 1):,}–{min(total, offset + size):,} "
+                  f"of {total:,}")
+    return size, offset
+
+
+def selection_label(sel: Any) -> str:
+    return (f"{sel.selection_id} · {sel.stage} · {sel.method} · {sel.dataset} v{sel.version} "
+            f"({sel.n_selected:,}/{sel.n_pool:,})")
+
+
+def pick_selection(key: str, label: str = "selection", only: list[str] | None = None,
+                   default: str | None = None) -> Any:
+    """A selectbox over the store's selections; returns the chosen SelectionRecord."""
+    sels = read("list_selections_all")
+    if only is not None:
+        sels = [s for s in sels if s.selection_id in only]
+    if not sels:
+        return None
+    ids = [s.selection_id for s in sels]
+    by_id = {s.selection_id: s for s in sels}
+    index = ids.index(default) if default in ids else 0
+    chosen = st.selectbox(label, ids, index=index, key=key,
+                          format_func=lambda i: selection_label(by_id[i]))
+    return by_id[chosen]

@@ -1,0 +1,69 @@
+"""Export: pick a selection and a format; download the subset, mask and manifest as a zip,
+or write them into the store's exports folder."""
+
+from __future__ import annotations
+
+import curator_ui as ui
+import streamlit as st
+
+from curator import browse
+from curator.export import FORMATS
+
+st.title("Export")
+
+FORMAT_HELP = {
+    "jsonl": "one JSON object per sample: id, messages, prompt, response, metadata",
+    "messages": "OpenAI-style {messages: [...]}",
+    "alpaca": "instruction / input / output",
+    "sharegpt": "conversations with from/value turns",
+    "parquet": "one Parquet file",
+    "hf": "a saved Hugging Face dataset (load_from_disk)",
+}
+
+with ui.guard():
+    store = ui.require_store()
+    sel = ui.pick_selection("exp_sel")
+    if sel is None:
+        st.info("No selections yet: nothing to export.")
+        st.stop()
+    fmt = st.selectbox("format", FORMATS, key="exp_fmt",
+                       format_func=lambda f: f"{f}: {FORMAT_HELP.get(f, '')}")
+    mask = ui.read("get_mask_record", sel.selection_id)
+    layers = sel.selection_id in ui.read("layered_selections")
+    parts = [f"**{sel.n_selected:,}** samples ({fmt})"]
+    if mask:
+        parts.append(f"a parameter mask ({mask['density']:.2%} of the model)")
+    if layers:
+        parts.append("per-layer subsets (layers.json)")
+    parts.append("a manifest with sample ids, config, model fingerprint and checksums")
+    st.markdown("The export holds " + ", ".join(parts) + ".")
+
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Download**")
+        if st.button("Prepare zip", key="exp_prepare"):
+            with st.spinner("writing the export"):
+                name, data = browse.export_zip(store, sel.selection_id, fmt)
+            st.session_state["exp_zip"] = (sel.selection_id, fmt, name, data)
+        ready = st.session_state.get("exp_zip")
+        if ready and ready[:2] == (sel.selection_id, fmt):
+            st.download_button(f"Download {ready[2]} ({len(ready[3]) / 1024:,.0f} KiB)",
+                               data=ready[3], file_name=ready[2], mime="application/zip",
+                               key="exp_download", type="primary")
+    with right:
+        st.markdown("**Write to the store's exports folder**")
+        target = browse.exports_dir(store)
+        st.caption(f"into `{target}/{browse.free_export_name(store, sel.selection_id, fmt)}`")
+        if st.button("Write export", key="exp_write"):
+            with st.spinner("writing the export"):
+                path = browse.export_to_store(store, sel.selection_id, fmt)
+            st.session_state["exp_written"] = str(path)
+        if st.session_state.get("exp_written"):
+            st.success(f"written: `{st.session_state['exp_written']}`")
+
+    st.subheader("Exports in the store")
+    folders = browse.list_export_folders(store)
+    if folders:
+        st.dataframe(folders, key="exp_folders", hide_index=True)
+    else:
+        st.caption(f"none yet in `{target}`")

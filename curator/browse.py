@@ -1,0 +1,646 @@
+"""Read-only queries for the app: paged, filtered, aggregated in the database.
+
+Every function opens the store for one short read (``Store.connect``), takes parameters
+only (no SQL is built from user text), and returns plain Python or numpy values that are
+small enough to send to a browser: pages of rows, counts, histograms, samples of points.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curator.config import config_hash
+from curator.store import Store
+from curator.store.selections import SelectionRecord, get_mask_record, get_selection
+
+PREVIEW_CHARS = 160
+GRADIENT_METHODS = ("dualsft", "gast", "less")
+
+
+def _preview(text: str | None, n: int = PREVIEW_CHARS) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# -- the store as a whole -----------------------------------------------------------------
+
+def store_summary(store: Store) -> dict[str, int]:
+    """Counts for the overview: datasets, versions, distinct samples, selections, masks."""
+    with store.connect() as con:
+        row = con.execute(
+            "SELECT (SELECT count(*) FROM datasets), (SELECT count(*) FROM versions), "
+            "(SELECT count(*) FROM samples), (SELECT count(*) FROM selections), "
+            "(SELECT count(*) FROM masks), (SELECT count(*) FROM runs WHERE status = 'running')"
+        ).fetchone()
+    keys = ("datasets", "versions", "samples", "selections", "masks", "running")
+    return dict(zip(keys, (int(x) for x in row), strict=True))
+
+
+def is_empty(store: Store) -> bool:
+    """True when the store file is missing or holds no dataset."""
+    if not store.exists:
+        return True
+    return not store.query("SELECT 1 FROM datasets LIMIT 1")
+
+
+def recent_runs(store: Store, limit: int = 20) -> list[dict[str, Any]]:
+    """Newest runs with their status and progress (no config blobs)."""
+    return store.query_dicts(
+        "SELECT run_id, kind, dataset, status, done, total, error, started_at, finished_at "
+        "FROM runs ORDER BY started_at DESC LIMIT ?", [limit])
+
+
+# -- a version's samples ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScoreSource:
+    """A per-sample number stored for a model and config: ``kind`` is loss or gradient."""
+
+    kind: str
+    model: str
+    config: str
+    n: int
+
+    @property
+    def label(self) -> str:
+        name = "loss d(i)" if self.kind == "loss" else "gradient score"
+        return f"{name} · {self.model[:10]} · {self.config[:8]} ({self.n:,} samples)"
+
+
+def score_sources(store: Store, dataset: str, version: int) -> list[ScoreSource]:
+    """Stored per-sample scores that cover some of this version's members."""
+    members = "(SELECT sample_id FROM version_members WHERE dataset = ? AND version = ?)"
+    rows = store.query(
+        f"SELECT 'loss', model, config, count(*) FROM losses WHERE valid AND sample_id IN "
+        f"{members} GROUP BY model, config "
+        f"UNION ALL SELECT 'gradient', model, config, count(*) FROM gradient_scores "
+        f"WHERE layer = '' AND sample_id IN {members} GROUP BY model, config "
+        "ORDER BY 1, 4 DESC", [dataset, version, dataset, version])
+    return [ScoreSource(k, m, c, int(n)) for k, m, c, n in rows]
+
+
+def metadata_keys(store: Store, dataset: str, version: int, scan: int = 2000) -> list[str]:
+    """Metadata keys seen in the first ``scan`` members (enough to offer filters)."""
+    rows = store.query(
+        "SELECT DISTINCT unnest(json_keys(metadata)) FROM (SELECT metadata FROM "
+        "version_members WHERE dataset = ? AND version = ? AND metadata IS NOT NULL LIMIT ?)",
+        [dataset, version, scan])
+    return sorted(r[0] for r in rows)
+
+
+def metadata_counts(store: Store, dataset: str, version: int, key: str,
+                    limit: int = 100) -> list[tuple[str, int]]:
+    """(value, count) of one metadata key over a version, most common first."""
+    rows = store.query(
+        "SELECT json_extract_string(metadata, '$.' || ?) AS v, count(*) AS n "
+        "FROM version_members WHERE dataset = ? AND version = ? GROUP BY v "
+        "ORDER BY n DESC, v LIMIT ?", [_json_key(key), dataset, version, limit])
+    return [("(none)" if v is None else v, int(n)) for v, n in rows]
+
+
+def _json_key(key: str) -> str:
+    # Quoted JSON path member: any key, no injection (it is a bound parameter anyway).
+    return json.dumps(key)
+
+
+def length_range(store: Store, dataset: str, version: int) -> tuple[int, int]:
+    row = store.query(
+        "SELECT min(s.n_chars), max(s.n_chars) FROM version_members m JOIN samples s "
+        "USING (sample_id) WHERE m.dataset = ? AND m.version = ?", [dataset, version])[0]
+    return (int(row[0] or 0), int(row[1] or 0))
+
+
+@dataclass
+class SampleFilter:
+    search: str | None = None
+    meta_key: str | None = None
+    meta_value: str | None = None
+    min_chars: int | None = None
+    max_chars: int | None = None
+    score: ScoreSource | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+
+
+def _filtered_members(dataset: str, version: int, f: SampleFilter) -> tuple[str, list[Any]]:
+    """FROM/WHERE over a version's members with the filter applied (score column `score`)."""
+    params: list[Any] = []
+    score_join = ", NULL::DOUBLE AS score"
+    join, score_col = "", "NULL"
+    if f.score is not None:
+        table = "losses" if f.score.kind == "loss" else "gradient_scores"
+        col = "distance" if f.score.kind == "loss" else "score"
+        extra = "" if f.score.kind == "loss" else " AND g.layer = ''"
+        score_col = f"g.{col}"
+        score_join = f", {score_col} AS score"
+        join = (f" LEFT JOIN {table} g ON g.sample_id = m.sample_id AND g.model = ? "
+                f"AND g.config = ?{extra}")
+        params += [f.score.model, f.score.config]
+    sql = (f"SELECT m.sample_id, s.prompt, s.response, s.n_chars, m.metadata, m.source_file, "
+           f"m.source_line{score_join} FROM version_members m JOIN samples s "
+           f"USING (sample_id){join} WHERE m.dataset = ? AND m.version = ?")
+    params += [dataset, version]
+    if f.search:
+        sql += " AND (s.prompt ILIKE ? ESCAPE '!' OR s.response ILIKE ? ESCAPE '!')"
+        like = "%" + "".join("!" + c if c in "!%_" else c for c in f.search) + "%"
+        params += [like, like]
+    if f.meta_key and f.meta_value is not None:
+        if f.meta_value == "(none)":
+            sql += " AND json_extract_string(m.metadata, '$.' || ?) IS NULL"
+            params.append(_json_key(f.meta_key))
+        else:
+            sql += " AND json_extract_string(m.metadata, '$.' || ?) = ?"
+            params += [_json_key(f.meta_key), f.meta_value]
+    if f.min_chars is not None:
+        sql += " AND s.n_chars >= ?"
+        params.append(f.min_chars)
+    if f.max_chars is not None:
+        sql += " AND s.n_chars <= ?"
+        params.append(f.max_chars)
+    if f.score is not None and f.min_score is not None:
+        sql += f" AND {score_col} >= ?"
+        params.append(f.min_score)
+    if f.score is not None and f.max_score is not None:
+        sql += f" AND {score_col} <= ?"
+        params.append(f.max_score)
+    return sql, params
+
+
+def sample_page(store: Store, dataset: str, version: int, f: SampleFilter | None = None,
+                limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """One page of a version's samples matching ``f`` (stable order) and the match count."""
+    f = f or SampleFilter()
+    inner, params = _filtered_members(dataset, version, f)
+    sql = (f"SELECT *, count(*) OVER () AS n_total FROM ({inner}) "
+           "ORDER BY source_file, source_line, sample_id LIMIT ? OFFSET ?")
+    rows = store.query_dicts(sql, params + [limit, offset])
+    total = int(rows[0]["n_total"]) if rows else (
+        0 if offset == 0 else int(store.query(f"SELECT count(*) FROM ({inner})", params)[0][0]))
+    out = []
+    for r in rows:
+        meta = json.loads(r["metadata"]) if r["metadata"] else {}
+        out.append({"sample_id": r["sample_id"], "prompt": _preview(r["prompt"]),
+                    "response": _preview(r["response"]), "chars": r["n_chars"],
+                    "score": r["score"], "metadata": meta})
+    return out, total
+
+
+def length_histogram(store: Store, dataset: str, version: int, bins: int = 30,
+                     bounds: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """Sample lengths binned in the database: [{"chars": lower edge, "samples": n}].
+    ``bounds``: the version's (min, max) length when the caller has it already."""
+    lo, hi = bounds or length_range(store, dataset, version)
+    width = max(1, -(-(hi - lo + 1) // bins))
+    rows = store.query(
+        "SELECT (s.n_chars - ?) // ? AS b, count(*) FROM version_members m JOIN samples s "
+        "USING (sample_id) WHERE m.dataset = ? AND m.version = ? GROUP BY b ORDER BY b",
+        [lo, width, dataset, version])
+    return [{"chars": lo + int(b) * width, "samples": int(n)} for b, n in rows]
+
+
+# -- versions: diff -----------------------------------------------------------------------
+
+def diff_page(store: Store, dataset: str, old: int, new: int, which: str = "added",
+              limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+    """Samples added in ``new`` (or removed since ``old``), paged, with previews."""
+    if which not in ("added", "removed"):
+        raise ValueError("which must be 'added' or 'removed'")
+    keep, drop = (new, old) if which == "added" else (old, new)
+    rows = store.query(
+        "SELECT k.sample_id, s.prompt, s.response, s.n_chars FROM version_members k "
+        "JOIN samples s USING (sample_id) WHERE k.dataset = ? AND k.version = ? AND NOT EXISTS "
+        "(SELECT 1 FROM version_members d WHERE d.dataset = ? AND d.version = ? AND "
+        "d.sample_id = k.sample_id) ORDER BY k.sample_id LIMIT ? OFFSET ?",
+        [dataset, keep, dataset, drop, limit, offset])
+    return [{"sample_id": r[0], "prompt": _preview(r[1]), "response": _preview(r[2]),
+             "chars": r[3]} for r in rows]
+
+
+def quarantine_reasons(store: Store, dataset: str,
+                       version: int | None = None) -> list[tuple[str, int]]:
+    sql = "SELECT reason, count(*) FROM quarantine WHERE dataset = ? AND version IS NOT NULL"
+    params: list[Any] = [dataset]
+    if version is not None:
+        sql += " AND version = ?"
+        params.append(version)
+    return [(r, int(n)) for r, n in store.query(sql + " GROUP BY reason ORDER BY 2 DESC",
+                                                params)]
+
+
+# -- selections ---------------------------------------------------------------------------
+
+def selection_pool_sql(sel: SelectionRecord) -> tuple[str, list[Any]]:
+    """A subquery of the sample ids the selection was chosen from.
+
+    The pool is not stored, but is the version's members, less (for the continual stage)
+    what the parent had seen: its version's members (pool "new") or its picks (pool "all").
+    """
+    sql = "SELECT sample_id FROM version_members WHERE dataset = ? AND version = ?"
+    params: list[Any] = [sel.dataset, sel.version]
+    if sel.stage == "continual" and sel.parent:
+        parent = sel.parent
+        if (sel.config or {}).get("pool", "new") == "all":
+            sql += (" AND sample_id NOT IN (SELECT sample_id FROM selection_members WHERE "
+                    "selection_id = ? AND layer = '')")
+            params.append(parent)
+        else:
+            sql += (" AND sample_id NOT IN (SELECT pm.sample_id FROM version_members pm JOIN "
+                    "selections p ON pm.dataset = p.dataset AND pm.version = p.version "
+                    "WHERE p.selection_id = ?)")
+            params.append(parent)
+    return sql, params
+
+
+def gradient_config(sel: SelectionRecord) -> str | None:
+    """The config key under which a gradient method stored its per-sample scores."""
+    if sel.method not in GRADIENT_METHODS:
+        return None
+    return config_hash([sel.method, sel.config])
+
+
+def selection_score_options(store: Store, selection_id: str) -> list[str]:
+    """Names of the per-sample values whose distributions this selection can show."""
+    sel = get_selection(store, selection_id)
+    names = ["length (chars)"]
+    if sel.model and (sel.config or {}).get("utility_config"):
+        names += ["loss d(i)", "utility as an example (mean)"]
+    if gradient_config(sel):
+        names.append("gradient score")
+    return names
+
+
+def selection_score_values(store: Store, selection_id: str,
+                           name: str) -> dict[str, np.ndarray]:
+    """Values of ``name`` over the selection's pool, split into selected / not selected."""
+    sel = get_selection(store, selection_id)
+    pool, params = selection_pool_sql(sel)
+    if name == "length (chars)":
+        value_sql, vparams = "SELECT sample_id, n_chars::DOUBLE AS v FROM samples", []
+    elif name == "loss d(i)":
+        value_sql = ("SELECT sample_id, distance AS v FROM losses WHERE valid AND model = ? "
+                     "AND config = ?")
+        vparams = [sel.model, sel.config.get("utility_config")]
+    elif name == "utility as an example (mean)":
+        value_sql = ("SELECT example_id AS sample_id, avg(utility) AS v FROM utilities WHERE "
+                     "valid AND model = ? AND config = ? GROUP BY example_id")
+        vparams = [sel.model, sel.config.get("utility_config")]
+    elif name == "gradient score":
+        value_sql = ("SELECT sample_id, score AS v FROM gradient_scores WHERE layer = '' AND "
+                     "model = ? AND config = ?")
+        vparams = [sel.model, gradient_config(sel)]
+    else:
+        raise ValueError(f"unknown score {name!r}")
+    with store.connect() as con:
+        rows = con.execute(
+            f"WITH pool AS ({pool}), val AS ({value_sql}) "
+            "SELECT v.v, (sm.sample_id IS NOT NULL) AS picked FROM pool p "
+            "JOIN val v USING (sample_id) LEFT JOIN selection_members sm ON "
+            "sm.selection_id = ? AND sm.layer = '' AND sm.sample_id = p.sample_id "
+            "WHERE v.v IS NOT NULL", params + vparams + [selection_id]).fetchnumpy()
+    values = np.asarray(rows["v"], dtype=float)
+    picked = np.asarray(rows["picked"], dtype=bool)
+    return {"selected": values[picked], "not selected": values[~picked]}
+
+
+def histogram(groups: dict[str, np.ndarray], bins: int = 30) -> list[dict[str, Any]]:
+    """Shared-edge histograms of several groups as long rows (for a bar chart)."""
+    every = np.concatenate([v for v in groups.values() if len(v)] or [np.zeros(0)])
+    if not len(every):
+        return []
+    edges = np.histogram_bin_edges(every, bins=bins)
+    out = []
+    for name, v in groups.items():
+        counts, _ = np.histogram(v, bins=edges)
+        out += [{"value": float(edges[i]), "value_end": float(edges[i + 1]), "group": name,
+                 "samples": int(c)} for i, c in enumerate(counts)]
+    return out
+
+
+def embedder_for(store: Store, selection_id: str) -> str | None:
+    """The embedder whose vectors cover the selection's members best (the selection's
+    model first)."""
+    sel = get_selection(store, selection_id)
+    rows = store.query(
+        "SELECT e.embedder, count(*) AS n FROM embeddings e JOIN selection_members m USING "
+        "(sample_id) WHERE m.selection_id = ? AND m.layer = '' GROUP BY e.embedder "
+        "ORDER BY (e.embedder LIKE ?) DESC, n DESC LIMIT 1",
+        [selection_id, f"{sel.model}:%" if sel.model else ""])
+    return rows[0][0] if rows else None
+
+
+def embedding_map(store: Store, selection_id: str, max_points: int = 3000,
+                  seed: int = 0) -> dict[str, Any]:
+    """A 2-D PCA projection of the pool's embeddings, at most ``max_points`` of them (a
+    reproducible sample), with who was selected."""
+    sel = get_selection(store, selection_id)
+    embedder = embedder_for(store, selection_id)
+    if embedder is None:
+        return {"embedder": None, "points": [], "n_pool": sel.n_pool, "n_shown": 0}
+    pool, params = selection_pool_sql(sel)
+    with store.connect() as con:
+        n_with = con.execute(
+            f"SELECT count(*) FROM ({pool}) p JOIN embeddings e ON e.sample_id = p.sample_id "
+            "AND e.embedder = ?", params + [embedder]).fetchone()[0]
+        frac = min(1.0, max_points / max(1, n_with))
+        rows = con.execute(
+            f"SELECT p.sample_id, e.vector, (sm.sample_id IS NOT NULL), s.prompt FROM ({pool}) p "
+            "JOIN embeddings e ON e.sample_id = p.sample_id AND e.embedder = ? "
+            "JOIN samples s ON s.sample_id = p.sample_id "
+            "LEFT JOIN selection_members sm ON sm.selection_id = ? AND sm.layer = '' AND "
+            "sm.sample_id = p.sample_id WHERE hash(p.sample_id || ?) % 1000000 < ? "
+            "ORDER BY p.sample_id LIMIT ?",
+            params + [embedder, selection_id, str(seed), int(frac * 1_000_000), max_points]
+        ).fetchall()
+    if len(rows) < 2:
+        return {"embedder": embedder, "points": [], "n_pool": sel.n_pool, "n_shown": 0}
+    x = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).astype(np.float64)
+    x -= x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    xy = x @ vt[:2].T
+    points = [{"x": float(xy[i, 0]), "y": float(xy[i, 1]),
+               "selection": "selected" if r[2] else "not selected",
+               "sample_id": r[0], "prompt": _preview(r[3], 80)} for i, r in enumerate(rows)]
+    return {"embedder": embedder, "points": points, "n_pool": int(n_with),
+            "n_shown": len(points)}
+
+
+def member_rank(store: Store, selection_id: str, sample_id: str) -> dict[str, Any] | None:
+    rows = store.query_dicts(
+        "SELECT rank, gain, score FROM selection_members WHERE selection_id = ? AND layer = '' "
+        "AND sample_id = ?", [selection_id, sample_id])
+    return rows[0] if rows else None
+
+
+def sample_detail(store: Store, sample_id: str) -> dict[str, Any] | None:
+    """A sample's full text and messages, and the versions it belongs to."""
+    with store.connect() as con:
+        row = con.execute("SELECT sample_id, messages, prompt, response, n_chars FROM samples "
+                          "WHERE sample_id = ?", [sample_id]).fetchone()
+        if row is None:
+            return None
+        versions = con.execute(
+            "SELECT dataset, version, metadata FROM version_members WHERE sample_id = ? "
+            "ORDER BY dataset, version", [sample_id]).fetchall()
+    return {"sample_id": row[0], "messages": json.loads(row[1]), "prompt": row[2],
+            "response": row[3], "chars": row[4],
+            "versions": [{"dataset": d, "version": v,
+                          "metadata": json.loads(m) if m else {}} for d, v, m in versions]}
+
+
+def utility_key(store: Store, sample_id: str,
+                selection_id: str | None = None) -> tuple[str, str] | None:
+    """(model, config) of the utilities to explain ``sample_id`` with: the selection's own
+    when it has them, otherwise the key with the most pairs involving the sample."""
+    if selection_id:
+        sel = get_selection(store, selection_id)
+        if sel.model and (sel.config or {}).get("utility_config"):
+            return sel.model, sel.config["utility_config"]
+    rows = store.query(
+        "SELECT model, config, count(*) AS n FROM utilities WHERE valid AND (target_id = ? OR "
+        "example_id = ?) GROUP BY model, config ORDER BY n DESC LIMIT 1", [sample_id, sample_id])
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+def top_utilities(store: Store, sample_id: str, model: str, config: str, role: str,
+                  limit: int = 10) -> list[dict[str, Any]]:
+    """``role="example"``: the targets this sample helps most, UF(target, sample);
+    ``role="target"``: the examples that help this sample most, UF(sample, example)."""
+    if role not in ("example", "target"):
+        raise ValueError("role must be 'example' or 'target'")
+    me, other = ("example_id", "target_id") if role == "example" else ("target_id", "example_id")
+    rows = store.query(
+        f"SELECT u.{other}, u.utility, u.d_target, u.d_given, s.prompt FROM utilities u "
+        f"JOIN samples s ON s.sample_id = u.{other} WHERE u.{me} = ? AND u.model = ? AND "
+        f"u.config = ? AND u.valid ORDER BY u.utility DESC, u.{other} LIMIT ?",
+        [sample_id, model, config, limit])
+    return [{"sample_id": r[0], "utility": r[1], "d_target": r[2], "d_given": r[3],
+             "prompt": _preview(r[4], 100)} for r in rows]
+
+
+def sample_gradient_scores(store: Store, sample_id: str) -> list[dict[str, Any]]:
+    """Every stored whole-scope gradient score of the sample, named by the selections
+    (gradient methods) whose config produced it."""
+    rows = store.query_dicts(
+        "SELECT model, config, score FROM gradient_scores WHERE sample_id = ? AND layer = '' "
+        "ORDER BY created_at", [sample_id])
+    if not rows:
+        return []
+    sels = store.query("SELECT selection_id, method, config, model FROM selections WHERE "
+                       "method IN ('dualsft', 'gast', 'less')")
+    by_key: dict[tuple[str, str], list[str]] = {}
+    for sid, method, cfg, model in sels:
+        key = config_hash([method, json.loads(cfg) if cfg else {}])
+        by_key.setdefault((model, key), []).append(f"{sid} ({method})")
+    return [{"score": r["score"], "selections": ", ".join(by_key.get((r["model"], r["config"]),
+                                                                     [])) or "-",
+             "model": r["model"][:12], "config": r["config"]} for r in rows]
+
+
+def selection_overlap(store: Store, a: str, b: str) -> dict[str, int]:
+    rows = store.query(
+        "WITH x AS (SELECT sample_id FROM selection_members WHERE selection_id = ? AND "
+        "layer = ''), y AS (SELECT sample_id FROM selection_members WHERE selection_id = ? AND "
+        "layer = '') SELECT (SELECT count(*) FROM x), (SELECT count(*) FROM y), "
+        "(SELECT count(*) FROM x SEMI JOIN y USING (sample_id))", [a, b])[0]
+    n_a, n_b, both = (int(v) for v in rows)
+    return {"a": n_a, "b": n_b, "both": both, "only_a": n_a - both, "only_b": n_b - both,
+            "union": n_a + n_b - both}
+
+
+def selection_only(store: Store, a: str, b: str, limit: int = 50,
+                   offset: int = 0) -> list[dict[str, Any]]:
+    """Members of ``a`` that ``b`` lacks, in ``a``'s pick order."""
+    rows = store.query(
+        "SELECT m.rank, m.sample_id, m.gain, s.prompt FROM selection_members m JOIN samples s "
+        "USING (sample_id) WHERE m.selection_id = ? AND m.layer = '' AND m.sample_id NOT IN "
+        "(SELECT sample_id FROM selection_members WHERE selection_id = ? AND layer = '') "
+        "ORDER BY m.rank LIMIT ? OFFSET ?", [a, b, limit, offset])
+    return [{"rank": r[0], "sample_id": r[1], "gain": r[2], "prompt": _preview(r[3])}
+            for r in rows]
+
+
+def member_page(store: Store, selection_id: str, limit: int = 50,
+                offset: int = 0) -> list[dict[str, Any]]:
+    """Members in pick order with marginal gains and scores (previews only)."""
+    rows = store.query(
+        "SELECT m.rank, m.sample_id, m.gain, m.score, s.prompt, s.response, s.n_chars "
+        "FROM selection_members m JOIN samples s USING (sample_id) WHERE m.selection_id = ? "
+        "AND m.layer = '' ORDER BY m.rank LIMIT ? OFFSET ?", [selection_id, limit, offset])
+    return [{"rank": r[0], "sample_id": r[1], "gain": r[2], "score": r[3],
+             "prompt": _preview(r[4]), "response": _preview(r[5], 80), "chars": r[6]}
+            for r in rows]
+
+
+def gain_curve(store: Store, selection_id: str, max_points: int = 500) -> list[dict[str, Any]]:
+    """Marginal gain by rank, thinned to at most ``max_points`` points."""
+    n = store.query("SELECT count(*) FROM selection_members WHERE selection_id = ? AND "
+                    "layer = '' AND gain IS NOT NULL", [selection_id])[0][0]
+    step = max(1, -(-n // max_points))
+    rows = store.query(
+        "SELECT rank, gain FROM selection_members WHERE selection_id = ? AND layer = '' AND "
+        "gain IS NOT NULL AND rank % ? = 0 ORDER BY rank", [selection_id, step])
+    return [{"rank": int(r), "gain": float(g)} for r, g in rows]
+
+
+# -- masks and layer-wise subsets ---------------------------------------------------------
+
+def list_masks(store: Store) -> list[dict[str, Any]]:
+    return store.query_dicts(
+        "SELECT k.selection_id, s.dataset, s.version, s.stage, s.method, k.density, "
+        "k.n_kept, k.n_params, k.created_at FROM masks k LEFT JOIN selections s USING "
+        "(selection_id) ORDER BY k.created_at")
+
+
+def mask_heatmap(store: Store, selection_id: str) -> list[dict[str, Any]]:
+    """Density of the selection's mask per (layer, module kind), read from its safetensors
+    file (checked against the recorded checksum)."""
+    from curator.export import sha256_file
+    from curator.masks import load_mask
+    from curator.scoring.gradients import layer_of, module_kind
+
+    rec = get_mask_record(store, selection_id)
+    if rec is None:
+        return []
+    path = Path(store.artifacts) / rec["path"]
+    if not path.exists():
+        raise FileNotFoundError(f"mask file {path} is missing")
+    if sha256_file(path) != rec["sha256"]:
+        raise ValueError(f"mask file {path} does not match its recorded checksum")
+    cells: dict[tuple[str, str], list[int]] = {}
+    for name, m in load_mask(path).items():
+        cell = cells.setdefault((layer_of(name), module_kind(name)), [0, 0])
+        cell[0] += int(m.sum())
+        cell[1] += m.numel()
+    return [{"layer": layer, "kind": kind, "kept": kept, "params": total,
+             "density": kept / total if total else 0.0}
+            for (layer, kind), (kept, total) in sorted(cells.items())]
+
+
+def layered_selections(store: Store) -> list[str]:
+    return [r[0] for r in store.query(
+        "SELECT DISTINCT selection_id FROM selection_members WHERE layer <> '' ORDER BY 1")]
+
+
+def layer_subset_sizes(store: Store, selection_id: str) -> list[dict[str, Any]]:
+    """Per layer: how many samples train it (GAST layer-wise subsets)."""
+    rows = store.query(
+        "SELECT layer, count(*) FROM selection_members WHERE selection_id = ? AND layer <> '' "
+        "GROUP BY layer", [selection_id])
+    return sorted(({"layer": layer, "samples": int(n)} for layer, n in rows),
+                  key=lambda r: _layer_order(r["layer"]))
+
+
+def _layer_order(name: str) -> tuple:
+    parts = name.replace(".", " ").split()
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+
+
+def layer_overlap(store: Store, selection_id: str) -> list[dict[str, Any]]:
+    """Pairwise Jaccard overlap of the per-layer subsets."""
+    rows = store.query(
+        "WITH m AS (SELECT layer, sample_id FROM selection_members WHERE selection_id = ? AND "
+        "layer <> ''), n AS (SELECT layer, count(*) AS c FROM m GROUP BY layer) "
+        "SELECT a.layer, b.layer, count(*) AS both_, na.c, nb.c FROM m a JOIN m b USING "
+        "(sample_id) JOIN n na ON na.layer = a.layer JOIN n nb ON nb.layer = b.layer "
+        "GROUP BY a.layer, b.layer, na.c, nb.c", [selection_id])
+    return [{"layer_a": a, "layer_b": b, "jaccard": both / max(1, ca + cb - both)}
+            for a, b, both, ca, cb in rows]
+
+
+# -- exports ------------------------------------------------------------------------------
+
+def exports_dir(store: Store) -> Path:
+    return Path(store.path) / "exports"
+
+
+def list_export_folders(store: Store) -> list[dict[str, Any]]:
+    """Export folders in the store's ``exports/`` (those with a manifest)."""
+    root = exports_dir(store)
+    out = []
+    if not root.is_dir():
+        return out
+    for p in sorted(root.iterdir()):
+        manifest = p / "manifest.json"
+        if p.is_dir() and manifest.exists():
+            try:
+                m = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                continue
+            out.append({"folder": p.name, "selection": m.get("selection", {}).get(
+                "selection_id"), "format": m.get("format"), "rows": m.get("n_rows"),
+                "mask": bool(m.get("mask")), "created": m.get("created_at")})
+    return out
+
+
+def free_export_name(store: Store, selection_id: str, fmt: str) -> str:
+    """``<selection>-<format>``, with ``-2``, ``-3``... when taken."""
+    root = exports_dir(store)
+    base = f"{selection_id}-{fmt}"
+    name, n = base, 1
+    while (root / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def export_to_store(store: Store, selection_id: str, fmt: str) -> Path:
+    """Write the export into ``<store>/exports/<free name>``; returns its folder."""
+    from curator.export import export_selection
+
+    get_selection(store, selection_id)
+    out = exports_dir(store) / free_export_name(store, selection_id, fmt)
+    return export_selection(store, selection_id, out, fmt=fmt).path
+
+
+def export_zip(store: Store, selection_id: str, fmt: str) -> tuple[str, bytes]:
+    """The export (subset, mask, manifest) as a zip in memory; nothing stays on disk."""
+    import io
+    import tempfile
+    import zipfile
+
+    from curator.export import export_selection
+
+    with tempfile.TemporaryDirectory(prefix="curator-export-") as tmp:
+        name = f"{selection_id}-{fmt}"
+        res = export_selection(store, selection_id, Path(tmp) / name, fmt=fmt)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(res.path.rglob("*")):
+                if f.is_file():
+                    zf.write(f, f"{name}/{f.relative_to(res.path)}")
+    return f"{name}.zip", buf.getvalue()
+
+
+def selections_table(store: Store, dataset: str | None = None) -> list[dict[str, Any]]:
+    """Selections with the fields people compare, and whether each has a mask or layers."""
+    sql = ("SELECT s.selection_id, s.dataset, s.version, s.stage, s.method, s.function, "
+           "s.budget, s.n_pool, s.n_selected, s.objective, s.parent, s.target, s.seconds, "
+           "s.created_at, (k.selection_id IS NOT NULL) AS has_mask FROM selections s "
+           "LEFT JOIN masks k USING (selection_id)")
+    params: list[Any] = []
+    if dataset:
+        sql += " WHERE s.dataset = ?"
+        params.append(dataset)
+    return store.query_dicts(sql + " ORDER BY s.created_at, s.selection_id", params)
+
+
+def ids_preview(store: Store, sample_ids: Sequence[str]) -> dict[str, str]:
+    """Prompt previews for a few ids."""
+    if not sample_ids:
+        return {}
+    rows = store.query("SELECT sample_id, prompt FROM samples WHERE sample_id IN (SELECT "
+                       "unnest(?::VARCHAR[]))", [list(sample_ids)])
+    return {r[0]: _preview(r[1], 100) for r in rows}
+
+
+def list_selections_all(store: Store) -> list[SelectionRecord]:
+    """Every selection, oldest first (the store reader, under a name the app caches)."""
+    from curator.store.selections import list_selections
+
+    return list_selections(store)

@@ -1,0 +1,214 @@
+"""The app in a real browser: `curator app` on a free local port against the demo fixture
+store, Debian's chromium driven by the `playwright` package (never its own browser
+download). Opens each page, clicks through a selection to one sample and to an export,
+saves screenshots, and fails on any Streamlit exception box.
+
+Run with ``pytest -m browser``; screenshots go to ``$CURATOR_SCREENSHOT_DIR`` (default: a
+temporary folder, printed at the end).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[2]
+CURATOR = REPO / ".venv" / "bin" / "curator"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="needs Debian's chromium at /usr/bin/chromium "
+                              "(apt-get install -y chromium; .ci/run does this)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_url(demo_store, tmp_path):
+    """`curator app` on a free port; always stopped (with its process group) afterwards."""
+    port = free_port()
+    cmd = [str(CURATOR) if CURATOR.exists() else "curator", "app", "--store", str(demo_store),
+           "--port", str(port)]
+    log = (tmp_path / "app.log").open("w")
+    env = dict(os.environ, CURATOR_APP_LOCK_TIMEOUT="5")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"curator app exited early:\n"
+                                     f"{(tmp_path / 'app.log').read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("curator app did not answer within 90 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def shots(tmp_path_factory) -> Path:
+    folder = os.environ.get("CURATOR_SCREENSHOT_DIR")
+    path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def settle(page, timeout: float = 60) -> None:
+    """Wait until the script run finished and the page stopped changing."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout * 1000)
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < 3:
+        running = page.locator('[data-testid="stStatusWidget"]').count() > 0 or \
+            page.locator('[data-testid="stSkeleton"]').count() > 0
+        quiet = 0 if running else quiet + 1
+        if time.monotonic() > deadline:
+            raise AssertionError("the page kept running for too long")
+        page.wait_for_timeout(400)
+    page.wait_for_timeout(600)  # charts draw after the run ends
+
+
+def check_no_exception(page, where: str) -> None:
+    boxes = page.locator('[data-testid="stException"]')
+    assert boxes.count() == 0, f"{where}: {boxes.first.inner_text()[:2000]}"
+
+
+def open_page(page, url: str, title: str) -> None:
+    page.goto(url)
+    settle(page)
+    page.get_by_role("heading", name=title).first.wait_for(timeout=30_000)
+    check_no_exception(page, url)
+
+
+def shoot(page, folder: Path, name: str, top: bool = True) -> Path:
+    if top:
+        page.evaluate("document.querySelector('[data-testid=\"stMain\"]')?.scrollTo(0, 0)")
+        page.wait_for_timeout(300)
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    _shrink(path)
+    return path
+
+
+def _shrink(path: Path, limit: int = 300_000) -> None:
+    """Keep screenshots commit-sized: quantise to a palette when a PNG is too big."""
+    if path.stat().st_size <= limit:
+        return
+    from PIL import Image
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+        small.save(path, optimize=True)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the selectbox labelled ``label``."""
+    page.get_by_role("combobox", name=label, exact=True).first.click()
+    page.get_by_role("option", name=option).first.click()
+    settle(page)
+
+
+def radio(page, option: str) -> None:
+    page.locator('[data-testid="stRadio"] label').filter(has_text=option).first.click()
+    settle(page)
+
+
+def test_pages_selection_sample_and_export(app_url, demo_store, shots, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100},
+                                    accept_downloads=True)
+            open_page(page, app_url, "curator")
+            assert page.get_by_text("Recent runs").count() == 1
+            shoot(page, shots, "overview")
+
+            open_page(page, f"{app_url}/versions", "Versions")
+            page.get_by_text("matching samples").first.wait_for()
+            shoot(page, shots, "versions")
+            radio(page, "Diff")
+            check_no_exception(page, "versions/diff")
+            shoot(page, shots, "versions-diff")
+
+            # a selection, through its members, to one sample
+            open_page(page, f"{app_url}/selections", "Selections")
+            choose(page, "selection", "sel-0002 · task · delift")
+            check_no_exception(page, "selections")
+            shoot(page, shots, "selections")
+            page.get_by_role("button", name="Open sample").click()
+            settle(page)
+            check_no_exception(page, "selections/sample")
+            page.get_by_text("Targets it covers best").wait_for()
+            page.get_by_text("Examples that help it most").wait_for()
+            shoot(page, shots, "selections-sample", top=False)
+            radio(page, "Scores")
+            check_no_exception(page, "selections/scores")
+            shoot(page, shots, "selections-scores")
+            radio(page, "Map")
+            check_no_exception(page, "selections/map")
+            shoot(page, shots, "selections-map")
+            radio(page, "Compare")
+            check_no_exception(page, "selections/compare")
+            shoot(page, shots, "selections-compare")
+
+            open_page(page, f"{app_url}/masks", "Masks")
+            page.get_by_text("Layer-wise subsets").wait_for()
+            shoot(page, shots, "masks")
+
+            # an export: download the zip, then write one into the store's exports folder
+            open_page(page, f"{app_url}/export", "Export")
+            choose(page, "selection", "sel-0004")
+            page.get_by_role("button", name="Prepare zip").click()
+            settle(page)
+            check_no_exception(page, "export/prepare")
+            with page.expect_download() as info:
+                page.get_by_role("button", name="Download sel-0004-jsonl.zip").click()
+            zipped = tmp_path / "download.zip"
+            info.value.save_as(zipped)
+            with zipfile.ZipFile(zipped) as zf:
+                names = set(zf.namelist())
+            assert {"sel-0004-jsonl/data.jsonl", "sel-0004-jsonl/manifest.json",
+                    "sel-0004-jsonl/mask.safetensors"} <= names
+            page.get_by_role("button", name="Write export").click()
+            settle(page)
+            check_no_exception(page, "export/write")
+            assert (demo_store / "exports" / "sel-0004-jsonl" / "manifest.json").exists()
+            page.get_by_text("written:").wait_for()
+            shoot(page, shots, "export")
+        finally:
+            browser.close()
+    print(f"screenshots: {shots}")

@@ -1,0 +1,425 @@
+"""Every page of the app on the demo fixture store, driven through AppTest by widget key.
+
+Numbers on screen are checked against the library (or plain SQL here in the test), so a
+page that renders but shows the wrong count fails.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from curator import browse
+from curator.store import Store
+from curator.store.datasets import diff_versions, list_datasets, list_versions, load_samples
+from curator.store.selections import (
+    get_mask_record,
+    list_selections,
+    selection_layers,
+    selection_sample_ids,
+)
+
+APP_FILE = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
+TIMEOUT = 60
+
+
+def make_app(store_path, monkeypatch, page: str | None = None) -> AppTest:
+    monkeypatch.setenv("CURATOR_STORE", str(store_path))
+    at = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT)
+    if page:
+        at.switch_page(f"views/{page}.py")
+    return at.run()
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert not at.warning, [w.value for w in at.warning]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def table(at: AppTest, *columns: str, nth: int = 0):
+    """The ``nth`` dataframe on the page that has all of ``columns`` (AppTest knows the
+    keys of selectable dataframes only, so tables are found by what they hold)."""
+    found = [d.value for d in at.dataframe if set(columns) <= set(d.value.columns)]
+    assert len(found) > nth, f"no table with {columns}"
+    return found[nth]
+
+
+def markdown_text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def matching_count(at: AppTest) -> int:
+    for m in at.markdown:
+        if m.value.endswith("matching samples"):
+            return int(m.value.split("**")[1].replace(",", ""))
+    raise AssertionError("no match count on the page")
+
+
+# -- overview -----------------------------------------------------------------------------
+
+def test_overview_counts(demo_store_path, monkeypatch):
+    at = make_app(demo_store_path, monkeypatch)
+    assert_clean(at)
+    store = Store(demo_store_path)
+    m = metrics(at)
+    assert m["datasets"] == str(len(list_datasets(store)))
+    assert m["selections"] == str(len(list_selections(store)))
+    assert m["versions"] == "5"
+    assert m["masks"] == "1"
+    versions = list_versions(store, "demo")
+    demo = table(at, "added", "duplicates")
+    assert list(demo["members"]) == [v.n_members for v in versions]
+    assert list(demo["added"]) == [v.n_added for v in versions]
+    runs = table(at, "status", "run_id")
+    assert set(runs["status"]) <= {"done", "failed", "running"} and len(runs) > 0
+
+
+@pytest.mark.parametrize("page", ["overview", "versions", "selections", "masks", "export"])
+def test_missing_store_shows_how_to_create(tmp_path, monkeypatch, page):
+    at = make_app(tmp_path / "nowhere", monkeypatch, page)
+    assert not at.exception
+    assert any("curator init" in i.value for i in at.info)
+    assert not (tmp_path / "nowhere").exists()  # looking never creates a store
+
+
+def test_empty_store_shows_how_to_create(tmp_path, monkeypatch):
+    Store(tmp_path / "empty").init()
+    at = make_app(tmp_path / "empty", monkeypatch, "versions")
+    assert not at.exception
+    assert any("curator ingest" in i.value for i in at.info)
+
+
+# -- versions -----------------------------------------------------------------------------
+
+def test_versions_samples_search_filter_and_pages(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    at = make_app(demo_store_path, monkeypatch, "versions")
+    assert_clean(at)
+    at.selectbox(key="ver_dataset").set_value("demo")
+    at.selectbox(key="ver_version").set_value(1).run()
+    assert_clean(at)
+    samples = load_samples(store, "demo", 1)
+    assert metrics(at)["samples"] == str(len(samples))
+    # the default filter is "family: (any)", so everything matches
+    assert matching_count(at) == len(samples)
+
+    at.text_input(key="ver_search").input("capital").run()
+    assert_clean(at)
+    assert matching_count(at) == len(load_samples(store, "demo", 1, search="capital")) > 0
+
+    at.text_input(key="ver_search").input("").run()
+    family = samples[0].metadata["family"]
+    at.selectbox(key="ver_meta_value").set_value(family).run()
+    assert_clean(at)
+    expected = sum(s.metadata.get("family") == family for s in samples)
+    assert matching_count(at) == expected > 0
+    shown = table(at, "prompt", "chars", "response")
+    assert set(shown["family"]) == {family}
+
+    at.selectbox(key="ver_meta_value").set_value("(any)").run()
+    lo, hi = at.slider(key="ver_length").value
+    cut = lo + (hi - lo) // 4
+    at.slider(key="ver_length").set_value((lo, cut)).run()
+    assert_clean(at)
+    n_short = store.query(
+        "SELECT count(*) FROM version_members m JOIN samples s USING (sample_id) "
+        "WHERE m.dataset = 'demo' AND m.version = 1 AND s.n_chars <= ?", [cut])[0][0]
+    assert matching_count(at) == n_short > 0
+
+    at.slider(key="ver_length").set_value((lo, hi))
+    at.selectbox(key="ver_samples_size").set_value(25)
+    at.number_input(key="ver_samples_page").set_value(2).run()
+    assert_clean(at)
+    page = table(at, "prompt", "chars", "response")
+    assert len(page) == 25
+    assert page["sample_id"].iloc[0] == samples[25].sample_id
+    # the sample picker shows the chosen sample's full text
+    at.selectbox(key="ver_sample_pick").set_value(samples[30].sample_id).run()
+    assert samples[30].response in [t.value for t in at.text]
+
+
+def test_versions_score_filter(demo_store_path, monkeypatch):
+    at = make_app(demo_store_path, monkeypatch, "versions")
+    at.selectbox(key="ver_version").set_value(1).run()
+    options = at.selectbox(key="ver_score").options
+    losses = [o for o in options if o.startswith("loss")]
+    assert losses, options
+    at.selectbox(key="ver_score").set_value(losses[0]).run()
+    assert_clean(at)
+    store = Store(demo_store_path)
+    config = next(x.config for x in browse.score_sources(store, "demo", 1) if x.kind == "loss")
+    median = store.query("SELECT median(distance) FROM losses WHERE config = ?", [config])[0][0]
+    at.number_input(key="ver_score_min").set_value(median).run()
+    assert_clean(at)
+    shown = table(at, "prompt", "chars", "response")
+    assert (shown["score"] >= median).all()
+    n = store.query(
+        "SELECT count(*) FROM version_members m JOIN losses l USING (sample_id) WHERE "
+        "m.dataset = 'demo' AND m.version = 1 AND l.distance >= ? AND l.config = ?",
+        [median, config])[0][0]
+    assert 0 < matching_count(at) == n < 300
+
+
+def test_versions_diff(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    at = make_app(demo_store_path, monkeypatch, "versions")
+    at.selectbox(key="ver_dataset").set_value("demo")
+    at.radio(key="ver_view").set_value("Diff").run()
+    assert_clean(at)
+    at.selectbox(key="diff_new").set_value(2).run()
+    at.selectbox(key="diff_old").set_value(1).run()
+    assert_clean(at)
+    diff = diff_versions(store, "demo", 1, 2)
+    m = metrics(at)
+    assert m["added"] == f"{diff.n_added:,}"
+    assert m["removed"] == f"{diff.n_removed:,}"
+    assert m["unchanged"] == f"{diff.n_unchanged:,}"
+    added = table(at, "sample_id", "chars")
+    assert len(added) == min(50, diff.n_added)
+    assert added["sample_id"].iloc[0] == diff.added[0]
+
+
+def test_versions_quarantine(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    at = make_app(demo_store_path, monkeypatch, "versions")
+    at.selectbox(key="ver_dataset").set_value("demo-malformed").run()
+    at.radio(key="ver_view").set_value("Quarantine").run()
+    assert_clean(at)
+    n = store.query("SELECT count(*) FROM quarantine WHERE dataset = 'demo-malformed'")[0][0]
+    assert n > 0
+    assert f"**{n:,}** quarantined rows" in markdown_text(at)
+    reasons = table(at, "reason", "rows")
+    assert reasons["rows"].sum() == n
+    assert len(table(at, "raw")) == n
+
+
+# -- selections ---------------------------------------------------------------------------
+
+def test_selections_members_in_pick_order(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    at = make_app(demo_store_path, monkeypatch, "selections")
+    assert_clean(at)
+    for sel in list_selections(store):
+        at.selectbox(key="sel_id").set_value(sel.selection_id).run()
+        assert_clean(at)
+        m = metrics(at)
+        assert m["selected"] == f"{sel.n_selected:,} of {sel.n_pool:,}"
+        assert m["stage"] == sel.stage and m["method"] == sel.method
+        members = table(at, "rank", "response")
+        ids = selection_sample_ids(store, sel.selection_id)
+        assert list(members["sample_id"]) == ids[:50]
+        assert list(members["rank"]) == list(range(min(50, len(ids))))
+    sel = list_selections(store)[0]
+    at.selectbox(key="sel_id").set_value(sel.selection_id)
+    at.number_input(key="sel_members_page").set_value(2).run()
+    members = table(at, "rank", "response")
+    assert members["rank"].iloc[0] == 50
+    gains = members["gain"].tolist()
+    assert all(a >= b - 1e-9 for a, b in zip(gains, gains[1:], strict=False))  # lazy greedy
+
+
+@pytest.mark.parametrize("sel_index", [0, 2, 4])
+def test_selections_scores_selected_against_not(demo_store_path, monkeypatch, sel_index):
+    store = Store(demo_store_path)
+    sel = list_selections(store)[sel_index]
+    at = make_app(demo_store_path, monkeypatch, "selections")
+    at.selectbox(key="sel_id").set_value(sel.selection_id)
+    at.radio(key="sel_view").set_value("Scores").run()
+    assert_clean(at)
+    # lengths exist for every pool sample: the reconstructed pool has the stored size
+    assert metrics(at)["samples with a value"] == f"{sel.n_pool:,}"
+    for name in at.selectbox(key="sel_score").options:
+        at.selectbox(key="sel_score").set_value(name).run()
+        assert_clean(at)
+    if sel.method == "gast":
+        assert "gradient score" in at.selectbox(key="sel_score").options
+    else:
+        assert "loss d(i)" in at.selectbox(key="sel_score").options
+
+
+def test_selections_map(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    sel = list_selections(store)[0]
+    at = make_app(demo_store_path, monkeypatch, "selections")
+    at.selectbox(key="sel_id").set_value(sel.selection_id)
+    at.radio(key="sel_view").set_value("Map").run()
+    assert_clean(at)
+    assert any(f"of {sel.n_pool:,} pool embeddings" in c.value for c in at.caption)
+    data = browse.embedding_map(store, sel.selection_id, 2000)
+    assert sum(p["selection"] == "selected" for p in data["points"]) == sel.n_selected
+
+
+def test_selections_open_a_sample(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    sel = list_selections(store)[0]
+    ids = selection_sample_ids(store, sel.selection_id)
+    at = make_app(demo_store_path, monkeypatch, "selections")
+    at.selectbox(key="sel_id").set_value(sel.selection_id).run()
+    at.selectbox(key="sel_member_pick").set_value(ids[3]).run()
+    at.button(key="sel_open_sample").click().run()
+    assert_clean(at)
+    assert at.radio(key="sel_view").value == "Sample"
+    assert at.text_input(key="sel_sample_id").value == ids[3]
+    m = metrics(at)
+    assert m["pick order"] == "#3"
+    assert m["in this selection"] == "yes"
+    sample = load_samples(store, "demo", 1)
+    text = next(s for s in sample if s.sample_id == ids[3])
+    assert text.response in [t.value for t in at.text]
+    covers = table(at, "utility", "d_given")
+    helped = table(at, "utility", "d_given", nth=1)
+    assert len(covers) > 0 and len(helped) > 0
+    best = store.query(
+        "SELECT max(utility) FROM utilities WHERE example_id = ? AND valid AND config = ?",
+        [ids[3], sel.config["utility_config"]])[0][0]
+    assert covers["utility"].iloc[0] == pytest.approx(best)
+    assert covers["utility"].is_monotonic_decreasing
+
+
+def test_selections_sample_gradient_score(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    gast = next(s for s in list_selections(store) if s.method == "gast")
+    first = selection_sample_ids(store, gast.selection_id)[0]
+    at = make_app(demo_store_path, monkeypatch, "selections")
+    at.selectbox(key="sel_id").set_value(gast.selection_id)
+    at.radio(key="sel_view").set_value("Sample").run()
+    assert_clean(at)
+    assert at.text_input(key="sel_sample_id").value == first
+    grads = table(at, "selections", "score")
+    stored = store.query("SELECT score FROM gradient_scores WHERE sample_id = ? AND layer = ''",
+                         [first])[0][0]
+    assert grads["score"].iloc[0] == pytest.approx(stored)
+    assert gast.selection_id in grads["selections"].iloc[0]
+    at.text_input(key="sel_sample_id").input("no-such-sample").run()
+    assert not at.exception
+    assert any("No sample" in w.value for w in at.warning)
+
+
+def test_selections_compare(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    a, b = list_selections(store)[:2]
+    at = make_app(demo_store_path, monkeypatch, "selections")
+    at.selectbox(key="sel_id").set_value(a.selection_id)
+    at.radio(key="sel_view").set_value("Compare").run()
+    at.selectbox(key="sel_other").set_value(b.selection_id).run()
+    assert_clean(at)
+    xa = set(selection_sample_ids(store, a.selection_id))
+    xb = set(selection_sample_ids(store, b.selection_id))
+    m = metrics(at)
+    assert m["in both"] == str(len(xa & xb))
+    assert m[f"only in {a.selection_id}"] == str(len(xa - xb))
+    assert m[f"only in {b.selection_id}"] == str(len(xb - xa))
+    only_a = table(at, "rank", "gain", "prompt")
+    assert set(only_a["sample_id"]) <= xa - xb
+    assert len(only_a) == min(50, len(xa - xb))
+
+
+# -- masks --------------------------------------------------------------------------------
+
+def test_masks_heatmap_and_layer_subsets(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    at = make_app(demo_store_path, monkeypatch, "masks")
+    assert_clean(at)
+    masked = at.selectbox(key="mask_sel").value
+    rec = get_mask_record(store, masked)
+    m = metrics(at)
+    assert m["kept parameters"] == f"{rec['n_kept']:,}"
+    assert m["model parameters"] == f"{rec['n_params']:,}"
+    assert m["density (whole model)"] == f"{rec['density']:.2%}"
+    cells = browse.mask_heatmap(store, masked)
+    assert sum(c["kept"] for c in cells) == rec["n_kept"]
+    assert {c["layer"] for c in cells} >= {"model.layers.0", "model.layers.1"}
+    layered = at.selectbox(key="mask_layer_sel").value
+    layers = selection_layers(store, layered)
+    assert m["layers"] == str(len(layers))
+    sizes = {len(v) for v in layers.values()}
+    assert m["samples per layer"] == f"{min(sizes):,}–{max(sizes):,}"
+
+
+# -- export -------------------------------------------------------------------------------
+
+def test_export_writes_into_the_store_exports_folder(demo_store, monkeypatch):
+    store = Store(demo_store)
+    sel = next(s for s in list_selections(store) if get_mask_record(store, s.selection_id))
+    at = make_app(demo_store, monkeypatch, "export")
+    assert_clean(at)
+    at.selectbox(key="exp_sel").set_value(sel.selection_id)
+    at.selectbox(key="exp_fmt").set_value("alpaca").run()
+    at.button(key="exp_write").click().run()
+    assert_clean(at)
+    folder = demo_store / "exports" / f"{sel.selection_id}-alpaca"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["n_rows"] == sel.n_selected
+    assert manifest["sample_ids"] == selection_sample_ids(store, sel.selection_id)
+    assert (folder / "mask.safetensors").exists()
+    assert any(str(folder) in s.value for s in at.success)
+    assert table(at, "folder")["folder"].tolist() == [folder.name]
+    # a second write never replaces the first
+    at.button(key="exp_write").click().run()
+    assert (demo_store / "exports" / f"{sel.selection_id}-alpaca-2" / "manifest.json").exists()
+
+    at.button(key="exp_prepare").click().run()
+    assert_clean(at)
+    assert at.download_button(key="exp_download").label.startswith(
+        f"Download {sel.selection_id}-alpaca.zip")
+
+
+def test_export_zip_holds_subset_mask_and_manifest(demo_store_path):
+    store = Store(demo_store_path)
+    gast = next(s for s in list_selections(store) if s.method == "gast")
+    name, data = browse.export_zip(store, gast.selection_id, "jsonl")
+    with zipfile.ZipFile(BytesIO(data)) as zf:
+        names = set(zf.namelist())
+        stem = name.removesuffix(".zip")
+        assert {f"{stem}/data.jsonl", f"{stem}/manifest.json", f"{stem}/layers.json"} <= names
+        rows = zf.read(f"{stem}/data.jsonl").decode().splitlines()
+    assert len(rows) == gast.n_selected
+
+
+# -- a store that a writer holds ------------------------------------------------------------
+
+def test_busy_store_shows_a_message_not_a_traceback(demo_store, monkeypatch):
+    db = demo_store / "curator.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+         "print('held', flush=True); time.sleep(60)", str(db)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("CURATOR_APP_LOCK_TIMEOUT", "0.5")
+        for page in ("overview", "versions", "selections", "masks", "export"):
+            started = time.monotonic()
+            at = make_app(demo_store, monkeypatch, page)
+            assert not at.exception
+            assert any("busy" in w.value for w in at.warning), page
+            assert time.monotonic() - started < 20
+    finally:
+        holder.kill()
+        holder.wait()
+    at = make_app(demo_store, monkeypatch, "overview")  # the writer let go: it reads again
+    assert_clean(at)
+
+
+def test_versions_page_beyond_a_narrower_filter_stays_in_range(demo_store_path, monkeypatch):
+    at = make_app(demo_store_path, monkeypatch, "versions")
+    at.selectbox(key="ver_version").set_value(1)
+    at.selectbox(key="ver_samples_size").set_value(25).run()
+    at.number_input(key="ver_samples_page").set_value(10).run()
+    at.text_input(key="ver_search").input("capital").run()
+    assert_clean(at)
+    n = matching_count(at)
+    assert at.number_input(key="ver_samples_page").value == -(-n // 25)
+    assert len(table(at, "prompt", "chars", "response")) == n - 25 * (-(-n // 25) - 1)
