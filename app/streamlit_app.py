@@ -25,5 +25,7 @@ pages = [
             url_path="selections"),
     st.Page(APP_DIR / "views" / "masks.py", title="Masks", icon=":material/grid_on:", url_path="masks"),
     st.Page(APP_DIR / "views" / "export.py", title="Export", icon=":material/download:", url_path="export"),
+    st.Page(APP_DIR / "views" / "schedules.py", title="Schedules", icon=":material/schedule:",
+            url_path="schedules"),
 ]
 st.navigation(pages).run()

@@ -575,7 +575,8 @@ def app(store_path: Path, host: str, port: int, headless: bool) -> None:
     click.echo(f"curator app on http://{host}:{port} (store {store_path.resolve()})")
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_file),
            "--server.address", host, "--server.port", str(port),
-           "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false"]
+           "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "minimal"]
     sys.exit(subprocess.call(cmd, env=env))
 
 

@@ -1,0 +1,63 @@
+"""Schedules: re-curation jobs, their next run, run history with errors, and controls."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import curator_ui as ui
+import streamlit as st
+
+from curator import schedule as sched
+
+st.title("Schedules")
+store = ui.require_store()
+
+
+def controls(s: sched.Schedule) -> None:
+    """Pause / resume / run now. Run now only makes the schedule due: a worker runs it
+    (the app never runs a long job inside a page)."""
+    c1, c2, c3 = st.columns(3)
+    if s.paused:
+        if c1.button("Resume", key=f"resume_{s.name}"):
+            sched.resume_schedule(store, s.name)
+            st.toast(f"{s.name} resumed")
+            st.rerun()
+    elif c1.button("Pause", key=f"pause_{s.name}"):
+        sched.pause_schedule(store, s.name)
+        st.toast(f"{s.name} paused")
+        st.rerun()
+    if c2.button("Run now", key=f"run_{s.name}",
+                 help="Makes it due: the next `curator worker` cycle runs it."):
+        sched.request_run(store, s.name)
+        st.toast(f"{s.name} is due: the next worker cycle runs it")
+        st.rerun()
+    c3.caption(f"watch `{s.watch_dir}` · dataset `{s.dataset}`")
+
+
+with ui.guard():
+    schedules = sched.list_schedules(store)
+    if not schedules:
+        st.info("No schedules yet. Point curator at the folder where new data lands:\n\n"
+                "```\ncurator schedule add nightly --dataset mydata --watch ./incoming "
+                "--every 1d\ncurator worker\n```")
+        st.stop()
+    now = datetime.now(timezone.utc)
+    st.dataframe([{"name": s.name, "dataset": s.dataset, "trigger": s.trigger,
+                   "state": s.state(now), "next run (UTC)": s.next_run_at,
+                   "last run": s.last_run_id, "last selection": s.last_selection_id,
+                   "failures": s.failures, "last error": s.last_error}
+                  for s in schedules], key="schedule_table", hide_index=True)
+    names = [s.name for s in schedules]
+    name = st.selectbox("schedule", names, key="schedule_pick")
+    chosen = next(s for s in schedules if s.name == name)
+    controls(chosen)
+    if chosen.last_error:
+        st.error(f"last error: {chosen.last_error}")
+    st.subheader("Run history")
+    runs = sched.schedule_runs(store, name, limit=50)
+    if not runs:
+        st.caption("No runs yet: start `curator worker` (or `curator worker --once`).")
+    else:
+        keep = ("run_id", "status", "trigger", "started_at", "finished_at", "error")
+        st.dataframe([{k: r.get(k) for k in keep} for r in runs], key="schedule_runs",
+                     hide_index=True)

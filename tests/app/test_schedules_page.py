@@ -1,0 +1,61 @@
+"""The Schedules page on a small store of its own (no model needed: nothing runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from curator import schedule as sched
+from curator.store import Store
+
+APP_FILE = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
+
+
+def _app(store_path: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("CURATOR_STORE", str(store_path))
+    at = AppTest.from_file(str(APP_FILE), default_timeout=60)
+    at.switch_page("views/schedules.py")
+    return at.run()
+
+
+def _store_with_schedule(tmp_path: Path, write_jsonl) -> Store:
+    store = Store(tmp_path / "s")
+    store.init()
+    # The app shows its how-to for a store without data, so give it a dataset.
+    from curator.ingest import ingest
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "p1", "response": "r1"}])
+    ingest(store, str(data), "d")
+    (tmp_path / "in").mkdir()
+    sched.add_schedule(store, "nightly", "d", tmp_path / "in", every="1h")
+    return store
+
+
+def test_schedules_table_and_controls(tmp_path, monkeypatch, write_jsonl) -> None:
+    store = _store_with_schedule(tmp_path, write_jsonl)
+    at = _app(store.path, monkeypatch)
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["nightly"]
+    assert list(table["trigger"]) == ["every 1h"]
+    assert list(table["state"]) == ["waiting"]
+    at.button(key="pause_nightly").click().run()
+    assert not at.exception
+    assert sched.get_schedule(store, "nightly").paused
+    at.button(key="resume_nightly").click().run()
+    assert not sched.get_schedule(store, "nightly").paused
+    at.button(key="run_nightly").click().run()
+    assert not at.exception
+    assert "No runs yet" in " ".join(c.value for c in at.caption)
+
+
+def test_no_schedules_shows_how_to_add_one(tmp_path, monkeypatch, write_jsonl) -> None:
+    from curator.ingest import ingest
+
+    store = Store(tmp_path / "s")
+    ingest(store, str(write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "response": "b"}])),
+           "d")
+    at = _app(store.path, monkeypatch)
+    assert not at.exception
+    assert "curator schedule add" in at.info[0].value
