@@ -141,12 +141,22 @@ def load_losses(store: Store, model: str, config: str,
 
 def save_losses(store: Store, model: str, config: str, ids: Sequence[str],
                 distance: Sequence[float | None], n_tokens: Sequence[int]) -> None:
-    rows = [(model, config, sid, None if d is None else float(d), int(n),
-             bool(d is not None and np.isfinite(d)))
-            for sid, d, n in zip(ids, distance, n_tokens, strict=True)]
+    d = np.array([np.nan if x is None else float(x) for x in distance], dtype=np.float64)
+    ok = np.isfinite(d)
+    n = len(ids)
+    table = pa.table({
+        "model": pa.array([model] * n, pa.string()),
+        "config": pa.array([config] * n, pa.string()),
+        "sample_id": pa.array(list(ids), pa.string()),
+        "distance": pa.array(d, pa.float64(), mask=~ok),
+        "n_tokens": pa.array([int(x) for x in n_tokens], pa.int32()),
+        "valid": pa.array(ok, pa.bool_()),
+    })
     with store.atomic() as con:
-        con.executemany("INSERT OR IGNORE INTO losses (model, config, sample_id, distance, "
-                        "n_tokens, valid) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        con.register("_l", table)
+        con.execute("INSERT OR IGNORE INTO losses (model, config, sample_id, distance, "
+                    "n_tokens, valid) SELECT * FROM _l")
+        con.unregister("_l")
 
 
 # -- gradient scores ------------------------------------------------------------------------
