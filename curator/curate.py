@@ -36,7 +36,7 @@ from curator.scoring.jobs import (
 )
 from curator.selection import canonical_function, parse_budget, select
 from curator.store import NotFound, Store
-from curator.store.datasets import get_version, load_samples, resolve_version
+from curator.store.datasets import load_samples, resolve_version
 from curator.store.selections import (
     SelectionRecord,
     find_selection,
@@ -343,8 +343,3 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *,
         seconds=round(time.monotonic() - started, 3))
     sel_id = save_selection(store, record, sample_ids, gains=list(gains), scores=scores)
     return StageOutcome(sel_id, record, sample_ids, np.asarray(gains), runs, notes)
-
-
-def version_summary(store: Store, dataset: str, version: int | None = None) -> str:
-    v = get_version(store, dataset, version)
-    return f"{dataset} v{v.version}: {v.n_members} samples"

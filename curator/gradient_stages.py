@@ -8,7 +8,6 @@ scores, selections and masks.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from curator.config import ScoringOptions, StageSpec, config_hash
+from curator.export import sha256_file
 from curator.masks import mask_density, save_mask
 from curator.models import LoadedModel
 from curator.records import Sample
@@ -45,14 +45,6 @@ def budget_fraction(spec: str) -> float:
     return value
 
 
-def _sha256(path: Any) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def store_mask(store: Store, selection_id: str, lm: LoadedModel, mask: dict,
                param_budget: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the mask into the store's artifacts and record it against the selection."""
@@ -68,7 +60,7 @@ def store_mask(store: Store, selection_id: str, lm: LoadedModel, mask: dict,
     info["scope_density"] = (sum(d.selected for d in density.per_tensor.values())
                              / max(1, sum(d.total for d in density.per_tensor.values())))
     info.update(extra or {})
-    save_mask_record(store, selection_id, lm.fingerprint, rel, _sha256(path),
+    save_mask_record(store, selection_id, lm.fingerprint, rel, sha256_file(path),
                      density.overall.density, density.overall.total,
                      density.overall.selected, info)
     return info

@@ -5,7 +5,6 @@ scores come from the cache, identical selections are reused)."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -14,6 +13,7 @@ from typing import Any
 
 from curator.config import Recipe, StageSpec
 from curator.curate import StageOutcome, select_stage
+from curator.export import sha256_file
 from curator.ingest import IngestSummary, ingest
 from curator.models import LoadedModel
 from curator.store import Store
@@ -48,14 +48,6 @@ class RecipeReport:
     seconds: float
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def ingest_once(store: Store, path: str | Path, dataset: str, append: bool = True,
                 **kwargs: Any) -> IngestSummary | None:
     """Ingest a file unless a file with the same content was ingested into ``dataset``
@@ -63,7 +55,7 @@ def ingest_once(store: Store, path: str | Path, dataset: str, append: bool = Tru
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no such input file: {path}")
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     store.init()
     if store.query("SELECT 1 FROM ingested_files WHERE dataset = ? AND sha256 = ?",
                    [dataset, digest]):

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from curator.config import ExportSpec, Recipe, RecipeError, StageSpec, recipe_from_dict
+from curator.export import sha256_file as file_sha256
 from curator.models import LoadedModel
-from curator.runner import file_sha256
 from curator.store import NotFound, Store, StoreError
 
 LEASE_SECONDS = 600.0        # a lease not renewed for this long is free for another worker
