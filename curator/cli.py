@@ -548,12 +548,18 @@ def _samples_from(data_path: str | None, dataset: str | None, store_path: Path) 
 @click.option("--model", default=None, help="Model to load (default: the embedded SmolLM2).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Sample data folder (default: the project's sample_data/).")
+@click.option("--k", "k", default=None, type=int,
+              help="Neighbours per sample for DELIFT pairs (demo default 2; library default 16).")
 @user_errors
-def demo(store_path: Path, model: str | None, data_dir: Path | None) -> None:
-    """Run the main job on the project's sample data with the embedded default model."""
+def demo(store_path: Path, model: str | None, data_dir: Path | None, k: int | None) -> None:
+    """Run the main job on the project's sample data with the embedded default model.
+
+    Ingests three versions, selects for the instruction, task and two continual stages
+    (DELIFT), builds a DualSFT mask for the last subset, exports each, and prints a summary.
+    """
     from curator.demo import run_demo
 
-    run_demo(Store(store_path), model=model, data_dir=data_dir, echo=click.echo)
+    run_demo(Store(store_path), model=model, data_dir=data_dir, echo=click.echo, k=k)
 
 
 @main.command()

@@ -32,8 +32,9 @@ def demo_recipe(data_dir: Path, export_dir: Path) -> Recipe:
                 InputSpec(str(data_dir / "v3.csv")),
                 InputSpec(str(data_dir / "target.jsonl"), dataset=TARGET_DATASET,
                           append=False)],
-        # Small k and short sequences keep the demo within a few minutes on 2 CPU cores.
-        scoring=ScoringOptions(k=4, batch_size=16, max_length=512),
+        # A demo-sized neighbour graph (k=2; the default is 16) keeps the DELIFT scoring to
+        # about 1,700 forward pairs, a few minutes on 2 CPU cores.
+        scoring=ScoringOptions(k=2, batch_size=16, max_length=512),
         stages=[
             StageSpec(name="instruction", stage="instruction", budget="30%", version=1),
             StageSpec(name="task", stage="task", budget="30%", version=1,
@@ -70,7 +71,8 @@ def noise_rates(store: Store, report: RecipeReport, labels: dict[str, dict]) -> 
 
 def run_demo(store: Store, model: str | None = None, data_dir: Path | None = None,
              export_dir: Path | None = None, echo: Callable[[str], None] = print,
-             model_loader: Callable[[], LoadedModel] | None = None) -> RecipeReport:
+             model_loader: Callable[[], LoadedModel] | None = None,
+             k: int | None = None) -> RecipeReport:
     from curator.sample_data import SAMPLE_DATA_DIR, ensure_sample_data, load_labels
 
     started = time.monotonic()
@@ -80,6 +82,8 @@ def run_demo(store: Store, model: str | None = None, data_dir: Path | None = Non
     echo(f"sample data: {data_dir}")
     recipe = demo_recipe(data_dir, export_dir)
     recipe.model = model
+    if k is not None:
+        recipe.scoring.k = k
     store.init()
     bad = ingest_once(store, data_dir / "malformed.jsonl", MALFORMED_DATASET, append=False)
     if bad is not None:
