@@ -56,6 +56,7 @@ class ScoringOptions:
     batch_size: int = 16
     max_length: int = 1024            # tokens per scored sequence (capped by the model)
     dense: bool = False               # all pairs: the reference for small sets
+    query_k: int | None = None        # targets x pool graphs: None = auto, 0 = every pool item
     dtype: str = "auto"               # auto: bf16 on CUDA and on CPUs with native bf16
 
     def validate(self, where: str = "scoring") -> None:
@@ -64,6 +65,10 @@ class ScoringOptions:
         if self.distance not in DISTANCES:
             raise RecipeError(f"{where}.distance must be one of {', '.join(DISTANCES)}, "
                               f"got {self.distance!r}")
+        if self.query_k is not None and (isinstance(self.query_k, bool)
+                                         or not isinstance(self.query_k, int)
+                                         or self.query_k < 0):
+            raise RecipeError(f"{where}.query_k must be an integer >= 0 (0: all pairs)")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise RecipeError(f"{where}.batch_size must be a positive integer")
         if not isinstance(self.max_length, int) or self.max_length < 16:

@@ -124,8 +124,11 @@ def _ids(samples: list[Sample]) -> list[str]:
 
 
 def _query_k(options: ScoringOptions, n_select: int, n_query: int, n_pool: int) -> int:
-    """Neighbours per target for target x pool graphs: enough that the targets' candidate
-    lists together can fill the budget, at least ``k``."""
+    """Neighbours per target for target x pool graphs. ``query_k`` 0 scores every pool
+    item against every target (affordable when the target set is small); by default,
+    enough that the targets' candidate lists together can fill the budget, at least k."""
+    if options.query_k is not None:
+        return n_pool if options.query_k == 0 else min(n_pool, options.query_k)
     return min(n_pool, max(options.k, 2 * -(-n_select // max(n_query, 1))))
 
 

@@ -416,3 +416,13 @@ def test_continual_embedding_flcg_over_all_unused_samples(cstore, lm):
     expected = np.maximum(S[:, picked].max(axis=1) - P.max(axis=1), 0.0).sum()
     assert rec.objective == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert cstore.query("SELECT count(*) FROM utilities")[0][0] == 72   # nothing scored
+
+
+def test_query_k_rule() -> None:
+    from curator.config import ScoringOptions
+    from curator.curate import _query_k
+
+    assert _query_k(ScoringOptions(k=4), n_select=90, n_query=30, n_pool=300) == 6
+    assert _query_k(ScoringOptions(k=16), n_select=90, n_query=30, n_pool=300) == 16
+    assert _query_k(ScoringOptions(k=4, query_k=0), 90, 30, 300) == 300
+    assert _query_k(ScoringOptions(k=4, query_k=50), 90, 30, 40) == 40
