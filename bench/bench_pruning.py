@@ -40,6 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _machine import cpu_name  # noqa: E402  (bench/ helper, beside this script)
+
 from curator.config import ScoringOptions  # noqa: E402
 from curator.ingest import ingest  # noqa: E402
 from curator.models import load_model  # noqa: E402
@@ -60,14 +62,6 @@ DATA = ROOT.parent / "shared" / "data" / "t0"
 OUT = ROOT / "bench" / "results" / "pruning.md"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_rows(n: int, max_chars: int, seed: int) -> list[dict]:

@@ -21,7 +21,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -32,6 +31,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _machine import cpu_name  # noqa: E402  (bench/ helper, beside this script)
 
 from curator.models import load_model  # noqa: E402
 from curator.records import Sample  # noqa: E402
@@ -48,14 +49,6 @@ from curator.scoring.utility import (  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "t0"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_samples(tpl: PairTemplate, n: int, lo: int, hi: int, seed: int) -> list[Sample]:
