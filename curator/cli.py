@@ -13,8 +13,6 @@ import click
 
 from curator.store import Store, StoreError
 
-EXIT_USAGE = 2
-
 
 class CuratorError(click.ClickException):
     """Printed as `error: <message>` with exit code 1."""
@@ -52,9 +50,9 @@ def dataset_option(func: Callable) -> Callable:
     return click.option("--dataset", "-d", required=True, help="Dataset name.")(func)
 
 
-def open_store(path: Path, must_exist: bool = True) -> Store:
-    store = Store(path, create=not must_exist)
-    return store
+def open_store(path: Path) -> Store:
+    """An existing store (NotFound with a hint to `curator init` when there is none)."""
+    return Store(path, create=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

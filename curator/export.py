@@ -12,7 +12,6 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,13 +201,6 @@ def verify_export(path: str | Path) -> list[str]:
         elif sha256_file(f) != digest:
             problems.append(f"checksum mismatch {rel}")
     return problems
-
-
-def iter_jsonl(path: Path) -> Iterable[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
 
 
 @dataclass

@@ -83,7 +83,8 @@ def run_recipe(store: Store, recipe: Recipe, *,
 
     def lm() -> LoadedModel:
         if not cache:
-            echo(f"loading model {recipe.model or 'default (SmolLM2-135M-Instruct)'}")
+            if model_loader is None:
+                echo(f"loading model {recipe.model or 'default (SmolLM2-135M-Instruct)'}")
             cache.append(model_loader() if model_loader else
                          load_model(recipe.model, dtype=recipe.scoring.dtype))
         return cache[0]

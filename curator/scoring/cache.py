@@ -21,6 +21,21 @@ def _with_ids(con, ids: Sequence[str]) -> None:
     con.register("_ids", pa.table({"sample_id": pa.array(list(ids), pa.string())}))
 
 
+def _insert(store: Store, table: str, rows: pa.Table, *, replace: bool = False) -> None:
+    """Insert an Arrow table into ``table`` by column name in one short transaction.
+    OR IGNORE by default: a resumed job that recomputes a chunk changes nothing."""
+    verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+    cols = ", ".join(rows.column_names)
+    with store.atomic() as con:
+        con.register("_rows", rows)
+        con.execute(f"{verb} INTO {table} ({cols}) SELECT {cols} FROM _rows")
+        con.unregister("_rows")
+
+
+def _repeat(value: str, n: int) -> pa.Array:
+    return pa.array([value] * n, pa.string())
+
+
 # -- embeddings -------------------------------------------------------------------------
 
 def load_embeddings(store: Store, embedder: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -38,17 +53,12 @@ def save_embeddings(store: Store, embedder: str, ids: Sequence[str], vectors: np
     vectors = np.ascontiguousarray(vectors, dtype="<f4")  # (N, d)
     if len(ids) != vectors.shape[0]:
         raise ValueError("ids and vectors differ in length")
-    table = pa.table({
-        "embedder": pa.array([embedder] * len(ids), pa.string()),
+    _insert(store, "embeddings", pa.table({
+        "embedder": _repeat(embedder, len(ids)),
         "sample_id": pa.array(list(ids), pa.string()),
         "dim": pa.array([vectors.shape[1]] * len(ids), pa.int32()),
         "vector": pa.array([row.tobytes() for row in vectors], pa.binary()),
-    })
-    with store.atomic() as con:
-        con.register("_emb", table)
-        con.execute("INSERT OR IGNORE INTO embeddings (embedder, sample_id, dim, vector) "
-                    "SELECT embedder, sample_id, dim, vector FROM _emb")
-        con.unregister("_emb")
+    }))
 
 
 # -- pairwise utilities -----------------------------------------------------------------
@@ -87,9 +97,9 @@ def save_utilities(store: Store, model: str, config: str, target_ids: Sequence[s
     n = len(target_ids)
     util = np.asarray(utility, dtype=np.float64)
     ok = np.asarray(valid, dtype=bool)
-    table = pa.table({
-        "model": pa.array([model] * n, pa.string()),
-        "config": pa.array([config] * n, pa.string()),
+    _insert(store, "utilities", pa.table({
+        "model": _repeat(model, n),
+        "config": _repeat(config, n),
         "target_id": pa.array(list(target_ids), pa.string()),
         "example_id": pa.array(list(example_ids), pa.string()),
         "utility": pa.array(np.where(ok, util, np.nan), pa.float64(), mask=~ok),
@@ -97,12 +107,7 @@ def save_utilities(store: Store, model: str, config: str, target_ids: Sequence[s
         "d_given": pa.array(np.asarray(d_given, dtype=np.float64), pa.float64()),
         "valid": pa.array(ok, pa.bool_()),
         "reason": pa.array(list(reasons) if reasons is not None else [None] * n, pa.string()),
-    })
-    with store.atomic() as con:
-        con.register("_u", table)
-        con.execute("INSERT OR IGNORE INTO utilities (model, config, target_id, example_id, "
-                    "utility, d_target, d_given, valid, reason) SELECT * FROM _u")
-        con.unregister("_u")
+    }))
 
 
 def load_utilities(store: Store, model: str, config: str, target_ids: Sequence[str],
@@ -144,37 +149,28 @@ def save_losses(store: Store, model: str, config: str, ids: Sequence[str],
     d = np.array([np.nan if x is None else float(x) for x in distance], dtype=np.float64)
     ok = np.isfinite(d)
     n = len(ids)
-    table = pa.table({
-        "model": pa.array([model] * n, pa.string()),
-        "config": pa.array([config] * n, pa.string()),
+    _insert(store, "losses", pa.table({
+        "model": _repeat(model, n),
+        "config": _repeat(config, n),
         "sample_id": pa.array(list(ids), pa.string()),
         "distance": pa.array(d, pa.float64(), mask=~ok),
         "n_tokens": pa.array([int(x) for x in n_tokens], pa.int32()),
         "valid": pa.array(ok, pa.bool_()),
-    })
-    with store.atomic() as con:
-        con.register("_l", table)
-        con.execute("INSERT OR IGNORE INTO losses (model, config, sample_id, distance, "
-                    "n_tokens, valid) SELECT * FROM _l")
-        con.unregister("_l")
+    }))
 
 
 # -- gradient scores ------------------------------------------------------------------------
 
 def save_gradient_scores(store: Store, model: str, config: str, ids: Sequence[str],
                          scores: np.ndarray, layer: str = "") -> None:
-    table = pa.table({
-        "model": pa.array([model] * len(ids), pa.string()),
-        "config": pa.array([config] * len(ids), pa.string()),
+    # REPLACE: a gradient score is recomputed whole for a pool, never partially resumed.
+    _insert(store, "gradient_scores", pa.table({
+        "model": _repeat(model, len(ids)),
+        "config": _repeat(config, len(ids)),
         "sample_id": pa.array(list(ids), pa.string()),
-        "layer": pa.array([layer] * len(ids), pa.string()),
+        "layer": _repeat(layer, len(ids)),
         "score": pa.array(np.asarray(scores, dtype=np.float64), pa.float64()),
-    })
-    with store.atomic() as con:
-        con.register("_g", table)
-        con.execute("INSERT OR REPLACE INTO gradient_scores (model, config, sample_id, layer, "
-                    "score) SELECT * FROM _g")
-        con.unregister("_g")
+    }), replace=True)
 
 
 def load_gradient_scores(store: Store, model: str, config: str, ids: Sequence[str],
