@@ -85,16 +85,25 @@ def shots(tmp_path_factory) -> Path:
 
 
 def settle(page, timeout: float = 60) -> None:
-    """Wait until the script run finished and the page stopped changing."""
+    """Wait until the script run finished and the page stopped changing.
+
+    Streamlit marks its root with ``data-test-script-state`` (``initial``, ``running``,
+    ``notRunning``, ...); the status widget alone is not enough, because it appears only some
+    time after a run starts, so a quick poll can see neither and call a page done that has
+    not started yet.
+    """
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout * 1000)
     deadline = time.monotonic() + timeout
     quiet = 0
     while quiet < 3:
-        running = page.locator('[data-testid="stStatusWidget"]').count() > 0 or \
+        state = page.locator('[data-testid="stApp"]').first.get_attribute(
+            "data-test-script-state")
+        running = state in (None, "initial", "running", "rerunRequested") or \
+            page.locator('[data-testid="stStatusWidget"]').count() > 0 or \
             page.locator('[data-testid="stSkeleton"]').count() > 0
         quiet = 0 if running else quiet + 1
         if time.monotonic() > deadline:
-            raise AssertionError("the page kept running for too long")
+            raise AssertionError(f"the page kept running for too long (script state {state})")
         page.wait_for_timeout(400)
     page.wait_for_timeout(600)  # charts draw after the run ends
 
