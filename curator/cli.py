@@ -323,13 +323,18 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
 @click.option("--eta", default=1.0, show_default=True, help="Mutual information weight.")
 @click.option("--nu", default=1.0, show_default=True, help="Conditional gain weight.")
 @click.option("--param-budget", default=None, help="DualSFT: share of parameters to keep.")
+@click.option("--self-coverage", type=click.Choice(["best", "one"]), default="best",
+              show_default=True,
+              help="DELIFT: how well a pick covers itself: as well as its best helper "
+                   "(rows nothing helps, often noisy ones, earn nothing for themselves), "
+                   "or fully (the reference code's unit diagonal).")
 @click.option("--seed", default=0, show_default=True)
 @scoring_options
 @user_errors
 def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, method: str,
                budget: str, function: str | None, target_set: str | None, parent: str | None,
                pool: str, optimizer: str, eta: float, nu: float, param_budget: str | None,
-               seed: int, model: str | None, k: int, distance: str, batch_size: int,
+               self_coverage: str, seed: int, model: str | None, k: int, distance: str, batch_size: int,
                max_length: int, dtype: str, trust_remote_code: bool) -> None:
     """Pick a subset for a fine-tuning stage and store it as a selection."""
     from curator.config import RecipeError, StageSpec
@@ -338,7 +343,8 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
     store = open_store(store_path)
     spec = StageSpec(stage=stage, method=method, budget=budget, function=function,
                      version=version, target=target_set, parent=parent, pool=pool,
-                     optimizer=optimizer, eta=eta, nu=nu, seed=seed, param_budget=param_budget)
+                     optimizer=optimizer, eta=eta, nu=nu, seed=seed, param_budget=param_budget,
+                     self_coverage=self_coverage)
     try:
         spec.validate("option")
     except RecipeError as exc:

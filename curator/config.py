@@ -94,6 +94,7 @@ class StageSpec:
     nu: float = 1.0
     seed: int = 0
     param_budget: str | None = None   # DualSFT: share of parameters in the mask
+    self_coverage: str = "best"       # DELIFT kernels: "best" or "one" (scoring/kernels.py)
     name: str | None = None
 
     def validate(self, where: str) -> None:
@@ -119,6 +120,9 @@ class StageSpec:
                 raise RecipeError(f"{where}.function: {exc}") from exc
         if self.optimizer not in OPTIMIZERS:
             raise RecipeError(f"{where}.optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.self_coverage not in ("best", "one"):
+            raise RecipeError(f"{where}.self_coverage must be 'best' or 'one', got "
+                              f"{self.self_coverage!r}")
         if self.pool not in ("new", "all"):
             raise RecipeError(f"{where}.pool must be 'new' or 'all', got {self.pool!r}")
         for name in ("eta", "nu"):

@@ -164,7 +164,8 @@ def _embedding_kernels(store: Store, lm: LoadedModel, pools: Pools, function: st
 
 def _utility_kernels(store: Store, lm: LoadedModel, pools: Pools, function: str,
                      options: ScoringOptions, n_select: int, progress: bool,
-                     echo: Callable[[str], None] | None, dataset: str
+                     echo: Callable[[str], None] | None, dataset: str,
+                     self_coverage: str = "best"
                      ) -> tuple[dict[str, Any], list[UtilitySummary]]:
     """Score the pairs the stage's function reads, then build its kernels."""
     pool, pool_ids = pools.pool, _ids(pools.pool)
@@ -191,14 +192,15 @@ def _utility_kernels(store: Store, lm: LoadedModel, pools: Pools, function: str,
         scale = max(utility_scale(store, fp, chash, pool_ids, pool_ids),
                     utility_scale(store, fp, chash, pool_ids, _ids(prev)))
         out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids, pool_ids,
-                                                  scale).matrix
+                                                  scale, self_coverage).matrix
         out["private_kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids,
                                                           _ids(prev), scale).matrix
         return out, runs
     if "kernel" not in out and function != "flvmi":
         if len(pool) > 1:
             out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids,
-                                                      pool_ids).matrix
+                                                      pool_ids,
+                                                      self_coverage=self_coverage).matrix
         else:
             out["kernel"] = sp.csr_matrix(np.ones((1, 1), dtype=np.float32))
     return out, runs
@@ -313,8 +315,9 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *,
     elif spec.method in ("delift", "embedding"):
         if spec.method == "delift":
             kernels, runs = _utility_kernels(store, lm, pools, function, options, n_select,
-                                             progress, echo, dataset)
+                                             progress, echo, dataset, spec.self_coverage)
             config["utility_config"] = utility_config(lm, options).config_hash()
+            config["self_coverage"] = spec.self_coverage
         else:
             kernels = _embedding_kernels(store, lm, pools, function, options)
         result = select(kernels.get("kernel"), n_select, function=function,

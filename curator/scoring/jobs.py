@@ -181,11 +181,13 @@ def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
 
 
 def utility_kernel_from_store(store: Store, model: str, config: str, row_ids: Sequence[str],
-                              col_ids: Sequence[str], scale: float | None = None) -> Kernel:
+                              col_ids: Sequence[str], scale: float | None = None,
+                              self_coverage: str = "best") -> Kernel:
     """Kernel (rows: targets to cover, columns: candidate examples) from stored utilities."""
     rows = load_utilities(store, model, config, list(row_ids), list(col_ids))
     return utility_kernel(rows.target_id, rows.example_id, rows.utility, rows.valid,
-                          row_ids=list(row_ids), col_ids=list(col_ids), scale=scale)
+                          row_ids=list(row_ids), col_ids=list(col_ids), scale=scale,
+                          self_coverage=self_coverage)
 
 
 def utility_scale(store: Store, model: str, config: str, row_ids: Sequence[str],

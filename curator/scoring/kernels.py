@@ -1,8 +1,19 @@
 """Similarity kernels for the submodular functions, built from sparse scores.
 
 A kernel is a scipy CSR matrix S (rows: items to be covered, columns: candidates, values in
-[0, 1], int32 indices) with the sample ids of its rows and columns. An item that is both a
-row and a column covers itself fully: S[i, i] = 1.
+[0, 1], int32 indices) with the sample ids of its rows and columns.
+
+Self-coverage. An item that is both a row and a column covers itself. Embedding kernels use
+S[i, i] = 1 (cosine of a vector with itself). For utility kernels that default is harmful:
+with S[i, i] = 1 every pick earns a full point for covering itself, which outweighs the
+scaled utilities it adds for others, and the items nothing helps -- wrong, truncated or
+swapped responses, which no in-context example makes predictable -- look the most "novel"
+to facility location and conditional gain (in the demo's continual stages a quarter of the
+picks were such rows, twice their base rate). So utility kernels use ``self_coverage="best"``
+by default: S[i, i] is the best utility any other scored example gives row i, the least
+value that keeps "training on i teaches i at least as well as any helper" true. A row that
+nothing helps then covers itself with 0 and is picked only for what it does for others.
+``self_coverage="one"`` keeps the unit diagonal (the reference code's convention).
 
 Utility scaling. The reference code min-max scales the dense N x N utility matrix over all
 its entries, negatives included. On a sparse kNN kernel that would be wrong: unscored pairs
@@ -29,6 +40,7 @@ import scipy.sparse as sp
 from curator.scoring.neighbours import Neighbours, knn
 
 EMBEDDING_SCALINGS = ("additive", "clip")
+SELF_COVERAGE = ("best", "one")
 _DENSE_LIMIT = 50_000_000  # entries; a dense N x M beyond this is a mistake, not a helper
 
 
@@ -69,8 +81,10 @@ def _ids(given: Sequence[str] | None, seen: Sequence[str], what: str) -> tuple[s
 
 
 def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int],
-         row_ids: Sequence[str], col_ids: Sequence[str]) -> sp.csr_matrix:
-    """CSR with S[i, i] = 1 for ids in both axes; int32 indices for the selection engine."""
+         row_ids: Sequence[str], col_ids: Sequence[str], self_coverage: str = "one"
+         ) -> sp.csr_matrix:
+    """CSR with a diagonal for ids in both axes (1, or with ``self_coverage="best"`` the
+    row's largest off-diagonal value); int32 indices for the selection engine."""
     col_pos = {s: j for j, s in enumerate(col_ids)}
     both = [(i, col_pos[s]) for i, s in enumerate(row_ids) if s in col_pos]
     if both:
@@ -78,9 +92,15 @@ def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int,
         off_diag = np.array([col_ids[c] != row_ids[r]
                              for r, c in zip(rows.tolist(), cols.tolist(), strict=True)], dtype=bool)
         rows, cols, vals = rows[off_diag], cols[off_diag], vals[off_diag]
+        if self_coverage == "best":
+            best = np.zeros(shape[0], dtype=np.float32)
+            np.maximum.at(best, rows, vals.astype(np.float32))
+            d_vals = best[d_rows]
+        else:
+            d_vals = np.ones(len(d_rows), dtype=np.float32)
         rows = np.concatenate([rows, d_rows])
         cols = np.concatenate([cols, d_cols])
-        vals = np.concatenate([vals, np.ones(len(d_rows), dtype=np.float32)])
+        vals = np.concatenate([vals.astype(np.float32), d_vals])
     m = sp.csr_matrix((vals.astype(np.float32), (rows, cols)), shape=shape, dtype=np.float32)
     m.eliminate_zeros()
     m.sort_indices()
@@ -94,11 +114,16 @@ def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int,
 def utility_kernel(target_ids: Sequence[str], example_ids: Sequence[str],
                    utilities: Sequence[float] | np.ndarray, valid: Sequence[bool] | None = None,
                    *, row_ids: Sequence[str] | None = None, col_ids: Sequence[str] | None = None,
-                   scale: float | None = None) -> Kernel:
+                   scale: float | None = None, self_coverage: str = "best") -> Kernel:
     """Kernel from sparse utilities UF(target, example): rows are targets (to be covered),
     columns examples (candidates). Invalid or NaN utilities are ignored; utilities <= 0
     give no coverage; the rest are divided by ``scale`` (default: the largest) and clipped
-    to 1. Without ``row_ids``/``col_ids`` the axes are the sorted ids that occur."""
+    to 1. Without ``row_ids``/``col_ids`` the axes are the sorted ids that occur. An id on
+    both axes covers itself with ``self_coverage`` (module docstring): "best" (default) or
+    "one"."""
+    if self_coverage not in SELF_COVERAGE:
+        raise ValueError(f"unknown self_coverage {self_coverage!r}; use one of "
+                         f"{', '.join(SELF_COVERAGE)}")
     t = [str(x) for x in target_ids]
     e = [str(x) for x in example_ids]
     u = np.asarray(utilities, dtype=np.float64)
@@ -127,7 +152,8 @@ def utility_kernel(target_ids: Sequence[str], example_ids: Sequence[str],
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
     vals = np.minimum(u[keep] / scale, 1.0).astype(np.float32)
-    m = _csr(rows[keep], cols[keep], vals, (len(rows_ids), len(cols_ids)), rows_ids, cols_ids)
+    m = _csr(rows[keep], cols[keep], vals, (len(rows_ids), len(cols_ids)), rows_ids, cols_ids,
+             self_coverage)
     return Kernel(m, rows_ids, cols_ids, scale)
 
 

@@ -197,7 +197,7 @@ def test_empty_sets_raise(store, lm, pool):
         candidate_pairs(v1[:1], v1[:1], np.ones((1, 4)), np.ones((1, 4)), k=3)
 
 
-def test_stored_utilities_equal_the_reference_and_make_a_unit_kernel(store, lm, pool):
+def test_stored_utilities_equal_the_reference_and_make_a_kernel(store, lm, pool):
     v1, _ = pool
     small = v1[:8]
     score_utilities(store, lm, small, small, OPTIONS)
@@ -212,13 +212,18 @@ def test_stored_utilities_equal_the_reference_and_make_a_unit_kernel(store, lm, 
     kernel = utility_kernel_from_store(store, lm.fingerprint, utility_config(lm, OPTIONS)
                                        .config_hash(), ids, ids)
     m = dense(kernel)
-    np.testing.assert_array_equal(np.diag(m), np.ones(8))
+    off = m - np.diag(np.diag(m))
+    np.testing.assert_allclose(np.diag(m), off.max(axis=1))  # each row's best helper
     assert m.min() >= 0.0 and m.max() <= 1.0
     positive = {p: u for p, u in got.items() if u > 0}
     assert kernel.scale == pytest.approx(max(positive.values()) if positive else 1.0)
-    assert (m > 0).sum() == 8 + len(positive)
+    assert (off > 0).sum() == len(positive)
     for (t, e), u in positive.items():
         assert kernel.value(t, e) == pytest.approx(u / kernel.scale, rel=1e-6)
+    unit = dense(utility_kernel_from_store(store, lm.fingerprint, utility_config(lm, OPTIONS)
+                                           .config_hash(), ids, ids, self_coverage="one"))
+    np.testing.assert_array_equal(np.diag(unit), np.ones(8))
+    np.testing.assert_array_equal(unit - np.diag(np.diag(unit)), off)
 
 
 def test_ensure_embeddings_computes_only_missing_and_keeps_order(store, lm, pool):
@@ -249,8 +254,11 @@ def test_utility_kernel_from_store_orientation_and_units(store):
     kernel = utility_kernel_from_store(store, "m", "c", ["t1", "t2"], ["t1", "e1", "e2"])
     assert kernel.shape == (2, 3)                       # rows targets, columns examples
     assert kernel.scale == 2.0                          # largest valid positive off-diagonal
-    np.testing.assert_allclose(dense(kernel), [[1.0, 0.25, 1.0],      # t1 covers itself
-                                               [0.125, 0.0, 0.0]])   # (t2,e2) is invalid
+    np.testing.assert_allclose(dense(kernel), [[1.0, 0.25, 1.0],      # t1 covers itself as
+                                               [0.125, 0.0, 0.0]])   # well as e2 does;
+    unit = utility_kernel_from_store(store, "m", "c", ["t1", "t2"],    # (t2,e2) is invalid
+                                     ["t1", "e1", "e2"], self_coverage="one")
+    np.testing.assert_allclose(dense(unit), dense(kernel))  # t1's best helper is already 1
     assert kernel.value("t2", "t1") == pytest.approx(0.125)
     assert kernel.value("t1", "e2") == 1.0
     m = dense(kernel)

@@ -11,25 +11,58 @@ from curator.scoring.kernels import dense, embedding_kernel, neighbour_kernel, u
 from curator.scoring.neighbours import pool_neighbours
 
 
+UTILS = dict(target_ids=["b", "b", "a", "a", "c", "c"],
+              example_ids=["a", "c", "b", "c", "a", "b"],
+              utilities=[0.2, -0.1, 0.4, float("nan"), 0.1, 0.3],
+              valid=[True, True, True, False, True, False])
+
+
 def test_utility_kernel_values_diagonal_and_ids():
-    k = utility_kernel(
-        ["b", "b", "a", "a", "c", "c"],
-        ["a", "c", "b", "c", "a", "b"],
-        [0.2, -0.1, 0.4, float("nan"), 0.1, 0.3],
-        valid=[True, True, True, False, True, False],
-    )
+    k = utility_kernel(**UTILS)
     assert k.row_ids == ("a", "b", "c") and k.col_ids == ("a", "b", "c")
     assert k.scale == pytest.approx(0.4)
+    # Self-coverage "best" (the default): each row covers itself as well as its best helper.
     want = np.array([
-        [1.0, 1.0, 0.0],   # a: covered by b with the largest utility; (a, c) invalid
-        [0.5, 1.0, 0.0],   # b: a helps 0.2 / 0.4; c hurts -> no coverage
-        [0.25, 0.0, 1.0],  # c: a helps 0.1 / 0.4; (c, b) invalid
+        [1.0, 1.0, 0.0],    # a: covered by b with the largest utility; (a, c) invalid
+        [0.5, 0.5, 0.0],    # b: a helps 0.2 / 0.4; c hurts -> no coverage
+        [0.25, 0.0, 0.25],  # c: a helps 0.1 / 0.4; (c, b) invalid
     ], dtype=np.float32)
     np.testing.assert_allclose(dense(k), want, atol=1e-7)
     assert k.value("b", "a") == pytest.approx(0.5)
     assert k.matrix.indices.dtype == np.int32 and k.matrix.indptr.dtype == np.int32
     assert k.matrix.dtype == np.float32
     assert k.matrix.nnz == 6  # zeros are not stored
+
+
+def test_utility_kernel_unit_self_coverage():
+    k = utility_kernel(**UTILS, self_coverage="one")
+    np.testing.assert_allclose(dense(k), [[1.0, 1.0, 0.0], [0.5, 1.0, 0.0], [0.25, 0.0, 1.0]],
+                               atol=1e-7)
+    with pytest.raises(ValueError, match="self_coverage"):
+        utility_kernel(**UTILS, self_coverage="two")
+
+
+def test_best_self_coverage_stops_facility_location_from_favouring_unhelped_rows():
+    """The failure it fixes, by hand: u is helped by nobody and helps nobody (a noisy row);
+    a and b help each other. With a unit diagonal every pick is worth about 1, so the
+    unhelped row ties with the useful ones; with "best" it is worth nothing."""
+    from curator.selection import select
+
+    k_one = utility_kernel(["a", "b"], ["b", "a"], [0.4, 0.2], row_ids=["a", "b", "u"],
+                           col_ids=["a", "b", "u"], self_coverage="one")
+    k_best = utility_kernel(["a", "b"], ["b", "a"], [0.4, 0.2], row_ids=["a", "b", "u"],
+                            col_ids=["a", "b", "u"])
+    # S[a, b] = 1 (b helps a by the largest utility), S[b, a] = 0.5.
+    # Unit diagonal: f({a}) = 1 + 0.5, f({b}) = 1 + 1, f({u}) = 1, so b comes first (gain 2)
+    # and then u (gain 1: its own row) beats a (gain 0: row a is already covered by b).
+    one = select(k_one.matrix, 2, function="facility_location", optimizer="naive")
+    assert list(one.ranking) == [1, 2]
+    np.testing.assert_allclose(one.gains, [2.0, 1.0])
+    # "best": S[a, a] = 1, S[b, b] = 0.5, S[u, u] = 0: a and b are worth 1.5 each, and after
+    # either, nothing is left to gain; u is worth nothing at any point.
+    best = select(k_best.matrix, 2, function="facility_location", optimizer="naive")
+    assert best.ranking[0] in (0, 1)
+    np.testing.assert_allclose(best.gains, [1.5, 0.0])
 
 
 def test_utility_kernel_explicit_axes_and_fixed_scale():
@@ -54,8 +87,11 @@ def test_utility_kernel_bad_input():
 
 
 def test_all_negative_utilities_leave_only_the_diagonal():
-    k = utility_kernel(["a", "b"], ["b", "a"], [-0.3, -0.1])
+    k = utility_kernel(["a", "b"], ["b", "a"], [-0.3, -0.1], self_coverage="one")
     np.testing.assert_allclose(dense(k), np.eye(2))
+    # Nothing helps anything: with "best" nothing covers anything, itself included.
+    k = utility_kernel(["a", "b"], ["b", "a"], [-0.3, -0.1])
+    assert k.matrix.nnz == 0
 
 
 def test_embedding_kernel_pool_and_queries():
