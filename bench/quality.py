@@ -355,6 +355,24 @@ def evaluate(lm, eval_samples, eval_rows: list[Row], args) -> dict[str, Any]:
                                                           strict=True)]}
 
 
+def subset_digest(store, selection_id: str) -> str | None:
+    """What a fine-tuning run depends on in a selection: its members in order, its layer
+    subsets and its mask file. Two selections with the same digest train the same way, so
+    a cached run is reused across selection ids (e.g. after a settings change that left
+    this subset as it was). None when the selection is not in the store."""
+    from curator.store.selections import (get_mask_record, selection_layers,
+                                          selection_sample_ids)
+
+    try:
+        members = selection_sample_ids(store, selection_id)
+    except Exception:  # noqa: BLE001 - an id from an older store: no digest, no reuse
+        return None
+    mask = get_mask_record(store, selection_id)
+    blob = json.dumps({"members": members, "layers": selection_layers(store, selection_id),
+                       "mask": mask and mask.get("sha256")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def train_one(args, store, selection: Selected | None, eval_samples, eval_rows,
               train_seed: int) -> dict[str, Any]:
     """Fine-tune a fresh model on one selection (None: the base model, untrained)."""
@@ -367,10 +385,23 @@ def train_one(args, store, selection: Selected | None, eval_samples, eval_rows,
     key = {"selection": None if selection is None else selection.selection_id,
            "steps": args.steps, "lr": args.lr, "batch": args.batch_size, "seed": train_seed,
            "eval": len(eval_rows), "max_new_tokens": args.max_new_tokens}
+    digest = None if selection is None else subset_digest(store, selection.selection_id)
     if cache.exists():
         saved = json.loads(cache.read_text())
-        if saved.get("key") == key:
+        old = dict(saved.get("key") or {})
+        if old == key:
             return saved
+        old_digest = old.get("subset") or (old.get("selection") and
+                                           subset_digest(store, old["selection"]))
+        if digest is not None and old_digest == digest and \
+                {k: v for k, v in old.items() if k not in ("selection", "subset")} == \
+                {k: v for k, v in key.items() if k != "selection"}:
+            saved["key"] = {**key, "subset": digest}
+            saved["reused_from"] = old.get("selection")
+            cache.write_text(json.dumps(saved, indent=1))
+            return saved
+    if digest is not None:
+        key["subset"] = digest
     started = time.monotonic()
     lm = training_model(args)
     result: dict[str, Any] = {"key": key, "name": name}

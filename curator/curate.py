@@ -277,7 +277,9 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *,
     key = config_hash({"dataset": dataset, "version": pools.version, "pool": _ids(pools.pool),
                        "target": pools.target_ref, "parent": pools.parent,
                        "spec": {k: v for k, v in vars(spec).items()
-                                if k not in ("name", "version", "parent")},
+                                if k not in ("name", "version", "parent")
+                                # only DELIFT reads it: other methods keep their hashes
+                                and (k != "self_coverage" or spec.method == "delift")},
                        "options": vars(options), "model": fingerprint})
     if reuse:
         existing = find_selection(store, dataset, key)
