@@ -9,6 +9,7 @@ next ingest). Every row ends up counted: read = accepted + duplicates + quaranti
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -23,6 +24,7 @@ from curator.schemas import FieldMap, RowError, map_row
 from curator.store import Store
 
 BATCH_SIZE = 10_000
+_WRITE_LOCK = threading.RLock()
 
 
 class IngestError(ValueError):
@@ -158,25 +160,33 @@ def _stage_batch(store: Store, run_id: str, dataset: str, batch: list[RawRow],
                         len(prompt) + len(response))
         members[sid] = (run_id, sid, json.dumps(metadata, ensure_ascii=False, default=str)
                         if metadata else None, row.file, row.line)
-    with store.atomic() as con:
+    staged = 0
+    # The tables have no primary keys (DuckDB would hold their indexes in memory, growing with
+    # the store), so each insert skips the ids already present itself. The hash join builds on
+    # the smaller side, here the batch, and scans only the id column of the table. The lock
+    # keeps two threads of this process from adding the same new sample at once (other
+    # processes are kept out by DuckDB's file lock while this transaction runs).
+    with _WRITE_LOCK, store.atomic() as con:
         if samples:
             # Columns, not row dicts: pa.Table.from_pylist costs ~50x more per batch.
             con.register("_samples", _columns(samples.values(), _SAMPLE_SCHEMA))
-            con.execute("INSERT OR IGNORE INTO samples (sample_id, messages, prompt, response, "
-                        "n_chars) SELECT sample_id, messages, prompt, response, n_chars "
-                        "FROM _samples")
+            con.execute("INSERT INTO samples (sample_id, messages, prompt, response, n_chars) "
+                        "SELECT sample_id, messages, prompt, response, n_chars FROM _samples b "
+                        "WHERE NOT EXISTS (SELECT 1 FROM samples s "
+                        "WHERE s.sample_id = b.sample_id)")
             con.unregister("_samples")
             con.register("_members", _columns(members.values(), _MEMBER_SCHEMA))
-            # The primary key keeps the first occurrence across batches: later ones are duplicates.
-            con.execute("INSERT OR IGNORE INTO ingest_staging SELECT * FROM _members")
+            # The first occurrence across batches stays: later ones are duplicates.
+            staged = con.execute(
+                "INSERT INTO ingest_staging SELECT * FROM _members m WHERE NOT EXISTS "
+                "(SELECT 1 FROM ingest_staging s WHERE s.run_id = ? AND "
+                "s.sample_id = m.sample_id)", [run_id]).fetchone()[0]
             con.unregister("_members")
         if bad:
             con.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)", bad)
-        staged = con.execute("SELECT count(*) FROM ingest_staging WHERE run_id = ?",
-                             [run_id]).fetchone()[0]
         # Same transaction (nested atomic joins it): one open of the store per batch, not two.
         store.update_run(run_id, done=summary.n_read)
-    summary.n_accepted = staged
+    summary.n_accepted += staged
     summary.n_duplicates = summary.n_read - summary.n_quarantined - summary.n_accepted
 
 
@@ -197,33 +207,36 @@ def _columns(rows: Iterable[tuple], schema: pa.Schema) -> pa.Table:
 def _commit_version(store: Store, run_id: str, dataset: str, source: str, append: bool,
                     message: str | None, summary: IngestSummary) -> None:
     """One short transaction: the version row, its members, and the staged quarantine."""
-    with store.atomic() as con:
+    with _WRITE_LOCK, store.atomic() as con:
         con.execute("INSERT OR IGNORE INTO datasets (name) VALUES (?)", [dataset])
         parent = con.execute("SELECT max(version) FROM versions WHERE dataset = ?",
                              [dataset]).fetchone()[0]
         version = (parent or 0) + 1
-        con.execute(
+        # Counts come from the inserts and the parent's row, not from scans of the new version.
+        n_members = con.execute(
             "INSERT INTO version_members SELECT ?, ?, sample_id, metadata, source_file, "
-            "source_line FROM ingest_staging WHERE run_id = ?", [dataset, version, run_id])
-        if append and parent is not None:
-            # Earlier members stay, with their own metadata, unless the input repeats them.
-            con.execute(
-                "INSERT INTO version_members SELECT dataset, ?, sample_id, metadata, source_file,"
-                " source_line FROM version_members p WHERE dataset = ? AND version = ? AND "
-                "sample_id NOT IN (SELECT sample_id FROM ingest_staging WHERE run_id = ?)",
-                [version, dataset, parent, run_id])
-        n_members = con.execute("SELECT count(*) FROM version_members WHERE dataset = ? AND "
-                                "version = ?", [dataset, version]).fetchone()[0]
+            "source_line FROM ingest_staging WHERE run_id = ?",
+            [dataset, version, run_id]).fetchone()[0]
         if parent is None:
             n_added, n_removed, n_unchanged = n_members, 0, 0
         else:
-            n_unchanged = con.execute(
-                "SELECT count(*) FROM version_members n SEMI JOIN (SELECT sample_id FROM "
-                "version_members WHERE dataset = ? AND version = ?) p USING (sample_id) "
-                "WHERE n.dataset = ? AND n.version = ?",
-                [dataset, parent, dataset, version]).fetchone()[0]
             n_parent = con.execute("SELECT n_members FROM versions WHERE dataset = ? AND "
                                    "version = ?", [dataset, parent]).fetchone()[0]
+            if append:
+                # Earlier members stay, with their own metadata, unless the input repeats them:
+                # every parent member is unchanged.
+                n_members += con.execute(
+                    "INSERT INTO version_members SELECT dataset, ?, sample_id, metadata, "
+                    "source_file, source_line FROM version_members p WHERE dataset = ? AND "
+                    "version = ? AND NOT EXISTS (SELECT 1 FROM ingest_staging s WHERE "
+                    "s.run_id = ? AND s.sample_id = p.sample_id)",
+                    [version, dataset, parent, run_id]).fetchone()[0]
+                n_unchanged = n_parent
+            else:
+                n_unchanged = con.execute(
+                    "SELECT count(*) FROM ingest_staging s WHERE run_id = ? AND EXISTS "
+                    "(SELECT 1 FROM version_members p WHERE p.dataset = ? AND p.version = ? "
+                    "AND p.sample_id = s.sample_id)", [run_id, dataset, parent]).fetchone()[0]
             n_added, n_removed = n_members - n_unchanged, n_parent - n_unchanged
         con.execute(
             "INSERT INTO versions (dataset, version, parent, mode, source, message, n_read, "

@@ -215,6 +215,35 @@ def test_same_content_in_two_datasets_is_one_sample(store, write_jsonl):
     assert load_samples(store, "b", 1)[0].metadata == {"src": "b"}
 
 
+
+def test_ingests_in_two_threads_store_each_sample_once(store, write_jsonl):
+    # samples has no primary key (DuckDB would keep its index in memory); ingest dedupes
+    # itself, also against a second ingest of the same process writing at the same time.
+    import threading
+
+    store.init()
+    rows = [pair(i) for i in range(60)]
+    sources = [write_jsonl("a.jsonl", rows), write_jsonl("b.jsonl", rows[::-1])]
+    errors: list[BaseException] = []
+
+    def run(source: str, dataset: str) -> None:
+        try:
+            ingest(store, source, dataset, batch_size=5)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(src, name))
+               for src, name in zip(sources, ("a", "b"), strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.query("SELECT count(*), count(DISTINCT sample_id) FROM samples") == [(60, 60)]
+    assert store.query("SELECT dataset, count(*), count(DISTINCT sample_id) FROM "
+                       "version_members GROUP BY 1 ORDER BY 1") == [("a", 60, 60), ("b", 60, 60)]
+
+
 # -- versions: snapshot and append ----------------------------------------------------------
 
 

@@ -241,6 +241,51 @@ CREATE TABLE watched_files (
     PRIMARY KEY (schedule, path)
 );
 """),
+    (6, "ingest tables without in-memory indexes", """
+-- DuckDB keeps a PRIMARY KEY as an ART index held in memory by every insert into the table,
+-- so the keys below made an ingest's memory grow with the rows stored (about 200 bytes per
+-- key).
+-- The same tables without the keys; uniqueness is kept by the only writer, ingest
+-- (curator/ingest.py): samples and staging rows are inserted only where their id is absent,
+-- and a version's members come from its deduplicated staging rows plus parent members not
+-- among them, in the transaction that writes the version's row (versions keeps its key).
+-- DuckDB cannot drop a constraint, so each table is copied and replaced.
+CREATE TABLE samples_v6 (
+    sample_id TEXT NOT NULL,
+    messages JSON NOT NULL,
+    prompt TEXT NOT NULL,
+    response TEXT NOT NULL,
+    n_chars INTEGER NOT NULL,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+INSERT INTO samples_v6 SELECT sample_id, messages, prompt, response, n_chars, created_at
+    FROM samples;
+DROP TABLE samples;
+ALTER TABLE samples_v6 RENAME TO samples;
+CREATE TABLE version_members_v6 (
+    dataset TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    sample_id TEXT NOT NULL,
+    metadata JSON,
+    source_file TEXT,
+    source_line INTEGER
+);
+INSERT INTO version_members_v6 SELECT dataset, version, sample_id, metadata, source_file,
+    source_line FROM version_members;
+DROP TABLE version_members;
+ALTER TABLE version_members_v6 RENAME TO version_members;
+CREATE TABLE ingest_staging_v6 (
+    run_id TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    metadata JSON,
+    source_file TEXT,
+    source_line INTEGER
+);
+INSERT INTO ingest_staging_v6 SELECT run_id, sample_id, metadata, source_file, source_line
+    FROM ingest_staging;
+DROP TABLE ingest_staging;
+ALTER TABLE ingest_staging_v6 RENAME TO ingest_staging;
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

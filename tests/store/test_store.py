@@ -95,6 +95,74 @@ def test_default_path_and_lock_timeout_come_from_the_environment(tmp_path, monke
     assert Store(tmp_path, lock_timeout=1).lock_timeout == 1
 
 
+def _store_at_schema(path, last: int) -> None:
+    """A store file that ran migrations 1..last only, as an older curator left it."""
+    path.mkdir()
+    con = duckdb.connect(str(path / DB_FILENAME))
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT, "
+                "applied_at TIMESTAMP DEFAULT current_timestamp)")
+    for number, name, sql in MIGRATIONS[:last]:
+        con.execute(sql)
+        con.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", [number, name])
+    con.close()
+
+
+def key_constraints(store: Store, table: str) -> list[str]:
+    return [r[0] for r in store.query(
+        "SELECT constraint_type FROM duckdb_constraints() WHERE table_name = ? AND "
+        "constraint_type IN ('PRIMARY KEY', 'UNIQUE')", [table])]
+
+
+def test_the_ingest_tables_lose_their_in_memory_keys_and_keep_their_rows(tmp_path, write_jsonl):
+    from curator.ingest import ingest
+    from curator.records import sample_id_for
+    from curator.store.datasets import load_samples
+
+    path = tmp_path / "old"
+    _store_at_schema(path, 5)
+    messages = [{"role": "user", "content": "pa"}, {"role": "assistant", "content": "ra"}]
+    a = sample_id_for(messages)
+    con = duckdb.connect(str(path / DB_FILENAME))
+    con.execute("INSERT INTO datasets (name) VALUES ('d')")
+    con.execute("INSERT INTO samples (sample_id, messages, prompt, response, n_chars) VALUES "
+                "(?, ?, 'pa', 'ra', 4)", [a, json.dumps(messages)])
+    con.execute("INSERT INTO version_members VALUES ('d', 1, ?, '{\"k\": 1}', 'f', 3)", [a])
+    con.execute("INSERT INTO versions (dataset, version, mode, source, n_read, n_accepted, "
+                "n_duplicates, n_quarantined, n_added, n_removed, n_unchanged, n_members) "
+                "VALUES ('d', 1, 'snapshot', 'f', 1, 1, 0, 0, 1, 0, 0, 1)")
+    con.execute("INSERT INTO ingest_staging VALUES ('run-x', ?, NULL, 'f', 1)", [a])
+    created = con.execute("SELECT created_at FROM samples").fetchone()[0]
+    con.close()
+
+    store = Store(path, create=False)
+    assert store.schema_version() == LATEST
+    for table in ("samples", "version_members", "ingest_staging"):
+        assert key_constraints(store, table) == []
+    assert key_constraints(store, "versions") == ["PRIMARY KEY"]
+    assert store.query("SELECT sample_id, prompt, n_chars, created_at FROM samples") == \
+        [(a, "pa", 4, created)]
+    assert store.query("SELECT * FROM version_members") == [("d", 1, a, '{"k": 1}', "f", 3)]
+    assert store.query("SELECT run_id, sample_id FROM ingest_staging") == [("run-x", a)]
+    with pytest.raises(duckdb.ConstraintException):  # NOT NULL and defaults survive the copy
+        store.query("INSERT INTO samples (sample_id, messages, prompt, response) "
+                    "VALUES ('b', '[]', 'p', 'r')")
+    assert store.query("SELECT count(*) FROM samples") == [(1,)]
+    [sample] = load_samples(store, "d", 1)
+    assert (sample.sample_id, sample.prompt, sample.metadata) == (a, "pa", {"k": 1})
+
+    # Ingest on the migrated store still stores each sample once.
+    rows = [{"prompt": "pa", "response": "ra"}, {"prompt": "pb", "response": "rb"}]
+    s = ingest(store, write_jsonl("v2.jsonl", rows + rows), "d", append=True, batch_size=3)
+    assert (s.version, s.n_accepted, s.n_duplicates, s.n_unchanged, s.n_added, s.n_members) \
+        == (2, 2, 2, 1, 1, 2)
+    assert store.query("SELECT count(*), count(DISTINCT sample_id) FROM samples") == [(2, 2)]
+
+
+def test_connections_do_not_vacuum_at_checkpoints(store):
+    # DuckDB's vacuum merged the row groups of batched writes in memory at every close.
+    assert store.query("SELECT current_setting('max_vacuum_tasks')") == [(0,)]
+
+
 # -- transactions ---------------------------------------------------------------------------
 
 
@@ -196,7 +264,7 @@ def test_a_second_process_reads_between_the_writers_transactions(store, write_js
         assert reader.stdout.readline().strip() == "ready"
         # A short pause after each committed batch, outside any transaction, as a long job
         # computing its next batch would make.
-        summary = ingest(store, source, "d", batch_size=20, progress=lambda n: time.sleep(0.05))
+        summary = ingest(store, source, "d", batch_size=20, progress=lambda n: time.sleep(0.2))
         out, _ = reader.communicate(timeout=60)
     finally:
         reader.kill()
