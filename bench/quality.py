@@ -360,8 +360,7 @@ def subset_digest(store, selection_id: str) -> str | None:
     subsets and its mask file. Two selections with the same digest train the same way, so
     a cached run is reused across selection ids (e.g. after a settings change that left
     this subset as it was). None when the selection is not in the store."""
-    from curator.store.selections import (get_mask_record, selection_layers,
-                                          selection_sample_ids)
+    from curator.store.selections import get_mask_record, selection_layers, selection_sample_ids
 
     try:
         members = selection_sample_ids(store, selection_id)

@@ -43,7 +43,7 @@ def test_default_model_selects_masks_exports_and_trains(tmp_path, default_lm) ->
     assert out.record.model == default_lm.fingerprint
     # Greedy gains never increase and sum to the objective (no zero-gain refill here).
     gains = out.gains
-    assert all(a >= b - 1e-9 for a, b in zip(gains, gains[1:]))
+    assert all(a >= b - 1e-9 for a, b in zip(gains[:-1], gains[1:], strict=True))
     assert abs(gains.sum() - out.record.objective) < 1e-6 * max(1.0, out.record.objective)
     # Rerun: nothing new to score, the same selection.
     again = select_stage(store, "pool", StageSpec(stage="instruction", budget="25%"),

@@ -10,7 +10,6 @@ import pytest
 from curator.scoring.kernels import dense, embedding_kernel, neighbour_kernel, utility_kernel
 from curator.scoring.neighbours import pool_neighbours
 
-
 UTILS = dict(target_ids=["b", "b", "a", "a", "c", "c"],
               example_ids=["a", "c", "b", "c", "a", "b"],
               utilities=[0.2, -0.1, 0.4, float("nan"), 0.1, 0.3],
