@@ -101,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=128,
                    help="drop rows whose prompt + response exceed this many tokens")
     p.add_argument("--no-train", action="store_true", help="cheap signals only")
+    p.add_argument("--self-coverage", choices=["best", "one"], default="best",
+                   help="DELIFT kernels' self-coverage (one: the reference's unit diagonal)")
     p.add_argument("--workdir", type=Path, default=None,
                    help="store, data and cached runs (default /tmp/curator-quality[-smoke])")
     p.add_argument("--out", type=Path, default=None,
@@ -259,7 +261,8 @@ def run_selections(args, store, lm, data: QualityData, stages: list[str],
                     continue
                 seeds = range(args.seeds) if method == "random" else [0]
                 for seed in seeds:
-                    spec = StageSpec(stage=stage, method=method, budget=budget, seed=seed)
+                    spec = StageSpec(stage=stage, method=method, budget=budget, seed=seed,
+                                     self_coverage=args.self_coverage)
                     previous = None
                     if stage == "instruction":
                         spec.version = 1
@@ -621,7 +624,8 @@ def write_report(args, data: QualityData, selections, runs, timings: dict[str, f
         f"Budgets {', '.join(args.budgets)} (DualSFT, GAST and LESS select at "
         f"{', '.join(args.gradient_budgets)}; fine-tuning at {', '.join(args.train_budgets)}); "
         f"random subsets with {args.seeds} seeds; DELIFT "
-        f"utilities with k={args.k} neighbours (paper's distance), default model "
+        f"utilities with k={args.k} neighbours (paper's distance), kernel self-coverage "
+        f"'{args.self_coverage}', default model "
         f"{'(tiny random llama)' if args.smoke else 'SmolLM2-135M-Instruct'} for scoring. "
         f"Training: {args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr:g} (fixed, "
         f"not tuned), no weight decay, training seed(s) {list(range(args.train_seeds))}, "
