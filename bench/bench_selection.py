@@ -18,6 +18,15 @@ and submodlib's facility location run in a subprocess each, with a time limit, o
 kernel saved to a temporary .npz; their time is that of the fit/maximize call alone, and
 their selection is scored with curator's own facility location so objectives compare.
 Naive greedy is run only up to --naive-max candidates (it costs O(N * nnz-per-column) per pick).
+
+"stochastic" is curator's default stochastic greedy (a uniform sample per pick, lazily
+evaluated, plus up to 8 lazy re-evaluations of the best candidates evaluated so far);
+"stochastic-sample-only" is the same with the memory off (``maximize(..., memory_evals=0)``):
+each pick is the best of its sample alone, as in plain stochastic greedy. It is timed the same way as
+``select`` (build the function, maximise, evaluate the objective).
+
+The machine's load average (os.getloadavg) is recorded before and after the run: the times
+are wall seconds and depend on it, the objectives do not.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 FUNCTIONS = ["facility_location", "flmi", "flvmi", "flcg", "graph_cut"]
-OPTIMIZERS = ["naive", "lazy", "stochastic"]
+OPTIMIZERS = ["naive", "lazy", "stochastic", "stochastic-sample-only"]
 
 
 def knn_similarity(points: np.ndarray, refs: np.ndarray, k: int, workers: int) -> sp.csr_matrix:
@@ -115,6 +124,19 @@ def run_reference(lib, kernel_path, budget, optimizer, timeout):
     return data, None
 
 
+def run_curator(kernel, budget: int, function: str, optimizer: str, seed: int, kw: dict):
+    """(objective, gain evaluations) of one curator selection."""
+    from curator.selection import build_function, select
+    from curator.selection.optimizers import maximize
+
+    if optimizer != "stochastic-sample-only":
+        r = select(kernel, budget, function, optimizer, seed=seed, **kw)
+        return r.objective, r.n_evaluations
+    f = build_function(function, kernel, **kw)
+    picks = maximize(f, budget, optimizer="stochastic", seed=seed, memory_evals=0)
+    return f.evaluate_jit(picks.ranking), picks.n_evaluations
+
+
 # ---- main ---------------------------------------------------------------------------------------
 
 
@@ -146,7 +168,7 @@ def main() -> None:
         _worker(args.worker, args.kernel_file, args.worker_budget, args.worker_optimizer)
         return
 
-    from curator.selection import build_function, select
+    from curator.selection import build_function
 
     workers = os.cpu_count() or 1
     t0 = time.perf_counter()
@@ -155,9 +177,10 @@ def main() -> None:
         kw = {"query_kernel": tiny} if fn in ("flmi", "flvmi") else {}
         kw.update({"private_kernel": tiny} if fn == "flcg" else {})
         for opt in OPTIMIZERS:
-            select(tiny, 2, fn, opt, **kw)
+            run_curator(tiny, 2, fn, opt, 0, kw)
     warmup = time.perf_counter() - t0
 
+    load_before = os.getloadavg()
     command = "python bench/bench_selection.py " + shlex.join(sys.argv[1:])
     lines = [
         "# Selection benchmark",
@@ -204,15 +227,15 @@ def main() -> None:
                     lines.append(row)
                     continue
                 t = time.perf_counter()
-                r = select(s, budget, fn, opt, seed=args.seed, **kw)
+                objective, n_evals = run_curator(s, budget, fn, opt, args.seed, kw)
                 sec = time.perf_counter() - t
                 if opt == "lazy":
-                    lazy_obj[fn] = r.objective
-                rel = r.objective / lazy_obj[fn] - 1 if lazy_obj.get(fn) else float("nan")
-                print(f"  {fn} {opt}: {sec:.2f}s objective {r.objective:.6g}", flush=True)
+                    lazy_obj[fn] = objective
+                rel = objective / lazy_obj[fn] - 1 if lazy_obj.get(fn) else float("nan")
+                print(f"  {fn} {opt}: {sec:.2f}s objective {objective:.6g}", flush=True)
                 lines.append(
-                    f"| {n} | {nnz_row} | {fn} | curator | {opt} | {sec:.2f} | {r.objective:.6g} "
-                    f"| {rel:+.3%} | {r.n_evaluations} |"
+                    f"| {n} | {nnz_row} | {fn} | curator | {opt} | {sec:.2f} | {objective:.6g} "
+                    f"| {rel:+.3%} | {n_evals} |"
                 )
         if args.no_reference or "facility_location" not in args.functions:
             continue
@@ -236,6 +259,14 @@ def main() -> None:
                         f"| {n} | {nnz_row} | facility_location | {lib} | {opt} | {data['seconds']:.2f} "
                         f"| {obj:.6g} | {rel:+.3%} | |"
                     )
+    load_after = os.getloadavg()
+    loads = (
+        f"Load average (1 / 5 / 15 min, os.getloadavg) on the {os.cpu_count()} CPUs: "
+        f"{' / '.join(f'{x:.2f}' for x in load_before)} before the run, "
+        f"{' / '.join(f'{x:.2f}' for x in load_after)} after it."
+    )
+    at = next(i for i, line in enumerate(lines) if line.startswith("Machine:")) + 2
+    lines[at:at] = [loads, ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

@@ -249,53 +249,168 @@ def lazy_greedy(st, selected, costs, budget, max_picks):
 
 
 @numba.njit(cache=True)
-def stochastic_greedy(st, selected, costs, budget, max_picks, sample_size, seed):
-    """Mirzasoleiman et al.'s stochastic greedy: each pick is the best of ``sample_size``
-    candidates drawn without replacement from those left (a partial Fisher-Yates shuffle).
+def _swap(pool, pos, p, q):
+    """Swap pool positions ``p`` and ``q``, keeping ``pos`` (candidate -> position) in step."""
+    a = pool[p]
+    b = pool[q]
+    pool[p] = b
+    pos[b] = p
+    pool[q] = a
+    pos[a] = q
+
+
+@numba.njit(cache=True)
+def stochastic_greedy(st, selected, costs, budget, max_picks, sample_size, seed, memory_evals):
+    """Mirzasoleiman et al.'s stochastic greedy: each pick is the best of a uniform sample of
+    ``sample_size`` remaining candidates (drawn without replacement, a partial Fisher-Yates
+    shuffle), with three refinements that never pick worse than the sample alone:
+
+    - lazy evaluation in the sample: a candidate's last exact gain is an upper bound on its
+      gain now (submodularity), so a drawn candidate whose bound cannot beat the best so far is
+      not evaluated (it could not be picked);
+    - an alive pool: a candidate whose exact gain is <= 0 can never gain again, so it leaves
+      the pool it is drawn from and is replaced by another draw; only when every candidate left
+      is known to be dead are picks drawn from the dead ones (to fill a count budget);
+    - memory (``memory_evals`` > 0): every evaluated candidate with a positive gain goes into a
+      max-heap under its last gain, and before each sample the heap's top is re-evaluated
+      lazily (Minoux), at most ``memory_evals`` times per pick; the best exact gain found
+      there joins the sample's. A good candidate seen once is not forgotten, which is what
+      heavy-tailed gains (FLCG) need; the cap keeps the cost of a pick at most
+      ``sample_size + memory_evals`` evaluations (plus one per candidate found dead, once).
+
+    Why the (1 - 1/e - epsilon) guarantee (in expectation, monotone f) survives: its proof only
+    needs, at each step, that the pick gains at least the best of a uniform sample of size
+    ``n / k * ln(1 / epsilon)`` from the candidates left. The pick here is the best of a
+    superset (sample + exactly evaluated heap candidates; a skipped candidate could not have
+    been the best); the draws until ``sample_size`` are counted contain the first
+    ``sample_size`` of a uniform order of the alive pool; and the alive pool holds every
+    candidate with a positive gain and is no larger than the candidates left. Gains only
+    decrease, so a stale gain is an upper bound.
+
+    Every recorded gain is exact (the pick's gain is evaluated at the current selection).
     Uses numba's own Mersenne Twister, seeded here, so a seed gives the same picks each run."""
     np.random.seed(seed)
     n = selected.shape[0]
+    # pool[0:n_alive] alive, pool[n_alive:m] dead (gain known <= 0), pool[m:] picked or too costly
     pool = np.empty(n, dtype=np.int64)
+    pos = np.empty(n, dtype=np.int64)
     m = 0
     for j in range(n):
         if not selected[j]:
             pool[m] = j
+            pos[j] = m
             m += 1
+    n_alive = m
+    last = np.full(n, np.inf)  # last exact gain: an upper bound on the gain now (inf: never seen)
+    stamp = np.full(n, -1, dtype=np.int64)  # the pick number at which ``last`` was computed
+    in_heap = np.zeros(n, dtype=np.bool_)
+    memory = memory_evals > 0
+    hkeys = np.empty(n if memory else 0, dtype=np.float64)
+    hidx = np.empty(n if memory else 0, dtype=np.int64)
+    hsize = 0
     ranking = np.empty(max_picks, dtype=np.int64)
     gains = np.empty(max_picks, dtype=np.float64)
     remaining = budget
     n_evals = 0
     k = 0
     while k < max_picks and m > 0:
-        best_t = -1
+        best_j = -1
         best_key = -np.inf
-        best_gain = 0.0
-        t = 0
-        while t < sample_size and t < m:
-            r = t + int(np.random.random() * (m - t))
-            pool[t], pool[r] = pool[r], pool[t]
-            j = pool[t]
-            if not _fits(costs[j], remaining):
-                m -= 1  # never fits again: remove it from the pool for good
-                pool[t], pool[m] = pool[m], pool[t]
+        # 1. the remembered candidates: lazy greedy on the heap until its top is exact, or
+        #    until ``memory_evals`` re-evaluations; the best exact gain found is kept
+        reevals = 0
+        while hsize > 0:
+            j = hidx[0]
+            if selected[j] or last[j] <= 0.0 or not _fits(costs[j], remaining):
+                in_heap[j] = False
+                hsize = _pop(hkeys, hidx, hsize)
                 continue
+            key = last[j] / costs[j]
+            if hkeys[0] != key:  # a sample lowered its bound since it was pushed: re-sift
+                hkeys[0] = key
+                _sift_down(hkeys, hidx, hsize, 0)
+                continue
+            if stamp[j] == k:  # exact, and no other bound in the heap beats it
+                if best_j < 0 or _better(key, j, best_key, best_j):
+                    best_j = j
+                    best_key = key
+                break
+            if reevals == memory_evals:
+                break
+            reevals += 1
             g = gain(st, j)
             n_evals += 1
+            last[j] = g
+            stamp[j] = k
+            if g <= 0.0:
+                if pos[j] < n_alive:  # dead: out of the alive pool (the heap pops it next)
+                    n_alive -= 1
+                    _swap(pool, pos, pos[j], n_alive)
+            elif best_j < 0 or _better(g / costs[j], j, best_key, best_j):
+                best_j = j
+                best_key = g / costs[j]
+        # 2. the sample, from the alive pool (from the dead ones once none is alive)
+        dead_phase = n_alive == 0
+        region = m if dead_phase else n_alive
+        t = 0
+        while t < sample_size and t < region:
+            r = t + int(np.random.random() * (region - t))
+            _swap(pool, pos, t, r)
+            j = pool[t]
+            if not _fits(costs[j], remaining):  # never fits again: out of the pool for good
+                if not dead_phase:
+                    n_alive -= 1
+                    _swap(pool, pos, t, n_alive)
+                    m -= 1
+                    _swap(pool, pos, n_alive, m)
+                    region = n_alive
+                else:
+                    m -= 1
+                    _swap(pool, pos, t, m)
+                    region = m
+                continue
+            if best_j >= 0 and _better(best_key, best_j, last[j] / costs[j], j):
+                t += 1  # its bound cannot beat the best: no need to evaluate it
+                continue
+            if stamp[j] != k:
+                last[j] = gain(st, j)
+                n_evals += 1
+                stamp[j] = k
+            g = last[j]
+            if g <= 0.0 and not dead_phase:  # dead: leaves the pool, and another is drawn
+                n_alive -= 1
+                _swap(pool, pos, t, n_alive)
+                region = n_alive
+                continue
             key = g / costs[j]
-            if best_t < 0 or _better(key, j, best_key, pool[best_t]):
-                best_t, best_key, best_gain = t, key, g
+            if best_j < 0 or _better(key, j, best_key, best_j):
+                best_j = j
+                best_key = key
+            if memory and g > 0.0 and not in_heap[j]:
+                hkeys[hsize] = key
+                hidx[hsize] = j
+                in_heap[j] = True
+                hsize += 1
+                _sift_up(hkeys, hidx, hsize - 1)
             t += 1
-        if best_t < 0:
-            break
-        j = pool[best_t]
+        if best_j < 0:
+            if dead_phase:
+                break  # nothing left fits
+            continue  # every draw was dead or too costly: draw again
+        j = best_j
         update(st, j)
         selected[j] = True
         remaining -= costs[j]
         ranking[k] = j
-        gains[k] = best_gain
+        gains[k] = last[j]  # exact: evaluated at this pick
         k += 1
+        p = pos[j]
+        if p < n_alive:
+            n_alive -= 1
+            _swap(pool, pos, p, n_alive)
+            p = n_alive
         m -= 1
-        pool[best_t], pool[m] = pool[m], pool[best_t]
+        _swap(pool, pos, p, m)
     return ranking[:k], gains[:k], n_evals
 
 
