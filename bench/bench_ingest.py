@@ -117,6 +117,9 @@ def machine() -> str:
             f"{f' ({model})' if model else ''}, load average at start {load}")
 
 
+LOAD_AT_START = os.getloadavg()  # when the script started, for the results' wording
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=100_000, help="rows of the timed versions")
@@ -180,8 +183,9 @@ def main() -> None:
         f"Command: `{command}`  ",
         f"Machine: {env}  ",
         f"Date: {started:%Y-%m-%d %H:%M %Z}  ",
-        "Other work (tests, other benchmarks) shared these cores while it ran, so times are "
-        "upper bounds for an idle machine.",
+        ("Other work (tests, other benchmarks) shared these cores while it ran, so times "
+         "are upper bounds for an idle machine." if LOAD_AT_START[0] >= 1.5 else
+         "Nothing else heavy was running (a 1-minute load average under 1.5 at the start)."),
         "",
         f"Rows are generated alpaca records (instruction/input/output plus two metadata "
         f"fields, {row_bytes:.0f} bytes each on average); batch size {args.batch_size}; every "
