@@ -4,10 +4,16 @@
     Llama / Qwen2 / GPT-2 models and on the default SmolLM2-135M-Instruct;
 (2) speed on the default model on CPU: hook scoring at batch 16 vs a per-sample backward
     loop at batch 1 (what LESS does), samples/s, the ratio, and peak memory (each method
-    runs in its own subprocess; peak RSS above the loaded model).
+    runs in its own subprocess; peak RSS above the loaded model); wall and CPU seconds and
+    the load average before each run, since the machine is shared; by default once with
+    torch's default threads (the headline) and once with one thread;
+(3) where the work goes: FLOPs per real token (torch's FlopCounterMode) of the forward,
+    the activation-only backward and the hooks' contraction, against the loop's forward +
+    full backward, and the rate each method reached.
 
-    .venv/bin/python bench/bench_gradients.py            # ~5 min on 2 quiet CPU cores
-    .venv/bin/python bench/bench_gradients.py --quick    # ~1 min
+    .venv/bin/python bench/bench_gradients.py            # ~7 min on 2 quiet CPU cores
+    .venv/bin/python bench/bench_gradients.py --quick    # ~3 min
+    .venv/bin/python bench/bench_gradients.py --threads 2  # one pair of speed runs
 
 Real text from ../shared/data/t0 (prompt/completion, <|endoftext|> stripped).
 Writes bench/results/gradients.md.
@@ -117,10 +123,27 @@ def accuracy(n_tiny: int, n_default: int, max_length: int) -> list[str]:
     return lines
 
 
-def worker(method: str, n: int, batch_size: int, max_length: int, dtype: str) -> dict:
+def gemm_rate(dtype: torch.dtype, seconds: float = 2.0) -> float:
+    """GFLOP/s of a matmul shaped like the hook path's big ones (a batch of 16 x 66 tokens
+    through an MLP projection, 576 x 1536), in this process's threads and dtype."""
+    a = torch.randn(1056, 576, dtype=dtype)
+    b = torch.randn(576, 1536, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    reps, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        a @ b
+        reps += 1
+    return 2 * 1056 * 576 * 1536 * reps / (time.perf_counter() - t) / 1e9
+
+
+def worker(method: str, n: int, batch_size: int, max_length: int, dtype: str,
+           threads: int = 0) -> dict:
     """Run one scoring method in this process; report time and peak RSS above the model."""
     from curator.models import load_model
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     lm = load_model(None, device="cpu", dtype=dtype)
     scope = gr.resolve_scope(lm.model)
@@ -132,17 +155,23 @@ def worker(method: str, n: int, batch_size: int, max_length: int, dtype: str) ->
         gr.hook_scores(lm, warm, u, scope, batch_size=2, max_length=max_length)
     else:
         gr.exact_scores(lm, warm, u, scope, max_length=max_length)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rate = gemm_rate(lm.dtype) if method == "hook" else None
+    load = os.getloadavg()[0]
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    base = r0.ru_maxrss
     t = time.perf_counter()
     if method == "hook":
         s = gr.hook_scores(lm, pool, u, scope, batch_size=batch_size, max_length=max_length)
     else:
         s = gr.exact_scores(lm, pool, u, scope, max_length=max_length)
     dt = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    peak = r1.ru_maxrss
     enc = gr.encode_samples(lm.tokenizer, pool, max_length)
     tokens = sum(len(e.input_ids) for e in enc if e is not None)
     return {"method": method, "n": n, "seconds": dt, "samples_per_s": n / dt,
+            "cpu_seconds": cpu, "load_before": load, "gemm_gflops": rate,
             "tokens": tokens, "peak_rss_mib": peak / 1024, "extra_rss_mib": (peak - base) / 1024,
             "dtype": str(lm.dtype).replace("torch.", ""), "n_modules": len(scope),
             "n_params": sum(p.numel() for p in gr.scope_parameters(lm.model, scope).values()),
@@ -150,27 +179,81 @@ def worker(method: str, n: int, batch_size: int, max_length: int, dtype: str) ->
             "scores": [float(x) for x in s.total]}
 
 
-def run_worker(method: str, n: int, batch_size: int, max_length: int, dtype: str) -> dict:
+def run_worker(method: str, n: int, batch_size: int, max_length: int, dtype: str,
+               threads: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, "--n", str(n), "--batch-size",
-           str(batch_size), "--max-length", str(max_length), "--dtype", dtype]
+           str(batch_size), "--max-length", str(max_length), "--dtype", dtype,
+           "--threads", str(threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
+def flop_split(n: int, batch_size: int, max_length: int, dtype: str) -> dict:
+    """FLOPs per real (unpadded) token on the speed run's first n samples, counted by
+    torch's FlopCounterMode (matmuls and attention): the hook path's forward, its
+    activation-only backward and its contraction, batched as hook_scores batches them;
+    and the loop's forward + full backward at batch 1. Not timed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from curator.models import load_model
+    from curator.scoring.encoding import collate
+
+    lm = load_model(None, device="cpu", dtype=dtype)
+    model = lm.model
+    scope = gr.resolve_scope(model)
+    u = random_u(lm, scope)
+    pool = t0_samples(n, seed=2)
+    enc = gr.encode_samples(lm.tokenizer, pool, max_length)
+    lengths = [len(e.input_ids) for e in enc]
+    batches = [collate([enc[i] for i in g], gr._pad_id(lm.tokenizer))
+               for g in gr.padding_aware_batches(lengths, batch_size)]
+
+    def count(f) -> float:
+        fc = FlopCounterMode(display=False)
+        with fc:
+            f()
+        return float(fc.get_total_flops())
+
+    def forward() -> None:
+        with torch.no_grad():
+            for b in batches:
+                gr.response_losses(model, b)
+
+    def forward_backward() -> None:
+        with gr.only_grad(model, []), gr._leaf_input_embeddings(model):
+            for b in batches:
+                gr.response_losses(model, b).sum().backward()
+
+    fwd = count(forward)
+    fwd_bwd = count(forward_backward)
+    hook = count(lambda: gr.hook_scores(lm, pool, u, scope, batch_size, max_length))
+    loop = count(lambda: gr.exact_scores(lm, pool, u, scope, max_length=max_length))
+    n_params = sum(p.numel() for p in gr.scope_parameters(model, scope).values())
+    tokens = sum(lengths)
+    padded = sum(b["input_ids"].numel() for b in batches)
+    return {"n": n, "tokens": tokens, "padding": 1 - tokens / padded,
+            "forward": fwd / tokens, "backward_act": (fwd_bwd - fwd) / tokens,
+            "contraction": (hook - fwd_bwd) / tokens, "hook": hook / tokens,
+            "loop": loop / tokens, "loop_dot": 2 * n_params * n / tokens}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer samples (~1 min)")
+    ap.add_argument("--quick", action="store_true", help="fewer samples (~2 min)")
     ap.add_argument("--worker", choices=["hook", "loop"], help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--dtype", default="auto", help="speed runs: auto (bf16 where the CPU has it), "
                     "bf16 or fp32")
+    ap.add_argument("--threads", default="0,1",
+                    help="torch threads of the speed runs, comma-separated, one hook + loop "
+                    "pair each (0: torch's default); the first is the headline")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gradients.md"))
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.n, args.batch_size, args.max_length,
-                                args.dtype)))
+                                args.dtype, int(args.threads))))
         return
 
     n_tiny, n_default = (8, 4) if args.quick else (16, 6)
@@ -179,13 +262,16 @@ def main() -> None:
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
     acc = accuracy(n_tiny, n_default, args.max_length)
-    hook = run_worker("hook", n_hook, args.batch_size, args.max_length, args.dtype)
-    print("hook", {k: v for k, v in hook.items() if k != "scores"}, flush=True)
-    loop = run_worker("loop", n_loop, 1, args.max_length, args.dtype)
-    print("loop", {k: v for k, v in loop.items() if k != "scores"}, flush=True)
-    # the loop's samples are the hook run's first n_loop: same scores up to precision
-    agree = spearman(np.array(hook["scores"][:n_loop]), np.array(loop["scores"]))
-    ratio = hook["samples_per_s"] / loop["samples_per_s"]
+    runs = []  # (hook, loop) per thread setting, one process at a time
+    for threads in [int(t) for t in args.threads.split(",")]:
+        hook = run_worker("hook", n_hook, args.batch_size, args.max_length, args.dtype, threads)
+        print("hook", {k: v for k, v in hook.items() if k != "scores"}, flush=True)
+        loop = run_worker("loop", n_loop, 1, args.max_length, args.dtype, threads)
+        print("loop", {k: v for k, v in loop.items() if k != "scores"}, flush=True)
+        runs.append((hook, loop))
+    hook, loop = runs[0]
+    fl = flop_split(n_loop, args.batch_size, args.max_length, hook["dtype"])
+    print("flops per token", fl, flush=True)
 
     cpu = "unknown CPU"
     try:
@@ -196,16 +282,44 @@ def main() -> None:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    rows, ratios, rates = [], [], []
+    for hook, loop in runs:
+        th = hook["threads"]
+        for label, r, batch in (("hooks, one batched backward", hook, args.batch_size),
+                                ("per-sample backward loop", loop, 1)):
+            rows.append(
+                f"| {label} | {th} | {r['dtype']} | {batch} | {r['n']} | {r['tokens']} | "
+                f"{r['load_before']:.1f} | {r['seconds']:.1f} | {r['samples_per_s']:.2f} | "
+                f"{r['cpu_seconds'] / r['n']:.3f} | {r['peak_rss_mib']:.0f} | "
+                f"{r['extra_rss_mib']:.0f} |")
+        ratio = hook["samples_per_s"] / loop["samples_per_s"]
+        # the loop's samples are the hook run's first n_loop: same scores up to precision
+        agree = spearman(np.array(hook["scores"][:n_loop]), np.array(loop["scores"]))
+        ratios.append(f"**{ratio:.1f}x** with {th} thread{'s' if th > 1 else ''} (Spearman "
+                      f"correlation of the two methods' scores on the shared {n_loop} "
+                      f"samples: {agree:.4f})")
+        # rate each method reached: its FLOPs per real token (counted on the loop's samples)
+        # times the tokens it processed, over its wall seconds; and the hook path's FLOPs
+        # alone at the rate of a lone matmul, whose time bounds what removing all else
+        # could give
+        rate_hook = fl["hook"] * hook["tokens"] / hook["seconds"] / 1e9
+        rate_loop = fl["loop"] * loop["tokens"] / loop["seconds"] / 1e9
+        floor = fl["hook"] * hook["tokens"] / hook["n"] / (hook["gemm_gflops"] * 1e9)
+        ceiling = (loop["seconds"] / loop["n"]) / floor
+        rates.append(
+            f"| {th} | {rate_hook:.0f} | {rate_loop:.0f} | {hook['gemm_gflops']:.0f} | "
+            f"{hook['seconds'] / hook['n']:.3f} | {floor:.3f} | "
+            f"{loop['seconds'] / loop['n']:.3f} | {ceiling:.1f}x |")
+    hook, loop = runs[0]
     md = [
         "# Gradient scores: hook-based <u, g_n> vs exact per-sample autograd",
         "",
         f"Command: `.venv/bin/python {command.strip()}`",
         "",
         f"Machine: {cpu}, {os.cpu_count()} CPU cores, {mem:.0f} GiB RAM, no GPU; "
-        f"torch {torch.__version__} ({hook['threads']} threads), Python "
-        f"{platform.python_version()}. The CPU was shared with other work while this ran, "
-        "so timings are indicative; the lead reruns on a quiet machine. 1-minute load "
-        f"average at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f}.",
+        f"torch {torch.__version__}, Python {platform.python_version()}. The CPU was shared "
+        "with other work while this ran (load averages below), so timings are indicative. "
+        f"1-minute load average at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f}.",
         "",
         f"Data: {n_hook} prompt/completion pairs from `shared/data/t0` (`<|endoftext|>` "
         f"stripped), max length {args.max_length} tokens. Total wall time "
@@ -223,22 +337,58 @@ def main() -> None:
         "",
         f"Scope: all {hook['n_modules']} linear layers ({hook['n_params'] / 1e6:.1f}M "
         "parameters). Per-sample loop = forward + full backward + <u, g_n> per sample at "
-        "batch 1 (LESS's way). Peak RSS: each method in its own process; 'extra' is the peak "
-        "above what the process held after loading the model and one warm-up call.",
+        "batch 1 (LESS's way). Both use the same loss code (output head on response "
+        "positions only, fp32 short-row attention). Each run in its own process, one at a "
+        "time; 'load' is the 1-minute load average just before it. Peak RSS: 'extra' is the "
+        "peak above what the process held after loading the model and one warm-up call. "
+        "CPU s / sample counts all threads, spin-waiting included (with 2 threads on a busy "
+        "machine that inflates it, most for the loop's many small operations).",
         "",
-        "| method | dtype | batch | samples | tokens | seconds | samples/s | peak RSS (MiB) | "
-        "extra peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| hooks, one batched backward | {hook['dtype']} | {args.batch_size} | {hook['n']} | "
-        f"{hook['tokens']} | {hook['seconds']:.1f} | {hook['samples_per_s']:.2f} | "
-        f"{hook['peak_rss_mib']:.0f} | {hook['extra_rss_mib']:.0f} |",
-        f"| per-sample backward loop | {loop['dtype']} | 1 | {loop['n']} | {loop['tokens']} | "
-        f"{loop['seconds']:.1f} | {loop['samples_per_s']:.2f} | {loop['peak_rss_mib']:.0f} | "
-        f"{loop['extra_rss_mib']:.0f} |",
+        "| method | threads | dtype | batch | samples | tokens | load | seconds | samples/s | "
+        "CPU s / sample | peak RSS (MiB) | extra peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
         "",
-        f"Speed-up (samples/s, hooks / loop): **{ratio:.1f}x**. Spearman correlation of the "
-        f"two methods' scores on the shared {n_loop} samples: {agree:.4f} "
-        "(both in the speed-run dtype).",
+        "Speed-up (samples/s, hooks / loop): " + "; ".join(ratios) + ".",
+        "",
+        "## Where the work goes",
+        "",
+        f"FLOPs per real token (torch FlopCounterMode: matmuls and attention; counted on the "
+        f"{fl['n']} loop samples, {fl['tokens']} tokens; the hook path batched as hook_scores "
+        f"batches them, {fl['padding']:.0%} padding):",
+        "",
+        "| pass | GFLOP / token |",
+        "|---|---|",
+        f"| hooks: forward (head on response positions only) | {fl['forward'] / 1e9:.3f} |",
+        f"| hooks: backward, activation gradients only | {fl['backward_act'] / 1e9:.3f} |",
+        f"| hooks: contraction, one projection matmul per module | "
+        f"{fl['contraction'] / 1e9:.3f} |",
+        f"| **hooks: total** | **{fl['hook'] / 1e9:.3f}** |",
+        f"| **loop: forward + full backward (activation and weight gradients)** | "
+        f"**{fl['loop'] / 1e9:.3f}** |",
+        f"| loop: per-sample <u, g_n> dot products (not in the count above) | "
+        f"{fl['loop_dot'] / 1e9:.4f} |",
+        "",
+        "Rates: each method's FLOPs per token x the tokens it processed / its wall seconds; "
+        f"'lone matmul' is a {hook['dtype']} 1056 x 576 x 1536 matmul (the shape of the hook "
+        "path's big ones) timed in the hook run's process just before it. 'Matmul floor' is "
+        "the hook path's FLOPs per sample at that rate; the loop's seconds per sample over it "
+        "is the most any removal of the hook path's other costs could give.",
+        "",
+        "| threads | hooks GFLOP/s | loop GFLOP/s | lone matmul GFLOP/s | hooks s / sample | "
+        "matmul floor s / sample | loop s / sample | ceiling on the speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+        *rates,
+        "",
+        "Both methods do the same matmul work per token: the hook path never forms a weight "
+        "gradient, but its contraction `sum_t delta_t^T U a_t` costs one projection of every "
+        "token through every module (`a @ U^T` or `delta @ U`), exactly the FLOPs of the "
+        "weight gradient `delta^T a` it replaces. For a general direction U no exact method "
+        "does less: each of the T tokens has to meet all of U. The speed-up therefore comes "
+        "only from the rate: large batched matmuls against batch-1 ones, and no "
+        "parameter-sized gradient written, converted to fp32 and read back per sample. A "
+        "GPU, where batch-1 matmuls use a small fraction of the device, gains far more from "
+        "batching than a CPU does (not measured here).",
         "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,11 @@ keeps the module's input ``a`` and a tensor hook on its output receives ``delta`
 of the pass is the SUM over samples of each sample's mean response-token loss, so row n of
 ``delta`` belongs to sample n alone (samples in a batch never interact in a causal LM with
 right padding). Parameters are frozen during that pass: only activation gradients are
-needed, which skips the weight-gradient matmuls of an ordinary backward.
+needed, which skips the weight-gradient matmuls of an ordinary backward; the contraction
+costs the same FLOPs instead (one projection of every token per module), so the gain over a
+per-sample loop is batching, not arithmetic (see bench/results/gradients.md). Scoring passes
+run the output head on response positions only and, on CPU, short rows through an fp32
+attention that beats SDPA's CPU kernel (``response_losses``).
 """
 
 from __future__ import annotations
@@ -194,6 +198,37 @@ def iter_batches(encoded: Sequence[EncodedSample | None], batch_size: int, pad_i
         yield idx, collate([encoded[i] for i in idx], pad_id, device)
 
 
+# Per-batch cost, in padded tokens, that padding_aware_batches weighs against padding: on
+# SmolLM2 on CPU a scoring batch's fixed cost (hooks, small kernels) is worth a few dozen
+# tokens of compute, and matmuls over a few hundred rows already run near full speed.
+BATCH_OVERHEAD_TOKENS = 64
+
+
+def padding_aware_batches(lengths: Sequence[int], batch_size: int,
+                          overhead: float = BATCH_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Index batches of at most ``batch_size`` samples, longest first, cutting the sorted
+    lengths where padded tokens + ``overhead`` per batch is smallest (exact dynamic
+    programme over contiguous groups; O(len * batch_size)). Only for passes whose results
+    do not depend on the batching (per-sample scores): a lone long sample gets a batch of
+    its own instead of padding fifteen others to its length."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    L = [lengths[i] for i in order]
+    n = len(L)
+    best = [0.0] + [math.inf] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - batch_size), j):
+            c = best[i] + (j - i) * L[i] + overhead  # L[i]: the group's longest
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    groups = []
+    j = n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
 def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -226,6 +261,149 @@ def batch_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 use_cache=False)
     return per_sample_response_loss(out.logits, batch["labels"])
+
+
+# Short rows on CPU: SDPA's CPU flash kernel is slow in backward (per layer of SmolLM2's
+# 9 x 64 heads, 16 x 101 tokens, bf16 inputs, one thread: 55 ms forward + backward against
+# 30 ms for _short_row_attention, whose gradients are also closer to fp64: 1.7e-3 relative
+# error vs 4-5e-3; HF's own eager attention rounds the scores to bf16: 9e-3). It keeps the
+# fp32 (B, H, T, T) probabilities for backward, so only rows up to this width use it;
+# longer rows keep the model's own attention (at 8 x 256 tokens flash was as fast).
+SHORT_ROW_ATTENTION_MAX_WIDTH = 128
+_SHORT_ROW_ATTENTION = "curator_short_rows"
+
+
+def _short_row_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                         value: torch.Tensor, attention_mask: torch.Tensor | None,
+                         dropout: float = 0.0, scaling: float | None = None,
+                         is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """Attention for HF's AttentionInterface, all in fp32 whatever the model's dtype
+    (attention is a few % of the FLOPs; bf16 scores would cost accuracy); grouped K/V
+    heads are shared by reshaping the queries rather than copying K/V. Anything unusual
+    (dropout, caches, soft-capping, sliding windows, float masks) goes to HF's SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    B, H, T, D = query.shape
+    Hkv = key.shape[1]
+    plain = (not dropout and key.shape[2] == T and H % Hkv == 0
+             and (attention_mask is None or attention_mask.dtype == torch.bool)
+             and all(kwargs.get(k) is None for k in ("position_bias", "cache", "softcap",
+                                                      "s_aux", "sliding_window"))
+             and not kwargs.get("output_attentions", False))
+    if not plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout, scaling=scaling, is_causal=is_causal,
+                                      **kwargs)
+    g = H // Hkv  # query heads per K/V head, consecutive (as repeat_kv orders them)
+    scores = query.float().reshape(B, Hkv, g * T, D) @ key.float().transpose(-1, -2)
+    scores = scores.mul_(D ** -0.5 if scaling is None else scaling).view(B, Hkv, g, T, T)
+    if attention_mask is not None:  # SDPA format: True = attend, (B or 1, 1, T, T)
+        scores = scores.masked_fill(~attention_mask[:, :, None], torch.finfo(torch.float32).min)
+    elif T > 1 and (is_causal if is_causal is not None else getattr(module, "is_causal", True)):
+        causal = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~causal, torch.finfo(torch.float32).min)
+    probs = torch.softmax(scores, -1).view(B, Hkv, g * T, T)
+    out = (probs @ value.float()).to(value.dtype).view(B, H, T, value.shape[-1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_short_row_attention() -> bool:
+    """Register _short_row_attention (and SDPA's mask format for it) with transformers."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError:  # pragma: no cover - older transformers
+        return False
+    if _SHORT_ROW_ATTENTION not in AttentionMaskInterface._global_mapping:
+        AttentionInterface.register(_SHORT_ROW_ATTENTION, _short_row_attention)
+        AttentionMaskInterface.register(_SHORT_ROW_ATTENTION, sdpa_mask)
+    return True
+
+
+@contextmanager
+def scoring_attention(model: nn.Module, width: int) -> Iterator[None]:
+    """For a pass over rows of ``width`` tokens, switch an SDPA model on CPU to
+    _short_row_attention where that is faster (short rows); restores the model's own
+    implementation afterwards."""
+    cfg = getattr(model, "config", None)
+    impl = getattr(cfg, "_attn_implementation", None)
+    switch = (impl == "sdpa" and width <= SHORT_ROW_ATTENTION_MAX_WIDTH
+              and _device_of(model).type == "cpu"
+              and hasattr(model, "set_attn_implementation")
+              and getattr(model, "_can_set_attn_implementation", lambda: False)()
+              and _register_short_row_attention())
+    if switch:
+        try:
+            model.set_attn_implementation(_SHORT_ROW_ATTENTION)
+        except (ValueError, ImportError, AttributeError, KeyError):  # pragma: no cover
+            switch = False
+    try:
+        yield
+    finally:
+        if switch:
+            model.set_attn_implementation(impl)
+
+
+# Gathered head rows are zero-padded to at least this many: CPU fp32 matmuls with 1-3 rows
+# take a kernel that accumulates the head's backward over the 49k-entry vocabulary with
+# ~1e-4 relative error (softmax gradients cancel heavily there), against ~1e-6 from 4 rows.
+MIN_HEAD_ROWS = 16
+
+
+def response_logits(model: nn.Module, batch: dict[str, torch.Tensor],
+                    valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(n_tok, V) next-token logits at the response positions only, in the model's dtype.
+
+    ``valid``: (B, T-1) mask of the positions whose next token is a response token (default:
+    from ``batch["labels"]``); rows are in ``valid.nonzero()`` order. A forward pre-hook on
+    the output head gathers those hidden states before the head, so the (B, T, V) logits are
+    never formed: the head's matmul forward and backward shrink from B*T rows to n_tok (on
+    t0-style data ~10% of the tokens, and the head is 20% of SmolLM2's forward). Anything
+    the model applies after its head (logit scaling, soft-capping) is elementwise and still
+    applies. Falls back to slicing full logits when the head cannot be found.
+    """
+    if valid is None:
+        valid = batch["labels"][:, 1:].ne(-100)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    B, W = batch["input_ids"].shape
+    gathered = []
+
+    def gather(module: nn.Module, args: tuple) -> tuple | None:
+        h = args[0]
+        if h.dim() != 3 or h.shape[0] != B or h.shape[1] != W:
+            return None  # not the final hidden states (unexpected call): leave it alone
+        x = h[:, :-1][valid]
+        gathered.append(x.shape[0])
+        if x.shape[0] < MIN_HEAD_ROWS:
+            x = torch.cat([x, x.new_zeros(MIN_HEAD_ROWS - x.shape[0], x.shape[1])])
+        return (x, *args[1:])
+
+    handle = head.register_forward_pre_hook(gather) if isinstance(head, nn.Module) else None
+    try:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    use_cache=False)
+    finally:
+        if handle is not None:
+            handle.remove()
+    logits = out.logits
+    if gathered and logits.dim() == 2:
+        return logits[:gathered[0]]
+    return logits[:, :-1][valid]
+
+
+def response_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) per-sample mean response loss, like :func:`batch_losses` (same value), but the
+    output head only sees response positions and short CPU rows use _short_row_attention."""
+    labels = batch["labels"]
+    shift_labels = labels[:, 1:]
+    valid = shift_labels.ne(-100)
+    rows = valid.nonzero(as_tuple=True)[0]
+    with scoring_attention(model, labels.shape[1]):
+        logits = response_logits(model, batch, valid)
+    tok_loss = F.cross_entropy(logits.float(), shift_labels[valid], reduction="none")
+    B = labels.shape[0]
+    total = torch.zeros(B, dtype=torch.float32, device=logits.device).index_add(0, rows, tok_loss)
+    return total / valid.sum(1).clamp_min(1)
 
 
 @contextmanager
@@ -286,7 +464,7 @@ def pool_gradients(lm: LoadedModel, samples: Sequence[Sample], scope: Sequence[S
     n = n_batches = 0
     with only_grad(model, plist):
         for idx, batch in iter_batches(encoded, batch_size, _pad_id(lm.tokenizer), lm.device):
-            loss = batch_losses(model, batch).sum()
+            loss = response_losses(model, batch).sum()
             grads = torch.autograd.grad(loss, plist, allow_unused=True)
             for name, g in zip(names, grads, strict=True):
                 if g is None:
@@ -337,16 +515,15 @@ def kl_prior_gradient(lm: LoadedModel, reference: nn.Module, anchors: Sequence[S
         for _, batch in iter_batches(encoded, batch_size, _pad_id(lm.tokenizer), lm.device):
             valid = batch["labels"][:, 1:].ne(-100)  # (B, T-1)
             rows = valid.nonzero(as_tuple=True)[0]
-            with torch.no_grad():
-                t_out = reference(input_ids=batch["input_ids"].to(ref_device),
-                                  attention_mask=batch["attention_mask"].to(ref_device),
-                                  use_cache=False)
-                t_logits = t_out.logits[:, :-1][valid.to(ref_device)].to(lm.device).float()
-                log_q = F.log_softmax(t_logits / tau, -1)  # (n_tok, V)
+            width = valid.shape[1] + 1
+            with torch.no_grad(), scoring_attention(reference, width):
+                ref_batch = {k: v.to(ref_device) for k, v in batch.items()}
+                t_logits = response_logits(reference, ref_batch, valid.to(ref_device))
+                log_q = F.log_softmax(t_logits.to(lm.device).float() / tau, -1)  # (n_tok, V)
                 q = log_q.exp()
-            s_out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          use_cache=False)
-            log_p = F.log_softmax(s_out.logits[:, :-1][valid].float() / tau, -1)
+            with scoring_attention(model, width):
+                s_logits = response_logits(model, batch, valid)
+            log_p = F.log_softmax(s_logits.float() / tau, -1)
             kl_tok = (q * (log_q - log_p)).sum(-1)  # (n_tok,)
             B = valid.shape[0]
             n_tok = valid.sum(1).clamp_min(1)
@@ -381,7 +558,7 @@ def warmup_copy(lm: LoadedModel, samples: Sequence[Sample], steps: int = 20, lr:
     for _ in range(steps):
         pick = torch.randperm(len(ok), generator=gen)[:batch_size].tolist()
         batch = collate([encoded[ok[i]] for i in pick], _pad_id(lm.tokenizer), lm.device)
-        loss = batch_losses(model, batch).mean()
+        loss = response_losses(model, batch).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -479,13 +656,32 @@ def _layer_sort_key(name: str) -> tuple[int, int]:
     return (0, int(name.rsplit(".", 1)[1]))
 
 
+# Gather the real (non-padding) tokens before the per-module contraction when padding is
+# more than this fraction of a batch's B*T positions: the gather copies cost less than the
+# padding rows of the projection matmul they remove.
+GATHER_PADDING_FRACTION = 0.1
+
+
 class _ScoreHooks:
     """Forward hooks that keep each scoped module's input and hang a tensor hook on its
-    output; the tensor hook adds ``sum_t delta_t^T U a_t`` per row into ``scores``."""
+    output; the tensor hook adds ``sum_t delta_t^T U a_t`` per row into ``scores``.
+
+    Per module and batch the contraction is one matmul, ``a @ U^T`` or ``delta @ U``
+    (whichever side is narrower, so the temporary is (tokens, min(in, out))), then a
+    row-wise dot in fp32 and a sum over each sample's tokens. Padding positions carry
+    ``delta = 0``; when they are a sizeable part of the batch only the real tokens enter
+    the matmul (``begin(keep=...)``). A head fed only the response positions (see
+    :func:`response_logits`) has 2-D (n_tok, .) input and output: its rows are mapped back
+    to samples through ``rows``.
+    """
 
     def __init__(self, scope: Sequence[ScopedModule], u: Mapping[str, torch.Tensor],
                  device: torch.device):
         self.scores: torch.Tensor | None = None  # (B, M) fp32
+        self.keep: torch.Tensor | None = None  # (B, T) bool: tokens entering the contraction
+        self.token_rows: torch.Tensor | None = None  # (n_keep,) sample of each kept token
+        self.rows: torch.Tensor | None = None  # (n_tok,) sample of each gathered head row
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (input, its gather)
         self.handles = []
         for m, s in enumerate(scope):
             uw = u.get(s.weight)
@@ -496,50 +692,87 @@ class _ScoreHooks:
                 uw = uw.t()  # Conv1D stores (in, out); work with (out, in) like nn.Linear
             self.handles.append(s.module.register_forward_hook(self._make_hook(m, s.kind, uw, ub)))
 
+    def begin(self, batch_size: int, device: torch.device, keep: torch.Tensor | None = None,
+              rows: torch.Tensor | None = None) -> None:
+        self.scores = torch.zeros(batch_size, len(self.handles), dtype=torch.float32,
+                                  device=device)
+        self.keep = keep
+        self.token_rows = None if keep is None else keep.nonzero(as_tuple=True)[0]
+        self.rows = rows
+        self._last = None
+
+    def end(self) -> torch.Tensor:
+        scores = self.scores
+        self.scores = self.keep = self.token_rows = self.rows = self._last = None
+        return scores
+
+    def _gather(self, a: torch.Tensor) -> torch.Tensor:
+        """a[keep], shared by consecutive modules reading the same input (q/k/v, gate/up)."""
+        if self._last is not None and self._last[0] is a:
+            return self._last[1]
+        g = a[self.keep]
+        self._last = (a, g)
+        return g
+
     def _make_hook(self, m: int, kind: str, uw: torch.Tensor | None,
                    ub: torch.Tensor | None) -> Callable:
         low: dict[torch.dtype, torch.Tensor] = {}  # uw in a half-precision activation dtype
 
         def weight_in(dtype: torch.dtype) -> torch.Tensor:
-            # The (B, T, in) x (in, out) projection is the hook's one big matmul. With bf16/fp16
-            # activations it runs in that dtype (fp32 accumulate inside the matmul, fp32 for
-            # the reduction below): the activations and delta already carry only that
-            # precision, and fp32 would halve the speed. fp32 models stay fp32 throughout.
+            # The (tokens, in) x (in, out) projection is the hook's one big matmul. With
+            # bf16/fp16 activations it runs in that dtype (fp32 accumulate inside the matmul,
+            # fp32 for the reduction below): the activations and delta already carry only
+            # that precision, and fp32 would halve the speed. fp32 models stay fp32.
             if dtype not in (torch.bfloat16, torch.float16):
                 return uw
             if dtype not in low:
                 low[dtype] = uw.to(dtype)
             return low[dtype]
 
-        def contribution(a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-            B = delta.shape[0]
-            out = torch.zeros(B, dtype=torch.float32, device=delta.device)
+        def per_token(a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+            """delta_t^T U a_t (+ delta_t^T u_b) for every token: shape delta.shape[:-1]."""
+            out = torch.zeros(delta.shape[:-1], dtype=torch.float32, device=delta.device)
             if uw is not None:
                 if kind == "embedding":  # U[ids] is the row each token's gradient lands on
-                    out += (delta.float() * uw[a]).reshape(B, -1).sum(1)
+                    out += (delta.float() * uw[a]).sum(-1)
                 else:
                     w = weight_in(a.dtype)  # (out, in)
-                    # project whichever side is narrower: the temporary is (B, T, min(in, out))
+                    # proj is this hook's own temporary, so the fp32 product can be formed
+                    # in place in it (or in its fp32 copy); the products of bf16 values are
+                    # exact in fp32, so this is the same sum as multiplying two fp32 copies
                     if w.shape[0] <= w.shape[1]:
-                        proj = a.to(w.dtype) @ w.t()  # (B, T, out)
-                        out += (delta.float() * proj.float()).reshape(B, -1).sum(1)
+                        proj = a.to(w.dtype) @ w.t()  # (..., out)
+                        out += proj.float().mul_(delta).sum(-1)
                     else:
-                        proj = delta.to(w.dtype) @ w  # (B, T, in)
-                        out += (a.float() * proj.float()).reshape(B, -1).sum(1)
+                        proj = delta.to(w.dtype) @ w  # (..., in)
+                        out += proj.float().mul_(a).sum(-1)
             if ub is not None:
-                out += (delta.float() * ub).reshape(B, -1).sum(1)
+                out += (delta.float() * ub).sum(-1)
             return out
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             if self.scores is None or not output.requires_grad:
                 return
-            if output.shape[0] != self.scores.shape[0]:
-                raise RuntimeError(f"module output has batch size {output.shape[0]}, expected "
-                                   f"{self.scores.shape[0]}: cannot separate samples")
+            B = self.scores.shape[0]
             a = args[0].detach()
+            if output.dim() == 2 and self.rows is not None and output.shape[0] >= len(self.rows):
+                rows = self.rows  # the head on gathered response positions (+ zero rows)
+                a = a[:len(rows)]
 
-            def on_grad(delta: torch.Tensor) -> None:
-                self.scores[:, m] += contribution(a, delta)
+                def on_grad(delta: torch.Tensor) -> None:
+                    self.scores[:, m].index_add_(0, rows, per_token(a, delta[:len(rows)]))
+            elif output.shape[0] != B:
+                raise RuntimeError(f"module output has batch size {output.shape[0]}, expected "
+                                   f"{B}: cannot separate samples")
+            elif self.keep is not None and output.shape[:2] == self.keep.shape:
+                keep, rows = self.keep, self.token_rows
+                a = self._gather(a)
+
+                def on_grad(delta: torch.Tensor) -> None:
+                    self.scores[:, m].index_add_(0, rows, per_token(a, delta[keep]))
+            else:
+                def on_grad(delta: torch.Tensor) -> None:
+                    self.scores[:, m] += per_token(a, delta).reshape(B, -1).sum(1)
 
             output.register_hook(on_grad)
 
@@ -558,13 +791,32 @@ def _progress(it, enabled: bool, total: int, desc: str):
     return tqdm(it, total=total, desc=desc)
 
 
+@contextmanager
+def _leaf_input_embeddings(model: nn.Module) -> Iterator[None]:
+    """Make the token embedding's output the one tensor that requires grad (prepended, so
+    scope hooks on the embedding see it): with every parameter frozen the backward pass
+    then computes activation gradients only, never a weight gradient."""
+    emb = model.get_input_embeddings()
+    handle = emb.register_forward_hook(lambda mod, args, out: out.requires_grad_(True),
+                                       prepend=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def hook_scores(lm: LoadedModel, samples: Sequence[Sample], u: Mapping[str, torch.Tensor],
                 scope: Sequence[ScopedModule] | None = None, batch_size: int = 16,
                 max_length: int | None = None, progress: bool = False) -> SampleScores:
     """``<u, g_n>`` for every sample, and per scoped module, from batched backward passes.
 
-    Memory: one batch's activations (autograd keeps them anyway) plus a (B, T, min(in, out))
-    temporary per module; no per-sample gradient is ever formed.
+    Per batch: one forward and one backward that computes activation gradients only
+    (every parameter frozen; no weight gradient is ever formed), the output head applied
+    to response positions only, and per scoped module one projection matmul plus a
+    row-wise dot (see ``_ScoreHooks``). Batches hold samples of similar length.
+
+    Memory: one batch's activations (autograd keeps most of them anyway) plus a
+    (tokens, min(in, out)) temporary per module; no per-sample gradient is ever formed.
     """
     model = lm.model
     scope = list(scope) if scope is not None else scope_for(model, u)
@@ -574,28 +826,31 @@ def hook_scores(lm: LoadedModel, samples: Sequence[Sample], u: Mapping[str, torc
     encoded = encode_samples(lm.tokenizer, samples, _max_len(lm, max_length))
     skipped = [i for i, e in enumerate(encoded) if e is None]
     hooks = _ScoreHooks(scope, u, lm.device)
-    # Only activation gradients are needed: freeze every parameter and make the token
-    # embedding output the leaf that requires grad (prepended so scope hooks see it).
-    emb = model.get_input_embeddings()
-    leaf = emb.register_forward_hook(lambda mod, args, out: out.requires_grad_(True),
-                                     prepend=True)
     was_training = model.training
     model.eval()  # no dropout: scores must be deterministic
-    n_batches = math.ceil((N - len(skipped)) / batch_size)
+    ok = [i for i, e in enumerate(encoded) if e is not None]
+    groups = padding_aware_batches([len(encoded[i].input_ids) for i in ok], batch_size)
+    pad_id = _pad_id(lm.tokenizer)
+    batches = (([ok[g] for g in group], collate([encoded[ok[g]] for g in group], pad_id,
+                                                 lm.device)) for group in groups)
     try:
-        with only_grad(model, []):
-            batches = iter_batches(encoded, batch_size, _pad_id(lm.tokenizer), lm.device)
-            for idx, batch in _progress(batches, progress, n_batches, "gradient scores"):
-                hooks.scores = torch.zeros(len(idx), M, dtype=torch.float32, device=lm.device)
-                with torch.enable_grad():
-                    batch_losses(model, batch).sum().backward()
-                s = hooks.scores.double().cpu().numpy()
+        with only_grad(model, []), _leaf_input_embeddings(model):
+            for idx, batch in _progress(batches, progress, len(groups), "gradient scores"):
+                mask = batch["attention_mask"].bool()
+                padded = 1.0 - float(mask.sum()) / mask.numel()
+                valid = batch["labels"][:, 1:].ne(-100)
+                hooks.begin(len(idx), lm.device,
+                            keep=mask if padded > GATHER_PADDING_FRACTION else None,
+                            rows=valid.nonzero(as_tuple=True)[0])
+                try:
+                    with torch.enable_grad():
+                        response_losses(model, batch).sum().backward()
+                finally:
+                    s = hooks.end().double().cpu().numpy()
                 per_module[idx] = s
                 total[idx] = s.sum(1)
-                hooks.scores = None
     finally:
         hooks.remove()
-        leaf.remove()
         model.train(was_training)
     return SampleScores(total, per_module, [s.name for s in scope], skipped)
 
@@ -618,7 +873,7 @@ def per_sample_gradients(lm: LoadedModel, samples: Sequence[Sample],
                     yield None
                     continue
                 batch = collate([e], _pad_id(lm.tokenizer), lm.device)
-                loss = batch_losses(model, batch).sum()
+                loss = response_losses(model, batch).sum()
                 grads = torch.autograd.grad(loss, plist, allow_unused=True)
                 yield {n: (torch.zeros_like(p, dtype=torch.float32) if g is None else g.float())
                        for n, p, g in zip(names, plist, grads, strict=True)}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from curator.records import Sample
 from curator.scoring import gradients as gr
@@ -228,3 +229,128 @@ def test_bf16_hook_scores_track_fp32_exact(arch):
     assert rel_err(hook.total, exact.total) < 2e-2
     stats = gr.gradient_statistics(lm16, samples, samples[:2], scope=scope)
     assert all(v.dtype == torch.float32 for v in stats.G.values())
+
+
+class _MatmulLog(TorchDispatchMode):
+    """Records the contracted (inner) dimension of every 2-D matmul."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+            a = args[0] if func is torch.ops.aten.mm.default else args[1]
+            self.inner.append(int(a.shape[-1]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_hook_path_forms_no_weight_gradient_and_matches_exact(tiny_lm):
+    """Only activation gradients: no matmul contracts over tokens (a weight gradient
+    dW = delta^T a does), no parameter gets a .grad, and the requires_grad flags come back.
+    The exact per-sample path, which does form dW, is the positive control."""
+    lm = tiny_lm
+    samples = make_samples(7, seed=9)
+    scope = gr.resolve_scope(lm.model)
+    u = random_direction(lm, scope, seed=4)
+    flags = {n: p.requires_grad for n, p in lm.model.named_parameters()}
+    # every dimension a linear layer, the head or the embedding has: activation matmuls
+    # (forward, backward to the inputs, and the hooks' projections) contract over these
+    model_dims = {d for p in lm.model.parameters() if p.dim() == 2 for d in p.shape}
+    hook_log = _MatmulLog()
+    with hook_log:
+        hook = gr.hook_scores(lm, samples, u, scope, batch_size=3)
+    assert hook_log.inner and set(hook_log.inner) <= model_dims
+    assert all(p.grad is None for p in lm.model.parameters())
+    assert {n: p.requires_grad for n, p in lm.model.named_parameters()} == flags
+    exact_log = _MatmulLog()
+    with exact_log:
+        exact = gr.exact_scores(lm, samples, u, scope)
+    assert set(exact_log.inner) - model_dims  # dW matmuls contract over each sample's tokens
+    assert rel_err(hook.total, exact.total) < 1e-5
+    assert rel_err(hook.per_module, exact.per_module) < 1e-5
+
+
+def test_response_losses_equal_full_logit_losses(tiny_lm):
+    """The head on response positions only (and the short-row attention on CPU) gives
+    the same per-sample losses as full logits through the model's own attention."""
+    lm = tiny_lm
+    encoded = gr.encode_samples(lm.tokenizer, make_samples(5, seed=10), 512)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return gr._short_row_attention(*args, **kwargs)
+
+    assert gr._register_short_row_attention()
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(gr._SHORT_ROW_ATTENTION, spy)
+    try:
+        for rows in (encoded, encoded[:1]):  # padded batch; one row, no mask (causal)
+            batch = collate(rows, lm.tokenizer.pad_token_id)
+            with torch.no_grad():
+                fast = gr.response_losses(lm.model, batch)
+                full = gr.batch_losses(lm.model, batch)
+            torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
+    finally:
+        AttentionInterface.register(gr._SHORT_ROW_ATTENTION, gr._short_row_attention)
+    assert calls  # the short-row attention ran
+    assert lm.model.config._attn_implementation == "sdpa"  # restored after the pass
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_short_row_attention_matches_sdpa_with_grouped_heads(masked):
+    torch.manual_seed(0)
+    B, H, Hkv, T, D = 3, 6, 2, 7, 8
+    q = torch.randn(B, H, T, D, requires_grad=True)
+    k = torch.randn(B, Hkv, T, D, requires_grad=True)
+    v = torch.randn(B, Hkv, T, D, requires_grad=True)
+    mask = None
+    if masked:  # right padding: the last row has 3 real tokens
+        keys = torch.ones(B, T, dtype=torch.bool)
+        keys[-1, 3:] = False
+        mask = torch.ones(T, T, dtype=torch.bool).tril()[None, None] & keys[:, None, None, :]
+    module = torch.nn.Module()
+    got, _ = gr._short_row_attention(module, q, k, v, mask, scaling=0.3)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                         scale=0.3, enable_gqa=True).transpose(1, 2)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(got, (q, k, v), g)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_hook_scores_gather_real_tokens_when_padding_is_large(tiny_llama, monkeypatch):
+    """Padding-heavy batches take the gathered-token contraction; same scores."""
+    samples = make_samples(6, seed=11) + [Sample.from_pair("long " * 30, "answer " * 10)]
+    scope = gr.resolve_scope(tiny_llama.model)
+    u = random_direction(tiny_llama, scope, seed=5)
+    monkeypatch.setattr(gr, "GATHER_PADDING_FRACTION", 1.0)  # never gather
+    dense = gr.hook_scores(tiny_llama, samples, u, scope, batch_size=7)
+    monkeypatch.setattr(gr, "GATHER_PADDING_FRACTION", 0.0)  # always gather
+    gathered = gr.hook_scores(tiny_llama, samples, u, scope, batch_size=7)
+    exact = gr.exact_scores(tiny_llama, samples, u, scope)
+    assert rel_err(gathered.per_module, dense.per_module) < 1e-5
+    assert rel_err(gathered.total, exact.total) < 1e-5
+
+
+def test_padding_aware_batches_cover_every_sample_once_with_less_padding():
+    from curator.scoring.encoding import length_batches
+
+    rng = np.random.default_rng(12)
+    lengths = [int(x) for x in rng.integers(20, 200, size=101)] + [500]
+    batches = gr.padding_aware_batches(lengths, 16)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(1 <= len(b) <= 16 for b in batches)
+    assert batches[0] == [101]  # the outlier alone, longest first
+    widths = [max(lengths[i] for i in b) for b in batches]
+    assert widths == sorted(widths, reverse=True)
+
+    def cost(bs):
+        return sum(len(b) * max(lengths[i] for i in b) + gr.BATCH_OVERHEAD_TOKENS for b in bs)
+
+    assert cost(batches) <= cost(length_batches(lengths, 16))
+    assert gr.padding_aware_batches([], 4) == []
