@@ -8,7 +8,8 @@ here are the plain numpy reference; the same state is handed to the compiled loo
 
 Orientation: a kernel ``S`` has shape ``(n_cover, n_candidates)``; ``S[i, a]`` is how well
 candidate ``a`` represents (covers) item ``i``. In DELIFT's usual case both axes are the same
-pool, ``S`` is square and ``S[i, i] = 1``.
+pool and ``S`` is square; its diagonal is 1 for embedding kernels and, by default, each row's
+best off-diagonal value for utility kernels (see :mod:`curator.scoring.kernels`).
 
 FL, FLMI and FLCG are all facility location over a per-row transformed kernel, which is why one
 coverage core serves them:
