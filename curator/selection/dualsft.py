@@ -41,6 +41,7 @@ from curator.scoring.gradients import (
     update_direction,
     warmup_copy,
 )
+from curator.selection.budget import parse_budget
 
 Mask = dict[str, torch.Tensor]
 
@@ -85,19 +86,13 @@ class DualSFTResult:
         return [pool[i].sample_id for i in self.selected]
 
 
-def resolve_count(budget: int | float, n: int, what: str) -> int:
-    """A count (int >= 1) or a fraction in (0, 1] of n; a fraction rounds, never below 1."""
-    if n <= 0:
-        raise ValueError(f"cannot take a {what} budget from nothing (n={n})")
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise ValueError(f"{what} budget must be a count or a fraction in (0, 1], got {budget!r}")
-    if isinstance(budget, int) and budget > 1:
-        if budget > n:
-            raise ValueError(f"{what} budget {budget} is larger than the {n} available")
-        return budget
-    if not 0.0 < float(budget) <= 1.0:
-        raise ValueError(f"{what} budget must be a count or a fraction in (0, 1], got {budget!r}")
-    return max(1, min(n, round(float(budget) * n)))
+def resolve_count(budget: int | float | str, n: int, what: str) -> int:
+    """``parse_budget`` (a count, a fraction in (0, 1] or a percentage of n) with errors that
+    say which budget was wrong. An int 1 is one sample, a float 1.0 the whole pool."""
+    try:
+        return parse_budget(budget, n)
+    except ValueError as exc:
+        raise ValueError(f"{what} budget: {exc}") from None
 
 
 def _topk_into(mask: torch.Tensor, score: torch.Tensor, k: int) -> None:

@@ -75,7 +75,9 @@ def test_resolve_count():
     assert resolve_count(0.01, 10, "data") == 1
     assert resolve_count(7, 10, "data") == 7
     assert resolve_count(1.0, 10, "data") == 10
-    for bad in (0, 11, 1.5, -1, "3"):
+    assert resolve_count(1, 10, "data") == 1  # an int is a count: one sample, not all
+    assert resolve_count("30%", 10, "data") == 3
+    for bad in (0, 11, 1.5, -1, "x", True):
         with pytest.raises(ValueError, match="budget"):
             resolve_count(bad, 10, "data")
 
