@@ -143,9 +143,13 @@ def export_selection(store: Store, selection_id: str, out: str | Path, fmt: str 
             path = tmp / "layers.json"
             path.write_text(json.dumps(layers, indent=1))
             written.append(path)
-        files = {str(p.relative_to(tmp)): sha256_file(p) for p in written}
-        manifest = _manifest(sel, fmt, samples, files, mask, layers)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in written}
+        # Round-trip through JSON first so the digest covers exactly what a reader loads.
+        manifest = json.loads(json.dumps(_manifest(sel, fmt, samples, files, mask, layers),
+                                         default=str))
+        manifest["manifest_sha256"] = manifest_digest(manifest)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False),
+                                           encoding="utf-8")
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -189,17 +193,41 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own digest field: an edited
+    manifest (another sample list, another stage) no longer matches it."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def verify_export(path: str | Path) -> list[str]:
-    """Problems found checking an export against its manifest (empty list: all good)."""
+    """Problems found checking an export against its manifest (empty list: all good): files
+    missing, changed or not listed (hidden files such as .DS_Store aside), and a manifest
+    edited after it was written."""
     path = Path(path)
-    manifest = json.loads((path / "manifest.json").read_text())
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return ["missing manifest.json"]
+    except (OSError, ValueError) as exc:
+        return [f"manifest.json is not readable JSON ({exc})"]
     problems = []
-    for rel, digest in manifest["files"].items():
+    digest = manifest.get("manifest_sha256")
+    if digest is not None and digest != manifest_digest(manifest):
+        problems.append("manifest.json was edited after export (its digest does not match)")
+    listed = manifest.get("files") or {}
+    for rel, sha in listed.items():
         f = path / rel
-        if not f.exists():
+        if not f.is_file():
             problems.append(f"missing {rel}")
-        elif sha256_file(f) != digest:
+        elif sha256_file(f) != sha:
             problems.append(f"checksum mismatch {rel}")
+    for f in sorted(path.rglob("*")):
+        rel = f.relative_to(path)
+        if f.is_file() and rel.as_posix() not in listed and str(rel) != "manifest.json" \
+                and not any(part.startswith(".") for part in rel.parts):
+            problems.append(f"unexpected file {rel.as_posix()} (not in the manifest)")
     return problems
 
 

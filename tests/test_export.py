@@ -16,6 +16,7 @@ from curator.export import (
     ExportError,
     export_selection,
     load_export,
+    manifest_digest,
     sha256_file,
     verify_export,
 )
@@ -181,6 +182,29 @@ def test_tampering_is_reported_and_refused(store, selection, tmp_path):
     assert len(load_export(result.path, verify=False).samples) == 4
     data.unlink()
     assert verify_export(result.path) == ["missing data.jsonl"]
+
+
+def test_an_edited_manifest_and_unlisted_files_are_reported(store, selection, tmp_path):
+    sid, _ = selection
+    result = export_selection(store, sid, tmp_path / "out", "jsonl")
+    manifest_path = result.path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["manifest_sha256"] == manifest_digest(manifest)
+    (result.path / ".DS_Store").write_text("finder")  # hidden files are not the export's
+    assert verify_export(result.path) == []
+    (result.path / "extra.jsonl").write_text("{}\n")
+    assert verify_export(result.path) == ["unexpected file extra.jsonl (not in the manifest)"]
+    (result.path / "extra.jsonl").unlink()
+    manifest["sample_ids"] = manifest["sample_ids"][:1]  # claims another subset
+    manifest_path.write_text(json.dumps(manifest))
+    assert verify_export(result.path) == [
+        "manifest.json was edited after export (its digest does not match)"]
+    with pytest.raises(ExportError, match="was edited after export"):
+        load_export(result.path)
+    manifest_path.write_text("{not json")
+    assert verify_export(result.path)[0].startswith("manifest.json is not readable JSON")
+    manifest_path.unlink()
+    assert verify_export(result.path) == ["missing manifest.json"]
 
 
 def test_not_an_export(tmp_path):
