@@ -203,7 +203,12 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**data)
 
 
-def recipe_from_dict(data: Any) -> Recipe:
+def recipe_from_dict(data: Any, base_dir: str | Path | None = None) -> Recipe:
+    """A validated recipe from a mapping. With ``base_dir`` (the recipe file's folder),
+    relative paths written in the recipe (inputs, export.out, a model given as a local
+    folder) are taken relative to it, so a recipe runs the same from any working
+    directory; defaults it does not write (export.out: exports) stay relative to the
+    working directory."""
     if not isinstance(data, dict):
         raise RecipeError("a recipe must be a mapping with at least 'dataset' and 'stages'")
     data = dict(data)
@@ -223,11 +228,32 @@ def recipe_from_dict(data: Any) -> Recipe:
     recipe.stages = [_build(StageSpec, s, f"stages[{n}]") for n, s in enumerate(stages)]
     recipe.scoring = _build(ScoringOptions, scoring, "scoring")
     recipe.export = None if export is None else _build(ExportSpec, export, "export")
+    if base_dir is not None:
+        _resolve_paths(recipe, Path(base_dir), export_given=isinstance(export, dict)
+                       and "out" in export)
     return recipe.validate()
 
 
+def _resolve_paths(recipe: Recipe, base: Path, export_given: bool) -> None:
+    def under(p: str) -> str:
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else base / q)
+
+    for item in recipe.inputs:
+        if isinstance(item.path, str) and item.path:
+            item.path = under(item.path)
+    if export_given and recipe.export is not None and isinstance(recipe.export.out, str):
+        recipe.export.out = under(recipe.export.out)
+    # A model is a hub-style name or a local folder; only a folder that exists beside the
+    # recipe is rewritten (a name like "org/model" must stay a name).
+    if isinstance(recipe.model, str) and recipe.model and not Path(recipe.model).is_absolute() \
+            and (base / recipe.model).is_dir():
+        recipe.model = str(base / recipe.model)
+
+
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file (.yaml, .yml or .json)."""
+    """Read and validate a recipe file (.yaml, .yml or .json); relative paths in it are
+    relative to the file's folder."""
     path = Path(path)
     if not path.exists():
         raise RecipeError(f"no such recipe file: {path}")
@@ -242,7 +268,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except Exception as exc:  # yaml and json raise several types; the message is what matters
         raise RecipeError(f"{path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") \
             from exc
-    return recipe_from_dict(data)
+    return recipe_from_dict(data, base_dir=path.resolve().parent)
 
 
 def config_hash(obj: Any) -> str:

@@ -168,6 +168,26 @@ def test_yaml_and_json_files(tmp_path):
     assert load_recipe(yaml_file).stages[1].parent == "previous"
 
 
+def test_paths_in_a_recipe_file_are_relative_to_the_file(tmp_path, monkeypatch):
+    folder = tmp_path / "recipes"
+    (folder / "local-model").mkdir(parents=True)
+    f = folder / "r.yaml"
+    f.write_text("dataset: d\nmodel: local-model\ninputs:\n  - v1.jsonl\n"
+                 "  - {path: /abs/v2.jsonl}\nstages:\n  - {budget: 30%}\n"
+                 "export: {out: out}\n")
+    monkeypatch.chdir(tmp_path)  # another working directory: the file's folder still counts
+    r = load_recipe("recipes/r.yaml")
+    assert [i.path for i in r.inputs] == [str(folder / "v1.jsonl"), "/abs/v2.jsonl"]
+    assert r.export.out == str(folder / "out") and r.model == str(folder / "local-model")
+    f.write_text("dataset: d\nmodel: HuggingFaceTB/SmolLM2-135M\nstages:\n"
+                 "  - {budget: 30%}\n")
+    r = load_recipe(f)
+    assert r.export.out == "exports"  # a default stays relative to the working directory
+    assert r.model == "HuggingFaceTB/SmolLM2-135M"  # a name, not a folder: kept
+    assert recipe_from_dict({"dataset": "d", "inputs": ["a.jsonl"],
+                             "stages": [{"budget": "30%"}]}).inputs[0].path == "a.jsonl"
+
+
 def test_file_errors(tmp_path):
     with pytest.raises(RecipeError, match="no such recipe file"):
         load_recipe(tmp_path / "missing.yaml")
