@@ -21,7 +21,12 @@ from curator.selection.functions import (
     SetFunction,
     to_csc,
 )
-from curator.selection.optimizers import BACKENDS, OPTIMIZERS, maximize
+from curator.selection.optimizers import (
+    BACKENDS,
+    OPTIMIZERS,
+    STOCHASTIC_MEMORY_EVALS,
+    maximize,
+)
 
 Kernel = np.ndarray | sp.spmatrix | sp.sparray
 
@@ -220,6 +225,7 @@ def select(
     lam: float = 0.5,
     epsilon: float = 0.01,
     backend: str = "numba",
+    memory_evals: int = STOCHASTIC_MEMORY_EVALS,
 ) -> SelectionResult:
     """Pick a subset of candidates by greedy submodular maximisation.
 
@@ -228,7 +234,9 @@ def select(
 
     kernel: ``(n_cover, n_candidates)``. ``kernel[i, a]`` = how well candidate ``a`` represents
         item ``i``; rows are the items to be covered, columns the candidates that can be picked.
-        For DELIFT both are the same pool: square, ``kernel[i, i] = 1``. Graph cut needs it
+        For DELIFT both are the same pool: square, the diagonal saying how well an item covers
+        itself (1 for embedding kernels; see ``curator.scoring.kernels`` for utility
+        kernels). Graph cut needs it
         square. For ``flvmi`` it is only used to check shapes and may be None.
     budget: a count (``100``, ``"100"``), a fraction of the candidates (``0.3``) or a percentage
         (``"30%"``); see :func:`parse_budget`. With ``costs`` it is a total cost instead
@@ -241,7 +249,9 @@ def select(
         "graph_cut" (``sum_{i, a in A} S[i, a] - lam * sum_{a, b in A} S[a, b]``); aliases in
         ``FUNCTION_ALIASES`` ("fl", "fl2mi", "gc", ...).
     optimizer: "lazy" (exact greedy, fast), "naive" (exact greedy, the reference) or
-        "stochastic" (samples ``n / k * ln(1 / epsilon)`` candidates per pick; seeded by ``seed``).
+        "stochastic" (samples ``n / k * ln(1 / epsilon)`` candidates per pick; seeded by ``seed``;
+        ``memory_evals`` lazy re-checks of earlier evaluations may compete with each sample, 0
+        turns that off).
     query_kernel: the target set Q. For "flmi": ``(n_cover, n_query)``, ``Q[i, q]`` between
         covered item ``i`` and query ``q`` (submodlib's ``query_sijs``). For "flvmi":
         ``(n_candidates, n_query)``, ``Q[a, q]`` between candidate ``a`` and query ``q``. With a
@@ -301,6 +311,7 @@ def select(
         seed=seed,
         epsilon=epsilon,
         backend=backend,
+        memory_evals=memory_evals,
     )
     chosen = picks.ranking if init is None else np.concatenate([init, picks.ranking])
     evaluate = f.evaluate if backend == "numpy" else f.evaluate_jit

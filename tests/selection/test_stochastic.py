@@ -198,3 +198,13 @@ def test_evaluations_stay_within_the_sample_budget(function):
         picks = maximize(f, budget, optimizer="stochastic", memory_evals=memory)
         assert picks.n_evaluations <= budget * (sample + memory) + n
         assert picks.n_evaluations < budget * sample
+
+
+def test_select_passes_memory_evals_through():
+    s, _, p = _bench_like(0, n=1000)  # 10 private points: enough for their 8 neighbours
+    for memory in (0, 3):
+        f = build_function("flcg", s, private_kernel=p)
+        direct = maximize(f, 60, optimizer="stochastic", seed=1, memory_evals=memory)
+        via = select(s, 60, "flcg", "stochastic", private_kernel=p, seed=1, memory_evals=memory)
+        assert via.ranking.tolist() == direct.ranking.tolist()
+        assert via.n_evaluations == direct.n_evaluations
