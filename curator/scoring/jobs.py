@@ -156,20 +156,24 @@ def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
                                  chunk_pairs=PAIR_COMMIT, target_distances=known,
                                  progress=progress):
             reasons = [r or None for r in chunk.reason]
-            save_utilities(store, lm.fingerprint, chash, chunk.target_id, chunk.example_id,
-                           chunk.utility, chunk.d_target, chunk.d_target_given_example,
-                           chunk.valid, reasons)
             new_targets = {}
             for t, d in zip(chunk.target_id, chunk.d_target, strict=True):
                 if t not in saved_losses:
                     new_targets[t] = None if math.isnan(float(d)) else float(d)
-            if new_targets:
-                save_losses(store, lm.fingerprint, chash, list(new_targets),
-                            list(new_targets.values()), [0] * len(new_targets))
-                saved_losses.update(new_targets)
+            # One transaction (one open, one commit) per chunk: the pairs, their targets'
+            # d(i) and the run's progress land together, and a small rescore does not pay
+            # three checkpoints per chunk.
+            with store.atomic():
+                save_utilities(store, lm.fingerprint, chash, chunk.target_id,
+                               chunk.example_id, chunk.utility, chunk.d_target,
+                               chunk.d_target_given_example, chunk.valid, reasons)
+                if new_targets:
+                    save_losses(store, lm.fingerprint, chash, list(new_targets),
+                                list(new_targets.values()), [0] * len(new_targets))
+                store.update_run(run_id, done=summary.n_computed + len(chunk))
+            saved_losses.update(new_targets)
             summary.n_computed += len(chunk)
             summary.n_invalid += int((~chunk.valid).sum())
-            store.update_run(run_id, done=summary.n_computed)
     except BaseException as exc:
         store.finish_run(run_id, "failed", error=str(exc) or type(exc).__name__)
         raise
