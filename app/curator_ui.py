@@ -21,6 +21,7 @@ from curator.export import ExportError
 from curator.store import Store, StoreError
 from curator.store import datasets as store_datasets
 from curator.store import selections as store_selections
+from curator.store import trash as store_trash
 
 CACHE_TTL = 10  # seconds: a scheduled job's new data shows up after this at the latest
 
@@ -31,6 +32,9 @@ _READERS: dict[str, Callable[..., Any]] = {
     "quarantine_rows": store_datasets.quarantine_rows,
     "get_selection": store_selections.get_selection,
     "get_mask_record": store_selections.get_mask_record,
+    "trashed_ids": store_trash.trashed_ids,
+    "trash_count": store_trash.trash_count,
+    "trash_page": store_trash.trash_page,
 }
 
 

@@ -254,6 +254,12 @@ def selection_pool_sql(sel: SelectionRecord) -> tuple[str, list[Any]]:
                     "selections p ON pm.dataset = p.dataset AND pm.version = p.version "
                     "WHERE p.selection_id = ?)")
             params.append(parent)
+    trashed = (sel.config or {}).get("trashed")
+    if trashed:
+        # In the trash when the selection was made: not in its pool (the target set's own
+        # trashed ids are in the list too, and are not members of this dataset).
+        sql += " AND sample_id NOT IN (SELECT unnest(?::VARCHAR[]))"
+        params.append(list(trashed))
     return sql, params
 
 
@@ -275,10 +281,11 @@ def selection_score_options(store: Store, selection_id: str) -> list[str]:
     return names
 
 
-def selection_score_values(store: Store, selection_id: str,
-                           name: str) -> dict[str, np.ndarray]:
-    """Values of ``name`` over the selection's pool, split into selected / not selected."""
-    sel = get_selection(store, selection_id)
+def _pool_values_sql(store_sel: SelectionRecord, selection_id: str,
+                     name: str) -> tuple[str, list[Any]]:
+    """SQL for (sample_id, v, picked, rank) over the selection's pool: the value of score
+    ``name`` for each pool sample that has one, and whether and where it was picked."""
+    sel = store_sel
     pool, params = selection_pool_sql(sel)
     if name == "length (chars)":
         value_sql, vparams = "SELECT sample_id, n_chars::DOUBLE AS v FROM samples", []
@@ -296,16 +303,45 @@ def selection_score_values(store: Store, selection_id: str,
         vparams = [sel.model, gradient_config(sel)]
     else:
         raise ValueError(f"unknown score {name!r}")
+    sql = (f"WITH pool AS ({pool}), val AS ({value_sql}) "
+           "SELECT p.sample_id, v.v, (sm.sample_id IS NOT NULL) AS picked, sm.rank FROM pool p "
+           "JOIN val v USING (sample_id) LEFT JOIN selection_members sm ON "
+           "sm.selection_id = ? AND sm.layer = '' AND sm.sample_id = p.sample_id "
+           "WHERE v.v IS NOT NULL")
+    return sql, params + vparams + [selection_id]
+
+
+def selection_score_values(store: Store, selection_id: str,
+                           name: str) -> dict[str, np.ndarray]:
+    """Values of ``name`` over the selection's pool, split into selected / not selected."""
+    sql, params = _pool_values_sql(get_selection(store, selection_id), selection_id, name)
     with store.connect() as con:
-        rows = con.execute(
-            f"WITH pool AS ({pool}), val AS ({value_sql}) "
-            "SELECT v.v, (sm.sample_id IS NOT NULL) AS picked FROM pool p "
-            "JOIN val v USING (sample_id) LEFT JOIN selection_members sm ON "
-            "sm.selection_id = ? AND sm.layer = '' AND sm.sample_id = p.sample_id "
-            "WHERE v.v IS NOT NULL", params + vparams + [selection_id]).fetchnumpy()
+        rows = con.execute(f"SELECT v, picked FROM ({sql})", params).fetchnumpy()
     values = np.asarray(rows["v"], dtype=float)
     picked = np.asarray(rows["picked"], dtype=bool)
     return {"selected": values[picked], "not selected": values[~picked]}
+
+
+def samples_in_score_range(store: Store, selection_id: str, name: str, lo: float, hi: float,
+                           limit: int = 50, offset: int = 0) -> dict[str, Any]:
+    """The pool samples whose score ``name`` lies in [lo, hi] (a range brushed on the
+    histogram), lowest value first: how many there are (selected or not) and one page."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"score range [{lo}, {hi}] is not finite")
+    lo, hi = min(lo, hi), max(lo, hi)
+    sql, params = _pool_values_sql(get_selection(store, selection_id), selection_id, name)
+    with store.connect() as con:
+        counts = con.execute(f"SELECT count(*) FILTER (WHERE picked), count(*) FROM ({sql}) "
+                             "WHERE v BETWEEN ? AND ?", params + [lo, hi]).fetchone()
+        rows = con.execute(
+            f"SELECT r.sample_id, r.v, r.picked, r.rank, s.prompt, s.response FROM ({sql}) r "
+            "JOIN samples s USING (sample_id) WHERE r.v BETWEEN ? AND ? "
+            "ORDER BY r.v, r.sample_id LIMIT ? OFFSET ?",
+            params + [lo, hi, limit, offset]).fetchall()
+    return {"n_selected": int(counts[0]), "n_total": int(counts[1]),
+            "rows": [{"sample_id": r[0], "value": float(r[1]), "selected": bool(r[2]),
+                      "rank": r[3], "prompt": _preview(r[4]), "response": _preview(r[5], 80)}
+                     for r in rows]}
 
 
 def histogram(groups: dict[str, np.ndarray], bins: int = 30) -> list[dict[str, Any]]:

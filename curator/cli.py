@@ -209,6 +209,67 @@ def show(dataset: str, store_path: Path, version: str | None, limit: int, offset
 
 
 
+@main.group()
+def trash() -> None:
+    """Set samples aside: later selections leave trashed samples out (restorable)."""
+
+
+@trash.command("add")
+@click.argument("sample_ids", nargs=-1, required=True)
+@dataset_option
+@store_option
+@click.option("--reason", "-r", default=None, help="Why (shown in the app and in `list`).")
+@user_errors
+def trash_add(sample_ids: tuple[str, ...], dataset: str, store_path: Path,
+              reason: str | None) -> None:
+    """Put samples of a dataset in its trash."""
+    from curator.store.trash import trash_count, trash_samples
+
+    store = open_store(store_path)
+    added = trash_samples(store, dataset, list(sample_ids), reason)
+    click.echo(f"trashed {added} sample(s) of {dataset} ({len(sample_ids) - added} already "
+               f"there); {trash_count(store, dataset)} in its trash")
+
+
+@trash.command("restore")
+@click.argument("sample_ids", nargs=-1)
+@dataset_option
+@store_option
+@click.option("--all", "everything", is_flag=True, help="Restore everything in the trash.")
+@user_errors
+def trash_restore(sample_ids: tuple[str, ...], dataset: str, store_path: Path,
+                  everything: bool) -> None:
+    """Take samples out of a dataset's trash."""
+    from curator.store.trash import restore_samples, trash_count
+
+    if bool(sample_ids) == everything:
+        raise CuratorError("give sample ids or --all (not both)")
+    store = open_store(store_path)
+    n = restore_samples(store, dataset, None if everything else list(sample_ids))
+    click.echo(f"restored {n} sample(s) of {dataset}; {trash_count(store, dataset)} left in "
+               "its trash")
+
+
+@trash.command("list")
+@dataset_option
+@store_option
+@click.option("--limit", default=20, show_default=True)
+@click.option("--offset", default=0, show_default=True)
+@user_errors
+def trash_list(dataset: str, store_path: Path, limit: int, offset: int) -> None:
+    """List a dataset's trash, newest first."""
+    from curator.store.datasets import require_dataset
+    from curator.store.trash import trash_count, trash_page
+
+    store = open_store(store_path)
+    require_dataset(store, dataset)
+    total = trash_count(store, dataset)
+    click.echo(f"{total} sample(s) in the trash of {dataset}")
+    for r in trash_page(store, dataset, limit, offset):
+        click.echo(f"{r['sample_id']}  {r['trashed_at']:%Y-%m-%d %H:%M}  "
+                   f"{r['reason'] or '-'}  {_one_line(r['prompt'], 60)}")
+
+
 def scoring_options(func: Callable) -> Callable:
     """Options shared by commands that score with a model."""
     opts = [

@@ -45,6 +45,7 @@ from curator.store.selections import (
     save_selection,
     selection_sample_ids,
 )
+from curator.store.trash import trashed_ids
 
 MODEL_METHODS = ("delift", "embedding", "rds", "dualsft", "gast", "less")
 
@@ -70,6 +71,7 @@ class Pools:
     target_ref: str | None = None
     previous: list[Sample] = field(default_factory=list)
     parent: str | None = None
+    trashed: list[str] = field(default_factory=list)  # left out of pool/target: in the trash
 
 
 def resolve_pools(store: Store, dataset: str, spec: StageSpec,
@@ -78,13 +80,25 @@ def resolve_pools(store: Store, dataset: str, spec: StageSpec,
     pool = load_samples(store, dataset, version)
     if not pool:
         raise ValueError(f"{dataset} v{version} has no samples")
-    pools = Pools(pool, version)
+    # Samples a person put in the trash are not candidates (nor targets) of a new selection.
+    trash = trashed_ids(store, dataset)
+    kept = [s for s in pool if s.sample_id not in trash]
+    if not kept:
+        raise ValueError(f"every sample of {dataset} v{version} is in the trash "
+                         f"(curator trash restore {dataset} ...)")
+    pools = Pools(kept, version, trashed=sorted(s.sample_id for s in pool
+                                                if s.sample_id in trash))
+    pool = kept
     if spec.target:
         t_version = resolve_version(store, spec.target, None)
-        pools.target = load_samples(store, spec.target, t_version)
+        t_trash = trashed_ids(store, spec.target)
+        target = load_samples(store, spec.target, t_version)
+        pools.target = [s for s in target if s.sample_id not in t_trash]
         pools.target_ref = f"{spec.target}:{t_version}"
+        pools.trashed += sorted(s.sample_id for s in target if s.sample_id in t_trash)
         if not pools.target:
-            raise ValueError(f"target set {spec.target} v{t_version} has no rows")
+            raise ValueError(f"target set {spec.target} v{t_version} has no rows"
+                             + (" outside the trash" if target else ""))
     elif spec.stage == "task":
         raise ValueError("the task stage needs a target set (--target-set DATASET)")
     if spec.stage == "continual":
@@ -117,6 +131,10 @@ def resolve_pools(store: Store, dataset: str, spec: StageSpec,
         if not pools.previous:
             raise ValueError(f"selection {parent_id} has no members to condition on")
     return pools
+
+
+def trash_notes(pools: Pools) -> list[str]:
+    return [f"{len(pools.trashed)} trashed sample(s) left out"] if pools.trashed else []
 
 
 def _ids(samples: list[Sample]) -> list[str]:
@@ -293,8 +311,10 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *,
                               "eta": spec.eta, "nu": spec.nu, "seed": spec.seed,
                               "k": options.k, "distance": options.distance,
                               "pool": spec.pool if spec.stage == "continual" else None}
+    if pools.trashed:
+        config["trashed"] = pools.trashed  # the browser rebuilds the pool without them
     runs: list[UtilitySummary] = []
-    notes: list[str] = []
+    notes: list[str] = trash_notes(pools)
     scores = None
     pool_ids = _ids(pools.pool)
     if spec.method == "random":

@@ -99,17 +99,19 @@ def select_by_gradients(store: Store, dataset: str, spec: StageSpec, pools: Pool
                         lm: LoadedModel, options: ScoringOptions, n_select: int, *,
                         started: float, spec_hash: str, progress: bool = False,
                         echo: Callable[[str], None] | None = None) -> StageOutcome:
-    from curator.curate import StageOutcome
+    from curator.curate import StageOutcome, trash_notes
 
     pool = pools.pool
     targets = pools.target or None
     pool_ids = [s.sample_id for s in pool]
     config: dict[str, Any] = {"spec_hash": spec_hash, "seed": spec.seed,
                               "max_length": options.max_length, "targets": pools.target_ref}
+    if pools.trashed:
+        config["trashed"] = pools.trashed  # the browser rebuilds the pool without them
     layers: dict[str, list[str]] | None = None
     scores: np.ndarray | None = None
     mask = None
-    notes: list[str] = []
+    notes: list[str] = trash_notes(pools)
     if spec.method == "dualsft":
         from curator.selection.dualsft import dualsft_select
 

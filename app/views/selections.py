@@ -4,6 +4,7 @@ embeddings, one sample explained, and two selections side by side."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import altair as alt
@@ -80,14 +81,66 @@ def scores_view(sel) -> None:
     if not hist:
         st.info("No stored values of this score for the selection's pool.")
         return
+    lo, hi = hist[0]["value"], hist[-1]["value_end"]
+    range_key = f"sel_score_range::{sel.selection_id}::{name}"
+    brush = alt.selection_interval(encodings=["x"], name="brush")
     chart = alt.Chart(pd.DataFrame(hist)).mark_bar(opacity=0.7).encode(
         x=alt.X("value:Q", title=name), x2="value_end:Q",
         y=alt.Y("samples:Q", stack=None), y2=alt.datum(0),
         color=alt.Color("group:N", scale=alt.Scale(domain=["selected", "not selected"],
                                                    range=["#e4572e", "#7f8fa6"])),
         tooltip=["group", alt.Tooltip("value:Q", format=".4g", title="from"),
-                 alt.Tooltip("value_end:Q", format=".4g", title="to"), "samples"])
-    st.altair_chart(chart, key="sel_score_chart")
+                 alt.Tooltip("value_end:Q", format=".4g", title="to"), "samples"]
+    ).add_params(brush)
+    st.altair_chart(chart, key="sel_score_chart", selection_mode="brush",
+                    on_select=functools.partial(brushed, range_key, lo, hi))
+    st.caption("Drag across the histogram (or move the slider) to list the samples in a "
+               "range.")
+    if lo == hi:
+        rng = (lo, hi)
+    else:
+        # The state, not a default value, holds the range (the chart's callback sets it);
+        # a range kept from before the scores changed is clamped back inside them.
+        a, b = st.session_state.get(range_key, (lo, hi))
+        st.session_state[range_key] = (min(max(float(a), lo), hi), max(min(float(b), hi), lo))
+        rng = st.slider("value range", min_value=float(lo), max_value=float(hi),
+                        step=(hi - lo) / 200, format="%.4g", key=range_key)
+    in_range_view(sel, name, rng)
+
+
+def brushed(range_key: str, lo: float, hi: float) -> None:
+    """Chart callback: a brushed x range becomes the range slider's value (callbacks run
+    before the page, so they may set a widget's state)."""
+    event = st.session_state.get("sel_score_chart") or {}
+    picked = ((event.get("selection") or {}).get("brush") or {}).get("value")
+    if picked and len(picked) == 2:
+        a, b = sorted(float(x) for x in picked)
+        st.session_state[range_key] = (max(lo, a), min(hi, b))
+    elif lo < hi:
+        st.session_state[range_key] = (float(lo), float(hi))  # brush cleared: everything
+
+
+def in_range_view(sel, name: str, rng: tuple[float, float]) -> None:
+    first = ui.read("samples_in_score_range", sel.selection_id, name, rng[0], rng[1], 1, 0)
+    total = first["n_total"]
+    st.markdown(f"**{total:,}** samples with {name} in [{rng[0]:.4g}, {rng[1]:.4g}], "
+                f"**{first['n_selected']:,}** of them selected")
+    if not total:
+        return
+    limit, offset = ui.pager(total, "sel_range")
+    rows = ui.read("samples_in_score_range", sel.selection_id, name, rng[0], rng[1], limit,
+                   offset)["rows"]
+    st.dataframe(rows, hide_index=True,
+                 column_config={"prompt": st.column_config.TextColumn(width="large"),
+                                "value": st.column_config.NumberColumn(name, format="%.5g")})
+    if rows:
+        c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+        labels = {r["sample_id"]: f"{r['value']:.4g} · "
+                  f"{'#' + str(r['rank']) if r['selected'] else 'not selected'} · "
+                  f"{r['prompt'][:60]}" for r in rows}
+        pick = c1.selectbox("sample", list(labels), key="sel_range_pick",
+                            format_func=labels.__getitem__)
+        c2.button("Open sample", key="sel_range_open", on_click=open_sample, args=(pick,))
 
 
 def map_view(sel) -> None:

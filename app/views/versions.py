@@ -1,13 +1,18 @@
 """Versions: a version's samples (search, metadata, length and score filters, paged), a diff
-between two versions, and the quarantine with its reasons."""
+between two versions, the quarantine with its reasons, and the trash (samples set aside
+from later selections, restorable)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import curator_ui as ui
 import pandas as pd
 import streamlit as st
 
 from curator.browse import SampleFilter
+from curator.store.trash import restore_samples, trash_samples
 
 st.title("Versions")
 
@@ -59,15 +64,27 @@ def samples_view(dataset: str, version: int) -> None:
     limit, offset = ui.pager(total, "ver_samples")
     if (limit, offset) != wanted:  # the page was out of range for this filter
         rows, total = ui.read("sample_page", dataset, version, flt, limit, offset)
+    trashed = ui.read("trashed_ids", dataset)
     table = [{"sample_id": r["sample_id"], "prompt": r["prompt"], "response": r["response"],
               "chars": r["chars"], **({"score": r["score"]} if score else {}),
-              **{k: r["metadata"].get(k) for k in keys[:4]}} for r in rows]
+              **{k: r["metadata"].get(k) for k in keys[:4]},
+              **({"trashed": r["sample_id"] in trashed} if trashed else {})} for r in rows]
     st.dataframe(table, key="ver_samples_table", hide_index=True,
                  column_config={"prompt": st.column_config.TextColumn(width="large")})
     if rows:
         pick = st.selectbox("show a sample", [r["sample_id"] for r in rows],
                             key="ver_sample_pick")
         show_sample(pick)
+        if pick in trashed:
+            st.button("Restore from the trash", key="ver_restore",
+                      on_click=restore, args=(dataset, [pick]))
+        else:
+            c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+            c1.text_input("reason (optional)", key="ver_trash_reason",
+                          placeholder="why later selections should leave it out")
+            c2.button("Move to trash", key="ver_trash", on_click=move_to_trash,
+                      args=(dataset, pick))
+    trash_message()
     left, right = st.columns(2)
     hist = ui.read("length_histogram", dataset, version, bounds=(lo, hi))
     if hist:
@@ -77,6 +94,58 @@ def samples_view(dataset: str, version: int) -> None:
         right.caption(f"{meta_key} (whole version)")
         right.bar_chart(pd.DataFrame(counts[:30], columns=[meta_key, "samples"]), x=meta_key,
                         y="samples", horizontal=True, height=200)
+
+
+def move_to_trash(dataset: str, sample_id: str) -> None:
+    """Button callback (runs before the page): trash one sample, say so, drop cached reads."""
+    reason = st.session_state.get("ver_trash_reason") or None
+    if _write(lambda store: trash_samples(store, dataset, [sample_id], reason),
+              lambda _n: f"{sample_id} is in the trash: later selections of {dataset} leave "
+              "it out."):
+        st.session_state["ver_trash_reason"] = ""
+
+
+def restore(dataset: str, sample_ids: list[str] | None) -> None:
+    _write(lambda store: restore_samples(store, dataset, sample_ids),
+           lambda n: f"restored {n} sample(s) of {dataset}.")
+
+
+def _write(action: Callable[[Any], int], message: Callable[[int], str]) -> bool:
+    """Run a store write from a callback; the outcome is shown by the page that follows
+    (a busy store is a message there, never a traceback)."""
+    try:
+        n = action(ui.get_store())
+    except ui.BUSY_ERRORS as exc:
+        st.session_state["ver_trash_msg"] = ("error", f"The store is busy right now ({exc}); "
+                                             "try again in a moment.")
+        return False
+    st.session_state["ver_trash_msg"] = ("ok", message(n))
+    ui.clear_cache()
+    return True
+
+
+def trash_message() -> None:
+    if msg := st.session_state.pop("ver_trash_msg", None):
+        (st.success if msg[0] == "ok" else st.error)(msg[1])
+
+
+def trash_view(dataset: str) -> None:
+    total = ui.read("trash_count", dataset)
+    trash_message()
+    if not total:
+        st.info(f"The trash of {dataset} is empty. Move a sample there from the Samples "
+                "view (or `curator trash add`); later selections leave trashed samples out.")
+        return
+    st.markdown(f"**{total:,}** samples in the trash of {dataset}: later selections leave "
+                "them out; selections made before keep them.")
+    limit, offset = ui.pager(total, "trash")
+    rows = ui.read("trash_page", dataset, limit, offset)
+    st.dataframe(rows, key="trash_table", hide_index=True,
+                 column_config={"prompt": st.column_config.TextColumn(width="large")})
+    c1, c2, c3 = st.columns([4, 1, 1], vertical_alignment="bottom")
+    pick = c1.selectbox("sample", [r["sample_id"] for r in rows], key="trash_pick")
+    c2.button("Restore", key="trash_restore", on_click=restore, args=(dataset, [pick]))
+    c3.button("Restore all", key="trash_restore_all", on_click=restore, args=(dataset, None))
 
 
 def show_sample(sample_id: str) -> None:
@@ -154,11 +223,16 @@ with ui.guard():
                                           ("duplicates", info.n_duplicates),
                                           ("quarantined", info.n_quarantined)], strict=True):
         col.metric(label, f"{value:,}")
-    view = st.radio("view", ["Samples", "Diff", "Quarantine"], horizontal=True,
-                    key="ver_view", label_visibility="collapsed")
+    n_trash = ui.read("trash_count", dataset)
+    view = st.radio("view", ["Samples", "Diff", "Quarantine", "Trash"], horizontal=True,
+                    key="ver_view", label_visibility="collapsed",
+                    format_func=lambda v: f"Trash ({n_trash:,})" if v == "Trash" and n_trash
+                    else v)
     if view == "Samples":
         samples_view(dataset, version)
     elif view == "Diff":
         diff_view(dataset, numbers, version)
-    else:
+    elif view == "Quarantine":
         quarantine_view(dataset, version)
+    else:
+        trash_view(dataset)

@@ -286,6 +286,18 @@ INSERT INTO ingest_staging_v6 SELECT run_id, sample_id, metadata, source_file, s
 DROP TABLE ingest_staging;
 ALTER TABLE ingest_staging_v6 RENAME TO ingest_staging;
 """),
+    (7, "trash", """
+-- Samples a person set aside while browsing (a wrong answer, a leak): later selections of
+-- the dataset leave them out of their pools until they are restored. Per dataset, for all
+-- its versions; the samples themselves stay in the store.
+CREATE TABLE trash (
+    dataset TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    reason TEXT,
+    trashed_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (dataset, sample_id)
+);
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

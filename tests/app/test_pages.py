@@ -14,6 +14,7 @@ import zipfile
 from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -173,6 +174,32 @@ def test_versions_score_filter(demo_store_path, monkeypatch):
     assert 0 < matching_count(at) == n < 300
 
 
+def test_versions_trash_and_restore(demo_store, monkeypatch):
+    from curator.store.trash import trash_page, trashed_ids
+
+    store = Store(demo_store)
+    at = make_app(demo_store, monkeypatch, "versions")
+    at.selectbox(key="ver_dataset").set_value("demo")
+    at.selectbox(key="ver_version").set_value(1).run()
+    pick = at.selectbox(key="ver_sample_pick").value
+    at.text_input(key="ver_trash_reason").input("wrong answer").run()
+    at.button(key="ver_trash").click().run()
+    assert_clean(at)
+    assert trashed_ids(store, "demo") == {pick}
+    assert trash_page(store, "demo")[0]["reason"] == "wrong answer"
+    assert any("is in the trash" in s.value for s in at.success)
+    assert table(at, "sample_id", "trashed")["trashed"].sum() == 1
+    assert at.button(key="ver_restore")  # the trashed sample offers a restore instead
+    at.radio(key="ver_view").set_value("Trash").run()
+    assert_clean(at)
+    assert table(at, "sample_id", "reason")["sample_id"].tolist() == [pick]
+    at.button(key="trash_restore").click().run()
+    assert_clean(at)
+    assert trashed_ids(store, "demo") == set()
+    assert any("restored 1 sample(s) of demo" in s.value for s in at.success)
+    assert any("is empty" in i.value for i in at.info)
+
+
 def test_versions_diff(demo_store_path, monkeypatch):
     store = Store(demo_store_path)
     at = make_app(demo_store_path, monkeypatch, "versions")
@@ -248,6 +275,52 @@ def test_selections_scores_selected_against_not(demo_store_path, monkeypatch, se
         assert "gradient score" in at.selectbox(key="sel_score").options
     else:
         assert "loss d(i)" in at.selectbox(key="sel_score").options
+
+
+def test_selections_scores_range_lists_the_samples_in_it(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    sel = list_selections(store)[0]
+    name = "length (chars)"
+    at = make_app(demo_store_path, monkeypatch, "selections")
+    at.selectbox(key="sel_id").set_value(sel.selection_id)
+    at.radio(key="sel_view").set_value("Scores").run()
+    at.selectbox(key="sel_score").set_value(name).run()
+    assert_clean(at)
+    groups = browse.selection_score_values(store, sel.selection_id, name)
+    values = np.concatenate(list(groups.values()))
+    lo, hi = float(values.min()), float(values.max())
+    step = (hi - lo) / 200
+    slider = at.slider(key=f"sel_score_range::{sel.selection_id}::{name}")
+    assert slider.value == pytest.approx((lo, hi))  # the whole range at first
+    a, b = lo + 40 * step, lo + 120 * step  # a range on the slider's grid
+    slider.set_value((a, b)).run()
+    assert_clean(at)
+    inside = (values >= a) & (values <= b)
+    n_sel = int(((groups["selected"] >= a) & (groups["selected"] <= b)).sum())
+    assert 0 < inside.sum() < len(values)
+    got = browse.samples_in_score_range(store, sel.selection_id, name, a, b, 10_000)
+    assert (got["n_total"], got["n_selected"]) == (int(inside.sum()), n_sel)
+    assert len(got["rows"]) == got["n_total"]
+    assert sum(r["selected"] for r in got["rows"]) == n_sel
+    assert all(a <= r["value"] <= b for r in got["rows"])
+    assert [r["value"] for r in got["rows"]] == sorted(r["value"] for r in got["rows"])
+    assert f"**{int(inside.sum()):,}** samples with {name}" in markdown_text(at)
+    shown = table(at, "sample_id", "value", "selected")
+    assert shown["sample_id"].tolist() == [r["sample_id"] for r in got["rows"][:len(shown)]]
+    at.button(key="sel_range_open").click().run()
+    assert_clean(at)
+    assert at.radio(key="sel_view").value == "Sample"
+    assert at.text_input(key="sel_sample_id").value == got["rows"][0]["sample_id"]
+
+
+def test_samples_in_score_range_refuses_a_bad_range(demo_store_path):
+    store = Store(demo_store_path)
+    sel = list_selections(store)[0]
+    with pytest.raises(ValueError, match="not finite"):
+        browse.samples_in_score_range(store, sel.selection_id, "length (chars)", 0.0,
+                                      float("nan"))
+    flipped = browse.samples_in_score_range(store, sel.selection_id, "length (chars)", 1e9, 0)
+    assert flipped["n_total"] == sel.n_pool
 
 
 def test_selections_map(demo_store_path, monkeypatch):
