@@ -10,7 +10,9 @@ fast path groups pairs by their prefix (target head + example), runs each prefix
 and reuses its key/value cache for every target sharing it: prefixes of several groups are
 run as one right-padded batch, and each suffix row attends to its group's cache row through
 an attention mask with a hole where that prefix was padded, with position ids that continue
-from the prefix's real length. Logits are computed only at response positions.
+from the prefix's real length. A head shared by every prefix of a batch (a chat template's
+system prompt) runs once and the examples continue from its cache; d(i) continues from it
+the same way. Logits are computed only at response positions.
 
 Truncation: the target (head, turns and response) is never cut. The example is cut from the
 left (its response and end-of-turn marker stay next to the target) to what fits in
@@ -279,22 +281,57 @@ def _score_full(lm: LoadedModel, seqs: Sequence[tuple[Sequence[int], int]], dist
     return out
 
 
-def _score_with_prefixes(lm: LoadedModel, prefixes: Sequence[tuple[int, ...]],
-                         rows: Sequence[tuple[int, tuple[int, ...], int]], distance: str,
-                         batch_size: int) -> np.ndarray:
-    """Distances for suffix rows (prefix index, suffix ids, n_response) that continue the
-    given prefixes: the prefixes run once as one batch, their cache is shared by the rows."""
+PrefixKey = tuple[tuple[int, ...], tuple[int, ...]]  # (target head, example) token ids
+
+
+def _prefix_cache(lm: LoadedModel, keys: Sequence[PrefixKey]
+                  ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Key/value cache rows (each (G, H, Lp, hd) per layer) and attention mask (G, Lp) of
+    the prefixes head + example, right-padded.
+
+    When every prefix has the same head (a chat template's system prompt: 21 tokens of
+    SmolLM2's ~70-token prefixes), the head runs once and the examples continue from its
+    cache, so no prefix pays for the head again."""
     from transformers import DynamicCache
 
     base = lm.model.base_model
     dev = lm.device
-    p_ids, p_mask = _pad(prefixes, _pad_id(lm), dev)  # (G, Lp)
+    heads = {h for h, _ in keys}
+    head = next(iter(heads))
+    if len(heads) == 1 and head and all(e for _, e in keys):
+        g, lh = len(keys), len(head)
+        h_ids = torch.tensor([head], device=dev)
+        h_cache = base(input_ids=h_ids, attention_mask=torch.ones_like(h_ids),
+                       position_ids=torch.arange(lh, device=dev)[None],
+                       use_cache=True).past_key_values
+        cache = DynamicCache([(layer.keys.expand(g, -1, -1, -1).contiguous(),
+                               layer.values.expand(g, -1, -1, -1).contiguous())
+                              for layer in h_cache.layers], config=lm.model.config)
+        e_ids, e_mask = _pad([e for _, e in keys], _pad_id(lm), dev)
+        p_mask = torch.cat([torch.ones((g, lh), dtype=e_mask.dtype, device=dev), e_mask], 1)
+        pos = (lh + torch.arange(e_ids.shape[1], device=dev)).expand_as(e_ids)
+        cache = base(input_ids=e_ids, attention_mask=p_mask, position_ids=pos,
+                     past_key_values=cache, use_cache=True).past_key_values
+    else:
+        p_ids, p_mask = _pad([h + e for h, e in keys], _pad_id(lm), dev)  # (G, Lp)
+        pos = torch.arange(p_ids.shape[1], device=dev).expand_as(p_ids)
+        cache = base(input_ids=p_ids, attention_mask=p_mask, position_ids=pos,
+                     use_cache=True).past_key_values
+    return [(layer.keys, layer.values) for layer in cache.layers], p_mask
+
+
+def _score_with_prefixes(lm: LoadedModel, keys: Sequence[PrefixKey],
+                         rows: Sequence[tuple[int, tuple[int, ...], int]], distance: str,
+                         batch_size: int) -> np.ndarray:
+    """Distances for suffix rows (prefix index, suffix ids, n_response) that continue the
+    prefixes (head, example): the prefixes run once as one batch, their cache is shared by
+    the rows."""
+    from transformers import DynamicCache
+
+    base = lm.model.base_model
+    dev = lm.device
+    kv, p_mask = _prefix_cache(lm, keys)
     p_len = p_mask.sum(1)  # (G,)
-    pos = torch.arange(p_ids.shape[1], device=dev).expand_as(p_ids)
-    cache = base(input_ids=p_ids, attention_mask=p_mask, position_ids=pos,
-                 use_cache=True).past_key_values
-    kv = [(layer.keys, layer.values) for layer in cache.layers]  # each (G, H, Lp, hd)
-    del cache
 
     out = np.empty(len(rows), dtype=np.float32)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][1]))
@@ -334,12 +371,18 @@ def score_targets(lm: LoadedModel, samples: Sequence[Sample], config: UtilityCon
         else:
             todo.append(s)
     if todo:
-        seqs = []
-        for s in todo:
-            t = tpl.target(s)
-            seqs.append((t.head + t.turns + t.response, len(t.response)))
+        pieces = [tpl.target(s) for s in todo]
+        heads = {t.head for t in pieces}
         with torch.inference_mode():
-            d = _score_full(lm, seqs, cfg.distance, batch_size)
+            if len(heads) == 1 and pieces[0].head:
+                # One shared head (a system prompt) runs once; the targets continue from it,
+                # as they do behind an example in d(i | j).
+                d = _score_with_prefixes(lm, [(pieces[0].head, ())],
+                                         [(0, t.turns + t.response, len(t.response))
+                                          for t in pieces], cfg.distance, batch_size)
+            else:
+                d = _score_full(lm, [(t.head + t.turns + t.response, len(t.response))
+                                     for t in pieces], cfg.distance, batch_size)
         out.update({s.sample_id: float(v) for s, v in zip(todo, d, strict=True)})
     return out
 
@@ -393,8 +436,7 @@ def score_pairs(lm: LoadedModel, samples_by_id: Mapping[str, Sample],
             prefixes: dict[tuple, int] = {}
             rows = [(prefixes.setdefault(laid[i].key, len(prefixes)), laid[i].suffix,
                      laid[i].n_response) for i in unit]
-            return _score_with_prefixes(lm, [h + e for h, e in prefixes], rows, cfg.distance,
-                                        batch_size)
+            return _score_with_prefixes(lm, list(prefixes), rows, cfg.distance, batch_size)
 
     def run() -> Iterator[PairChunk]:
         invalid = [i for i, p in enumerate(laid) if p.reason]

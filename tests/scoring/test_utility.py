@@ -91,6 +91,31 @@ def test_engine_equals_reference(arch, template, samples, pairs):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_shared_head_runs_once_and_matches_the_reference(arch):
+    # Every sample has the same system prompt, so every prefix batch shares one head: the
+    # head's cache is computed once and expanded (examples and d(i) continue from it).
+    lm = peaky(tiny_loaded_model(arch))
+    rng = np.random.default_rng(3)
+    plain = make_samples(6, seed=3)
+    same = {s.sample_id: s for s in [
+        Sample.from_pair(x.prompt, x.response, system="Answer as a pirate would, briefly.")
+        for x in plain]}
+    pairs = dense_pairs(list(same))
+    rng.shuffle(pairs)
+    cfg = UtilityConfig(distance="nll", template="chat")
+    tpl = PairTemplate(lm.tokenizer, "chat")
+    assert len({tpl.target(x).head for x in same.values()}) == 1
+    ref = score_pairs_reference(lm, same, pairs, cfg)
+    got = run(lm, same, pairs, cfg, batch_size=3, chunk_pairs=7)
+    want = ref.as_dict()
+    for (t, e), u in got.as_dict().items():
+        assert u == pytest.approx(want[(t, e)], abs=2e-5)
+    d_ref = dict(zip(ref.target_id, ref.d_target, strict=True))
+    d_got = score_targets(lm, list(same.values()), cfg, batch_size=4)
+    assert d_got == pytest.approx(d_ref, rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_prob_l2_engine_equals_reference(arch, samples, pairs):
     lm = tiny_loaded_model(arch)
     cfg = UtilityConfig()  # prob-l2, chat template
@@ -225,21 +250,27 @@ def test_chunks_resume_and_known_targets(samples, pairs):
 def test_default_model_prefix_reuse_matches_reference():
     from curator.models import load_model
 
-    lm = load_model(None)
     s = [Sample.from_pair("What is the capital of France?", "Paris is the capital of France."),
          Sample.from_pair("Name a primary colour.", "Red is a primary colour."),
          Sample.from_pair("What is 2 + 3?", "2 + 3 = 5."),
          Sample.from_pair("Translate 'bonjour' to English.", "Hello.")]
     by = {x.sample_id: x for x in s}
     pairs = dense_pairs(list(by))
+    lm32, lm16 = load_model(None, dtype="fp32"), load_model(None, dtype="bf16")
     for distance in ("prob-l2", "nll"):
         cfg = UtilityConfig(distance=distance)
-        ref = score_pairs_reference(lm, by, pairs, cfg).as_dict()
-        got = run(lm, by, pairs, cfg, batch_size=4).as_dict()
-        # bf16 on CPU: different kernels (cache vs full sequence, padding) round differently.
-        tol = 0.03 if lm.dtype == torch.bfloat16 else 1e-4
+        truth = score_pairs_reference(lm32, by, pairs, cfg).as_dict()
+        # fp32: the cached, batched, shared-head engine is the reference computation.
+        got = run(lm32, by, pairs, cfg, batch_size=4).as_dict()
         for p in pairs:
-            assert got[p] == pytest.approx(ref[p], abs=tol), (distance, p)
+            assert got[p] == pytest.approx(truth[p], abs=1e-4), (distance, p)
+        # bf16: no closer to the fp32 values than bf16 arithmetic allows, but not much
+        # further from them than the bf16 reference itself (kernels round differently).
+        got16 = run(lm16, by, pairs, cfg, batch_size=4).as_dict()
+        ref16 = score_pairs_reference(lm16, by, pairs, cfg).as_dict()
+        err = np.mean([abs(got16[p] - truth[p]) for p in pairs])
+        err_ref = np.mean([abs(ref16[p] - truth[p]) for p in pairs])
+        assert err <= 2 * err_ref + 0.01, (distance, err, err_ref)
 
 
 def test_inference_mode_does_not_leak_to_the_caller(samples, pairs):
