@@ -22,6 +22,7 @@ Two targets of the scoring issue, on the embedded default model (SmolLM2-135M-In
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import glob
 import json
@@ -29,6 +30,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -111,8 +113,12 @@ def fl_objective(d: np.ndarray, cols: np.ndarray) -> float:
 # -- 1. pruning quality -------------------------------------------------------------------
 
 def bench_pruning(lm, tmp: Path, pool_file: Path, args, log) -> dict:
+    fresh = not (tmp / "dense").exists()
     store = Store(tmp / "dense")
-    ingest(store, str(pool_file), "pool")
+    if fresh:
+        ingest(store, str(pool_file), "pool")
+    else:  # --workdir kept from an earlier run: its dense utilities are reused, not rescored
+        log("dense: reusing the store in the work folder")
     pool = load_samples(store, "pool", 1)
     ids = [s.sample_id for s in pool]
     options = ScoringOptions(dense=True, k=max(args.ks), batch_size=args.batch_size,
@@ -186,6 +192,8 @@ def score_timed(store, lm, samples, options):
 def bench_incremental(lm, tmp: Path, pool_file: Path, new_file: Path, args, log) -> dict:
     options = ScoringOptions(k=args.incr_k, batch_size=args.batch_size,
                              max_length=args.max_length)
+    for name in ("incr", "scratch"):  # timed from nothing, even in a kept --workdir
+        shutil.rmtree(tmp / name, ignore_errors=True)
     store = Store(tmp / "incr")
     ingest(store, str(pool_file), "pool")
     pool1 = load_samples(store, "pool", 1)
@@ -224,9 +232,7 @@ def report(args, machine: dict, sizes: str, dense_res: dict | None, incr: dict |
               f"Load average (1/5/15 min) at start {la0[0]:.2f} / {la0[1]:.2f} / {la0[2]:.2f}"
               + (f", at end {load_end[0]:.2f} / {load_end[1]:.2f} / {load_end[2]:.2f}"
                  if load_end else "")
-              + ". The CPU was shared with another benchmark training models in the "
-              "background, so wall times are noisy; the incremental ratio compares runs "
-              "taken minutes apart under that load.", "", sizes, ""]
+              + "." + (f" {args.note}" if args.note else ""), "", sizes, ""]
     if args.n < 100:
         lines += [f"**N = {args.n} is below the 100 samples the target names** (dense scoring "
                   "of N(N-1) pairs at N=100 did not fit this session's time on the shared "
@@ -333,6 +339,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--random-trials", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="keep the stores here (a rerun reuses the dense utilities)")
+    ap.add_argument("--note", default="",
+                    help="a sentence for the report about the machine's state (e.g. its load)")
     args = ap.parse_args(argv)
     if args.quick:
         args.n = min(args.n, 20)
@@ -365,8 +375,12 @@ def main(argv: list[str] | None = None) -> None:
              f"{', '.join(map(str, args.ks))}.")
     log(f"n={args.n} new={n_new} threads={torch.get_num_threads()} load={load_start}")
     dense_res = incr = None
-    with tempfile.TemporaryDirectory(prefix="bench_pruning_") as d:
-        tmp = Path(d)
+    with contextlib.ExitStack() as stack:
+        if args.workdir:
+            tmp = args.workdir
+            tmp.mkdir(parents=True, exist_ok=True)
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_pruning_")))
         pool_file = write_jsonl(tmp / "pool.jsonl", pool_rows)
         new_file = write_jsonl(tmp / "new.jsonl", new_rows)
         args.out.parent.mkdir(parents=True, exist_ok=True)
