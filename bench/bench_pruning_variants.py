@@ -10,7 +10,8 @@ dense selection's (the same measure as bench_pruning.py):
 - sym: knn plus the reverse pairs (a target's pairs also with the examples that list it);
 - random: as many uniformly drawn pairs as knn has (the floor);
 - knn + h hubs (estimated): knn plus every pair of the h examples with the highest mean
-  positive utility over the targets knn scored them with (what an engine could do);
+  positive utility over the targets knn scored them with (``ScoringOptions(hubs=h)``,
+  ``curator.scoring.jobs.hub_examples``);
 - knn + h hubs (oracle): knn plus every pair of the h examples with the largest dense column
   sums (needs the dense kernel: an upper bound for hub completion, not a method).
 
@@ -26,7 +27,6 @@ import os
 import platform
 import shlex
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from bench_pruning import fl_objective  # noqa: E402
 
 from curator.models import load_model  # noqa: E402
 from curator.scoring.cache import load_utilities  # noqa: E402
-from curator.scoring.jobs import candidate_pairs, ensure_embeddings  # noqa: E402
+from curator.scoring.jobs import candidate_pairs, ensure_embeddings, hub_examples  # noqa: E402
 from curator.scoring.kernels import dense as dense_array  # noqa: E402
 from curator.scoring.kernels import utility_kernel  # noqa: E402
 from curator.selection import select  # noqa: E402
@@ -104,11 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     for k in args.ks:
         knn, _ = candidate_pairs(pool, pool, emb, emb, k)
         knn = set(knn)
-        helped: dict[str, list[float]] = defaultdict(list)
-        for t, e in knn:
-            i = index[(t, e)]
-            helped[e].append(max(0.0, float(u[i])) if valid[i] else 0.0)
-        estimated = sorted(helped, key=lambda e: (-np.mean(helped[e]), e))
+        scored = sorted(index[p] for p in knn)
+        estimated = hub_examples([rows.target_id[i] for i in scored],
+                                 [rows.example_id[i] for i in scored], u[scored], valid[scored],
+                                 max(args.hubs))  # what ScoringOptions(hubs=h) scores
         variants = {"knn": knn, "sym": knn | {(e, t) for t, e in knn},
                     "random": {everything[i] for i in rng.choice(len(everything), len(knn),
                                                                  replace=False)}}

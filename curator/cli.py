@@ -277,6 +277,9 @@ def scoring_options(func: Callable) -> Callable:
                      help="Hugging Face causal LM name or path (default: embedded SmolLM2)."),
         click.option("--k", "k", default=16, show_default=True,
                      help="Neighbours per sample in the candidate-pair graph."),
+        click.option("--hubs", default=0, show_default=True,
+                     help="Also score the N examples that helped their neighbours most "
+                          "against every target (better small-budget selections; 0: off)."),
         click.option("--distance", type=click.Choice(["prob-l2", "nll"]), default="prob-l2",
                      show_default=True, help="prob-l2: the paper's distance; nll: mean NLL."),
         click.option("--batch-size", default=16, show_default=True),
@@ -293,12 +296,15 @@ def scoring_options(func: Callable) -> Callable:
 
 
 def _options(k: int, distance: str, batch_size: int, max_length: int, dtype: str,
-             dense: bool = False):
-    from curator.config import ScoringOptions
+             dense: bool = False, hubs: int = 0):
+    from curator.config import RecipeError, ScoringOptions
 
     options = ScoringOptions(k=k, distance=distance, batch_size=batch_size,
-                             max_length=max_length, dense=dense, dtype=dtype)
-    options.validate("option")
+                             max_length=max_length, dense=dense, dtype=dtype, hubs=hubs)
+    try:
+        options.validate("option")
+    except RecipeError as exc:  # name the flag, as the user typed it
+        raise CuratorError(str(exc).replace("option.", "--").replace("_", "-")) from exc
     return options
 
 
@@ -333,8 +339,9 @@ def score() -> None:
 @scoring_options
 @user_errors
 def score_utility(dataset: str, store_path: Path, version: str | None, target_set: str | None,
-                  dense: bool, model: str | None, k: int, distance: str, batch_size: int,
-                  max_length: int, dtype: str, trust_remote_code: bool) -> None:
+                  dense: bool, model: str | None, k: int, hubs: int, distance: str,
+                  batch_size: int, max_length: int, dtype: str,
+                  trust_remote_code: bool) -> None:
     """Pairwise in-context utilities UF(target, example) on nearest-neighbour pairs.
 
     Only pairs not already stored for this model and configuration are computed; a rerun
@@ -344,7 +351,7 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
     from curator.store.datasets import load_samples, resolve_version
 
     store = open_store(store_path)
-    options = _options(k, distance, batch_size, max_length, dtype, dense)
+    options = _options(k, distance, batch_size, max_length, dtype, dense, hubs)
     v = resolve_version(store, dataset, version)
     pool = load_samples(store, dataset, v)
     if not pool:
@@ -395,8 +402,9 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
 def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, method: str,
                budget: str, function: str | None, target_set: str | None, parent: str | None,
                pool: str, optimizer: str, eta: float, nu: float, param_budget: str | None,
-               self_coverage: str, seed: int, model: str | None, k: int, distance: str, batch_size: int,
-               max_length: int, dtype: str, trust_remote_code: bool) -> None:
+               self_coverage: str, seed: int, model: str | None, k: int, hubs: int,
+               distance: str, batch_size: int, max_length: int, dtype: str,
+               trust_remote_code: bool) -> None:
     """Pick a subset for a fine-tuning stage and store it as a selection."""
     from curator.config import RecipeError, StageSpec
     from curator.curate import select_stage
@@ -411,7 +419,8 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
     except RecipeError as exc:
         raise CuratorError(str(exc).replace("option.", "--").replace("option: ", "")) from exc
     outcome = select_stage(store, dataset, spec, lm=_loader(model, dtype, trust_remote_code),
-                           options=_options(k, distance, batch_size, max_length, dtype),
+                           options=_options(k, distance, batch_size, max_length, dtype,
+                                            hubs=hubs),
                            progress=True, echo=lambda m: click.echo(m, err=True))
     r = outcome.record
     for run in outcome.scoring:

@@ -57,6 +57,8 @@ class ScoringOptions:
     max_length: int = 1024            # tokens per scored sequence (capped by the model)
     dense: bool = False               # all pairs: the reference for small sets
     query_k: int | None = None        # targets x pool graphs: None = auto, 0 = every pool item
+    hubs: int = 0                     # + all pairs of the h examples most helpful to their
+                                      #   kNN targets (what small budgets miss; 0: off)
     dtype: str = "auto"               # auto: bf16 on CUDA and on CPUs with native bf16
 
     def validate(self, where: str = "scoring") -> None:
@@ -69,6 +71,9 @@ class ScoringOptions:
                                          or not isinstance(self.query_k, int)
                                          or self.query_k < 0):
             raise RecipeError(f"{where}.query_k must be an integer >= 0 (0: all pairs)")
+        if isinstance(self.hubs, bool) or not isinstance(self.hubs, int) or self.hubs < 0:
+            raise RecipeError(f"{where}.hubs must be an integer >= 0 (0: off), "
+                              f"got {self.hubs!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise RecipeError(f"{where}.batch_size must be a positive integer")
         if not isinstance(self.max_length, int) or self.max_length < 16:

@@ -222,6 +222,13 @@ def test_show_quarantine(built):
     assert fail("show", "-d", "d", "--store", built, "-v", "3") == "dataset 'd' has no version 3"
 
 
+def test_scoring_options_are_checked_before_a_model_loads(built):
+    assert fail("score", "utility", "-d", "d", "--store", built, "--hubs", "-1") == \
+        "--hubs must be an integer >= 0 (0: off), got -1"
+    assert fail("select", "-d", "d", "--store", built, "--batch-size", "0") == \
+        "--batch-size must be a positive integer"
+
+
 def test_a_locked_store_fails_with_one_line(tmp_path, monkeypatch):
     import subprocess
     import sys

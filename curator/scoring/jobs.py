@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -111,11 +112,37 @@ def candidate_pairs(targets: Sequence[Sample], examples: Sequence[Sample],
     return pairs, nb.method
 
 
+def hub_examples(target_ids: Sequence[str], example_ids: Sequence[str], utility: np.ndarray,
+                 valid: np.ndarray, h: int) -> list[str]:
+    """The ``h`` examples that helped the targets they were scored with most: highest mean
+    of max(utility, 0) over their scored pairs (an invalid pair counts 0), ties by id.
+
+    A kNN graph scores an example only with the targets that list it as a neighbour, so an
+    example that helps nearly every target but is few targets' neighbour (a "hub") is seen
+    by few rows of the kernel; facility location at small budgets wants exactly those
+    (bench/results/pruning_variants.md). Scoring the hubs against every target fills them in.
+    """
+    if h <= 0:
+        return []
+    total: dict[str, float] = defaultdict(float)
+    count: dict[str, int] = defaultdict(int)
+    gain = np.where(np.asarray(valid, dtype=bool), np.nan_to_num(np.asarray(utility, float)),
+                    0.0).clip(min=0.0)
+    for e, g in zip(example_ids, gain.tolist(), strict=True):
+        total[e] += g
+        count[e] += 1
+    return sorted(total, key=lambda e: (-total[e] / count[e], e))[:h]
+
+
 def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
                     examples: Sequence[Sample], options: ScoringOptions | None = None, *,
                     k: int | None = None, dataset: str | None = None, progress: bool = False,
                     echo: Callable[[str], None] | None = None) -> UtilitySummary:
-    """Score UF(target, example) for the candidate pairs of ``targets`` x ``examples``."""
+    """Score UF(target, example) for the candidate pairs of ``targets`` x ``examples``.
+
+    With ``options.hubs`` = h, a second pass scores the h hub examples (``hub_examples``
+    over the candidate pairs) against every target as well.
+    """
     options = options or ScoringOptions()
     if not targets:
         raise ValueError("no targets to score (empty set)")
@@ -135,53 +162,104 @@ def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
         e_emb = emb[[row[s.sample_id] for s in examples]]
     pairs, graph = candidate_pairs(targets, examples, t_emb, e_emb, k or options.k,
                                    options.dense)
-    done = existing_pairs(store, lm.fingerprint, chash, [s.sample_id for s in targets])
-    todo = [p for p in pairs if p not in done]
-    summary = UtilitySummary(len(targets), len(examples), len(pairs), 0, len(pairs) - len(todo),
-                             0, n_embedded, 0.0, lm.fingerprint, chash, graph)
-    if not todo:
-        summary.seconds = time.monotonic() - started
-        return summary
-    if echo:
-        echo(f"scoring {len(todo)} pairs ({summary.n_reused} already stored)")
+    t_ids = [s.sample_id for s in targets]
+    done = existing_pairs(store, lm.fingerprint, chash, t_ids)
+    summary = UtilitySummary(len(targets), len(examples), len(pairs), 0, 0, 0, n_embedded, 0.0,
+                             lm.fingerprint, chash, graph)
     samples_by_id = {s.sample_id: s for s in [*targets, *examples]}
-    known = {t: d for t, d in load_losses(store, lm.fingerprint, chash,
-                                          sorted({t for t, _ in todo})).items() if d is not None}
-    run_id = store.start_run("score-utility", dataset, {"model": lm.fingerprint, "config": chash,
-                                                        "pairs": len(todo)}, total=len(todo))
-    summary.run_id = run_id
+    job = _PairJob(store, lm, config, options, samples_by_id, summary, dataset, progress, echo)
     try:
-        saved_losses: set[str] = set(known)
-        for chunk in score_pairs(lm, samples_by_id, todo, config, batch_size=options.batch_size,
-                                 chunk_pairs=PAIR_COMMIT, target_distances=known,
-                                 progress=progress):
+        job.run([p for p in pairs if p not in done])
+        if options.hubs and not options.dense:
+            wanted = set(pairs)
+            rows = load_utilities(store, lm.fingerprint, chash, t_ids,
+                                  [s.sample_id for s in examples])
+            keep = [i for i, p in enumerate(zip(rows.target_id, rows.example_id, strict=True))
+                    if p in wanted]
+            hubs = hub_examples([rows.target_id[i] for i in keep],
+                                [rows.example_id[i] for i in keep], rows.utility[keep],
+                                rows.valid[keep], options.hubs)
+            extra = [(t, e) for e in hubs for t in t_ids if t != e and (t, e) not in wanted]
+            summary.n_pairs += len(extra)
+            summary.graph = f"{graph} + {len(hubs)} hubs"
+            job.run([p for p in extra if p not in done])
+    except BaseException as exc:
+        job.fail(exc)
+        raise
+    summary.n_reused = summary.n_pairs - summary.n_computed
+    summary.seconds = time.monotonic() - started
+    job.finish()
+    return summary
+
+
+class _PairJob:
+    """Scores lists of pairs into the store under one recorded run (started on first use),
+    committing chunk by chunk."""
+
+    def __init__(self, store: Store, lm: LoadedModel, config: UtilityConfig,
+                 options: ScoringOptions, samples_by_id: dict[str, Sample],
+                 summary: UtilitySummary, dataset: str | None, progress: bool,
+                 echo: Callable[[str], None] | None) -> None:
+        self.store, self.lm, self.config, self.options = store, lm, config, options
+        self.samples_by_id, self.summary, self.dataset = samples_by_id, summary, dataset
+        self.progress, self.echo = progress, echo
+        self.run_id: str | None = None
+        self.total = 0
+        self.saved_losses: set[str] = set()
+
+    def run(self, todo: list[tuple[str, str]]) -> None:
+        if not todo:
+            return
+        store, lm, summary = self.store, self.lm, self.summary
+        fp, chash = lm.fingerprint, summary.config
+        self.total += len(todo)
+        if self.echo:
+            self.echo(f"scoring {len(todo)} pairs ({summary.n_pairs - len(todo) - summary.n_computed}"
+                      " already stored)")
+        if self.run_id is None:
+            self.run_id = store.start_run("score-utility", self.dataset,
+                                          {"model": fp, "config": chash, "pairs": len(todo)},
+                                          total=len(todo))
+            summary.run_id = self.run_id
+        else:
+            store.update_run(self.run_id, total=self.total)
+        known = {t: d for t, d in load_losses(store, fp, chash,
+                                              sorted({t for t, _ in todo})).items()
+                 if d is not None}
+        self.saved_losses |= set(known)
+        for chunk in score_pairs(lm, self.samples_by_id, todo, self.config,
+                                 batch_size=self.options.batch_size, chunk_pairs=PAIR_COMMIT,
+                                 target_distances=known, progress=self.progress):
             reasons = [r or None for r in chunk.reason]
             new_targets = {}
             for t, d in zip(chunk.target_id, chunk.d_target, strict=True):
-                if t not in saved_losses:
+                if t not in self.saved_losses:
                     new_targets[t] = None if math.isnan(float(d)) else float(d)
             # One transaction (one open, one commit) per chunk: the pairs, their targets'
             # d(i) and the run's progress land together, and a small rescore does not pay
             # three checkpoints per chunk.
             with store.atomic():
-                save_utilities(store, lm.fingerprint, chash, chunk.target_id,
-                               chunk.example_id, chunk.utility, chunk.d_target,
-                               chunk.d_target_given_example, chunk.valid, reasons)
+                save_utilities(store, fp, chash, chunk.target_id, chunk.example_id,
+                               chunk.utility, chunk.d_target, chunk.d_target_given_example,
+                               chunk.valid, reasons)
                 if new_targets:
-                    save_losses(store, lm.fingerprint, chash, list(new_targets),
+                    save_losses(store, fp, chash, list(new_targets),
                                 list(new_targets.values()), [0] * len(new_targets))
-                store.update_run(run_id, done=summary.n_computed + len(chunk))
-            saved_losses.update(new_targets)
+                store.update_run(self.run_id, done=summary.n_computed + len(chunk))
+            self.saved_losses.update(new_targets)
             summary.n_computed += len(chunk)
             summary.n_invalid += int((~chunk.valid).sum())
-    except BaseException as exc:
-        store.finish_run(run_id, "failed", error=str(exc) or type(exc).__name__)
-        raise
-    summary.seconds = time.monotonic() - started
-    store.finish_run(run_id, "done", result={"computed": summary.n_computed,
-                                             "invalid": summary.n_invalid,
-                                             "seconds": round(summary.seconds, 2)})
-    return summary
+
+    def fail(self, exc: BaseException) -> None:
+        if self.run_id is not None:
+            self.store.finish_run(self.run_id, "failed", error=str(exc) or type(exc).__name__)
+
+    def finish(self) -> None:
+        if self.run_id is not None:
+            s = self.summary
+            self.store.finish_run(self.run_id, "done", result={
+                "computed": s.n_computed, "invalid": s.n_invalid,
+                "seconds": round(s.seconds, 2)})
 
 
 def utility_kernel_from_store(store: Store, model: str, config: str, row_ids: Sequence[str],

@@ -126,6 +126,53 @@ def test_a_new_version_scores_only_the_pairs_not_stored(store, lm, pool):
     assert store.query("SELECT count(*) FROM utilities")[0][0] == len(before | want)
 
 
+def test_hub_examples_by_hand():
+    # e1 helps its two targets by 0.4 and 0.0 (mean 0.2); e2 by 0.3 (mean 0.3); e3 hurts
+    # (counts 0) and has an invalid pair (counts 0); e4 helps its one target by 0.2.
+    t = ["a", "b", "a", "c", "d", "b"]
+    e = ["e1", "e1", "e2", "e3", "e3", "e4"]
+    u = np.array([0.4, 0.0, 0.3, -0.5, np.nan, 0.2])
+    ok = np.array([True, True, True, True, False, True])
+    assert jobs.hub_examples(t, e, u, ok, 2) == ["e2", "e1"]
+    assert jobs.hub_examples(t, e, u, ok, 9) == ["e2", "e1", "e4", "e3"]
+    assert jobs.hub_examples(t, e, u, ok, 0) == []
+    # ties go by id
+    assert jobs.hub_examples(["a", "a"], ["z", "y"], np.array([0.1, 0.1]),
+                             np.array([True, True]), 1) == ["y"]
+
+
+def test_hubs_are_scored_against_every_target_once(store, lm, pool):
+    v1, _ = pool
+    ids = [s.sample_id for s in v1]
+    options = ScoringOptions(k=3, batch_size=8, max_length=128, hubs=2)
+    out = score_utilities(store, lm, v1, v1, options, dataset="d")
+    knn_pairs = expected_knn_pairs(store, lm, v1)
+    stored = stored_pairs(store, lm)
+    # the hubs are hub_examples over the kNN pairs' stored utilities
+    scored = [(t, e, stored[(t, e)]) for t, e in sorted(knn_pairs)]
+    hubs = jobs.hub_examples([x[0] for x in scored], [x[1] for x in scored],
+                             np.array([x[2] for x in scored]),
+                             np.array([not math.isnan(x[2]) for x in scored]), 2)
+    full = {(t, h) for h in hubs for t in ids if t != h}
+    assert set(stored) == knn_pairs | full
+    assert out.n_pairs == out.n_computed == len(knn_pairs | full) > len(knn_pairs)
+    assert out.graph == "exact + 2 hubs"
+    run = store.get_run(out.run_id)
+    assert (run["done"], run["total"], run["status"]) == (out.n_computed, out.n_computed,
+                                                          "done")
+    again = score_utilities(store, lm, v1, v1, options, dataset="d")
+    assert (again.n_computed, again.n_reused) == (0, out.n_pairs)
+    # hubs off: the same store serves the plain kNN pairs without computing anything
+    plain = score_utilities(store, lm, v1, v1, OPTIONS)
+    assert (plain.n_pairs, plain.n_computed) == (len(knn_pairs), 0)
+
+
+def test_hubs_must_be_a_count():
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="hubs must be an integer >= 0"):
+            ScoringOptions(hubs=bad).validate()
+
+
 def test_an_interrupted_run_resumes_to_the_same_table(store, lm, pool, base, tmp_path,
                                                       monkeypatch):
     v1, _ = pool
