@@ -152,3 +152,51 @@ def pick_selection(key: str, label: str = "selection", only: list[str] | None = 
     chosen = st.selectbox(label, ids, index=index, key=key,
                           format_func=lambda i: selection_label(by_id[i]))
     return by_id[chosen]
+
+
+# -- the trash: controls shared by the pages that show one sample -------------------------
+
+def trash_controls(dataset: str, sample_id: str, key: str) -> None:
+    """A restore button for a trashed sample, else a reason box and a move-to-trash button
+    (the outcome shows on the next run through ``trash_message``)."""
+    if sample_id in read("trashed_ids", dataset):
+        st.button("Restore from the trash", key=f"{key}_restore", on_click=restore,
+                  args=(dataset, [sample_id]))
+        return
+    c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+    c1.text_input("reason (optional)", key=f"{key}_trash_reason",
+                  placeholder=f"why later selections of {dataset} should leave it out")
+    c2.button("Move to trash", key=f"{key}_trash", on_click=move_to_trash,
+              args=(dataset, sample_id, f"{key}_trash_reason"))
+
+
+def move_to_trash(dataset: str, sample_id: str, reason_key: str) -> None:
+    """Button callback (runs before the page): trash one sample, say so, drop cached reads."""
+    reason = st.session_state.get(reason_key) or None
+    if _write(lambda store: store_trash.trash_samples(store, dataset, [sample_id], reason),
+              lambda _n: f"{sample_id} is in the trash: later selections of {dataset} leave "
+              "it out."):
+        st.session_state[reason_key] = ""
+
+
+def restore(dataset: str, sample_ids: list[str] | None) -> None:
+    _write(lambda store: store_trash.restore_samples(store, dataset, sample_ids),
+           lambda n: f"restored {n} sample(s) of {dataset}.")
+
+
+def _write(action: Callable[[Store], int], message: Callable[[int], str]) -> bool:
+    """Run a store write from a callback; the outcome is shown by the page that follows
+    (a busy store or a refused id is a message there, never a traceback)."""
+    try:
+        n = action(get_store())
+    except BUSY_ERRORS as exc:
+        st.session_state["trash_msg"] = ("error", f"Not done: {exc}")
+        return False
+    st.session_state["trash_msg"] = ("ok", message(n))
+    clear_cache()
+    return True
+
+
+def trash_message() -> None:
+    if msg := st.session_state.pop("trash_msg", None):
+        (st.success if msg[0] == "ok" else st.error)(msg[1])

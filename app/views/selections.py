@@ -203,6 +203,9 @@ def sample_view(sel) -> None:
         st.caption("none stored (gradient methods: dualsft, gast, less)")
     st.caption("in: " + ", ".join(f"{v['dataset']} v{v['version']}"
                                   for v in detail["versions"]))
+    if any(v["dataset"] == sel.dataset for v in detail["versions"]):
+        ui.trash_controls(sel.dataset, sample_id, "sel_sample")
+    ui.trash_message()
 
 
 def compare_view(sel) -> None:

@@ -4,15 +4,11 @@ from later selections, restorable)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import curator_ui as ui
 import pandas as pd
 import streamlit as st
 
 from curator.browse import SampleFilter
-from curator.store.trash import restore_samples, trash_samples
 
 st.title("Versions")
 
@@ -75,16 +71,8 @@ def samples_view(dataset: str, version: int) -> None:
         pick = st.selectbox("show a sample", [r["sample_id"] for r in rows],
                             key="ver_sample_pick")
         show_sample(pick)
-        if pick in trashed:
-            st.button("Restore from the trash", key="ver_restore",
-                      on_click=restore, args=(dataset, [pick]))
-        else:
-            c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
-            c1.text_input("reason (optional)", key="ver_trash_reason",
-                          placeholder="why later selections should leave it out")
-            c2.button("Move to trash", key="ver_trash", on_click=move_to_trash,
-                      args=(dataset, pick))
-    trash_message()
+        ui.trash_controls(dataset, pick, "ver")
+    ui.trash_message()
     left, right = st.columns(2)
     hist = ui.read("length_histogram", dataset, version, bounds=(lo, hi))
     if hist:
@@ -96,42 +84,9 @@ def samples_view(dataset: str, version: int) -> None:
                         y="samples", horizontal=True, height=200)
 
 
-def move_to_trash(dataset: str, sample_id: str) -> None:
-    """Button callback (runs before the page): trash one sample, say so, drop cached reads."""
-    reason = st.session_state.get("ver_trash_reason") or None
-    if _write(lambda store: trash_samples(store, dataset, [sample_id], reason),
-              lambda _n: f"{sample_id} is in the trash: later selections of {dataset} leave "
-              "it out."):
-        st.session_state["ver_trash_reason"] = ""
-
-
-def restore(dataset: str, sample_ids: list[str] | None) -> None:
-    _write(lambda store: restore_samples(store, dataset, sample_ids),
-           lambda n: f"restored {n} sample(s) of {dataset}.")
-
-
-def _write(action: Callable[[Any], int], message: Callable[[int], str]) -> bool:
-    """Run a store write from a callback; the outcome is shown by the page that follows
-    (a busy store is a message there, never a traceback)."""
-    try:
-        n = action(ui.get_store())
-    except ui.BUSY_ERRORS as exc:
-        st.session_state["ver_trash_msg"] = ("error", f"The store is busy right now ({exc}); "
-                                             "try again in a moment.")
-        return False
-    st.session_state["ver_trash_msg"] = ("ok", message(n))
-    ui.clear_cache()
-    return True
-
-
-def trash_message() -> None:
-    if msg := st.session_state.pop("ver_trash_msg", None):
-        (st.success if msg[0] == "ok" else st.error)(msg[1])
-
-
 def trash_view(dataset: str) -> None:
     total = ui.read("trash_count", dataset)
-    trash_message()
+    ui.trash_message()
     if not total:
         st.info(f"The trash of {dataset} is empty. Move a sample there from the Samples "
                 "view (or `curator trash add`); later selections leave trashed samples out.")
@@ -144,8 +99,9 @@ def trash_view(dataset: str) -> None:
                  column_config={"prompt": st.column_config.TextColumn(width="large")})
     c1, c2, c3 = st.columns([4, 1, 1], vertical_alignment="bottom")
     pick = c1.selectbox("sample", [r["sample_id"] for r in rows], key="trash_pick")
-    c2.button("Restore", key="trash_restore", on_click=restore, args=(dataset, [pick]))
-    c3.button("Restore all", key="trash_restore_all", on_click=restore, args=(dataset, None))
+    c2.button("Restore", key="trash_restore", on_click=ui.restore, args=(dataset, [pick]))
+    c3.button("Restore all", key="trash_restore_all", on_click=ui.restore,
+              args=(dataset, None))
 
 
 def show_sample(sample_id: str) -> None:

@@ -362,6 +362,27 @@ def test_selections_open_a_sample(demo_store_path, monkeypatch):
     assert covers["utility"].is_monotonic_decreasing
 
 
+def test_selections_sample_can_go_to_the_trash(demo_store, monkeypatch):
+    from curator.store.trash import trash_page
+
+    store = Store(demo_store)
+    sel = list_selections(store)[0]
+    ids = selection_sample_ids(store, sel.selection_id)
+    at = make_app(demo_store, monkeypatch, "selections")
+    at.selectbox(key="sel_id").set_value(sel.selection_id)
+    at.radio(key="sel_view").set_value("Sample").run()
+    at.text_input(key="sel_sample_id").input(ids[0]).run()
+    at.text_input(key="sel_sample_trash_reason").input("leaks the answer").run()
+    at.button(key="sel_sample_trash").click().run()
+    assert_clean(at)
+    assert [(r["sample_id"], r["reason"]) for r in trash_page(store, sel.dataset)] == \
+        [(ids[0], "leaks the answer")]
+    assert any("is in the trash" in m.value for m in at.success)
+    at.button(key="sel_sample_restore").click().run()
+    assert_clean(at)
+    assert trash_page(store, sel.dataset) == []
+
+
 def test_selections_sample_gradient_score(demo_store_path, monkeypatch):
     store = Store(demo_store_path)
     gast = next(s for s in list_selections(store) if s.method == "gast")
