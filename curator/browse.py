@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from curator.config import config_hash
+from curator.config import GRADIENT_METHODS, config_hash
 from curator.store import Store
 from curator.store.selections import SelectionRecord, get_mask_record, get_selection
 
 PREVIEW_CHARS = 160
-GRADIENT_METHODS = ("dualsft", "gast", "less")
 
 
 def _preview(text: str | None, n: int = PREVIEW_CHARS) -> str:

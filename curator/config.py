@@ -16,6 +16,7 @@ from typing import Any
 
 STAGES = ("instruction", "task", "continual")
 METHODS = ("delift", "embedding", "random", "rds", "dualsft", "gast", "less", "full")
+GRADIENT_METHODS = ("dualsft", "gast", "less")  # selected from gradient scores, not kernels
 DISTANCES = ("prob-l2", "nll")
 OPTIMIZERS = ("naive", "lazy", "stochastic")
 EXPORT_FORMATS = ("jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from curator.config import ScoringOptions, StageSpec, config_hash
+from curator.config import GRADIENT_METHODS, ScoringOptions, StageSpec, config_hash
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.jobs import (
@@ -268,6 +268,33 @@ def rds_ranking(pool_emb: np.ndarray, target_emb: np.ndarray, n_select: int) -> 
     return np.asarray(picked, dtype=np.int64)
 
 
+def stage_key(dataset: str, spec: StageSpec, pools: Pools, options: ScoringOptions,
+              fingerprint: str | None) -> str:
+    """What makes two selections the same: data (pool, target, parent), settings and model.
+
+    Settings added after selections were stored enter the hash only when they differ from
+    their default, so upgrading does not make every stored selection look new.
+    """
+    return config_hash({
+        "dataset": dataset, "version": pools.version, "pool": _ids(pools.pool),
+        "target": pools.target_ref, "parent": pools.parent,
+        "spec": {k: v for k, v in vars(spec).items()
+                 if k not in ("name", "version", "parent")
+                 # only DELIFT reads it: other methods keep their hashes
+                 and (k != "self_coverage" or spec.method == "delift")},
+        "options": {k: v for k, v in vars(options).items() if not (k == "hubs" and v == 0)},
+        "model": fingerprint})
+
+
+@dataclass
+class _Ranked:
+    ranking: np.ndarray
+    gains: np.ndarray
+    objective: float | None
+    function: str | None
+    runs: list[UtilitySummary] = field(default_factory=list)
+
+
 def select_stage(store: Store, dataset: str, spec: StageSpec, *,
                  lm: LoadedModel | Callable[[], LoadedModel] | None = None,
                  options: ScoringOptions | None = None, previous_selection: str | None = None,
@@ -285,20 +312,13 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *,
     pools = resolve_pools(store, dataset, spec, previous_selection)
     n_pool = len(pools.pool)
     n_select = parse_budget(spec.budget, n_pool)
-    function = canonical_function(spec.resolved_function)
     if spec.method in MODEL_METHODS:
         if lm is None:
             raise ValueError(f"method {spec.method} needs a model")
         if callable(lm) and not isinstance(lm, LoadedModel):
             lm = lm()
     fingerprint = lm.fingerprint if isinstance(lm, LoadedModel) else None
-    key = config_hash({"dataset": dataset, "version": pools.version, "pool": _ids(pools.pool),
-                       "target": pools.target_ref, "parent": pools.parent,
-                       "spec": {k: v for k, v in vars(spec).items()
-                                if k not in ("name", "version", "parent")
-                                # only DELIFT reads it: other methods keep their hashes
-                                and (k != "self_coverage" or spec.method == "delift")},
-                       "options": vars(options), "model": fingerprint})
+    key = stage_key(dataset, spec, pools, options, fingerprint)
     if reuse:
         existing = find_selection(store, dataset, key)
         if existing is not None:
@@ -306,68 +326,88 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *,
             return StageOutcome(existing.selection_id, existing, ids, np.zeros(len(ids)),
                                 [], [f"reused {existing.selection_id}: same data, settings "
                                     "and model"], reused=True)
+    if spec.method in GRADIENT_METHODS:
+        from curator.gradient_stages import select_by_gradients
+
+        return select_by_gradients(store, dataset, spec, pools, lm, options, n_select,
+                                   started=started, spec_hash=key, progress=progress, echo=echo)
+    function = canonical_function(spec.resolved_function)
     config: dict[str, Any] = {"spec_hash": key, "function": function,
                               "optimizer": spec.optimizer,
                               "eta": spec.eta, "nu": spec.nu, "seed": spec.seed,
                               "k": options.k, "distance": options.distance,
                               "pool": spec.pool if spec.stage == "continual" else None}
+    if options.hubs:
+        config["hubs"] = options.hubs
     if pools.trashed:
         config["trashed"] = pools.trashed  # the browser rebuilds the pool without them
-    runs: list[UtilitySummary] = []
     notes: list[str] = trash_notes(pools)
-    scores = None
+    if spec.method in ("delift", "embedding"):
+        ranked = _rank_by_kernels(store, lm, spec, pools, function, options, n_select, config,
+                                  notes, progress, echo, dataset)
+    else:
+        ranked = _rank_simply(store, lm, spec, pools, options, n_select)
     pool_ids = _ids(pools.pool)
+    sample_ids = [pool_ids[i] for i in ranked.ranking]
+    record = SelectionRecord(
+        dataset=dataset, version=pools.version, stage=spec.stage, method=spec.method,
+        budget=spec.budget, n_pool=n_pool, n_selected=len(sample_ids),
+        function=ranked.function, objective=ranked.objective,
+        model=lm.fingerprint if isinstance(lm, LoadedModel) and spec.method in MODEL_METHODS
+        else None, config=config, parent=pools.parent, target=pools.target_ref,
+        seconds=round(time.monotonic() - started, 3))
+    sel_id = save_selection(store, record, sample_ids, gains=list(ranked.gains))
+    return StageOutcome(sel_id, record, sample_ids, np.asarray(ranked.gains), ranked.runs,
+                        notes)
+
+
+def _rank_simply(store: Store, lm: LoadedModel | None, spec: StageSpec, pools: Pools,
+                 options: ScoringOptions, n_select: int) -> _Ranked:
+    """The baselines without a set function: random, full, RDS+."""
+    n_pool = len(pools.pool)
     if spec.method == "random":
-        rng = np.random.default_rng(spec.seed)
-        ranking = rng.permutation(n_pool)[:n_select]
-        gains, objective, function = np.zeros(n_select), None, None
-    elif spec.method == "full":
-        ranking, gains, objective, function = np.arange(n_pool), np.zeros(n_pool), None, None
-        n_select = n_pool
-    elif spec.method == "rds":
+        ranking = np.random.default_rng(spec.seed).permutation(n_pool)[:n_select]
+        return _Ranked(ranking, np.zeros(n_select), None, None)
+    if spec.method == "full":
+        return _Ranked(np.arange(n_pool), np.zeros(n_pool), None, None)
+    if spec.method == "rds":
         if not pools.target:
             raise ValueError("rds ranks the pool by similarity to a target set: pass a target")
         everyone = {s.sample_id: s for s in [*pools.pool, *pools.target]}
         emb, _ = ensure_embeddings(store, lm, list(everyone.values()),
                                    batch_size=options.batch_size)
         row = {sid: i for i, sid in enumerate(everyone)}
-        ranking = rds_ranking(emb[[row[i] for i in pool_ids]],
+        ranking = rds_ranking(emb[[row[i] for i in _ids(pools.pool)]],
                               emb[[row[s.sample_id] for s in pools.target]], n_select)
-        gains, objective, function = np.zeros(len(ranking)), None, "round_robin_cosine"
-    elif spec.method in ("delift", "embedding"):
-        if spec.method == "delift":
-            kernels, runs = _utility_kernels(store, lm, pools, function, options, n_select,
-                                             progress, echo, dataset, spec.self_coverage)
-            config["utility_config"] = utility_config(lm, options).config_hash()
-            config["self_coverage"] = spec.self_coverage
-        else:
-            kernels = _embedding_kernels(store, lm, pools, function, options)
-        result = select(kernels.get("kernel"), n_select, function=function,
-                        optimizer=spec.optimizer, query_kernel=kernels.get("query_kernel"),
-                        private_kernel=kernels.get("private_kernel"), eta=spec.eta, nu=spec.nu,
-                        seed=spec.seed)
-        ranking, gains, objective = np.asarray(result.ranking), np.asarray(result.gains), \
-            float(result.objective)
-        if spec.method == "delift" and (gains <= 1e-12).any():
-            fallback = _embedding_kernels(store, lm, pools, function, options)
-            ranking, gains, filled = _fill_zero_gain_tail(result, fallback, n_select, spec,
-                                                          function)
-            if filled:
-                notes.append(f"{filled} picks made at zero utility gain were re-picked by "
-                             "embedding similarity")
-                config["zero_gain_refilled"] = filled
-    else:
-        from curator.gradient_stages import select_by_gradients
+        return _Ranked(ranking, np.zeros(len(ranking)), None, "round_robin_cosine")
+    raise ValueError(f"unknown method {spec.method!r}")
 
-        return select_by_gradients(store, dataset, spec, pools, lm, options, n_select,
-                                   started=started, spec_hash=key, progress=progress, echo=echo)
-    sample_ids = [pool_ids[i] for i in ranking]
-    record = SelectionRecord(
-        dataset=dataset, version=pools.version, stage=spec.stage, method=spec.method,
-        budget=spec.budget, n_pool=n_pool, n_selected=len(sample_ids), function=function,
-        objective=objective,
-        model=lm.fingerprint if isinstance(lm, LoadedModel) and spec.method in MODEL_METHODS
-        else None, config=config, parent=pools.parent, target=pools.target_ref,
-        seconds=round(time.monotonic() - started, 3))
-    sel_id = save_selection(store, record, sample_ids, gains=list(gains), scores=scores)
-    return StageOutcome(sel_id, record, sample_ids, np.asarray(gains), runs, notes)
+
+def _rank_by_kernels(store: Store, lm: LoadedModel, spec: StageSpec, pools: Pools,
+                     function: str, options: ScoringOptions, n_select: int,
+                     config: dict[str, Any], notes: list[str], progress: bool,
+                     echo: Callable[[str], None] | None, dataset: str) -> _Ranked:
+    """DELIFT (utility kernels, scored as needed) or its embedding baseline: greedy
+    submodular maximisation of the stage's function. Adds to ``config`` and ``notes``."""
+    runs: list[UtilitySummary] = []
+    if spec.method == "delift":
+        kernels, runs = _utility_kernels(store, lm, pools, function, options, n_select,
+                                         progress, echo, dataset, spec.self_coverage)
+        config["utility_config"] = utility_config(lm, options).config_hash()
+        config["self_coverage"] = spec.self_coverage
+    else:
+        kernels = _embedding_kernels(store, lm, pools, function, options)
+    result = select(kernels.get("kernel"), n_select, function=function,
+                    optimizer=spec.optimizer, query_kernel=kernels.get("query_kernel"),
+                    private_kernel=kernels.get("private_kernel"), eta=spec.eta, nu=spec.nu,
+                    seed=spec.seed)
+    ranking, gains = np.asarray(result.ranking), np.asarray(result.gains)
+    if spec.method == "delift" and (gains <= 1e-12).any():
+        fallback = _embedding_kernels(store, lm, pools, function, options)
+        ranking, gains, filled = _fill_zero_gain_tail(result, fallback, n_select, spec,
+                                                      function)
+        if filled:
+            notes.append(f"{filled} picks made at zero utility gain were re-picked by "
+                         "embedding similarity")
+            config["zero_gain_refilled"] = filled
+    return _Ranked(ranking, gains, float(result.objective), function, runs)

@@ -428,3 +428,22 @@ def test_query_k_rule() -> None:
     assert _query_k(ScoringOptions(k=16), n_select=90, n_query=30, n_pool=300) == 16
     assert _query_k(ScoringOptions(k=4, query_k=0), 90, 30, 300) == 300
     assert _query_k(ScoringOptions(k=4, query_k=50), 90, 30, 40) == 40
+
+
+def test_stage_key_ignores_settings_at_their_new_defaults(cstore):
+    # "hubs" came after selections were stored: at its default (0) it leaves the key as it
+    # was, so stored selections are still found; any other value makes another selection.
+    from curator.config import config_hash as raw_hash
+    from curator.curate import stage_key
+
+    spec = StageSpec(method="random", budget="4", version=1)
+    pools = resolve_pools(cstore, "d", spec)
+    old_options = {k: v for k, v in vars(OPTIONS).items() if k != "hubs"}
+    old_key = raw_hash({"dataset": "d", "version": 1, "pool": ids(pools.pool), "target": None,
+                        "parent": None,
+                        "spec": {k: v for k, v in vars(spec).items()
+                                 if k not in ("name", "version", "parent", "self_coverage")},
+                        "options": old_options, "model": None})
+    assert stage_key("d", spec, pools, OPTIONS, None) == old_key
+    hubs = ScoringOptions(**{**vars(OPTIONS), "hubs": 2})
+    assert stage_key("d", spec, pools, hubs, None) != old_key
