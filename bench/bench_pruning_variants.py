@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             k_mat = kernel(pairs)
             ratios = [fl_objective(D, select(k_mat, m).ranking) / best[m] for m in sizes]
             lines.append(f"| {k} | {name} | {len(pairs)} | "
-                         + " | ".join(f"{r:.3f}" for r in ratios) + " |")
+                         + " | ".join(f"{r:.4f}" for r in ratios) + " |")
             print(lines[-1], flush=True)
     cmd = "python bench/bench_pruning_variants.py" + (
         " " + shlex.join(sys.argv[1:]) if argv is None and sys.argv[1:] else "")
