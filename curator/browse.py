@@ -280,11 +280,9 @@ def selection_score_options(store: Store, selection_id: str) -> list[str]:
     return names
 
 
-def _pool_values_sql(store_sel: SelectionRecord, selection_id: str,
-                     name: str) -> tuple[str, list[Any]]:
+def _pool_values_sql(sel: SelectionRecord, name: str) -> tuple[str, list[Any]]:
     """SQL for (sample_id, v, picked, rank) over the selection's pool: the value of score
     ``name`` for each pool sample that has one, and whether and where it was picked."""
-    sel = store_sel
     pool, params = selection_pool_sql(sel)
     if name == "length (chars)":
         value_sql, vparams = "SELECT sample_id, n_chars::DOUBLE AS v FROM samples", []
@@ -307,13 +305,13 @@ def _pool_values_sql(store_sel: SelectionRecord, selection_id: str,
            "JOIN val v USING (sample_id) LEFT JOIN selection_members sm ON "
            "sm.selection_id = ? AND sm.layer = '' AND sm.sample_id = p.sample_id "
            "WHERE v.v IS NOT NULL")
-    return sql, params + vparams + [selection_id]
+    return sql, params + vparams + [sel.selection_id]
 
 
 def selection_score_values(store: Store, selection_id: str,
                            name: str) -> dict[str, np.ndarray]:
     """Values of ``name`` over the selection's pool, split into selected / not selected."""
-    sql, params = _pool_values_sql(get_selection(store, selection_id), selection_id, name)
+    sql, params = _pool_values_sql(get_selection(store, selection_id), name)
     with store.connect() as con:
         rows = con.execute(f"SELECT v, picked FROM ({sql})", params).fetchnumpy()
     values = np.asarray(rows["v"], dtype=float)
@@ -328,10 +326,10 @@ def samples_in_score_range(store: Store, selection_id: str, name: str, lo: float
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError(f"score range [{lo}, {hi}] is not finite")
     lo, hi = min(lo, hi), max(lo, hi)
-    sql, params = _pool_values_sql(get_selection(store, selection_id), selection_id, name)
+    sql, params = _pool_values_sql(get_selection(store, selection_id), name)
     with store.connect() as con:
         counts = con.execute(f"SELECT count(*) FILTER (WHERE picked), count(*) FROM ({sql}) "
-                             "WHERE v BETWEEN ? AND ?", params + [lo, hi]).fetchone()
+                             "WHERE v BETWEEN ? AND ?", params + [lo, hi]).fetchall()[0]
         rows = con.execute(
             f"SELECT r.sample_id, r.v, r.picked, r.rank, s.prompt, s.response FROM ({sql}) r "
             "JOIN samples s USING (sample_id) WHERE r.v BETWEEN ? AND ? "
