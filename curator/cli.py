@@ -3,6 +3,7 @@ one library call and prints the result; library errors become a one-line message
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections.abc import Callable
@@ -277,9 +278,11 @@ def scoring_options(func: Callable) -> Callable:
                      help="Hugging Face causal LM name or path (default: embedded SmolLM2)."),
         click.option("--k", "k", default=16, show_default=True,
                      help="Neighbours per sample in the candidate-pair graph."),
-        click.option("--hubs", default=0, show_default=True,
+        click.option("--hubs", default="auto", show_default=True,
                      help="Also score the N examples that helped their neighbours most "
-                          "against every target (better small-budget selections; 0: off)."),
+                          "against every target (better small-budget selections; 0: off). "
+                          "auto: k of them when a selection keeps at most 20% of its pool "
+                          "(`score utility` knows no budget and scores none)."),
         click.option("--distance", type=click.Choice(["prob-l2", "nll"]), default="prob-l2",
                      show_default=True, help="prob-l2: the paper's distance; nll: mean NLL."),
         click.option("--batch-size", default=16, show_default=True),
@@ -296,9 +299,12 @@ def scoring_options(func: Callable) -> Callable:
 
 
 def _options(k: int, distance: str, batch_size: int, max_length: int, dtype: str,
-             dense: bool = False, hubs: int = 0):
+             dense: bool = False, hubs: int | str = 0):
     from curator.config import RecipeError, ScoringOptions
 
+    if isinstance(hubs, str) and hubs != "auto":
+        with contextlib.suppress(ValueError):  # not a number: validate names the flag
+            hubs = int(hubs)
     options = ScoringOptions(k=k, distance=distance, batch_size=batch_size,
                              max_length=max_length, dense=dense, dtype=dtype, hubs=hubs)
     try:
@@ -339,7 +345,7 @@ def score() -> None:
 @scoring_options
 @user_errors
 def score_utility(dataset: str, store_path: Path, version: str | None, target_set: str | None,
-                  dense: bool, model: str | None, k: int, hubs: int, distance: str,
+                  dense: bool, model: str | None, k: int, hubs: str, distance: str,
                   batch_size: int, max_length: int, dtype: str,
                   trust_remote_code: bool) -> None:
     """Pairwise in-context utilities UF(target, example) on nearest-neighbour pairs.
@@ -402,7 +408,7 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
 def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, method: str,
                budget: str, function: str | None, target_set: str | None, parent: str | None,
                pool: str, optimizer: str, eta: float, nu: float, param_budget: str | None,
-               self_coverage: str, seed: int, model: str | None, k: int, hubs: int,
+               self_coverage: str, seed: int, model: str | None, k: int, hubs: str,
                distance: str, batch_size: int, max_length: int, dtype: str,
                trust_remote_code: bool) -> None:
     """Pick a subset for a fine-tuning stage and store it as a selection."""

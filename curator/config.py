@@ -21,6 +21,10 @@ DISTANCES = ("prob-l2", "nll")
 OPTIMIZERS = ("naive", "lazy", "stochastic")
 EXPORT_FORMATS = ("jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf")
 DEFAULT_FUNCTION = {"instruction": "facility_location", "task": "flvmi", "continual": "flcg"}
+# hubs: "auto" scores k hub examples against every target when a DELIFT stage keeps at most
+# this share of its pool: the kNN graph alone falls short of the dense selection there
+# (bench/results/pruning.md), and at larger budgets it does not need them.
+AUTO_HUBS_MAX_SHARE = 0.2
 
 
 class RecipeError(ValueError):
@@ -58,8 +62,9 @@ class ScoringOptions:
     max_length: int = 1024            # tokens per scored sequence (capped by the model)
     dense: bool = False               # all pairs: the reference for small sets
     query_k: int | None = None        # targets x pool graphs: None = auto, 0 = every pool item
-    hubs: int = 0                     # + all pairs of the h examples most helpful to their
-                                      #   kNN targets (what small budgets miss; 0: off)
+    hubs: int | str = "auto"          # + all pairs of the h examples most helpful to their
+                                      #   kNN targets (what small budgets miss; 0: off;
+                                      #   "auto": k of them at budgets <= 20%, see resolved_hubs)
     dtype: str = "auto"               # auto: bf16 on CUDA and on CPUs with native bf16
 
     def validate(self, where: str = "scoring") -> None:
@@ -72,8 +77,9 @@ class ScoringOptions:
                                          or not isinstance(self.query_k, int)
                                          or self.query_k < 0):
             raise RecipeError(f"{where}.query_k must be an integer >= 0 (0: all pairs)")
-        if isinstance(self.hubs, bool) or not isinstance(self.hubs, int) or self.hubs < 0:
-            raise RecipeError(f"{where}.hubs must be an integer >= 0 (0: off), "
+        if self.hubs != "auto" and (isinstance(self.hubs, bool) or not isinstance(self.hubs, int)
+                                    or self.hubs < 0):
+            raise RecipeError(f"{where}.hubs must be 'auto' or an integer >= 0 (0: off), "
                               f"got {self.hubs!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise RecipeError(f"{where}.batch_size must be a positive integer")
@@ -81,6 +87,17 @@ class ScoringOptions:
             raise RecipeError(f"{where}.max_length must be an integer >= 16")
         if self.dtype not in ("auto", "bf16", "fp32", "fp16", "bfloat16", "float32", "float16"):
             raise RecipeError(f"{where}.dtype must be auto, bf16, fp16 or fp32")
+
+    def resolved_hubs(self, n_select: int | None = None, n_pool: int | None = None) -> int:
+        """How many hub examples to score: ``hubs`` itself when it is a count; for "auto",
+        ``k`` when a selection of ``n_select`` from ``n_pool`` keeps at most
+        AUTO_HUBS_MAX_SHARE of the pool, else 0 (also 0 when no budget is known, as in
+        ``curator score utility``, and for dense scoring, which has every pair already)."""
+        if self.hubs != "auto":
+            return int(self.hubs)
+        if self.dense or n_select is None or not n_pool:
+            return 0
+        return self.k if n_select <= AUTO_HUBS_MAX_SHARE * n_pool else 0
 
 
 @dataclass

@@ -15,6 +15,7 @@ Stages (DELIFT):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from curator.config import GRADIENT_METHODS, ScoringOptions, StageSpec, config_hash
+from curator.config import (
+    AUTO_HUBS_MAX_SHARE,
+    GRADIENT_METHODS,
+    ScoringOptions,
+    StageSpec,
+    config_hash,
+)
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.jobs import (
@@ -318,6 +325,11 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *,
         if callable(lm) and not isinstance(lm, LoadedModel):
             lm = lm()
     fingerprint = lm.fingerprint if isinstance(lm, LoadedModel) else None
+    # hub columns serve utility kernels only; "auto" becomes a count here, where the budget
+    # is known, so the key and the record say what was scored
+    auto_hubs = options.hubs == "auto"
+    options = dataclasses.replace(options, hubs=options.resolved_hubs(n_select, n_pool)
+                                  if spec.method == "delift" else 0)
     key = stage_key(dataset, spec, pools, options, fingerprint)
     if reuse:
         existing = find_selection(store, dataset, key)
@@ -342,6 +354,10 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *,
     if pools.trashed:
         config["trashed"] = pools.trashed  # the browser rebuilds the pool without them
     notes: list[str] = trash_notes(pools)
+    if auto_hubs and options.hubs:
+        notes.append(f"scored the {options.hubs} hub examples against every target as well: "
+                     f"the budget ({n_select} of {n_pool}) is at most "
+                     f"{AUTO_HUBS_MAX_SHARE:.0%} of the pool (scoring.hubs: auto)")
     if spec.method in ("delift", "embedding"):
         ranked = _rank_by_kernels(store, lm, spec, pools, function, options, n_select, config,
                                   notes, progress, echo, dataset)

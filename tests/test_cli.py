@@ -224,7 +224,9 @@ def test_show_quarantine(built):
 
 def test_scoring_options_are_checked_before_a_model_loads(built):
     assert fail("score", "utility", "-d", "d", "--store", built, "--hubs", "-1") == \
-        "--hubs must be an integer >= 0 (0: off), got -1"
+        "--hubs must be 'auto' or an integer >= 0 (0: off), got -1"
+    assert fail("select", "-d", "d", "--store", built, "--hubs", "many") == \
+        "--hubs must be 'auto' or an integer >= 0 (0: off), got 'many'"
     assert fail("select", "-d", "d", "--store", built, "--batch-size", "0") == \
         "--batch-size must be a positive integer"
 

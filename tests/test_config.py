@@ -60,7 +60,8 @@ def test_a_full_recipe_is_read_into_typed_configs():
 def test_defaults():
     r = recipe_from_dict({"dataset": "d", "stages": [{}]})
     assert r.stages == [StageSpec()] and r.export == ExportSpec() and r.inputs == []
-    assert r.scoring == ScoringOptions()
+    assert r.scoring == ScoringOptions() and r.scoring.hubs == "auto"
+    assert recipe_from_dict(recipe(scoring={"hubs": 4})).scoring.hubs == 4
     assert recipe_from_dict(recipe(export=None)).export is None
 
 
@@ -151,6 +152,8 @@ def test_previous_on_the_first_stage():
     (recipe(scoring={"distance": "l1"}), "scoring.distance must be one of prob-l2, nll"),
     (recipe(scoring={"max_length": 8}), "scoring.max_length must be an integer >= 16"),
     (recipe(scoring={"dtype": "int8"}), "scoring.dtype must be auto"),
+    (recipe(scoring={"hubs": "lots"}), "scoring.hubs must be 'auto' or an integer >= 0"),
+    (recipe(scoring={"hubs": -2}), "scoring.hubs must be 'auto' or an integer >= 0"),
 ])
 def test_other_refusals(data, message):
     refused(data, message)

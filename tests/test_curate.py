@@ -4,6 +4,8 @@ zero-gain tail refill."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 
 import numpy as np
@@ -444,6 +446,32 @@ def test_stage_key_ignores_settings_at_their_new_defaults(cstore):
                         "spec": {k: v for k, v in vars(spec).items()
                                  if k not in ("name", "version", "parent", "self_coverage")},
                         "options": old_options, "model": None})
-    assert stage_key("d", spec, pools, OPTIONS, None) == old_key
+    off = dataclasses.replace(OPTIONS, hubs=0)  # what select_stage resolves "auto" to here
+    assert stage_key("d", spec, pools, off, None) == old_key
     hubs = ScoringOptions(**{**vars(OPTIONS), "hubs": 2})
     assert stage_key("d", spec, pools, hubs, None) != old_key
+
+
+def test_auto_hubs_at_small_budgets(cstore, lm):
+    # 4 of 24 is at most a fifth of the pool: "auto" scores k (3) hub columns in full
+    small = select_stage(cstore, "d", StageSpec(stage="instruction", budget="4", version=1),
+                         lm=lm, options=OPTIONS)
+    run = small.scoring[0]
+    assert run.graph == "exact + 3 hubs" and run.n_pairs > 72
+    assert small.record.config["hubs"] == 3
+    assert any("3 hub examples" in n and "scoring.hubs: auto" in n for n in small.notes)
+    # the count "auto" became is the setting: asking for 3 hubs is the same selection
+    again = select_stage(cstore, "d", StageSpec(stage="instruction", budget="4", version=1),
+                         lm=lm, options=dataclasses.replace(OPTIONS, hubs=3))
+    assert again.reused and again.selection_id == small.selection_id
+    # 6 of 24 is more than a fifth: no hubs, and the same key as hubs off (0)
+    large = select_stage(cstore, "d", StageSpec(stage="instruction", budget="6", version=1),
+                         lm=lm, options=OPTIONS)
+    assert "hubs" not in large.scoring[0].graph and "hubs" not in large.record.config
+    off = select_stage(cstore, "d", StageSpec(stage="instruction", budget="6", version=1),
+                       lm=lm, options=dataclasses.replace(OPTIONS, hubs=0))
+    assert off.reused and off.selection_id == large.selection_id
+    # other methods score no hubs, whatever the budget
+    emb = select_stage(cstore, "d", StageSpec(method="embedding", budget="2", version=1),
+                       lm=lm, options=OPTIONS)
+    assert "hubs" not in emb.record.config

@@ -141,7 +141,9 @@ def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
     """Score UF(target, example) for the candidate pairs of ``targets`` x ``examples``.
 
     With ``options.hubs`` = h, a second pass scores the h hub examples (``hub_examples``
-    over the candidate pairs) against every target as well.
+    over the candidate pairs) against every target as well. "auto" needs the selection
+    budget, which scoring alone does not know: it scores no hubs here, and selection
+    (``curate.select_stage``) resolves it to a count first.
     """
     options = options or ScoringOptions()
     if not targets:
@@ -170,7 +172,8 @@ def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
     job = _PairJob(store, lm, config, options, samples_by_id, summary, dataset, progress, echo)
     try:
         job.run([p for p in pairs if p not in done])
-        if options.hubs and not options.dense:
+        n_hubs = options.resolved_hubs()
+        if n_hubs and not options.dense:
             wanted = set(pairs)
             rows = load_utilities(store, lm.fingerprint, chash, t_ids,
                                   [s.sample_id for s in examples])
@@ -178,7 +181,7 @@ def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
                     if p in wanted]
             hubs = hub_examples([rows.target_id[i] for i in keep],
                                 [rows.example_id[i] for i in keep], rows.utility[keep],
-                                rows.valid[keep], options.hubs)
+                                rows.valid[keep], n_hubs)
             extra = [(t, e) for e in hubs for t in t_ids if t != e and (t, e) not in wanted]
             summary.n_pairs += len(extra)
             summary.graph = f"{graph} + {len(hubs)} hubs"

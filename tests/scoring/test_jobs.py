@@ -167,10 +167,32 @@ def test_hubs_are_scored_against_every_target_once(store, lm, pool):
     assert (plain.n_pairs, plain.n_computed) == (len(knn_pairs), 0)
 
 
-def test_hubs_must_be_a_count():
-    for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="hubs must be an integer >= 0"):
+def test_hubs_must_be_a_count_or_auto():
+    for bad in (-1, 1.5, True, "4", "Auto"):
+        with pytest.raises(ValueError, match="hubs must be 'auto' or an integer >= 0"):
             ScoringOptions(hubs=bad).validate()
+    ScoringOptions(hubs="auto").validate()
+
+
+def test_auto_hubs_are_k_for_budgets_up_to_a_fifth_of_the_pool():
+    auto = ScoringOptions(k=8)
+    assert auto.hubs == "auto"
+    assert [auto.resolved_hubs(m, 100) for m in (1, 10, 20, 21, 30, 100)] == \
+        [8, 8, 8, 0, 0, 0]
+    # scoring alone knows no budget; dense scoring has every pair already
+    assert auto.resolved_hubs() == 0
+    assert ScoringOptions(k=8, dense=True).resolved_hubs(10, 100) == 0
+    # a count is a count, whatever the budget
+    assert ScoringOptions(k=8, hubs=3).resolved_hubs(90, 100) == 3
+    assert ScoringOptions(k=8, hubs=0).resolved_hubs(5, 100) == 0
+
+
+def test_auto_hubs_score_nothing_without_a_budget(store, lm, pool):
+    v1, _ = pool
+    assert OPTIONS.hubs == "auto"
+    out = score_utilities(store, lm, v1, v1, OPTIONS)
+    assert out.graph == "exact"
+    assert set(stored_pairs(store, lm)) == expected_knn_pairs(store, lm, v1)
 
 
 def test_an_interrupted_run_resumes_to_the_same_table(store, lm, pool, base, tmp_path,
