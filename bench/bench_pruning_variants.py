@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> None:
         " " + shlex.join(sys.argv[1:]) if argv is None and sys.argv[1:] else "")
     head = [
         "# Which scored pairs a facility-location selection needs", "",
-        f"Command: `{cmd}` on the dense store of `python bench/bench_pruning.py --n {n} "
-        f"--workdir {args.workdir}`", "",
+        f"Command: `{cmd}` on the dense store that `python bench/bench_pruning.py --n {n} "
+        f"--workdir {args.workdir}` kept there (with that run's own `--seed`, which chose "
+        "the pool)", "",
         f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.platform()}, "
         f"Python {platform.python_version()}. Date "
         f"{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}. No forward passes: every "
