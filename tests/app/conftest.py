@@ -1,14 +1,16 @@
 """Fixtures for the app tests: one demo store built with the real pipeline and a tiny model.
 
-The store takes a few minutes to build on a busy machine, so it is built once per git HEAD
-and cached under the temp folder (``CURATOR_APP_FIXTURE`` points at a ready store instead).
+The store takes a few minutes to build on a busy machine, so it is built once per state of
+the code that builds it (a hash of curator/, sample_data/ and this file, so uncommitted edits
+count) and cached under the temp folder; building one removes the copies older code left
+there. ``CURATOR_APP_FIXTURE`` points at a ready store instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -18,12 +20,18 @@ REPO = Path(__file__).resolve().parents[2]
 APP_FILE = REPO / "app" / "streamlit_app.py"
 
 
-def _head() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO,
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "nohead"
+FIXTURE_PREFIX = "curator-app-fixture-"
+
+
+def _code_key() -> str:
+    """12 hex digits of a hash over the files the fixture store is built from."""
+    digest = hashlib.sha256()
+    files = [*sorted((REPO / "curator").rglob("*.py")),
+             *sorted(p for p in (REPO / "sample_data").iterdir() if p.is_file()),
+             Path(__file__).resolve()]
+    for path in files:
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def build_fixture_store(root: Path) -> Path:
@@ -51,7 +59,7 @@ def fixture_store_path() -> Path:
     given = os.environ.get("CURATOR_APP_FIXTURE")
     if given:
         return Path(given)
-    base = Path(tempfile.gettempdir()) / f"curator-app-fixture-{_head()}"
+    base = Path(tempfile.gettempdir()) / f"{FIXTURE_PREFIX}{_code_key()}"
     if not (base / "READY").exists():
         # Built beside the final place and renamed into it: a crashed or concurrent build
         # never leaves a half-built store where the next session would take it.
@@ -66,6 +74,9 @@ def fixture_store_path() -> Path:
             shutil.rmtree(work, ignore_errors=True)
             if not (base / "READY").exists():
                 raise
+        for old in base.parent.glob(f"{FIXTURE_PREFIX}*"):  # stores of earlier code
+            if old != base and ".building-" not in old.name:
+                shutil.rmtree(old, ignore_errors=True)
     return base / "store"
 
 

@@ -263,8 +263,9 @@ def test_a_second_process_reads_between_the_writers_transactions(store, write_js
     try:
         assert reader.stdout.readline().strip() == "ready"
         # A short pause after each committed batch, outside any transaction, as a long job
-        # computing its next batch would make.
-        summary = ingest(store, source, "d", batch_size=20, progress=lambda n: time.sleep(0.2))
+        # computing its next batch would make. (0.2 s once proved too short a window on a
+        # loaded machine: the reader's lock backoff, up to 1 s, can step over it.)
+        summary = ingest(store, source, "d", batch_size=20, progress=lambda n: time.sleep(0.4))
         out, _ = reader.communicate(timeout=60)
     finally:
         reader.kill()
