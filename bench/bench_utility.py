@@ -119,6 +119,8 @@ def main() -> None:
                     help="pairs for the raw / no-reuse / naive comparisons (default 32, quick 12)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--note", default="",
+                    help="a sentence for the report about the machine's state (e.g. its load)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "utility.md"))
     args = ap.parse_args()
     n = args.n or (16 if args.quick else 40)
@@ -203,9 +205,9 @@ def main() -> None:
         f"Command: `{command}`", "",
         f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, model {lm.name} ({lm.dtype}, {lm.device}). "
-        f"Load average (1 min) {load_start:.1f} at start, {load_end:.1f} at end: the CPU was "
-        "shared with other work, so absolute numbers are noisy; ratios between rows taken "
-        "in the same run are the useful part.", "",
+        f"Load average (1 min) {load_start:.1f} at start, {load_end:.1f} at end"
+        + (f". {args.note}" if args.note else "") + " Ratios between rows taken in the same "
+        "run are the more reliable part on a shared machine.", "",
         f"Data: {len(samples)} T0 samples (target layout 70-100 tokens), pool x pool kNN "
         f"(k={k}, model embeddings, {nb.method}) -> {len(pairs)} pairs; full pair sequence "
         f"length mean {lengths.mean():.0f}, min {lengths.min()}, max {lengths.max()} tokens; "
