@@ -278,7 +278,7 @@ def scoring_options(func: Callable) -> Callable:
                      help="Hugging Face causal LM name or path (default: embedded SmolLM2)."),
         click.option("--k", "k", default=16, show_default=True,
                      help="Neighbours per sample in the candidate-pair graph."),
-        click.option("--hubs", default="auto", show_default=True,
+        click.option("--hubs", default="auto", show_default=True, metavar="N|auto",
                      help="Also score the N examples that helped their neighbours most "
                           "against every target (better small-budget selections; 0: off). "
                           "auto: k of them when a selection keeps at most 20% of its pool "
