@@ -310,7 +310,9 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *,
     """Select a subset of ``dataset`` for one stage and store it; returns the outcome.
 
     ``reuse``: when a selection with the same data, settings and model exists, return it
-    instead of selecting again (selections are deterministic given their seed).
+    instead of selecting again (selections are deterministic given their seed and the
+    scores in the store: a DELIFT kernel reads every stored pair among its rows and
+    columns, including pairs other stages scored; docs/design-notes.md).
     """
     spec.validate("stage")
     options = options or ScoringOptions()
