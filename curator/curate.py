@@ -413,6 +413,10 @@ def _rank_by_kernels(store: Store, lm: LoadedModel, spec: StageSpec, pools: Pool
                                          progress, echo, dataset, spec.self_coverage)
         config["utility_config"] = utility_config(lm, options).config_hash()
         config["self_coverage"] = spec.self_coverage
+        # what the kernels held (stored pairs of other stages count too): two selections
+        # with equal settings but different store histories differ here
+        config["kernel_nnz"] = {name: int(m.nnz) for name, m in kernels.items()
+                                if m is not None}
     else:
         kernels = _embedding_kernels(store, lm, pools, function, options)
     result = select(kernels.get("kernel"), n_select, function=function,

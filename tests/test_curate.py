@@ -9,6 +9,7 @@ import dataclasses
 import shutil
 
 import numpy as np
+import scipy.sparse as sp
 import pytest
 
 from curator.config import RecipeError, ScoringOptions, StageSpec
@@ -261,6 +262,7 @@ def test_instruction_delift_facility_location(cstore, lm):
     assert rec.config["function"] == "facility_location"
     assert rec.config["utility_config"] == chash(lm)
     assert rec.config["k"] == 3 and rec.config["pool"] is None
+    assert rec.config["kernel_nnz"] == {"kernel": int(sp.csr_matrix(S).nnz)}
 
 
 def test_identical_selection_is_reused(cstore, lm):
