@@ -3,7 +3,7 @@
 The store takes a few minutes to build on a busy machine, so it is built once per state of
 the code that builds it (a hash of curator/, sample_data/ and this file, so uncommitted edits
 count) and cached under the temp folder; building one removes the copies older code left
-there. ``CURATOR_APP_FIXTURE`` points at a ready store instead.
+there more than an hour ago. ``CURATOR_APP_FIXTURE`` points at a ready store instead.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,11 @@ def fixture_store_path() -> Path:
             shutil.rmtree(work, ignore_errors=True)
             if not (base / "READY").exists():
                 raise
-        for old in base.parent.glob(f"{FIXTURE_PREFIX}*"):  # stores of earlier code
-            if old != base and ".building-" not in old.name:
+        # Stores of earlier code; one built within the hour may be another checkout's,
+        # in use by a test run beside this one.
+        for old in base.parent.glob(f"{FIXTURE_PREFIX}*"):
+            if (old != base and ".building-" not in old.name
+                    and time.time() - old.stat().st_mtime > 3600):
                 shutil.rmtree(old, ignore_errors=True)
     return base / "store"
 
