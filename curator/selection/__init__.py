@@ -12,7 +12,7 @@ from curator.selection.api import (
     canonical_function,
     select,
 )
-from curator.selection.budget import parse_budget, parse_cost_budget
+from curator.budget import parse_budget, parse_cost_budget
 from curator.selection.functions import (
     FacilityLocation,
     FacilityLocationConditionalGain,

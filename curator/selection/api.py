@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from curator.selection.budget import BudgetSpec, parse_budget, parse_cost_budget
+from curator.budget import BudgetSpec, parse_budget, parse_cost_budget
 from curator.selection.functions import (
     FacilityLocation,
     FacilityLocationConditionalGain,
