@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from curator.config import GRADIENT_METHODS, config_hash
+from curator.config import config_hash
 from curator.store import Store
 from curator.store.selections import SelectionRecord, get_mask_record, get_selection
+from curator.vocabulary import GRADIENT_METHODS
 
 PREVIEW_CHARS = 160
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 BudgetSpec = int | float | str
+
+# The text form recipes and the CLI accept: a plain decimal, optionally a percentage.
+_BUDGET_TEXT = re.compile(r"^\s*(\d+(\.\d+)?)\s*%?\s*$")
 
 
 def _as_number(spec: BudgetSpec) -> tuple[float, bool, bool]:
@@ -101,4 +105,38 @@ def parse_cost_budget(spec: BudgetSpec, total_cost: float) -> float:
         raise ValueError(f"cost budget {spec!r} is not a number or a percentage") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"cost budget {spec!r} must be a positive finite number")
+    return value
+
+
+def check_budget(spec: BudgetSpec) -> str:
+    """Validate a budget before any pool is known and return it as text ("30%", "100",
+    "0.3"), kept as given: recipes store it, ``parse_budget`` turns it into a count later.
+
+    Refuses what ``parse_budget`` would refuse for every pool (zero, over 100%, a decimal
+    count above one), so a bad budget in a recipe's last stage fails before the first runs.
+    """
+    text = str(spec).strip()
+    if isinstance(spec, bool) or not _BUDGET_TEXT.match(text):
+        raise ValueError(f"budget must be a count (100), a fraction (0.3) or a percentage "
+                         f"(30%), got {spec!r}")
+    number = float(text.rstrip("%"))
+    if number <= 0:
+        raise ValueError(f"budget must be above 0, got {spec!r}")
+    if text.endswith("%") and number > 100:
+        raise ValueError(f"budget above 100% ({spec!r})")
+    if not text.endswith("%") and number > 1 and number != int(number):
+        raise ValueError(f"budget {text} is neither a whole count nor a fraction in (0, 1]; "
+                         "write a percentage as '30%'")
+    return text
+
+
+def budget_fraction(spec: BudgetSpec) -> float:
+    """A share budget ('5%' or '0.05' -> 0.05), as parameter budgets are: always a share of
+    the scope, never a count."""
+    try:
+        value, _, _ = _as_number(spec)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"parameter budget must be in (0%, 100%], got {spec!r}")
     return value

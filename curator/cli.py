@@ -13,6 +13,15 @@ from typing import Any
 import click
 
 from curator.store import Store, StoreError
+from curator.vocabulary import (
+    CONTINUAL_POOLS,
+    DISTANCES,
+    EXPORT_FORMATS,
+    METHODS,
+    OPTIMIZERS,
+    SELF_COVERAGE,
+    STAGES,
+)
 
 
 class CuratorError(click.ClickException):
@@ -283,7 +292,7 @@ def scoring_options(func: Callable) -> Callable:
                           "against every target (better small-budget selections; 0: off). "
                           "auto: k of them when a selection keeps at most 20% of its pool "
                           "(`score utility` knows no budget and scores none)."),
-        click.option("--distance", type=click.Choice(["prob-l2", "nll"]), default="prob-l2",
+        click.option("--distance", type=click.Choice(DISTANCES), default="prob-l2",
                      show_default=True, help="prob-l2: the paper's distance; nll: mean NLL."),
         click.option("--batch-size", default=16, show_default=True),
         click.option("--max-length", default=1024, show_default=True,
@@ -377,10 +386,9 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
 @dataset_option
 @store_option
 @click.option("--version", "-v", "version", default=None, help="Version (default: latest).")
-@click.option("--stage", type=click.Choice(["instruction", "task", "continual"]),
+@click.option("--stage", type=click.Choice(STAGES),
               default="instruction", show_default=True)
-@click.option("--method", type=click.Choice(["delift", "embedding", "random", "rds", "full",
-                                             "dualsft", "gast", "less"]),
+@click.option("--method", type=click.Choice(METHODS),
               default="delift", show_default=True)
 @click.option("--budget", default="30%", show_default=True,
               help="Subset size: a count (100), a fraction (0.3) or a percentage (30%).")
@@ -389,15 +397,15 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
 @click.option("--target-set", default=None, help="Target dataset (task stage).")
 @click.option("--parent", default=None,
               help="Continual stage: the selection to condition on (default: the latest).")
-@click.option("--pool", type=click.Choice(["new", "all"]), default="new", show_default=True,
+@click.option("--pool", type=click.Choice(CONTINUAL_POOLS), default="new", show_default=True,
               help="Continual stage: select among samples new since the parent's version, "
                    "or among all not previously selected.")
-@click.option("--optimizer", type=click.Choice(["naive", "lazy", "stochastic"]),
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS),
               default="lazy", show_default=True)
 @click.option("--eta", default=1.0, show_default=True, help="Mutual information weight.")
 @click.option("--nu", default=1.0, show_default=True, help="Conditional gain weight.")
 @click.option("--param-budget", default=None, help="DualSFT: share of parameters to keep.")
-@click.option("--self-coverage", type=click.Choice(["best", "one"]), default="best",
+@click.option("--self-coverage", type=click.Choice(SELF_COVERAGE), default="best",
               show_default=True,
               help="DELIFT: how well a pick covers itself: as well as its best helper "
                    "(rows nothing helps, often noisy ones, earn nothing for themselves), "
@@ -461,7 +469,7 @@ def selections(store_path: Path, dataset: str | None) -> None:
 @click.argument("selection_id")
 @store_option
 @click.option("--format", "fmt",
-              type=click.Choice(["jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf"]),
+              type=click.Choice(EXPORT_FORMATS),
               default="jsonl", show_default=True)
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Folder to write (must not exist unless --force).")

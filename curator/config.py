@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("instruction", "task", "continual")
-METHODS = ("delift", "embedding", "random", "rds", "dualsft", "gast", "less", "full")
-GRADIENT_METHODS = ("dualsft", "gast", "less")  # selected from gradient scores, not kernels
-DISTANCES = ("prob-l2", "nll")
-OPTIMIZERS = ("naive", "lazy", "stochastic")
-EXPORT_FORMATS = ("jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf")
-DEFAULT_FUNCTION = {"instruction": "facility_location", "task": "flvmi", "continual": "flcg"}
+from curator.budget import check_budget as _check_budget
+from curator.vocabulary import (
+    CONTINUAL_POOLS,
+    DEFAULT_FUNCTION,
+    DISTANCES,
+    EXPORT_FORMATS,
+    METHODS,
+    OPTIMIZERS,
+    SELF_COVERAGE,
+    STAGES,
+    TARGET_METHODS,
+    canonical_function,
+)
+
 # hubs: "auto" scores k hub examples against every target when a DELIFT stage keeps at most
 # this share of its pool: the kNN graph alone falls short of the dense selection there
 # (bench/results/pruning.md), and at larger budgets it does not need them.
@@ -28,28 +34,22 @@ AUTO_HUBS_MAX_SHARE = 0.2
 
 
 class RecipeError(ValueError):
-    """A recipe or option value is invalid; the message names the key."""
+    """A recipe or option value is invalid; the message names the key, and ``key`` holds
+    it (``stages[1].budget``; None for an error about the recipe as a whole), so a caller
+    can say it in its own words (the CLI names the flag)."""
 
-
-_BUDGET_RE = re.compile(r"^\s*(\d+(\.\d+)?)\s*%?\s*$")
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def check_budget(value: Any, where: str) -> str:
-    """Budgets are kept as given ("30%", "100", "0.3") and parsed against the pool later."""
-    text = str(value).strip()
-    if isinstance(value, bool) or not _BUDGET_RE.match(text):
-        raise RecipeError(f"{where}: budget must be a count (100), a fraction (0.3) or a "
-                          f"percentage (30%), got {value!r}")
-    number = float(text.rstrip("%"))
-    if number <= 0:
-        raise RecipeError(f"{where}: budget must be above 0, got {value!r}")
-    if text.endswith("%") and number > 100:
-        raise RecipeError(f"{where}: budget above 100% ({value!r})")
-    if not text.endswith("%") and number > 1 and number != int(number):
-        # what curator.selection.parse_budget refuses later, after earlier stages ran
-        raise RecipeError(f"{where}: budget {text} is neither a whole count nor a fraction "
-                          "in (0, 1]; write a percentage as '30%'")
-    return text
+    """Budgets are kept as given ("30%", "100", "0.3") and parsed against the pool later;
+    the grammar is ``curator.budget``'s."""
+    try:
+        return _check_budget(value)
+    except ValueError as exc:
+        raise RecipeError(f"{where}: {exc}", key=where) from exc
 
 
 @dataclass
@@ -69,24 +69,29 @@ class ScoringOptions:
 
     def validate(self, where: str = "scoring") -> None:
         if not isinstance(self.k, int) or self.k < 1:
-            raise RecipeError(f"{where}.k must be a positive integer, got {self.k!r}")
+            raise RecipeError(f"{where}.k must be a positive integer, got {self.k!r}",
+                              key=f"{where}.k")
         if self.distance not in DISTANCES:
             raise RecipeError(f"{where}.distance must be one of {', '.join(DISTANCES)}, "
-                              f"got {self.distance!r}")
+                              f"got {self.distance!r}", key=f"{where}.distance")
         if self.query_k is not None and (isinstance(self.query_k, bool)
                                          or not isinstance(self.query_k, int)
                                          or self.query_k < 0):
-            raise RecipeError(f"{where}.query_k must be an integer >= 0 (0: all pairs)")
+            raise RecipeError(f"{where}.query_k must be an integer >= 0 (0: all pairs)",
+                              key=f"{where}.query_k")
         if self.hubs != "auto" and (isinstance(self.hubs, bool) or not isinstance(self.hubs, int)
                                     or self.hubs < 0):
             raise RecipeError(f"{where}.hubs must be 'auto' or an integer >= 0 (0: off), "
-                              f"got {self.hubs!r}")
+                              f"got {self.hubs!r}", key=f"{where}.hubs")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise RecipeError(f"{where}.batch_size must be a positive integer")
+            raise RecipeError(f"{where}.batch_size must be a positive integer",
+                              key=f"{where}.batch_size")
         if not isinstance(self.max_length, int) or self.max_length < 16:
-            raise RecipeError(f"{where}.max_length must be an integer >= 16")
+            raise RecipeError(f"{where}.max_length must be an integer >= 16",
+                              key=f"{where}.max_length")
         if self.dtype not in ("auto", "bf16", "fp32", "fp16", "bfloat16", "float32", "float16"):
-            raise RecipeError(f"{where}.dtype must be auto, bf16, fp16 or fp32")
+            raise RecipeError(f"{where}.dtype must be auto, bf16, fp16 or fp32",
+                              key=f"{where}.dtype")
 
     def resolved_hubs(self, n_select: int | None = None, n_pool: int | None = None) -> int:
         """How many hub examples to score: ``hubs`` itself when it is a count; for "auto",
@@ -123,39 +128,40 @@ class StageSpec:
     def validate(self, where: str) -> None:
         if self.stage not in STAGES:
             raise RecipeError(f"{where}.stage must be one of {', '.join(STAGES)}, "
-                              f"got {self.stage!r}")
+                              f"got {self.stage!r}", key=f"{where}.stage")
         if self.method not in METHODS:
             raise RecipeError(f"{where}.method must be one of {', '.join(METHODS)}, "
-                              f"got {self.method!r}")
+                              f"got {self.method!r}", key=f"{where}.method")
         self.budget = check_budget(self.budget, f"{where}.budget")
         if self.param_budget is not None:
             self.param_budget = check_budget(self.param_budget, f"{where}.param_budget")
             if not self.param_budget.endswith("%") and float(self.param_budget) > 1:
                 raise RecipeError(f"{where}.param_budget: a share of the parameters, as a "
                                   f"fraction (0.05) or a percentage (5%), got "
-                                  f"{self.param_budget!r}")
+                                  f"{self.param_budget!r}", key=f"{where}.param_budget")
         if self.function is not None:
-            from curator.selection import canonical_function
-
             try:
                 canonical_function(self.function)
             except ValueError as exc:
-                raise RecipeError(f"{where}.function: {exc}") from exc
+                raise RecipeError(f"{where}.function: {exc}", key=f"{where}.function") from exc
         if self.optimizer not in OPTIMIZERS:
-            raise RecipeError(f"{where}.optimizer must be one of {', '.join(OPTIMIZERS)}")
-        if self.self_coverage not in ("best", "one"):
+            raise RecipeError(f"{where}.optimizer must be one of {', '.join(OPTIMIZERS)}",
+                              key=f"{where}.optimizer")
+        if self.self_coverage not in SELF_COVERAGE:
             raise RecipeError(f"{where}.self_coverage must be 'best' or 'one', got "
-                              f"{self.self_coverage!r}")
-        if self.pool not in ("new", "all"):
-            raise RecipeError(f"{where}.pool must be 'new' or 'all', got {self.pool!r}")
+                              f"{self.self_coverage!r}", key=f"{where}.self_coverage")
+        if self.pool not in CONTINUAL_POOLS:
+            raise RecipeError(f"{where}.pool must be 'new' or 'all', got {self.pool!r}",
+                              key=f"{where}.pool")
         for name in ("eta", "nu"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise RecipeError(f"{where}.{name} must be a number >= 0, got {value!r}")
-        if self.stage == "task" and self.method in ("delift", "embedding", "rds") \
+                raise RecipeError(f"{where}.{name} must be a number >= 0, got {value!r}",
+                                  key=f"{where}.{name}")
+        if self.stage == "task" and self.method in TARGET_METHODS \
                 and not self.target:
             raise RecipeError(f"{where}: the task stage needs a target set (`target:` in a "
-                              "recipe, --target-set on the command line)")
+                              "recipe, --target-set on the command line)", key=where)
 
     @property
     def resolved_function(self) -> str:
@@ -179,7 +185,7 @@ class ExportSpec:
     def validate(self, where: str = "export") -> None:
         if self.format not in EXPORT_FORMATS:
             raise RecipeError(f"{where}.format must be one of {', '.join(EXPORT_FORMATS)}, "
-                              f"got {self.format!r}")
+                              f"got {self.format!r}", key=f"{where}.format")
 
 
 @dataclass
@@ -193,18 +199,20 @@ class Recipe:
 
     def validate(self) -> Recipe:
         if not isinstance(self.dataset, str) or not self.dataset.strip():
-            raise RecipeError("dataset: a dataset name is required")
+            raise RecipeError("dataset: a dataset name is required", key="dataset")
         self.scoring.validate()
         if not self.stages:
-            raise RecipeError("stages: give at least one stage")
+            raise RecipeError("stages: give at least one stage", key="stages")
         names: set[str] = set()
         for i, stage in enumerate(self.stages):
             stage.validate(f"stages[{i}]")
             if stage.parent == "previous" and i == 0:
-                raise RecipeError(f"stages[{i}].parent: 'previous' needs an earlier stage")
+                raise RecipeError(f"stages[{i}].parent: 'previous' needs an earlier stage",
+                                  key=f"stages[{i}].parent")
             if stage.name:
                 if stage.name in names:
-                    raise RecipeError(f"stages[{i}].name: {stage.name!r} is used twice")
+                    raise RecipeError(f"stages[{i}].name: {stage.name!r} is used twice",
+                                      key=f"stages[{i}].name")
                 names.add(stage.name)
         if self.export is not None:
             self.export.validate()
@@ -217,12 +225,12 @@ class Recipe:
 def _build(cls: type, data: Any, where: str) -> Any:
     """Construct dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
     if not isinstance(data, dict):
-        raise RecipeError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise RecipeError(f"{where}: expected a mapping, got {type(data).__name__}", key=where)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise RecipeError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(unknown)} (known: {', '.join(sorted(names))})")
+                          f"{', '.join(unknown)} (known: {', '.join(sorted(names))})", key=where)
     return cls(**data)
 
 
@@ -236,13 +244,13 @@ def recipe_from_dict(data: Any, base_dir: str | Path | None = None) -> Recipe:
         raise RecipeError("a recipe must be a mapping with at least 'dataset' and 'stages'")
     data = dict(data)
     if "dataset" not in data:
-        raise RecipeError("dataset: a dataset name is required")
+        raise RecipeError("dataset: a dataset name is required", key="dataset")
     inputs = data.pop("inputs", None) or []
     if not isinstance(inputs, list):
-        raise RecipeError("inputs: expected a list")
+        raise RecipeError("inputs: expected a list", key="inputs")
     stages = data.pop("stages", None) or []
     if not isinstance(stages, list):
-        raise RecipeError("stages: expected a list")
+        raise RecipeError("stages: expected a list", key="stages")
     scoring = data.pop("scoring", None) or {}
     export = data.pop("export", {})
     recipe = _build(Recipe, data, "recipe")

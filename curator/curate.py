@@ -24,13 +24,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from curator.config import (
-    AUTO_HUBS_MAX_SHARE,
-    GRADIENT_METHODS,
-    ScoringOptions,
-    StageSpec,
-    config_hash,
-)
+from curator.config import AUTO_HUBS_MAX_SHARE, ScoringOptions, StageSpec, config_hash
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.jobs import (
@@ -53,8 +47,7 @@ from curator.store.selections import (
     selection_sample_ids,
 )
 from curator.store.trash import trashed_ids
-
-MODEL_METHODS = ("delift", "embedding", "rds", "dualsft", "gast", "less")
+from curator.vocabulary import GRADIENT_METHODS, KERNEL_METHODS, MODEL_METHODS
 
 
 @dataclass
@@ -360,7 +353,7 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *,
         notes.append(f"scored the {options.hubs} hub examples against every target as well: "
                      f"the budget ({n_select} of {n_pool}) is at most "
                      f"{AUTO_HUBS_MAX_SHARE:.0%} of the pool (scoring.hubs: auto)")
-    if spec.method in ("delift", "embedding"):
+    if spec.method in KERNEL_METHODS:
         ranked = _rank_by_kernels(store, lm, spec, pools, function, options, n_select, config,
                                   notes, progress, echo, dataset)
     else:

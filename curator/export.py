@@ -25,8 +25,9 @@ from curator.store.selections import (
     selection_layers,
     selection_sample_ids,
 )
+from curator.vocabulary import EXPORT_FORMATS
 
-FORMATS = ("jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf")
+FORMATS = EXPORT_FORMATS  # defined once, in curator.vocabulary
 SHAREGPT_ROLE = {"user": "human", "assistant": "gpt", "system": "system"}
 
 

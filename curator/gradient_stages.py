@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from curator.budget import budget_fraction
 from curator.config import ScoringOptions, StageSpec, config_hash
 from curator.export import sha256_file
 from curator.masks import mask_density, save_mask
@@ -34,15 +35,6 @@ if TYPE_CHECKING:
     from curator.curate import Pools, StageOutcome
 
 DEFAULT_PARAM_BUDGET = "5%"
-
-
-def budget_fraction(spec: str) -> float:
-    """'5%' or '0.05' -> 0.05 (parameter budgets are always shares of the scope)."""
-    text = str(spec).strip()
-    value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"parameter budget must be in (0%, 100%], got {spec!r}")
-    return value
 
 
 def store_mask(store: Store, selection_id: str, lm: LoadedModel, mask: dict,

@@ -201,6 +201,16 @@ def _ensure_pad(tokenizer: object) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
+def pad_token_id(tokenizer: object) -> int:
+    """The id batches are padded with: the tokenizer's pad token, which ``load_model`` and
+    ``wrap_model`` set to EOS when it had none; EOS (or 0) for a tokenizer that did not go
+    through them. Padded positions are masked out, so the id never changes a score."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+    return int(pad or 0)
+
+
 def load_model(name: str | None = None, *, device: str | torch.device | None = "auto",
                dtype: str | torch.dtype | None = "auto",
                trust_remote_code: bool = False) -> LoadedModel:

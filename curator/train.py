@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curator.masks import validate_mask
-from curator.models import LoadedModel
+from curator.models import LoadedModel, pad_token_id
 from curator.records import Sample
 from curator.scoring.encoding import collate
 from curator.scoring.gradients import (
@@ -306,7 +306,7 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
         raise ValueError(f"outside_layers must be 'union' or 'frozen', got {outside_layers!r}")
     device = next(model.parameters()).device
     encoded = encode_samples(tok, samples, min(max_length, ctx))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_token_id(tok)
 
     subsets = None
     pool = [i for i, e in enumerate(encoded) if e is not None]
@@ -380,7 +380,7 @@ def eval_loss(lm: LoadedModel, samples: Sequence[Sample], batch_size: int = 16,
     """Mean over samples of each sample's mean response-token loss (samples whose response
     does not fit the context are left out)."""
     encoded = encode_samples(lm.tokenizer, samples, min(max_length, lm.max_length))
-    pad = lm.tokenizer.pad_token_id
+    pad = pad_token_id(lm.tokenizer)
     was_training = lm.model.training
     lm.model.eval()
     total, n = 0.0, 0

@@ -279,3 +279,16 @@ def test_top_level_help_lists_every_command():
     out = run("--help").stdout
     for command in main.commands:
         assert re.search(rf"^  {command}\b", out, re.M), command
+
+
+def test_choices_come_from_the_vocabulary():
+    from curator.cli import main
+    from curator.vocabulary import EXPORT_FORMATS, METHODS, OPTIMIZERS, STAGES
+
+    select = main.commands["select"]
+    choices = {p.name: tuple(p.type.choices) for p in select.params
+               if hasattr(p.type, "choices")}
+    assert choices["method"] == METHODS and choices["stage"] == STAGES
+    assert choices["optimizer"] == OPTIMIZERS
+    export = main.commands["export"]
+    assert any(tuple(getattr(p.type, "choices", ())) == EXPORT_FORMATS for p in export.params)

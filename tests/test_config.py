@@ -226,3 +226,15 @@ def test_config_hash_is_stable_and_order_free():
 def test_recipe_validate_is_chainable():
     r = Recipe("d", stages=[StageSpec(budget=10)])
     assert r.validate() is r and r.stages[0].budget == "10"
+
+
+def test_recipe_errors_carry_their_key():
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict(recipe(stages=[{"stage": "instruction"}, {"budget": "150%"}]))
+    assert info.value.key == "stages[1].budget"
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict(recipe(scoring={"k": 0}))
+    assert info.value.key == "scoring.k"
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict({"stages": []})
+    assert info.value.key == "dataset"

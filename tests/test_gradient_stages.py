@@ -13,7 +13,7 @@ import torch
 
 from curator.config import ScoringOptions, StageSpec
 from curator.curate import select_stage
-from curator.gradient_stages import budget_fraction, mask_for_selection, store_mask
+from curator.gradient_stages import mask_for_selection, store_mask
 from curator.ingest import ingest
 from curator.masks import load_mask
 from curator.store import Store
@@ -54,14 +54,6 @@ def gstore(base, tmp_path):
 def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
-
-def test_budget_fraction():
-    assert budget_fraction("5%") == pytest.approx(0.05)
-    assert budget_fraction("0.2") == pytest.approx(0.2)
-    assert budget_fraction("100%") == 1.0
-    for bad in ("0", "0%", "150%", "2"):
-        with pytest.raises(ValueError, match="parameter budget must be in"):
-            budget_fraction(bad)
 
 
 def test_dualsft_stores_subset_and_mask(gstore, lm):

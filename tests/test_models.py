@@ -205,3 +205,14 @@ def test_default_model_scores_a_chat_prompt():
     assert logits.shape == (1, ids.shape[1], lm.model.config.vocab_size)
     assert torch.isfinite(logits.float()).all()
     assert load_model("default", device="cpu").fingerprint == lm.fingerprint
+
+
+def test_pad_token_id_falls_back_to_eos_then_zero():
+    from types import SimpleNamespace
+
+    from curator.models import pad_token_id
+
+    assert pad_token_id(SimpleNamespace(pad_token_id=7, eos_token_id=2)) == 7
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=2)) == 2
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=None)) == 0
+    assert pad_token_id(SimpleNamespace()) == 0

@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from curator.browse import histogram
+from curator.vocabulary import GRADIENT_METHODS
 
 st.title("Selections")
 
@@ -200,7 +201,7 @@ def sample_view(sel) -> None:
     if grads:
         st.dataframe(grads, key="sel_sample_grads", hide_index=True)
     else:
-        st.caption("none stored (gradient methods: dualsft, gast, less)")
+        st.caption(f"none stored (gradient methods: {', '.join(GRADIENT_METHODS)})")
     st.caption("in: " + ", ".join(f"{v['dataset']} v{v['version']}"
                                   for v in detail["versions"]))
     if any(v["dataset"] == sel.dataset for v in detail["versions"]):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from curator.models import LoadedModel
+from curator.models import LoadedModel, pad_token_id
 from curator.records import Sample
 from curator.scoring.encoding import encode, length_batches, render, tokenize
 
@@ -56,8 +56,7 @@ def embed_samples(lm: LoadedModel, samples: Sequence[Sample], *, max_length: int
         raise ValueError("no samples to embed")
     max_length = min(max_length, lm.max_length)
     ids = [_sample_ids(lm, s, max_length) for s in samples]
-    pad = lm.tokenizer.pad_token_id
-    pad = int(pad if pad is not None else lm.tokenizer.eos_token_id or 0)
+    pad = pad_token_id(lm.tokenizer)
     base = lm.model.base_model
     out: np.ndarray | None = None
     with torch.inference_mode(), tqdm(total=len(samples), unit="sample", desc="embeddings",

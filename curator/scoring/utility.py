@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from curator.models import LoadedModel
+from curator.models import LoadedModel, pad_token_id
 from curator.records import Sample
 from curator.scoring.templates import (
     ICL_INSTRUCTION,
@@ -46,8 +46,8 @@ from curator.scoring.templates import (
     TemplateError,
     resolve_template,
 )
+from curator.vocabulary import DISTANCES
 
-DISTANCES = ("prob-l2", "nll")
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _LOGIT_ROWS = 1024  # response positions per lm-head block: bounds the (rows, V) fp32 logits
 
@@ -259,8 +259,7 @@ def _pad(seqs: Sequence[Sequence[int]], pad_id: int,
 
 
 def _pad_id(lm: LoadedModel) -> int:
-    pad = lm.tokenizer.pad_token_id
-    return int(pad if pad is not None else lm.tokenizer.eos_token_id or 0)
+    return pad_token_id(lm.tokenizer)
 
 
 def _score_full(lm: LoadedModel, seqs: Sequence[tuple[Sequence[int], int]], distance: str,

@@ -4,15 +4,8 @@
 for the kernel orientation ``(n_cover, n_candidates)`` and the shapes of the other kernels.
 """
 
-from curator.selection.api import (
-    FUNCTION_ALIASES,
-    FUNCTIONS,
-    SelectionResult,
-    build_function,
-    canonical_function,
-    select,
-)
 from curator.budget import parse_budget, parse_cost_budget
+from curator.selection.api import SelectionResult, build_function, select
 from curator.selection.functions import (
     FacilityLocation,
     FacilityLocationConditionalGain,
@@ -22,6 +15,7 @@ from curator.selection.functions import (
     SetFunction,
 )
 from curator.selection.optimizers import OPTIMIZERS, maximize
+from curator.vocabulary import FUNCTION_ALIASES, FUNCTIONS, canonical_function
 
 __all__ = [
     "FUNCTIONS",

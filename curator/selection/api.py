@@ -27,35 +27,9 @@ from curator.selection.optimizers import (
     STOCHASTIC_MEMORY_EVALS,
     maximize,
 )
+from curator.vocabulary import canonical_function
 
 Kernel = np.ndarray | sp.spmatrix | sp.sparray
-
-# canonical name -> accepted spellings
-FUNCTION_ALIASES: dict[str, tuple[str, ...]] = {
-    "facility_location": ("facility_location", "fl", "facilitylocation"),
-    "flmi": ("flmi", "fl1mi", "facility_location_mutual_information", "facility_location_mi"),
-    "flvmi": (
-        "flvmi",
-        "fl2mi",
-        "facility_location_variant_mutual_information",
-        "facility_location_variant_mi",
-    ),
-    "flcg": ("flcg", "facility_location_conditional_gain", "facility_location_cg"),
-    "graph_cut": ("graph_cut", "gc", "graphcut"),
-}
-_CANONICAL = {alias: name for name, aliases in FUNCTION_ALIASES.items() for alias in aliases}
-FUNCTIONS = tuple(FUNCTION_ALIASES)
-
-
-def canonical_function(name: str) -> str:
-    """The canonical name for a function name or alias (case and '-' insensitive)."""
-    key = str(name).strip().lower().replace("-", "_")
-    if key not in _CANONICAL:
-        raise ValueError(
-            f"unknown function {name!r}; choose one of {', '.join(FUNCTIONS)} "
-            f"(aliases: {', '.join(sorted(set(_CANONICAL) - set(FUNCTIONS)))})"
-        )
-    return _CANONICAL[key]
 
 
 @dataclass

@@ -24,8 +24,8 @@ import numpy as np
 
 from curator.selection import _jit
 from curator.selection.functions import SetFunction
+from curator.vocabulary import OPTIMIZERS
 
-OPTIMIZERS = ("naive", "lazy", "stochastic")
 # Stochastic greedy's memory: re-evaluations of remembered candidates allowed per pick (0: off).
 # On bench/bench_selection.py's kernels (N = 10k to 1M) 8 brings every function within 1.2% of
 # lazy greedy (FLCG from -3.2..-3.7% to -1.0..-1.1%), for 7-8% more gain evaluations than the

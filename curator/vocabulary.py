@@ -1,0 +1,52 @@
+"""The names a recipe, the CLI and the app may use, each defined once.
+
+Bottom layer: imports nothing from curator, so ``config`` validates against these names and
+the modules that own the behaviour (``stages``, ``selection``, ``scoring``, ``export``) import
+them from here instead of repeating them. ``curator.stages.registry`` maps every name in
+``METHODS`` to its ranker (a test checks that the two agree).
+"""
+
+from __future__ import annotations
+
+STAGES = ("instruction", "task", "continual")
+
+# Selection methods, and the families the stage layer treats alike.
+METHODS = ("delift", "embedding", "random", "rds", "dualsft", "gast", "less", "full")
+KERNEL_METHODS = ("delift", "embedding")           # greedy submodular maximisation of a kernel
+GRADIENT_METHODS = ("dualsft", "gast", "less")     # selected from gradient scores, not kernels
+MODEL_METHODS = ("delift", "embedding", "rds", "dualsft", "gast", "less")  # need the model
+TARGET_METHODS = ("delift", "embedding", "rds")    # the task stage needs a target set for these
+
+# Submodular functions: canonical name -> accepted spellings.
+FUNCTION_ALIASES: dict[str, tuple[str, ...]] = {
+    "facility_location": ("facility_location", "fl", "facilitylocation"),
+    "flmi": ("flmi", "fl1mi", "facility_location_mutual_information", "facility_location_mi"),
+    "flvmi": (
+        "flvmi",
+        "fl2mi",
+        "facility_location_variant_mutual_information",
+        "facility_location_variant_mi",
+    ),
+    "flcg": ("flcg", "facility_location_conditional_gain", "facility_location_cg"),
+    "graph_cut": ("graph_cut", "gc", "graphcut"),
+}
+FUNCTIONS = tuple(FUNCTION_ALIASES)
+_CANONICAL = {alias: name for name, aliases in FUNCTION_ALIASES.items() for alias in aliases}
+DEFAULT_FUNCTION = {"instruction": "facility_location", "task": "flvmi", "continual": "flcg"}
+
+OPTIMIZERS = ("naive", "lazy", "stochastic")
+DISTANCES = ("prob-l2", "nll")                     # DELIFT: the paper's distance, or mean NLL
+SELF_COVERAGE = ("best", "one")                    # DELIFT kernels' diagonal (scoring/kernels.py)
+CONTINUAL_POOLS = ("new", "all")
+EXPORT_FORMATS = ("jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf")
+
+
+def canonical_function(name: str) -> str:
+    """The canonical name for a function name or alias (case and '-' insensitive)."""
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in _CANONICAL:
+        raise ValueError(
+            f"unknown function {name!r}; choose one of {', '.join(FUNCTIONS)} "
+            f"(aliases: {', '.join(sorted(set(_CANONICAL) - set(FUNCTIONS)))})"
+        )
+    return _CANONICAL[key]
