@@ -421,7 +421,7 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
                trust_remote_code: bool) -> None:
     """Pick a subset for a fine-tuning stage and store it as a selection."""
     from curator.config import RecipeError, StageSpec
-    from curator.curate import select_stage
+    from curator.stages.delift import select_stage
 
     store = open_store(store_path)
     spec = StageSpec(stage=stage, method=method, budget=budget, function=function,
@@ -528,7 +528,7 @@ def curate(recipe_path: Path, store_path: Path, export_root: Path | None) -> Non
 def mask(selection_id: str, store_path: Path, param_budget: str, target_set: str | None,
          model: str | None, seed: int) -> None:
     """Compute the DualSFT parameter mask that goes with a stored selection."""
-    from curator.gradient_stages import mask_for_selection
+    from curator.stages.gradient import mask_for_selection
     from curator.store.datasets import load_samples, resolve_version
 
     store = open_store(store_path)

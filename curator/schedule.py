@@ -926,7 +926,7 @@ def _select(store: Store, sched: Schedule, recipe: Recipe, outcome: RunOutcome,
             say: Callable[[str], None]) -> bool:
     """Select from what is new since the schedule's previous selection. False when there
     is nothing new (the run is done without a new selection)."""
-    from curator.curate import select_stage
+    from curator.stages.delift import select_stage
     from curator.store.selections import get_mask_record
 
     with store.connect():
@@ -945,7 +945,7 @@ def _select(store: Store, sched: Schedule, recipe: Recipe, outcome: RunOutcome,
     outcome.pairs_computed = sum(s.n_computed for s in result.scoring)
     outcome.pairs_reused = sum(s.n_reused for s in result.scoring)
     if spec.param_budget and get_mask_record(store, result.selection_id) is None:
-        from curator.gradient_stages import mask_for_selection
+        from curator.stages.gradient import mask_for_selection
 
         mask_for_selection(store, result.selection_id, lm(), spec.param_budget,
                            seed=spec.seed)

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import pytest
 
 from curator.config import RecipeError, ScoringOptions, StageSpec
-from curator.curate import rds_ranking, resolve_pools, select_stage
+from curator.stages.delift import rds_ranking, resolve_pools, select_stage
 from curator.ingest import ingest
 from curator.scoring.cache import load_embeddings, save_utilities
 from curator.scoring.embeddings import embedder_fingerprint
@@ -426,7 +426,7 @@ def test_continual_embedding_flcg_over_all_unused_samples(cstore, lm):
 
 def test_query_k_rule() -> None:
     from curator.config import ScoringOptions
-    from curator.curate import _query_k
+    from curator.stages.delift import _query_k
 
     assert _query_k(ScoringOptions(k=4), n_select=90, n_query=30, n_pool=300) == 6
     assert _query_k(ScoringOptions(k=16), n_select=90, n_query=30, n_pool=300) == 16
@@ -438,7 +438,7 @@ def test_stage_key_ignores_settings_at_their_new_defaults(cstore):
     # "hubs" came after selections were stored: at its default (0) it leaves the key as it
     # was, so stored selections are still found; any other value makes another selection.
     from curator.config import config_hash as raw_hash
-    from curator.curate import stage_key
+    from curator.stages.delift import stage_key
 
     spec = StageSpec(method="random", budget="4", version=1)
     pools = resolve_pools(cstore, "d", spec)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from curator.config import ScoringOptions, StageSpec
-from curator.curate import select_stage
-from curator.gradient_stages import mask_for_selection, store_mask
+from curator.stages.delift import select_stage
+from curator.stages.gradient import mask_for_selection, store_mask
 from curator.ingest import ingest
 from curator.masks import load_mask
 from curator.store import Store

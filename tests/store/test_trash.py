@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from curator import browse
 from curator.cli import main
 from curator.config import StageSpec
-from curator.curate import resolve_pools, select_stage
+from curator.stages.delift import resolve_pools, select_stage
 from curator.ingest import ingest
 from curator.store import NotFound, Store
 from curator.store.datasets import load_samples

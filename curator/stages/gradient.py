@@ -32,7 +32,7 @@ from curator.store.selections import (
 )
 
 if TYPE_CHECKING:
-    from curator.curate import Pools, StageOutcome
+    from curator.stages.delift import Pools, StageOutcome
 
 DEFAULT_PARAM_BUDGET = "5%"
 
@@ -91,7 +91,7 @@ def select_by_gradients(store: Store, dataset: str, spec: StageSpec, pools: Pool
                         lm: LoadedModel, options: ScoringOptions, n_select: int, *,
                         started: float, spec_hash: str, progress: bool = False,
                         echo: Callable[[str], None] | None = None) -> StageOutcome:
-    from curator.curate import StageOutcome, trash_notes
+    from curator.stages.delift import StageOutcome, trash_notes
 
     pool = pools.pool
     targets = pools.target or None

@@ -334,7 +334,7 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *,
                                 [], [f"reused {existing.selection_id}: same data, settings "
                                     "and model"], reused=True)
     if spec.method in GRADIENT_METHODS:
-        from curator.gradient_stages import select_by_gradients
+        from curator.stages.gradient import select_by_gradients
 
         return select_by_gradients(store, dataset, spec, pools, lm, options, n_select,
                                    started=started, spec_hash=key, progress=progress, echo=echo)
