@@ -57,13 +57,13 @@ def write_jsonl(path: Path, start: int, stop: int, malformed: int = 0) -> None:
 def build_store(path: Path, rows: int) -> dict:
     """Fill a store at ``path``; returns what was made (selection ids, timings)."""
     from curator.config import StageSpec
-    from curator.stages.delift import select_stage
     from curator.ingest import ingest
     from curator.scoring.cache import (
         save_embeddings,
         save_gradient_scores,
         save_utilities,
     )
+    from curator.stages import select_stage
     from curator.store import Store
     from curator.store.datasets import version_sample_ids
     from curator.store.selections import SelectionRecord, save_selection
@@ -144,7 +144,7 @@ def _save_losses_fast(store, ids: list[str], distance: np.ndarray) -> None:
 def _synthetic_mask(store, selection_id: str) -> None:
     import torch
 
-    from curator.stages.gradient import store_mask
+    from curator.stages.save import store_mask
     from curator.testing import tiny_loaded_model
 
     lm = tiny_loaded_model("llama", layers=4)

@@ -421,7 +421,7 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
                trust_remote_code: bool) -> None:
     """Pick a subset for a fine-tuning stage and store it as a selection."""
     from curator.config import RecipeError, StageSpec
-    from curator.stages.delift import select_stage
+    from curator.stages import select_stage
 
     store = open_store(store_path)
     spec = StageSpec(stage=stage, method=method, budget=budget, function=function,

@@ -50,7 +50,7 @@ def demo_recipe(data_dir: Path, export_dir: Path) -> Recipe:
 
 def noise_rates(store: Store, report: RecipeReport, labels: dict[str, dict]) -> dict[str, tuple]:
     """(noisy share of the pool, noisy share of the selection) per stage."""
-    from curator.stages.delift import resolve_pools
+    from curator.stages import resolve_pools
     from curator.store.selections import get_selection
 
     out = {}

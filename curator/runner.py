@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from curator.config import Recipe, StageSpec
-from curator.stages.delift import StageOutcome, select_stage
 from curator.export import sha256_file
 from curator.ingest import IngestSummary, ingest
 from curator.models import LoadedModel
+from curator.stages import StageOutcome, select_stage
 from curator.store import Store
 
 
@@ -74,8 +74,8 @@ def run_recipe(store: Store, recipe: Recipe, *,
                export_root: Path | None = None, progress: bool = False,
                echo: Callable[[str], None] = print) -> RecipeReport:
     """Run every step of ``recipe``; returns what each stage did."""
-    from curator.stages.gradient import mask_for_selection
     from curator.models import load_model
+    from curator.stages.gradient import mask_for_selection
 
     started = time.monotonic()
     store.init()

@@ -926,7 +926,7 @@ def _select(store: Store, sched: Schedule, recipe: Recipe, outcome: RunOutcome,
             say: Callable[[str], None]) -> bool:
     """Select from what is new since the schedule's previous selection. False when there
     is nothing new (the run is done without a new selection)."""
-    from curator.stages.delift import select_stage
+    from curator.stages import select_stage
     from curator.store.selections import get_mask_record
 
     with store.connect():

@@ -13,7 +13,8 @@ import scipy.sparse as sp
 import pytest
 
 from curator.config import RecipeError, ScoringOptions, StageSpec
-from curator.stages.delift import rds_ranking, resolve_pools, select_stage
+from curator.stages import resolve_pools, select_stage
+from curator.stages.baselines import rds_ranking
 from curator.ingest import ingest
 from curator.scoring.cache import load_embeddings, save_utilities
 from curator.scoring.embeddings import embedder_fingerprint
@@ -438,7 +439,7 @@ def test_stage_key_ignores_settings_at_their_new_defaults(cstore):
     # "hubs" came after selections were stored: at its default (0) it leaves the key as it
     # was, so stored selections are still found; any other value makes another selection.
     from curator.config import config_hash as raw_hash
-    from curator.stages.delift import stage_key
+    from curator.stages import stage_key
 
     spec = StageSpec(method="random", budget="4", version=1)
     pools = resolve_pools(cstore, "d", spec)

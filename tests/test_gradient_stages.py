@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from curator.config import ScoringOptions, StageSpec
-from curator.stages.delift import select_stage
-from curator.stages.gradient import mask_for_selection, store_mask
 from curator.ingest import ingest
 from curator.masks import load_mask
+from curator.stages import select_stage
+from curator.stages.gradient import mask_for_selection
+from curator.stages.save import store_mask
 from curator.store import Store
 from curator.store.selections import (
     get_mask_record,

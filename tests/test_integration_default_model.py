@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from curator.config import ScoringOptions, StageSpec
-from curator.stages.delift import select_stage
 from curator.export import export_selection, load_export
-from curator.stages.gradient import mask_for_selection
 from curator.ingest import ingest
 from curator.models import load_model
 from curator.sample_data import SAMPLE_DATA_DIR
+from curator.stages import select_stage
+from curator.stages.gradient import mask_for_selection
 from curator.store import Store
 from curator.train import train
 

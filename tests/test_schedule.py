@@ -383,8 +383,8 @@ def test_run_now_ignores_the_timetable(store, watch, clock):
 
 def test_first_run_conditions_on_an_existing_selection(store, watch, clock, write_jsonl):
     from curator.config import StageSpec
-    from curator.stages.delift import select_stage
     from curator.ingest import ingest
+    from curator.stages import select_stage
 
     ingest(store, write_jsonl("v1.jsonl", rows(0, 10)), "d")
     manual = select_stage(store, "d", StageSpec(method="random", budget="3")).selection_id

@@ -1,61 +1,28 @@
 """Gradient-based stages: DualSFT (mask + subset), GAST (a subset per layer), the LESS-style
 gradient-alignment baseline, and the DualSFT mask that goes with any stored selection.
 
-Workflow layer, like ``curator.curate``: reads pools from the store, calls the gradient
-engine (``curator.scoring.gradients``, ``curator.selection.dualsft``/``gast``), and stores
-scores, selections and masks.
+Calls the gradient engine (``curator.scoring.gradients``, ``curator.selection.dualsft`` and
+``gast``), caches the per-sample scores in the store and returns a ``Ranked`` that
+``curator.stages.save`` stores (with the DualSFT mask).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from curator.budget import budget_fraction
 from curator.config import ScoringOptions, StageSpec, config_hash
-from curator.export import sha256_file
-from curator.masks import mask_density, save_mask
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.cache import save_gradient_scores
+from curator.stages.context import Ranked, StageContext
+from curator.stages.save import DEFAULT_PARAM_BUDGET, record_config, store_mask
 from curator.store import Store
 from curator.store.datasets import load_samples
-from curator.store.selections import (
-    SelectionRecord,
-    get_selection,
-    save_mask_record,
-    save_selection,
-    selection_sample_ids,
-)
-
-if TYPE_CHECKING:
-    from curator.stages.delift import Pools, StageOutcome
-
-DEFAULT_PARAM_BUDGET = "5%"
-
-
-def store_mask(store: Store, selection_id: str, lm: LoadedModel, mask: dict,
-               param_budget: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the mask into the store's artifacts and record it against the selection."""
-    rel = f"masks/{selection_id}.safetensors"
-    path = store.artifacts / rel
-    save_mask(mask, path, metadata={"model_fingerprint": lm.fingerprint,
-                                    "selection_id": selection_id,
-                                    "param_budget": param_budget})
-    density = mask_density(mask, lm.model)
-    info = density.as_dict()
-    # Per-tensor densities make the manifest long for big models; layers and kinds suffice.
-    info.pop("per_tensor", None)
-    info["scope_density"] = (sum(d.selected for d in density.per_tensor.values())
-                             / max(1, sum(d.total for d in density.per_tensor.values())))
-    info.update(extra or {})
-    save_mask_record(store, selection_id, lm.fingerprint, rel, sha256_file(path),
-                     density.overall.density, density.overall.total,
-                     density.overall.selected, info)
-    return info
+from curator.store.selections import get_selection, selection_sample_ids
 
 
 def _dualsft_config(spec: StageSpec, options: ScoringOptions):
@@ -81,88 +48,85 @@ def mask_for_selection(store: Store, selection_id: str, lm: LoadedModel,
         raise ValueError(f"selection {selection_id} has no members to build a mask from")
     result = dualsft_select(lm, subset, targets or None,
                             param_budget=budget_fraction(param_budget), data_budget=1.0,
-                            config=_dualsft_config(StageSpec(seed=seed), options or ScoringOptions()),
+                            config=_dualsft_config(StageSpec(seed=seed),
+                                                   options or ScoringOptions()),
                             progress=progress)
     return store_mask(store, selection_id, lm, result.mask, param_budget,
                       {"method": "dualsft", "v_prior": result.stats.v_prior_source})
 
 
-def select_by_gradients(store: Store, dataset: str, spec: StageSpec, pools: Pools,
-                        lm: LoadedModel, options: ScoringOptions, n_select: int, *,
-                        started: float, spec_hash: str, progress: bool = False,
-                        echo: Callable[[str], None] | None = None) -> StageOutcome:
-    from curator.stages.delift import StageOutcome, trash_notes
+def rank_dualsft(ctx: StageContext) -> Ranked:
+    """Data utilities <u, g_n> and parameter importances u * G from one pass; the subset is
+    the top of the first, the mask of the second (co-extracted)."""
+    from curator.selection.dualsft import dualsft_select
 
-    pool = pools.pool
-    targets = pools.target or None
-    pool_ids = [s.sample_id for s in pool]
-    config: dict[str, Any] = {"spec_hash": spec_hash, "seed": spec.seed,
-                              "max_length": options.max_length, "targets": pools.target_ref}
-    if pools.trashed:
-        config["trashed"] = pools.trashed  # the browser rebuilds the pool without them
-    layers: dict[str, list[str]] | None = None
-    scores: np.ndarray | None = None
-    mask = None
-    notes: list[str] = trash_notes(pools)
-    if spec.method == "dualsft":
-        from curator.selection.dualsft import dualsft_select
+    spec = ctx.spec
+    pb = spec.param_budget or DEFAULT_PARAM_BUDGET
+    result = dualsft_select(ctx.lm, ctx.pools.pool, ctx.pools.target or None,
+                            param_budget=budget_fraction(pb), data_budget=ctx.n_select,
+                            config=_dualsft_config(spec, ctx.options), progress=ctx.progress)
+    config = _gradient_config(ctx, param_budget=pb, co_extract=True)
+    return _scored(ctx, list(result.selected), np.asarray(result.scores),
+                   "top_k_gradient_utility", config, mask=result.mask)
 
-        pb = spec.param_budget or DEFAULT_PARAM_BUDGET
-        result = dualsft_select(lm, pool, targets, param_budget=budget_fraction(pb),
-                                data_budget=n_select, config=_dualsft_config(spec, options),
-                                progress=progress)
-        ranking = list(result.selected)
-        scores = np.asarray(result.scores)
-        mask = result.mask
-        function = "top_k_gradient_utility"
-        config.update({"param_budget": pb, "co_extract": True})
-    elif spec.method == "gast":
-        from curator.selection.gast import gast_select
 
-        result = gast_select(lm, pool, targets, budget=n_select, seed=spec.seed,
-                             max_length=options.max_length,
-                             score_batch_size=options.batch_size, progress=progress)
-        layers = result.subsets_by_id(pool)
-        # The subset to export is every sample some layer trains on, most-used first.
-        count: dict[int, int] = {}
-        first: dict[int, int] = {}
-        for idx in result.layer_subsets.values():
-            for rank, i in enumerate(idx):
-                count[i] = count.get(i, 0) + 1
-                first[i] = min(first.get(i, rank), rank)
-        ranking = sorted(count, key=lambda i: (-count[i], first[i], i))
-        scores = np.nanmean(result.scores, axis=1) if result.scores.size else None
-        function = "gast_sampled"
-        config.update({"rule": "sample", "layers": len(layers)})
-    elif spec.method == "less":
-        from curator.scoring.gradients import gradient_statistics, hook_scores, resolve_scope
+def rank_gast(ctx: StageContext) -> Ranked:
+    """A subset per layer (sampled by alignment with the support gradient); the subset to
+    export is every sample some layer trains on, most-used first."""
+    from curator.selection.gast import gast_select
 
-        scope = resolve_scope(lm.model)
-        stats = gradient_statistics(lm, pool, targets, scope=scope, seed=spec.seed,
-                                    max_length=options.max_length)
-        raw = hook_scores(lm, pool, stats.v_new, scope, options.batch_size, options.max_length,
-                          progress).total
-        scores = np.asarray(raw, dtype=float)
-        key = np.where(np.isnan(scores), -np.inf, scores)
-        ranking = [int(i) for i in np.argsort(-key, kind="stable")[:n_select]]
-        function = "top_k_gradient_alignment"
-        notes.append("LESS-style baseline: top-k by <v_target, g_n> (inner product with the "
-                     "mean target gradient, no LoRA projection or normalisation)")
-    else:
-        raise ValueError(f"unknown gradient method {spec.method!r}")
+    pool, options = ctx.pools.pool, ctx.options
+    result = gast_select(ctx.lm, pool, ctx.pools.target or None, budget=ctx.n_select,
+                         seed=ctx.spec.seed, max_length=options.max_length,
+                         score_batch_size=options.batch_size, progress=ctx.progress)
+    layers = result.subsets_by_id(pool)
+    count: dict[int, int] = {}
+    first: dict[int, int] = {}
+    for idx in result.layer_subsets.values():
+        for rank, i in enumerate(idx):
+            count[i] = count.get(i, 0) + 1
+            first[i] = min(first.get(i, rank), rank)
+    ranking = sorted(count, key=lambda i: (-count[i], first[i], i))
+    scores = np.nanmean(result.scores, axis=1) if result.scores.size else None
+    config = _gradient_config(ctx, rule="sample", layers=len(layers))
+    return _scored(ctx, ranking, scores, "gast_sampled", config, layers=layers)
+
+
+def rank_less(ctx: StageContext) -> Ranked:
+    """LESS-style baseline: top-k by the inner product with the mean target gradient."""
+    from curator.scoring.gradients import gradient_statistics, hook_scores, resolve_scope
+
+    lm, pool, options = ctx.lm, ctx.pools.pool, ctx.options
+    scope = resolve_scope(lm.model)
+    stats = gradient_statistics(lm, pool, ctx.pools.target or None, scope=scope,
+                                seed=ctx.spec.seed, max_length=options.max_length)
+    raw = hook_scores(lm, pool, stats.v_new, scope, options.batch_size, options.max_length,
+                      ctx.progress).total
+    scores = np.asarray(raw, dtype=float)
+    key = np.where(np.isnan(scores), -np.inf, scores)
+    ranking = [int(i) for i in np.argsort(-key, kind="stable")[:ctx.n_select]]
+    ranked = _scored(ctx, ranking, scores, "top_k_gradient_alignment", _gradient_config(ctx))
+    ranked.notes.append("LESS-style baseline: top-k by <v_target, g_n> (inner product with "
+                        "the mean target gradient, no LoRA projection or normalisation)")
+    return ranked
+
+
+def _gradient_config(ctx: StageContext, **fields: Any) -> dict[str, Any]:
+    config = record_config(ctx, seed=ctx.spec.seed, max_length=ctx.options.max_length,
+                           targets=ctx.pools.target_ref)
+    config.update(fields)
+    return config
+
+
+def _scored(ctx: StageContext, ranking: list[int], scores: np.ndarray | None, function: str,
+            config: dict[str, Any], **extra: Any) -> Ranked:
+    """Cache the per-sample scores, then rank: a pick's score is stored with it and the
+    objective is their sum."""
     if scores is not None:
-        save_gradient_scores(store, lm.fingerprint, config_hash([spec.method, config]),
-                             pool_ids, np.nan_to_num(scores, nan=0.0))
-    sample_ids = [pool_ids[i] for i in ranking]
+        save_gradient_scores(ctx.store, ctx.lm.fingerprint,
+                             config_hash([ctx.spec.method, config]), ctx.pool_ids,
+                             np.nan_to_num(scores, nan=0.0))
     sel_scores = None if scores is None else [float(scores[i]) for i in ranking]
-    record = SelectionRecord(
-        dataset=dataset, version=pools.version, stage=spec.stage, method=spec.method,
-        budget=spec.budget, n_pool=len(pool), n_selected=len(sample_ids), function=function,
-        objective=None if sel_scores is None else float(np.nansum(sel_scores)),
-        model=lm.fingerprint, config=config, parent=pools.parent, target=pools.target_ref,
-        seconds=round(time.monotonic() - started, 3))
-    sel_id = save_selection(store, record, sample_ids, scores=sel_scores, layers=layers)
-    if mask is not None:
-        store_mask(store, sel_id, lm, mask, spec.param_budget or DEFAULT_PARAM_BUDGET,
-                   {"method": "dualsft"})
-    return StageOutcome(sel_id, record, sample_ids, np.zeros(len(sample_ids)), [], notes)
+    objective = None if sel_scores is None else float(np.nansum(sel_scores))
+    return Ranked(ranking, None, objective, function, scores=sel_scores, config=config,
+                  **extra)

@@ -39,8 +39,8 @@ def build_fixture_store(root: Path) -> Path:
     """The demo (three versions, a target set, four selections with utilities, embeddings
     and a DualSFT mask) plus one GAST selection with per-layer subsets, under ``root``."""
     from curator.config import ScoringOptions, StageSpec
-    from curator.stages.delift import select_stage
     from curator.demo import run_demo
+    from curator.stages import select_stage
     from curator.store import Store
     from curator.testing import tiny_loaded_model
 

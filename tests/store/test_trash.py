@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from curator import browse
 from curator.cli import main
 from curator.config import StageSpec
-from curator.stages.delift import resolve_pools, select_stage
 from curator.ingest import ingest
+from curator.stages import resolve_pools, select_stage
 from curator.store import NotFound, Store
 from curator.store.datasets import load_samples
 from curator.store.selections import get_selection
