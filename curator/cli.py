@@ -325,18 +325,10 @@ def _options(k: int, distance: str, batch_size: int, max_length: int, dtype: str
 
 def _loader(model: str | None, dtype: str, trust_remote_code: bool, echo: bool = True):
     """A function that loads the model once, on first use (random/full need none)."""
-    from curator.models import load_model
+    from curator.pipeline import LazyModel
 
-    cache: list = []
-
-    def load():
-        if not cache:
-            if echo:
-                click.echo(f"loading model {model or 'default (SmolLM2-135M-Instruct)'}...",
-                           err=True)
-            cache.append(load_model(model, dtype=dtype, trust_remote_code=trust_remote_code))
-        return cache[0]
-    return load
+    return LazyModel(model, dtype=dtype, trust_remote_code=trust_remote_code,
+                     echo=functools.partial(click.echo, err=True) if echo else None)
 
 
 @main.group()
@@ -363,7 +355,7 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
     with nothing new computes nothing and says so.
     """
     from curator.scoring.jobs import score_utilities
-    from curator.store.datasets import load_samples, resolve_version
+    from curator.store.datasets import load_latest, load_samples, resolve_version
 
     store = open_store(store_path)
     options = _options(k, distance, batch_size, max_length, dtype, dense, hubs)
@@ -373,7 +365,7 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
         raise CuratorError(f"{dataset} v{v} has no samples")
     targets = pool
     if target_set:
-        targets = load_samples(store, target_set, resolve_version(store, target_set, None))
+        targets = load_latest(store, target_set)
         if not targets:
             raise CuratorError(f"target set {target_set} has no rows")
     lm = _loader(model, dtype, trust_remote_code)()
@@ -529,12 +521,12 @@ def mask(selection_id: str, store_path: Path, param_budget: str, target_set: str
          model: str | None, seed: int) -> None:
     """Compute the DualSFT parameter mask that goes with a stored selection."""
     from curator.stages.gradient import mask_for_selection
-    from curator.store.datasets import load_samples, resolve_version
+    from curator.store.datasets import load_latest
 
     store = open_store(store_path)
     targets = None
     if target_set:
-        targets = load_samples(store, target_set, resolve_version(store, target_set, None))
+        targets = load_latest(store, target_set)
     lm = _loader(model, "fp32", False)()
     info = mask_for_selection(store, selection_id, lm, param_budget, targets, progress=True,
                               seed=seed)
@@ -609,10 +601,10 @@ def _samples_from(data_path: str | None, dataset: str | None, store_path: Path) 
     if bool(data_path) == bool(dataset):
         raise CuratorError("give exactly one of --data FILE or --dataset NAME")
     if dataset:
-        from curator.store.datasets import load_samples, resolve_version
+        from curator.store.datasets import load_latest
 
         store = open_store(store_path)
-        return load_samples(store, dataset, resolve_version(store, dataset, None))
+        return load_latest(store, dataset)
     from curator.readers import read_source
     from curator.records import Sample
     from curator.schemas import RowError, map_row

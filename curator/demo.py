@@ -13,7 +13,8 @@ from pathlib import Path
 
 from curator.config import ExportSpec, InputSpec, Recipe, ScoringOptions, StageSpec
 from curator.models import LoadedModel
-from curator.runner import RecipeReport, ingest_once, run_recipe
+from curator.pipeline import ingest_once
+from curator.runner import RecipeReport, run_recipe
 from curator.store import Store
 from curator.store.datasets import list_versions
 from curator.store.selections import selection_sample_ids

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from curator.config import Recipe, StageSpec
-from curator.export import sha256_file
-from curator.ingest import IngestSummary, ingest
 from curator.models import LoadedModel
-from curator.stages import StageOutcome, select_stage
+from curator.pipeline import LazyModel, Pipeline
+from curator.stages import StageOutcome
 from curator.store import Store
+from curator.store.selections import get_mask_record
 
 
 @dataclass
@@ -48,47 +48,16 @@ class RecipeReport:
     seconds: float
 
 
-def ingest_once(store: Store, path: str | Path, dataset: str, append: bool = True,
-                **kwargs: Any) -> IngestSummary | None:
-    """Ingest a file unless a file with the same content was ingested into ``dataset``
-    before (a renamed or re-copied file is not ingested twice). None when skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no such input file: {path}")
-    digest = sha256_file(path)
-    store.init()
-    if store.query("SELECT 1 FROM ingested_files WHERE dataset = ? AND sha256 = ?",
-                   [dataset, digest]):
-        return None
-    has_versions = bool(store.query("SELECT 1 FROM versions WHERE dataset = ?", [dataset]))
-    summary = ingest(store, str(path), dataset, append=append and has_versions, **kwargs)
-    with store.atomic() as con:
-        con.execute("INSERT OR IGNORE INTO ingested_files (dataset, sha256, path, version) "
-                    "VALUES (?, ?, ?, ?)", [dataset, digest, str(path.resolve()),
-                                            summary.version])
-    return summary
-
-
 def run_recipe(store: Store, recipe: Recipe, *,
                model_loader: Callable[[], LoadedModel] | None = None,
                export_root: Path | None = None, progress: bool = False,
                echo: Callable[[str], None] = print) -> RecipeReport:
     """Run every step of ``recipe``; returns what each stage did."""
-    from curator.models import load_model
-    from curator.stages.gradient import mask_for_selection
-
     started = time.monotonic()
     store.init()
-    cache: list[LoadedModel] = []
-
-    def lm() -> LoadedModel:
-        if not cache:
-            if model_loader is None:
-                echo(f"loading model {recipe.model or 'default (SmolLM2-135M-Instruct)'}")
-            cache.append(model_loader() if model_loader else
-                         load_model(recipe.model, dtype=recipe.scoring.dtype))
-        return cache[0]
-
+    pipe = Pipeline(store, LazyModel(recipe.model, dtype=recipe.scoring.dtype,
+                                     loader=model_loader, echo=echo),
+                    recipe.scoring, echo=echo, progress=progress)
     run_id = store.start_run("curate", recipe.dataset, recipe.to_dict(),
                              total=len(recipe.stages))
     ingested: list[str] = []
@@ -96,7 +65,7 @@ def run_recipe(store: Store, recipe: Recipe, *,
     try:
         for item in recipe.inputs:
             target_ds = item.dataset or recipe.dataset
-            summary = ingest_once(store, item.path, target_ds, append=item.append)
+            summary = pipe.ingest_once(item.path, target_ds, append=item.append)
             if summary is None:
                 echo(f"input {item.path}: already ingested into {target_ds}")
             else:
@@ -109,33 +78,16 @@ def run_recipe(store: Store, recipe: Recipe, *,
             name = spec.name or f"{i + 1}-{spec.stage}-{spec.method}"
             echo(f"\n[{name}] {spec.stage} stage, {spec.method}, budget {spec.budget}")
             t0 = time.monotonic()
-            outcome = select_stage(store, recipe.dataset, _with_parent(spec, previous, by_name),
-                                   lm=lm, options=recipe.scoring, previous_selection=previous,
-                                   progress=progress, echo=echo)
+            outcome = pipe.select(recipe.dataset, _with_parent(spec, previous, by_name),
+                                  previous_selection=previous)
             report = _report(name, spec, outcome, time.monotonic() - t0)
             for note in outcome.notes:
                 echo(f"  note: {note}")
             if spec.param_budget and spec.method != "dualsft":
-                from curator.store.selections import get_mask_record
-
-                existing = get_mask_record(store, outcome.selection_id)
-                if existing is None:
-                    echo(f"  DualSFT mask ({spec.param_budget} of parameters) for "
-                         f"{outcome.selection_id}")
-                    targets = None
-                    if spec.target:
-                        from curator.store.datasets import load_samples, resolve_version
-
-                        targets = load_samples(store, spec.target,
-                                               resolve_version(store, spec.target, None))
-                    report.mask = mask_for_selection(store, outcome.selection_id, lm(),
-                                                     spec.param_budget, targets,
-                                                     seed=spec.seed, options=recipe.scoring)
-                else:
-                    report.mask = existing["info"]
+                report.mask = pipe.ensure_mask(outcome.selection_id, spec.param_budget,
+                                               seed=spec.seed, target=spec.target,
+                                               options=recipe.scoring)
             elif spec.method == "dualsft":
-                from curator.store.selections import get_mask_record
-
                 rec = get_mask_record(store, outcome.selection_id)
                 report.mask = rec["info"] if rec else None
             if recipe.export is not None:

@@ -41,7 +41,10 @@ from typing import Any, Protocol
 from curator.config import ExportSpec, Recipe, RecipeError, StageSpec, recipe_from_dict
 from curator.export import sha256_file as file_sha256
 from curator.models import LoadedModel
+from curator.pipeline import LazyModel, Pipeline
 from curator.store import NotFound, Store, StoreError
+from curator.store.datasets import has_versions
+from curator.store.inputs import record_ingested
 
 LEASE_SECONDS = 600.0        # a lease not renewed for this long is free for another worker
 RETRY_BASE_SECONDS = 60.0    # a failed run is retried after 1, 2, 4, ... minutes
@@ -649,7 +652,8 @@ def run_schedule(store: Store, name: str, *, clock: Clock | None = None,
     interrupted = False
     try:
         with _Heartbeat(store, name, owner, clock, lease_seconds) as heartbeat:
-            loader = _model_loader_for(recipe, model_loader, models, say)
+            loader = LazyModel(recipe.model, dtype=recipe.scoring.dtype, loader=model_loader,
+                               echo=say, cache=models)
             _run_steps(store, sched, recipe, outcome, loader, stop, heartbeat, say)
         outcome.status = "done"
     except Interrupted:
@@ -724,7 +728,7 @@ def _finish_in(store: Store, before: Schedule, outcome: RunOutcome, owner: str, 
 
 
 def _run_steps(store: Store, sched: Schedule, recipe: Recipe, outcome: RunOutcome,
-               model_loader: Callable[[], LoadedModel],
+               model_loader: LazyModel,
                stop: threading.Event | None, heartbeat: _Heartbeat,
                say: Callable[[str], None]) -> None:
     t0 = time.monotonic()
@@ -861,10 +865,8 @@ def _ingest_new(store: Store, sched: Schedule, outcome: RunOutcome,
         _link_or_copy(path, target)
         plan.append({"sha256": digest, "path": str(path), "inbox": target.name})
     (inbox / ".plan.json").write_text(json.dumps(plan, indent=1))
-    has_versions = bool(store.query("SELECT 1 FROM versions WHERE dataset = ?",
-                                    [sched.dataset]))
     names = ", ".join(Path(p["path"]).name for p in plan)
-    summary = ingest(store, str(inbox), sched.dataset, append=has_versions,
+    summary = ingest(store, str(inbox), sched.dataset, append=has_versions(store, sched.dataset),
                      message=f"schedule {sched.name}, run {outcome.run_id}: {names}"[:500])
     _record_ingested(store, sched.dataset, plan, summary.version)
     shutil.rmtree(inbox, ignore_errors=True)
@@ -875,10 +877,7 @@ def _ingest_new(store: Store, sched: Schedule, outcome: RunOutcome,
 
 def _record_ingested(store: Store, dataset: str, plan: list[dict[str, str]],
                      version: int) -> None:
-    with store.atomic() as con:
-        con.executemany("INSERT OR IGNORE INTO ingested_files (dataset, sha256, path, version) "
-                        "VALUES (?, ?, ?, ?)",
-                        [[dataset, p["sha256"], p["path"], version] for p in plan])
+    record_ingested(store, dataset, [(p["sha256"], p["path"]) for p in plan], version)
 
 
 def _reconcile_inboxes(store: Store, sched: Schedule, current_run: str) -> None:
@@ -901,32 +900,11 @@ def _reconcile_inboxes(store: Store, sched: Schedule, current_run: str) -> None:
 
 # -- run steps: selection and export -----------------------------------------------------
 
-def _model_loader_for(recipe: Recipe, model_loader: Callable[[], LoadedModel] | None,
-                      models: dict[tuple, LoadedModel] | None,
-                      say: Callable[[str], None]) -> Callable[[], LoadedModel]:
-    """A loader called only if the run needs a model (random selection needs none)."""
-    cache = models if models is not None else {}
-    key = ("given",) if model_loader is not None else (recipe.model, recipe.scoring.dtype)
-
-    def load() -> LoadedModel:
-        if key not in cache:
-            if model_loader is not None:
-                cache[key] = model_loader()
-            else:
-                from curator.models import load_model
-
-                say(f"loading model {recipe.model or 'default (SmolLM2-135M-Instruct)'}")
-                cache[key] = load_model(recipe.model, dtype=recipe.scoring.dtype)
-        return cache[key]
-    return load
-
-
 def _select(store: Store, sched: Schedule, recipe: Recipe, outcome: RunOutcome,
-            model_loader: Callable[[], LoadedModel],
+            model_loader: LazyModel,
             say: Callable[[str], None]) -> bool:
     """Select from what is new since the schedule's previous selection. False when there
     is nothing new (the run is done without a new selection)."""
-    from curator.stages import select_stage
     from curator.store.selections import get_mask_record
 
     with store.connect():
@@ -934,9 +912,9 @@ def _select(store: Store, sched: Schedule, recipe: Recipe, outcome: RunOutcome,
     if plan is None:
         return False
     spec, parent = plan
-    lm = model_loader
-    result = select_stage(store, sched.dataset, spec, lm=lm, options=recipe.scoring,
-                          previous_selection=parent)
+    # quiet: a scheduled run's log says what it did in its outcome
+    pipe = Pipeline(store, model_loader, recipe.scoring)
+    result = pipe.select(sched.dataset, spec, previous_selection=parent)
     record = result.record
     outcome.stage, outcome.selection_id, outcome.parent = record.stage, result.selection_id, \
         record.parent
@@ -944,11 +922,9 @@ def _select(store: Store, sched: Schedule, recipe: Recipe, outcome: RunOutcome,
     outcome.reused_selection = result.reused
     outcome.pairs_computed = sum(s.n_computed for s in result.scoring)
     outcome.pairs_reused = sum(s.n_reused for s in result.scoring)
-    if spec.param_budget and get_mask_record(store, result.selection_id) is None:
-        from curator.stages.gradient import mask_for_selection
-
-        mask_for_selection(store, result.selection_id, lm(), spec.param_budget,
-                           seed=spec.seed)
+    if spec.param_budget:
+        # with the default scoring options, not the recipe's, as schedules always have
+        pipe.ensure_mask(result.selection_id, spec.param_budget, seed=spec.seed)
     outcome.mask = get_mask_record(store, result.selection_id) is not None
     return True
 

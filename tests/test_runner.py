@@ -11,7 +11,8 @@ import pytest
 
 from curator.config import ExportSpec, InputSpec, Recipe, ScoringOptions, StageSpec
 from curator.export import load_export, verify_export
-from curator.runner import ingest_once, run_recipe
+from curator.pipeline import ingest_once
+from curator.runner import run_recipe
 from curator.store.datasets import list_versions
 from curator.store.selections import get_mask_record, get_selection, list_selections
 from curator.testing import tiny_loaded_model

@@ -87,6 +87,15 @@ def resolve_version(store: Store, dataset: str, version: int | str | None = None
     return number
 
 
+def load_latest(store: Store, dataset: str) -> list[Sample]:
+    """The samples of ``dataset``'s latest version (a target set is read this way)."""
+    return load_samples(store, dataset, resolve_version(store, dataset, None))
+
+
+def has_versions(store: Store, dataset: str) -> bool:
+    return bool(store.query("SELECT 1 FROM versions WHERE dataset = ? LIMIT 1", [dataset]))
+
+
 def get_version(store: Store, dataset: str, version: int | str | None = None) -> VersionInfo:
     number = resolve_version(store, dataset, version)
     row = store.query(f"SELECT {_VERSION_COLS} FROM versions WHERE dataset = ? AND version = ?",
