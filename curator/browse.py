@@ -17,7 +17,12 @@ import numpy as np
 
 from curator.config import config_hash
 from curator.store import Store
-from curator.store.selections import SelectionRecord, get_mask_record, get_selection
+from curator.store.selections import (
+    SelectionRecord,
+    get_mask_record,
+    get_selection,
+    selection_pool_sql,
+)
 from curator.vocabulary import GRADIENT_METHODS
 
 PREVIEW_CHARS = 160
@@ -235,34 +240,6 @@ def quarantine_reasons(store: Store, dataset: str,
 
 # -- selections ---------------------------------------------------------------------------
 
-def selection_pool_sql(sel: SelectionRecord) -> tuple[str, list[Any]]:
-    """A subquery of the sample ids the selection was chosen from.
-
-    The pool is not stored, but is the version's members, less (for the continual stage)
-    what the parent had seen: its version's members (pool "new") or its picks (pool "all").
-    """
-    sql = "SELECT sample_id FROM version_members WHERE dataset = ? AND version = ?"
-    params: list[Any] = [sel.dataset, sel.version]
-    if sel.stage == "continual" and sel.parent:
-        parent = sel.parent
-        if (sel.config or {}).get("pool", "new") == "all":
-            sql += (" AND sample_id NOT IN (SELECT sample_id FROM selection_members WHERE "
-                    "selection_id = ? AND layer = '')")
-            params.append(parent)
-        else:
-            sql += (" AND sample_id NOT IN (SELECT pm.sample_id FROM version_members pm JOIN "
-                    "selections p ON pm.dataset = p.dataset AND pm.version = p.version "
-                    "WHERE p.selection_id = ?)")
-            params.append(parent)
-    trashed = (sel.config or {}).get("trashed")
-    if trashed:
-        # In the trash when the selection was made: not in its pool (the target set's own
-        # trashed ids are in the list too, and are not members of this dataset).
-        sql += " AND sample_id NOT IN (SELECT unnest(?::VARCHAR[]))"
-        params.append(list(trashed))
-    return sql, params
-
-
 def gradient_config(sel: SelectionRecord) -> str | None:
     """The config key under which a gradient method stored its per-sample scores."""
     if sel.method not in GRADIENT_METHODS:
@@ -281,10 +258,10 @@ def selection_score_options(store: Store, selection_id: str) -> list[str]:
     return names
 
 
-def _pool_values_sql(sel: SelectionRecord, name: str) -> tuple[str, list[Any]]:
+def _pool_values_sql(store: Store, sel: SelectionRecord, name: str) -> tuple[str, list[Any]]:
     """SQL for (sample_id, v, picked, rank) over the selection's pool: the value of score
     ``name`` for each pool sample that has one, and whether and where it was picked."""
-    pool, params = selection_pool_sql(sel)
+    pool, params = selection_pool_sql(store, sel)
     if name == "length (chars)":
         value_sql, vparams = "SELECT sample_id, n_chars::DOUBLE AS v FROM samples", []
     elif name == "loss d(i)":
@@ -312,7 +289,7 @@ def _pool_values_sql(sel: SelectionRecord, name: str) -> tuple[str, list[Any]]:
 def selection_score_values(store: Store, selection_id: str,
                            name: str) -> dict[str, np.ndarray]:
     """Values of ``name`` over the selection's pool, split into selected / not selected."""
-    sql, params = _pool_values_sql(get_selection(store, selection_id), name)
+    sql, params = _pool_values_sql(store, get_selection(store, selection_id), name)
     with store.connect() as con:
         rows = con.execute(f"SELECT v, picked FROM ({sql})", params).fetchnumpy()
     values = np.asarray(rows["v"], dtype=float)
@@ -327,7 +304,7 @@ def samples_in_score_range(store: Store, selection_id: str, name: str, lo: float
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError(f"score range [{lo}, {hi}] is not finite")
     lo, hi = min(lo, hi), max(lo, hi)
-    sql, params = _pool_values_sql(get_selection(store, selection_id), name)
+    sql, params = _pool_values_sql(store, get_selection(store, selection_id), name)
     with store.connect() as con:
         counts = con.execute(f"SELECT count(*) FILTER (WHERE picked), count(*) FROM ({sql}) "
                              "WHERE v BETWEEN ? AND ?", params + [lo, hi]).fetchall()[0]
@@ -376,7 +353,7 @@ def embedding_map(store: Store, selection_id: str, max_points: int = 3000,
     embedder = embedder_for(store, selection_id)
     if embedder is None:
         return {"embedder": None, "points": [], "n_pool": sel.n_pool, "n_shown": 0}
-    pool, params = selection_pool_sql(sel)
+    pool, params = selection_pool_sql(store, sel)
     with store.connect() as con:
         n_with = con.execute(
             f"SELECT count(*) FROM ({pool}) p JOIN embeddings e ON e.sample_id = p.sample_id "

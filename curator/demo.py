@@ -17,7 +17,7 @@ from curator.pipeline import ingest_once
 from curator.runner import RecipeReport, run_recipe
 from curator.store import Store
 from curator.store.datasets import list_versions
-from curator.store.selections import selection_sample_ids
+from curator.store.selections import selection_pool_ids, selection_sample_ids
 
 DEMO_DATASET = "demo"
 TARGET_DATASET = "demo-target"
@@ -50,23 +50,17 @@ def demo_recipe(data_dir: Path, export_dir: Path) -> Recipe:
 
 
 def noise_rates(store: Store, report: RecipeReport, labels: dict[str, dict]) -> dict[str, tuple]:
-    """(noisy share of the pool, noisy share of the selection) per stage."""
-    from curator.stages import resolve_pools
-    from curator.store.selections import get_selection
-
+    """(noisy share of the pool, noisy share of the selection, noisy picked, noisy in the
+    pool) per stage, over the pool each selection stored."""
+    noisy = {i for i, v in labels.items() if v.get("noisy")}
     out = {}
     for r in report.stages:
-        sel = get_selection(store, r.selection_id)
-        spec = StageSpec(stage=sel.stage, version=sel.version,
-                         target=sel.target.split(":")[0] if sel.target else None,
-                         parent=sel.parent)
-        pool = resolve_pools(store, sel.dataset, spec).pool
+        pool = selection_pool_ids(store, r.selection_id)
         picked = selection_sample_ids(store, r.selection_id)
-        noisy = {i for i, v in labels.items() if v.get("noisy")}
-        pool_rate = sum(s.sample_id in noisy for s in pool) / max(1, len(pool))
+        pool_rate = sum(i in noisy for i in pool) / max(1, len(pool))
         sel_rate = sum(i in noisy for i in picked) / max(1, len(picked))
         out[r.name] = (pool_rate, sel_rate, sum(i in noisy for i in picked),
-                       sum(s.sample_id in noisy for s in pool))
+                       sum(i in noisy for i in pool))
     return out
 
 

@@ -41,7 +41,7 @@ def save(ctx: StageContext, ranked: Ranked) -> StageOutcome:
         seconds=round(time.monotonic() - ctx.started, 3))
     sel_id = save_selection(ctx.store, record, sample_ids,
                             gains=None if ranked.gains is None else list(ranked.gains),
-                            scores=ranked.scores, layers=ranked.layers)
+                            scores=ranked.scores, layers=ranked.layers, pool=pool_ids)
     if ranked.mask is not None:
         store_mask(ctx.store, sel_id, ctx.lm, ranked.mask,
                    spec.param_budget or DEFAULT_PARAM_BUDGET, {"method": "dualsft"})

@@ -298,6 +298,18 @@ CREATE TABLE trash (
     PRIMARY KEY (dataset, sample_id)
 );
 """),
+    (8, "selection pools", """
+-- The candidates a selection was chosen from (after the trash and, for the continual stage,
+-- what the parent had seen), written in the selection's own transaction, so the app, the
+-- demo and a re-selection read one definition instead of rebuilding it. No key: like the
+-- ingest tables (migration 6), an index would be held in memory by every insert, and rows
+-- are written once per selection by the only writer, save_selection.
+CREATE TABLE selection_pools (
+    selection_id TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    position INTEGER NOT NULL      -- index in the pool the ranker saw
+);
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

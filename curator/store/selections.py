@@ -52,10 +52,13 @@ def _next_id(con: Any) -> str:
 
 def save_selection(store: Store, record: SelectionRecord, sample_ids: Sequence[str],
                    gains: Sequence[float] | None = None, scores: Sequence[float] | None = None,
-                   layers: Mapping[str, Sequence[str]] | None = None) -> str:
+                   layers: Mapping[str, Sequence[str]] | None = None,
+                   pool: Sequence[str] | None = None) -> str:
     """Store a selection and its members in pick order; return its id.
 
-    ``layers`` (GAST) maps a layer name to that layer's own member ids.
+    ``layers`` (GAST) maps a layer name to that layer's own member ids; ``pool`` is the
+    ids of the candidates it was chosen from, in the ranker's order (stored in the same
+    transaction; ``selection_pool_ids`` reads it back).
     """
     if gains is not None and len(gains) != len(sample_ids):
         raise ValueError("gains and sample_ids differ in length")
@@ -77,6 +80,11 @@ def save_selection(store: Store, record: SelectionRecord, sample_ids: Sequence[s
             rows += [(sid, layer, s, rank, None, None) for rank, s in enumerate(ids)]
         if rows:
             con.executemany("INSERT INTO selection_members VALUES (?, ?, ?, ?, ?, ?)", rows)
+        if pool:
+            # one statement from a list parameter: row by row, 200k ids take minutes
+            con.execute("INSERT INTO selection_pools SELECT ?, unnest(ids), "
+                        "generate_subscripts(ids, 1) - 1 FROM (SELECT ?::VARCHAR[] AS ids)",
+                        [sid, list(pool)])
     record.selection_id = sid
     return sid
 
@@ -148,6 +156,52 @@ def selection_sample_ids(store: Store, selection_id: str, layer: str = "") -> li
     return [r[0] for r in store.query(
         "SELECT sample_id FROM selection_members WHERE selection_id = ? AND layer = ? "
         "ORDER BY rank", [selection_id, layer])]
+
+
+def selection_pool_sql(store: Store, sel: SelectionRecord) -> tuple[str, list[Any]]:
+    """A subquery of the sample ids ``sel`` was chosen from: its stored pool; for a
+    selection made before pools were stored (migration 8), the pool rebuilt from the
+    version, the parent and the trash recorded in its config."""
+    if store.query("SELECT 1 FROM selection_pools WHERE selection_id = ? LIMIT 1",
+                   [sel.selection_id]):
+        return "SELECT sample_id FROM selection_pools WHERE selection_id = ?", \
+            [sel.selection_id]
+    return _rebuilt_pool_sql(sel)
+
+
+def selection_pool_ids(store: Store, selection_id: str) -> list[str]:
+    """The ids ``selection_id`` was chosen from (stored order; a rebuilt pool by id)."""
+    rows = store.query("SELECT sample_id FROM selection_pools WHERE selection_id = ? "
+                       "ORDER BY position", [selection_id])
+    if rows:
+        return [r[0] for r in rows]
+    sql, params = _rebuilt_pool_sql(get_selection(store, selection_id))
+    return [r[0] for r in store.query(sql + " ORDER BY sample_id", params)]
+
+
+def _rebuilt_pool_sql(sel: SelectionRecord) -> tuple[str, list[Any]]:
+    """The version's members, less (for the continual stage) what the parent had seen: its
+    version's members (pool "new") or its picks (pool "all"), less the trashed samples."""
+    sql = "SELECT sample_id FROM version_members WHERE dataset = ? AND version = ?"
+    params: list[Any] = [sel.dataset, sel.version]
+    if sel.stage == "continual" and sel.parent:
+        parent = sel.parent
+        if (sel.config or {}).get("pool", "new") == "all":
+            sql += (" AND sample_id NOT IN (SELECT sample_id FROM selection_members WHERE "
+                    "selection_id = ? AND layer = '')")
+            params.append(parent)
+        else:
+            sql += (" AND sample_id NOT IN (SELECT pm.sample_id FROM version_members pm JOIN "
+                    "selections p ON pm.dataset = p.dataset AND pm.version = p.version "
+                    "WHERE p.selection_id = ?)")
+            params.append(parent)
+    trashed = (sel.config or {}).get("trashed")
+    if trashed:
+        # In the trash when the selection was made: not in its pool (the target set's own
+        # trashed ids are in the list too, and are not members of this dataset).
+        sql += " AND sample_id NOT IN (SELECT unnest(?::VARCHAR[]))"
+        params.append(list(trashed))
+    return sql, params
 
 
 def selection_layers(store: Store, selection_id: str) -> dict[str, list[str]]:
