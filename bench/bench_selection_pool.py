@@ -37,7 +37,7 @@ def measure(n_pool: int, n_selected: int, repeat: int) -> dict[str, float]:
             store.init()
             base = _size(store)
             times = []
-            for r in range(repeat):
+            for _ in range(repeat):
                 rec = SelectionRecord(dataset="d", version=1, stage="instruction",
                                       method="random", budget=str(n_selected), n_pool=n_pool,
                                       n_selected=n_selected)
