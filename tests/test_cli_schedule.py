@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import curator.schedule as sch
-from curator.cli_schedule import register
+from curator.cli.schedule import register
 from curator.store import Store
 
 RANDOM_RECIPE = {"dataset": "ignored",

@@ -17,7 +17,7 @@ import click
 
 
 def _cli() -> Any:
-    from curator import cli
+    from curator.cli import commands as cli
 
     return cli
 

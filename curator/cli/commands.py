@@ -669,7 +669,7 @@ def app(store_path: Path, host: str, port: int, headless: bool) -> None:
 def _register_extensions() -> None:
     """Command groups that live in their own modules."""
     try:
-        from curator import cli_schedule
+        from curator.cli import schedule as cli_schedule
     except ImportError:  # pragma: no cover - only while the module is being written
         return
     cli_schedule.register(main)

@@ -1,0 +1,5 @@
+"""The `curator` command (``main``)."""
+
+from curator.cli.commands import main
+
+__all__ = ["main"]
