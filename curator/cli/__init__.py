@@ -1,5 +1,11 @@
-"""The `curator` command (``main``)."""
+"""The `curator` command (``main``): the group and shared options in ``common``, commands in
+``data`` (data sets and versions), ``commands`` (scoring, selection, export, training, demo,
+app) and ``schedule`` (schedules and the worker). Importing a module registers its
+commands on ``main``."""
 
-from curator.cli.commands import main
+from curator.cli import commands, data, schedule
+from curator.cli.common import main
 
-__all__ = ["main"]
+schedule.register(main)
+
+__all__ = ["commands", "data", "main"]

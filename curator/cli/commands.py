@@ -1,5 +1,6 @@
-"""The `curator` command: thin shells over the library. Each command opens the store, makes
-one library call and prints the result; library errors become a one-line message and exit 1."""
+"""`curator score, select, selections, export, curate, mask, train, eval, demo, app`: thin
+shells over the library. Each command opens the store, makes one library call and prints
+the result; library errors become a one-line message and exit 1 (``cli.common``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
-from curator.store import Store, StoreError
+from curator.cli.common import (
+    CuratorError,
+    dataset_option,
+    main,
+    open_store,
+    store_option,
+    user_errors,
+)
+from curator.store import Store
 from curator.vocabulary import (
     CONTINUAL_POOLS,
     DISTANCES,
@@ -22,262 +30,6 @@ from curator.vocabulary import (
     SELF_COVERAGE,
     STAGES,
 )
-
-
-class CuratorError(click.ClickException):
-    """Printed as `error: <message>` with exit code 1."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def user_errors(func: Callable) -> Callable:
-    """Turn the library's expected errors into one line and exit 1 (no traceback)."""
-    from curator.ingest import IngestError
-    from curator.models import ModelLoadError
-    from curator.readers import InputError
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (StoreError, IngestError, InputError, ModelLoadError, ValueError) as exc:
-            raise CuratorError(str(exc)) from exc
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-    return wrapper
-
-
-def store_option(func: Callable) -> Callable:
-    return click.option(
-        "--store", "store_path", type=click.Path(file_okay=False, path_type=Path),
-        envvar="CURATOR_STORE", default="curator-store", show_default=True,
-        help="Store folder (env CURATOR_STORE).")(func)
-
-
-def dataset_option(func: Callable) -> Callable:
-    return click.option("--dataset", "-d", required=True, help="Dataset name.")(func)
-
-
-def open_store(path: Path) -> Store:
-    """An existing store (NotFound with a hint to `curator init` when there is none)."""
-    return Store(path, create=False)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="curator")
-def main() -> None:
-    """curator: continual fine-tuning data curation.
-
-    Keep every version of a fine-tuning data set, score samples with the model you will
-    fine-tune, pick a subset per stage, and export it with its parameter mask.
-    """
-
-
-@main.command()
-@store_option
-@user_errors
-def init(store_path: Path) -> None:
-    """Create an empty store (a folder with curator.duckdb and artifacts/)."""
-    store = Store(store_path)
-    existed = store.exists
-    store.init()
-    state = "exists" if existed else "created"
-    click.echo(f"store {state}: {store.path.resolve()} (schema version {store.schema_version()})")
-
-
-@main.command()
-@click.argument("source")
-@dataset_option
-@store_option
-@click.option("--append", is_flag=True,
-              help="New version = previous version + this input (default: a snapshot).")
-@click.option("--prompt-field", help="Field holding the prompt (overrides schema detection).")
-@click.option("--response-field", help="Field holding the response.")
-@click.option("--messages-field", help="Field holding chat turns (OpenAI or ShareGPT style).")
-@click.option("--split", default="train", show_default=True,
-              help="Split to read from a saved or hub Hugging Face dataset.")
-@click.option("--message", "-m", help="A note stored with the version.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@user_errors
-def ingest(source: str, dataset: str, store_path: Path, append: bool, prompt_field: str | None,
-           response_field: str | None, messages_field: str | None, split: str,
-           message: str | None, quiet: bool) -> None:
-    """Ingest SOURCE as a new version of a dataset.
-
-    SOURCE is a .jsonl/.json/.csv/.tsv/.parquet file, a folder of them, a saved Hugging Face
-    dataset, or a hub name (where the hub is reachable). Bad rows go to quarantine with their
-    line and reason; nothing is dropped silently.
-    """
-    from tqdm import tqdm
-
-    from curator.ingest import ingest as run_ingest
-    from curator.schemas import FieldMap
-
-    fields = None
-    if prompt_field or response_field or messages_field:
-        fields = FieldMap(prompt_field, response_field, messages_field)
-    bar = tqdm(desc="ingest", unit=" rows", disable=quiet or None, file=sys.stderr)
-    last = [0]
-
-    def progress(n: int) -> None:
-        bar.update(n - last[0])
-        last[0] = n
-
-    try:
-        summary = run_ingest(Store(store_path), source, dataset, append=append, fields=fields,
-                             split=split, message=message, progress=progress)
-    finally:
-        bar.close()
-    for line in summary.lines():
-        click.echo(line)
-
-
-@main.command()
-@dataset_option
-@store_option
-@user_errors
-def versions(dataset: str, store_path: Path) -> None:
-    """List the versions of a dataset with what each added, removed and quarantined."""
-    from curator.store.datasets import list_versions
-
-    rows = list_versions(open_store(store_path), dataset)
-    click.echo(f"{'version':>7} {'parent':>6} {'mode':<8} {'members':>8} {'added':>7} "
-               f"{'removed':>7} {'dups':>5} {'quar':>5}  created              source")
-    for v in rows:
-        click.echo(f"{v.version:>7} {v.parent or '-':>6} {v.mode:<8} {v.n_members:>8} "
-                   f"{v.n_added:>7} {v.n_removed:>7} {v.n_duplicates:>5} {v.n_quarantined:>5}"
-                   f"  {v.created_at:%Y-%m-%d %H:%M:%S}  {v.source}")
-
-
-@main.command()
-@click.argument("old", required=False)
-@click.argument("new", required=False)
-@dataset_option
-@store_option
-@click.option("--limit", default=10, show_default=True, help="Sample ids to list per side.")
-@user_errors
-def diff(old: str | None, new: str | None, dataset: str, store_path: Path, limit: int) -> None:
-    """What changed between versions OLD and NEW (default: the latest against its parent)."""
-    from curator.store.datasets import diff_versions, get_samples, get_version
-
-    store = open_store(store_path)
-    if old is None and new is None:
-        latest = get_version(store, dataset)
-        if latest.parent is None:
-            raise CuratorError(f"dataset {dataset!r} has one version; name two to compare")
-        old, new = str(latest.parent), str(latest.version)
-    elif new is None:
-        new = "latest"
-    d = diff_versions(store, dataset, old, new, limit=limit)
-    click.echo(f"{dataset}: v{d.old} -> v{d.new}: added {d.n_added}, removed {d.n_removed}, "
-               f"unchanged {d.n_unchanged}")
-    shown = get_samples(store, d.added + d.removed)
-    for sign, ids in (("+", d.added), ("-", d.removed)):
-        for sid in ids:
-            click.echo(f"  {sign} {sid}  {_one_line(shown[sid].prompt, 70)}")
-
-
-def _one_line(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-@main.command()
-@dataset_option
-@store_option
-@click.option("--version", "-v", "version", default=None, help="Version (default: latest).")
-@click.option("--limit", default=10, show_default=True)
-@click.option("--offset", default=0, show_default=True)
-@click.option("--search", help="Only samples whose prompt or response contains this text.")
-@click.option("--quarantine", is_flag=True, help="Show the version's quarantined rows instead.")
-@user_errors
-def show(dataset: str, store_path: Path, version: str | None, limit: int, offset: int,
-         search: str | None, quarantine: bool) -> None:
-    """Show samples (or quarantined rows) of a dataset version."""
-    from curator.store.datasets import get_version, load_samples, quarantine_rows
-
-    store = open_store(store_path)
-    info = get_version(store, dataset, version)
-    if quarantine:
-        rows = quarantine_rows(store, dataset, info.version, limit=limit)
-        click.echo(f"{dataset} v{info.version}: {info.n_quarantined} quarantined rows")
-        for r in rows:
-            click.echo(f"  {Path(r['source_file']).name}:{r['line']}: {r['reason']}: "
-                       f"{_one_line(r['raw'] or '', 60)}")
-        return
-    samples = load_samples(store, dataset, info.version, limit=limit, offset=offset,
-                           search=search)
-    click.echo(f"{dataset} v{info.version}: {info.n_members} samples"
-               + (f" (showing {len(samples)} matching {search!r})" if search else ""))
-    for s in samples:
-        meta = " ".join(f"{k}={v}" for k, v in s.metadata.items())
-        click.echo(f"- {s.sample_id} {meta}".rstrip())
-        click.echo(f"    prompt:   {_one_line(s.prompt, 100)}")
-        click.echo(f"    response: {_one_line(s.response, 100)}")
-
-
-
-@main.group()
-def trash() -> None:
-    """Set samples aside: later selections leave trashed samples out (restorable)."""
-
-
-@trash.command("add")
-@click.argument("sample_ids", nargs=-1, required=True)
-@dataset_option
-@store_option
-@click.option("--reason", "-r", default=None, help="Why (shown in the app and in `list`).")
-@user_errors
-def trash_add(sample_ids: tuple[str, ...], dataset: str, store_path: Path,
-              reason: str | None) -> None:
-    """Put samples of a dataset in its trash."""
-    from curator.store.trash import trash_count, trash_samples
-
-    store = open_store(store_path)
-    added = trash_samples(store, dataset, list(sample_ids), reason)
-    click.echo(f"trashed {added} sample(s) of {dataset} ({len(sample_ids) - added} already "
-               f"there); {trash_count(store, dataset)} in its trash")
-
-
-@trash.command("restore")
-@click.argument("sample_ids", nargs=-1)
-@dataset_option
-@store_option
-@click.option("--all", "everything", is_flag=True, help="Restore everything in the trash.")
-@user_errors
-def trash_restore(sample_ids: tuple[str, ...], dataset: str, store_path: Path,
-                  everything: bool) -> None:
-    """Take samples out of a dataset's trash."""
-    from curator.store.trash import restore_samples, trash_count
-
-    if bool(sample_ids) == everything:
-        raise CuratorError("give sample ids or --all (not both)")
-    store = open_store(store_path)
-    n = restore_samples(store, dataset, None if everything else list(sample_ids))
-    click.echo(f"restored {n} sample(s) of {dataset}; {trash_count(store, dataset)} left in "
-               "its trash")
-
-
-@trash.command("list")
-@dataset_option
-@store_option
-@click.option("--limit", default=20, show_default=True)
-@click.option("--offset", default=0, show_default=True)
-@user_errors
-def trash_list(dataset: str, store_path: Path, limit: int, offset: int) -> None:
-    """List a dataset's trash, newest first."""
-    from curator.store.datasets import require_dataset
-    from curator.store.trash import trash_count, trash_page
-
-    store = open_store(store_path)
-    require_dataset(store, dataset)
-    total = trash_count(store, dataset)
-    click.echo(f"{total} sample(s) in the trash of {dataset}")
-    for r in trash_page(store, dataset, limit, offset):
-        click.echo(f"{r['sample_id']}  {r['trashed_at']:%Y-%m-%d %H:%M}  "
-                   f"{r['reason'] or '-'}  {_one_line(r['prompt'], 60)}")
 
 
 def scoring_options(func: Callable) -> Callable:
@@ -664,18 +416,3 @@ def app(store_path: Path, host: str, port: int, headless: bool) -> None:
            "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "minimal"]
     sys.exit(subprocess.call(cmd, env=env))
-
-
-def _register_extensions() -> None:
-    """Command groups that live in their own modules."""
-    try:
-        from curator.cli import schedule as cli_schedule
-    except ImportError:  # pragma: no cover - only while the module is being written
-        return
-    cli_schedule.register(main)
-
-
-_register_extensions()
-
-if __name__ == "__main__":
-    main()

@@ -1,49 +1,23 @@
 """`curator schedule ...` and `curator worker`: thin shells over curator.schedule.
 
-Registered on the main group by ``register(main)`` (curator/cli.py calls it). Helpers come
-from curator.cli inside the functions, since curator.cli imports this module.
+Registered on the main group by ``register(main)`` (``curator.cli`` calls it).
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-
-def _cli() -> Any:
-    from curator.cli import commands as cli
-
-    return cli
-
-
-def _errors(func: Callable) -> Callable:
-    """curator.cli.user_errors, looked up when the command runs (no import cycle)."""
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return _cli().user_errors(func)(*args, **kwargs)
-    return wrapper
-
-
-def _store_option(func: Callable) -> Callable:
-    return click.option(
-        "--store", "store_path", type=click.Path(file_okay=False, path_type=Path),
-        envvar="CURATOR_STORE", default="curator-store", show_default=True,
-        help="Store folder (env CURATOR_STORE).")(func)
+from curator.cli.common import CuratorError, open_store, store_option, user_errors
 
 
 def _when(dt: datetime | None) -> str:
     return "-" if dt is None else f"{dt:%Y-%m-%d %H:%M:%S}"
-
-
-def _open(store_path: Path) -> Any:
-    """The store, which must exist (a typo in --store is an error, not a new store)."""
-    return _cli().open_store(store_path)
 
 
 @click.group("schedule", context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,8 +44,8 @@ def schedule() -> None:
               type=click.Path(dir_okay=False, path_type=Path),
               help="Recipe with a continual stage (default: continual, DELIFT, 30%, the "
                    "embedded default model, JSONL export).")
-@_store_option
-@_errors
+@store_option
+@user_errors
 def add_cmd(name: str, dataset: str, watch_dir: Path, every: str | None, cron: str | None,
             recipe_path: Path | None, store_path: Path) -> None:
     """Add schedule NAME. It is due at once: the next worker cycle runs it."""
@@ -88,13 +62,13 @@ def add_cmd(name: str, dataset: str, watch_dir: Path, every: str | None, cron: s
 
 
 @schedule.command("list")
-@_store_option
-@_errors
+@store_option
+@user_errors
 def list_cmd(store_path: Path) -> None:
     """List schedules: trigger, state, next run and last run."""
     from curator.schedule import SystemClock, list_schedules
 
-    store = _open(store_path)
+    store = open_store(store_path)
     rows = list_schedules(store)
     if not rows:
         click.echo("no schedules (add one with `curator schedule add`)")
@@ -117,38 +91,38 @@ def list_cmd(store_path: Path) -> None:
 
 @schedule.command("pause")
 @click.argument("name")
-@_store_option
-@_errors
+@store_option
+@user_errors
 def pause_cmd(name: str, store_path: Path) -> None:
     """Stop starting runs of NAME (a run in progress finishes)."""
     from curator.schedule import pause_schedule
 
-    pause_schedule(_open(store_path), name)
+    pause_schedule(open_store(store_path), name)
     click.echo(f"schedule {name} paused")
 
 
 @schedule.command("resume")
 @click.argument("name")
-@_store_option
-@_errors
+@store_option
+@user_errors
 def resume_cmd(name: str, store_path: Path) -> None:
     """Start runs of NAME again (a trigger missed while paused runs once)."""
     from curator.schedule import resume_schedule
 
-    s = resume_schedule(_open(store_path), name)
+    s = resume_schedule(open_store(store_path), name)
     click.echo(f"schedule {name} resumed; next run {_when(s.next_run_at)} UTC")
 
 
 @schedule.command("remove")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Remove even while a run holds its lease.")
-@_store_option
-@_errors
+@store_option
+@user_errors
 def remove_cmd(name: str, force: bool, store_path: Path) -> None:
     """Remove schedule NAME (its run history, versions, selections and exports stay)."""
     from curator.schedule import remove_schedule
 
-    remove_schedule(_open(store_path), name, force=force)
+    remove_schedule(open_store(store_path), name, force=force)
     click.echo(f"schedule {name} removed (its runs, selections and exports stay)")
 
 
@@ -156,13 +130,13 @@ def remove_cmd(name: str, force: bool, store_path: Path) -> None:
 @click.argument("name")
 @click.option("--queue", is_flag=True,
               help="Do not run here: make it due so the worker runs it on its next cycle.")
-@_store_option
-@_errors
+@store_option
+@user_errors
 def run_cmd(name: str, queue: bool, store_path: Path) -> None:
     """Run schedule NAME now (even when paused or not due), in this process."""
     from curator.schedule import get_schedule, request_run, run_schedule, stop_on_signals
 
-    store = _open(store_path)
+    store = open_store(store_path)
     if queue:
         s = request_run(store, name)
         click.echo(f"schedule {name} is due now: the next worker cycle runs it"
@@ -173,10 +147,10 @@ def run_cmd(name: str, queue: bool, store_path: Path) -> None:
         outcome = run_schedule(store, name, manual=True, stop=stop, echo=echo)
     if outcome is None:
         s = get_schedule(store, name)
-        raise _cli().CuratorError(f"schedule {name} is running ({s.lock_owner}, lease until "
+        raise CuratorError(f"schedule {name} is running ({s.lock_owner}, lease until "
                                   f"{_when(s.lock_expires_at)} UTC)")
     if outcome.status != "done":
-        raise _cli().CuratorError(f"run {outcome.run_id} failed: {outcome.error}")
+        raise CuratorError(f"run {outcome.run_id} failed: {outcome.error}")
     _print_outcome(outcome)
 
 
@@ -202,13 +176,13 @@ def _print_outcome(o: Any) -> None:
 @schedule.command("history")
 @click.argument("name")
 @click.option("--limit", default=20, show_default=True)
-@_store_option
-@_errors
+@store_option
+@user_errors
 def history_cmd(name: str, limit: int, store_path: Path) -> None:
     """Runs of schedule NAME, newest first, with their status, counts and errors."""
     from curator.schedule import schedule_runs
 
-    runs = schedule_runs(_open(store_path), name, limit=limit)
+    runs = schedule_runs(open_store(store_path), name, limit=limit)
     if not runs:
         click.echo(f"no runs of {name} yet")
         return
@@ -240,8 +214,8 @@ def _run_line(r: dict[str, Any]) -> str:
                    "run failed.")
 @click.option("--poll", default=30.0, show_default=True, type=click.FloatRange(min=0.5),
               help="Seconds between looks for due schedules (at most).")
-@_store_option
-@_errors
+@store_option
+@user_errors
 def worker_cmd(once: bool, poll: float, store_path: Path) -> None:
     """Run due schedules until stopped (SIGINT/SIGTERM finish the current step; a second
     signal abandons it)."""
@@ -252,13 +226,13 @@ def worker_cmd(once: bool, poll: float, store_path: Path) -> None:
         echo(f"worker on {Path(store_path).resolve()}: looking every {poll:g} s "
              "(Ctrl-C to stop)")
     with stop_on_signals(threading.Event(), echo) as stop:
-        outcomes = worker(_open(store_path), once=once, poll=poll, stop_event=stop,
+        outcomes = worker(open_store(store_path), once=once, poll=poll, stop_event=stop,
                           echo=echo)
     failed = [o for o in outcomes if o.status != "done"]
     if once and not outcomes:
         echo("nothing due")
     if once and failed:
-        raise _cli().CuratorError(
+        raise CuratorError(
             f"{len(failed)} of {len(outcomes)} runs failed: "
             + "; ".join(f"{o.schedule}: {o.error}" for o in failed))
 
