@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-APP_FILE = ROOT / "app" / "streamlit_app.py"
+APP_FILE = ROOT / "curator" / "app" / "streamlit_app.py"
 WORDS = ("data model sample prompt answer token layer budget stage utility gradient mask "
          "subset version store kernel greedy batch loss score").split()
 FAMILIES = ("math", "code", "qa", "summary", "translation", "reasoning", "chat", "extract")
@@ -212,7 +212,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("STREAMLIT_LOGGER_LEVEL", "error")  # AppTest's bare-mode notices
-    sys.path.insert(0, str(ROOT / "app"))
+    sys.path.insert(0, str(ROOT / "curator" / "app"))
     load_start = os.getloadavg()
     scratch = None if args.store else Path(tempfile.mkdtemp(prefix="curator-bench-app-"))
     store_path = args.store or scratch / "store"

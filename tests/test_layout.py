@@ -107,3 +107,13 @@ def test_no_long_modules():
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
             and name not in TOO_LONG_ALLOWED | KNOWN_LONG}
     assert long == {}
+
+
+def test_the_app_ships_in_the_package():
+    """`pip install .` takes the packages setuptools finds under `include = ["curator*"]`:
+    the app and its pages must be among them for `curator app` to start from a wheel."""
+    from setuptools import find_packages
+
+    found = set(find_packages(ROOT.parent, include=["curator*"]))
+    assert {"curator.app", "curator.app.views"} <= found
+    assert (ROOT / "app" / "streamlit_app.py").is_file()

@@ -406,9 +406,10 @@ def app(store_path: Path, host: str, port: int, headless: bool) -> None:
     import os
     import subprocess
 
-    app_file = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
+    # curator/app/ is part of the package (a wheel install has it too)
+    app_file = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
     if not app_file.exists():
-        raise CuratorError(f"app not found at {app_file} (run from a source checkout)")
+        raise CuratorError(f"app not found at {app_file} (a broken install?)")
     env = dict(os.environ, CURATOR_STORE=str(store_path.resolve()))
     click.echo(f"curator app on http://{host}:{port} (store {store_path.resolve()})")
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_file),

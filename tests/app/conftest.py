@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-APP_FILE = REPO / "app" / "streamlit_app.py"
+APP_FILE = REPO / "curator" / "app" / "streamlit_app.py"
 
 
 FIXTURE_PREFIX = "curator-app-fixture-"

@@ -28,7 +28,7 @@ from curator.store.selections import (
     selection_sample_ids,
 )
 
-APP_FILE = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
+APP_FILE = Path(__file__).resolve().parents[2] / "curator" / "app" / "streamlit_app.py"
 TIMEOUT = 60
 
 

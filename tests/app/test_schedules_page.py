@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 from curator import schedule as sched
 from curator.store import Store
 
-APP_FILE = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
+APP_FILE = Path(__file__).resolve().parents[2] / "curator" / "app" / "streamlit_app.py"
 
 
 def _app(store_path: Path, monkeypatch) -> AppTest:
