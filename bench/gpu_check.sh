@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1 ;;
     --budget) BUDGET=$2; shift ;;
     --model) MODEL=$2; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
