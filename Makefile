@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow test-all lint bench clean
+.PHONY: setup demo test test-slow test-all lint bench clean gpu-wheels gpu-dry-run
 
 setup: $(STAMP)
 
@@ -35,6 +35,15 @@ test-all: setup
 
 lint: setup
 	$(BIN)/ruff check curator app tests bench
+
+# The GPU check (bench/gpu_check.sh): gpu-wheels gathers, in the ignored .gpu/, the wheels the
+# GPU machine's image lacks, the T0 data and the default model's shape; gpu-dry-run runs the
+# whole script here on the CPU with tiny sizes.
+gpu-wheels: setup
+	$(BIN)/python bench/gpu_prepare.py
+
+gpu-dry-run: setup
+	PYTHON=$(BIN)/python bash bench/gpu_check.sh --dry-run
 
 clean:
 	rm -rf $(VENV) curator-store exports .pytest_cache

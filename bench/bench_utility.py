@@ -1,4 +1,4 @@
-"""Throughput of the pairwise utility engine on the default model (CPU).
+"""Throughput of the pairwise utility engine on the default model (CPU, or --device cuda).
 
 Real text (T0 prompts and completions from ../shared/data/t0), samples chosen so a pair
 (example + target, chat template) is about 160 tokens; candidate pairs from the model's own
@@ -13,6 +13,9 @@ embedding kNN graph (pool x pool, k neighbours), as in a real run. Measured:
 "computed tokens/s" counts what the engine actually runs (each prefix once, suffixes, d(i)).
 
     python bench/bench_utility.py [--quick] [--out bench/results/utility.md]
+    python bench/bench_utility.py --device cuda [--model PATH]   # bf16 on a GPU
+
+On CUDA every timed region ends with a device synchronisation (kernels run asynchronously).
 """
 
 from __future__ import annotations
@@ -46,15 +49,28 @@ from curator.scoring.utility import (  # noqa: E402
     score_pairs_reference,
 )
 
-DATA = ROOT.parent / "shared" / "data" / "t0"
+# The T0 sample data; CURATOR_BENCH_DATA or --data points elsewhere (the GPU machine gets
+# a copy carried beside the repository, see bench/gpu_check.sh).
+DATA = Path(os.environ.get("CURATOR_BENCH_DATA") or ROOT.parent / "shared" / "data" / "t0")
 
 
+def sync(device: torch.device) -> None:
+    """Wait for queued device work, so a host timer read after it covers that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def load_samples(tpl: PairTemplate, n: int, lo: int, hi: int, seed: int) -> list[Sample]:
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
+
+
+def load_samples(tpl: PairTemplate, n: int, lo: int, hi: int, seed: int,
+                 data: Path = DATA) -> list[Sample]:
     """n T0 samples whose target layout is lo..hi tokens, spread over the template files."""
     rng = np.random.default_rng(seed)
-    files = sorted(glob.glob(str(DATA / "*.jsonl")))
+    files = sorted(glob.glob(str(Path(data) / "*.jsonl")))
+    if not files:
+        raise SystemExit(f"no *.jsonl files in {data} (set --data or CURATOR_BENCH_DATA)")
     per_file: list[list[Sample]] = []
     for f in files:
         rows = [json.loads(line) for line in open(f, encoding="utf-8")]
@@ -101,8 +117,10 @@ def raw_forward(lm, seqs, batch_size: int) -> float:
             for r, x in enumerate(batch):
                 ids[r, :len(x)] = torch.tensor(x)
                 mask[r, :len(x)] = 1
+            sync(lm.device)
             t0 = time.perf_counter()
             lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
+            sync(lm.device)
             total += time.perf_counter() - t0
     return total
 
@@ -121,6 +139,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--note", default="",
                     help="a sentence for the report about the machine's state (e.g. its load)")
+    ap.add_argument("--device", default="auto",
+                    help="auto (CUDA when present), cpu, cuda or cuda:N")
+    ap.add_argument("--model", default=None,
+                    help="a model folder or name (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--data", default=str(DATA), help="folder of T0 *.jsonl files")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "utility.md"))
     args = ap.parse_args()
     n = args.n or (16 if args.quick else 40)
@@ -132,10 +155,10 @@ def main() -> None:
     command = "python " + " ".join(shlex.quote(a) for a in argv)
     load_start = os.getloadavg()[0]
 
-    lm = load_model(None)
+    lm = load_model(args.model, device=args.device)
     cfg = UtilityConfig(distance="prob-l2").resolved(lm)
     tpl = PairTemplate(lm.tokenizer, cfg.template)
-    samples = load_samples(tpl, n, 70, 100, args.seed)
+    samples = load_samples(tpl, n, 70, 100, args.seed, Path(args.data))
     by = {s.sample_id: s for s in samples}
     ids = [s.sample_id for s in samples]
 
@@ -148,9 +171,11 @@ def main() -> None:
     lengths = np.array([len(s) for s in seqs])
 
     # Engine, prefix reuse, all pairs.
+    sync(lm.device)
     t0 = time.perf_counter()
     chunks = list(score_pairs(lm, by, pairs, cfg, batch_size=args.batch_size,
                               chunk_pairs=args.chunk_pairs))
+    sync(lm.device)
     t_engine = time.perf_counter() - t0
     got = PairChunk.concat(chunks)
     prefixes = {tpl.target(by[t]).head + tpl.example(by[e]) for t, e in pairs}
@@ -165,19 +190,24 @@ def main() -> None:
     sub_tokens = int(sum(len(s) for s in sub_seqs))
     raw_forward(lm, sub_seqs[: args.batch_size], args.batch_size)  # warm-up
     t_raw = raw_forward(lm, sub_seqs, args.batch_size)
+    sync(lm.device)
     t0 = time.perf_counter()
     list(score_pairs(lm, by, sub, cfg, batch_size=args.batch_size, prefix_reuse=False,
                      chunk_pairs=args.chunk_pairs))
+    sync(lm.device)
     t_noreuse = time.perf_counter() - t0
     t0 = time.perf_counter()
     list(score_pairs(lm, by, sub, cfg, batch_size=args.batch_size, chunk_pairs=args.chunk_pairs))
+    sync(lm.device)
     t_reuse_sub = time.perf_counter() - t0
     bf16_sub = PairChunk.concat(list(score_pairs(lm, by, sub, cfg))).as_dict()
 
-    lm32 = load_model(None, dtype="fp32")
+    lm32 = load_model(args.model, device=args.device, dtype="fp32")
     cfg32 = UtilityConfig(distance="prob-l2").resolved(lm32)
+    sync(lm32.device)
     t0 = time.perf_counter()
     naive = score_pairs_reference(lm32, by, sub, cfg32)
+    sync(lm32.device)
     t_naive = time.perf_counter() - t0
     diff = np.array([bf16_sub[p] - u for p, u in naive.as_dict().items()])
     corr = float(np.corrcoef([bf16_sub[p] for p in sub], naive.utility)[0, 1])
@@ -203,7 +233,8 @@ def main() -> None:
     lines = [
         "# Pairwise utility throughput", "",
         f"Command: `{command}`", "",
-        f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
+        f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {device_name(lm.device)}, "
+        f"torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, model {lm.name} ({lm.dtype}, {lm.device}). "
         f"Load average (1 min) {load_start:.1f} at start, {load_end:.1f} at end"
         + (f". {args.note}" if args.note else "") + " Ratios between rows taken in the same "

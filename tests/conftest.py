@@ -9,6 +9,38 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Tests marked `cuda` run on this device. Unset: "cuda", and they skip where torch sees no
+# CUDA device. "cpu" runs the same bodies on the CPU, to know they work before GPU time.
+CUDA_TEST_DEVICE_ENV = "CURATOR_CUDA_TEST_DEVICE"
+
+
+def cuda_test_device() -> str:
+    return os.environ.get(CUDA_TEST_DEVICE_ENV) or "cuda"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip (never deselect) `cuda` tests when their device is CUDA and there is none, so
+    a CPU run lists them as skipped with the reason."""
+    if not cuda_test_device().startswith("cuda"):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"no CUDA device ({CUDA_TEST_DEVICE_ENV}=cpu runs these "
+                                   "test bodies on the CPU)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def cuda_device():
+    """The device of `cuda`-marked tests (CURATOR_CUDA_TEST_DEVICE, default cuda)."""
+    import torch
+
+    return torch.device(cuda_test_device())
+
 
 @pytest.fixture(params=["llama", "qwen2", "gpt2"])
 def tiny_lm(request):
