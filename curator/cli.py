@@ -90,16 +90,19 @@ def init(store_path: Path) -> None:
 @click.option("--split", default="train", show_default=True,
               help="Split to read from a saved or hub Hugging Face dataset.")
 @click.option("--message", "-m", help="A note stored with the version.")
+@click.option("--hub", is_flag=True,
+              help="SOURCE is a Hugging Face hub data set name (same as hub:NAME).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @user_errors
 def ingest(source: str, dataset: str, store_path: Path, append: bool, prompt_field: str | None,
            response_field: str | None, messages_field: str | None, split: str,
-           message: str | None, quiet: bool) -> None:
+           message: str | None, hub: bool, quiet: bool) -> None:
     """Ingest SOURCE as a new version of a dataset.
 
     SOURCE is a .jsonl/.json/.csv/.tsv/.parquet file, a folder of them, a saved Hugging Face
-    dataset, or a hub name (where the hub is reachable). Bad rows go to quarantine with their
-    line and reason; nothing is dropped silently.
+    dataset, or a hub data set written hub:NAME (or NAME with --hub; where the hub is
+    reachable). Bad rows go to quarantine with their line and reason; nothing is dropped
+    silently.
     """
     from tqdm import tqdm
 
@@ -118,7 +121,7 @@ def ingest(source: str, dataset: str, store_path: Path, append: bool, prompt_fie
 
     try:
         summary = run_ingest(Store(store_path), source, dataset, append=append, fields=fields,
-                             split=split, message=message, progress=progress)
+                             split=split, message=message, hub=hub, progress=progress)
     finally:
         bar.close()
     for line in summary.lines():

@@ -72,7 +72,7 @@ def _batches(rows: Iterable[RawRow], size: int) -> Iterator[list[RawRow]]:
 def _reason_kind(reason: str) -> str:
     """Group reasons for the summary ("malformed JSON: Expecting ',' ..." -> "malformed JSON",
     "not valid UTF-8 (byte 13)" -> "not valid UTF-8")."""
-    for kind in ("malformed JSON", "not valid UTF-8"):
+    for kind in ("malformed JSON", "not valid UTF-8", "lone surrogate"):
         if reason.startswith(kind):
             return kind
     return reason
@@ -92,16 +92,17 @@ def clear_abandoned_staging(store: Store) -> None:
 
 def ingest(store: Store, source: str, dataset: str, *, append: bool = False,
            fields: FieldMap | None = None, split: str = "train", message: str | None = None,
-           batch_size: int = BATCH_SIZE,
+           batch_size: int = BATCH_SIZE, hub: bool = False,
            progress: Callable[[int], None] | None = None) -> IngestSummary:
     """Ingest ``source`` as the next version of ``dataset``.
 
     Snapshot (default): the new version is exactly the input. ``append``: the new version
-    is the previous version plus the input. ``progress`` is called with rows read so far.
+    is the previous version plus the input. ``hub``: ``source`` names a Hugging Face hub
+    data set (as ``hub:NAME`` does). ``progress`` is called with rows read so far.
     """
     started = time.monotonic()
     try:
-        files, rows = read_source(source, split)
+        files, rows = read_source(source, split, hub=hub)
     except InputError as exc:
         raise IngestError(str(exc)) from exc
     store.init()

@@ -151,6 +151,33 @@ def test_missing_input_and_missing_store(tmp_path):
         f"no curator store at {tmp_path / 'none'} (create one with `curator init`)"
 
 
+def test_a_missing_path_with_a_slash_is_not_a_hub_lookup(tmp_path, monkeypatch):
+    """`curator ingest foo/bar` used to retry hub lookups for ~30 s; now only hub:NAME or
+    --hub ask the hub, and an unreachable hub fails with one line (no network is reached)."""
+    import time
+
+    from curator import readers
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+
+    def unreachable(name):
+        raise OSError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(readers, "hub_lookup", unreachable)
+    started = time.monotonic()
+    assert fail("ingest", "foo/bar", "-d", "d", "--store", "s") == (
+        "no such file or folder: foo/bar (for a Hugging Face hub data set use hub:foo/bar "
+        "or --hub)")
+    for args in (["hub:foo/bar"], ["foo/bar", "--hub"]):
+        assert fail("ingest", *args, "-d", "d", "--store", "s") == (
+            "cannot load 'foo/bar' from the Hugging Face hub: [Errno 101] Network is "
+            "unreachable")
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "s").exists()  # refused before the store was touched
+
+
 def test_usage_errors_exit_2(tmp_path):
     result = run("ingest", tmp_path / "a.jsonl", "--store", tmp_path / "s", ok=False)
     assert result.exit_code == 2
