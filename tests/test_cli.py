@@ -178,6 +178,12 @@ def test_a_missing_path_with_a_slash_is_not_a_hub_lookup(tmp_path, monkeypatch):
     assert not (tmp_path / "s").exists()  # refused before the store was touched
 
 
+def test_a_bad_lock_timeout_is_one_line_naming_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("CURATOR_LOCK_TIMEOUT", "abc")
+    assert fail("init", "--store", tmp_path / "s") == \
+        "CURATOR_LOCK_TIMEOUT must be a non-negative number of seconds, got 'abc'"
+
+
 def test_usage_errors_exit_2(tmp_path):
     result = run("ingest", tmp_path / "a.jsonl", "--store", tmp_path / "s", ok=False)
     assert result.exit_code == 2

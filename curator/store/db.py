@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import threading
@@ -41,6 +42,21 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text.lower() and ("Conflicting" in text or "Could not set lock" in text)
 
 
+def lock_timeout_from_env(default: float = 60.0) -> float:
+    """Seconds to wait for a busy store: CURATOR_LOCK_TIMEOUT, a non-negative number."""
+    text = os.environ.get("CURATOR_LOCK_TIMEOUT")
+    if text is None or not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise StoreError(f"CURATOR_LOCK_TIMEOUT must be a non-negative number of seconds, "
+                         f"got {text!r}")
+    return value
+
+
 class Store:
     """A curator store at ``path`` (a folder holding ``curator.duckdb`` and ``artifacts/``)."""
 
@@ -50,7 +66,7 @@ class Store:
         self.db_path = self.path / DB_FILENAME
         self.artifacts = self.path / "artifacts"
         if lock_timeout is None:
-            lock_timeout = float(os.environ.get("CURATOR_LOCK_TIMEOUT", "60"))
+            lock_timeout = lock_timeout_from_env()
         self.lock_timeout = lock_timeout
         self._local = threading.local()
         self._migrated = False
