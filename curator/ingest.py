@@ -22,6 +22,7 @@ from curator.readers import InputError, RawRow, read_source
 from curator.records import sample_id_for, split_prompt_response
 from curator.schemas import FieldMap, RowError, map_row
 from curator.store import Store
+from curator.store.recovery import clear_stale_staging
 
 BATCH_SIZE = 10_000
 _WRITE_LOCK = threading.RLock()
@@ -81,13 +82,7 @@ def _reason_kind(reason: str) -> str:
 def clear_abandoned_staging(store: Store) -> None:
     """Drop staging and quarantine rows of ingests that are no longer running."""
     with store.atomic() as con:
-        con.execute("UPDATE runs SET status = 'failed', error = 'abandoned (process gone)', "
-                    "finished_at = current_timestamp WHERE kind = 'ingest' AND status = 'running'"
-                    " AND updated_at < current_timestamp - INTERVAL 1 HOUR")
-        con.execute("DELETE FROM ingest_staging WHERE run_id NOT IN "
-                    "(SELECT run_id FROM runs WHERE status = 'running')")
-        con.execute("DELETE FROM quarantine WHERE version IS NULL AND run_id NOT IN "
-                    "(SELECT run_id FROM runs WHERE status = 'running')")
+        clear_stale_staging(con)
 
 
 def ingest(store: Store, source: str, dataset: str, *, append: bool = False,

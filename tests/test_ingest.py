@@ -407,7 +407,10 @@ def test_staging_of_an_abandoned_run_is_cleared_by_the_next_ingest(store, write_
     with store.atomic() as con:
         con.execute("INSERT INTO ingest_staging VALUES (?, 'x', NULL, 'f', 1)", [run])
         con.execute("INSERT INTO quarantine VALUES (?, 'd', NULL, 'f', 2, 'bad', 'raw')", [run])
-        con.execute("UPDATE runs SET updated_at = current_timestamp - INTERVAL 2 HOUR")
+        # A run written before runs knew their host: an hour without progress is abandoned.
+        # (Runs with a host are recovered by pid as the store opens: tests/store/test_recovery.)
+        con.execute("UPDATE runs SET updated_at = current_timestamp - INTERVAL 2 HOUR, "
+                    "host = NULL")
     ingest(store, write_jsonl("a.jsonl", [pair(1)]), "d")
     assert store.query("SELECT sample_id FROM ingest_staging") == []
     assert quarantine_rows(store, "d") == []
