@@ -88,12 +88,16 @@ def clear_abandoned_staging(store: Store) -> None:
 def ingest(store: Store, source: str, dataset: str, *, append: bool = False,
            fields: FieldMap | None = None, split: str = "train", message: str | None = None,
            batch_size: int = BATCH_SIZE, hub: bool = False,
+           record_file: tuple[str, str] | None = None,
            progress: Callable[[int], None] | None = None) -> IngestSummary:
     """Ingest ``source`` as the next version of ``dataset``.
 
     Snapshot (default): the new version is exactly the input. ``append``: the new version
     is the previous version plus the input. ``hub``: ``source`` names a Hugging Face hub
-    data set (as ``hub:NAME`` does). ``progress`` is called with rows read so far.
+    data set (as ``hub:NAME`` does). ``record_file`` (sha256, path): the input file is
+    recorded as ingested in the transaction that creates the version, so a crash cannot
+    leave a version whose file a rerun would ingest again. ``progress`` is called with rows
+    read so far.
     """
     started = time.monotonic()
     try:
@@ -116,7 +120,7 @@ def ingest(store: Store, source: str, dataset: str, *, append: bool = False,
             reasons = "; ".join(f"{n} {r}" for r, n in summary.reasons.most_common(3))
             raise IngestError(f"{source}: no usable rows ({summary.n_quarantined} quarantined: "
                               f"{reasons})")
-        _commit_version(store, run_id, dataset, source, append, message, summary)
+        _commit_version(store, run_id, dataset, source, append, message, summary, record_file)
     except BaseException as exc:
         store.finish_run(run_id, "failed", error=str(exc) or type(exc).__name__)
         clear_abandoned_staging(store)
@@ -201,7 +205,8 @@ def _columns(rows: Iterable[tuple], schema: pa.Schema) -> pa.Table:
 
 
 def _commit_version(store: Store, run_id: str, dataset: str, source: str, append: bool,
-                    message: str | None, summary: IngestSummary) -> None:
+                    message: str | None, summary: IngestSummary,
+                    record_file: tuple[str, str] | None = None) -> None:
     """One short transaction: the version row, its members, and the staged quarantine."""
     with _WRITE_LOCK, store.atomic() as con:
         con.execute("INSERT OR IGNORE INTO datasets (name) VALUES (?)", [dataset])
@@ -242,6 +247,9 @@ def _commit_version(store: Store, run_id: str, dataset: str, source: str, append
              summary.n_accepted, summary.n_duplicates, summary.n_quarantined, n_added,
              n_removed, n_unchanged, n_members, run_id])
         con.execute("UPDATE quarantine SET version = ? WHERE run_id = ?", [version, run_id])
+        if record_file is not None:
+            con.execute("INSERT OR IGNORE INTO ingested_files (dataset, sha256, path, version) "
+                        "VALUES (?, ?, ?, ?)", [dataset, *record_file, version])
         con.execute("DELETE FROM ingest_staging WHERE run_id = ?", [run_id])
     summary.version, summary.parent = version, parent
     summary.n_added, summary.n_removed, summary.n_unchanged = n_added, n_removed, n_unchanged

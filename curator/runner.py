@@ -61,12 +61,10 @@ def ingest_once(store: Store, path: str | Path, dataset: str, append: bool = Tru
                    [dataset, digest]):
         return None
     has_versions = bool(store.query("SELECT 1 FROM versions WHERE dataset = ?", [dataset]))
-    summary = ingest(store, str(path), dataset, append=append and has_versions, **kwargs)
-    with store.atomic() as con:
-        con.execute("INSERT OR IGNORE INTO ingested_files (dataset, sha256, path, version) "
-                    "VALUES (?, ?, ?, ?)", [dataset, digest, str(path.resolve()),
-                                            summary.version])
-    return summary
+    # The file is recorded with the version, in one transaction: killed in between, a
+    # rerun would have ingested it again as another version.
+    return ingest(store, str(path), dataset, append=append and has_versions,
+                  record_file=(digest, str(path.resolve())), **kwargs)
 
 
 def run_recipe(store: Store, recipe: Recipe, *,
