@@ -276,7 +276,7 @@ def test_show_quarantine(built):
 def test_show_quarantine_pages_searches_and_says_when_cut(tmp_path):
     """--offset and --search apply to quarantined rows, and a cut list says so."""
     path = tmp_path / "q.jsonl"
-    path.write_text("".join('{"prompt": "p%d"}\n' % i for i in range(12))
+    path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(12))
                     + '{"prompt": "x", "response": "y"}\n' + "not json_\n")
     store = tmp_path / "s"
     run("ingest", path, "-d", "d", "--store", store, "-q")

@@ -21,8 +21,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from curator.store import Store
 
 PHASES = ("ingest", "score", "select", "export", "worker")
