@@ -3,7 +3,8 @@
 Rows stream through in batches. Each batch is written in its own short transaction into a
 staging area keyed by the ingest run; only the final transaction creates the version, so
 an ingest that dies half way leaves no half version (its staging rows are cleared by the
-next ingest). Every row ends up counted: read = accepted + duplicates + quarantined.
+next command that opens the store, ``curator.store.recovery``, or the next ingest). Every
+row ends up counted: read = accepted + duplicates + quarantined.
 """
 
 from __future__ import annotations
