@@ -1,17 +1,24 @@
 """Writing a selection out: the subset in a chosen format, its mask, and a manifest.
 
 Everything is written into a temporary folder beside the target and renamed into place at
-the end, so a reader never sees half an export; an existing export is replaced only with
-``force``. The manifest lists every file with its sha256 so a consumer can check it.
+the end, so a reader never sees half an export. ``force`` replaces only a previous curator
+export: a folder whose manifest.json curator wrote and that holds no file the manifest does
+not list. Anything else (a plain folder, the store or a folder holding it, a symbolic link)
+is refused with the reason, never deleted. The manifest lists every file with its sha256
+so a consumer can check it. The folder's permissions follow the umask, like any folder
+the user creates. Each export is a run in the store naming its temporary folder, so one
+killed half way leaves nothing behind once the next command opens the store
+(``curator.store.recovery``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
-import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,41 +128,108 @@ def export_selection(store: Store, selection_id: str, out: str | Path, fmt: str 
     unless ``force``)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    out = Path(out).expanduser().resolve()
-    if out.exists() and not force:
-        raise ExportError(f"{out} exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} exists and is not a folder")
+    out = _check_out(store, Path(out), force)
     sel = get_selection(store, selection_id)
     samples = selected_samples(store, selection_id)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # The temporary folder's name is recorded in the run before it exists, so a recovery
+    # after kill -9 knows it is curator's to remove (recovery.clean_export_leftovers).
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}"
+    run_id = store.start_run("export", sel.dataset, {"selection_id": selection_id,
+                                                     "out": str(out), "tmp": str(tmp)})
     try:
-        written = _write_rows(samples, fmt, tmp)
-        mask = get_mask_record(store, selection_id)
-        if mask is not None:
-            src = store.artifacts / mask["path"]
-            if sha256_file(src) != mask["sha256"]:
-                raise ExportError(f"mask file {src} does not match its recorded checksum")
-            shutil.copyfile(src, tmp / "mask.safetensors")
-            written.append(tmp / "mask.safetensors")
-        layers = selection_layers(store, selection_id)
-        if layers:
-            path = tmp / "layers.json"
-            path.write_text(json.dumps(layers, indent=1))
-            written.append(path)
-        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in written}
-        # Round-trip through JSON first so the digest covers exactly what a reader loads.
-        manifest = json.loads(json.dumps(_manifest(sel, fmt, samples, files, mask, layers),
-                                         default=str))
-        manifest["manifest_sha256"] = manifest_digest(manifest)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False),
-                                           encoding="utf-8")
+        tmp.mkdir(mode=0o777)  # less the umask, as for any folder the user makes
+        written = _write_export(store, selection_id, sel, samples, fmt, tmp)
         _swap_into_place(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        store.finish_run(run_id, "failed", error=str(exc) or type(exc).__name__)
         raise
-    return ExportResult(out, files, len(samples), manifest)
+    store.finish_run(run_id, "done", result={"out": str(out), "n_rows": len(samples)})
+    return ExportResult(out, written[0], len(samples), written[1])
+
+
+def _check_out(store: Store, given: Path, force: bool) -> Path:
+    """The folder to write, absolute; ExportError with the reason when it may not be
+    written. Without ``force`` it must not exist; with it, it must be a curator export."""
+    given = given.expanduser()
+    if given.is_symlink():
+        raise ExportError(f"{given} is a symbolic link; name a folder, not a link (curator "
+                          "does not write or delete through links)")
+    # Resolve the parent only: the last part is the name itself, not what it points to.
+    out = Path(os.path.abspath(given))
+    out = out.parent.resolve() / out.name
+    home = store.path.resolve()
+    if out == home or out in home.parents:
+        raise ExportError(f"{out} {'is' if out == home else 'holds'} the store {home}; "
+                          "choose another folder for the export")
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder")
+    if not force:
+        raise ExportError(f"{out} exists; pass --force to replace it")
+    reason = not_a_replaceable_export(out)
+    if reason:
+        raise ExportError(f"{out} {reason}; --force replaces only a previous curator export")
+    return out
+
+
+# Files a system or file browser drops into any folder: not the user's work.
+_JUNK = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
+def not_a_replaceable_export(path: Path) -> str | None:
+    """Why ``path`` is not a curator export that may be replaced, or None when it is: its
+    manifest.json is curator's (the fields it writes, its digest intact) and every file in
+    the folder is one the manifest lists (besides manifest.json and file-browser junk)."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "is not a curator export (no manifest.json)"
+    except (OSError, ValueError):
+        return "has a manifest.json that is not readable JSON"
+    if not isinstance(manifest, dict) or not {"curator_version", "selection", "files",
+                                              "sample_ids"} <= set(manifest):
+        return "has a manifest.json that curator did not write"
+    digest = manifest.get("manifest_sha256")
+    if digest is not None and digest != manifest_digest(manifest):
+        return "has a manifest.json that was edited after export"
+    listed = set(manifest.get("files") or {}) | {"manifest.json"}
+    others = sorted(f.relative_to(path).as_posix() for f in path.rglob("*")
+                    if (f.is_file() or f.is_symlink()) and not f.is_dir()
+                    and f.relative_to(path).as_posix() not in listed and f.name not in _JUNK)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3
+                                         else "")
+        return f"holds files the export did not write ({shown})"
+    return None
+
+
+def _write_export(store: Store, selection_id: str, sel: Any, samples: list[Sample], fmt: str,
+                  tmp: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """Write rows, mask, layers and manifest into ``tmp``; returns (files, manifest)."""
+    written = _write_rows(samples, fmt, tmp)
+    mask = get_mask_record(store, selection_id)
+    if mask is not None:
+        src = store.artifacts / mask["path"]
+        if sha256_file(src) != mask["sha256"]:
+            raise ExportError(f"mask file {src} does not match its recorded checksum")
+        shutil.copyfile(src, tmp / "mask.safetensors")
+        written.append(tmp / "mask.safetensors")
+    layers = selection_layers(store, selection_id)
+    if layers:
+        path = tmp / "layers.json"
+        path.write_text(json.dumps(layers, indent=1))
+        written.append(path)
+    files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in written}
+    # Round-trip through JSON first so the digest covers exactly what a reader loads.
+    manifest = json.loads(json.dumps(_manifest(sel, fmt, samples, files, mask, layers),
+                                     default=str))
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False),
+                                       encoding="utf-8")
+    return files, manifest
 
 
 def _manifest(sel: Any, fmt: str, samples: list[Sample], files: dict[str, str],
@@ -185,13 +259,21 @@ def _manifest(sel: Any, fmt: str, samples: list[Sample], files: dict[str, str],
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; a previous export there is moved aside to ``<tmp>.old``
+    first and removed after (the name is derived from the recorded ``tmp``, so a recovery
+    after a kill between the two renames can put it back or finish removing it)."""
     if out.exists():
-        old = out.with_name(f".{out.name}.old-{int(time.time())}")
+        old = old_folder(tmp)
         out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
+
+
+def old_folder(tmp: Path) -> Path:
+    """Where a replaced export waits while the new one is renamed into place."""
+    return tmp.with_name(tmp.name + ".old")
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:

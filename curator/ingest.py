@@ -3,7 +3,8 @@
 Rows stream through in batches. Each batch is written in its own short transaction into a
 staging area keyed by the ingest run; only the final transaction creates the version, so
 an ingest that dies half way leaves no half version (its staging rows are cleared by the
-next ingest). Every row ends up counted: read = accepted + duplicates + quarantined.
+next command that opens the store, ``curator.store.recovery``, or the next ingest). Every
+row ends up counted: read = accepted + duplicates + quarantined.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from curator.readers import InputError, RawRow, read_source
 from curator.records import sample_id_for, split_prompt_response
 from curator.schemas import FieldMap, RowError, map_row
 from curator.store import Store
+from curator.store.recovery import clear_stale_staging
 
 BATCH_SIZE = 10_000
 _WRITE_LOCK = threading.RLock()
@@ -72,7 +74,7 @@ def _batches(rows: Iterable[RawRow], size: int) -> Iterator[list[RawRow]]:
 def _reason_kind(reason: str) -> str:
     """Group reasons for the summary ("malformed JSON: Expecting ',' ..." -> "malformed JSON",
     "not valid UTF-8 (byte 13)" -> "not valid UTF-8")."""
-    for kind in ("malformed JSON", "not valid UTF-8"):
+    for kind in ("malformed JSON", "not valid UTF-8", "lone surrogate"):
         if reason.startswith(kind):
             return kind
     return reason
@@ -81,27 +83,26 @@ def _reason_kind(reason: str) -> str:
 def clear_abandoned_staging(store: Store) -> None:
     """Drop staging and quarantine rows of ingests that are no longer running."""
     with store.atomic() as con:
-        con.execute("UPDATE runs SET status = 'failed', error = 'abandoned (process gone)', "
-                    "finished_at = current_timestamp WHERE kind = 'ingest' AND status = 'running'"
-                    " AND updated_at < current_timestamp - INTERVAL 1 HOUR")
-        con.execute("DELETE FROM ingest_staging WHERE run_id NOT IN "
-                    "(SELECT run_id FROM runs WHERE status = 'running')")
-        con.execute("DELETE FROM quarantine WHERE version IS NULL AND run_id NOT IN "
-                    "(SELECT run_id FROM runs WHERE status = 'running')")
+        clear_stale_staging(con)
 
 
 def ingest(store: Store, source: str, dataset: str, *, append: bool = False,
            fields: FieldMap | None = None, split: str = "train", message: str | None = None,
-           batch_size: int = BATCH_SIZE,
+           batch_size: int = BATCH_SIZE, hub: bool = False,
+           record_file: tuple[str, str] | None = None,
            progress: Callable[[int], None] | None = None) -> IngestSummary:
     """Ingest ``source`` as the next version of ``dataset``.
 
     Snapshot (default): the new version is exactly the input. ``append``: the new version
-    is the previous version plus the input. ``progress`` is called with rows read so far.
+    is the previous version plus the input. ``hub``: ``source`` names a Hugging Face hub
+    data set (as ``hub:NAME`` does). ``record_file`` (sha256, path): the input file is
+    recorded as ingested in the transaction that creates the version, so a crash cannot
+    leave a version whose file a rerun would ingest again. ``progress`` is called with rows
+    read so far.
     """
     started = time.monotonic()
     try:
-        files, rows = read_source(source, split)
+        files, rows = read_source(source, split, hub=hub)
     except InputError as exc:
         raise IngestError(str(exc)) from exc
     store.init()
@@ -120,7 +121,7 @@ def ingest(store: Store, source: str, dataset: str, *, append: bool = False,
             reasons = "; ".join(f"{n} {r}" for r, n in summary.reasons.most_common(3))
             raise IngestError(f"{source}: no usable rows ({summary.n_quarantined} quarantined: "
                               f"{reasons})")
-        _commit_version(store, run_id, dataset, source, append, message, summary)
+        _commit_version(store, run_id, dataset, source, append, message, summary, record_file)
     except BaseException as exc:
         store.finish_run(run_id, "failed", error=str(exc) or type(exc).__name__)
         clear_abandoned_staging(store)
@@ -205,7 +206,8 @@ def _columns(rows: Iterable[tuple], schema: pa.Schema) -> pa.Table:
 
 
 def _commit_version(store: Store, run_id: str, dataset: str, source: str, append: bool,
-                    message: str | None, summary: IngestSummary) -> None:
+                    message: str | None, summary: IngestSummary,
+                    record_file: tuple[str, str] | None = None) -> None:
     """One short transaction: the version row, its members, and the staged quarantine."""
     with _WRITE_LOCK, store.atomic() as con:
         con.execute("INSERT OR IGNORE INTO datasets (name) VALUES (?)", [dataset])
@@ -246,6 +248,9 @@ def _commit_version(store: Store, run_id: str, dataset: str, source: str, append
              summary.n_accepted, summary.n_duplicates, summary.n_quarantined, n_added,
              n_removed, n_unchanged, n_members, run_id])
         con.execute("UPDATE quarantine SET version = ? WHERE run_id = ?", [version, run_id])
+        if record_file is not None:
+            con.execute("INSERT OR IGNORE INTO ingested_files (dataset, sha256, path, version) "
+                        "VALUES (?, ?, ?, ?)", [dataset, *record_file, version])
         con.execute("DELETE FROM ingest_staging WHERE run_id = ?", [run_id])
     summary.version, summary.parent = version, parent
     summary.n_added, summary.n_removed, summary.n_unchanged = n_added, n_removed, n_unchanged

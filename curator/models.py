@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,6 +210,20 @@ def pad_token_id(tokenizer: object) -> int:
     if pad is None:
         pad = getattr(tokenizer, "eos_token_id", None)
     return int(pad or 0)
+def load_failure_reason(exc: BaseException) -> str:
+    """One line for the user from a loader's exception. torch's refusal to unpickle code
+    from a weights file is a dozen lines of advice to turn the safety off; curator does not
+    offer that, so it says what was refused and what to do instead."""
+    text = str(exc)
+    if "Weights only load failed" in text or "WeightsUnpickler" in text:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"its weights are a pickle file that holds code or objects, not only "
+                f"tensors{what}; curator does not run pickled code: use a safetensors copy "
+                f"of the model")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # ANSI colour codes (torch, transformers) do not belong in a one-line error.
+    return re.sub(r"\x1b\[[0-9;]*m", "", lines[0]) if lines else type(exc).__name__
 
 
 def load_model(name: str | None = None, *, device: str | torch.device | None = "auto",
@@ -230,7 +245,8 @@ def load_model(name: str | None = None, *, device: str | torch.device | None = "
             path, dtype=dt, trust_remote_code=trust_remote_code
         )
     except Exception as exc:  # transformers raises many types; the message is what matters
-        raise ModelLoadError(f"cannot load model {name or DEFAULT_MODEL!r}: {exc}") from exc
+        raise ModelLoadError(f"cannot load model {name or DEFAULT_MODEL!r}: "
+                             f"{load_failure_reason(exc)}") from exc
     local = Path(path)
     fp = fingerprint_files(local) if local.is_dir() else fingerprint_module(model, tokenizer)
     model = model.to(dev).eval()

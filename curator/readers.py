@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,59 @@ def _shorten(text: str, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _storable(text: str) -> str:
+    """``text`` with lone surrogates written as ``\\udXXX`` escapes: a str may hold them
+    (json.loads of "\\ud800", surrogateescape), UTF-8 and so the store cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _lone_surrogate(value: Any, where: str = "") -> str | None:
+    """The reason a decoded row cannot be stored as text, or None: the first lone surrogate
+    (a UTF-16 half such as "\\ud800", valid in JSON, not encodable as UTF-8) in any key
+    or value, nested lists and objects included."""
+    if isinstance(value, str):
+        for ch in value:
+            if "\ud800" <= ch <= "\udfff":
+                field = f" in field {where!r}" if where else ""
+                return f"lone surrogate {ch.encode('utf-8', 'backslashreplace').decode()}" \
+                       f"{field} (not encodable as UTF-8)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{where}.{key}" if where else str(key)
+            reason = _lone_surrogate(key, name) if isinstance(key, str) else None
+            if reason := reason or _lone_surrogate(item, name):
+                return reason
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            if reason := _lone_surrogate(item, f"{where}[{i}]"):
+                return reason
+    return None
+
+
+def checked(rows: Iterator[RawRow]) -> Iterator[RawRow]:
+    """Rows whose decoded data holds a lone surrogate become quarantined rows (the store
+    cannot encode them); every row's file name and raw text are made storable."""
+    for row in rows:
+        reason = row.error or (_lone_surrogate(row.data) if row.data is not None else None)
+        if reason is not None and row.error is None:
+            row = RawRow(row.file, row.line, None, row.raw, reason)
+        yield RawRow(_storable(row.file), row.line, row.data, _storable(row.raw), row.error)
+
+
 def read_jsonl(path: Path) -> Iterator[RawRow]:
     name = str(path)
     with path.open("rb") as fh:  # bytes: a bad UTF-8 line must not stop the file
         for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]  # a UTF-8 byte order mark, as some editors write
             stripped = raw.strip()
             if not stripped:
                 continue  # blank lines carry nothing
@@ -66,7 +116,7 @@ def read_jsonl(path: Path) -> Iterator[RawRow]:
 def read_json(path: Path) -> Iterator[RawRow]:
     name = str(path)
     try:
-        obj = json.loads(path.read_bytes().decode("utf-8"))
+        obj = json.loads(path.read_bytes().decode("utf-8-sig"))  # -sig: a leading BOM
     except UnicodeDecodeError as exc:
         raise InputError(f"{path} is not valid UTF-8 (byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
@@ -117,7 +167,11 @@ def read_csv(path: Path, delimiter: str = ",") -> Iterator[RawRow]:
             lineno = start
             start = reader.line_num + 1
             raw = delimiter.join(fields)
+            if not fields:
+                continue  # a blank line carries nothing (as in JSONL)
             if not any(f.strip() for f in fields):
+                # A record, only an empty one: counted and quarantined like {"prompt": ""}.
+                yield RawRow(name, lineno, None, _shorten(raw), "every field is empty")
                 continue
             if any(_has_surrogates(f) for f in fields):
                 shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -144,13 +198,61 @@ def read_parquet(path: Path, batch_size: int = 10_000) -> Iterator[RawRow]:
         raise InputError(f"{path} is not a readable Parquet file: {exc}") from exc
     index = 0
     for batch in pf.iter_batches(batch_size=batch_size):
-        for row in batch.to_pylist():
-            index += 1
-            yield RawRow(name, index, row, _shorten(json.dumps(row, default=str,
-                                                               ensure_ascii=False)))
+        yield from _arrow_rows(batch, name, index)
+        index += batch.num_rows
 
 
-def read_hf_dataset(source: Any, name: str) -> Iterator[RawRow]:
+def _arrow_rows(batch: Any, name: str, start: int) -> Iterator[RawRow]:
+    """Rows of an Arrow record batch or table, numbered from ``start`` + 1. Arrow does not
+    check that string columns hold valid UTF-8 (other writers may put anything there), and
+    one bad value makes ``to_pylist`` of the whole batch fail: then the batch is read row
+    by row and only the bad rows are quarantined."""
+    try:
+        rows = batch.to_pylist()
+    except UnicodeDecodeError:
+        rows = None
+    if rows is not None:
+        for i, row in enumerate(rows, start=start + 1):
+            yield RawRow(name, i, row, _shorten(json.dumps(row, default=str, ensure_ascii=False)))
+        return
+    for i in range(batch.num_rows):
+        one = batch.slice(i, 1)
+        try:
+            row = one.to_pylist()[0]
+        except UnicodeDecodeError:
+            yield _bad_arrow_row(one, name, start + i + 1)
+            continue
+        yield RawRow(name, start + i + 1, row,
+                     _shorten(json.dumps(row, default=str, ensure_ascii=False)))
+
+
+def _bad_arrow_row(one: Any, name: str, line: int) -> RawRow:
+    import pyarrow as pa
+
+    shown: dict[str, Any] = {}
+    bad: list[str] = []
+    for field, column in zip(one.schema.names, one.columns, strict=True):
+        try:
+            shown[field] = column.to_pylist()[0]
+        except UnicodeDecodeError:
+            bad.append(field)
+            try:  # the bytes as they are, undecodable ones escaped
+                value = column.cast(pa.binary()).to_pylist()[0]
+                shown[field] = value.decode("utf-8", "backslashreplace")
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, AttributeError):
+                shown[field] = "?"
+    return RawRow(name, line, None,
+                  _shorten(json.dumps(shown, default=str, ensure_ascii=False)),
+                  f"not valid UTF-8 in field {', '.join(map(repr, bad))}")
+
+
+def read_hf_dataset(source: Any, name: str, batch_size: int = 10_000) -> Iterator[RawRow]:
+    if hasattr(source, "with_format"):  # a datasets.Dataset: read its Arrow data in batches
+        index = 0
+        for batch in source.with_format("arrow").iter(batch_size=batch_size):
+            yield from _arrow_rows(batch, name, index)
+            index += batch.num_rows
+        return
     for i, row in enumerate(source, start=1):
         yield RawRow(name, i, dict(row), _shorten(json.dumps(row, default=str,
                                                              ensure_ascii=False)))
@@ -193,11 +295,26 @@ def input_files(path: Path) -> list[Path]:
     raise InputError(f"no such file or folder: {path}")
 
 
-def read_source(source: str, split: str = "train") -> tuple[list[str], Iterator[RawRow]]:
-    """Resolve an input (path, folder, saved HF dataset, or hub name) to its rows."""
+HUB_PREFIX = "hub:"
+
+
+def read_source(source: str, split: str = "train",
+                hub: bool = False) -> tuple[list[str], Iterator[RawRow]]:
+    """Resolve an input (path, folder, saved HF dataset, or hub name) to its rows.
+
+    A hub data set is read only when asked for: ``hub:NAME`` or ``hub=True``. Any other
+    source is a local path, so a mistyped ``data/train`` fails at once with "no such file"
+    instead of a slow network lookup of a data set called that."""
+    if source.startswith(HUB_PREFIX):
+        source, hub = source[len(HUB_PREFIX):], True
+    if hub:
+        if not source:
+            raise InputError("no hub data set name after hub:")
+        _check_hub(source)   # before any store work: an unreachable hub fails at once
+        return [f"{HUB_PREFIX}{source}"], checked(_read_hub(source, split))
     path = Path(source)
     if is_saved_hf_dataset(path):
-        return [str(path)], _read_saved_hf(path, split)
+        return [str(path)], checked(_read_saved_hf(path, split))
     if path.exists():
         files = input_files(path)
         for f in files:
@@ -207,11 +324,30 @@ def read_source(source: str, split: str = "train") -> tuple[list[str], Iterator[
         def rows() -> Iterator[RawRow]:
             for f in files:
                 yield from read_file(f)
-        return [str(f) for f in files], rows()
-    if "/" in source and not source.startswith((".", "/")) and source.count("/") == 1 \
-            and not Path(source).suffix:
-        return [f"hub:{source}"], _read_hub(source, split)
-    raise InputError(f"no such file or folder: {source}")
+        return [str(f) for f in files], checked(rows())
+    hint = ""
+    if source.count("/") == 1 and not source.startswith((".", "/")) and not path.suffix:
+        hint = f" (for a Hugging Face hub data set use hub:{source} or --hub)"
+    raise InputError(f"no such file or folder: {source}{hint}")
+
+
+def hub_lookup(name: str) -> None:
+    """Ask the hub whether data set ``name`` exists (one request, short timeout, no
+    retries); raises when the hub cannot be reached or does not know the name. Tests
+    replace this function: they never reach a network."""
+    from huggingface_hub import HfApi
+
+    HfApi().dataset_info(name, timeout=10)
+
+
+def _check_hub(name: str) -> None:
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
+        return  # offline mode: load_dataset reads the local cache or fails at once
+    try:
+        hub_lookup(name)
+    except Exception as exc:  # connection, unknown name, gated: one line for the user
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot load {name!r} from the Hugging Face hub: {first}") from exc
 
 
 def _read_saved_hf(path: Path, split: str) -> Iterator[RawRow]:
@@ -231,5 +367,6 @@ def _read_hub(name: str, split: str) -> Iterator[RawRow]:
     try:
         ds = load_dataset(name, split=split)
     except Exception as exc:  # offline, unknown name, gated: all mean the same to the user
-        raise InputError(f"cannot load {name!r} from the Hugging Face hub: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot load {name!r} from the Hugging Face hub: {first}") from exc
     yield from read_hf_dataset(ds, f"hub:{name}")

@@ -151,6 +151,39 @@ def test_missing_input_and_missing_store(tmp_path):
         f"no curator store at {tmp_path / 'none'} (create one with `curator init`)"
 
 
+def test_a_missing_path_with_a_slash_is_not_a_hub_lookup(tmp_path, monkeypatch):
+    """`curator ingest foo/bar` used to retry hub lookups for ~30 s; now only hub:NAME or
+    --hub ask the hub, and an unreachable hub fails with one line (no network is reached)."""
+    import time
+
+    from curator import readers
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+
+    def unreachable(name):
+        raise OSError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(readers, "hub_lookup", unreachable)
+    started = time.monotonic()
+    assert fail("ingest", "foo/bar", "-d", "d", "--store", "s") == (
+        "no such file or folder: foo/bar (for a Hugging Face hub data set use hub:foo/bar "
+        "or --hub)")
+    for args in (["hub:foo/bar"], ["foo/bar", "--hub"]):
+        assert fail("ingest", *args, "-d", "d", "--store", "s") == (
+            "cannot load 'foo/bar' from the Hugging Face hub: [Errno 101] Network is "
+            "unreachable")
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "s").exists()  # refused before the store was touched
+
+
+def test_a_bad_lock_timeout_is_one_line_naming_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("CURATOR_LOCK_TIMEOUT", "abc")
+    assert fail("init", "--store", tmp_path / "s") == \
+        "CURATOR_LOCK_TIMEOUT must be a non-negative number of seconds, got 'abc'"
+
+
 def test_usage_errors_exit_2(tmp_path):
     result = run("ingest", tmp_path / "a.jsonl", "--store", tmp_path / "s", ok=False)
     assert result.exit_code == 2
@@ -203,14 +236,32 @@ def test_diff_errors(built, tmp_path):
 
 def test_show_samples_paging_and_search(built):
     assert run("show", "-d", "d", "--store", built, "--limit", "2").stdout == (
-        f"d v2: 4 samples\n"
+        f"d v2: 4 samples (showing 1-2 of 4)\n"
         f"- {sid(2)} n=2\n    prompt:   prompt 2\n    response: answer 2\n"
         f"- {sid(3)} n=3\n    prompt:   prompt 3\n    response: answer 3\n")
     assert run("show", "-d", "d", "--store", built, "-v", "1", "--offset", "3").stdout == (
-        f"d v1: 4 samples\n- {sid(3)} n=3\n    prompt:   prompt 3\n    response: answer 3\n")
+        f"d v1: 4 samples (showing 4-4 of 4)\n- {sid(3)} n=3\n    prompt:   prompt 3\n"
+        f"    response: answer 3\n")
     assert run("show", "-d", "d", "--store", built, "--search", "ANSWER 5").stdout == (
-        f"d v2: 4 samples (showing 1 matching 'ANSWER 5')\n"
+        f"d v2: 1 samples matching 'ANSWER 5'\n"
         f"- {sid(5)} n=5\n    prompt:   prompt 5\n    response: answer 5\n")
+
+
+def test_show_search_is_literal_text(tmp_path):
+    """% and _ are characters to find, not LIKE wildcards (the old CLI matched every row)."""
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "response": "r"}) + "\n"
+                            for p in ("100% sure", "snake_case", "plain", "a!b")))
+    store = tmp_path / "s"
+    run("ingest", path, "-d", "d", "--store", store, "-q")
+    def prompts(text):
+        out = run("show", "-d", "d", "--store", store, "--search", text).stdout
+        return [line.split("prompt:")[1].strip() for line in out.splitlines() if "prompt:" in line]
+    assert prompts("%") == ["100% sure"]
+    assert prompts("_") == ["snake_case"]
+    assert prompts("e_c") == ["snake_case"]
+    assert prompts("a!b") == ["a!b"]
+    assert prompts("p%n") == []
 
 
 def test_show_quarantine(built):
@@ -220,6 +271,29 @@ def test_show_quarantine(built):
     assert run("show", "-d", "d", "--store", built, "--quarantine").stdout == \
         "d v2: 0 quarantined rows\n"
     assert fail("show", "-d", "d", "--store", built, "-v", "3") == "dataset 'd' has no version 3"
+
+
+def test_show_quarantine_pages_searches_and_says_when_cut(tmp_path):
+    """--offset and --search apply to quarantined rows, and a cut list says so."""
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(12))
+                    + '{"prompt": "x", "response": "y"}\n' + "not json_\n")
+    store = tmp_path / "s"
+    run("ingest", path, "-d", "d", "--store", store, "-q")
+    out = run("show", "-d", "d", "--store", store, "--quarantine").stdout.splitlines()
+    assert out[0] == "d v1: 13 quarantined rows (showing 1-10 of 13)"
+    assert [line.split(":")[1] for line in out[1:]] == [str(i) for i in range(1, 11)]
+    out = run("show", "-d", "d", "--store", store, "--quarantine", "--offset", "11").stdout
+    assert out.splitlines() == [
+        "d v1: 13 quarantined rows (showing 12-13 of 13)",
+        "  q.jsonl:12: missing field 'response': {\"prompt\": \"p11\"}",
+        "  q.jsonl:14: malformed JSON: Expecting value: not json_"]
+    out = run("show", "-d", "d", "--store", store, "--quarantine", "--search", "_").stdout
+    assert out.splitlines() == [
+        "d v1: 1 quarantined rows matching '_'",
+        "  q.jsonl:14: malformed JSON: Expecting value: not json_"]
+    out = run("show", "-d", "d", "--store", store, "--quarantine", "--search", "p1").stdout
+    assert out.splitlines()[0] == "d v1: 3 quarantined rows matching 'p1'"
 
 
 def test_scoring_options_are_checked_before_a_model_loads(built):

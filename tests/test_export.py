@@ -148,19 +148,108 @@ def test_every_format_round_trips(store, selection, tmp_path, fmt):
 def test_existing_folder_is_not_overwritten_without_force(store, selection, tmp_path):
     sid, picked = selection
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
+    export_selection(store, sid, out)
     with pytest.raises(ExportError, match="exists; pass --force"):
         export_selection(store, sid, out)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert (out / "keep.txt").read_text() == "precious"
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
     result = export_selection(store, sid, out, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["data.jsonl", "manifest.json"]
     assert [s.sample_id for s in load_export(result.path).samples] == picked
     # no temporary or old folders are left beside it
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    # a previous export in another format is replaced too, .DS_Store and all
+    (out / ".DS_Store").write_text("finder")
+    export_selection(store, sid, out, fmt="parquet", force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["data.parquet", "manifest.json"]
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_force_refuses_a_folder_that_is_not_a_curator_export(store, selection, tmp_path):
+    """--force used to delete whatever --out named; now it replaces only an export."""
+    sid, _ = selection
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(ExportError) as info:
+        export_selection(store, sid, out, force=True)
+    assert str(info.value) == (f"{out} is not a curator export (no manifest.json); --force "
+                               "replaces only a previous curator export")
+    assert _tree(out) == {"keep.txt": b"precious"}
+    (out / "manifest.json").write_text('{"name": "my own manifest"}')
+    with pytest.raises(ExportError, match=r"has a manifest.json that curator did not write; "):
+        export_selection(store, sid, out, force=True)
+    assert sorted(_tree(out)) == ["keep.txt", "manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_force_refuses_an_export_holding_the_users_files_or_an_edited_manifest(
+        store, selection, tmp_path):
+    sid, _ = selection
+    out = tmp_path / "out"
+    export_selection(store, sid, out)
+    (out / "notes").mkdir()
+    (out / "notes" / "todo.md").write_text("mine")
+    before = _tree(out)
+    with pytest.raises(ExportError) as info:
+        export_selection(store, sid, out, force=True)
+    assert str(info.value) == (f"{out} holds files the export did not write (notes/todo.md); "
+                               "--force replaces only a previous curator export")
+    assert _tree(out) == before
+    shutil.rmtree(out / "notes")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["n_rows"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="has a manifest.json that was edited after export"):
+        export_selection(store, sid, out, force=True)
+
+
+def test_force_never_touches_the_store_its_parents_the_cwd_or_a_links_target(
+        store, selection, tmp_path, monkeypatch):
+    sid, _ = selection
+    home = store.path.resolve()
+    for out, word in ((store.path, "is"), (tmp_path, "holds"), (tmp_path.parent, "holds")):
+        with pytest.raises(ExportError) as info:
+            export_selection(store, sid, out, force=True)
+        assert str(info.value) == (f"{Path(out).resolve()} {word} the store {home}; "
+                                   "choose another folder for the export")
+    assert store.query("SELECT count(*) FROM selections") == [(1,)]  # the store is intact
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data.csv").write_text("mine")
+    monkeypatch.chdir(work)
+    with pytest.raises(ExportError, match=r"is not a curator export \(no manifest.json\)"):
+        export_selection(store, sid, ".", force=True)
+    assert _tree(work) == {"data.csv": b"mine"}
+
+    export_selection(store, sid, tmp_path / "real")
+    target = _tree(tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ExportError) as info:
+        export_selection(store, sid, tmp_path / "link", force=True)
+    assert str(info.value) == (f"{tmp_path / 'link'} is a symbolic link; name a folder, not a "
+                               "link (curator does not write or delete through links)")
+    assert _tree(tmp_path / "real") == target and (tmp_path / "link").is_symlink()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o027, 0o750), (0o002, 0o775)])
+def test_export_folders_follow_the_umask(store, selection, tmp_path, umask, mode):
+    """mkdtemp made every export 0700, unreadable to a training job of another user."""
+    import os
+    import stat
+
+    sid, _ = selection
+    old = os.umask(umask)
+    try:
+        result = export_selection(store, sid, tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(result.path.stat().st_mode) == mode
+    assert stat.S_IMODE((result.path / "data.jsonl").stat().st_mode) == mode & 0o666
 
 
 def test_a_file_where_the_folder_should_be_is_refused(store, selection, tmp_path):

@@ -104,10 +104,66 @@ def test_bad_csv_rows_are_quarantined(store, tmp_path):
                      b"p1,r1\n"
                      b'"p6\nsecond",r6\n')
     summary = ingest(store, str(path), "d")
-    assert counts(summary) == (6, 2, 1, 3)
+    # ",," is a record with empty fields: counted and quarantined (it used to vanish uncounted)
+    assert counts(summary) == (7, 2, 1, 4)
     assert quarantined(store) == [(3, "expected 2 fields, got 3"), (4, "not valid UTF-8"),
-                                  (5, "field 'response' is empty")]
+                                  (5, "field 'response' is empty"), (6, "every field is empty")]
     assert [s.prompt for s in load_samples(store, "d", 1)] == ["p1", "p6\nsecond"]
+
+
+def _bad_utf8_table():
+    import pyarrow as pa
+
+    raw = pa.array([b"p1", b"bad \xed\xa0\x80", b"p3"], pa.binary())
+    return pa.table({"prompt": pa.Array.from_buffers(pa.string(), 3, raw.buffers()),
+                     "response": ["r1", "r2", "r3"]})
+
+
+def _write_bad(tmp_path, fmt: str) -> str:
+    """Three rows, the middle one holding text the store cannot encode."""
+    if fmt == "jsonl":
+        path = tmp_path / "a.jsonl"
+        path.write_text('{"prompt": "p1", "response": "r1"}\n'
+                        '{"prompt": "p2", "response": "r2", "meta": "\\ud800"}\n'
+                        '{"prompt": "p3", "response": "r3"}\n')
+    elif fmt == "json":
+        path = tmp_path / "a.json"
+        path.write_text('[{"prompt": "p1", "response": "r1"}, '
+                        '{"prompt": "p2", "response": "r2 \\udc00"}, '
+                        '{"prompt": "p3", "response": "r3"}]')
+    elif fmt == "csv":
+        path = tmp_path / "a.csv"
+        path.write_bytes(b"prompt,response\np1,r1\np2 \xed\xa0\x80,r2\np3,r3\n")
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        path = tmp_path / "a.parquet"
+        pq.write_table(_bad_utf8_table(), path)
+    else:
+        from datasets import Dataset
+
+        path = tmp_path / "ds"
+        Dataset(_bad_utf8_table()).save_to_disk(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt, line, reason", [
+    ("jsonl", 2, "lone surrogate \\ud800 in field 'meta' (not encodable as UTF-8)"),
+    ("json", 2, "lone surrogate \\udc00 in field 'response' (not encodable as UTF-8)"),
+    ("csv", 3, "not valid UTF-8"),
+    ("parquet", 2, "not valid UTF-8 in field 'prompt'"),
+    ("hf", 2, "not valid UTF-8 in field 'prompt'"),
+])
+def test_text_the_store_cannot_encode_quarantines_its_row_only(store, tmp_path, fmt, line,
+                                                               reason):
+    """A lone surrogate (or its UTF-8 bytes) used to abort the whole ingest with
+    "'utf-8' codec can't encode character" and no file or line."""
+    source = _write_bad(tmp_path, fmt)
+    summary = ingest(store, source, "d")
+    assert counts(summary) == (3, 2, 0, 1)
+    [row] = quarantine_rows(store, "d")
+    assert (row["source_file"], row["line"], row["reason"]) == (source, line, reason)
+    assert [s.prompt for s in load_samples(store, "d", 1)] == ["p1", "p3"]
 
 
 @pytest.mark.parametrize("content, reason", [
@@ -351,7 +407,10 @@ def test_staging_of_an_abandoned_run_is_cleared_by_the_next_ingest(store, write_
     with store.atomic() as con:
         con.execute("INSERT INTO ingest_staging VALUES (?, 'x', NULL, 'f', 1)", [run])
         con.execute("INSERT INTO quarantine VALUES (?, 'd', NULL, 'f', 2, 'bad', 'raw')", [run])
-        con.execute("UPDATE runs SET updated_at = current_timestamp - INTERVAL 2 HOUR")
+        # A run written before runs knew their host: an hour without progress is abandoned.
+        # (Runs with a host are recovered by pid as the store opens: tests/store/test_recovery.)
+        con.execute("UPDATE runs SET updated_at = current_timestamp - INTERVAL 2 HOUR, "
+                    "host = NULL")
     ingest(store, write_jsonl("a.jsonl", [pair(1)]), "d")
     assert store.query("SELECT sample_id FROM ingest_staging") == []
     assert quarantine_rows(store, "d") == []

@@ -184,6 +184,30 @@ def test_trust_remote_code_is_off_by_default(tmp_path, saved_tiny):
         load_model(str(remote), device="cpu", dtype="fp32")
 
 
+class NotATensor:  # an object a weights file should not hold
+    pass
+
+
+def test_a_pickle_with_code_is_refused_in_one_line(tmp_path, saved_tiny):
+    """torch's refusal is a dozen lines of advice; the error is one line naming the global."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    for f in saved_tiny.iterdir():
+        if not f.name.startswith(".") and f.suffix != ".safetensors":
+            (folder / f.name).write_bytes(f.read_bytes())
+    state = load_file(next(saved_tiny.glob("*.safetensors")))
+    state["extra"] = NotATensor()
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError) as info:
+        load_model(str(folder), device="cpu", dtype="fp32")
+    assert str(info.value) == (
+        f"cannot load model '{folder}': its weights are a pickle file that holds code or "
+        f"objects, not only tensors ({__name__}.NotATensor); curator does not run pickled "
+        f"code: use a safetensors copy of the model")
+
+
 def test_load_model_error_is_clear(tmp_path):
     with pytest.raises(ModelLoadError, match=r"^cannot load model '.*nothing-here'"):
         load_model(str(tmp_path / "nothing-here"), device="cpu")

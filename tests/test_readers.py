@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from curator import readers
 from curator.readers import (
     InputError,
     RawRow,
@@ -129,6 +130,7 @@ def test_csv_rows_with_header_quoting_and_multiline_fields(tmp_path):
     assert rows_of(read_csv(path)) == [
         (2, {"prompt": "p1", "response": "r1", "topic": "math"}, None),
         (3, {"prompt": "p2, with comma", "response": "r2\nsecond line", "topic": "code"}, None),
+        (5, None, "every field is empty"),
         (6, {"prompt": "p3", "response": 'say "hi"', "topic": "chat"}, None),
     ]
 
@@ -243,11 +245,118 @@ def test_saved_hf_dataset(tmp_path):
         list(rows)
 
 
-def test_hub_name_is_recognised_without_touching_the_network(tmp_path, monkeypatch):
+def test_hub_names_are_read_only_when_asked_for(tmp_path, monkeypatch):
+    """`foo/bar` is a path: missing, it fails at once; hub:NAME (or hub=True) asks the hub."""
     monkeypatch.chdir(tmp_path)
-    files, rows = read_source("someorg/somedata")  # lazy: nothing is loaded until iterated
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    looked_up = []
+    monkeypatch.setattr(readers, "hub_lookup", looked_up.append)
+    with pytest.raises(InputError) as info:
+        read_source("someorg/somedata")
+    assert str(info.value) == ("no such file or folder: someorg/somedata (for a Hugging Face "
+                               "hub data set use hub:someorg/somedata or --hub)")
+    with pytest.raises(InputError, match=r"^no such file or folder: data/train\.jsonl$"):
+        read_source("data/train.jsonl")
+    assert looked_up == []
+    files, rows = read_source("hub:someorg/somedata")  # lazy: no load until iterated
     assert files == ["hub:someorg/somedata"]
     rows.close()
+    files, rows = read_source("someorg/somedata", hub=True)
+    assert files == ["hub:someorg/somedata"]
+    rows.close()
+    assert looked_up == ["someorg/somedata", "someorg/somedata"]
+
+
+def test_an_unreachable_hub_fails_at_once_with_one_line(monkeypatch):
+    def offline(name):
+        raise ConnectionError(f"cannot connect to huggingface.co\n  (while asking for {name})")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(readers, "hub_lookup", offline)
+    with pytest.raises(InputError) as info:
+        read_source("hub:someorg/somedata")
+    assert str(info.value) == ("cannot load 'someorg/somedata' from the Hugging Face hub: "
+                               "cannot connect to huggingface.co")
+
+
+# -- byte order marks, empty records, text the store cannot hold ----------------------------
+
+
+def test_a_utf8_bom_is_not_part_of_the_first_row(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(bom + b'{"prompt": "p", "response": "r"}\n{"prompt": "q", "response": "s"}\n')
+    assert rows_of(read_jsonl(path)) == [(1, PAIR, None),
+                                         (2, {"prompt": "q", "response": "s"}, None)]
+    path = tmp_path / "a.json"
+    path.write_bytes(bom + json.dumps([PAIR]).encode())
+    assert rows_of(read_json(path)) == [(1, PAIR, None)]
+    path.write_bytes(bom + b'{"prompt": "p", "response": "r"}\n{"prompt": "q", "response": "s"}')
+    assert [r.data for r in read_json(path)] == [PAIR, {"prompt": "q", "response": "s"}]
+
+
+def test_csv_records_with_only_empty_fields_are_quarantined_not_dropped(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("prompt,response\np,r\n,\n \t, \n\n\"\",\"\"\n")
+    assert rows_of(read_csv(path)) == [(2, PAIR, None), (3, None, "every field is empty"),
+                                       (4, None, "every field is empty"),
+                                       (6, None, "every field is empty")]  # line 5 is blank
+
+
+def test_lone_surrogates_become_bad_rows_in_every_format(tmp_path):
+    """json.loads accepts "\\ud800"; the store cannot encode it, so the row is quarantined
+    (it used to abort the whole ingest) and its raw text is kept, escaped."""
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"prompt": "p", "response": "r"}\n'
+                    '{"prompt": "bad \\ud800", "response": "r"}\n'
+                    '{"prompt": "p", "response": "r", "meta": {"tags": ["x", "\\udfff"]}}\n')
+    _, rows = read_source(str(path))
+    rows = list(rows)
+    assert [(r.line, r.error) for r in rows] == [
+        (1, None),
+        (2, "lone surrogate \\ud800 in field 'prompt' (not encodable as UTF-8)"),
+        (3, "lone surrogate \\udfff in field 'meta.tags[1]' (not encodable as UTF-8)")]
+    assert rows[1].raw == '{"prompt": "bad \\ud800", "response": "r"}'
+    assert all(r.raw.encode("utf-8") for r in rows)
+
+    path = tmp_path / "a.json"
+    path.write_text('[{"prompt": "p", "response": "r"}, {"prompt": "\\ud83d", "response": "r"}]')
+    rows = list(read_source(str(path))[1])
+    assert [(r.line, r.error) for r in rows] == [
+        (1, None), (2, "lone surrogate \\ud83d in field 'prompt' (not encodable as UTF-8)")]
+    assert rows[1].raw == '{"prompt": "\\ud83d", "response": "r"}'
+
+    path = tmp_path / "a.csv"  # a surrogate encoded as UTF-8 bytes is invalid UTF-8
+    path.write_bytes(b"prompt,response\np,r\nbad \xed\xa0\x80,r\n")
+    assert [(r.line, r.error) for r in read_source(str(path))[1]] == [
+        (2, None), (3, "not valid UTF-8")]
+
+
+def _arrow_with_bad_utf8():
+    """A table whose string column holds the UTF-8 bytes of a surrogate (Arrow does not
+    check; other writers can produce this)."""
+    import pyarrow as pa
+
+    raw = pa.array([b"p", b"bad \xed\xa0\x80", b"q"], pa.binary())
+    prompt = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+    return pa.table({"prompt": prompt, "response": ["r", "r", "s"]})
+
+
+def test_invalid_utf8_in_parquet_and_hf_strings_quarantines_only_that_row(tmp_path):
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    table = _arrow_with_bad_utf8()
+    pq.write_table(table, tmp_path / "a.parquet")
+    expected = [(1, PAIR, None), (2, None, "not valid UTF-8 in field 'prompt'"),
+                (3, {"prompt": "q", "response": "s"}, None)]
+    rows = list(read_source(str(tmp_path / "a.parquet"))[1])
+    assert rows_of(rows) == expected
+    assert json.loads(rows[1].raw) == {"prompt": "bad \\xed\\xa0\\x80", "response": "r"}
+    Dataset(table).save_to_disk(str(tmp_path / "ds"))
+    assert rows_of(read_source(str(tmp_path / "ds"))[1]) == expected
 
 
 def test_whole_input_errors(tmp_path):

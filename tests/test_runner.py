@@ -51,6 +51,29 @@ def test_ingest_once_skips_the_same_content(store, write_jsonl, pair_rows, tmp_p
                     ("d", str(tmp_path / "c.jsonl"), 3), ("other", str(renamed.resolve()), 1)]
 
 
+def test_ingest_once_killed_after_the_version_does_not_ingest_again(store, write_jsonl,
+                                                                      pair_rows, monkeypatch):
+    """The version and its file's checksum are one transaction: a crash right after the
+    version committed used to leave the file unrecorded, and the rerun made a second
+    version of the same file."""
+    import curator.ingest as ingest_mod
+
+    path = write_jsonl("a.jsonl", pair_rows(4))
+    real = ingest_mod.Store.finish_run
+
+    def die(self, run_id, status="done", **kwargs):
+        if status == "done":
+            raise KeyboardInterrupt  # as if killed once the version was committed
+        return real(self, run_id, status, **kwargs)
+
+    monkeypatch.setattr(ingest_mod.Store, "finish_run", die)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_once(store, path, "d")
+    monkeypatch.setattr(ingest_mod.Store, "finish_run", real)
+    assert ingest_once(store, path, "d") is None
+    assert [v.version for v in list_versions(store, "d")] == [1]
+
+
 def test_ingest_once_missing_file(store, tmp_path):
     with pytest.raises(ValueError, match="no such input file"):
         ingest_once(store, tmp_path / "nope.jsonl", "d")

@@ -42,16 +42,19 @@ def init(store_path: Path) -> None:
 @click.option("--split", default="train", show_default=True,
               help="Split to read from a saved or hub Hugging Face dataset.")
 @click.option("--message", "-m", help="A note stored with the version.")
+@click.option("--hub", is_flag=True,
+              help="SOURCE is a Hugging Face hub data set name (same as hub:NAME).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @user_errors
 def ingest(source: str, dataset: str, store_path: Path, append: bool, prompt_field: str | None,
            response_field: str | None, messages_field: str | None, split: str,
-           message: str | None, quiet: bool) -> None:
+           message: str | None, hub: bool, quiet: bool) -> None:
     """Ingest SOURCE as a new version of a dataset.
 
     SOURCE is a .jsonl/.json/.csv/.tsv/.parquet file, a folder of them, a saved Hugging Face
-    dataset, or a hub name (where the hub is reachable). Bad rows go to quarantine with their
-    line and reason; nothing is dropped silently.
+    dataset, or a hub data set written hub:NAME (or NAME with --hub; where the hub is
+    reachable). Bad rows go to quarantine with their line and reason; nothing is dropped
+    silently.
     """
     from tqdm import tqdm
 
@@ -70,7 +73,7 @@ def ingest(source: str, dataset: str, store_path: Path, append: bool, prompt_fie
 
     try:
         summary = run_ingest(Store(store_path), source, dataset, append=append, fields=fields,
-                             split=split, message=message, progress=progress)
+                             split=split, message=message, hub=hub, progress=progress)
     finally:
         bar.close()
     for line in summary.lines():
@@ -127,6 +130,15 @@ def _one_line(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def _page_note(shown: int, offset: int, total: int) -> str:
+    """" (showing 11-20 of 57)" when the page is not the whole list."""
+    if shown == total:
+        return ""
+    if shown == 0:
+        return f" (none shown at offset {offset})"
+    return f" (showing {offset + 1}-{offset + shown} of {total})"
+
+
 @main.command()
 @dataset_option
 @store_option
@@ -139,21 +151,27 @@ def _one_line(text: str, width: int) -> str:
 def show(dataset: str, store_path: Path, version: str | None, limit: int, offset: int,
          search: str | None, quarantine: bool) -> None:
     """Show samples (or quarantined rows) of a dataset version."""
-    from curator.store.datasets import get_version, load_samples, quarantine_rows
+    from curator.store import datasets as ds
 
     store = open_store(store_path)
-    info = get_version(store, dataset, version)
+    info = ds.get_version(store, dataset, version)
+    found = f" matching {search!r}" if search else ""
     if quarantine:
-        rows = quarantine_rows(store, dataset, info.version, limit=limit)
-        click.echo(f"{dataset} v{info.version}: {info.n_quarantined} quarantined rows")
+        rows = ds.quarantine_rows(store, dataset, info.version, limit=limit, offset=offset,
+                                  search=search)
+        n = ds.count_quarantine(store, dataset, info.version, search) if search \
+            else info.n_quarantined
+        click.echo(f"{dataset} v{info.version}: {n} quarantined rows{found}"
+                   + _page_note(len(rows), offset, n))
         for r in rows:
             click.echo(f"  {Path(r['source_file']).name}:{r['line']}: {r['reason']}: "
                        f"{_one_line(r['raw'] or '', 60)}")
         return
-    samples = load_samples(store, dataset, info.version, limit=limit, offset=offset,
-                           search=search)
-    click.echo(f"{dataset} v{info.version}: {info.n_members} samples"
-               + (f" (showing {len(samples)} matching {search!r})" if search else ""))
+    samples = ds.load_samples(store, dataset, info.version, limit=limit, offset=offset,
+                              search=search)
+    n = ds.count_samples(store, dataset, info.version, search) if search else info.n_members
+    click.echo(f"{dataset} v{info.version}: {n} samples{found}"
+               + _page_note(len(samples), offset, n))
     for s in samples:
         meta = " ".join(f"{k}={v}" for k, v in s.metadata.items())
         click.echo(f"- {s.sample_id} {meta}".rstrip())

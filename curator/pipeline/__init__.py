@@ -43,10 +43,10 @@ def ingest_once(store: Store, path: str | Path, dataset: str, append: bool = Tru
     store.init()
     if is_ingested(store, dataset, digest):
         return None
-    summary = ingest(store, str(path), dataset,
-                     append=append and has_versions(store, dataset), **kwargs)
-    record_ingested(store, dataset, [(digest, str(path.resolve()))], summary.version)
-    return summary
+    # The file is recorded with the version, in one transaction: killed in between, a rerun
+    # would ingest it again as another version.
+    return ingest(store, str(path), dataset, append=append and has_versions(store, dataset),
+                  record_file=(digest, str(path.resolve())), **kwargs)
 
 
 @dataclass

@@ -117,6 +117,23 @@ def _row_to_sample(row: Sequence[Any]) -> Sample:
                   json.loads(metadata) if metadata else {})
 
 
+def contains_pattern(text: str) -> str:
+    """An ILIKE pattern (with ``ESCAPE '!'``) matching values that contain ``text`` literally:
+    ``%`` and ``_`` in a search are characters to find, not wildcards."""
+    return "%" + "".join("!" + c if c in "!%_" else c for c in text) + "%"
+
+
+def count_samples(store: Store, dataset: str, version: int, search: str | None = None) -> int:
+    """How many of a version's samples ``load_samples`` would list without a limit."""
+    sql = ("SELECT count(*) FROM version_members m JOIN samples s USING (sample_id) "
+           "WHERE m.dataset = ? AND m.version = ?")
+    params: list[Any] = [dataset, version]
+    if search:
+        sql += " AND (s.prompt ILIKE ? ESCAPE '!' OR s.response ILIKE ? ESCAPE '!')"
+        params += [contains_pattern(search)] * 2
+    return int(store.query(sql, params)[0][0])
+
+
 def load_samples(store: Store, dataset: str, version: int, *, limit: int | None = None,
                  offset: int = 0, search: str | None = None) -> list[Sample]:
     """A version's samples with their membership metadata, in stable order (paged)."""
@@ -125,8 +142,8 @@ def load_samples(store: Store, dataset: str, version: int, *, limit: int | None 
            "WHERE m.dataset = ? AND m.version = ?")
     params: list[Any] = [dataset, version]
     if search:
-        sql += " AND (s.prompt ILIKE ? OR s.response ILIKE ?)"
-        params += [f"%{search}%", f"%{search}%"]
+        sql += " AND (s.prompt ILIKE ? ESCAPE '!' OR s.response ILIKE ? ESCAPE '!')"
+        params += [contains_pattern(search)] * 2
     sql += " ORDER BY m.source_file, m.source_line, s.sample_id"
     if limit is not None:
         sql += " LIMIT ? OFFSET ?"
@@ -186,14 +203,31 @@ def diff_versions(store: Store, dataset: str, old: int | str | None, new: int | 
     return Diff(dataset, a, b, n_added, n_removed, n_unchanged, added, removed)
 
 
-def quarantine_rows(store: Store, dataset: str, version: int | None = None,
-                    limit: int = 1000) -> list[dict[str, Any]]:
-    sql = ("SELECT version, source_file, line, reason, raw FROM quarantine "
-           "WHERE dataset = ? AND version IS NOT NULL")
+def _quarantine_where(dataset: str, version: int | None,
+                      search: str | None) -> tuple[str, list[Any]]:
+    sql = " FROM quarantine WHERE dataset = ? AND version IS NOT NULL"
     params: list[Any] = [dataset]
     if version is not None:
         sql += " AND version = ?"
         params.append(version)
-    sql += " ORDER BY version, source_file, line LIMIT ?"
-    params.append(limit)
-    return store.query_dicts(sql, params)
+    if search:
+        # Literal text in the row as read or in the reason (the file name is shown anyway).
+        sql += " AND (raw ILIKE ? ESCAPE '!' OR reason ILIKE ? ESCAPE '!')"
+        params += [contains_pattern(search)] * 2
+    return sql, params
+
+
+def quarantine_rows(store: Store, dataset: str, version: int | None = None,
+                    limit: int = 1000, offset: int = 0,
+                    search: str | None = None) -> list[dict[str, Any]]:
+    where, params = _quarantine_where(dataset, version, search)
+    sql = ("SELECT version, source_file, line, reason, raw" + where
+           + " ORDER BY version, source_file, line LIMIT ? OFFSET ?")
+    return store.query_dicts(sql, [*params, limit, offset])
+
+
+def count_quarantine(store: Store, dataset: str, version: int | None = None,
+                     search: str | None = None) -> int:
+    """How many rows ``quarantine_rows`` would list without a limit."""
+    where, params = _quarantine_where(dataset, version, search)
+    return int(store.query("SELECT count(*)" + where, params)[0][0])

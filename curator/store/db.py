@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 
 import duckdb
 
+from curator.store import recovery
 from curator.store.errors import NotFound, SchemaTooNew, StoreError, StoreLocked
 from curator.store.schema import LATEST, MIGRATIONS
 
@@ -41,6 +43,21 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text.lower() and ("Conflicting" in text or "Could not set lock" in text)
 
 
+def lock_timeout_from_env(default: float = 60.0) -> float:
+    """Seconds to wait for a busy store: CURATOR_LOCK_TIMEOUT, a non-negative number."""
+    text = os.environ.get("CURATOR_LOCK_TIMEOUT")
+    if text is None or not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise StoreError(f"CURATOR_LOCK_TIMEOUT must be a non-negative number of seconds, "
+                         f"got {text!r}")
+    return value
+
+
 class Store:
     """A curator store at ``path`` (a folder holding ``curator.duckdb`` and ``artifacts/``)."""
 
@@ -50,10 +67,12 @@ class Store:
         self.db_path = self.path / DB_FILENAME
         self.artifacts = self.path / "artifacts"
         if lock_timeout is None:
-            lock_timeout = float(os.environ.get("CURATOR_LOCK_TIMEOUT", "60"))
+            lock_timeout = lock_timeout_from_env()
         self.lock_timeout = lock_timeout
         self._local = threading.local()
         self._migrated = False
+        self._recovered = False
+        self.recovered: list[recovery.Abandoned] = []  # what the first open recovered
         if not create and not self.db_path.exists():
             raise NotFound(f"no curator store at {self.path} (create one with `curator init`)")
 
@@ -108,6 +127,11 @@ class Store:
         try:
             if not self._migrated:
                 self._migrate(con)
+            if not self._recovered:
+                # Once per Store object, so once per command: runs of this host's dead
+                # processes are marked abandoned and their leftovers cleaned.
+                self._recovered = True
+                self.recovered = recovery.recover(con)
             yield con
         finally:
             self._local.con, self._local.depth = None, 0
@@ -187,9 +211,10 @@ class Store:
         run_id = run_id or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         with self.atomic() as con:
             con.execute(
-                "INSERT INTO runs (run_id, kind, dataset, status, total, config, pid) "
-                "VALUES (?, ?, ?, 'running', ?, ?, ?)",
-                [run_id, kind, dataset, total, json.dumps(config or {}), os.getpid()])
+                "INSERT INTO runs (run_id, kind, dataset, status, total, config, pid, host, "
+                "proc_start) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                [run_id, kind, dataset, total, json.dumps(config or {}), os.getpid(),
+                 recovery.host_name(), recovery.process_start(os.getpid())])
         return run_id
 
     def update_run(self, run_id: str, done: int | None = None, total: int | None = None) -> None:

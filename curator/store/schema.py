@@ -310,6 +310,13 @@ CREATE TABLE selection_pools (
     position INTEGER NOT NULL      -- index in the pool the ranker saw
 );
 """),
+    (9, "runs know their process", """
+-- The host and the process start time beside the pid, so the next command on this host can
+-- tell a run whose process died (kill -9) from a live one, even after the pid is reused
+-- (curator/store/recovery.py).
+ALTER TABLE runs ADD COLUMN host TEXT;
+ALTER TABLE runs ADD COLUMN proc_start TEXT;
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

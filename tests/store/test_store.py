@@ -95,6 +95,20 @@ def test_default_path_and_lock_timeout_come_from_the_environment(tmp_path, monke
     assert Store(tmp_path, lock_timeout=1).lock_timeout == 1
 
 
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf", "1e999", " "])
+def test_a_bad_lock_timeout_names_the_variable(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("CURATOR_LOCK_TIMEOUT", value)
+    if not value.strip():  # empty: the default
+        assert Store(tmp_path).lock_timeout == 60
+        return
+    with pytest.raises(StoreError) as info:
+        Store(tmp_path)
+    assert str(info.value) == ("CURATOR_LOCK_TIMEOUT must be a non-negative number of "
+                               f"seconds, got {value!r}")
+    monkeypatch.setenv("CURATOR_LOCK_TIMEOUT", "0")
+    assert Store(tmp_path).lock_timeout == 0
+
+
 def _store_at_schema(path, last: int) -> None:
     """A store file that ran migrations 1..last only, as an older curator left it."""
     path.mkdir()
