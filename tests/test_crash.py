@@ -37,9 +37,9 @@ torch.set_num_threads(1)   # tiny matrices: threads only add contention; set bef
 
 import curator.schedule as sch
 from curator.config import ScoringOptions, StageSpec
-from curator.curate import select_stage
+from curator.stages import select_stage
 from curator.export import export_selection
-from curator.runner import ingest_once
+from curator.pipeline import ingest_once
 from curator.scoring.jobs import score_utilities
 from curator.store import NotFound, Store
 from curator.store.datasets import load_samples
