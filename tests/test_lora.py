@@ -168,3 +168,82 @@ def test_train_lora_maps_layer_keys_onto_the_adapters():
         assert not torch.allclose(expected, union)  # the test can tell them apart
         got = res.optimizer.state[p]["exp_avg"] / 0.1
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def _gast_export(tmp_path, with_mask: bool = False):
+    """A real export (store, selection with a layer map, optional mask) of four samples:
+    layer 0 has three of them, layer 1 none (so the export lists layer 0 only)."""
+    import json
+
+    from curator.export import export_selection, sha256_file
+    from curator.ingest import ingest
+    from curator.masks import save_mask
+    from curator.store import Store
+    from curator.store.datasets import load_samples
+    from curator.store.selections import SelectionRecord, save_mask_record, save_selection
+
+    rows = [{"prompt": f"Question {i}: what is {i} plus {i}?", "response": f"It is {2 * i}."}
+            for i in range(4)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = Store(tmp_path / "store", lock_timeout=10)
+    ingest(store, str(tmp_path / "d.jsonl"), "d")
+    ids = [s.sample_id for s in load_samples(store, "d", 1)]
+    layers = {"model.layers.0": ids[:3], "model.layers.1": []}
+    sid = save_selection(store, SelectionRecord("d", 1, "instruction", "gast", "4", 4, 4),
+                         ids, layers=layers)
+    if with_mask:
+        lm = tiny_loaded_model("llama")
+        mask = {n: torch.ones_like(p, dtype=torch.bool) for n, p in lm.model.named_parameters()}
+        path = save_mask(mask, store.artifacts / "masks" / f"{sid}.safetensors")
+        save_mask_record(store, sid, "model-fp", f"masks/{sid}.safetensors",
+                         sha256_file(path), 1.0, 1, 1, {})
+    return export_selection(store, sid, tmp_path / "export").path
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from curator.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], prog_name="curator")
+
+
+def test_cli_train_lora_on_a_gast_export_saves_a_loadable_adapter(tmp_path):
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    lm = tiny_loaded_model("llama")
+    lm.model.save_pretrained(tmp_path / "base")
+    lm.tokenizer.save_pretrained(tmp_path / "base")
+    export = _gast_export(tmp_path, with_mask=True)
+    r = _cli("train", export, "--out", tmp_path / "adapter", "--model", tmp_path / "base",
+             "--lora", "--lora-rank", 4, "--lora-targets", "q_proj,v_proj", "--steps", 2,
+             "--lr", "1e-2", "--batch-size", 2)
+    assert r.exit_code == 0, r.output
+    assert "different restrictions; this run trains LoRA adapters and does not apply the " \
+           "mask" in r.output
+    assert "trained 2 steps on 4 samples as LoRA adapters and 1 layer subsets" in r.output
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert sorted(cfg["target_modules"]) == ["model.layers.0.self_attn.q_proj",
+                                             "model.layers.0.self_attn.v_proj"]
+    assert cfg["r"] == 4 and cfg["lora_alpha"] == 16.0
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    loaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    b = dict(loaded.named_parameters())[
+        f"{PEFT_PREFIX}model.layers.0.self_attn.q_proj.lora_B.default.weight"]
+    assert b.abs().max() > 0  # trained (lora_B starts at zero)
+
+
+def test_cli_train_lora_bad_options_are_one_line(tmp_path):
+    lm = tiny_loaded_model("llama")
+    lm.model.save_pretrained(tmp_path / "base")
+    lm.tokenizer.save_pretrained(tmp_path / "base")
+    export = _gast_export(tmp_path)
+    r = _cli("train", export, "--out", tmp_path / "a", "--model", tmp_path / "base", "--lora",
+             "--lora-targets", "nope", "--steps", 1)
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines()[-1] == (
+        "error: no linear layer matches the LoRA target modules ['nope'] in the layers that "
+        "have samples")
