@@ -57,7 +57,7 @@ test-all: setup
 	$(BIN)/python -m pytest -q -m ""
 
 lint: setup
-	$(BIN)/ruff check curator app tests bench
+	$(BIN)/ruff check curator app tests bench examples
 
 clean:
 	rm -rf $(VENV) $(VENV)-lock curator-store exports .pytest_cache
