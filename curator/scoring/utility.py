@@ -327,10 +327,9 @@ def _prefix_cache(lm: LoadedModel, keys: Sequence[PrefixKey]
     if len(heads) == 1 and head and all(e for _, e in keys):
         g, lh = len(keys), len(head)
         h_ids = torch.tensor([head], device=dev)
-        h_cache = base(input_ids=h_ids, attention_mask=torch.ones_like(h_ids),
-                       position_ids=torch.arange(lh, device=dev)[None],
-                       use_cache=True)
-        h_cache = _out_cache(h_cache)
+        h_cache = _out_cache(base(input_ids=h_ids, attention_mask=torch.ones_like(h_ids),
+                                  position_ids=torch.arange(lh, device=dev)[None],
+                                  use_cache=True))
         cache = DynamicCache([(layer.keys.expand(g, -1, -1, -1).contiguous(),
                                layer.values.expand(g, -1, -1, -1).contiguous())
                               for layer in h_cache.layers], config=lm.model.config)
