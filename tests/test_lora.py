@@ -247,3 +247,16 @@ def test_cli_train_lora_bad_options_are_one_line(tmp_path):
     assert r.output.strip().splitlines()[-1] == (
         "error: no linear layer matches the LoRA target modules ['nope'] in the layers that "
         "have samples")
+
+
+def test_cli_lora_without_peft_is_one_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "peft" else real(name, *a))
+    export = _gast_export(tmp_path)
+    r = _cli("train", export, "--out", tmp_path / "a", "--lora")
+    assert r.exit_code == 1
+    assert r.output.strip() == ("error: LoRA training needs peft: pip install 'curator[train]' "
+                                "(or peft)")
