@@ -20,6 +20,7 @@ batch mean cannot do: such an export is refused here (``curator train`` honours 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +77,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "train it with `curator train`")
     lm = load_model(args.model, dtype="fp32")
     on_gpu = lm.device.type == "cuda"
+    # transformers 5.24 renamed gradient_checkpointing (deprecated, removal in 6); TRL turns
+    # it on by default, which a small subset does not need.
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    no_checkpointing = {("activation_checkpointing" if "activation_checkpointing" in names
+                         else "gradient_checkpointing"): False}
     config = SFTConfig(
         output_dir=str(args.out), max_steps=args.steps, num_train_epochs=args.epochs,
         learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
         max_length=args.max_length, seed=args.seed,
         weight_decay=0.0,  # decay would move the coordinates the mask freezes
         bf16=on_gpu and torch.cuda.is_bf16_supported(), use_cpu=not on_gpu,
-        activation_checkpointing=False, save_strategy="no", report_to=[], logging_steps=1)
+        save_strategy="no", report_to=[], logging_steps=1, **no_checkpointing)
     handle = None if args.no_mask or exp.mask is None else apply_mask(lm.model, exp.mask)
     try:
         trainer = SFTTrainer(model=lm.model, args=config, processing_class=lm.tokenizer,
