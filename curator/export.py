@@ -83,6 +83,35 @@ def to_row(sample: Sample, fmt: str) -> dict[str, Any]:
     raise ExportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
+# LLaMA-Factory's dataset description for each format (its data/README.md): "messages"
+# rows are its OpenAI format (sharegpt formatting with role/content tags), "conversations"
+# its sharegpt format, and alpaca rows its default format. The "hf" format (a saved
+# Dataset folder) has none: LLaMA-Factory reads data files, not save_to_disk folders.
+_OPENAI_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                "assistant_tag": "assistant", "system_tag": "system"}
+_LLAMAFACTORY = {
+    "jsonl": {"formatting": "sharegpt", "columns": {"messages": "messages"},
+              "tags": _OPENAI_TAGS},
+    "messages": {"formatting": "sharegpt", "columns": {"messages": "messages"},
+                 "tags": _OPENAI_TAGS},
+    "parquet": {"formatting": "sharegpt", "columns": {"messages": "messages"},
+                "tags": _OPENAI_TAGS},
+    "sharegpt": {"formatting": "sharegpt", "columns": {"messages": "conversations"}},
+    "alpaca": {"columns": {"prompt": "instruction", "query": "input", "response": "output",
+                           "system": "system"}},
+}
+
+
+def llamafactory_dataset_info(fmt: str, name: str) -> dict[str, Any] | None:
+    """The ``dataset_info.json`` content that lets LLaMA-Factory read an export of format
+    ``fmt`` as dataset ``name`` (``dataset_dir`` = the export folder), or None."""
+    entry = _LLAMAFACTORY.get(fmt)
+    if entry is None:
+        return None
+    data = "data.parquet" if fmt == "parquet" else "data.jsonl"
+    return {name: {"file_name": data, **json.loads(json.dumps(entry))}}
+
+
 def _write_rows(samples: list[Sample], fmt: str, folder: Path) -> list[Path]:
     if fmt in ("jsonl", "messages", "alpaca", "sharegpt"):
         path = folder / "data.jsonl"
@@ -221,6 +250,11 @@ def _write_export(store: Store, selection_id: str, sel: Any, samples: list[Sampl
     if layers:
         path = tmp / "layers.json"
         path.write_text(json.dumps(layers, indent=1))
+        written.append(path)
+    info = llamafactory_dataset_info(fmt, f"curator_{sel.selection_id}")
+    if info is not None:
+        path = tmp / "dataset_info.json"
+        path.write_text(json.dumps(info, indent=2))
         written.append(path)
     files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in written}
     # Round-trip through JSON first so the digest covers exactly what a reader loads.

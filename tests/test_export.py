@@ -123,6 +123,8 @@ def test_every_format_round_trips(store, selection, tmp_path, fmt):
     if fmt in ("parquet", "hf"):
         assert json.loads(rows[2]["metadata"]) == {"topic": "math"}
 
+    check_llamafactory_entry(result.path, fmt, sid, rows)
+
     manifest = json.loads((result.path / "manifest.json").read_text())
     assert manifest["sample_ids"] == picked and manifest["n_rows"] == 4
     assert manifest["format"] == fmt and manifest["selection"]["selection_id"] == sid
@@ -145,6 +147,44 @@ def test_every_format_round_trips(store, selection, tmp_path, fmt):
     assert loaded.manifest == manifest
 
 
+# LLaMA-Factory's dataset descriptions, as its data/README.md writes them for the OpenAI
+# ("messages"), sharegpt and alpaca formats.
+LLAMAFACTORY_OPENAI = {"formatting": "sharegpt", "columns": {"messages": "messages"},
+                       "tags": {"role_tag": "role", "content_tag": "content",
+                                "user_tag": "user", "assistant_tag": "assistant",
+                                "system_tag": "system"}}
+LLAMAFACTORY_SHAREGPT = {"formatting": "sharegpt", "columns": {"messages": "conversations"}}
+LLAMAFACTORY_ALPACA = {"columns": {"prompt": "instruction", "query": "input",
+                                   "response": "output", "system": "system"}}
+
+
+def check_llamafactory_entry(path: Path, fmt: str, sid: str, rows: list[dict]) -> None:
+    """dataset_info.json names the data file, and every column and role it declares is in
+    the rows (sharegpt's role defaults: human, gpt, system)."""
+    if fmt == "hf":
+        assert not (path / "dataset_info.json").exists()
+        return
+    info = json.loads((path / "dataset_info.json").read_text())
+    entry = info[f"curator_{sid}"]
+    assert list(info) == [f"curator_{sid}"]
+    assert entry.pop("file_name") == ("data.parquet" if fmt == "parquet" else "data.jsonl")
+    assert entry == {"alpaca": LLAMAFACTORY_ALPACA, "sharegpt": LLAMAFACTORY_SHAREGPT}.get(
+        fmt, LLAMAFACTORY_OPENAI)
+    for row in rows:
+        present = [c for c in entry["columns"].values() if c in row]
+        assert present == [c for c in entry["columns"].values()
+                           if c != "system" or "system" in row]
+    if entry.get("formatting") == "sharegpt":
+        col = entry["columns"]["messages"]
+        tags = entry.get("tags", {"role_tag": "from", "content_tag": "value",
+                                  "user_tag": "human", "assistant_tag": "gpt",
+                                  "system_tag": "system"})
+        roles = {tags["user_tag"], tags["assistant_tag"], tags["system_tag"]}
+        for row in rows:
+            for m in row[col]:
+                assert m[tags["role_tag"]] in roles and isinstance(m[tags["content_tag"]], str)
+
+
 def test_existing_folder_is_not_overwritten_without_force(store, selection, tmp_path):
     sid, picked = selection
     out = tmp_path / "out"
@@ -153,7 +193,8 @@ def test_existing_folder_is_not_overwritten_without_force(store, selection, tmp_
         export_selection(store, sid, out)
 
     result = export_selection(store, sid, out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["data.jsonl", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["data.jsonl", "dataset_info.json",
+                                                     "manifest.json"]
     assert [s.sample_id for s in load_export(result.path).samples] == picked
     # no temporary or old folders are left beside it
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
@@ -315,7 +356,7 @@ def test_mask_and_layers_travel_with_the_subset(store, selection, tmp_path):
     other = save_selection(store, SelectionRecord("d", 1, "instruction", "gast", "4", 6, 4),
                            picked, layers=layers)
     result = export_selection(store, sid, tmp_path / "masked")
-    assert sorted(result.files) == ["data.jsonl", "mask.safetensors"]
+    assert sorted(result.files) == ["data.jsonl", "dataset_info.json", "mask.safetensors"]
     assert result.manifest["mask"]["file"] == "mask.safetensors"
     assert result.manifest["mask"]["n_kept"] == 2
     assert result.manifest["mask"]["info"] == {"scope_density": 0.5}
@@ -324,7 +365,7 @@ def test_mask_and_layers_travel_with_the_subset(store, selection, tmp_path):
     assert verify_export(result.path) == []
 
     result = export_selection(store, other, tmp_path / "layered", "parquet")
-    assert sorted(result.files) == ["data.parquet", "layers.json"]
+    assert sorted(result.files) == ["data.parquet", "dataset_info.json", "layers.json"]
     assert result.manifest["layers"] == {"model.layers.0": 2, "model.layers.1": 3}
     loaded = load_export(result.path)
     assert loaded.layers == layers and loaded.mask is None

@@ -298,33 +298,73 @@ def mask(selection_id: str, store_path: Path, param_budget: str, target_set: str
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--max-length", default=1024, show_default=True)
 @click.option("--no-mask", is_flag=True, help="Ignore the export's mask (train everything).")
+@click.option("--lora", is_flag=True,
+              help="Train LoRA adapters (peft) instead of the weights; --out gets the adapter. "
+                   "LoRA usually wants a larger --lr (1e-4 to 2e-4).")
+@click.option("--lora-rank", default=8, show_default=True)
+@click.option("--lora-alpha", default=16.0, show_default=True)
+@click.option("--lora-dropout", default=0.0, show_default=True)
+@click.option("--lora-targets", default=None,
+              help="Comma-separated module names (q_proj,v_proj); default: every linear "
+                   "layer in the transformer blocks.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True)
 @user_errors
 def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: int | None,
-          lr: float, batch_size: int, max_length: int, no_mask: bool, seed: int,
-          force: bool) -> None:
-    """Fine-tune a model on an exported subset, honouring its mask and layer subsets."""
+          lr: float, batch_size: int, max_length: int, no_mask: bool, lora: bool,
+          lora_rank: int, lora_alpha: float, lora_dropout: float, lora_targets: str | None,
+          seed: int, force: bool) -> None:
+    """Fine-tune a model on an exported subset, honouring its mask and layer subsets.
+
+    With --lora, a GAST export's layer subsets put adapters only on layers that have
+    samples, each learning from its own samples; a DualSFT mask is not applied (a sparse
+    mask and LoRA are different restrictions)."""
     from curator.export import load_export
     from curator.train import train as run_train
 
     if out.exists() and not force:
         raise CuratorError(f"{out} exists; pass --force to replace it")
+    if lora:
+        import importlib.util
+
+        from curator.lora import INSTALL_HINT
+
+        if importlib.util.find_spec("peft") is None:
+            raise CuratorError(INSTALL_HINT)
     exp = load_export(export_dir)
     if exp.manifest.get("model_fingerprint") and model is None:
         click.echo("note: training the default model; the export was scored with model "
                    f"{exp.manifest['model_fingerprint']}", err=True)
-    lm = _loader(model, "fp32", False)()
     mask_ = None if no_mask else exp.mask
-    result = run_train(lm, None, exp.samples, mask=mask_, layer_subsets=exp.layers,
-                       steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                       max_length=max_length, progress=True)
+    if lora and mask_ is not None:
+        click.echo("note: the export's DualSFT mask (a sparse subset of the weights) and LoRA "
+                   "(a low-rank update) are different restrictions; this run trains LoRA "
+                   "adapters and does not apply the mask (drop --lora to train with it)",
+                   err=True)
+        mask_ = None
+    lm = _loader(model, "fp32", False)()
+    kwargs = dict(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                  max_length=max_length, progress=True)
+    if lora:
+        from curator.lora import LoraOptions, train_lora
+
+        targets = None if lora_targets is None else tuple(
+            t.strip() for t in lora_targets.split(",") if t.strip())
+        opts = LoraOptions(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
+                           target_modules=targets)
+        trained, result = train_lora(lm.model, lm.tokenizer, exp.samples, opts,
+                                     layer_subsets=exp.layers, **kwargs)
+    else:
+        trained = lm.model
+        result = run_train(lm, None, exp.samples, mask=mask_, layer_subsets=exp.layers,
+                           **kwargs)
     out.mkdir(parents=True, exist_ok=True)
-    lm.model.save_pretrained(out, safe_serialization=True)
+    trained.save_pretrained(out, safe_serialization=True)
     lm.tokenizer.save_pretrained(out)
     first, last = result.losses[0], result.losses[-1]
     click.echo(f"trained {result.steps} steps on {len(exp.samples)} samples"
                + (" with mask" if mask_ is not None else "")
+               + (" as LoRA adapters" if lora else "")
                + (f" and {len(exp.layers)} layer subsets" if exp.layers else "")
                + f": loss {first:.4f} -> {last:.4f}; saved to {out.resolve()}")
 

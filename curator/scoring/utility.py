@@ -24,6 +24,7 @@ reference code's zero distance that made over-long pairs look maximally useful.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -283,6 +284,31 @@ def _score_full(lm: LoadedModel, seqs: Sequence[tuple[Sequence[int], int]], dist
 PrefixKey = tuple[tuple[int, ...], tuple[int, ...]]  # (target head, example) token ids
 
 
+def _cache_name(model: torch.nn.Module) -> str:
+    """The keyword this transformers' model takes a Cache object under: ``cache`` from
+    5.24 (where ``past_key_values`` is deprecated, to be removed in 5.40), else
+    ``past_key_values``. Read from the forward's signature (the deprecation wrapper keeps
+    it): passing an unknown name would be swallowed by ``**kwargs`` and silently score
+    without the prefix."""
+    params = inspect.signature(model.forward).parameters
+    if "cache" in params:
+        return "cache"
+    if "past_key_values" in params:
+        return "past_key_values"
+    raise TypeError(f"{type(model).__name__}.forward takes no key/value cache argument")
+
+
+def _cache_kwarg(model: torch.nn.Module, cache: object) -> dict[str, object]:
+    return {_cache_name(model): cache}
+
+
+def _out_cache(output: object) -> object:
+    """The cache a forward returned: ``output.cache`` from transformers 5.24 (reading
+    ``past_key_values`` there logs a deprecation), else ``output.past_key_values``."""
+    fields = output.keys() if hasattr(output, "keys") else ()
+    return output["cache"] if "cache" in fields else output.past_key_values
+
+
 def _prefix_cache(lm: LoadedModel, keys: Sequence[PrefixKey]
                   ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """Key/value cache rows (each (G, H, Lp, hd) per layer) and attention mask (G, Lp) of
@@ -300,22 +326,22 @@ def _prefix_cache(lm: LoadedModel, keys: Sequence[PrefixKey]
     if len(heads) == 1 and head and all(e for _, e in keys):
         g, lh = len(keys), len(head)
         h_ids = torch.tensor([head], device=dev)
-        h_cache = base(input_ids=h_ids, attention_mask=torch.ones_like(h_ids),
-                       position_ids=torch.arange(lh, device=dev)[None],
-                       use_cache=True).past_key_values
+        h_cache = _out_cache(base(input_ids=h_ids, attention_mask=torch.ones_like(h_ids),
+                                  position_ids=torch.arange(lh, device=dev)[None],
+                                  use_cache=True))
         cache = DynamicCache([(layer.keys.expand(g, -1, -1, -1).contiguous(),
                                layer.values.expand(g, -1, -1, -1).contiguous())
                               for layer in h_cache.layers], config=lm.model.config)
         e_ids, e_mask = _pad([e for _, e in keys], _pad_id(lm), dev)
         p_mask = torch.cat([torch.ones((g, lh), dtype=e_mask.dtype, device=dev), e_mask], 1)
         pos = (lh + torch.arange(e_ids.shape[1], device=dev)).expand_as(e_ids)
-        cache = base(input_ids=e_ids, attention_mask=p_mask, position_ids=pos,
-                     past_key_values=cache, use_cache=True).past_key_values
+        cache = _out_cache(base(input_ids=e_ids, attention_mask=p_mask, position_ids=pos,
+                                use_cache=True, **_cache_kwarg(base, cache)))
     else:
         p_ids, p_mask = _pad([h + e for h, e in keys], _pad_id(lm), dev)  # (G, Lp)
         pos = torch.arange(p_ids.shape[1], device=dev).expand_as(p_ids)
-        cache = base(input_ids=p_ids, attention_mask=p_mask, position_ids=pos,
-                     use_cache=True).past_key_values
+        cache = _out_cache(base(input_ids=p_ids, attention_mask=p_mask, position_ids=pos,
+                                use_cache=True))
     return [(layer.keys, layer.values) for layer in cache.layers], p_mask
 
 
@@ -346,8 +372,8 @@ def _score_with_prefixes(lm: LoadedModel, keys: Sequence[PrefixKey],
         # Positions continue from the prefix's real length, not from the padded width.
         s_pos = p_len.index_select(0, group)[:, None] + torch.arange(s_ids.shape[1], device=dev)
         s_pos = s_pos.clamp(max=lm.max_length - 1)  # only padding can run past the context
-        hidden = base(input_ids=s_ids, attention_mask=mask, position_ids=s_pos,
-                      past_key_values=row_cache, use_cache=True).last_hidden_state  # (B, Ls, d)
+        hidden = base(input_ids=s_ids, attention_mask=mask, position_ids=s_pos, use_cache=True,
+                      **_cache_kwarg(base, row_cache)).last_hidden_state  # (B, Ls, d)
         out[idx] = _distances(lm, hidden, s_ids, [len(rows[i][1]) for i in idx],
                               [rows[i][2] for i in idx], distance)
     return out

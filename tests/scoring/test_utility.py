@@ -279,3 +279,55 @@ def test_inference_mode_does_not_leak_to_the_caller(samples, pairs):
     next(it)
     assert not torch.is_inference_mode_enabled()
     assert torch.is_grad_enabled()
+
+
+def test_cache_keyword_follows_the_installed_transformers():
+    """The cache goes in under the name the forward takes: ``cache`` since transformers 5.24,
+    ``past_key_values`` before it (an unknown name would vanish into **kwargs and the
+    suffix would be scored without its prefix)."""
+    import inspect
+
+    from curator.scoring.utility import _cache_name
+
+    base = tiny_loaded_model("llama").model.base_model
+    params = inspect.signature(base.forward).parameters
+    assert _cache_name(base) == ("cache" if "cache" in params else "past_key_values")
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, **kwargs):
+            return input_ids
+
+    class NoCache(torch.nn.Module):
+        def forward(self, input_ids=None, **kwargs):
+            return input_ids
+
+    assert _cache_name(Old()) == "past_key_values"
+    with pytest.raises(TypeError, match="no key/value cache"):
+        _cache_name(NoCache())
+
+
+def test_scoring_logs_no_deprecation(samples, pairs):
+    """transformers reports some deprecations through its logger (warning_once), which
+    pytest's filterwarnings does not see: check that log too, with its once-cache cleared."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    hf_logging.get_logger().warning_once.cache_clear()
+    handler = Keep(level=logging.WARNING)
+    root = logging.getLogger("transformers")
+    root.addHandler(handler)
+    try:
+        lm = tiny_loaded_model("llama")
+        cfg = UtilityConfig(distance="nll", template="chat")
+        run(lm, samples, pairs, cfg, batch_size=4, chunk_pairs=9, prefix_reuse=True)
+        score_targets(lm, list(samples.values()), cfg)
+    finally:
+        root.removeHandler(handler)
+    assert not [m for m in records if "deprecat" in m.lower()], records
