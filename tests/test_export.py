@@ -201,7 +201,8 @@ def test_existing_folder_is_not_overwritten_without_force(store, selection, tmp_
     # a previous export in another format is replaced too, .DS_Store and all
     (out / ".DS_Store").write_text("finder")
     export_selection(store, sid, out, fmt="parquet", force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["data.parquet", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["data.parquet", "dataset_info.json",
+                                                     "manifest.json"]
 
 
 def _tree(path: Path) -> dict[str, bytes]:
