@@ -20,8 +20,9 @@ attention that beats SDPA's CPU kernel (``response_losses``).
 
 Modules: ``scope`` (module naming and parameter scope), ``batching`` (encoding, batches),
 ``attention`` (the short-row attention patch), ``losses`` (response losses), ``statistics``
-(v_new, v_prior, G, c, warm-up, the direction u), ``hooks`` (per-sample scores). Everything
-public is re-exported here.
+(v_new, v_prior, G, c, warm-up, the direction u), ``hooks`` (per-sample scores),
+``crossfit`` (scoring against a held-out slice without self-alignment). Everything public
+is re-exported here.
 """
 
 from curator.scoring.gradients.attention import (
@@ -39,6 +40,12 @@ from curator.scoring.gradients.batching import (
     encode_samples,
     iter_batches,
     padding_aware_batches,
+)
+from curator.scoring.gradients.crossfit import (
+    DEFAULT_FOLDS,
+    alignment_scores,
+    crossfit_folds,
+    scores_by_fold,
 )
 from curator.scoring.gradients.hooks import (
     GATHER_PADDING_FRACTION,
@@ -70,7 +77,10 @@ from curator.scoring.gradients.scope import (
 from curator.scoring.gradients.statistics import (
     GradientStatistics,
     gradient_statistics,
+    heldout_gradients,
+    holdout_slice,
     kl_prior_gradient,
+    leave_fold_out,
     mean_gradient,
     pool_gradients,
     update_direction,
@@ -78,7 +88,8 @@ from curator.scoring.gradients.statistics import (
 )
 
 __all__ = [
-    "BATCH_OVERHEAD_TOKENS", "CONV1D", "GATHER_PADDING_FRACTION", "MIN_HEAD_ROWS",
+    "BATCH_OVERHEAD_TOKENS", "CONV1D", "DEFAULT_FOLDS", "alignment_scores", "crossfit_folds",
+    "heldout_gradients", "holdout_slice", "leave_fold_out", "scores_by_fold", "GATHER_PADDING_FRACTION", "MIN_HEAD_ROWS",
     "OTHER_LAYER", "SHORT_ROW_ATTENTION_MAX_WIDTH", "GradientStatistics", "Grads",
     "SampleScores", "ScopedModule", "batch_losses", "encode_samples", "exact_scores",
     "gradient_statistics", "hook_scores", "iter_batches", "kl_prior_gradient", "layer_of",

@@ -23,6 +23,7 @@ from curator.scoring.gradients.batching import (
     encode_samples,
     iter_batches,
 )
+from curator.scoring.gradients.crossfit import DEFAULT_FOLDS, crossfit_folds
 from curator.scoring.gradients.losses import only_grad, response_logits, response_losses
 from curator.scoring.gradients.scope import Grads, ScopedModule, resolve_scope, scope_parameters
 
@@ -38,6 +39,21 @@ class GradientStatistics:
     n_anchor: int
     v_prior_source: str  # "kl to reference model" or "zero (...)": how v_prior was obtained
     holdout: list[int] = field(default_factory=list)  # pool indices used as the target set
+    # Cross-fitting (no target set; see curator.scoring.gradients.crossfit): a partition of
+    # the pool into folds, and per fold v_new without that fold's held-out samples.
+    folds: list[list[int]] = field(default_factory=list)
+    v_new_folds: list[Grads] = field(default_factory=list)
+
+    @property
+    def v_new_source(self) -> str:
+        """How v_new was obtained, for selection records."""
+        if not self.holdout:
+            return f"mean gradient of the target set ({self.n_target} samples)"
+        if self.folds:
+            return (f"held-out slice of the pool ({self.n_target} samples), cross-fitted over "
+                    f"{len(self.folds)} folds: each sample scored against the other folds' "
+                    "held-out gradient")
+        return f"held-out slice of the pool ({self.n_target} samples), not cross-fitted"
 
 
 def _zeros_like(params: Mapping[str, nn.Parameter]) -> Grads:
@@ -171,9 +187,55 @@ def warmup_copy(lm: LoadedModel, samples: Sequence[Sample], steps: int = 20, lr:
                        lm.name + "+warmup")
 
 
-def _slice(n: int, fraction: float, seed: int) -> list[int]:
-    k = max(1, min(n, int(round(n * fraction))))
+def _slice(n: int, fraction: float, seed: int, minimum: int = 1) -> list[int]:
+    k = max(minimum, min(n, int(round(n * fraction))))
+    k = min(k, n)
     return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].tolist())
+
+
+def holdout_slice(n: int, fraction: float, seed: int) -> list[int]:
+    """The seeded held-out slice that stands in for a target set: ``round(n * fraction)``
+    pool indices, at least two when the pool has two (cross-fitting needs two)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError("holdout_fraction must be in (0, 1]")
+    return _slice(n, fraction, seed, minimum=2)
+
+
+def heldout_gradients(lm: LoadedModel, pool: Sequence[Sample], holdout: Sequence[int],
+                      folds: Sequence[Sequence[int]], scope: Sequence[ScopedModule],
+                      batch_size: int = 8, max_length: int | None = None,
+                      ) -> tuple[Grads, list[Grads], int]:
+    """(v_H, [v_{-k}], n): the mean gradient of the held-out samples, and per fold k the
+    mean over the held-out samples outside fold k. One gradient pass per fold's held-out
+    part; the fold directions are (total - fold) / (n - n_k)."""
+    hset = set(holdout)
+    sums: list[Grads] = []
+    counts: list[int] = []
+    for fold in folds:
+        part = [pool[i] for i in fold if i in hset]
+        S, _, n = pool_gradients(lm, part, scope, batch_size, max_length, curvature=False)
+        sums.append(S)
+        counts.append(n)
+    v_new, v_folds = leave_fold_out(sums, counts)
+    return v_new, v_folds, sum(counts)
+
+
+def leave_fold_out(sums: Sequence[Grads], counts: Sequence[int]) -> tuple[Grads, list[Grads]]:
+    """From per-fold gradient sums and sample counts: (the mean over all folds, and per
+    fold k the mean over the other folds, ``(total - S_k) / (n - n_k)``)."""
+    n_total = sum(counts)
+    if n_total == 0:
+        raise ValueError("no sample of the target set fits the context length")
+    total = {k: sum(S[k] for S in sums) for k in sums[0]}
+    v_new = {k: v / n_total for k, v in total.items()}
+    v_folds = []
+    for S, n in zip(sums, counts, strict=True):
+        if n_total - n == 0:
+            raise ValueError("cross-fitting: every held-out sample that fits the context "
+                             "length is in one fold; give a target set or a larger "
+                             "holdout_fraction")
+        v_folds.append({k: (total[k] - S[k]) / (n_total - n) for k in total})
+    return v_new, v_folds
 
 
 def gradient_statistics(lm: LoadedModel, pool: Sequence[Sample],
@@ -184,11 +246,15 @@ def gradient_statistics(lm: LoadedModel, pool: Sequence[Sample],
                         holdout_fraction: float = 0.1, anchor_fraction: float = 0.05,
                         tau: float = 2.0, confidence: str = "max_prob",
                         batch_size: int = 8, max_length: int | None = None,
-                        seed: int = 0) -> GradientStatistics:
+                        seed: int = 0, n_folds: int = DEFAULT_FOLDS) -> GradientStatistics:
     """v_new, v_prior, G and c for ``lm`` over ``scope`` (default: all linear layers).
 
     No target set: v_new is the mean gradient over a seeded held-out slice of the pool
-    (``holdout_fraction``); the slice stays in the pool (it is still scored and in G).
+    (``holdout_fraction``); the slice stays in the pool (it is still scored and in G), and
+    the pool is split into ``n_folds`` cross-fitting folds with a v_new per fold that
+    leaves the fold's own held-out samples out (``stats.folds``, ``stats.v_new_folds``;
+    score with ``crossfit.alignment_scores`` or ``update_direction(..., v_new=...)``).
+    A pool of one sample cannot be cross-fitted: it is scored against its own gradient.
     No anchors: a seeded ``anchor_fraction`` slice of the pool. No ``reference``: the
     reference is ``lm`` itself, so v_prior is zero (and not computed).
     """
@@ -200,10 +266,19 @@ def gradient_statistics(lm: LoadedModel, pool: Sequence[Sample],
         raise ValueError("holdout_fraction and anchor_fraction must be in (0, 1]")
     scope = scope or resolve_scope(lm.model)
     holdout: list[int] = []
+    folds: list[list[int]] = []
+    v_folds: list[Grads] = []
     if targets is None:
-        holdout = _slice(len(pool), holdout_fraction, seed)
-        targets = [pool[i] for i in holdout]
-    v_new, n_target = mean_gradient(lm, targets, scope, batch_size, max_length)
+        holdout = holdout_slice(len(pool), holdout_fraction, seed)
+        if len(holdout) >= 2:
+            folds = crossfit_folds(len(pool), holdout, n_folds, seed)
+            v_new, v_folds, n_target = heldout_gradients(lm, pool, holdout, folds, scope,
+                                                         batch_size, max_length)
+        else:
+            v_new, n_target = mean_gradient(lm, [pool[i] for i in holdout], scope,
+                                            batch_size, max_length)
+    else:
+        v_new, n_target = mean_gradient(lm, targets, scope, batch_size, max_length)
     G, c, n_pool = pool_gradients(lm, pool, scope, batch_size, max_length)
     if anchors is None:
         anchors = [pool[i] for i in _slice(len(pool), anchor_fraction, seed + 1)]
@@ -215,18 +290,20 @@ def gradient_statistics(lm: LoadedModel, pool: Sequence[Sample],
                                     batch_size, max_length)
         source = f"kl to reference model (tau={tau}, confidence={confidence})"
     return GradientStatistics(v_new, v_prior, G, c, n_target, n_pool, len(anchors), source,
-                              holdout)
+                              holdout, folds, v_folds)
 
 
 def update_direction(stats: GradientStatistics, eta: float = 2e-5, lambda_new: float = 1.0,
-                     lambda_prior: float = 1.0, second_order: bool = True) -> Grads:
+                     lambda_prior: float = 1.0, second_order: bool = True,
+                     v_new: Mapping[str, torch.Tensor] | None = None) -> Grads:
     """``u = eta (lambda_new v_new + lambda_prior v_prior) - 0.5 eta^2 c G``.
 
     <u, g> predicts how much a step of size eta along -g lowers the validation objective;
     the second-order term is the diagonal-curvature penalty of the pool's whole step.
+    ``v_new``: use this instead of ``stats.v_new`` (a cross-fitting fold's direction).
     """
     u: Grads = {}
-    for name, vn in stats.v_new.items():
+    for name, vn in (stats.v_new if v_new is None else v_new).items():
         d = eta * (lambda_new * vn + lambda_prior * stats.v_prior[name])
         if second_order:
             d = d - 0.5 * eta**2 * stats.c[name] * stats.G[name]
