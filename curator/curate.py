@@ -207,8 +207,18 @@ def _utility_kernels(store: Store, lm: LoadedModel, pools: Pools, function: str,
         kq = _query_k(options, n_select, len(q), len(pool))
         runs.append(score_utilities(store, lm, q, pool, options, k=kq, dataset=dataset,
                                     progress=progress, echo=echo))
+        # FLMI compares pool x pool and Q x pool coverage (min of the two), so both kernels
+        # are divided by one scale, the largest positive utility of either; FLVMI has no
+        # pool x pool kernel and keeps the query kernel's own scale.
+        scale = None
+        if function == "flmi":
+            scale = max(utility_scale(store, fp, chash, pool_ids, pool_ids),
+                        utility_scale(store, fp, chash, _ids(q), pool_ids))
+            if len(pool) > 1:
+                out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids, pool_ids,
+                                                          scale, self_coverage).matrix
         # (n_query, n_pool): how much each pool item helps each target -> transposed below.
-        qk = utility_kernel_from_store(store, fp, chash, _ids(q), pool_ids).matrix
+        qk = utility_kernel_from_store(store, fp, chash, _ids(q), pool_ids, scale).matrix
         out["query_kernel"] = qk.T.tocsr()
     if function == "flcg":
         prev = pools.previous
@@ -282,15 +292,22 @@ def stage_key(dataset: str, spec: StageSpec, pools: Pools, options: ScoringOptio
     Settings added after selections were stored enter the hash only when they differ from
     their default, so upgrading does not make every stored selection look new.
     """
-    return config_hash({
+    key: dict[str, Any] = {
         "dataset": dataset, "version": pools.version, "pool": _ids(pools.pool),
         "target": pools.target_ref, "parent": pools.parent,
-        "spec": {k: v for k, v in vars(spec).items()
+        "spec": {k: (dataclasses.asdict(v) if k == "gradient" else v)
+                 for k, v in vars(spec).items()
                  if k not in ("name", "version", "parent")
                  # only DELIFT reads it: other methods keep their hashes
-                 and (k != "self_coverage" or spec.method == "delift")},
+                 and (k != "self_coverage" or spec.method == "delift")
+                 and (k != "gradient" or spec.method == "dualsft")},
         "options": {k: v for k, v in vars(options).items() if not (k == "hubs" and v == 0)},
-        "model": fingerprint})
+        "model": fingerprint}
+    if spec.method in GRADIENT_METHODS:
+        # gradient selections made before cross-fitting, signed masks and GAST's union
+        # budget differ from today's: they must not be reused as if identical
+        key["gradient_rules"] = 2
+    return config_hash(key)
 
 
 @dataclass

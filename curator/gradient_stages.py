@@ -8,6 +8,7 @@ scores, selections and masks.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -69,8 +70,12 @@ def store_mask(store: Store, selection_id: str, lm: LoadedModel, mask: dict,
 def _dualsft_config(spec: StageSpec, options: ScoringOptions):
     from curator.selection.dualsft import DualSFTConfig
 
+    g = spec.gradient
     return DualSFTConfig(seed=spec.seed, max_length=options.max_length,
-                         score_batch_size=options.batch_size)
+                         score_batch_size=options.batch_size, warmup_steps=g.warmup_steps,
+                         eta=g.eta, warmup_lr=g.eta, lambda_new=g.lambda_new,
+                         lambda_prior=g.lambda_prior, tau=g.tau,
+                         use_abs=g.mask_rank == "abs", spread=g.mask_spread)
 
 
 def mask_for_selection(store: Store, selection_id: str, lm: LoadedModel,
@@ -92,7 +97,8 @@ def mask_for_selection(store: Store, selection_id: str, lm: LoadedModel,
                             config=_dualsft_config(StageSpec(seed=seed), options or ScoringOptions()),
                             progress=progress)
     return store_mask(store, selection_id, lm, result.mask, param_budget,
-                      {"method": "dualsft", "v_prior": result.stats.v_prior_source})
+                      {"method": "dualsft", "v_prior": result.stats.v_prior_source,
+                       "v_new": result.stats.v_new_source})
 
 
 def select_by_gradients(store: Store, dataset: str, spec: StageSpec, pools: Pools,
@@ -123,13 +129,17 @@ def select_by_gradients(store: Store, dataset: str, spec: StageSpec, pools: Pool
         scores = np.asarray(result.scores)
         mask = result.mask
         function = "top_k_gradient_utility"
-        config.update({"param_budget": pb, "co_extract": True})
+        config.update({"param_budget": pb, "co_extract": True,
+                       "gradient": dataclasses.asdict(spec.gradient),
+                       "v_new": result.stats.v_new_source,
+                       "v_prior": result.stats.v_prior_source})
     elif spec.method == "gast":
-        from curator.selection.gast import gast_select
+        from curator.selection.gast import DEFAULT_LAYER_SHARE, gast_select
 
         result = gast_select(lm, pool, targets, budget=n_select, seed=spec.seed,
                              max_length=options.max_length,
-                             score_batch_size=options.batch_size, progress=progress)
+                             score_batch_size=options.batch_size, progress=progress,
+                             layer_share=DEFAULT_LAYER_SHARE)
         layers = result.subsets_by_id(pool)
         # The subset to export is every sample some layer trains on, most-used first.
         count: dict[int, int] = {}
@@ -141,15 +151,19 @@ def select_by_gradients(store: Store, dataset: str, spec: StageSpec, pools: Pool
         ranking = sorted(count, key=lambda i: (-count[i], first[i], i))
         scores = np.nanmean(result.scores, axis=1) if result.scores.size else None
         function = "gast_sampled"
-        config.update({"rule": "sample", "layers": len(layers)})
+        config.update({"rule": "sample", "layers": len(layers),
+                       "layer_share": DEFAULT_LAYER_SHARE,
+                       "layer_size": max((len(v) for v in layers.values()), default=0),
+                       "support": result.support})
     elif spec.method == "less":
-        from curator.scoring.gradients import gradient_statistics, hook_scores, resolve_scope
+        from curator.scoring.gradients import alignment_scores, gradient_statistics, resolve_scope
 
         scope = resolve_scope(lm.model)
         stats = gradient_statistics(lm, pool, targets, scope=scope, seed=spec.seed,
                                     max_length=options.max_length)
-        raw = hook_scores(lm, pool, stats.v_new, scope, options.batch_size, options.max_length,
-                          progress).total
+        raw = alignment_scores(lm, pool, stats, scope, options.batch_size, options.max_length,
+                               progress).total
+        config["v_new"] = stats.v_new_source
         scores = np.asarray(raw, dtype=float)
         key = np.where(np.isnan(scores), -np.inf, scores)
         ranking = [int(i) for i in np.argsort(-key, kind="stable")[:n_select]]
