@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,51 @@ class ScoringOptions:
         return self.k if n_select <= AUTO_HUBS_MAX_SHARE * n_pool else 0
 
 
+MASK_RANKS = ("signed", "abs")
+
+
+@dataclass
+class GradientOptions:
+    """DualSFT's direction, prior and mask (``gradient:`` in a stage of a recipe).
+
+    ``warmup_steps`` > 0 scores with a copy of the model warmed up for that many AdamW steps
+    (learning rate ``eta``) on a slice of the pool, against the original as the frozen
+    reference of the KL self-distillation prior; at 0 the scored model is the reference and
+    v_prior is zero, so ``lambda_prior`` has no effect (the selection's config says which).
+    """
+
+    warmup_steps: int = 0             # 0: no warm-up, v_prior = 0
+    eta: float = 2e-5                 # fine-tuning learning rate u is built for (and warm-up lr)
+    lambda_new: float = 1.0           # weight of v_new (target / held-out gradient)
+    lambda_prior: float = 1.0         # weight of v_prior (KL to the frozen base on anchors)
+    tau: float = 2.0                  # temperature of the self-distillation
+    mask_rank: str = "signed"         # rank parameters by signed phi (reference) or "abs"
+    mask_spread: float = 0.0          # share of the mask spread over (layer, kind) cells
+
+    def validate(self, where: str = "gradient") -> None:
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
+                or self.warmup_steps < 0:
+            raise RecipeError(f"{where}.warmup_steps must be an integer >= 0, got "
+                              f"{self.warmup_steps!r}")
+        for name in ("eta", "tau"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+                    or not math.isfinite(value):
+                raise RecipeError(f"{where}.{name} must be a finite number > 0, got {value!r}")
+        for name in ("lambda_new", "lambda_prior"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise RecipeError(f"{where}.{name} must be a finite number, got {value!r}")
+        if self.mask_rank not in MASK_RANKS:
+            raise RecipeError(f"{where}.mask_rank must be one of {', '.join(MASK_RANKS)}, got "
+                              f"{self.mask_rank!r}")
+        value = self.mask_spread
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0.0 <= value <= 1.0:
+            raise RecipeError(f"{where}.mask_spread must be a number in [0, 1], got {value!r}")
+
+
 @dataclass
 class StageSpec:
     """One selection step of a recipe."""
@@ -123,6 +169,7 @@ class StageSpec:
     seed: int = 0
     param_budget: str | None = None   # DualSFT: share of parameters in the mask
     self_coverage: str = "best"       # DELIFT kernels: "best" or "one" (scoring/kernels.py)
+    gradient: GradientOptions = field(default_factory=GradientOptions)  # DualSFT only
     name: str | None = None
 
     def validate(self, where: str) -> None:
@@ -153,6 +200,14 @@ class StageSpec:
         if self.pool not in CONTINUAL_POOLS:
             raise RecipeError(f"{where}.pool must be 'new' or 'all', got {self.pool!r}",
                               key=f"{where}.pool")
+        if isinstance(self.gradient, dict):
+            self.gradient = _build(GradientOptions, self.gradient, f"{where}.gradient")
+        if not isinstance(self.gradient, GradientOptions):
+            raise RecipeError(f"{where}.gradient: expected a mapping", key=f"{where}.gradient")
+        self.gradient.validate(f"{where}.gradient")
+        if self.method != "dualsft" and self.gradient != GradientOptions():
+            raise RecipeError(f"{where}.gradient: these settings apply to method dualsft only "
+                              f"(method is {self.method})", key=f"{where}.gradient")
         for name in ("eta", "nu"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

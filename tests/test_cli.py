@@ -305,6 +305,33 @@ def test_scoring_options_are_checked_before_a_model_loads(built):
         "--batch-size must be a positive integer"
 
 
+def test_dualsft_options_reach_the_stage_and_are_checked_first(built, monkeypatch):
+    from curator import curate
+    from curator.config import GradientOptions
+
+    assert fail("select", "-d", "d", "--store", built, "--method", "gast",
+                "--warmup-steps", "3") == \
+        "the DualSFT options apply to method dualsft only (method is gast)"
+    assert fail("select", "-d", "d", "--store", built, "--method", "dualsft",
+                "--grad-eta", "0") == "--grad-eta must be a finite number > 0, got 0.0"
+    assert fail("select", "-d", "d", "--store", built, "--method", "dualsft",
+                "--mask-spread", "2") == "--mask-spread must be a number in [0, 1], got 2.0"
+    seen = []
+
+    def fake_select_stage(store, dataset, spec, **kwargs):
+        seen.append(spec)
+        raise ValueError("stopped before scoring")
+
+    monkeypatch.setattr(curate, "select_stage", fake_select_stage)
+    assert fail("select", "-d", "d", "--store", built, "--method", "dualsft",
+                "--warmup-steps", "4", "--grad-eta", "1e-4", "--lambda-new", "0.5",
+                "--lambda-prior", "2", "--tau", "1.5", "--mask-rank", "abs",
+                "--mask-spread", "0.25") == "stopped before scoring"
+    assert seen[0].gradient == GradientOptions(4, 1e-4, 0.5, 2.0, 1.5, "abs", 0.25)
+    fail("select", "-d", "d", "--store", built, "--method", "dualsft")
+    assert seen[1].gradient == GradientOptions()
+
+
 def test_a_locked_store_fails_with_one_line(tmp_path, monkeypatch):
     import subprocess
     import sys

@@ -8,6 +8,7 @@ import pytest
 
 from curator.config import (
     ExportSpec,
+    GradientOptions,
     InputSpec,
     Recipe,
     RecipeError,
@@ -238,3 +239,35 @@ def test_recipe_errors_carry_their_key():
     with pytest.raises(RecipeError) as info:
         recipe_from_dict({"stages": []})
     assert info.value.key == "dataset"
+
+
+def test_gradient_settings_are_a_stage_mapping():
+    r = recipe_from_dict(recipe(stages=[{"method": "dualsft", "gradient": {
+        "warmup_steps": 20, "eta": 1e-4, "lambda_new": 1.0, "lambda_prior": 0.5, "tau": 1.0,
+        "mask_rank": "abs", "mask_spread": 0.25}}, {"method": "dualsft"}]))
+    assert r.stages[0].gradient == GradientOptions(20, 1e-4, 1.0, 0.5, 1.0, "abs", 0.25)
+    assert r.stages[1].gradient == GradientOptions()  # no warm-up, signed, no spread
+    assert (GradientOptions().warmup_steps, GradientOptions().mask_rank,
+            GradientOptions().mask_spread) == (0, "signed", 0.0)
+    assert recipe_from_dict(r.to_dict()) == r
+
+
+@pytest.mark.parametrize(("gradient", "message"), [
+    ({"warmup": 3}, "stages[0].gradient: unknown key warmup (known: eta, lambda_new"),
+    ({"warmup_steps": -1}, "stages[0].gradient.warmup_steps must be an integer >= 0"),
+    ({"warmup_steps": 2.5}, "stages[0].gradient.warmup_steps must be an integer >= 0"),
+    ({"eta": 0}, "stages[0].gradient.eta must be a finite number > 0"),
+    ({"tau": float("inf")}, "stages[0].gradient.tau must be a finite number > 0"),
+    ({"lambda_prior": float("nan")}, "stages[0].gradient.lambda_prior must be a finite number"),
+    ({"mask_rank": "magnitude"}, "stages[0].gradient.mask_rank must be one of signed, abs"),
+    ({"mask_spread": 1.5}, "stages[0].gradient.mask_spread must be a number in [0, 1]"),
+    ("fast", "stages[0].gradient: expected a mapping"),
+])
+def test_bad_gradient_settings(gradient, message):
+    refused(recipe(stages=[{"method": "dualsft", "gradient": gradient}]), message)
+
+
+def test_gradient_settings_apply_to_dualsft_only():
+    refused(recipe(stages=[{"method": "gast", "gradient": {"warmup_steps": 5}}]),
+            "stages[0].gradient: these settings apply to method dualsft only (method is gast)")
+    assert recipe_from_dict(recipe(stages=[{"method": "gast", "gradient": {}}]))

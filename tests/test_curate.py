@@ -335,8 +335,15 @@ def test_task_delift_flmi(cstore, lm):
     assert [s.n_targets for s in out.scoring] == [24, N_Q]   # pool x pool, then Q x pool
     assert out.scoring[0].n_computed == 0
     pool, q = ids(load_samples(cstore, "d", 1)), ids(load_samples(cstore, "q", 1))
-    S = dense(utility_kernel_from_store(cstore, lm.fingerprint, chash(lm), pool, pool))
-    Q = dense(utility_kernel_from_store(cstore, lm.fingerprint, chash(lm), q, pool)).T
+    fp, ch = lm.fingerprint, chash(lm)
+    # FLMI takes the min of pool x pool and Q x pool coverage: both on one scale
+    s_pool, s_query = utility_scale(cstore, fp, ch, pool, pool), utility_scale(cstore, fp, ch,
+                                                                                 q, pool)
+    assert s_pool != pytest.approx(s_query, rel=0.05)  # so a per-kernel scale would differ
+    scale = max(s_pool, s_query)
+    S = dense(utility_kernel_from_store(cstore, fp, ch, pool, pool, scale))
+    Q = dense(utility_kernel_from_store(cstore, fp, ch, q, pool, scale)).T
+    assert max(S.max(), Q.max()) == pytest.approx(1.0) and min(S.max(), Q.max()) < 0.95
     picked = positions(pool, out.sample_ids)
     # submodlib's FLMI: sum_i min(max_a S[i, a], eta * max_q Q[i, q])
     expected = np.minimum(S[:, picked].max(axis=1), 0.5 * Q.max(axis=1)).sum()
@@ -447,12 +454,35 @@ def test_stage_key_ignores_settings_at_their_new_defaults(cstore):
     old_key = raw_hash({"dataset": "d", "version": 1, "pool": ids(pools.pool), "target": None,
                         "parent": None,
                         "spec": {k: v for k, v in vars(spec).items()
-                                 if k not in ("name", "version", "parent", "self_coverage")},
+                                 if k not in ("name", "version", "parent", "self_coverage",
+                                              "gradient")},
                         "options": old_options, "model": None})
     off = dataclasses.replace(OPTIONS, hubs=0)  # what select_stage resolves "auto" to here
     assert stage_key("d", spec, pools, off, None) == old_key
     hubs = ScoringOptions(**{**vars(OPTIONS), "hubs": 2})
     assert stage_key("d", spec, pools, hubs, None) != old_key
+
+
+def test_stage_key_of_gradient_methods(cstore):
+    """DualSFT's gradient settings are part of its key; gradient selections stored before
+    cross-fitting, signed masks and GAST's union budget are not reused as identical."""
+    from curator.config import GradientOptions
+    from curator.config import config_hash as raw_hash
+    from curator.curate import stage_key
+
+    spec = StageSpec(method="dualsft", budget="4", version=1)
+    pools = resolve_pools(cstore, "d", spec)
+    warm = dataclasses.replace(spec, gradient=GradientOptions(warmup_steps=3))
+    assert stage_key("d", spec, pools, OPTIONS, "m") != stage_key("d", warm, pools, OPTIONS,
+                                                                  "m")
+    less = StageSpec(method="less", budget="4", version=1)
+    before = raw_hash({"dataset": "d", "version": 1, "pool": ids(pools.pool), "target": None,
+                       "parent": None,
+                       "spec": {k: v for k, v in vars(less).items()
+                                if k not in ("name", "version", "parent", "self_coverage",
+                                             "gradient")},
+                       "options": vars(OPTIONS), "model": "m"})
+    assert stage_key("d", less, pools, OPTIONS, "m") != before
 
 
 def test_auto_hubs_at_small_budgets(cstore, lm):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from curator.config import ScoringOptions, StageSpec
+from curator.config import GradientOptions, ScoringOptions, StageSpec
 from curator.ingest import ingest
 from curator.masks import load_mask
 from curator.stages import select_stage
@@ -103,17 +103,40 @@ def test_gast_stores_a_subset_per_layer_and_their_union(gstore, lm):
                        options=OPTIONS)
     layers = selection_layers(gstore, out.selection_id)
     assert sorted(layers) == ["model.layers.0", "model.layers.1"]
-    assert all(len(v) == 4 and len(set(v)) == 4 for v in layers.values())
+    sizes = {len(v) for v in layers.values()}
+    assert len(sizes) == 1 and 2 <= sizes.pop() <= 4
     union = set().union(*layers.values())
-    assert set(out.sample_ids) == union
+    assert set(out.sample_ids) == union and len(union) == 4  # the union is the budget
     assert selection_sample_ids(gstore, out.selection_id) == out.sample_ids
     # most-used first: a sample in both layers ranks before one in a single layer
     uses = [sum(s in v for v in layers.values()) for s in out.sample_ids]
     assert uses == sorted(uses, reverse=True)
     rec = get_selection(gstore, out.selection_id)
     assert (rec.function, rec.n_selected, rec.target) == ("gast_sampled", len(union), "q:1")
-    assert rec.config["layers"] == 2
+    assert rec.config["layers"] == 2 and rec.config["layer_share"] == 0.5
+    assert rec.config["layer_size"] == len(next(iter(layers.values())))
+    assert rec.config["support"].startswith("mean gradient of the target set")
     assert get_mask_record(gstore, out.selection_id) is None
+
+
+def test_dualsft_record_states_the_gradient_settings_and_the_prior(gstore, lm):
+    cold = select_stage(gstore, "d", StageSpec(method="dualsft", budget="4"), lm=lm,
+                        options=OPTIONS)
+    cfg = get_selection(gstore, cold.selection_id).config
+    assert cfg["gradient"] == {"warmup_steps": 0, "eta": 2e-5, "lambda_new": 1.0,
+                               "lambda_prior": 1.0, "tau": 2.0, "mask_rank": "signed",
+                               "mask_spread": 0.0}
+    assert cfg["v_prior"].startswith("zero")  # no warm-up: the prior did nothing
+    assert "cross-fitted" in cfg["v_new"]  # no target set: a held-out slice, cross-fitted
+    warm_spec = StageSpec(method="dualsft", budget="4", target="q",
+                          gradient=GradientOptions(warmup_steps=2, eta=1e-3, tau=1.5,
+                                                   mask_rank="abs", mask_spread=0.5))
+    warm = select_stage(gstore, "d", warm_spec, lm=lm, options=OPTIONS)
+    assert warm.selection_id != cold.selection_id
+    cfg = get_selection(gstore, warm.selection_id).config
+    assert cfg["gradient"]["warmup_steps"] == 2 and cfg["gradient"]["mask_rank"] == "abs"
+    assert cfg["v_prior"] == "kl to reference model (tau=1.5, confidence=max_prob)"
+    assert cfg["v_new"].startswith("mean gradient of the target set")
 
 
 def test_less_ranks_by_score_descending(gstore, lm):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +58,44 @@ def scoring_options(func: Callable) -> Callable:
     for opt in reversed(opts):
         func = opt(func)
     return func
+
+
+def gradient_options(func: Callable) -> Callable:
+    """DualSFT's direction, prior and mask options (config.GradientOptions); their values
+    are passed on as one ``gradient`` mapping."""
+    opts = [
+        click.option("--warmup-steps", default=0, show_default=True,
+                     help="DualSFT: AdamW warm-up steps before scoring; > 0 makes the KL prior "
+                          "to the frozen model (v_prior) non-zero, 0 leaves it at zero."),
+        click.option("--grad-eta", default=2e-5, show_default=True,
+                     help="DualSFT: learning rate the update direction is built for (and the "
+                          "warm-up's)."),
+        click.option("--lambda-new", default=1.0, show_default=True,
+                     help="DualSFT: weight of the target (or held-out) gradient."),
+        click.option("--lambda-prior", default=1.0, show_default=True,
+                     help="DualSFT: weight of the KL prior gradient."),
+        click.option("--tau", default=2.0, show_default=True,
+                     help="DualSFT: temperature of the KL self-distillation."),
+        click.option("--mask-rank", type=click.Choice(["signed", "abs"]), default="signed",
+                     show_default=True,
+                     help="DualSFT: rank parameters by signed importance (predicted loss "
+                          "decrease, the reference's rule) or by its absolute value."),
+        click.option("--mask-spread", default=0.0, show_default=True,
+                     help="DualSFT: share of the mask spread evenly over layers and module "
+                          "kinds (0: plain top-k, the reference's default)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+
+    @functools.wraps(func)
+    def wrapper(*args, warmup_steps, grad_eta, lambda_new, lambda_prior, tau, mask_rank,
+                mask_spread, **kwargs):
+        kwargs["gradient"] = {"warmup_steps": warmup_steps, "eta": grad_eta,
+                              "lambda_new": lambda_new, "lambda_prior": lambda_prior,
+                              "tau": tau, "mask_rank": mask_rank, "mask_spread": mask_spread}
+        return func(*args, **kwargs)
+
+    return wrapper
 
 
 def _options(k: int, distance: str, batch_size: int, max_length: int, dtype: str,
@@ -155,6 +194,7 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
                    "(rows nothing helps, often noisy ones, earn nothing for themselves), "
                    "or fully (the reference code's unit diagonal).")
 @click.option("--seed", default=0, show_default=True)
+@gradient_options
 @scoring_options
 @user_errors
 def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, method: str,
@@ -162,7 +202,7 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
                pool: str, optimizer: str, eta: float, nu: float, param_budget: str | None,
                self_coverage: str, seed: int, model: str | None, k: int, hubs: str,
                distance: str, batch_size: int, max_length: int, dtype: str,
-               trust_remote_code: bool) -> None:
+               trust_remote_code: bool, gradient: dict[str, Any]) -> None:
     """Pick a subset for a fine-tuning stage and store it as a selection."""
     from curator.config import RecipeError, StageSpec
     from curator.stages import select_stage
@@ -171,11 +211,16 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
     spec = StageSpec(stage=stage, method=method, budget=budget, function=function,
                      version=version, target=target_set, parent=parent, pool=pool,
                      optimizer=optimizer, eta=eta, nu=nu, seed=seed, param_budget=param_budget,
-                     self_coverage=self_coverage)
+                     self_coverage=self_coverage, gradient=gradient)
     try:
         spec.validate("option")
     except RecipeError as exc:
-        raise CuratorError(str(exc).replace("option.", "--").replace("option: ", "")) from exc
+        # recipe paths -> option names: option.gradient.lambda_new -> --lambda-new
+        text = str(exc).replace("option.gradient.eta ", "--grad-eta ")
+        text = text.replace("option.gradient: these settings", "the DualSFT options")
+        text = re.sub(r"option\.gradient\.(\w+)",
+                      lambda m: "--" + m.group(1).replace("_", "-"), text)
+        raise CuratorError(text.replace("option.", "--").replace("option: ", "")) from exc
     outcome = select_stage(store, dataset, spec, lm=_loader(model, dtype, trust_remote_code),
                            options=_options(k, distance, batch_size, max_length, dtype,
                                             hubs=hubs),

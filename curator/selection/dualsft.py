@@ -6,16 +6,24 @@ Co-extraction re-scores the samples on the masked coordinates only (``u * mask``
 subset is the data that helps the parameters that will actually be trained.
 
 Mask allocation rule (``allocate_mask``), for a budget fraction rho over the scope's N
-coordinates:
+coordinates, ranking by the *rank score*: signed phi_param by default (``use_abs=False``,
+as the reference: a coordinate with phi < 0 is predicted to RAISE the validation loss when
+trained, so it must not outrank one with a smaller positive phi), or |phi_param|:
 1. K = max(1, round(rho * N)) coordinates are selected in total, exactly.
 2. A share ``spread`` of K (floor(spread * K)) is divided evenly over *cells*, one cell per
    (layer, module kind) pair, e.g. ("model.layers.3", "self_attn.q_proj"); weight and bias
    of a module share a cell. Water-filling: cells are visited from smallest to largest, each
    takes floor(remaining / cells left) but never more than its size, so a small cell's
-   unused quota passes to larger ones. Each cell keeps its own top entries by |phi_param|.
-3. The rest of K goes to the global top by |phi_param| among coordinates not yet selected.
+   unused quota passes to larger ones. Each cell keeps its own top entries by rank score.
+3. The rest of K goes to the global top by rank score among coordinates not yet selected.
 So every layer and module kind gets at least its even share of ``spread * K`` (when it has
-that many coordinates), and the remainder follows the scores.
+that many coordinates), and the remainder follows the scores. ``spread`` is 0 by default
+(the reference's quotas are off by default): a plain global top-K.
+
+With no target set, data utilities are cross-fitted (``curator.scoring.gradients.crossfit``):
+each fold of the pool is scored against the direction u built from the other folds'
+held-out samples, so no held-out sample is scored against its own gradient. The mask
+(a parameter ranking, not a per-sample score) uses u from the whole held-out slice.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from torch import nn
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.gradients import (
+    DEFAULT_FOLDS,
     GradientStatistics,
     Grads,
     SampleScores,
@@ -38,6 +47,7 @@ from curator.scoring.gradients import (
     layer_of,
     module_kind,
     resolve_scope,
+    scores_by_fold,
     update_direction,
     warmup_copy,
 )
@@ -58,9 +68,10 @@ class DualSFTConfig:
     warmup_fraction: float = 0.05  # pool share the warm-up trains on
     warmup_lr: float = 2e-5
     holdout_fraction: float = 0.1  # v_new from this pool slice when there is no target set
+    crossfit_folds: int = DEFAULT_FOLDS  # folds scored against the others' held-out slice
     anchor_fraction: float = 0.05  # anchors from this pool slice when none are given
-    spread: float = 0.25  # share of the parameter budget spread evenly over cells
-    use_abs: bool = True  # rank parameters by |phi_param| (False: by signed phi_param)
+    spread: float = 0.0  # share of the parameter budget spread evenly over (layer, kind) cells
+    use_abs: bool = False  # rank parameters by signed phi_param (True: by |phi_param|)
     co_extract: bool = True  # rank data on the masked coordinates only
     modules: Sequence[str] | None = None  # glob patterns on module names (default: all linear)
     last_layers: int | None = None
@@ -99,15 +110,16 @@ def _topk_into(mask: torch.Tensor, score: torch.Tensor, k: int) -> None:
     """Set the k highest-scoring unselected entries of a flat mask (in place)."""
     if k <= 0:
         return
-    work = score.masked_fill(mask, -1.0)  # scores are >= 0 (abs) or shifted so
+    work = score.masked_fill(mask, -torch.inf)
     mask[torch.topk(work, k).indices] = True
 
 
-def allocate_mask(phi_param: Mapping[str, torch.Tensor], budget: float, spread: float = 0.25,
-                  use_abs: bool = True) -> Mask:
-    """Top-|phi_param| mask with a share of the budget spread evenly over (layer, kind)
-    cells (the rule is in the module docstring). Exactly K = max(1, round(budget * N))
-    coordinates are selected."""
+def allocate_mask(phi_param: Mapping[str, torch.Tensor], budget: float, spread: float = 0.0,
+                  use_abs: bool = False) -> Mask:
+    """Top-phi_param mask (signed by default; ``use_abs``: by |phi_param|), optionally
+    with a share ``spread`` of the budget spread evenly over (layer, kind) cells (the rule
+    is in the module docstring). Exactly K = max(1, round(budget * N)) coordinates are
+    selected."""
     if not 0.0 <= spread <= 1.0:
         raise ValueError(f"spread must be in [0, 1], got {spread}")
     names = list(phi_param)
@@ -119,10 +131,12 @@ def allocate_mask(phi_param: Mapping[str, torch.Tensor], budget: float, spread: 
         raise ValueError(f"parameter budget must be a fraction in (0, 1], got {budget!r}")
     K = max(1, min(N, round(float(budget) * N)))
 
-    # One flat score vector over the scope (fp32 on CPU), non-negative so -1 marks "taken".
+    # One flat score vector over the scope (fp32 on CPU); -inf marks "taken". Signed scores
+    # are ranked as they are (no shift to make them non-negative: tiny phi values would lose
+    # their order in fp32 next to a large negative minimum).
     flat = torch.cat([phi_param[n].detach().float().reshape(-1).cpu() for n in names])
-    flat = torch.nan_to_num(flat, nan=0.0)
-    score = flat.abs() if use_abs else flat - flat.min()
+    flat = torch.nan_to_num(flat, nan=0.0)  # +-inf -> +-max float: -inf only marks taken
+    score = flat.abs() if use_abs else flat
     taken = torch.zeros(N, dtype=torch.bool)
     offsets = np.cumsum([0] + sizes)
 
@@ -184,18 +198,32 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
     scope = resolve_scope(scoring_lm.model, cfg.modules, cfg.last_layers, cfg.include_head)
     stats = gradient_statistics(
         scoring_lm, pool, targets, anchors, reference, scope, cfg.holdout_fraction,
-        cfg.anchor_fraction, cfg.tau, cfg.confidence, cfg.batch_size, cfg.max_length, cfg.seed)
+        cfg.anchor_fraction, cfg.tau, cfg.confidence, cfg.batch_size, cfg.max_length, cfg.seed,
+        cfg.crossfit_folds)
     u = update_direction(stats, cfg.eta, cfg.lambda_new, cfg.lambda_prior, cfg.second_order)
     phi_param = {k: u[k] * stats.G[k] for k in u}
     mask = allocate_mask(phi_param, param_budget, cfg.spread, cfg.use_abs)
 
-    full: SampleScores = hook_scores(scoring_lm, pool, u, scope, cfg.score_batch_size,
-                                     cfg.max_length, progress)
-    scores = full.total
-    if cfg.co_extract:
-        u_masked = {k: v * mask[k].to(v.device, v.dtype) for k, v in u.items()}
-        scores = hook_scores(scoring_lm, pool, u_masked, scope, cfg.score_batch_size,
-                             cfg.max_length, progress).total
+    def masked(d: Grads) -> Grads:
+        return {k: v * mask[k].to(v.device, v.dtype) for k, v in d.items()}
+
+    if stats.folds:  # no target set: fold k is scored against u built without its held-out
+        us = [update_direction(stats, cfg.eta, cfg.lambda_new, cfg.lambda_prior,
+                               cfg.second_order, v_new=v) for v in stats.v_new_folds]
+        full: SampleScores = scores_by_fold(scoring_lm, pool, us, stats.folds, scope,
+                                            cfg.score_batch_size, cfg.max_length, progress)
+        scores = full.total
+        if cfg.co_extract:
+            scores = scores_by_fold(scoring_lm, pool, [masked(d) for d in us], stats.folds,
+                                    scope, cfg.score_batch_size, cfg.max_length,
+                                    progress).total
+    else:
+        full = hook_scores(scoring_lm, pool, u, scope, cfg.score_batch_size, cfg.max_length,
+                           progress)
+        scores = full.total
+        if cfg.co_extract:
+            scores = hook_scores(scoring_lm, pool, masked(u), scope, cfg.score_batch_size,
+                                 cfg.max_length, progress).total
     ranking = _rank(scores)
     n_ok = len(pool) - len(full.skipped)
     selected = ranking[:min(n_data, n_ok)]

@@ -6,6 +6,19 @@ u = s, summed per layer). GAST's ablation found deterministic top-k far worse th
 sampling, so the default rule samples: standardise a layer's scores over the pool,
 ``p = softmax(z / temperature)``, draw k samples without replacement (Gumbel top-k, which
 is exactly sequential sampling without replacement from p), seeded.
+
+The data budget is what training touches: the UNION of the layers' subsets (drawing each
+layer's k samples independently made the union reach 97% of a pool at a 30% budget).
+``layer_subsets`` draws the layers round-robin: in each round every layer takes the next
+sample of its own (sampled or top-k) order; once the union holds the budget, a layer's
+next sample must already be in the union. Rounds go on until the union holds the budget
+and every layer holds at least ``layer_share`` of it, so all layers end with the same
+number of samples, each layer's subset is its own preferred part of the union, and the
+union is exactly the budget (or the pool's scorable samples, if fewer).
+
+With no target set the support gradient comes from a held-out slice of the pool, and the
+scores are cross-fitted (``curator.scoring.gradients.crossfit``): no held-out sample is
+scored against a support that contains its own gradient.
 """
 
 from __future__ import annotations
@@ -19,14 +32,20 @@ import torch
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.gradients import (
+    DEFAULT_FOLDS,
     ScopedModule,
+    crossfit_folds,
+    heldout_gradients,
+    holdout_slice,
     hook_scores,
     mean_gradient,
     resolve_scope,
+    scores_by_fold,
 )
 from curator.selection.dualsft import resolve_count
 
 RULES = ("sample", "topk")
+DEFAULT_LAYER_SHARE = 0.5  # each layer trains on at least this share of the union
 
 
 @dataclass
@@ -35,6 +54,8 @@ class GASTResult:
     layers: list[str]
     scores: np.ndarray  # (N, L) <g_n^l, s^l>; NaN rows for skipped samples
     skipped: list[int] = field(default_factory=list)
+    union: list[int] = field(default_factory=list)  # every sample some layer trains on
+    support: str = ""  # where the support gradient came from (for the selection record)
 
     def subsets_by_id(self, pool: Sequence[Sample]) -> dict[str, list[str]]:
         return {layer: [pool[i].sample_id for i in idx]
@@ -65,15 +86,62 @@ def choose(scores: np.ndarray, k: int, rule: str = "sample", temperature: float 
     return [int(ok[i]) for i in order]
 
 
+def layer_subsets(scores: np.ndarray, k: int, rule: str = "sample", temperature: float = 1.0,
+                  layer_share: float = DEFAULT_LAYER_SHARE,
+                  generator: torch.Generator | None = None) -> tuple[list[list[int]], list[int]]:
+    """(per-layer subsets, union) from (N, L) scores, the union of at most k samples (the
+    rule is in the module docstring). NaN scores are never picked. Each layer's subset is in
+    its pick order; the union is in order of first pick."""
+    if not 0.0 < layer_share <= 1.0:
+        raise ValueError(f"layer_share must be in (0, 1], got {layer_share}")
+    n, L = scores.shape
+    if k < 1:
+        raise ValueError(f"the budget must be at least one sample, got {k}")
+    # each layer's full preference order (a complete draw without replacement)
+    orders = [choose(scores[:, j], n, rule, temperature, generator) for j in range(L)]
+    n_ok = min((len(o) for o in orders), default=0)
+    k = min(k, n_ok)
+    want = max(1, round(layer_share * k)) if k else 0
+    subsets: list[list[int]] = [[] for _ in range(L)]
+    pos = [0] * L
+    union: list[int] = []
+    in_union: set[int] = set()
+    r = 0
+    while k and (len(union) < k or min(len(x) for x in subsets) < want):
+        moved = False
+        for j in [(r + i) % L for i in range(L)]:  # rotate who picks first in a round
+            order = orders[j]
+            while pos[j] < len(order):
+                cand = order[pos[j]]
+                pos[j] += 1
+                if cand in in_union or len(union) < k:
+                    break
+            else:
+                continue  # this layer has nothing left it may take
+            subsets[j].append(cand)
+            moved = True
+            if cand not in in_union:
+                in_union.add(cand)
+                union.append(cand)
+        r += 1
+        if not moved:
+            break
+    return subsets, union
+
+
 def gast_select(lm: LoadedModel, pool: Sequence[Sample], targets: Sequence[Sample] | None,
                 budget: int | float = 0.3, rule: str = "sample", temperature: float = 1.0,
                 seed: int = 0, scope: Sequence[ScopedModule] | None = None,
                 batch_size: int = 8, score_batch_size: int = 16, max_length: int = 1024,
-                holdout_fraction: float = 0.1, progress: bool = False) -> GASTResult:
-    """Per-layer subsets of ``pool`` (each of ``budget`` samples) aligned with ``targets``.
+                holdout_fraction: float = 0.1, progress: bool = False,
+                layer_share: float = DEFAULT_LAYER_SHARE,
+                n_folds: int = DEFAULT_FOLDS) -> GASTResult:
+    """Per-layer subsets of ``pool`` aligned with ``targets``, whose union is ``budget``
+    samples (``layer_subsets``).
 
-    ``targets`` None: the support gradient comes from a seeded held-out slice of the pool.
-    Layers are transformer blocks; scoped modules outside them (a head) form "(other)".
+    ``targets`` None: the support gradient comes from a seeded held-out slice of the pool,
+    cross-fitted over ``n_folds`` folds. Layers are transformer blocks; scoped modules
+    outside them (a head) form "(other)".
     """
     if rule not in RULES:
         raise ValueError(f"unknown GAST rule {rule!r}; use one of {', '.join(RULES)}")
@@ -84,15 +152,22 @@ def gast_select(lm: LoadedModel, pool: Sequence[Sample], targets: Sequence[Sampl
     k = resolve_count(budget, len(pool), "data")
     scope = list(scope) if scope is not None else resolve_scope(lm.model)
     if targets is None:
-        if not 0.0 < holdout_fraction <= 1.0:
-            raise ValueError("holdout_fraction must be in (0, 1]")
-        g = torch.Generator().manual_seed(seed)
-        n_hold = max(1, round(holdout_fraction * len(pool)))
-        targets = [pool[i] for i in sorted(torch.randperm(len(pool), generator=g)[:n_hold].tolist())]
-    support, _ = mean_gradient(lm, targets, scope, batch_size, max_length)
-    scored = hook_scores(lm, pool, support, scope, score_batch_size, max_length, progress)
+        holdout = holdout_slice(len(pool), holdout_fraction, seed)
+        if len(holdout) < 2:
+            raise ValueError("a pool of one sample needs a target set")
+        folds = crossfit_folds(len(pool), holdout, n_folds, seed)
+        _, supports, n_support = heldout_gradients(lm, pool, holdout, folds, scope,
+                                                   batch_size, max_length)
+        scored = scores_by_fold(lm, pool, supports, folds, scope, score_batch_size,
+                                max_length, progress)
+        source = (f"held-out slice of the pool ({n_support} samples), cross-fitted over "
+                  f"{len(folds)} folds")
+    else:
+        support, n_support = mean_gradient(lm, targets, scope, batch_size, max_length)
+        scored = hook_scores(lm, pool, support, scope, score_batch_size, max_length, progress)
+        source = f"mean gradient of the target set ({n_support} samples)"
     layers, per_layer = scored.per_layer()
     gen = torch.Generator().manual_seed(seed)
-    subsets = {layer: choose(per_layer[:, j], k, rule, temperature, gen)
-               for j, layer in enumerate(layers)}
-    return GASTResult(subsets, layers, per_layer, scored.skipped)
+    picked, union = layer_subsets(per_layer, k, rule, temperature, layer_share, gen)
+    subsets = dict(zip(layers, picked, strict=True))
+    return GASTResult(subsets, layers, per_layer, scored.skipped, union, source)

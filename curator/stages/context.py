@@ -29,7 +29,7 @@ from curator.store.selections import (
     selection_sample_ids,
 )
 from curator.store.trash import trashed_ids
-from curator.vocabulary import MODEL_METHODS
+from curator.vocabulary import GRADIENT_METHODS, MODEL_METHODS
 
 Echo = Callable[[str], None]
 ModelSource = LoadedModel | Callable[[], LoadedModel] | None
@@ -154,15 +154,28 @@ def stage_key(dataset: str, spec: StageSpec, pools: Pools, options: ScoringOptio
     Settings added after selections were stored enter the hash only when they differ from
     their default, so upgrading does not make every stored selection look new.
     """
-    return config_hash({
+    key: dict[str, Any] = {
         "dataset": dataset, "version": pools.version, "pool": ids(pools.pool),
         "target": pools.target_ref, "parent": pools.parent,
-        "spec": {k: v for k, v in vars(spec).items()
+        "spec": {k: (dataclasses.asdict(v) if k == "gradient" else v)
+                 for k, v in vars(spec).items()
                  if k not in ("name", "version", "parent")
-                 # only DELIFT reads it: other methods keep their hashes
-                 and (k != "self_coverage" or spec.method == "delift")},
-        "options": {k: v for k, v in vars(options).items() if not (k == "hubs" and v == 0)},
-        "model": fingerprint})
+                 # settings only DELIFT (or DualSFT) reads: other methods keep their hashes
+                 and (k not in DELIFT_ONLY_SPEC or spec.method == "delift")
+                 and (k != "gradient" or spec.method == "dualsft")},
+        "options": {k: v for k, v in vars(options).items()
+                    if not (k == "hubs" and v == 0)
+                    and (k != "expand" or spec.method == "delift")},
+        "model": fingerprint}
+    if spec.method in GRADIENT_METHODS:
+        # gradient selections made before cross-fitting, signed masks and GAST's union
+        # budget differ from today's: they must not be reused as if identical
+        key["gradient_rules"] = 2
+    return config_hash(key)
+
+
+# Stage settings only DELIFT reads: other methods keep their stored selections' keys.
+DELIFT_ONLY_SPEC = ("self_coverage", "harm")
 
 
 @dataclass

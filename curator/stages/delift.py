@@ -56,8 +56,18 @@ def utility_kernels(ctx: StageContext, function: str
         q = pools.target
         kq = _query_k(options, ctx.n_select, len(q), len(pool))
         runs.append(score_utilities(store, lm, q, pool, options, k=kq, **score))
+        # FLMI compares pool x pool and Q x pool coverage (min of the two), so both kernels
+        # are divided by one scale, the largest positive utility of either; FLVMI has no
+        # pool x pool kernel and keeps the query kernel's own scale.
+        scale = None
+        if function == "flmi":
+            scale = max(utility_scale(store, fp, chash, pool_ids, pool_ids),
+                        utility_scale(store, fp, chash, ids(q), pool_ids))
+            if len(pool) > 1:
+                out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids, pool_ids,
+                                                          scale, self_coverage).matrix
         # (n_query, n_pool): how much each pool item helps each target -> transposed below.
-        qk = utility_kernel_from_store(store, fp, chash, ids(q), pool_ids).matrix
+        qk = utility_kernel_from_store(store, fp, chash, ids(q), pool_ids, scale).matrix
         out["query_kernel"] = qk.T.tocsr()
     if function == "flcg":
         prev = pools.previous

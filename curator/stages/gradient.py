@@ -8,6 +8,7 @@ Calls the gradient engine (``curator.scoring.gradients``, ``curator.selection.du
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,8 +29,12 @@ from curator.store.selections import get_selection, selection_sample_ids
 def _dualsft_config(spec: StageSpec, options: ScoringOptions):
     from curator.selection.dualsft import DualSFTConfig
 
+    g = spec.gradient
     return DualSFTConfig(seed=spec.seed, max_length=options.max_length,
-                         score_batch_size=options.batch_size)
+                         score_batch_size=options.batch_size, warmup_steps=g.warmup_steps,
+                         eta=g.eta, warmup_lr=g.eta, lambda_new=g.lambda_new,
+                         lambda_prior=g.lambda_prior, tau=g.tau,
+                         use_abs=g.mask_rank == "abs", spread=g.mask_spread)
 
 
 def mask_for_selection(store: Store, selection_id: str, lm: LoadedModel,
@@ -52,7 +57,8 @@ def mask_for_selection(store: Store, selection_id: str, lm: LoadedModel,
                                                    options or ScoringOptions()),
                             progress=progress)
     return store_mask(store, selection_id, lm, result.mask, param_budget,
-                      {"method": "dualsft", "v_prior": result.stats.v_prior_source})
+                      {"method": "dualsft", "v_prior": result.stats.v_prior_source,
+                       "v_new": result.stats.v_new_source})
 
 
 def rank_dualsft(ctx: StageContext) -> Ranked:
@@ -65,7 +71,10 @@ def rank_dualsft(ctx: StageContext) -> Ranked:
     result = dualsft_select(ctx.lm, ctx.pools.pool, ctx.pools.target or None,
                             param_budget=budget_fraction(pb), data_budget=ctx.n_select,
                             config=_dualsft_config(spec, ctx.options), progress=ctx.progress)
-    config = _gradient_config(ctx, param_budget=pb, co_extract=True)
+    config = _gradient_config(ctx, param_budget=pb, co_extract=True,
+                              gradient=dataclasses.asdict(spec.gradient),
+                              v_new=result.stats.v_new_source,
+                              v_prior=result.stats.v_prior_source)
     return _scored(ctx, list(result.selected), np.asarray(result.scores),
                    "top_k_gradient_utility", config, mask=result.mask)
 
@@ -73,12 +82,13 @@ def rank_dualsft(ctx: StageContext) -> Ranked:
 def rank_gast(ctx: StageContext) -> Ranked:
     """A subset per layer (sampled by alignment with the support gradient); the subset to
     export is every sample some layer trains on, most-used first."""
-    from curator.selection.gast import gast_select
+    from curator.selection.gast import DEFAULT_LAYER_SHARE, gast_select
 
     pool, options = ctx.pools.pool, ctx.options
     result = gast_select(ctx.lm, pool, ctx.pools.target or None, budget=ctx.n_select,
                          seed=ctx.spec.seed, max_length=options.max_length,
-                         score_batch_size=options.batch_size, progress=ctx.progress)
+                         score_batch_size=options.batch_size, progress=ctx.progress,
+                         layer_share=DEFAULT_LAYER_SHARE)
     layers = result.subsets_by_id(pool)
     count: dict[int, int] = {}
     first: dict[int, int] = {}
@@ -88,24 +98,28 @@ def rank_gast(ctx: StageContext) -> Ranked:
             first[i] = min(first.get(i, rank), rank)
     ranking = sorted(count, key=lambda i: (-count[i], first[i], i))
     scores = np.nanmean(result.scores, axis=1) if result.scores.size else None
-    config = _gradient_config(ctx, rule="sample", layers=len(layers))
+    config = _gradient_config(ctx, rule="sample", layers=len(layers),
+                              layer_share=DEFAULT_LAYER_SHARE,
+                              layer_size=max((len(v) for v in layers.values()), default=0),
+                              support=result.support)
     return _scored(ctx, ranking, scores, "gast_sampled", config, layers=layers)
 
 
 def rank_less(ctx: StageContext) -> Ranked:
     """LESS-style baseline: top-k by the inner product with the mean target gradient."""
-    from curator.scoring.gradients import gradient_statistics, hook_scores, resolve_scope
+    from curator.scoring.gradients import alignment_scores, gradient_statistics, resolve_scope
 
     lm, pool, options = ctx.lm, ctx.pools.pool, ctx.options
     scope = resolve_scope(lm.model)
     stats = gradient_statistics(lm, pool, ctx.pools.target or None, scope=scope,
                                 seed=ctx.spec.seed, max_length=options.max_length)
-    raw = hook_scores(lm, pool, stats.v_new, scope, options.batch_size, options.max_length,
-                      ctx.progress).total
+    raw = alignment_scores(lm, pool, stats, scope, options.batch_size, options.max_length,
+                           ctx.progress).total
     scores = np.asarray(raw, dtype=float)
     key = np.where(np.isnan(scores), -np.inf, scores)
     ranking = [int(i) for i in np.argsort(-key, kind="stable")[:ctx.n_select]]
-    ranked = _scored(ctx, ranking, scores, "top_k_gradient_alignment", _gradient_config(ctx))
+    ranked = _scored(ctx, ranking, scores, "top_k_gradient_alignment",
+                     _gradient_config(ctx, v_new=stats.v_new_source))
     ranked.notes.append("LESS-style baseline: top-k by <v_target, g_n> (inner product with "
                         "the mean target gradient, no LoRA projection or normalisation)")
     return ranked

@@ -250,7 +250,9 @@ def test_selections_members_in_pick_order(demo_store_path, monkeypatch):
         assert list(members["sample_id"]) == ids[:50]
         assert list(members["rank"]) == list(range(min(50, len(ids))))
     sel = list_selections(store)[0]
-    at.selectbox(key="sel_id").set_value(sel.selection_id)
+    # show the selection first: the page input's range is the shown selection's (the last
+    # one of the loop, whose 30 GAST members fit on one page)
+    at.selectbox(key="sel_id").set_value(sel.selection_id).run()
     at.number_input(key="sel_members_page").set_value(2).run()
     members = table(at, "rank", "response")
     assert members["rank"].iloc[0] == 50

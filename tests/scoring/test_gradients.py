@@ -328,9 +328,9 @@ def test_hook_scores_gather_real_tokens_when_padding_is_large(tiny_llama, monkey
     samples = make_samples(6, seed=11) + [Sample.from_pair("long " * 30, "answer " * 10)]
     scope = gr.resolve_scope(tiny_llama.model)
     u = random_direction(tiny_llama, scope, seed=5)
-    monkeypatch.setattr(gr, "GATHER_PADDING_FRACTION", 1.0)  # never gather
+    monkeypatch.setattr(gr.hooks, "GATHER_PADDING_FRACTION", 1.0)  # never gather
     dense = gr.hook_scores(tiny_llama, samples, u, scope, batch_size=7)
-    monkeypatch.setattr(gr, "GATHER_PADDING_FRACTION", 0.0)  # always gather
+    monkeypatch.setattr(gr.hooks, "GATHER_PADDING_FRACTION", 0.0)  # always gather
     gathered = gr.hook_scores(tiny_llama, samples, u, scope, batch_size=7)
     exact = gr.exact_scores(tiny_llama, samples, u, scope)
     assert rel_err(gathered.per_module, dense.per_module) < 1e-5

@@ -45,9 +45,9 @@ def test_spread_share_reaches_every_cell():
     phi = fake_phi()
     N = sum(v.numel() for v in phi.values())
     K = round(0.2 * N)
-    starved = allocate_mask(phi, 0.2, spread=0.0)  # global top-k: layer 0 gets nothing
+    starved = allocate_mask(phi, 0.2, spread=0.0, use_abs=True)  # layer 0 gets nothing
     assert all(int(m.sum()) == 0 for n, m in starved.items() if "layers.0" in n)
-    spread = allocate_mask(phi, 0.2, spread=0.5)
+    spread = allocate_mask(phi, 0.2, spread=0.5, use_abs=True)
     share = int(0.5 * K) // len(phi)  # six cells, each at least its even share
     for n, m in spread.items():
         assert int(m.sum()) >= min(share, m.numel()), n
@@ -58,10 +58,36 @@ def test_spread_share_reaches_every_cell():
 
 def test_spread_zero_is_global_top_k():
     phi = fake_phi(1)
-    mask = allocate_mask(phi, 0.3, spread=0.0)
+    mask = allocate_mask(phi, 0.3, spread=0.0, use_abs=True)
     flat = torch.cat([v.abs().reshape(-1) for v in phi.values()])
     kept = torch.cat([m.reshape(-1) for m in mask.values()])
     assert flat[kept].min() >= flat[~kept].max()
+
+
+def test_mask_ranks_signed_phi_by_default():
+    """phi < 0 predicts a higher validation loss: -10 must not beat +5 (the reference's
+    default rule; |phi| is an option)."""
+    phi = {"model.layers.0.mlp.up_proj.weight": torch.tensor([[-10.0, 5.0, 1.0, -0.5]]),
+           "model.layers.1.mlp.up_proj.weight": torch.tensor([[2.0, -3.0, 0.25, 0.0]])}
+    mask = allocate_mask(phi, 2 / 8)
+    assert mask["model.layers.0.mlp.up_proj.weight"].tolist() == [[False, True, False, False]]
+    assert mask["model.layers.1.mlp.up_proj.weight"].tolist() == [[True, False, False, False]]
+    by_abs = allocate_mask(phi, 2 / 8, use_abs=True)
+    assert by_abs["model.layers.0.mlp.up_proj.weight"].tolist() == [[True, True, False, False]]
+    assert not by_abs["model.layers.1.mlp.up_proj.weight"].any()
+    # signed ranking keeps the order of tiny values next to a large negative one
+    tiny = {"model.layers.0.mlp.up_proj.weight": torch.tensor([[-1e3, 3e-12, 2e-12, 1e-12]])}
+    assert allocate_mask(tiny, 1 / 4)["model.layers.0.mlp.up_proj.weight"].tolist() == \
+        [[False, True, False, False]]
+
+
+def test_defaults_follow_the_reference_signed_and_no_spread():
+    cfg = DualSFTConfig()
+    assert cfg.use_abs is False and cfg.spread == 0.0
+    # default allocation is the plain signed global top-k: layer 0 (small scores) starves
+    phi = {k: v.abs() for k, v in fake_phi().items()}
+    mask = allocate_mask(phi, 0.2)
+    assert all(int(m.sum()) == 0 for n, m in mask.items() if "layers.0" in n)
 
 
 @pytest.mark.parametrize("budget", [0.0, -0.1, 1.5, True])
@@ -95,6 +121,7 @@ def test_dualsft_select_mask_and_co_extracted_ranking(tiny_llama):
     assert sorted(r.ranking) == list(range(12))
     assert np.all(np.diff(r.scores[r.ranking]) <= 0)
     assert "kl to reference" in r.stats.v_prior_source  # the warm-up makes the prior non-zero
+    assert sum(float(v.norm()) for v in r.stats.v_prior.values()) > 0
     # phi_param = u * G, and the masked utilities sum the masked columns of M[n, p]
     assert not np.allclose(r.scores, r.scores_full)
     assert len(r.selected_ids(pool)) == 4
@@ -124,3 +151,34 @@ def test_dualsft_bad_input(tiny_llama):
         dualsft_select(tiny_llama, pool, pool, param_budget=0.0, data_budget=2)
     with pytest.raises(ValueError, match="larger than"):
         dualsft_select(tiny_llama, pool, pool, param_budget=0.1, data_budget=9)
+
+
+def test_prior_is_zero_without_warm_up_and_non_zero_after(tiny_llama):
+    pool, targets = make_samples(8, seed=4), make_samples(2, seed=5)
+    cold = dualsft_select(tiny_llama, pool, targets, param_budget=0.1, data_budget=2,
+                          config=DualSFTConfig(eta=1e-2))
+    assert all(float(v.abs().max()) == 0.0 for v in cold.stats.v_prior.values())
+    assert cold.stats.v_prior_source.startswith("zero")
+    warm = dualsft_select(tiny_llama, pool, targets, param_budget=0.1, data_budget=2,
+                          config=DualSFTConfig(eta=1e-2, warmup_steps=3, warmup_fraction=0.5))
+    norm = sum(float(v.norm()) ** 2 for v in warm.stats.v_prior.values()) ** 0.5
+    assert norm > 1e-6
+    # lambda_prior now moves the direction: u differs with and without the prior
+    u1 = gr.update_direction(warm.stats, eta=1e-2, lambda_prior=1.0)
+    u0 = gr.update_direction(warm.stats, eta=1e-2, lambda_prior=0.0)
+    assert any(not torch.allclose(u1[k], u0[k]) for k in u1)
+
+
+def test_no_target_set_scores_each_fold_against_the_other_folds(tiny_llama):
+    """DualSFT without targets: sample n of fold k gets <u_k, g_n>, u_k built from the
+    held-out samples outside fold k (exact per-sample gradients as the reference)."""
+    pool = make_samples(10, seed=6)
+    cfg = DualSFTConfig(eta=0.1, holdout_fraction=0.4, crossfit_folds=2, co_extract=False)
+    r = dualsft_select(tiny_llama, pool, None, param_budget=0.1, data_budget=3, config=cfg)
+    assert len(r.stats.folds) == 2 and len(r.stats.holdout) == 4
+    for fold, v in zip(r.stats.folds, r.stats.v_new_folds, strict=True):
+        u = gr.update_direction(r.stats, eta=0.1, v_new=v)
+        exact = gr.exact_scores(tiny_llama, [pool[i] for i in fold], u)
+        np.testing.assert_allclose(r.scores_full[fold], exact.total, rtol=1e-4,
+                                   atol=1e-4 * np.abs(exact.total).max())
+    np.testing.assert_allclose(r.scores, r.scores_full)

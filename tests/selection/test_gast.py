@@ -8,7 +8,7 @@ import torch
 
 from curator.records import Sample
 from curator.scoring import gradients as gr
-from curator.selection.gast import choose, gast_select
+from curator.selection.gast import choose, gast_select, layer_subsets
 
 
 def make_samples(n: int, seed: int = 0) -> list[Sample]:
@@ -54,7 +54,12 @@ def test_gast_select_layers_scores_and_reproducibility(tiny_lm):
     pool, targets = make_samples(10), make_samples(3, seed=1)
     r = gast_select(tiny_lm, pool, targets, budget=4, seed=7)
     assert len(r.layers) == 2 and r.layers == list(r.layer_subsets)
-    assert all(len(v) == 4 and len(set(v)) == 4 for v in r.layer_subsets.values())
+    sizes = {len(v) for v in r.layer_subsets.values()}
+    assert len(sizes) == 1 and 2 <= sizes.pop() <= 4  # at least layer_share 0.5 of 4
+    assert all(len(set(v)) == len(v) for v in r.layer_subsets.values())
+    assert set().union(*map(set, r.layer_subsets.values())) == set(r.union)
+    assert len(r.union) == 4  # the budget is the union that training touches
+    assert r.support.startswith("mean gradient of the target set")
     again = gast_select(tiny_lm, pool, targets, budget=4, seed=7)
     assert again.layer_subsets == r.layer_subsets
     # per-layer scores are <g_n^l, s^l> with s the mean target gradient
@@ -63,11 +68,10 @@ def test_gast_select_layers_scores_and_reproducibility(tiny_lm):
     _, exact = gr.exact_scores(tiny_lm, pool, s, scope).per_layer()
     np.testing.assert_allclose(r.scores, exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
     top = gast_select(tiny_lm, pool, targets, budget=4, rule="topk")
-    for j, layer in enumerate(top.layers):
-        assert top.layer_subsets[layer] == [int(i) for i in np.argsort(-exact[:, j],
-                                                                       kind="stable")[:4]]
+    want, union = layer_subsets(exact, 4, "topk")
+    assert list(top.layer_subsets.values()) == want and top.union == union
     ids = r.subsets_by_id(pool)
-    assert all(len(v) == 4 for v in ids.values())
+    assert {k: [pool[i].sample_id for i in v] for k, v in r.layer_subsets.items()} == ids
 
 
 def test_gast_bad_input(tiny_llama):
@@ -78,3 +82,59 @@ def test_gast_bad_input(tiny_llama):
         gast_select(tiny_llama, pool, pool, budget=1.5)
     with pytest.raises(ValueError, match="rule"):
         gast_select(tiny_llama, pool, pool, budget=2, rule="best")
+
+
+def test_layer_subsets_by_hand_topk():
+    """Two layers with opposite preferences, budget 4: round 0 layer 0 takes 0, layer 1
+    takes 9; round 1 (layer 1 first) takes 8 and 1; the union is full and each layer holds
+    half of it. With layer_share 1 each goes on inside the union until it holds all 4."""
+    scores = np.stack([np.arange(10, 0, -1), np.arange(1, 11)], axis=1).astype(float)
+    subsets, union = layer_subsets(scores, 4, "topk", layer_share=0.5)
+    assert subsets == [[0, 1], [9, 8]] and union == [0, 9, 8, 1]
+    subsets, union = layer_subsets(scores, 4, "topk", layer_share=1.0)
+    assert subsets == [[0, 1, 8, 9], [9, 8, 1, 0]] and union == [0, 9, 8, 1]
+    # layers that agree: each takes the same top 4, and the union is those 4
+    same = np.stack([np.arange(10, 0, -1)] * 3, axis=1).astype(float)
+    subsets, union = layer_subsets(same, 4, "topk")
+    assert subsets == [[0, 1, 2, 3]] * 3 and sorted(union) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("rule", ["sample", "topk"])
+def test_layer_subsets_union_stays_within_the_budget(rule):
+    """Independent per-layer draws of k = 30% each cover most of the pool (what the old
+    rule stored); the round-robin draw keeps the union at the budget."""
+    rng = np.random.default_rng(1)
+    N, L, k = 100, 8, 30
+    scores = rng.normal(size=(N, L))
+    scores[[3, 50], :] = np.nan  # skipped samples
+    gen = torch.Generator().manual_seed(0)
+    independent = set().union(*(choose(scores[:, j], k, rule, 1.0, gen) for j in range(L)))
+    assert len(independent) > 2 * k
+    subsets, union = layer_subsets(scores, k, rule, generator=torch.Generator().manual_seed(0))
+    assert len(union) == k and len(set(union)) == k and not {3, 50} & set(union)
+    assert set().union(*map(set, subsets)) == set(union)
+    sizes = {len(s) for s in subsets}
+    assert len(sizes) == 1 and sizes.pop() >= round(0.5 * k)
+    assert all(len(set(s)) == len(s) for s in subsets)
+    # a budget beyond the scorable samples takes them all
+    _, everything = layer_subsets(scores, N, rule, generator=torch.Generator().manual_seed(0))
+    assert sorted(everything) == sorted(set(range(N)) - {3, 50})
+    with pytest.raises(ValueError, match="layer_share"):
+        layer_subsets(scores, k, rule, layer_share=0.0)
+
+
+def test_gast_without_targets_is_cross_fitted(tiny_lm):
+    pool = make_samples(10, seed=3)
+    r = gast_select(tiny_lm, pool, None, budget=4, seed=2, holdout_fraction=0.4, n_folds=2)
+    assert "cross-fitted over 2 folds" in r.support
+    assert len(r.union) == 4
+    # each sample's layer scores come from a support without its own gradient
+    scope = gr.resolve_scope(tiny_lm.model)
+    holdout = gr.holdout_slice(10, 0.4, 2)
+    folds = gr.crossfit_folds(10, holdout, 2, 2)
+    for fold in folds:
+        others = [pool[i] for i in holdout if i not in fold]
+        s, _ = gr.mean_gradient(tiny_lm, others, scope)
+        _, exact = gr.exact_scores(tiny_lm, [pool[i] for i in fold], s, scope).per_layer()
+        np.testing.assert_allclose(r.scores[fold], exact, rtol=1e-4,
+                                   atol=1e-4 * np.abs(exact).max())
