@@ -468,7 +468,7 @@ def test_stage_key_of_gradient_methods(cstore):
     cross-fitting, signed masks and GAST's union budget are not reused as identical."""
     from curator.config import GradientOptions
     from curator.config import config_hash as raw_hash
-    from curator.curate import stage_key
+    from curator.stages import stage_key
 
     spec = StageSpec(method="dualsft", budget="4", version=1)
     pools = resolve_pools(cstore, "d", spec)
