@@ -20,6 +20,7 @@ from curator.vocabulary import (
     DEFAULT_FUNCTION,
     DISTANCES,
     EXPORT_FORMATS,
+    HARM_RULES,
     METHODS,
     OPTIMIZERS,
     SELF_COVERAGE,
@@ -67,6 +68,9 @@ class ScoringOptions:
                                       #   kNN targets (what small budgets miss; 0: off;
                                       #   "auto": k of them at budgets <= 20%, see resolved_hubs)
     dtype: str = "auto"               # auto: bf16 on CUDA and on CPUs with native bf16
+    expand: float = 1.0               # DELIFT: when greedy runs out of scored pairs, score up
+                                      #   to this many times the stage's graph pairs more where
+                                      #   the kernel has no evidence (0: off)
 
     def validate(self, where: str = "scoring") -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -90,6 +94,10 @@ class ScoringOptions:
         if not isinstance(self.max_length, int) or self.max_length < 16:
             raise RecipeError(f"{where}.max_length must be an integer >= 16",
                               key=f"{where}.max_length")
+        if isinstance(self.expand, bool) or not isinstance(self.expand, (int, float)) \
+                or not 0 <= self.expand <= 100:
+            raise RecipeError(f"{where}.expand must be a number in [0, 100] (0: off), "
+                              f"got {self.expand!r}", key=f"{where}.expand")
         if self.dtype not in ("auto", "bf16", "fp32", "fp16", "bfloat16", "float32", "float16"):
             raise RecipeError(f"{where}.dtype must be auto, bf16, fp16 or fp32",
                               key=f"{where}.dtype")
@@ -151,6 +159,8 @@ class GradientOptions:
             raise RecipeError(f"{where}.mask_spread must be a number in [0, 1], got {value!r}")
 
 
+
+
 @dataclass
 class StageSpec:
     """One selection step of a recipe."""
@@ -170,6 +180,8 @@ class StageSpec:
     param_budget: str | None = None   # DualSFT: share of parameters in the mask
     self_coverage: str = "best"       # DELIFT kernels: "best" or "one" (scoring/kernels.py)
     gradient: GradientOptions = field(default_factory=GradientOptions)  # DualSFT only
+    harm: str = "mean"                # DELIFT: "mean" leaves out examples whose mean utility
+                                      #   over their scored pairs is negative; "off"
     name: str | None = None
 
     def validate(self, where: str) -> None:
@@ -208,6 +220,9 @@ class StageSpec:
         if self.method != "dualsft" and self.gradient != GradientOptions():
             raise RecipeError(f"{where}.gradient: these settings apply to method dualsft only "
                               f"(method is {self.method})", key=f"{where}.gradient")
+        if self.harm not in HARM_RULES:
+            raise RecipeError(f"{where}.harm must be one of {', '.join(HARM_RULES)}, got "
+                              f"{self.harm!r}", key=f"{where}.harm")
         for name in ("eta", "nu"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

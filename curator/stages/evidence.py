@@ -1,0 +1,202 @@
+"""DELIFT's evidence loop: greedy on the utility kernels, and where it runs out of scored
+pairs before the budget is filled, score more pairs where the kernel is blind and select
+again; harmful examples left out; a tail that stays at zero gain ordered by utility.
+
+The decisions (which rows need cover, which pairs to score, what is harmful, the tail's
+order) are pure functions in ``curator.selection.evidence``; this module runs them against
+the store and the model for one stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from curator.scoring.cache import existing_pairs, load_utilities
+from curator.scoring.jobs import UtilitySummary, ensure_embeddings, score_pair_list, utility_config
+from curator.selection.evidence import (
+    column_mean_utility,
+    evidence_order,
+    first_zero_gain,
+    harmful_columns,
+    propose_pairs,
+    rows_by_need,
+    without_columns,
+)
+from curator.stages.baselines import greedy
+from curator.stages.context import StageContext, ids
+
+# At most this many rounds of on-demand scoring per selection (each round re-runs greedy).
+EVIDENCE_ROUNDS = 8
+# Pairs asked for per pick still missing, per round: about half of measured pairs help.
+PAIRS_PER_MISSING_PICK = 4
+# Rounds in a row that bought no informative pick before the loop gives up.
+PATIENCE = 2
+
+
+class EvidenceLoop:
+    """One DELIFT stage's selection, asking for pairs as it goes (see module docstring)."""
+
+    def __init__(self, ctx: StageContext, function: str, kernels: dict[str, Any],
+                 runs: list[UtilitySummary], rescore: Callable[[], dict[str, Any]]) -> None:
+        self.ctx, self.function, self.kernels, self.runs = ctx, function, kernels, runs
+        self.rescore = rescore
+        self.chash = utility_config(ctx.lm, ctx.options).config_hash()
+        self.pool_ids = ctx.pool_ids
+        # rows greedy covers, as samples: the targets for FLVMI, the pool otherwise
+        self.row_samples = ctx.pools.target if function == "flvmi" else ctx.pools.pool
+        self.row_ids = ids(self.row_samples)
+        self.graph_pairs = sum(r.n_pairs for r in runs)
+        self.cap = int(round(ctx.options.expand * self.graph_pairs))
+        self.extra = self.rounds = self.filled = 0
+        self.harmful = np.zeros(0, dtype=np.int64)
+        self.mean = np.full(len(self.pool_ids), np.nan)
+        self._emb: dict[str, np.ndarray] | None = None
+
+    def run(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(ranking, gains, objective) of the stage's selection."""
+        ctx, n_select = self.ctx, self.ctx.n_select
+        best_t, stale = -1, 0
+        while True:
+            self._weigh_harm()
+            masked = self._masked()
+            result = greedy(ctx, masked, self.function, n_select)
+            ranking = np.asarray(result.ranking)
+            gains = np.asarray(result.gains, dtype=float)
+            t = first_zero_gain(gains)
+            # stop when the budget is filled by measured gains, the pair budget is spent, the
+            # rounds are used up, or PATIENCE rounds in a row bought no informative pick
+            stale = stale + 1 if t <= best_t else 0
+            best_t = max(best_t, t)
+            if t >= n_select or self.extra >= self.cap or self.rounds >= EVIDENCE_ROUNDS \
+                    or stale >= PATIENCE:
+                break
+            pairs = self._proposals(masked, ranking[:t], n_select - t)
+            if not pairs:
+                break
+            self.runs.append(score_pair_list(
+                ctx.store, ctx.lm, [*self.row_samples, *ctx.pools.pool], pairs, ctx.options,
+                dataset=ctx.dataset, progress=ctx.progress, echo=ctx.echo))
+            self.extra += len(pairs)
+            self.rounds += 1
+            self.kernels = self.rescore()
+        t = first_zero_gain(gains)
+        if t < n_select:
+            rest = np.setdiff1d(np.arange(len(self.pool_ids)), ranking[:t])
+            tail = evidence_order(rest, self.mean, self.harmful, seed=ctx.spec.seed)
+            tail = tail[:n_select - t]
+            ranking = np.concatenate([ranking[:t], tail])
+            gains = np.concatenate([gains[:t], np.zeros(len(tail))])
+            self.filled = len(tail)
+        return ranking, gains, float(result.objective)
+
+    def record(self) -> dict[str, Any]:
+        """What the selection's config says about the loop."""
+        out: dict[str, Any] = {
+            "harm": self.ctx.spec.harm, "harmful_excluded": int(len(self.harmful)),
+            "evidence": {"graph_pairs": int(self.graph_pairs), "extra_pairs": int(self.extra),
+                         "rounds": int(self.rounds), "expand": self.ctx.options.expand},
+            "zero_gain_picks": int(self.filled)}
+        if self.filled:
+            out["zero_gain_refilled"] = int(self.filled)
+        return out
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.extra:
+            out.append(f"scored {self.extra} more pairs in {self.rounds} round(s) where the "
+                       f"kernel had no evidence ({self.extra / max(self.graph_pairs, 1):.0%} "
+                       f"of the graph's {self.graph_pairs})")
+        if len(self.harmful):
+            out.append(f"left out {len(self.harmful)} harmful example(s): negative mean "
+                       "utility over their scored pairs")
+        if self.filled:
+            out.append(f"{self.filled} picks came at zero gain (no scored pair covered more) "
+                       "and were ordered by the candidates' mean utility")
+        return out
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _weigh_harm(self) -> None:
+        """Each candidate's mean utility (in units of the largest positive one) over its valid
+        scored pairs with the stage's rows; the harmful ones when ``harm`` is "mean"."""
+        ctx = self.ctx
+        rows = load_utilities(ctx.store, ctx.lm.fingerprint, self.chash,
+                              sorted(set(self.row_ids) | set(self.pool_ids)), self.pool_ids)
+        c_pos = {s: j for j, s in enumerate(self.pool_ids)}
+        ok = rows.valid & ~np.isnan(rows.utility)
+        if len(rows.utility):
+            ok &= np.array([t != e for t, e in zip(rows.target_id, rows.example_id, strict=True)],
+                           dtype=bool)
+        u = rows.utility[ok]
+        scale = float(u[u > 0].max()) if (u > 0).any() else 1.0
+        cols = [c_pos[e] for e, k in zip(rows.example_id, ok, strict=True) if k]
+        self.mean, count = column_mean_utility(cols, u, len(self.pool_ids), scale)
+        if ctx.spec.harm == "mean":
+            self.harmful = harmful_columns(self.mean, count)
+
+    def _masked(self) -> dict[str, Any]:
+        """The kernels with the harmful candidates' entries removed: they can only be picked
+        at zero gain, last in the evidence-ordered tail."""
+        if not len(self.harmful):
+            return self.kernels
+        out = dict(self.kernels)
+        if out.get("kernel") is not None:
+            out["kernel"] = without_columns(out["kernel"], self.harmful, axis=1)
+        if self.function == "flvmi" and out.get("query_kernel") is not None:
+            out["query_kernel"] = without_columns(out["query_kernel"], self.harmful, axis=0)
+        return out
+
+    def _rows_in_need(self, kernels: dict[str, Any], head: np.ndarray) -> np.ndarray:
+        """Rows whose credit new pairs could still raise, least covered first."""
+        spec = self.ctx.spec
+        if self.function == "flvmi":
+            # rows are the targets: Q is (n_pool, n_query), a target's coverage its column max
+            return rows_by_need(kernels["query_kernel"].T, head, seed=spec.seed)
+        kernel = kernels["kernel"]
+        if self.function == "flcg":
+            prev = np.asarray(kernels["private_kernel"].max(axis=1).todense()).ravel()
+            return rows_by_need(kernel, head, floor=spec.nu * prev, seed=spec.seed)
+        if self.function == "flmi":
+            q = kernels["query_kernel"]
+            qmax = np.asarray(q.max(axis=1).todense()).ravel() if sp.issparse(q) \
+                else np.asarray(q).max(axis=1)
+            return rows_by_need(kernel, head, ceiling=spec.eta * qmax, seed=spec.seed)
+        return rows_by_need(kernel, head, seed=spec.seed)
+
+    def _proposals(self, kernels: dict[str, Any], head: np.ndarray,
+                   missing: int) -> list[tuple[str, str]]:
+        """About PAIRS_PER_MISSING_PICK pairs per missing pick, spread over the rows in most
+        need, each with its most similar unscored candidates (not picked, not harmful)."""
+        ctx = self.ctx
+        want = min(self.cap - self.extra, PAIRS_PER_MISSING_PICK * missing)
+        probe = self._rows_in_need(kernels, head)
+        if want <= 0 or not len(probe):
+            return []
+        per_row = int(np.clip(-(-want // len(probe)), 1, ctx.options.k))
+        probe = probe[:-(-want // per_row)]
+        allowed = np.setdiff1d(np.arange(len(self.pool_ids)),
+                               np.concatenate([head, self.harmful]).astype(np.int64))
+        r_pos = {s: i for i, s in enumerate(self.row_ids)}
+        c_pos = {s: j for j, s in enumerate(self.pool_ids)}
+        scored = {(r_pos[t], c_pos[e])
+                  for t, e in existing_pairs(ctx.store, ctx.lm.fingerprint, self.chash,
+                                             self.row_ids) if e in c_pos}
+        same = [(i, c_pos[r]) for i, r in enumerate(self.row_ids) if r in c_pos]
+        emb = self._embeddings()
+        proposed = propose_pairs(np.stack([emb[i] for i in self.row_ids]),
+                                 np.stack([emb[i] for i in self.pool_ids]), probe, allowed,
+                                 scored, per_row, same)[:want]
+        return [(self.row_ids[r], self.pool_ids[c]) for r, c in proposed]
+
+    def _embeddings(self) -> dict[str, np.ndarray]:
+        if self._emb is None:
+            pools = self.ctx.pools
+            everyone = {s.sample_id: s for s in [*pools.pool, *pools.target]}
+            emb, _ = ensure_embeddings(self.ctx.store, self.ctx.lm, list(everyone.values()),
+                                       batch_size=self.ctx.options.batch_size)
+            self._emb = {sid: emb[i] for i, sid in enumerate(everyone)}
+        return self._emb
