@@ -20,7 +20,7 @@ from curator.records import Sample
 from curator.stages import StageOutcome, select_stage
 from curator.store import Store
 from curator.store.datasets import has_versions, load_latest
-from curator.store.inputs import is_ingested, record_ingested
+from curator.store.inputs import is_ingested
 from curator.store.selections import get_mask_record
 
 __all__ = ["LazyModel", "Pipeline", "ingest_once"]

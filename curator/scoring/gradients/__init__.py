@@ -43,7 +43,6 @@ from curator.scoring.gradients.batching import (
 )
 from curator.scoring.gradients.crossfit import (
     DEFAULT_FOLDS,
-    alignment_scores,
     crossfit_folds,
     scores_by_fold,
 )
@@ -76,6 +75,7 @@ from curator.scoring.gradients.scope import (
 )
 from curator.scoring.gradients.statistics import (
     GradientStatistics,
+    alignment_scores,
     gradient_statistics,
     heldout_gradients,
     holdout_slice,

@@ -25,7 +25,6 @@ own samples, so the pool is still scored once.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,9 +33,6 @@ from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.gradients.hooks import SampleScores, hook_scores
 from curator.scoring.gradients.scope import ScopedModule
-
-if TYPE_CHECKING:
-    from curator.scoring.gradients.statistics import GradientStatistics
 
 DEFAULT_FOLDS = 5
 
@@ -90,14 +86,3 @@ def scores_by_fold(lm: LoadedModel, samples: Sequence[Sample],
         per_module[idx] = s.per_module
         skipped.extend(idx[j] for j in s.skipped)
     return SampleScores(total, per_module, [s.name for s in scope], sorted(skipped))
-
-
-def alignment_scores(lm: LoadedModel, samples: Sequence[Sample], stats: GradientStatistics,
-                     scope: Sequence[ScopedModule], batch_size: int = 16,
-                     max_length: int | None = None, progress: bool = False) -> SampleScores:
-    """``<v_new, g_n>`` for every sample of the pool the statistics were computed on;
-    cross-fitted (``v_{-k}`` for fold k) when v_new came from a held-out slice."""
-    if stats.folds:
-        return scores_by_fold(lm, samples, stats.v_new_folds, stats.folds, scope, batch_size,
-                              max_length, progress)
-    return hook_scores(lm, samples, stats.v_new, scope, batch_size, max_length, progress)

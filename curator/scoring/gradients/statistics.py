@@ -23,7 +23,8 @@ from curator.scoring.gradients.batching import (
     encode_samples,
     iter_batches,
 )
-from curator.scoring.gradients.crossfit import DEFAULT_FOLDS, crossfit_folds
+from curator.scoring.gradients.crossfit import DEFAULT_FOLDS, crossfit_folds, scores_by_fold
+from curator.scoring.gradients.hooks import SampleScores, hook_scores
 from curator.scoring.gradients.losses import only_grad, response_logits, response_losses
 from curator.scoring.gradients.scope import Grads, ScopedModule, resolve_scope, scope_parameters
 
@@ -253,7 +254,7 @@ def gradient_statistics(lm: LoadedModel, pool: Sequence[Sample],
     (``holdout_fraction``); the slice stays in the pool (it is still scored and in G), and
     the pool is split into ``n_folds`` cross-fitting folds with a v_new per fold that
     leaves the fold's own held-out samples out (``stats.folds``, ``stats.v_new_folds``;
-    score with ``crossfit.alignment_scores`` or ``update_direction(..., v_new=...)``).
+    score with ``alignment_scores`` below or ``update_direction(..., v_new=...)``).
     A pool of one sample cannot be cross-fitted: it is scored against its own gradient.
     No anchors: a seeded ``anchor_fraction`` slice of the pool. No ``reference``: the
     reference is ``lm`` itself, so v_prior is zero (and not computed).
@@ -309,3 +310,14 @@ def update_direction(stats: GradientStatistics, eta: float = 2e-5, lambda_new: f
             d = d - 0.5 * eta**2 * stats.c[name] * stats.G[name]
         u[name] = d
     return u
+
+
+def alignment_scores(lm: LoadedModel, samples: Sequence[Sample], stats: GradientStatistics,
+                     scope: Sequence[ScopedModule], batch_size: int = 16,
+                     max_length: int | None = None, progress: bool = False) -> SampleScores:
+    """``<v_new, g_n>`` for every sample of the pool the statistics were computed on;
+    cross-fitted (``v_{-k}`` for fold k) when v_new came from a held-out slice."""
+    if stats.folds:
+        return scores_by_fold(lm, samples, stats.v_new_folds, stats.folds, scope, batch_size,
+                              max_length, progress)
+    return hook_scores(lm, samples, stats.v_new, scope, batch_size, max_length, progress)
