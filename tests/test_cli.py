@@ -306,7 +306,7 @@ def test_scoring_options_are_checked_before_a_model_loads(built):
 
 
 def test_dualsft_options_reach_the_stage_and_are_checked_first(built, monkeypatch):
-    from curator import curate
+    from curator import stages
     from curator.config import GradientOptions
 
     assert fail("select", "-d", "d", "--store", built, "--method", "gast",
@@ -322,7 +322,7 @@ def test_dualsft_options_reach_the_stage_and_are_checked_first(built, monkeypatc
         seen.append(spec)
         raise ValueError("stopped before scoring")
 
-    monkeypatch.setattr(curate, "select_stage", fake_select_stage)
+    monkeypatch.setattr(stages, "select_stage", fake_select_stage)
     assert fail("select", "-d", "d", "--store", built, "--method", "dualsft",
                 "--warmup-steps", "4", "--grad-eta", "1e-4", "--lambda-new", "0.5",
                 "--lambda-prior", "2", "--tau", "1.5", "--mask-rank", "abs",
