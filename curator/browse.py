@@ -8,7 +8,6 @@ small enough to send to a browser: pages of rows, counts, histograms, samples of
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -639,15 +638,6 @@ def selections_table(store: Store, dataset: str | None = None) -> list[dict[str,
         sql += " WHERE s.dataset = ?"
         params.append(dataset)
     return store.query_dicts(sql + " ORDER BY s.created_at, s.selection_id", params)
-
-
-def ids_preview(store: Store, sample_ids: Sequence[str]) -> dict[str, str]:
-    """Prompt previews for a few ids."""
-    if not sample_ids:
-        return {}
-    rows = store.query("SELECT sample_id, prompt FROM samples WHERE sample_id IN (SELECT "
-                       "unnest(?::VARCHAR[]))", [list(sample_ids)])
-    return {r[0]: _preview(r[1], 100) for r in rows}
 
 
 def list_selections_all(store: Store) -> list[SelectionRecord]:

@@ -989,12 +989,6 @@ def _point_latest(root: Path, run_id: str) -> None:
             tmp.unlink()
 
 
-def latest_export(store: Store, name: str) -> Path | None:
-    """The newest good export of schedule ``name``."""
-    sched = get_schedule(store, name)
-    return Path(sched.last_export) if sched.last_export else None
-
-
 # -- the worker ---------------------------------------------------------------------------
 
 def run_due(store: Store, *, clock: Clock | None = None,
