@@ -5,16 +5,13 @@ zero-gain tail refill."""
 from __future__ import annotations
 
 import dataclasses
-
 import shutil
 
 import numpy as np
-import scipy.sparse as sp
 import pytest
+import scipy.sparse as sp
 
 from curator.config import RecipeError, ScoringOptions, StageSpec
-from curator.stages import resolve_pools, select_stage
-from curator.stages.baselines import rds_ranking
 from curator.ingest import ingest
 from curator.scoring.cache import load_embeddings, save_utilities
 from curator.scoring.embeddings import embedder_fingerprint
@@ -28,6 +25,8 @@ from curator.scoring.jobs import (
 )
 from curator.scoring.kernels import dense, embedding_kernel
 from curator.selection import select
+from curator.stages import resolve_pools, select_stage
+from curator.stages.baselines import rds_ranking
 from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.selections import get_selection, selection_members

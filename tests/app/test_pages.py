@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from curator import browse
 from curator.pipeline import exports
-from curator.store import Store
+from curator.store import Store, browse
 from curator.store.datasets import diff_versions, list_datasets, list_versions, load_samples
 from curator.store.selections import (
     get_mask_record,
