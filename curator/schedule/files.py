@@ -15,7 +15,7 @@ from curator.export import sha256_file as file_sha256
 from curator.schedule.outcome import RunOutcome, schedule_folder
 from curator.schedule.schedules import Schedule
 from curator.store import Store
-from curator.store.datasets import has_versions
+from curator.store.datasets import has_versions, latest_version
 from curator.store.inputs import record_ingested
 
 SETTLE_SECONDS = 2.0         # a file modified more recently may still be being written
@@ -157,9 +157,7 @@ def _reconcile_inboxes(store: Store, sched: Schedule, current_run: str) -> None:
         if inbox.name == current_run or not inbox.is_dir():
             continue
         plan_file = inbox / ".plan.json"
-        rows = store.query("SELECT max(version) FROM versions WHERE dataset = ? AND source = ?",
-                           [sched.dataset, str(inbox)])
-        if rows and rows[0][0] is not None and plan_file.exists():
-            _record_ingested(store, sched.dataset, json.loads(plan_file.read_text()),
-                             int(rows[0][0]))
+        version = latest_version(store, sched.dataset, source=str(inbox))
+        if version is not None and plan_file.exists():
+            _record_ingested(store, sched.dataset, json.loads(plan_file.read_text()), version)
         shutil.rmtree(inbox, ignore_errors=True)

@@ -227,11 +227,10 @@ def _plan_selection(store: Store, sched: Schedule, recipe: Recipe, outcome: RunO
     The parent is the schedule's last selection; a schedule with none yet conditions on
     the dataset's latest selection if it has one, else its first run is an instruction
     stage over the whole latest version (same method, budget and settings)."""
+    from curator.store.datasets import count_new_members, latest_version
     from curator.store.selections import get_selection, latest_selection
 
-    versions = store.query("SELECT max(version) FROM versions WHERE dataset = ?",
-                           [sched.dataset])
-    latest = versions[0][0] if versions else None
+    latest = latest_version(store, sched.dataset)
     if latest is None:
         outcome.note = "no data yet"
         return None
@@ -246,11 +245,7 @@ def _plan_selection(store: Store, sched: Schedule, recipe: Recipe, outcome: RunO
         return replace(spec, stage="instruction", function=function, parent=None,
                        version=None), None
     parent_version = get_selection(store, parent).version
-    n_new = store.query(
-        "SELECT count(*) FROM version_members n ANTI JOIN (SELECT sample_id FROM "
-        "version_members WHERE dataset = ? AND version = ?) p USING (sample_id) "
-        "WHERE n.dataset = ? AND n.version = ?",
-        [sched.dataset, parent_version, sched.dataset, latest])[0][0]
+    n_new = count_new_members(store, sched.dataset, parent_version, latest)
     if n_new == 0:
         outcome.note = f"nothing new since {parent} (v{parent_version})"
         outcome.parent = parent    # adopted as the schedule's base when it had none
