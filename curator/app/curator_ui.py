@@ -1,6 +1,6 @@
 """Shared plumbing for the pages: the store, cached reads, busy-store handling, paging.
 
-Pages stay thin: they read through ``curator.browse`` and the store modules via ``read``
+Pages stay thin: they read through ``curator.store.browse`` and the store modules via ``read``
 (cached for a few seconds, so reruns while people click are cheap), and wrap their body in
 ``guard()`` so a store that a scheduled job holds shows a message, not a traceback.
 """
@@ -16,9 +16,8 @@ from typing import Any
 import duckdb
 import streamlit as st
 
-from curator import browse
 from curator.export import ExportError
-from curator.store import Store, StoreError
+from curator.store import Store, StoreError, browse
 from curator.store import datasets as store_datasets
 from curator.store import selections as store_selections
 from curator.store import trash as store_trash

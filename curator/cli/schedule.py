@@ -67,6 +67,7 @@ def add_cmd(name: str, dataset: str, watch_dir: Path, every: str | None, cron: s
 def list_cmd(store_path: Path) -> None:
     """List schedules: trigger, state, next run and last run."""
     from curator.schedule import SystemClock, list_schedules
+    from curator.store.schedules import last_run_statuses
 
     store = open_store(store_path)
     rows = list_schedules(store)
@@ -74,9 +75,7 @@ def list_cmd(store_path: Path) -> None:
         click.echo("no schedules (add one with `curator schedule add`)")
         return
     now = SystemClock().now()
-    statuses = {r[0]: r[1] for r in store.query(
-        "SELECT run_id, status FROM runs WHERE kind = 'schedule' AND run_id IN (SELECT "
-        "last_run_id FROM schedules)")}
+    statuses = last_run_statuses(store)
     table = [("name", "dataset", "trigger", "state", "next run (UTC)", "last run")]
     for s in rows:
         last = f"{statuses.get(s.last_run_id, '?')} {s.last_run_id}" if s.last_run_id else "-"

@@ -2,7 +2,8 @@
 once by checksum, selecting a stage, and making sure a selection has its mask.
 
 ``Pipeline`` is that one object; ``curator.runner`` (recipes) and ``curator.schedule``
-(scheduled runs) drive it, and the CLI's commands build one per call.
+(scheduled runs) drive it, and the CLI's commands use its ``LazyModel``. ``exports`` writes
+the app's exports (into the store's folder, or a zip).
 """
 
 from __future__ import annotations

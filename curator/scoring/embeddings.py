@@ -5,9 +5,6 @@ Default: the curation model itself, last hidden states, position-weighted mean p
 tokens, which have seen more of the sample, count more), L2-normalised. The sample is
 embedded as the model sees it in training: prompt and response rendered by the same code the
 scorers use (``curator.scoring.encoding``), so the chat template applies.
-
-Optional: a sentence-transformers encoder, when that package is installed (it is not a
-dependency of curator).
 """
 
 from __future__ import annotations
@@ -77,33 +74,3 @@ def embed_samples(lm: LoadedModel, samples: Sequence[Sample], *, max_length: int
             bar.update(len(batch))
     assert out is not None
     return out
-
-
-def sentence_encoder_available() -> bool:
-    try:
-        import sentence_transformers  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def sentence_fingerprint(model_name: str) -> str:
-    return f"sentence-transformers:{model_name}:v{EMBED_VERSION}"
-
-
-def embed_samples_sentence(samples: Sequence[Sample], model_name: str, *, batch_size: int = 64,
-                           device: str | None = None, progress: bool = False) -> np.ndarray:
-    """Embed prompt + response with a sentence-transformers model (model-independent
-    baseline); float32 (N, d), L2-normalised. Needs ``pip install sentence-transformers``."""
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise ImportError("the sentence-encoder path needs sentence-transformers: "
-                          "pip install sentence-transformers") from exc
-    if not samples:
-        raise ValueError("no samples to embed")
-    model = SentenceTransformer(model_name, device=device)
-    texts = [f"{s.prompt}\n{s.response}" for s in samples]
-    emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
-                       convert_to_numpy=True, normalize_embeddings=True)
-    return np.ascontiguousarray(emb, dtype=np.float32)

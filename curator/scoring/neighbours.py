@@ -116,16 +116,6 @@ def pool_neighbours(pool: np.ndarray, k: int, **kwargs) -> Neighbours:
     return knn(pool, pool, k, exclude_self=True, **kwargs)
 
 
-def query_neighbours(queries: np.ndarray, pool: np.ndarray, k: int, **kwargs) -> Neighbours:
-    """targets x pool: for each target sample, the pool samples nearest to it."""
-    return knn(queries, pool, k, **kwargs)
-
-
-def new_to_previous(new: np.ndarray, previous: np.ndarray, k: int, **kwargs) -> Neighbours:
-    """new x previous: for each new sample, the nearest of the data already used."""
-    return knn(new, previous, k, **kwargs)
-
-
 def neighbour_pairs(query_ids: Sequence[str], candidate_ids: Sequence[str],
                     neighbours: Neighbours) -> list[tuple[str, str]]:
     """(target_id, example_id) pairs from a graph: the query is the target, its neighbour

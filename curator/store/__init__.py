@@ -1,4 +1,6 @@
-"""The DuckDB store: schema and migrations, one writer, short transactions."""
+"""The DuckDB store: schema and migrations, one writer, short transactions, and the SQL of
+the layers above (data sets, selections and their pools, the trash, ingested files, the
+app's read-only queries in ``browse``)."""
 
 from curator.store.datasets import Diff, VersionInfo
 from curator.store.db import DB_FILENAME, Store, default_store_path

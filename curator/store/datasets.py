@@ -96,6 +96,24 @@ def has_versions(store: Store, dataset: str) -> bool:
     return bool(store.query("SELECT 1 FROM versions WHERE dataset = ? LIMIT 1", [dataset]))
 
 
+def latest_version(store: Store, dataset: str, source: str | None = None) -> int | None:
+    """The newest version of ``dataset`` (made from ``source``), or None when there is none."""
+    sql, params = "SELECT max(version) FROM versions WHERE dataset = ?", [dataset]
+    if source is not None:
+        sql += " AND source = ?"
+        params.append(source)
+    rows = store.query(sql, params)
+    return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+
+def count_new_members(store: Store, dataset: str, old: int, new: int) -> int:
+    """Members of version ``new`` that version ``old`` did not have."""
+    return int(store.query(
+        "SELECT count(*) FROM version_members n ANTI JOIN (SELECT sample_id FROM "
+        "version_members WHERE dataset = ? AND version = ?) p USING (sample_id) "
+        "WHERE n.dataset = ? AND n.version = ?", [dataset, old, dataset, new])[0][0])
+
+
 def get_version(store: Store, dataset: str, version: int | str | None = None) -> VersionInfo:
     number = resolve_version(store, dataset, version)
     row = store.query(f"SELECT {_VERSION_COLS} FROM versions WHERE dataset = ? AND version = ?",

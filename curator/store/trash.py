@@ -1,7 +1,7 @@
 """The trash: samples set aside by a person, left out of later selections, restorable.
 
 Trashing never deletes a sample or changes a version: versions stay the record of what
-arrived. It changes what later selections may pick (``curator.curate.resolve_pools`` leaves
+arrived. It changes what later selections may pick (``curator.stages.resolve_pools`` leaves
 trashed samples out of the pool and the target set, and records which it left out);
 selections made before stay as they were. Restoring takes a sample out of the trash.
 """

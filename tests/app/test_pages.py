@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from curator import browse
-from curator.store import Store
+from curator.pipeline import exports
+from curator.store import Store, browse
 from curator.store.datasets import diff_versions, list_datasets, list_versions, load_samples
 from curator.store.selections import (
     get_mask_record,
@@ -476,7 +476,7 @@ def test_export_writes_into_the_store_exports_folder(demo_store, monkeypatch):
 def test_export_zip_holds_subset_mask_and_manifest(demo_store_path):
     store = Store(demo_store_path)
     gast = next(s for s in list_selections(store) if s.method == "gast")
-    name, data = browse.export_zip(store, gast.selection_id, "jsonl")
+    name, data = exports.export_zip(store, gast.selection_id, "jsonl")
     with zipfile.ZipFile(BytesIO(data)) as zf:
         names = set(zf.namelist())
         stem = name.removesuffix(".zip")

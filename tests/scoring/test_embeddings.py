@@ -9,9 +9,7 @@ import torch
 from curator.records import Sample
 from curator.scoring.embeddings import (
     embed_samples,
-    embed_samples_sentence,
     embedder_fingerprint,
-    sentence_encoder_available,
     weighted_mean_pool,
 )
 from curator.scoring.encoding import encode
@@ -75,9 +73,3 @@ def test_fingerprint_and_bad_input():
     with pytest.raises(ValueError, match="no samples"):
         embed_samples(lm, [])
 
-
-def test_sentence_encoder_is_optional():
-    if sentence_encoder_available():
-        pytest.skip("sentence-transformers installed; nothing to check offline")
-    with pytest.raises(ImportError, match="pip install sentence-transformers"):
-        embed_samples_sentence(SAMPLES, "all-MiniLM-L6-v2")

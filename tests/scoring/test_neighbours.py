@@ -9,9 +9,7 @@ from curator.scoring.neighbours import (
     dense_pairs,
     knn,
     neighbour_pairs,
-    new_to_previous,
     pool_neighbours,
-    query_neighbours,
 )
 
 
@@ -30,7 +28,7 @@ def brute(q: np.ndarray, c: np.ndarray, k: int, exclude_self: bool = False):
 
 def test_exact_query_neighbours_match_brute_force():
     q, c = unit(40, 16, 0), unit(300, 16, 1)
-    nb = query_neighbours(q, c, 7)
+    nb = knn(q, c, 7)
     idx, sim = brute(q, c, 7)
     assert nb.method == "exact"
     assert nb.indices.dtype == np.int64 and nb.similarities.dtype == np.float32
@@ -50,7 +48,7 @@ def test_pool_neighbours_exclude_self():
 
 def test_unnormalised_input_gives_cosine():
     x = unit(50, 6, 3) * np.random.default_rng(4).uniform(0.1, 10, (50, 1)).astype(np.float32)
-    nb = new_to_previous(x[:10], x[10:], 3)
+    nb = knn(x[:10], x[10:], 3)
     idx, sim = brute(unit(50, 6, 3)[:10], unit(50, 6, 3)[10:], 3)
     np.testing.assert_array_equal(nb.indices, idx)
     np.testing.assert_allclose(nb.similarities, sim, atol=1e-5)
@@ -82,7 +80,7 @@ def test_k_larger_than_pool_is_clipped_with_warning():
         nb = pool_neighbours(x, 10)
     assert nb.indices.shape == (6, 5)
     with pytest.warns(UserWarning, match="using k=6"):
-        assert query_neighbours(x[:2], x, 50).k == 6
+        assert knn(x[:2], x, 50).k == 6
 
 
 def test_bad_input():
@@ -90,11 +88,11 @@ def test_bad_input():
     with pytest.raises(ValueError, match="k must be"):
         knn(x, x, 0)
     with pytest.raises(ValueError, match="non-empty"):
-        query_neighbours(np.zeros((0, 4), np.float32), x, 2)
+        knn(np.zeros((0, 4), np.float32), x, 2)
     with pytest.raises(ValueError, match="non-empty"):
-        query_neighbours(x, np.zeros((0, 4), np.float32), 2)
+        knn(x, np.zeros((0, 4), np.float32), 2)
     with pytest.raises(ValueError, match="dimension"):
-        query_neighbours(x, unit(5, 3, 1), 2)
+        knn(x, unit(5, 3, 1), 2)
     with pytest.raises(ValueError, match="no candidates"):
         pool_neighbours(x[:1], 1)
 

@@ -136,3 +136,18 @@ def test_quarantine_rows(built):
     assert row["reason"].startswith("malformed JSON: ")
     assert quarantine_rows(built, "d", version=2) == []
     assert quarantine_rows(built, "e") == []
+
+
+def test_latest_version_and_new_members(store, write_jsonl):
+    from curator.ingest import ingest
+    from curator.store.datasets import count_new_members, latest_version
+
+    assert latest_version(store, "d") is None
+    rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(5)]
+    first = write_jsonl("a.jsonl", rows[:3])
+    ingest(store, first, "d")
+    ingest(store, write_jsonl("b.jsonl", rows[2:]), "d", append=True)
+    assert latest_version(store, "d") == 2
+    assert latest_version(store, "d", source=first) == 1 and latest_version(store, "d", "x") is None
+    assert count_new_members(store, "d", 1, 2) == 2               # q3, q4
+    assert count_new_members(store, "d", 2, 1) == 0

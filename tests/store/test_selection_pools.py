@@ -8,11 +8,10 @@ import json
 
 import pytest
 
-from curator import browse
 from curator.config import StageSpec
 from curator.ingest import ingest
 from curator.stages import resolve_pools, select_stage
-from curator.store import Store
+from curator.store import Store, browse
 from curator.store.datasets import load_samples
 from curator.store.selections import (
     SelectionRecord,

@@ -9,12 +9,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from curator import browse
 from curator.cli import main
 from curator.config import StageSpec
 from curator.ingest import ingest
 from curator.stages import resolve_pools, select_stage
-from curator.store import NotFound, Store
+from curator.store import NotFound, Store, browse
 from curator.store.datasets import load_samples
 from curator.store.selections import get_selection
 from curator.store.trash import (

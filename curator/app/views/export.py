@@ -6,8 +6,8 @@ from __future__ import annotations
 import curator_ui as ui
 import streamlit as st
 
-from curator import browse
 from curator.export import FORMATS
+from curator.pipeline import exports
 
 st.title("Export")
 
@@ -43,7 +43,7 @@ with ui.guard():
         st.markdown("**Download**")
         if st.button("Prepare zip", key="exp_prepare"):
             with st.spinner("writing the export"):
-                name, data = browse.export_zip(store, sel.selection_id, fmt)
+                name, data = exports.export_zip(store, sel.selection_id, fmt)
             st.session_state["exp_zip"] = (sel.selection_id, fmt, name, data)
         ready = st.session_state.get("exp_zip")
         if ready and ready[:2] == (sel.selection_id, fmt):
@@ -52,17 +52,17 @@ with ui.guard():
                                key="exp_download", type="primary")
     with right:
         st.markdown("**Write to the store's exports folder**")
-        target = browse.exports_dir(store)
-        st.caption(f"into `{target}/{browse.free_export_name(store, sel.selection_id, fmt)}`")
+        target = exports.exports_dir(store)
+        st.caption(f"into `{target}/{exports.free_export_name(store, sel.selection_id, fmt)}`")
         if st.button("Write export", key="exp_write"):
             with st.spinner("writing the export"):
-                path = browse.export_to_store(store, sel.selection_id, fmt)
+                path = exports.export_to_store(store, sel.selection_id, fmt)
             st.session_state["exp_written"] = str(path)
         if st.session_state.get("exp_written"):
             st.success(f"written: `{st.session_state['exp_written']}`")
 
     st.subheader("Exports in the store")
-    folders = browse.list_export_folders(store)
+    folders = exports.list_export_folders(store)
     if folders:
         st.dataframe(folders, key="exp_folders", hide_index=True)
     else:

@@ -12,7 +12,7 @@ import curator_ui as ui
 import pandas as pd
 import streamlit as st
 
-from curator.browse import histogram
+from curator.store.browse import histogram
 from curator.vocabulary import GRADIENT_METHODS
 
 st.title("Selections")

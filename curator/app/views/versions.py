@@ -8,7 +8,7 @@ import curator_ui as ui
 import pandas as pd
 import streamlit as st
 
-from curator.browse import SampleFilter
+from curator.store.browse import SampleFilter
 
 st.title("Versions")
 

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import curator.schedule as sch
+import curator.schedule.files as sch_files
 from curator.cli.schedule import register
 from curator.store import Store
 
@@ -21,7 +22,7 @@ RANDOM_RECIPE = {"dataset": "ignored",
 
 @pytest.fixture(autouse=True)
 def no_settle(monkeypatch):
-    monkeypatch.setattr(sch, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(sch_files, "SETTLE_SECONDS", 0.0)
 
 
 @pytest.fixture

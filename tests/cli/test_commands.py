@@ -15,7 +15,7 @@ from curator.store import Store
 from curator.store.datasets import list_versions
 from curator.store.schema import LATEST
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def run(*args: str, ok: bool = True):

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 import curator.schedule as sch
+import curator.schedule.files as sch_files
+import curator.schedule.run as sch_run
 from curator.export import verify_export
 from curator.records import sample_id_for
 from curator.store import NotFound, Store
@@ -34,7 +36,7 @@ DELIFT = {"scoring": {"k": 4, "max_length": 128},
 @pytest.fixture(autouse=True)
 def no_settle(monkeypatch):
     """Files written by the test are complete at once."""
-    monkeypatch.setattr(sch, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(sch_files, "SETTLE_SECONDS", 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -285,13 +287,13 @@ def test_unchanged_files_are_not_hashed_again(store, watch, clock, monkeypatch):
     drop(watch, "b.jsonl", 10, 20)
     cycle(store, clock)
     hashed: list[str] = []
-    real = sch.file_sha256
+    real = sch_files.file_sha256
 
     def counting(path):
         hashed.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(sch, "file_sha256", counting)
+    monkeypatch.setattr(sch_files, "file_sha256", counting)
     clock.advance(3600)
     [run] = cycle(store, clock)
     assert hashed == [] and run.files_seen == 2
@@ -428,7 +430,7 @@ def test_two_workers_at_once_run_it_once(store, watch, clock, monkeypatch):
         attempts.append(got is not None)
         return got
 
-    monkeypatch.setattr(sch, "acquire_lease", racing_acquire)
+    monkeypatch.setattr(sch_run, "acquire_lease", racing_acquire)
     results: list = []
 
     def work():
@@ -486,12 +488,13 @@ def test_the_lease_of_a_dead_local_process_is_taken_at_once(store, watch, clock)
 KILLED_CHILD = """
 import os, sys
 import curator.schedule as sch
+import curator.schedule.files as sch_files
 from curator.store import Store
 
-sch.SETTLE_SECONDS = 0
+sch_files.SETTLE_SECONDS = 0
 # Die the hard way between the ingest's commit and recording the file's checksum: the
 # worst moment (a version exists that the store does not yet link to its file).
-sch._record_ingested = lambda *a, **k: os._exit(9)
+sch_files._record_ingested = lambda *a, **k: os._exit(9)
 sch.run_schedule(Store(sys.argv[1]), "n", clock=sch.ManualClock(sys.argv[2]))
 """
 

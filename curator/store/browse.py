@@ -8,7 +8,6 @@ small enough to send to a browser: pages of rows, counts, histograms, samples of
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -564,70 +563,6 @@ def layer_overlap(store: Store, selection_id: str) -> list[dict[str, Any]]:
             for a, b, both, ca, cb in rows]
 
 
-# -- exports ------------------------------------------------------------------------------
-
-def exports_dir(store: Store) -> Path:
-    return Path(store.path) / "exports"
-
-
-def list_export_folders(store: Store) -> list[dict[str, Any]]:
-    """Export folders in the store's ``exports/`` (those with a manifest)."""
-    root = exports_dir(store)
-    out = []
-    if not root.is_dir():
-        return out
-    for p in sorted(root.iterdir()):
-        manifest = p / "manifest.json"
-        if p.is_dir() and manifest.exists():
-            try:
-                m = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                continue
-            out.append({"folder": p.name, "selection": m.get("selection", {}).get(
-                "selection_id"), "format": m.get("format"), "rows": m.get("n_rows"),
-                "mask": bool(m.get("mask")), "created": m.get("created_at")})
-    return out
-
-
-def free_export_name(store: Store, selection_id: str, fmt: str) -> str:
-    """``<selection>-<format>``, with ``-2``, ``-3``... when taken."""
-    root = exports_dir(store)
-    base = f"{selection_id}-{fmt}"
-    name, n = base, 1
-    while (root / name).exists():
-        n += 1
-        name = f"{base}-{n}"
-    return name
-
-
-def export_to_store(store: Store, selection_id: str, fmt: str) -> Path:
-    """Write the export into ``<store>/exports/<free name>``; returns its folder."""
-    from curator.export import export_selection
-
-    get_selection(store, selection_id)
-    out = exports_dir(store) / free_export_name(store, selection_id, fmt)
-    return export_selection(store, selection_id, out, fmt=fmt).path
-
-
-def export_zip(store: Store, selection_id: str, fmt: str) -> tuple[str, bytes]:
-    """The export (subset, mask, manifest) as a zip in memory; nothing stays on disk."""
-    import io
-    import tempfile
-    import zipfile
-
-    from curator.export import export_selection
-
-    with tempfile.TemporaryDirectory(prefix="curator-export-") as tmp:
-        name = f"{selection_id}-{fmt}"
-        res = export_selection(store, selection_id, Path(tmp) / name, fmt=fmt)
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in sorted(res.path.rglob("*")):
-                if f.is_file():
-                    zf.write(f, f"{name}/{f.relative_to(res.path)}")
-    return f"{name}.zip", buf.getvalue()
-
-
 def selections_table(store: Store, dataset: str | None = None) -> list[dict[str, Any]]:
     """Selections with the fields people compare, and whether each has a mask or layers."""
     sql = ("SELECT s.selection_id, s.dataset, s.version, s.stage, s.method, s.function, "
@@ -639,15 +574,6 @@ def selections_table(store: Store, dataset: str | None = None) -> list[dict[str,
         sql += " WHERE s.dataset = ?"
         params.append(dataset)
     return store.query_dicts(sql + " ORDER BY s.created_at, s.selection_id", params)
-
-
-def ids_preview(store: Store, sample_ids: Sequence[str]) -> dict[str, str]:
-    """Prompt previews for a few ids."""
-    if not sample_ids:
-        return {}
-    rows = store.query("SELECT sample_id, prompt FROM samples WHERE sample_id IN (SELECT "
-                       "unnest(?::VARCHAR[]))", [list(sample_ids)])
-    return {r[0]: _preview(r[1], 100) for r in rows}
 
 
 def list_selections_all(store: Store) -> list[SelectionRecord]:

@@ -6,7 +6,7 @@ This pins behaviour across refactors of the stage layer: a change that alters wh
 method picks (or the hash that makes a selection reusable) fails here. When a change is
 *meant* to alter selections, regenerate the pins and say why in the commit:
 
-    CURATOR_REGEN_PINS=1 python -m pytest -q tests/test_pinned_selections.py
+    CURATOR_REGEN_PINS=1 python -m pytest -q tests/stages/test_pinned_selections.py
 """
 
 from __future__ import annotations
