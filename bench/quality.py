@@ -48,16 +48,26 @@ full, DELIFT, embedding FL, RDS+, DualSFT; instruction and continual stages sele
   exact match: prefill 16 s + 8 new tokens x 13 batches x 0.05 s = 5 s, so 37 s;
   12 runs x 21 s + 12 x 37 s + 7 (random, full, base) x 58 s = 1092 s = 18.2 min;
 - DualSFT selection: 7 passes x 150 x 79 x 3 / 650 = 383 s per task, 12.8 min;
-- DELIFT task stage: up to 3 x 20 targets x k=8 pairs (the kNN pairs and as many
-  again twice, scored on demand) / 4 pairs/s = 120 s per task, 4.0 min;
+- DELIFT task stage: up to 3 x 20 targets x k=8 pairs (the kNN pairs plus up to twice as
+  many scored on demand, assumed) / 4 pairs/s = 120 s per task, 4.0 min;
 - instruction (90 existing rows x 8 pairs) and continual (60 new rows x 8 x 2) DELIFT
   utilities: 1680 pairs / 4 = 7.0 min;
-- embeddings, RDS+, loads: (150 + 40) x 79 / 650 + 30 s = 0.9 min.
-Total ~83 min. ``--methods all`` adds LESS-style and GAST: 12 runs x 80 s = 16 min,
-their evaluation 5.8 min and 9 passes x 2 tasks x 55 s = 16.4 min, ~121 min in all: more
-than 90, so they are not in the default.
+- embeddings, RDS+, loads: (150 + 40) x 79 / 650 + 30 s, and a fresh model per run
+  (31 x ~3 s, assumed): 2.5 min.
+Total ~84 min. ``--methods all`` adds LESS-style and GAST: 12 runs x 80 s = 16 min,
+their evaluation 5.8 min, 9 passes x 2 tasks x 55 s = 16.4 min and loads: ~123 min in
+all, more than 90, so they are not in the default.
+Why these sizes: evaluation (>= 200 rows per task, every run) and the gradient passes
+(linear in the pool) are what the budget cannot shrink, so the pool is 150 rows, not 200
+(DualSFT alone would take 17 min at 200), and each run has 10 steps (80 rows, about two
+epochs of a 45-row subset). Why a BBH task and not GSM8K for exact match: a 135M model
+scores near 0 on GSM8K, and its ~150-token answers would cost ~150 decoding steps x 13
+batches per run (~100 s more per run); ``--em-task gsm8k`` runs it anyway. Changes that
+add cost (a warm-up for the gradient methods, more pairs scored on demand) move these
+numbers: ``--plan`` does not know them.
 ``--quick``: task t0 only, random, DELIFT, RDS+, 8 steps, no other stage: 9 runs x 64 s
-= 9.6 min + 10 evaluations x 21 s = 3.5 min + DELIFT 2 min + 0.8 min = ~16 min.
+= 9.6 min + 10 evaluations x 21 s = 3.5 min + DELIFT 2 min + 1.3 min = ~16 min (results
+in ``bench/results/quality_quick.md``).
 ``--plan`` prints this estimate for the options given (``estimate_seconds``).
 
 Library entry points (the only calls into curator; re-point them here when the library
@@ -119,6 +129,7 @@ DECODE_STEP_S = 0.05         # one cached decoding step of a 16-row batch
 GRADIENT_PASSES = {"dualsft": 7, "less": 6, "gast": 3}   # fwd+bwd passes over the pool
 MEAN_TOKENS = {"pool": 79, "t0": 68, "em": 51}           # measured, SmolLM2 chat template
 ON_DEMAND_FACTOR = 3         # DELIFT pairs: the kNN pairs and up to twice as many more
+MODEL_LOAD_S = 3.0           # a fresh fp32 copy of the model per run (assumed, not measured)
 
 
 def estimate_seconds(args: argparse.Namespace) -> dict[str, float]:
@@ -141,7 +152,8 @@ def estimate_seconds(args: argparse.Namespace) -> dict[str, float]:
         "DELIFT task stage": len(tasks) * ON_DEMAND_FACTOR * args.target_size * args.k
         / PAIRS_S if "delift" in args.methods else 0.0,
         "embeddings and loads": (n + len(tasks) * args.target_size) * MEAN_TOKENS["pool"]
-        / FORWARD_TOKENS_S + 30,
+        / FORWARD_TOKENS_S + 30 + ((len(aware) * len(tasks) + len(shared)) * seeds + 1)
+        * MODEL_LOAD_S * (not args.no_train),
     }
     if {"instruction", "continual"} & set(args.stages) and "delift" in args.methods:
         pairs = 0.6 * n * args.k * ("instruction" in args.stages) \
@@ -219,8 +231,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     em_family(args.em_task)  # a bad name fails here, before any work
     suffix = "-tiny" if tiny else "-quick" if args.quick else ""
     args.workdir = args.workdir or Path("/tmp/curator-quality" + suffix)
-    args.out = args.out or (args.workdir / "quality.md" if tiny
-                            else ROOT / "bench" / "results" / "quality.md")
+    args.out = args.out or (args.workdir / "quality.md" if tiny else ROOT / "bench" / "results"
+                            / ("quality_quick.md" if args.quick else "quality.md"))
     return args
 
 
