@@ -92,6 +92,7 @@ import platform
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -723,7 +724,8 @@ def machine() -> str:
 
 
 def write_report(args, data: QualityData, tasks: list[Task], selections: list[Selected],
-                 runs, timings: dict[str, float], command: str, status: str) -> None:
+                 runs, timings: dict[str, float], command: str, status: str,
+                 failures: list[str] = ()) -> None:
     s = data.summary()
     est = estimate_seconds(args)
     lines = [f"Command: `{command}`", "", "# Quality benchmark", "",
@@ -778,6 +780,10 @@ def write_report(args, data: QualityData, tasks: list[Task], selections: list[Se
                   "in brackets. Zero-gain picks: made when the utilities had nothing left to "
                   "add (stored gain 0, or refilled by the stage); '-' for methods without "
                   "gains.", ""] + signal_rows(selections) + [""]
+    if failures:
+        lines += ["## Failures", "", "Each left its method out of the tables above (the "
+                  "traceback is in the run's output):", ""] + [f"- {f}" for f in failures] \
+            + [""]
     lines += ["## Goals", ""] + goal_lines(args, tasks, all_results, selections) + [""]
     notes = args.workdir / "notes.md"  # a hand-written reading of this run, kept with it
     if notes.exists():
@@ -793,6 +799,28 @@ def write_report(args, data: QualityData, tasks: list[Task], selections: list[Se
 
 
 # ---------------------------------------------------------------- main
+
+
+def task_method(args, store, lm, data: QualityData, tasks: list[Task], task: Task,
+                method: str, train: bool, selections: list[Selected], runs, counters,
+                report, timed) -> None:
+    """Select with one method for one task (random: one subset per seed) and fine-tune
+    and evaluate each training seed."""
+    for seed in (range(args.seeds) if method == "random" else [0]):
+        t = time.monotonic()
+        sel = run_selection(args, store, lm, data, "task", task, method, seed)
+        selections.append(sel)
+        timed("task-stage selections", t)
+        if not train:
+            report()
+            continue
+        t = time.monotonic()
+        train_seeds = [seed] if method == "random" else range(args.seeds)
+        evals = tasks if method in SHARED else [task]
+        for s in train_seeds:
+            runs[(task.name, method, s)] = ensure_run(args, store, sel, s, evals, counters)
+            report()
+        timed("training and evaluation", t)
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
@@ -813,9 +841,11 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     runs: dict[tuple[str, str, int], dict[str, Any]] = {}
     counters = {"trained": 0, "cached": 0}
     status = ["in progress"]
+    failures: list[str] = []
 
     def report() -> None:
-        write_report(args, data, tasks, selections, runs, timings, command, status[0])
+        write_report(args, data, tasks, selections, runs, timings, command, status[0],
+                     failures)
 
     def timed(name: str, t: float) -> None:
         timings[name] = timings.get(name, 0.0) + time.monotonic() - t
@@ -837,38 +867,37 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
         timed("training and evaluation", t)
     for task in (tasks if "task" in args.stages else []):
         for method in args.methods:
-            for seed in (range(args.seeds) if method == "random" else [0]):
-                t = time.monotonic()
-                sel = run_selection(args, store, lm, data, "task", task, method, seed)
-                selections.append(sel)
-                timed("task-stage selections", t)
-                if not train:
-                    report()
-                    continue
-                t = time.monotonic()
-                train_seeds = [seed] if method == "random" else range(args.seeds)
-                evals = tasks if method in SHARED else [task]
-                for s in train_seeds:
-                    runs[(task.name, method, s)] = ensure_run(args, store, sel, s, evals,
-                                                              counters)
-                    report()
-                timed("training and evaluation", t)
+            try:
+                task_method(args, store, lm, data, tasks, task, method, train, selections,
+                            runs, counters, report, timed)
+            except Exception as exc:  # noqa: BLE001 - one method failing keeps the others
+                failures.append(f"task stage, {task.name}, {LABEL[method]}: "
+                                f"{type(exc).__name__}: {exc}")
+                traceback.print_exc()
+                report()
     t = time.monotonic()
     if "instruction" in args.stages:
         for method in STAGE_METHODS:
             if method not in args.methods:
                 continue
-            inst = run_selection(args, store, lm, data, "instruction", None, method, 0)
-            selections.append(inst)
-            if "continual" in args.stages:
-                selections.append(run_selection(args, store, lm, data, "continual", None,
-                                                method, 0, previous=inst.selection_id))
+            try:
+                inst = run_selection(args, store, lm, data, "instruction", None, method, 0)
+                selections.append(inst)
+                if "continual" in args.stages:
+                    selections.append(run_selection(args, store, lm, data, "continual",
+                                                    None, method, 0,
+                                                    previous=inst.selection_id))
+            except Exception as exc:  # noqa: BLE001
+                failures.append(f"instruction/continual, {LABEL[method]}: "
+                                f"{type(exc).__name__}: {exc}")
+                traceback.print_exc()
             report()
     timed("instruction and continual selections", t)
-    status[0] = "complete"
+    status[0] = "complete" if not failures else f"complete, {len(failures)} failed"
     report()
     print(f"wrote {args.out} ({counters['trained']} runs trained, {counters['cached']} "
-          "from the cache)", flush=True)
+          f"from the cache, {len(failures)} failures)", flush=True)
+    counters["failed"] = len(failures)
     return counters
 
 

@@ -56,7 +56,7 @@ def test_signals_by_hand():
 
 
 @pytest.mark.skipif(not (DATA_ROOT / "t0").exists(), reason="../shared/data is not present")
-def test_tiny_end_to_end_and_resume(tmp_path):
+def test_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
     argv = ["--model", "tiny", "--methods", "random", "delift", "--seeds", "2",
             "--pool-size", "30", "--eval-size", "6", "--em-eval-size", "6",
             "--target-size", "4", "--stages", "task", "--boot", "200",
@@ -64,7 +64,7 @@ def test_tiny_end_to_end_and_resume(tmp_path):
     first = quality.main(argv)
     # base, random seeds 0 and 1 (trained once, evaluated on both tasks), DELIFT x 2 tasks
     # x 2 seeds
-    assert first == {"trained": 7, "cached": 2}
+    assert first == {"trained": 7, "cached": 2, "failed": 0}
     report = (tmp_path / "w" / "quality.md").read_text()
     assert report.startswith("Command: `python bench/quality.py --model tiny")
     assert "## Outcome: task t0 (sciq)" in report
@@ -80,4 +80,19 @@ def test_tiny_end_to_end_and_resume(tmp_path):
             assert n == 6 if eval_id.startswith("em-") else 6 <= n <= 7
             assert len(result.get("hits", [0] * 6)) == 6
     # a rerun trains nothing: every run comes from the cache
-    assert quality.main(argv) == {"trained": 0, "cached": 9}
+    assert quality.main(argv) == {"trained": 0, "cached": 9, "failed": 0}
+    # a method that fails is reported and leaves the others in place
+    real = quality.select_one
+
+    def select_one(args, store, lm, stage, method, *rest, **kw):
+        if method == "rds":
+            raise RuntimeError("boom")
+        return real(args, store, lm, stage, method, *rest, **kw)
+
+    monkeypatch.setattr(quality, "select_one", select_one)
+    argv.insert(argv.index("delift") + 1, "rds")
+    assert quality.main(argv) == {"trained": 0, "cached": 9, "failed": 2}
+    report = (tmp_path / "w" / "quality.md").read_text()
+    assert "Status: **complete, 2 failed**" in report
+    assert "- task stage, t0, RDS+: RuntimeError: boom" in report
+    assert "| DELIFT | 9 |" in report
