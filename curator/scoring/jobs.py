@@ -143,7 +143,7 @@ def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
     With ``options.hubs`` = h, a second pass scores the h hub examples (``hub_examples``
     over the candidate pairs) against every target as well. "auto" needs the selection
     budget, which scoring alone does not know: it scores no hubs here, and selection
-    (``curate.select_stage``) resolves it to a count first.
+    (``stages.select_stage``) resolves it to a count first.
     """
     options = options or ScoringOptions()
     if not targets:
