@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +20,7 @@ from curator.config import ScoringOptions
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.cache import (
+    UtilityRows,
     existing_pairs,
     load_embeddings,
     load_losses,
@@ -296,22 +297,37 @@ class _PairJob:
                 "seconds": round(s.seconds, 2)})
 
 
+def _stored(store: Store, model: str, config: str, row_ids: Sequence[str],
+            col_ids: Sequence[str], exclude: Set[tuple[str, str]] | None) -> UtilityRows:
+    rows = load_utilities(store, model, config, list(row_ids), list(col_ids))
+    if not exclude:
+        return rows
+    keep = np.array([(t, e) not in exclude
+                     for t, e in zip(rows.target_id, rows.example_id, strict=True)], dtype=bool)
+    idx = np.flatnonzero(keep)
+    return UtilityRows([rows.target_id[i] for i in idx], [rows.example_id[i] for i in idx],
+                       rows.utility[keep], rows.valid[keep])
+
+
 def utility_kernel_from_store(store: Store, model: str, config: str, row_ids: Sequence[str],
                               col_ids: Sequence[str], scale: float | None = None,
-                              self_coverage: str = "best") -> Kernel:
-    """Kernel (rows: targets to cover, columns: candidate examples) from stored utilities."""
-    rows = load_utilities(store, model, config, list(row_ids), list(col_ids))
+                              self_coverage: str = "best",
+                              exclude: Set[tuple[str, str]] | None = None) -> Kernel:
+    """Kernel (rows: targets to cover, columns: candidate examples) from stored utilities,
+    leaving out the (target, example) pairs in ``exclude``."""
+    rows = _stored(store, model, config, row_ids, col_ids, exclude)
     return utility_kernel(rows.target_id, rows.example_id, rows.utility, rows.valid,
                           row_ids=list(row_ids), col_ids=list(col_ids), scale=scale,
                           self_coverage=self_coverage)
 
 
 def utility_scale(store: Store, model: str, config: str, row_ids: Sequence[str],
-                  col_ids: Sequence[str]) -> float:
+                  col_ids: Sequence[str],
+                  exclude: Set[tuple[str, str]] | None = None) -> float:
     """The largest valid positive utility among these pairs (1.0 when there is none): the
     common scale when two kernels (e.g. FLCG's pool and private kernels) must share units."""
-    rows = load_utilities(store, model, config, list(row_ids), list(col_ids))
+    rows = _stored(store, model, config, row_ids, col_ids, exclude)
     ok = rows.valid & ~np.isnan(rows.utility) & (rows.utility > 0)
     ok &= np.array([t != e for t, e in zip(rows.target_id, rows.example_id, strict=True)],
-                   dtype=bool) if len(rows) else ok
+                   dtype=bool) if len(rows.utility) else ok
     return float(rows.utility[ok].max()) if ok.any() else 1.0

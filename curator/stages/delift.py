@@ -10,6 +10,7 @@ from the store), build its kernels and maximise it greedily.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from typing import Any
 
 import numpy as np
@@ -54,8 +55,10 @@ def utility_kernels(ctx: StageContext, function: str
     return kernels_from_store(ctx, function), runs
 
 
-def kernels_from_store(ctx: StageContext, function: str) -> dict[str, Any]:
-    """The stage function's kernels from every stored pair among their rows and columns."""
+def kernels_from_store(ctx: StageContext, function: str,
+                       exclude: Set[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """The stage function's kernels from every stored pair among their rows and columns,
+    less the pairs in ``exclude``."""
     store, lm, pools, options = ctx.store, ctx.lm, ctx.pools, ctx.options
     self_coverage = ctx.spec.self_coverage
     pool, pool_ids = pools.pool, ids(pools.pool)
@@ -69,27 +72,30 @@ def kernels_from_store(ctx: StageContext, function: str) -> dict[str, Any]:
         # pool x pool kernel and keeps the query kernel's own scale.
         scale = None
         if function == "flmi":
-            scale = max(utility_scale(store, fp, chash, pool_ids, pool_ids),
-                        utility_scale(store, fp, chash, ids(q), pool_ids))
+            scale = max(utility_scale(store, fp, chash, pool_ids, pool_ids, exclude),
+                        utility_scale(store, fp, chash, ids(q), pool_ids, exclude))
             if len(pool) > 1:
                 out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids, pool_ids,
-                                                          scale, self_coverage).matrix
+                                                          scale, self_coverage, exclude).matrix
         # (n_query, n_pool): how much each pool item helps each target -> transposed below.
-        qk = utility_kernel_from_store(store, fp, chash, ids(q), pool_ids, scale).matrix
+        qk = utility_kernel_from_store(store, fp, chash, ids(q), pool_ids, scale,
+                                       exclude=exclude).matrix
         out["query_kernel"] = qk.T.tocsr()
     if function == "flcg":
         prev = pools.previous
-        scale = max(utility_scale(store, fp, chash, pool_ids, pool_ids),
-                    utility_scale(store, fp, chash, pool_ids, ids(prev)))
+        scale = max(utility_scale(store, fp, chash, pool_ids, pool_ids, exclude),
+                    utility_scale(store, fp, chash, pool_ids, ids(prev), exclude))
         out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids, pool_ids,
-                                                  scale, self_coverage).matrix
+                                                  scale, self_coverage, exclude).matrix
         out["private_kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids,
-                                                          ids(prev), scale).matrix
+                                                          ids(prev), scale,
+                                                          exclude=exclude).matrix
         return out
     if "kernel" not in out and function != "flvmi":
         if len(pool) > 1:
             out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids, pool_ids,
-                                                      self_coverage=self_coverage).matrix
+                                                      self_coverage=self_coverage,
+                                                      exclude=exclude).matrix
         else:
             out["kernel"] = sp.csr_matrix(np.ones((1, 1), dtype=np.float32))
     return out
@@ -119,7 +125,7 @@ def rank_delift(ctx: StageContext) -> Ranked:
                      f"{AUTO_HUBS_MAX_SHARE:.0%} of the pool (scoring.hubs: auto)")
     kernels, runs = utility_kernels(ctx, function)
     loop = EvidenceLoop(ctx, function, kernels, runs,
-                        rescore=lambda: kernels_from_store(ctx, function))
+                        rescore=lambda exclude: kernels_from_store(ctx, function, exclude))
     ranking, gains, objective = loop.run()
     config["utility_config"] = utility_config(lm, options).config_hash()
     config["self_coverage"] = spec.self_coverage

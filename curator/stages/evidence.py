@@ -5,11 +5,17 @@ again; harmful examples left out; a tail that stays at zero gain ordered by util
 The decisions (which rows need cover, which pairs to score, what is harmful, the tail's
 order) are pure functions in ``curator.selection.evidence``; this module runs them against
 the store and the model for one stage.
+
+Killed and rerun, a stage must reach the same selection and score the same pairs. Each
+round records the pairs it asks for (a ``select-evidence`` run keyed by the stage's key)
+before scoring them; a rerun leaves the pairs earlier attempts asked for out of its kernels
+until its own rounds ask for them again, so every round sees what it saw the first time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Set
 from typing import Any
 
 import numpy as np
@@ -35,13 +41,16 @@ EVIDENCE_ROUNDS = 8
 PAIRS_PER_MISSING_PICK = 4
 # Rounds in a row that bought no informative pick before the loop gives up.
 PATIENCE = 2
+# The runs-table kind that records each round's pairs (what makes a rerun replay the rounds).
+RUN_KIND = "select-evidence"
 
 
 class EvidenceLoop:
     """One DELIFT stage's selection, asking for pairs as it goes (see module docstring)."""
 
     def __init__(self, ctx: StageContext, function: str, kernels: dict[str, Any],
-                 runs: list[UtilitySummary], rescore: Callable[[], dict[str, Any]]) -> None:
+                 runs: list[UtilitySummary],
+                 rescore: Callable[[Set[tuple[str, str]]], dict[str, Any]]) -> None:
         self.ctx, self.function, self.kernels, self.runs = ctx, function, kernels, runs
         self.rescore = rescore
         self.chash = utility_config(ctx.lm, ctx.options).config_hash()
@@ -55,6 +64,23 @@ class EvidenceLoop:
         self.harmful = np.zeros(0, dtype=np.int64)
         self.mean = np.full(len(self.pool_ids), np.nan)
         self._emb: dict[str, np.ndarray] | None = None
+        # pairs earlier (killed) attempts of this stage asked for, and those asked for now
+        self.earlier = self._earlier_requests()
+        self.asked: set[tuple[str, str]] = set()
+        if self.earlier:
+            self.kernels = self.rescore(self.excluded())
+
+    def excluded(self) -> set[tuple[str, str]]:
+        """Pairs an earlier attempt asked for that this one has not asked for (yet)."""
+        return self.earlier - self.asked
+
+    def _earlier_requests(self) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        for run in self.ctx.store.runs(limit=100_000, kind=RUN_KIND):
+            config = json.loads(run["config"] or "{}")
+            if config.get("key") == self.ctx.key and config.get("utility_config") == self.chash:
+                out |= {(t, e) for t, e in config.get("pairs", [])}
+        return out
 
     def run(self) -> tuple[np.ndarray, np.ndarray, float]:
         """(ranking, gains, objective) of the stage's selection."""
@@ -77,12 +103,17 @@ class EvidenceLoop:
             pairs = self._proposals(masked, ranking[:t], n_select - t)
             if not pairs:
                 break
+            run_id = ctx.store.start_run(RUN_KIND, ctx.dataset, {
+                "key": ctx.key, "utility_config": self.chash, "round": self.rounds + 1,
+                "pairs": pairs})
+            self.asked |= set(pairs)
             self.runs.append(score_pair_list(
                 ctx.store, ctx.lm, [*self.row_samples, *ctx.pools.pool], pairs, ctx.options,
                 dataset=ctx.dataset, progress=ctx.progress, echo=ctx.echo))
+            ctx.store.finish_run(run_id, "done", result={"pairs": len(pairs)})
             self.extra += len(pairs)
             self.rounds += 1
-            self.kernels = self.rescore()
+            self.kernels = self.rescore(self.excluded())
         t = first_zero_gain(gains)
         if t < n_select:
             rest = np.setdiff1d(np.arange(len(self.pool_ids)), ranking[:t])
@@ -128,6 +159,11 @@ class EvidenceLoop:
                               sorted(set(self.row_ids) | set(self.pool_ids)), self.pool_ids)
         c_pos = {s: j for j, s in enumerate(self.pool_ids)}
         ok = rows.valid & ~np.isnan(rows.utility)
+        hidden = self.excluded()
+        if hidden and len(rows.utility):
+            ok &= np.array([(t, e) not in hidden
+                            for t, e in zip(rows.target_id, rows.example_id, strict=True)],
+                           dtype=bool)
         if len(rows.utility):
             ok &= np.array([t != e for t, e in zip(rows.target_id, rows.example_id, strict=True)],
                            dtype=bool)
@@ -182,9 +218,11 @@ class EvidenceLoop:
                                np.concatenate([head, self.harmful]).astype(np.int64))
         r_pos = {s: i for i, s in enumerate(self.row_ids)}
         c_pos = {s: j for j, s in enumerate(self.pool_ids)}
+        hidden = self.excluded()
         scored = {(r_pos[t], c_pos[e])
                   for t, e in existing_pairs(ctx.store, ctx.lm.fingerprint, self.chash,
-                                             self.row_ids) if e in c_pos}
+                                             self.row_ids)
+                  if e in c_pos and (t, e) not in hidden}
         same = [(i, c_pos[r]) for i, r in enumerate(self.row_ids) if r in c_pos]
         emb = self._embeddings()
         proposed = propose_pairs(np.stack([emb[i] for i in self.row_ids]),

@@ -561,3 +561,34 @@ def test_auto_hubs_at_small_budgets(cstore, lm):
     emb = select_stage(cstore, "d", StageSpec(method="embedding", budget="2", version=1),
                        lm=lm, options=OPTIONS)
     assert "hubs" not in emb.record.config
+
+
+def test_a_stage_killed_while_scoring_on_demand_reruns_to_the_same_result(cstore, lm, tmp_path,
+                                                                         monkeypatch):
+    """Killed in the middle of a round of on-demand pairs (some of them committed), the rerun
+    replays the rounds as they were: same members, same gains, same pairs in the store."""
+    import curator.stages.evidence as ev
+
+    cstore.query("DELETE FROM utilities")
+    shutil.copytree(cstore.path, tmp_path / "twin")
+    twin = Store(tmp_path / "twin", lock_timeout=10)
+    opts = dataclasses.replace(OPTIONS, k=1, hubs=0, expand=3)
+    spec = StageSpec(budget="12", version=1, harm="off")
+    whole = select_stage(cstore, "d", spec, lm=lm, options=opts)
+    assert whole.record.config["evidence"]["rounds"] >= 1
+
+    real = ev.score_pair_list
+
+    def killed(store, lm_, samples, pairs, options, **kw):
+        real(store, lm_, samples, pairs[: len(pairs) // 2], options, **kw)  # half committed
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(ev, "score_pair_list", killed)
+    with pytest.raises(KeyboardInterrupt):
+        select_stage(twin, "d", spec, lm=lm, options=opts)
+    monkeypatch.setattr(ev, "score_pair_list", real)
+    again = select_stage(twin, "d", spec, lm=lm, options=opts)
+    assert again.sample_ids == whole.sample_ids
+    np.testing.assert_allclose(again.gains, whole.gains)
+    pairs = "SELECT target_id, example_id FROM utilities ORDER BY ALL"
+    assert twin.query(pairs) == cstore.query(pairs)
