@@ -441,6 +441,13 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
               help="DELIFT: how well a pick covers itself: as well as its best helper "
                    "(rows nothing helps, often noisy ones, earn nothing for themselves), "
                    "or fully (the reference code's unit diagonal).")
+@click.option("--harm", type=click.Choice(["mean", "off"]), default="mean", show_default=True,
+              help="DELIFT: leave out examples whose mean utility over their scored pairs is "
+                   "negative (they make the targets they were scored with worse), or not.")
+@click.option("--expand", default=1.0, show_default=True, type=float,
+              help="DELIFT: when greedy runs out of scored pairs before the budget is "
+                   "filled, score up to this many times the stage's graph pairs more where "
+                   "the kernel has no evidence (0: off).")
 @click.option("--seed", default=0, show_default=True)
 @gradient_options
 @scoring_options
@@ -448,10 +455,12 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
 def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, method: str,
                budget: str, function: str | None, target_set: str | None, parent: str | None,
                pool: str, optimizer: str, eta: float, nu: float, param_budget: str | None,
-               self_coverage: str, seed: int, model: str | None, k: int, hubs: str,
-               distance: str, batch_size: int, max_length: int, dtype: str,
+               self_coverage: str, harm: str, expand: float, seed: int, model: str | None,
+               k: int, hubs: str, distance: str, batch_size: int, max_length: int, dtype: str,
                trust_remote_code: bool, gradient: dict[str, Any]) -> None:
     """Pick a subset for a fine-tuning stage and store it as a selection."""
+    import dataclasses
+
     from curator.config import RecipeError, StageSpec
     from curator.curate import select_stage
 
@@ -459,7 +468,7 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
     spec = StageSpec(stage=stage, method=method, budget=budget, function=function,
                      version=version, target=target_set, parent=parent, pool=pool,
                      optimizer=optimizer, eta=eta, nu=nu, seed=seed, param_budget=param_budget,
-                     self_coverage=self_coverage, gradient=gradient)
+                     self_coverage=self_coverage, harm=harm, gradient=gradient)
     try:
         spec.validate("option")
     except RecipeError as exc:
@@ -469,9 +478,14 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
         text = re.sub(r"option\.gradient\.(\w+)",
                       lambda m: "--" + m.group(1).replace("_", "-"), text)
         raise CuratorError(text.replace("option.", "--").replace("option: ", "")) from exc
+    options = dataclasses.replace(_options(k, distance, batch_size, max_length, dtype,
+                                           hubs=hubs), expand=expand)
+    try:
+        options.validate("option")
+    except RecipeError as exc:
+        raise CuratorError(str(exc).replace("option.", "--")) from exc
     outcome = select_stage(store, dataset, spec, lm=_loader(model, dtype, trust_remote_code),
-                           options=_options(k, distance, batch_size, max_length, dtype,
-                                            hubs=hubs),
+                           options=options,
                            progress=True, echo=lambda m: click.echo(m, err=True))
     r = outcome.record
     for run in outcome.scoring:

@@ -67,6 +67,9 @@ class ScoringOptions:
                                       #   kNN targets (what small budgets miss; 0: off;
                                       #   "auto": k of them at budgets <= 20%, see resolved_hubs)
     dtype: str = "auto"               # auto: bf16 on CUDA and on CPUs with native bf16
+    expand: float = 1.0               # DELIFT: when greedy runs out of scored pairs, score up
+                                      #   to this many times the stage's graph pairs more where
+                                      #   the kernel has no evidence (0: off)
 
     def validate(self, where: str = "scoring") -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -86,6 +89,10 @@ class ScoringOptions:
             raise RecipeError(f"{where}.batch_size must be a positive integer")
         if not isinstance(self.max_length, int) or self.max_length < 16:
             raise RecipeError(f"{where}.max_length must be an integer >= 16")
+        if isinstance(self.expand, bool) or not isinstance(self.expand, (int, float)) \
+                or not 0 <= self.expand <= 100:
+            raise RecipeError(f"{where}.expand must be a number in [0, 100] (0: off), "
+                              f"got {self.expand!r}")
         if self.dtype not in ("auto", "bf16", "fp32", "fp16", "bfloat16", "float32", "float16"):
             raise RecipeError(f"{where}.dtype must be auto, bf16, fp16 or fp32")
 
@@ -146,6 +153,10 @@ class GradientOptions:
             raise RecipeError(f"{where}.mask_spread must be a number in [0, 1], got {value!r}")
 
 
+# DELIFT's use of negative utilities: "mean" filters net-harmful examples, "off" ignores them.
+HARM_RULES = ("mean", "off")
+
+
 @dataclass
 class StageSpec:
     """One selection step of a recipe."""
@@ -165,6 +176,8 @@ class StageSpec:
     param_budget: str | None = None   # DualSFT: share of parameters in the mask
     self_coverage: str = "best"       # DELIFT kernels: "best" or "one" (scoring/kernels.py)
     gradient: GradientOptions = field(default_factory=GradientOptions)  # DualSFT only
+    harm: str = "mean"                # DELIFT: "mean" leaves out examples whose mean utility
+                                      #   over their scored pairs is negative; "off"
     name: str | None = None
 
     def validate(self, where: str) -> None:
@@ -193,6 +206,9 @@ class StageSpec:
         if self.self_coverage not in ("best", "one"):
             raise RecipeError(f"{where}.self_coverage must be 'best' or 'one', got "
                               f"{self.self_coverage!r}")
+        if self.harm not in HARM_RULES:
+            raise RecipeError(f"{where}.harm must be one of {', '.join(HARM_RULES)}, got "
+                              f"{self.harm!r}")
         if self.pool not in ("new", "all"):
             raise RecipeError(f"{where}.pool must be 'new' or 'all', got {self.pool!r}")
         if isinstance(self.gradient, dict):

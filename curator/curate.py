@@ -54,6 +54,9 @@ from curator.store.selections import (
 )
 from curator.store.trash import trashed_ids
 
+# Stage settings only DELIFT reads: other methods keep their stored selections' keys.
+DELIFT_ONLY_SPEC = ("self_coverage", "harm")
+
 MODEL_METHODS = ("delift", "embedding", "rds", "dualsft", "gast", "less")
 
 
@@ -193,20 +196,32 @@ def _utility_kernels(store: Store, lm: LoadedModel, pools: Pools, function: str,
                      self_coverage: str = "best"
                      ) -> tuple[dict[str, Any], list[UtilitySummary]]:
     """Score the pairs the stage's function reads, then build its kernels."""
+    pool = pools.pool
+    runs: list[UtilitySummary] = []
+    if function in ("facility_location", "graph_cut", "flcg", "flmi") and len(pool) > 1:
+        runs.append(score_utilities(store, lm, pool, pool, options, dataset=dataset,
+                                    progress=progress, echo=echo))
+    if function in ("flmi", "flvmi"):
+        kq = _query_k(options, n_select, len(pools.target), len(pool))
+        runs.append(score_utilities(store, lm, pools.target, pool, options, k=kq,
+                                    dataset=dataset, progress=progress, echo=echo))
+    if function == "flcg":
+        runs.append(score_utilities(store, lm, pool, pools.previous, options, dataset=dataset,
+                                    progress=progress, echo=echo))
+    return _utility_kernels_from_store(store, lm, pools, function, options,
+                                       self_coverage), runs
+
+
+def _utility_kernels_from_store(store: Store, lm: LoadedModel, pools: Pools, function: str,
+                                options: ScoringOptions, self_coverage: str = "best"
+                                ) -> dict[str, Any]:
+    """The stage function's kernels from every stored pair among their rows and columns."""
     pool, pool_ids = pools.pool, _ids(pools.pool)
     chash = utility_config(lm, options).config_hash()
     fp = lm.fingerprint
-    runs: list[UtilitySummary] = []
     out: dict[str, Any] = {}
-    if function in ("facility_location", "graph_cut", "flcg", "flmi"):
-        if len(pool) > 1:
-            runs.append(score_utilities(store, lm, pool, pool, options, dataset=dataset,
-                                        progress=progress, echo=echo))
     if function in ("flmi", "flvmi"):
         q = pools.target
-        kq = _query_k(options, n_select, len(q), len(pool))
-        runs.append(score_utilities(store, lm, q, pool, options, k=kq, dataset=dataset,
-                                    progress=progress, echo=echo))
         # FLMI compares pool x pool and Q x pool coverage (min of the two), so both kernels
         # are divided by one scale, the largest positive utility of either; FLVMI has no
         # pool x pool kernel and keeps the query kernel's own scale.
@@ -222,15 +237,13 @@ def _utility_kernels(store: Store, lm: LoadedModel, pools: Pools, function: str,
         out["query_kernel"] = qk.T.tocsr()
     if function == "flcg":
         prev = pools.previous
-        runs.append(score_utilities(store, lm, pool, prev, options, dataset=dataset,
-                                    progress=progress, echo=echo))
         scale = max(utility_scale(store, fp, chash, pool_ids, pool_ids),
                     utility_scale(store, fp, chash, pool_ids, _ids(prev)))
         out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids, pool_ids,
                                                   scale, self_coverage).matrix
         out["private_kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids,
                                                           _ids(prev), scale).matrix
-        return out, runs
+        return out
     if "kernel" not in out and function != "flvmi":
         if len(pool) > 1:
             out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids,
@@ -238,26 +251,7 @@ def _utility_kernels(store: Store, lm: LoadedModel, pools: Pools, function: str,
                                                       self_coverage=self_coverage).matrix
         else:
             out["kernel"] = sp.csr_matrix(np.ones((1, 1), dtype=np.float32))
-    return out, runs
-
-
-def _fill_zero_gain_tail(result: Any, fallback: dict[str, Any], n_select: int,
-                         spec: StageSpec, function: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """Picks made at zero gain carry no information from the utilities (no candidate pair
-    covered anything more); re-pick that tail with the embedding kernels, starting from the
-    informative picks, instead of taking candidates in index order."""
-    ranking, gains = np.asarray(result.ranking), np.asarray(result.gains, dtype=float)
-    informative = int(np.argmax(gains <= 1e-12)) if (gains <= 1e-12).any() else len(gains)
-    if informative >= len(ranking):
-        return ranking, gains, 0
-    head = ranking[:informative]
-    tail = select(fallback.get("kernel"), n_select - informative, function=function,
-                  optimizer=spec.optimizer, query_kernel=fallback.get("query_kernel"),
-                  private_kernel=fallback.get("private_kernel"), eta=spec.eta, nu=spec.nu,
-                  seed=spec.seed, initial_subset=head if len(head) else None)
-    new_rank = np.concatenate([head, np.asarray(tail.ranking)])
-    new_gains = np.concatenate([gains[:informative], np.zeros(len(tail.ranking))])
-    return new_rank, new_gains, len(tail.ranking)
+    return out
 
 
 def rds_ranking(pool_emb: np.ndarray, target_emb: np.ndarray, n_select: int) -> np.ndarray:
@@ -299,9 +293,11 @@ def stage_key(dataset: str, spec: StageSpec, pools: Pools, options: ScoringOptio
                  for k, v in vars(spec).items()
                  if k not in ("name", "version", "parent")
                  # only DELIFT reads it: other methods keep their hashes
-                 and (k != "self_coverage" or spec.method == "delift")
+                 and (k not in DELIFT_ONLY_SPEC or spec.method == "delift")
                  and (k != "gradient" or spec.method == "dualsft")},
-        "options": {k: v for k, v in vars(options).items() if not (k == "hubs" and v == 0)},
+        "options": {k: v for k, v in vars(options).items()
+                    if not (k == "hubs" and v == 0)
+                    and (k != "expand" or spec.method == "delift")},
         "model": fingerprint}
     if spec.method in GRADIENT_METHODS:
         # gradient selections made before cross-fitting, signed masks and GAST's union
@@ -424,29 +420,217 @@ def _rank_by_kernels(store: Store, lm: LoadedModel, spec: StageSpec, pools: Pool
                      echo: Callable[[str], None] | None, dataset: str) -> _Ranked:
     """DELIFT (utility kernels, scored as needed) or its embedding baseline: greedy
     submodular maximisation of the stage's function. Adds to ``config`` and ``notes``."""
-    runs: list[UtilitySummary] = []
     if spec.method == "delift":
-        kernels, runs = _utility_kernels(store, lm, pools, function, options, n_select,
-                                         progress, echo, dataset, spec.self_coverage)
-        config["utility_config"] = utility_config(lm, options).config_hash()
-        config["self_coverage"] = spec.self_coverage
-        # what the kernels held (stored pairs of other stages count too): two selections
-        # with equal settings but different store histories differ here
-        config["kernel_nnz"] = {name: int(m.nnz) for name, m in kernels.items()
-                                if m is not None}
-    else:
-        kernels = _embedding_kernels(store, lm, pools, function, options)
-    result = select(kernels.get("kernel"), n_select, function=function,
-                    optimizer=spec.optimizer, query_kernel=kernels.get("query_kernel"),
-                    private_kernel=kernels.get("private_kernel"), eta=spec.eta, nu=spec.nu,
-                    seed=spec.seed)
-    ranking, gains = np.asarray(result.ranking), np.asarray(result.gains)
-    if spec.method == "delift" and (gains <= 1e-12).any():
-        fallback = _embedding_kernels(store, lm, pools, function, options)
-        ranking, gains, filled = _fill_zero_gain_tail(result, fallback, n_select, spec,
-                                                      function)
-        if filled:
-            notes.append(f"{filled} picks made at zero utility gain were re-picked by "
-                         "embedding similarity")
-            config["zero_gain_refilled"] = filled
-    return _Ranked(ranking, gains, float(result.objective), function, runs)
+        return _rank_delift(store, lm, spec, pools, function, options, n_select, config,
+                            notes, progress, echo, dataset)
+    kernels = _embedding_kernels(store, lm, pools, function, options)
+    result = _greedy(kernels, n_select, spec, function)
+    return _Ranked(np.asarray(result.ranking), np.asarray(result.gains),
+                   float(result.objective), function)
+
+
+def _greedy(kernels: dict[str, Any], n_select: int, spec: StageSpec, function: str) -> Any:
+    return select(kernels.get("kernel"), n_select, function=function,
+                  optimizer=spec.optimizer, query_kernel=kernels.get("query_kernel"),
+                  private_kernel=kernels.get("private_kernel"), eta=spec.eta, nu=spec.nu,
+                  seed=spec.seed)
+
+
+# At most this many rounds of on-demand scoring per selection (each round re-runs greedy).
+EVIDENCE_ROUNDS = 8
+# Pairs scored per pick still missing, per round: about half of measured pairs help.
+PAIRS_PER_MISSING_PICK = 4
+
+
+def _rank_delift(store: Store, lm: LoadedModel, spec: StageSpec, pools: Pools,
+                 function: str, options: ScoringOptions, n_select: int,
+                 config: dict[str, Any], notes: list[str], progress: bool,
+                 echo: Callable[[str], None] | None, dataset: str) -> _Ranked:
+    """DELIFT on a sparse utility kernel that asks for the evidence it lacks.
+
+    1. Score the stage's candidate graph (kNN pairs, hub columns) and build the kernels.
+    2. Leave out harmful examples (``spec.harm``; ``selection.evidence.harmful_columns``).
+    3. Greedy; when picks start to come at zero gain before the budget is filled, score
+       more pairs where the kernel is blind (rows nothing picked covers, against their most
+       similar unscored candidates), at most ``options.expand`` times the graph's pairs in
+       all, and run greedy again.
+    4. A zero-gain tail that remains is ordered by utility evidence (candidates' mean
+       utility), never by embedding similarity alone.
+    """
+    from curator.scoring.jobs import score_pair_list
+    from curator.selection.evidence import (
+        evidence_order,
+        first_zero_gain,
+        harmful_columns,
+        propose_pairs,
+        rows_by_need,
+        without_columns,
+    )
+
+    pool_ids = _ids(pools.pool)
+    kernels, runs = _utility_kernels(store, lm, pools, function, options, n_select,
+                                     progress, echo, dataset, spec.self_coverage)
+    chash = utility_config(lm, options).config_hash()
+    graph_pairs = sum(r.n_pairs for r in runs)
+    cap = int(round(options.expand * graph_pairs))
+    # rows greedy covers, as sample ids: the targets for FLVMI, the pool otherwise
+    row_samples = pools.target if function == "flvmi" else pools.pool
+    row_ids = _ids(row_samples)
+    emb = None
+    harmful: np.ndarray = np.zeros(0, dtype=np.int64)
+    mean = np.full(len(pool_ids), np.nan)
+    extra = rounds = 0
+    last_t, stale = -1, 0
+    while True:
+        if spec.harm != "off" or rounds:
+            mean, count = _column_evidence(store, lm.fingerprint, chash,
+                                           sorted(set(row_ids) | set(pool_ids)), pool_ids)
+            if spec.harm == "mean":
+                harmful = harmful_columns(mean, count)
+        masked = _without_candidates(kernels, harmful, function, without_columns)
+        result = _greedy(masked, n_select, spec, function)
+        ranking, gains = np.asarray(result.ranking), np.asarray(result.gains, dtype=float)
+        t = first_zero_gain(gains)
+        # stop when the budget is filled by measured gains, the pair budget is spent, or two
+        # rounds of pairs in a row bought no further informative pick
+        stale = stale + 1 if t <= last_t else 0
+        if t >= n_select or extra >= cap or rounds >= EVIDENCE_ROUNDS or stale >= 2:
+            break
+        last_t = max(last_t, t)
+        head = ranking[:t]
+        probe = _rows_in_need(masked, head, function, spec, rows_by_need)
+        if emb is None:
+            emb = _stage_embeddings(store, lm, pools, options)
+        allowed = np.setdiff1d(np.arange(len(pool_ids)), np.concatenate([head, harmful]))
+        scored = _scored_positions(store, lm.fingerprint, chash, row_ids, pool_ids)
+        same = [(i, c) for i, r in enumerate(row_ids) for c in [_index(pool_ids, r)]
+                if c is not None]
+        # a round asks for about PAIRS_PER_MISSING_PICK pairs per pick still to make, spread
+        # over the rows in most need (each row's most similar unscored candidates)
+        want = min(cap - extra, PAIRS_PER_MISSING_PICK * (n_select - t))
+        per_row = int(np.clip(-(-want // max(len(probe), 1)), 1, options.k))
+        probe = probe[:-(-want // per_row)]
+        proposed = propose_pairs(emb[row_ids], emb[pool_ids], probe, allowed, scored,
+                                 per_row, same)[:want]
+        if not proposed:
+            break
+        pairs = [(row_ids[r], pool_ids[c]) for r, c in proposed]
+        runs.append(score_pair_list(store, lm, [*row_samples, *pools.pool], pairs, options,
+                                    dataset=dataset, progress=progress, echo=echo))
+        extra += len(pairs)
+        rounds += 1
+        kernels = _utility_kernels_from_store(store, lm, pools, function, options,
+                                              spec.self_coverage)
+    t = first_zero_gain(gains)
+    filled = 0
+    if t < n_select:
+        rest = np.setdiff1d(np.arange(len(pool_ids)), ranking[:t])
+        tail = evidence_order(rest, mean, harmful, seed=spec.seed)[:n_select - t]
+        ranking = np.concatenate([ranking[:t], tail])
+        gains = np.concatenate([gains[:t], np.zeros(len(tail))])
+        filled = len(tail)
+    config["utility_config"] = chash
+    config["self_coverage"] = spec.self_coverage
+    config["harm"] = spec.harm
+    config["harmful_excluded"] = int(len(harmful))
+    config["evidence"] = {"graph_pairs": int(graph_pairs), "extra_pairs": int(extra),
+                          "rounds": int(rounds), "expand": options.expand}
+    config["zero_gain_picks"] = int(filled)
+    # what the kernels held (stored pairs of other stages count too): two selections with
+    # equal settings but different store histories differ here
+    config["kernel_nnz"] = {name: int(m.nnz) for name, m in kernels.items() if m is not None}
+    if extra:
+        notes.append(f"scored {extra} more pairs in {rounds} round(s) where the kernel had no "
+                     f"evidence ({extra / max(graph_pairs, 1):.0%} of the graph's "
+                     f"{graph_pairs})")
+    if len(harmful):
+        notes.append(f"left out {len(harmful)} harmful example(s): negative mean utility "
+                     "over their scored pairs")
+    if filled:
+        notes.append(f"{filled} picks came at zero gain (no scored pair covered more) and were "
+                     "ordered by the candidates' mean utility")
+        config["zero_gain_refilled"] = filled
+    objective = float(result.objective)
+    return _Ranked(ranking, gains, objective, function, runs)
+
+
+def _rows_in_need(kernels: dict[str, Any], head: np.ndarray, function: str, spec: StageSpec,
+                  rows_by_need: Callable[..., np.ndarray]) -> np.ndarray:
+    """Rows whose credit new pairs could still raise, for the stage's function, least
+    covered first (``selection.evidence.rows_by_need``)."""
+    if function == "flvmi":
+        # rows are the targets: Q is (n_pool, n_query), a target's coverage its column max
+        return rows_by_need(kernels["query_kernel"].T, head, seed=spec.seed)
+    kernel = kernels["kernel"]
+    if function == "flcg":
+        prev = np.asarray(kernels["private_kernel"].max(axis=1).todense()).ravel()
+        return rows_by_need(kernel, head, floor=spec.nu * prev, seed=spec.seed)
+    if function == "flmi":
+        q = kernels["query_kernel"]
+        qmax = np.asarray(q.max(axis=1).todense()).ravel() if sp.issparse(q) \
+            else np.asarray(q).max(axis=1)
+        return rows_by_need(kernel, head, ceiling=spec.eta * qmax, seed=spec.seed)
+    return rows_by_need(kernel, head, seed=spec.seed)
+
+
+def _index(ids: list[str], x: str) -> int | None:
+    try:
+        return ids.index(x)
+    except ValueError:
+        return None
+
+
+def _stage_embeddings(store: Store, lm: LoadedModel, pools: Pools,
+                      options: ScoringOptions) -> dict[str, np.ndarray]:
+    everyone = {s.sample_id: s for s in [*pools.pool, *pools.target, *pools.previous]}
+    emb, _ = ensure_embeddings(store, lm, list(everyone.values()),
+                               batch_size=options.batch_size)
+    table = {sid: emb[i] for i, sid in enumerate(everyone)}
+
+    class _ByIds(dict):
+        def __getitem__(self, ids):  # type: ignore[override]
+            return np.stack([dict.__getitem__(self, i) for i in ids])
+
+    return _ByIds(table)
+
+
+def _scored_positions(store: Store, model: str, chash: str, row_ids: list[str],
+                      col_ids: list[str]) -> set[tuple[int, int]]:
+    from curator.scoring.cache import existing_pairs
+
+    r_pos = {s: i for i, s in enumerate(row_ids)}
+    c_pos = {s: j for j, s in enumerate(col_ids)}
+    return {(r_pos[t], c_pos[e]) for t, e in existing_pairs(store, model, chash, row_ids)
+            if e in c_pos}
+
+
+def _column_evidence(store: Store, model: str, chash: str, row_ids: list[str],
+                     col_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate's mean utility (in units of the largest positive one) over its valid
+    scored pairs with the stage's rows, and how many pairs that is."""
+    from curator.scoring.cache import load_utilities
+    from curator.selection.evidence import column_mean_utility
+
+    rows = load_utilities(store, model, chash, row_ids, col_ids)
+    c_pos = {s: j for j, s in enumerate(col_ids)}
+    ok = rows.valid & ~np.isnan(rows.utility)
+    ok &= np.array([t != e for t, e in zip(rows.target_id, rows.example_id, strict=True)],
+                   dtype=bool) if len(rows.utility) else ok
+    pos = rows.utility[ok]
+    scale = float(pos[pos > 0].max()) if (pos > 0).any() else 1.0
+    cols = [c_pos[e] for e, k in zip(rows.example_id, ok, strict=True) if k]
+    return column_mean_utility(cols, rows.utility[ok], len(col_ids), scale)
+
+
+def _without_candidates(kernels: dict[str, Any], harmful: np.ndarray, function: str,
+                        without_columns: Callable[..., Any]) -> dict[str, Any]:
+    """The kernels with the harmful candidates' entries removed: they can only be picked
+    at zero gain, in the evidence-ordered tail."""
+    if not len(harmful):
+        return kernels
+    out = dict(kernels)
+    if out.get("kernel") is not None:
+        out["kernel"] = without_columns(out["kernel"], harmful, axis=1)
+    if function == "flvmi" and out.get("query_kernel") is not None:
+        out["query_kernel"] = without_columns(out["query_kernel"], harmful, axis=0)
+    return out

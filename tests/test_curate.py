@@ -243,11 +243,14 @@ def fl(S: np.ndarray, picked: np.ndarray) -> float:
 
 
 def test_instruction_delift_facility_location(cstore, lm):
-    spec = StageSpec(stage="instruction", method="delift", budget="25%", version=1)
-    out = select_stage(cstore, "d", spec, lm=lm, options=OPTIONS)
+    spec = StageSpec(stage="instruction", method="delift", budget="25%", version=1,
+                     harm="off")
+    out = select_stage(cstore, "d", spec, lm=lm,
+                       options=dataclasses.replace(OPTIONS, expand=0))
     assert out.scoring[0].n_computed == 0           # v1 x v1 was scored in the base store
     assert out.scoring[0].n_pairs == 72
-    assert not out.reused and out.notes == []
+    assert not out.reused
+    assert all("zero gain" in n for n in out.notes)
     rec, members = check_stored(cstore, out, stage="instruction", method="delift",
                                 function="facility_location", budget="25%", n_pool=24,
                                 n_selected=6, parent=None, target=None,
@@ -323,7 +326,7 @@ def test_task_delift_flvmi(cstore, lm):
     assert rec.objective == pytest.approx(expected, rel=1e-5)
     assert sum(m["gain"] for m in members) == pytest.approx(rec.objective, rel=1e-5)
     if rec.config.get("zero_gain_refilled"):
-        assert any("re-picked by embedding similarity" in n for n in out.notes)
+        assert any("ordered by the candidates' mean utility" in n for n in out.notes)
 
 
 def test_task_delift_flmi(cstore, lm):
@@ -331,7 +334,7 @@ def test_task_delift_flmi(cstore, lm):
                                               version=1, target="q", eta=0.5),
                        lm=lm, options=OPTIONS)
     rec, members = check_stored(cstore, out, function="flmi", target="q:1")
-    assert [s.n_targets for s in out.scoring] == [24, N_Q]   # pool x pool, then Q x pool
+    assert [s.n_targets for s in out.scoring[:2]] == [24, N_Q]   # pool x pool, then Q x pool
     assert out.scoring[0].n_computed == 0
     pool, q = ids(load_samples(cstore, "d", 1)), ids(load_samples(cstore, "q", 1))
     fp, ch = lm.fingerprint, chash(lm)
@@ -363,7 +366,7 @@ def test_continual_delift_flcg(cstore, lm):
     assert rec.config["pool"] == pool_kind
     assert set(out.sample_ids) <= set(ids(pools.pool))
     assert not set(out.sample_ids) & set(parent.sample_ids)
-    assert [s.n_examples for s in out.scoring] == [len(pools.pool), 6]  # D x D, D x P
+    assert [s.n_examples for s in out.scoring[:2]] == [len(pools.pool), 6]  # D x D, D x P
     pool, prev = ids(pools.pool), ids(pools.previous)
     fp, ch = lm.fingerprint, chash(lm)
     scale = max(utility_scale(cstore, fp, ch, pool, pool), utility_scale(cstore, fp, ch, pool,
@@ -376,37 +379,89 @@ def test_continual_delift_flcg(cstore, lm):
     assert sum(m["gain"] for m in members) == pytest.approx(rec.objective, rel=1e-5, abs=1e-6)
 
 
-# -- the zero-gain tail refill ----------------------------------------------------------------
+# -- evidence on demand, harmful examples, the zero-gain tail ---------------------------------
 
 
-def test_zero_gain_tail_is_refilled_by_embedding_similarity(cstore, lm):
-    """One hub example helps every target fully and every other pair hurts: after the hub
-    the utility kernel gives nothing, so the rest of the budget is re-picked by embeddings."""
+def test_zero_gain_tail_is_ordered_by_utility_evidence(cstore, lm):
+    """One hub example helps every target fully and every other pair hurts: the others are
+    harmful (negative mean utility) and left out, nothing more can be scored (every pair is
+    stored), so after the hub the budget is filled by mean utility, never by embeddings."""
     pool = ids(load_samples(cstore, "d", 1))
     hub = pool[5]
     cfg = chash(lm)
     cstore.query("DELETE FROM utilities")
     pairs = [(t, e) for t in pool for e in pool if t != e]
+    # harm grows with the example's index: the least harmful come first in the tail
     save_utilities(cstore, lm.fingerprint, cfg, [t for t, _ in pairs], [e for _, e in pairs],
-                   [1.0 if e == hub else -0.5 for _, e in pairs], [0.5] * len(pairs),
-                   [0.5] * len(pairs), [True] * len(pairs))
+                   [1.0 if e == hub else -0.01 * (1 + pool.index(e)) for _, e in pairs],
+                   [0.5] * len(pairs), [0.5] * len(pairs), [True] * len(pairs))
     out = select_stage(cstore, "d", StageSpec(budget="6", version=1), lm=lm, options=OPTIONS)
     assert out.scoring[0].n_computed == 0            # every candidate pair was stored
-    assert out.sample_ids[0] == hub
-    tail = out.sample_ids[1:]
-    assert len(tail) == 5 and len(set(tail)) == 5 and hub not in tail
-    assert out.notes == ["5 picks made at zero utility gain were re-picked by embedding "
-                         "similarity"]
-    # The hub covers the 23 others fully; nothing helps the hub, so it covers itself with 0
-    # (self_coverage "best"; it would be 24 with the unit diagonal).
+    assert out.sample_ids == [hub, *pool[:5]]
     rec, members = check_stored(cstore, out, objective=23.0)
-    assert rec.config["zero_gain_refilled"] == 5 and rec.config["self_coverage"] == "best"
+    assert rec.config["zero_gain_refilled"] == 5 == rec.config["zero_gain_picks"]
+    assert rec.config["harmful_excluded"] == 23
+    assert rec.config["evidence"]["extra_pairs"] == 0   # the blind row (the hub) has no unscored pair
     assert [m["gain"] for m in members] == [23.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    # the tail is what facility location on the embedding kernel picks after the hub
-    E = embedding_kernel(embeddings(cstore, lm, pool), pool, 3).matrix
-    expected = select(E, 5, initial_subset=[5]).ranking
-    assert tail == [pool[i] for i in expected]
-    assert tail != [p for p in pool if p != hub][:5]   # not index order
+    assert any("left out 23 harmful" in n for n in out.notes)
+
+
+def test_harmful_examples_are_left_out(cstore, lm):
+    """Example j hurts every target it was scored with, but helps one a little: with the
+    filter it is never picked, without it greedy takes it for that bit of coverage."""
+    pool = ids(load_samples(cstore, "d", 1))
+    cfg = chash(lm)
+    cstore.query("DELETE FROM utilities")
+    bad = pool[0]
+    pairs = [(t, e) for t in pool for e in pool if t != e]
+    u = []
+    for t, e in pairs:
+        if e == bad:
+            u.append(0.9 if t == pool[1] else -0.9)       # mean over 23 targets: < 0
+        else:
+            u.append(0.1 if pool.index(t) % 12 == pool.index(e) % 12 else 0.0)
+    save_utilities(cstore, lm.fingerprint, cfg, [t for t, _ in pairs], [e for _, e in pairs],
+                   u, [0.5] * len(pairs), [0.5] * len(pairs), [True] * len(pairs))
+    kept = select_stage(cstore, "d", StageSpec(budget="6", version=1), lm=lm, options=OPTIONS)
+    assert bad not in kept.sample_ids
+    assert kept.record.config["harmful_excluded"] == 1
+    off = select_stage(cstore, "d", StageSpec(budget="6", version=1, harm="off"), lm=lm,
+                       options=OPTIONS)
+    assert off.sample_ids[0] == bad and off.record.config["harmful_excluded"] == 0
+
+
+def test_pairs_scored_on_demand_fill_the_budget_with_measured_utilities(cstore, lm):
+    """A 1-NN graph leaves most of a half-pool budget at zero gain; with ``expand`` the
+    stage scores more pairs where the kernel is blind and the zero-gain tail shrinks. Every
+    pair scored on demand equals the reference engine's value (dense computation)."""
+    from curator.scoring.cache import load_utilities
+    from curator.scoring.utility import score_pairs_reference
+
+    pool_samples = load_samples(cstore, "d", 1)
+    pool = ids(pool_samples)
+    cstore.query("DELETE FROM utilities")
+    opts = dataclasses.replace(OPTIONS, k=1, hubs=0)
+    spec = StageSpec(budget="12", version=1, harm="off")
+    blind = select_stage(cstore, "d", spec, lm=lm, options=dataclasses.replace(opts, expand=0))
+    n_graph = int(cstore.query("SELECT count(*) FROM utilities")[0][0])
+    assert blind.record.config["zero_gain_picks"] > 0
+    out = select_stage(cstore, "d", spec, lm=lm, options=dataclasses.replace(opts, expand=3))
+    ev = out.record.config["evidence"]
+    n_all = int(cstore.query("SELECT count(*) FROM utilities")[0][0])
+    assert ev["graph_pairs"] == n_graph and ev["extra_pairs"] == n_all - n_graph > 0
+    assert ev["extra_pairs"] <= 3 * n_graph
+    assert out.record.config["zero_gain_picks"] < blind.record.config["zero_gain_picks"]
+    rows = load_utilities(cstore, lm.fingerprint, chash(lm), pool, pool)
+    ref = score_pairs_reference(lm, {s.sample_id: s for s in pool_samples},
+                                list(zip(rows.target_id, rows.example_id, strict=True)),
+                                utility_config(lm, opts)).as_dict()
+    got = dict(zip(zip(rows.target_id, rows.example_id, strict=True), rows.utility, strict=True))
+    assert set(got) == set(ref)
+    np.testing.assert_allclose([got[p] for p in ref], list(ref.values()), rtol=1e-4, atol=1e-5)
+    # the objective is facility location on the kernel of every stored pair
+    S = dense(utility_kernel_from_store(cstore, lm.fingerprint, chash(lm), pool, pool))
+    assert out.record.objective == pytest.approx(fl(S, positions(pool, out.sample_ids)),
+                                                 rel=1e-5)
 
 
 def test_continual_embedding_flcg_over_all_unused_samples(cstore, lm):
@@ -449,12 +504,12 @@ def test_stage_key_ignores_settings_at_their_new_defaults(cstore):
 
     spec = StageSpec(method="random", budget="4", version=1)
     pools = resolve_pools(cstore, "d", spec)
-    old_options = {k: v for k, v in vars(OPTIONS).items() if k != "hubs"}
+    old_options = {k: v for k, v in vars(OPTIONS).items() if k not in ("hubs", "expand")}
     old_key = raw_hash({"dataset": "d", "version": 1, "pool": ids(pools.pool), "target": None,
                         "parent": None,
                         "spec": {k: v for k, v in vars(spec).items()
                                  if k not in ("name", "version", "parent", "self_coverage",
-                                              "gradient")},
+                                              "harm", "gradient")},
                         "options": old_options, "model": None})
     off = dataclasses.replace(OPTIONS, hubs=0)  # what select_stage resolves "auto" to here
     assert stage_key("d", spec, pools, off, None) == old_key

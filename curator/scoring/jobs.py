@@ -195,6 +195,37 @@ def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
     return summary
 
 
+def score_pair_list(store: Store, lm: LoadedModel, samples: Sequence[Sample],
+                    pairs: Sequence[tuple[str, str]], options: ScoringOptions | None = None, *,
+                    dataset: str | None = None, progress: bool = False,
+                    echo: Callable[[str], None] | None = None) -> UtilitySummary:
+    """Score UF(target, example) for an explicit list of (target_id, example_id) pairs (those
+    already stored are skipped), under one recorded run, committed chunk by chunk: what a
+    selection asks for when its kNN pairs run out (``curator.selection.evidence``)."""
+    options = options or ScoringOptions()
+    started = time.monotonic()
+    config = utility_config(lm, options)
+    chash = config.config_hash()
+    by_id = {s.sample_id: s for s in samples}
+    missing = {x for p in pairs for x in p if x not in by_id}
+    if missing:
+        raise KeyError(f"{len(missing)} sample id(s) in the pairs are not among the samples")
+    wanted = list(dict.fromkeys((t, e) for t, e in pairs if t != e))
+    done = existing_pairs(store, lm.fingerprint, chash, sorted({t for t, _ in wanted}))
+    summary = UtilitySummary(len({t for t, _ in wanted}), len({e for _, e in wanted}),
+                             len(wanted), 0, 0, 0, 0, 0.0, lm.fingerprint, chash, "on demand")
+    job = _PairJob(store, lm, config, options, by_id, summary, dataset, progress, echo)
+    try:
+        job.run([p for p in wanted if p not in done])
+    except BaseException as exc:
+        job.fail(exc)
+        raise
+    summary.n_reused = summary.n_pairs - summary.n_computed
+    summary.seconds = time.monotonic() - started
+    job.finish()
+    return summary
+
+
 class _PairJob:
     """Scores lists of pairs into the store under one recorded run (started on first use),
     committing chunk by chunk."""
