@@ -1,30 +1,82 @@
-"""Quality benchmark: does a curated subset train as well as it should, on real public data?
+"""Quality benchmark: do curated subsets train better than random subsets of the same size?
 
-    .venv/bin/python bench/quality.py                  # default sizes (pool 200, fine-tune at 30%)
-    .venv/bin/python bench/quality.py --train-budgets 10% 30% 50%   # the issue's full grid
-    .venv/bin/python bench/quality.py --smoke          # tiny model, tiny sizes: checks the script
+    .venv/bin/python bench/quality.py --plan      # the sizing estimate below, then exit
+    .venv/bin/python bench/quality.py --quick     # one task, three methods: under 20 min
+    .venv/bin/python bench/quality.py             # both tasks, six methods: under 90 min
+    .venv/bin/python bench/quality.py --methods all          # + LESS-style and GAST
+    .venv/bin/python bench/quality.py --model tiny           # smoke: tiny random model, tiny sizes
 
-Data (``bench/quality_data.py``): a pool mixed from the ``t0/`` task families, self-instruct
-instances and GSM8K train rows from ../shared/data, with a known share of corrupted
-responses and a few near-duplicates; a target family (default ``sciq``) with a few rows in
-the pool, a target set Q for the task stage and a held-out evaluation set from disjoint
-items; an existing/new split for the continual stage.
+Design (paired). One pool from ../shared/data (``bench/quality_data.py``: t0 families,
+self-instruct, GSM8K train, a few rows of each target task, 18% corrupted responses,
+near-duplicates) and two target tasks:
+- ``t0``: a held-out T0 family (default sciq) scored by response loss; its evaluation set
+  takes each held-out item under every template, and the bootstrap resamples items;
+- ``em``: a BBH task (default sports_understanding; or GSM8K test) scored by response
+  loss and by exact match (greedy answer, ``curator.evaluate``).
+For each task, each method selects 30% of the pool in the task stage toward that task's
+target set Q (20 rows). Each selection is fine-tuned from the same base model with
+training seeds 0..S-1: the same steps, batch size, lr and seed, hence the same data order
+(seed s draws the same permutation of batch positions); random subset s is drawn with
+seed s and trained with seed s. Every run is evaluated on the same rows, so run s of a
+method pairs with random run s row by row. For each method the table gives the mean paired
+difference to random with a 95% bootstrap interval over training seeds and evaluation rows
+(``bench/quality_stats.py``); a method counts as better when the interval is above zero.
+Random and full data do not depend on the target, so each of their runs serves both tasks.
+Every selection also gets its cheap signals: corrupted-row share, target-family share and
+zero-gain share (picks made when the utilities had nothing left to add), each against the
+pool's base rate. The instruction stage (existing version) and the continual stage (new
+rows given the same method's instruction selection) are selected and signalled, not
+trained; the continual stage adds the share of rows from families new in v2.
 
-For each budget, curator selects (``curator.curate.select_stage``; one store, so scores
-computed once serve every budget and method):
-- instruction stage on the existing version: DELIFT (facility location), embedding FL, random;
-- continual stage on the new rows, given the same method's instruction selection:
-  DELIFT (FLCG), embedding FLCG, random;
-- task stage on the whole pool toward Q: DELIFT (FLVMI), embedding FLVMI, RDS+, DualSFT
-  (subset + parameter mask), GAST (a subset per layer), LESS-style gradient top-k, random
-  (several seeds) and full data.
+Resumable: the store keeps selections (a rerun reuses identical ones); every fine-tuning
+run is cached in ``<workdir>/runs/<key>.json``, keyed by what it depends on (the subset's
+members in order, layer subsets, mask, steps, lr, batch, seed, model) and holding per-row
+results per evaluation set; a rerun skips what is there. Random and full data, whose
+members are the same for both tasks, are trained once and evaluated on both.
 
-Cheap signals are read off every selection against the labels. Each task-stage selection is
-then exported (``curator.export``), read back (``load_export``: samples, DualSFT mask, GAST
-layer subsets) and a fresh copy of the model is fine-tuned on it with the same steps, lr,
-batch size and seed for every subset; the result is the response loss and exact match on
-the held-out target rows. Runs are cached in the work folder, so an interrupted benchmark
-resumes where it stopped.
+Sizing (2 CPU cores, default model SmolLM2-135M; facts measured before, given to this
+script as constants: forward ~650 tokens/s; utility scoring ~4 pairs/s on 150-token rows;
+a 30-step fine-tune at batch 8 ~4 minutes, i.e. ~8 s a step; DualSFT, LESS-style and
+GAST selections took 520, 458 and 181 s on 200 pool rows in bench/results/quality.md,
+about 7, 6 and 3 fwd+bwd passes of 200 x 79 tokens x 3 / 650 = 73 s). Mean rows, in
+SmolLM2 tokens with its chat template (measured on this data): pool 79, sciq eval 68,
+sports_understanding 51. Default: pool 150, 3 seeds, 10 steps, 2 tasks, methods random,
+full, DELIFT, embedding FL, RDS+, DualSFT; instruction and continual stages selected too:
+- fine-tuning: 4 target-aware methods x 2 tasks x 3 seeds + (random + full) x 3 seeds =
+  30 runs x 10 steps x 8 s = 40.0 min;
+- evaluation: t0 200 rows x 68 tokens / 650 = 21 s; em loss 200 x 51 / 650 = 16 s, and
+  exact match: prefill 16 s + 8 new tokens x 13 batches x 0.05 s = 5 s, so 37 s;
+  12 runs x 21 s + 12 x 37 s + 7 (random, full, base) x 58 s = 1092 s = 18.2 min;
+- DualSFT selection: 7 passes x 150 x 79 x 3 / 650 = 383 s per task, 12.8 min;
+- DELIFT task stage: up to 3 x 20 targets x k=8 pairs (the kNN pairs plus up to twice as
+  many scored on demand, assumed) / 4 pairs/s = 120 s per task, 4.0 min;
+- instruction (90 existing rows x 8 pairs) and continual (60 new rows x 8 x 2) DELIFT
+  utilities: 1680 pairs / 4 = 7.0 min;
+- embeddings, RDS+, loads: (150 + 40) x 79 / 650 + 30 s, and a fresh model per run
+  (31 x ~3 s, assumed): 2.5 min.
+Total ~84 min. ``--methods all`` adds LESS-style and GAST: 12 runs x 80 s = 16 min,
+their evaluation 5.8 min, 9 passes x 2 tasks x 55 s = 16.4 min and loads: ~123 min in
+all, more than 90, so they are not in the default.
+Why these sizes: evaluation (>= 200 rows per task, every run) and the gradient passes
+(linear in the pool) are what the budget cannot shrink, so the pool is 150 rows, not 200
+(DualSFT alone would take 17 min at 200), and each run has 10 steps (80 rows, about two
+epochs of a 45-row subset). Why a BBH task and not GSM8K for exact match: a 135M model
+scores near 0 on GSM8K, and its ~150-token answers would cost ~150 decoding steps x 13
+batches per run (~100 s more per run); ``--em-task gsm8k`` runs it anyway. Changes that
+add cost (a warm-up for the gradient methods, more pairs scored on demand) move these
+numbers: ``--plan`` does not know them.
+``--quick``: task t0 only, random, DELIFT, RDS+, 8 steps, no other stage: 9 runs x 64 s
+= 9.6 min + 10 evaluations x 21 s = 3.5 min + DELIFT 2 min + 1.3 min = ~16 min (results
+in ``bench/results/quality_quick.md``).
+``--plan`` prints this estimate for the options given (``estimate_seconds``).
+
+Library entry points (the only calls into curator; re-point them here when the library
+moves): ``select_one`` (curator.curate.select_stage, resolve_pools; config.StageSpec,
+ScoringOptions), ``training_set`` (export.export_selection, load_export), ``fine_tune``
+(train.train), ``evaluate_task`` (evaluate.response_losses, exact_match), ``prepare``
+(ingest.ingest, store.Store, store.datasets.load_samples), ``stored_gains`` and
+``subset_digest`` (store.selections), ``scoring_model`` / ``training_model`` (models,
+testing).
 """
 
 from __future__ import annotations
@@ -37,12 +89,10 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
-import string
 import sys
 import time
-from collections import Counter
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +102,66 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quality_data import DataConfig, QualityData, Row, build, gsm8k_final  # noqa: E402
+from quality_data import DataConfig, QualityData, Row, build, em_family  # noqa: E402
+from quality_stats import PairedDiff, compare  # noqa: E402
 
-STAGE_METHODS = {
-    "instruction": ("delift", "embedding", "random"),
-    "continual": ("delift", "embedding", "random"),
-    "task": ("delift", "embedding", "rds", "dualsft", "gast", "less", "random", "full"),
-}
 LABEL = {"delift": "DELIFT", "embedding": "embedding FL", "rds": "RDS+", "dualsft": "DualSFT",
          "gast": "GAST", "less": "LESS-style top-k", "random": "random", "full": "full data",
          "base": "base model (no fine-tuning)"}
-GRADIENT_METHODS = ("dualsft", "gast", "less")
-TASK_ORDER = ("random", "delift", "rds", "full", "dualsft", "embedding", "less", "gast")
+ALL_METHODS = ("random", "full", "delift", "embedding", "rds", "dualsft", "less", "gast")
+DEFAULT_METHODS = ("random", "full", "delift", "embedding", "rds", "dualsft")
+QUICK_METHODS = ("random", "delift", "rds")
+SHARED = ("random", "full")          # members do not depend on the target: one run, both tasks
+STAGE_METHODS = ("delift", "embedding", "random")   # instruction and continual stages
 FUNCTION = {"instruction": "FL", "continual": "FLCG", "task": "FLVMI"}
+# answer pattern and new tokens per exact-match task (yes/no tasks: the first yes or no)
+EM_SETTINGS = {"gsm8k": (r"#### (.*)", 256),
+               "sports_understanding": (r"(?i)\b(yes|no)\b", 8),
+               "navigate": (r"(?i)\b(yes|no)\b", 8), "web_of_lies": (r"(?i)\b(yes|no)\b", 8),
+               "boolean_expressions": (r"(?i)\b(true|false)\b", 8)}
+EM_DEFAULT = (None, 16)
+
+# ---------------------------------------------------------------- facts and sizing
+
+FORWARD_TOKENS_S = 650.0     # default model, forward
+PAIRS_S = 4.0                # DELIFT utility pairs per second (150-token T0 rows)
+STEP_S = 8.0                 # one fine-tuning step at batch 8 (30 steps ~ 4 min)
+DECODE_STEP_S = 0.05         # one cached decoding step of a 16-row batch
+GRADIENT_PASSES = {"dualsft": 7, "less": 6, "gast": 3}   # fwd+bwd passes over the pool
+MEAN_TOKENS = {"pool": 79, "t0": 68, "em": 51}           # measured, SmolLM2 chat template
+ON_DEMAND_FACTOR = 3         # DELIFT pairs: the kNN pairs and up to twice as many more
+MODEL_LOAD_S = 3.0           # a fresh fp32 copy of the model per run (assumed, not measured)
+
+
+def estimate_seconds(args: argparse.Namespace) -> dict[str, float]:
+    """The docstring's arithmetic for the given options (default-model facts)."""
+    n, seeds, tasks = args.pool_size, args.seeds, args.tasks
+    aware = [m for m in args.methods if m not in SHARED]
+    shared = [m for m in args.methods if m in SHARED]
+    em_tokens = EM_SETTINGS.get(em_family(args.em_task) or "", EM_DEFAULT)[1]
+    per_eval = {"t0": args.eval_size * MEAN_TOKENS["t0"] / FORWARD_TOKENS_S,
+                "em": 2 * args.em_eval_size * MEAN_TOKENS["em"] / FORWARD_TOKENS_S
+                + em_tokens * math.ceil(args.em_eval_size / 16) * DECODE_STEP_S}
+    both = sum(per_eval[t] for t in tasks)
+    out = {
+        "fine-tuning": 0.0 if args.no_train else (len(aware) * len(tasks) + len(shared)) * seeds * args.steps * STEP_S
+        * args.batch_size / 8,
+        "evaluation": 0.0 if args.no_train else len(aware) * seeds
+        * sum(per_eval[t] for t in tasks) + (len(shared) * seeds + 1) * both,
+        "gradient selections": len(tasks) * sum(GRADIENT_PASSES.get(m, 0) for m in aware)
+        * n * MEAN_TOKENS["pool"] * 3 / FORWARD_TOKENS_S,
+        "DELIFT task stage": len(tasks) * ON_DEMAND_FACTOR * args.target_size * args.k
+        / PAIRS_S if "delift" in args.methods else 0.0,
+        "embeddings and loads": (n + len(tasks) * args.target_size) * MEAN_TOKENS["pool"]
+        / FORWARD_TOKENS_S + 30 + ((len(aware) * len(tasks) + len(shared)) * seeds + 1)
+        * MODEL_LOAD_S * (not args.no_train),
+    }
+    if {"instruction", "continual"} & set(args.stages) and "delift" in args.methods:
+        pairs = 0.6 * n * args.k * ("instruction" in args.stages) \
+            + 0.4 * n * args.k * 2 * ("continual" in args.stages)
+        out["instruction and continual DELIFT"] = pairs / PAIRS_S
+    out["total"] = sum(out.values())
+    return out
 
 
 # ---------------------------------------------------------------- options
@@ -73,65 +170,78 @@ FUNCTION = {"instruction": "FL", "continual": "FLCG", "task": "FLVMI"}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny random model and tiny sizes: checks the script in about a minute")
-    p.add_argument("--pool-size", type=int, default=None, help="pool rows (default 200)")
-    p.add_argument("--eval-size", type=int, default=None, help="held-out eval rows (default 40)")
-    p.add_argument("--target-size", type=int, default=None, help="task-stage target set Q (20)")
-    p.add_argument("--target-family", default="sciq", help="a t0 family, or gsm8k")
-    p.add_argument("--corrupt-share", type=float, default=0.18)
-    p.add_argument("--budgets", nargs="+", default=["10%", "30%", "50%"])
-    p.add_argument("--train-budgets", nargs="+", default=None,
-                   help="budgets whose task-stage selections are fine-tuned (default 30%%; "
-                        "the issue's full grid: 10%% 30%% 50%%)")
-    p.add_argument("--gradient-budgets", nargs="+", default=None,
-                   help="budgets at which DualSFT, GAST and LESS select (each costs several "
-                        "gradient passes over the pool; default: the training budgets)")
-    p.add_argument("--seeds", type=int, default=3, help="random-subset seeds")
-    p.add_argument("--train-seeds", type=int, default=1,
-                   help="training seeds per subset (>1 gives a training-noise spread)")
+    p.add_argument("--quick", action="store_true",
+                   help="task t0 only, methods random, DELIFT, RDS+, 8 steps (~16 min)")
+    p.add_argument("--model", choices=["default", "tiny"], default="default",
+                   help="tiny: a tiny random model and tiny sizes, to check the script")
+    p.add_argument("--plan", action="store_true", help="print the time estimate and exit")
+    p.add_argument("--no-train", action="store_true",
+                   help="selections and their cheap signals only (no fine-tuning)")
+    p.add_argument("--tasks", nargs="+", choices=["t0", "em"], default=None)
     p.add_argument("--methods", nargs="+", default=None,
-                   help="subset of delift embedding rds dualsft gast less random full")
-    p.add_argument("--stages", nargs="+", default=["instruction", "continual", "task"])
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (20)")
+                   help=f"of {' '.join(ALL_METHODS)}, or 'all' (default: "
+                        f"{' '.join(DEFAULT_METHODS)})")
+    p.add_argument("--stages", nargs="+", choices=["task", "instruction", "continual"],
+                   default=None, help="default: all three (--quick: task)")
+    p.add_argument("--target-family", default="sciq", help="the t0 task's family")
+    p.add_argument("--em-task", default="bbh:sports_understanding",
+                   help="the exact-match task: bbh:<task> or gsm8k")
+    p.add_argument("--pool-size", type=int, default=None, help="pool rows (150)")
+    p.add_argument("--eval-size", type=int, default=None, help="t0 eval rows (200)")
+    p.add_argument("--em-eval-size", type=int, default=None, help="em eval rows (200)")
+    p.add_argument("--target-size", type=int, default=None, help="target set Q per task (20)")
+    p.add_argument("--corrupt-share", type=float, default=0.18)
+    p.add_argument("--budget", default="30%")
+    p.add_argument("--seeds", type=int, default=None, help="training seeds per method (3)")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (10)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-5)
-    p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--k", type=int, default=None, help="DELIFT neighbours per sample (8)")
-    p.add_argument("--max-tokens", type=int, default=128,
-                   help="drop rows whose prompt + response exceed this many tokens")
-    p.add_argument("--no-train", action="store_true", help="cheap signals only")
-    p.add_argument("--self-coverage", choices=["best", "one"], default="best",
-                   help="DELIFT kernels' self-coverage (one: the reference's unit diagonal)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="drop rows whose prompt + response exceed this many tokens (128)")
+    p.add_argument("--self-coverage", choices=["best", "one"], default="best")
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap replicates")
     p.add_argument("--workdir", type=Path, default=None,
-                   help="store, data and cached runs (default /tmp/curator-quality[-smoke])")
+                   help="store, data and cached runs (default /tmp/curator-quality[-quick|-tiny])")
     p.add_argument("--out", type=Path, default=None,
-                   help="results table (default bench/results/quality.md; smoke: in workdir)")
+                   help="results table (default bench/results/quality.md; tiny: in workdir)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--note", default="", help="a line for the results (e.g. machine load)")
     args = p.parse_args(argv)
-    smoke = args.smoke
-    args.pool_size = args.pool_size or (60 if smoke else 200)
-    args.eval_size = args.eval_size or (8 if smoke else 40)
-    args.target_size = args.target_size or (6 if smoke else 20)
-    args.steps = args.steps or (3 if smoke else 20)
-    args.k = args.k or (4 if smoke else 8)
-    if smoke:
-        args.seeds = min(args.seeds, 2)
-        args.max_new_tokens = min(args.max_new_tokens, 4)
-    args.workdir = args.workdir or Path("/tmp/curator-quality" + ("-smoke" if smoke else ""))
-    args.out = args.out or (args.workdir / "quality.md" if smoke
-                            else ROOT / "bench" / "results" / "quality.md")
-    args.train_budgets = args.train_budgets or (list(args.budgets) if smoke else ["30%"])
-    args.gradient_budgets = args.gradient_budgets or list(args.train_budgets)
+    tiny = args.model == "tiny"
+    size = {"pool_size": 40, "eval_size": 10, "em_eval_size": 10, "target_size": 5,
+            "seeds": 2, "steps": 2, "k": 4, "max_tokens": 192} if tiny else \
+        {"pool_size": 150, "eval_size": 200, "em_eval_size": 200, "target_size": 20,
+         "seeds": 3, "steps": 8 if args.quick else 10, "k": 8, "max_tokens": 128}
+    for key, value in size.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.methods is None:
+        args.methods = list(QUICK_METHODS if args.quick else DEFAULT_METHODS)
+    elif args.methods == ["all"]:
+        args.methods = list(ALL_METHODS)
+    unknown = set(args.methods) - set(ALL_METHODS)
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)}; known: {' '.join(ALL_METHODS)}")
+    if "random" not in args.methods:
+        args.methods.insert(0, "random")     # the baseline every comparison pairs with
+    args.methods = [m for m in ALL_METHODS if m in args.methods]
+    args.tasks = args.tasks or (["t0"] if args.quick else ["t0", "em"])
+    args.stages = args.stages or (["task"] if args.quick else ["task", "instruction",
+                                                                 "continual"])
+    em_family(args.em_task)  # a bad name fails here, before any work
+    suffix = "-tiny" if tiny else "-quick" if args.quick else ""
+    args.workdir = args.workdir or Path("/tmp/curator-quality" + suffix)
+    args.out = args.out or (args.workdir / "quality.md" if tiny else ROOT / "bench" / "results"
+                            / ("quality_quick.md" if args.quick else "quality.md"))
     return args
 
 
-# ---------------------------------------------------------------- models
+# ---------------------------------------------------------------- library entry points
 
 
 def scoring_model(args: argparse.Namespace):
-    if args.smoke:
+    if args.model == "tiny":
         from curator.testing import tiny_loaded_model
 
         return tiny_loaded_model("llama", seed=0)
@@ -142,7 +252,7 @@ def scoring_model(args: argparse.Namespace):
 
 def training_model(args: argparse.Namespace):
     """A fresh copy for every run, fp32 (training in bf16 on CPU loses small updates)."""
-    if args.smoke:
+    if args.model == "tiny":
         from curator.testing import tiny_loaded_model
 
         return tiny_loaded_model("llama", seed=0)
@@ -151,13 +261,12 @@ def training_model(args: argparse.Namespace):
     return load_model(None, dtype="fp32")
 
 
-# ---------------------------------------------------------------- data and store
-
-
 def prepare(args: argparse.Namespace, tokenizer: Any):
-    """Build the data, write it, and (re)ingest it when it changed. Returns (data, store)."""
+    """Build the data, write it, and (re)ingest it when it changed. Returns (data, store):
+    dataset "pool" (v1 existing, v2 existing + new), "target" (t0 task's Q), "em_target"."""
     from curator.ingest import ingest
     from curator.store import Store
+    from curator.store.datasets import load_samples
 
     def fits(row: Row) -> bool:
         return len(tokenizer(row.prompt + "\n" + row.response,
@@ -165,555 +274,631 @@ def prepare(args: argparse.Namespace, tokenizer: Any):
 
     cfg = DataConfig(pool_size=args.pool_size, target_family=args.target_family,
                      target_size=args.target_size, eval_size=args.eval_size,
-                     corrupt_share=args.corrupt_share)
+                     corrupt_share=args.corrupt_share, eval_all_templates=True,
+                     em_task=args.em_task if "em" in args.tasks else None,
+                     em_target_size=args.target_size, em_eval_size=args.em_eval_size)
     data = build(cfg, fits=fits)
-    folder = args.workdir / "data"
-    paths = data.write(folder)
-    digest = hashlib.sha256(b"".join(paths[n].read_bytes() for n in
-                                     ("existing", "new", "target"))).hexdigest()[:16]
+    paths = data.write(args.workdir / "data")
+    names = ["existing", "new", "target"] + (["em_target"] if data.em_target else [])
+    digest = hashlib.sha256(b"".join(paths[n].read_bytes() for n in names)).hexdigest()[:16]
     store_path = args.workdir / "store"
     stamp = args.workdir / "data.sha"
     if not stamp.exists() or stamp.read_text() != digest:
         shutil.rmtree(store_path, ignore_errors=True)
-        shutil.rmtree(args.workdir / "runs", ignore_errors=True)
         store = Store(store_path)
         store.init()
         ingest(store, str(paths["existing"]), "pool")
         ingest(store, str(paths["new"]), "pool", append=True)
         ingest(store, str(paths["target"]), "target")
+        if data.em_target:
+            ingest(store, str(paths["em_target"]), "em_target")
         stamp.write_text(digest)
     store = Store(store_path)
-    from curator.store.datasets import load_samples
-
     stored = {s.sample_id for s in load_samples(store, "pool", 2)}
-    labels = data.labels()
-    if stored != set(labels):
-        raise RuntimeError(f"store pool ({len(stored)}) and labels ({len(labels)}) disagree")
+    if stored != set(data.labels()):
+        raise RuntimeError(f"store pool ({len(stored)}) and labels ({len(data.labels())}) "
+                           "disagree")
     return data, store
-
-
-# ---------------------------------------------------------------- selections and signals
 
 
 @dataclasses.dataclass
 class Selected:
     stage: str
+    task: str                 # t0 | em | "" (instruction, continual)
     method: str
-    budget: str
-    seed: int
+    seed: int                 # random: the subset's seed; others 0
     selection_id: str
     sample_ids: list[str]
     pool_ids: list[str]
+    config: dict[str, Any]
     seconds: float
     reused: bool
-    notes: list[str]
     signals: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def _norm_key(row: Row) -> str:
-    return " ".join(row.prompt.lower().split()) + "\x00" + " ".join(row.response.lower().split())
-
-
-def signals(ids: list[str], pool_ids: list[str], labels: dict[str, Row], target_family: str
-            ) -> dict[str, float]:
-    """Cheap signals of one selection against its stage's pool."""
-    sel = [labels[i] for i in ids]
-    pool = [labels[i] for i in pool_ids]
-    corrupt_pool = sum(r.corruption is not None for r in pool) / max(1, len(pool))
-    corrupt_sel = sum(r.corruption is not None for r in sel) / max(1, len(sel))
-    fam_pool = {r.family for r in pool}
-    fam_sel = Counter(r.family for r in sel)
-    p = np.array(list(fam_sel.values()), dtype=float) / max(1, len(sel))
-    entropy = float(-(p * np.log(p)).sum() / math.log(len(fam_pool))) if len(fam_pool) > 1 \
-        else 1.0
-    keys = Counter(_norm_key(r) for r in sel)
-    return {
-        "n": len(sel), "n_pool": len(pool),
-        "corrupt_share": corrupt_sel, "corrupt_base": corrupt_pool,
-        "corrupt_ratio": corrupt_sel / corrupt_pool if corrupt_pool else float("nan"),
-        "target_share": sum(r.family == target_family for r in sel) / max(1, len(sel)),
-        "target_base": sum(r.family == target_family for r in pool) / max(1, len(pool)),
-        "duplicates": sum(n - 1 for n in keys.values()),   # rows repeating a selected row
-        "families": len(fam_sel), "families_pool": len(fam_pool), "family_entropy": entropy,
-    }
-
-
-def run_selections(args, store, lm, data: QualityData, stages: list[str],
-                   out: list[Selected], report=None, budgets: list[str] | None = None,
-                   methods: list[str] | None = None) -> list[Selected]:
-    """Select for each of ``stages`` (in order) x budget x method; appends to ``out`` and
-    returns the new selections."""
+def select_one(args, store, lm, stage: str, method: str, seed: int, target: str | None,
+               previous: str | None = None) -> tuple[Any, list[str]]:
+    """One stored selection (reused when identical); returns (outcome, pool ids)."""
     from curator.config import ScoringOptions, StageSpec
     from curator.curate import resolve_pools, select_stage
 
-    labels = data.labels()
+    spec = StageSpec(stage=stage, method=method, budget=args.budget, seed=seed,
+                     self_coverage=args.self_coverage, target=target)
+    if stage == "instruction":
+        spec.version = 1
+    elif stage == "continual":
+        spec.parent, spec.version, spec.pool = previous, 2, "new"
+    else:
+        spec.version = 2
     options = ScoringOptions(k=args.k, batch_size=8, max_length=512)
-    wanted = set(args.methods) if args.methods else None
-    first = len(out)
-    for stage in stages:
-        if stage not in args.stages:
-            continue
-        for budget in budgets or args.budgets:
-            for method in STAGE_METHODS[stage]:
-                if (wanted is not None and method not in wanted) or \
-                        (methods is not None and method not in methods) or \
-                        (method in GRADIENT_METHODS and budget not in args.gradient_budgets):
-                    continue
-                seeds = range(args.seeds) if method == "random" else [0]
-                for seed in seeds:
-                    spec = StageSpec(stage=stage, method=method, budget=budget, seed=seed,
-                                     self_coverage=args.self_coverage)
-                    previous = None
-                    if stage == "instruction":
-                        spec.version = 1
-                    elif stage == "continual":
-                        parent = next((s for s in out if s.stage == "instruction" and
-                                       s.method == method and s.budget == budget and
-                                       s.seed == seed), None)
-                        if parent is None:
-                            continue
-                        spec.parent, spec.version, spec.pool = parent.selection_id, 2, "new"
-                        previous = parent.selection_id
-                    else:
-                        spec.version, spec.target = 2, "target"
-                    started = time.monotonic()
-                    outcome = select_stage(store, "pool", spec, lm=lm, options=options,
-                                           previous_selection=previous)
-                    seconds = time.monotonic() - started
-                    pool_ids = [s.sample_id for s in resolve_pools(store, "pool", spec,
-                                                                   previous).pool]
-                    sel = Selected(stage, method, budget, seed, outcome.selection_id,
-                                   list(outcome.sample_ids), pool_ids,
-                                   outcome.record.seconds or seconds, outcome.reused,
-                                   list(outcome.notes))
-                    sel.signals = signals(sel.sample_ids, pool_ids, labels, args.target_family)
-                    out.append(sel)
-                    print(f"[select] {stage:11s} {method:9s} {budget:>4s} seed {seed}: "
-                          f"{len(sel.sample_ids)}/{len(pool_ids)} in {sel.seconds:.1f}s"
-                          f"{' (reused)' if sel.reused else ''}", flush=True)
-                    if report is not None:
-                        report()
-    return out[first:]
+    outcome = select_stage(store, "pool", spec, lm=lm, options=options,
+                           previous_selection=previous)
+    pool_ids = [s.sample_id for s in resolve_pools(store, "pool", spec, previous).pool]
+    return outcome, pool_ids
 
 
-# ---------------------------------------------------------------- training and evaluation
+def stored_gains(store, selection_id: str) -> list[float]:
+    """Marginal gains of a selection's members as stored (rank order)."""
+    from curator.store.selections import selection_members
+
+    return [float(r["gain"] or 0.0) for r in selection_members(store, selection_id)]
 
 
-def normalise(text: str) -> str:
-    text = text.strip().split("\n")[0].lower()
-    text = text.translate(str.maketrans("", "", string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def is_match(generated: str, reference: str, family: str) -> bool:
-    if family == "gsm8k":
-        return gsm8k_final(generated) == gsm8k_final(reference) and "####" in generated
-    return normalise(generated) == normalise(reference)
-
-
-def generate_answers(lm, samples, max_new_tokens: int, batch_size: int = 16) -> list[str]:
-    """Greedy answers to each sample's prompt, rendered as in training (chat template)."""
-    import torch
-
-    from curator.scoring.encoding import render, tokenize
-
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    stops = {t for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"))
-             if isinstance(t, int) and t >= 0}
-    prompts = [tokenize(tok, render(tok, s.prompt_messages, "")[0]) for s in samples]
-    answers: list[str] = []
-    lm.model.eval()
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        att = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, p in enumerate(chunk):  # left padding: every prompt ends at the same column
-            ids[row, width - len(p):] = torch.tensor(p)
-            att[row, width - len(p):] = 1
-        with torch.no_grad():
-            out = lm.model.generate(input_ids=ids.to(lm.device), attention_mask=att.to(lm.device),
-                                    max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=pad, eos_token_id=sorted(stops) or None)
-        for row in out[:, width:].tolist():
-            cut = next((i for i, t in enumerate(row) if t in stops), len(row))
-            answers.append(tok.decode(row[:cut], skip_special_tokens=True))
-    return answers
-
-
-def evaluate(lm, eval_samples, eval_rows: list[Row], args) -> dict[str, Any]:
-    from curator.train import eval_loss
-
-    t0 = time.monotonic()
-    loss = eval_loss(lm, eval_samples, batch_size=16, max_length=512)
-    t1 = time.monotonic()
-    answers = generate_answers(lm, eval_samples, args.max_new_tokens)
-    hits = [is_match(a, r.reference, r.family)
-            for a, r in zip(answers, eval_rows, strict=True)]
-    return {"loss": loss, "exact_match": float(np.mean(hits)), "eval_seconds": t1 - t0,
-            "generate_seconds": time.monotonic() - t1,
-            "examples": [[a, r.reference] for a, r in zip(answers[:3], eval_rows[:3],
-                                                          strict=True)]}
-
-
-def subset_digest(store, selection_id: str) -> str | None:
+def subset_digest(store, selection_id: str) -> str:
     """What a fine-tuning run depends on in a selection: its members in order, its layer
-    subsets and its mask file. Two selections with the same digest train the same way, so
-    a cached run is reused across selection ids (e.g. after a settings change that left
-    this subset as it was). None when the selection is not in the store."""
+    subsets and its mask file."""
     from curator.store.selections import get_mask_record, selection_layers, selection_sample_ids
 
-    try:
-        members = selection_sample_ids(store, selection_id)
-    except Exception:  # noqa: BLE001 - an id from an older store: no digest, no reuse
-        return None
     mask = get_mask_record(store, selection_id)
-    blob = json.dumps({"members": members, "layers": selection_layers(store, selection_id),
+    blob = json.dumps({"members": selection_sample_ids(store, selection_id),
+                       "layers": selection_layers(store, selection_id),
                        "mask": mask and mask.get("sha256")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def train_one(args, store, selection: Selected | None, eval_samples, eval_rows,
-              train_seed: int) -> dict[str, Any]:
-    """Fine-tune a fresh model on one selection (None: the base model, untrained)."""
+def training_set(store, selection_id: str, folder: Path):
+    """The selection as training reads it: samples, mask, layer subsets (via an export)."""
     from curator.export import export_selection, load_export
+
+    export_selection(store, selection_id, folder, force=True)
+    return load_export(folder)
+
+
+def fine_tune(args, lm, exported, seed: int):
     from curator.train import train
 
-    name = "base" if selection is None else \
-        f"{selection.method}-{selection.budget.rstrip('%')}-s{selection.seed}-t{train_seed}"
-    cache = args.workdir / "runs" / f"{name}.json"
-    key = {"selection": None if selection is None else selection.selection_id,
-           "steps": args.steps, "lr": args.lr, "batch": args.batch_size, "seed": train_seed,
-           "eval": len(eval_rows), "max_new_tokens": args.max_new_tokens}
-    digest = None if selection is None else subset_digest(store, selection.selection_id)
-    if cache.exists():
-        saved = json.loads(cache.read_text())
-        old = dict(saved.get("key") or {})
-        if old == key:
-            return saved
-        old_digest = old.get("subset") or (old.get("selection") and
-                                           subset_digest(store, old["selection"]))
-        if digest is not None and old_digest == digest and \
-                {k: v for k, v in old.items() if k not in ("selection", "subset")} == \
-                {k: v for k, v in key.items() if k != "selection"}:
-            saved["key"] = {**key, "subset": digest}
-            saved["reused_from"] = old.get("selection")
-            cache.write_text(json.dumps(saved, indent=1))
-            return saved
-    if digest is not None:
-        key["subset"] = digest
-    started = time.monotonic()
-    lm = training_model(args)
-    result: dict[str, Any] = {"key": key, "name": name}
-    if selection is not None:
-        folder = args.workdir / "exports" / name
-        export_selection(store, selection.selection_id, folder, force=True)
-        exp = load_export(folder)
-        t = time.monotonic()
-        tr = train(lm, None, exp.samples, mask=exp.mask, layer_subsets=exp.layers,
-                   steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=train_seed,
-                   max_length=512)
-        result.update(train_seconds=time.monotonic() - t, n_train=tr.n_train,
-                      first_loss=tr.losses[0], last_loss=float(np.mean(tr.losses[-5:])),
-                      masked=exp.mask is not None, layered=exp.layers is not None)
-    result.update(evaluate(lm, eval_samples, eval_rows, args))
-    result["seconds"] = time.monotonic() - started
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(result, indent=1))
-    return result
+    return train(lm, None, exported.samples, mask=exported.mask,
+                 layer_subsets=exported.layers, steps=args.steps, lr=args.lr,
+                 batch_size=args.batch_size, seed=seed, max_length=512)
 
 
-def run_training(args, store, todo: list[Selected], data: QualityData,
-                 runs: dict[tuple[str, str, int, int], dict[str, Any]], report=None) -> None:
-    """Fine-tune on each task-stage selection in ``todo`` (the base model first, once);
-    fills ``runs`` and rewrites the report after each run. Full data does not depend on
-    the budget: one run serves every budget."""
+# ---------------------------------------------------------------- tasks
+
+
+@dataclasses.dataclass
+class Task:
+    name: str                 # t0 | em
+    family: str
+    target_dataset: str
+    rows: list[Row]           # evaluation rows
+    exact_match: bool
+    answer_pattern: str | None = None
+    max_new_tokens: int = 0
+
+    @property
+    def clusters(self) -> np.ndarray:
+        """Bootstrap units: an item (one question under several templates) or a row."""
+        _, labels = np.unique([r.item for r in self.rows], return_inverse=True)
+        return labels
+
+    @property
+    def eval_id(self) -> str:
+        blob = json.dumps([[r.prompt, r.response] for r in self.rows]
+                          + [self.exact_match, self.answer_pattern, self.max_new_tokens])
+        return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def make_tasks(args, data: QualityData) -> list[Task]:
+    tasks = []
+    if "t0" in args.tasks:
+        tasks.append(Task("t0", args.target_family, "target", data.eval, False))
+    if "em" in args.tasks:
+        fam = em_family(args.em_task)
+        pattern, new_tokens = EM_SETTINGS.get(fam, EM_DEFAULT)
+        tasks.append(Task("em", fam, "em_target", data.em_eval, True, pattern, new_tokens))
+    return tasks
+
+
+def evaluate_task(lm, task: Task) -> dict[str, Any]:
+    """Per-row response losses (and exact-match hits) of one model on one task."""
+    from curator.evaluate import exact_match, response_losses
     from curator.records import Sample
 
-    eval_rows = data.eval
-    eval_samples = [Sample.from_pair(r.prompt, r.response) for r in eval_rows]
-    if ("base", "", 0, 0) not in runs:
-        base = train_one(args, store, None, eval_samples, eval_rows, 0)
-        runs[("base", "", 0, 0)] = base
-        print(f"[train] base: loss {base['loss']:.4f} EM {base['exact_match']:.3f} "
-              f"({base['seconds']:.0f}s)", flush=True)
-    for sel in todo:
-        for ts in range(args.train_seeds):
-            done = next((v for (m, _, _, t), v in runs.items() if m == "full" and t == ts),
-                        None) if sel.method == "full" else None
-            r = done or train_one(args, store, sel, eval_samples, eval_rows, ts)
-            runs[(sel.method, sel.budget, sel.seed, ts)] = r
-            print(f"[train] {sel.method:9s} {sel.budget:>4s} seed {sel.seed} t{ts}: "
-                  f"n {r['n_train']} loss {r['loss']:.4f} EM {r['exact_match']:.3f} "
-                  f"({r['seconds']:.0f}s, train {r['train_seconds']:.0f}s)", flush=True)
-            if report is not None:
-                report()
+    samples = [Sample.from_pair(r.prompt, r.response) for r in task.rows]
+    t = time.monotonic()
+    out: dict[str, Any] = {"loss": [None if math.isnan(x) else float(x) for x in
+                                    response_losses(lm, samples, batch_size=16,
+                                                    max_length=512)]}
+    if task.exact_match:
+        em = exact_match(lm, samples, max_new_tokens=task.max_new_tokens,
+                         answer_pattern=task.answer_pattern, batch_size=16)
+        out["hits"] = [int(h) for h in em.hits]
+        out["examples"] = [[g, r] for g, r in zip(em.generations[:3], em.references[:3],
+                                                  strict=True)]
+    out["seconds"] = time.monotonic() - t
+    return out
+
+
+# ---------------------------------------------------------------- signals
+
+
+def signals(ids: list[str], pool_ids: list[str], labels: dict[str, Row], family: str | None,
+            new_families: set[str], zero_gain: int | None) -> dict[str, float]:
+    """Cheap signals of one selection against its stage's pool (shares and base rates)."""
+    sel = [labels[i] for i in ids]
+    pool = [labels[i] for i in pool_ids]
+
+    def share(rows: list[Row], pred) -> float:
+        return sum(map(pred, rows)) / max(1, len(rows))
+
+    def corrupt(r: Row) -> bool:
+        return r.corruption is not None
+
+    def fam(r: Row) -> bool:
+        return r.family == family
+
+    def new(r: Row) -> bool:
+        return r.family in new_families
+
+    out = {"n": len(sel), "n_pool": len(pool),
+           "corrupt_share": share(sel, corrupt), "corrupt_base": share(pool, corrupt),
+           "target_share": share(sel, fam), "target_base": share(pool, fam),
+           "new_family_share": share(sel, new), "new_family_base": share(pool, new),
+           "zero_gain": float("nan") if zero_gain is None else zero_gain,
+           "zero_gain_share": float("nan") if zero_gain is None else zero_gain / max(1, len(sel))}
+    for k in ("corrupt", "target", "new_family"):
+        base = out[f"{k}_base"]
+        out[f"{k}_ratio"] = out[f"{k}_share"] / base if base else float("nan")
+    return out
+
+
+def zero_gain_picks(store, outcome, method: str) -> int | None:
+    """Picks made at zero utility gain: for set-function methods, members whose stored
+    gain is 0 (a refill records its picks at 0) or the refill count the selection records,
+    whichever is larger; None for methods without gains (random, full, RDS+, gradients)."""
+    if method not in ("delift", "embedding"):
+        return None
+    gains = stored_gains(store, outcome.selection_id)
+    at_zero = sum(g <= 1e-12 for g in gains)
+    return max(at_zero, int(outcome.record.config.get("zero_gain_refilled", 0) or 0))
+
+
+def run_selection(args, store, lm, data: QualityData, stage: str, task: Task | None,
+                  method: str, seed: int, previous: str | None = None) -> Selected:
+    outcome, pool_ids = select_one(args, store, lm, stage, method, seed,
+                                   task.target_dataset if task else None, previous)
+    sel = Selected(stage, task.name if task else "", method, seed, outcome.selection_id,
+                   list(outcome.sample_ids), pool_ids, dict(outcome.record.config),
+                   float(outcome.record.seconds or 0.0), outcome.reused)
+    new_families = {r.family for r in data.new} - {r.family for r in data.existing}
+    sel.signals = signals(sel.sample_ids, pool_ids, data.labels(),
+                          task.family if task else None, new_families,
+                          zero_gain_picks(store, outcome, method))
+    print(f"[select] {stage:11s} {task.name if task else '':3s} {method:9s} seed {seed}: "
+          f"{len(sel.sample_ids)}/{len(pool_ids)} in {sel.seconds:.1f}s"
+          f"{' (reused)' if sel.reused else ''}", flush=True)
+    return sel
+
+
+# ---------------------------------------------------------------- runs (cached)
+
+
+def run_key(args, store, selection: Selected | None, seed: int) -> dict[str, Any]:
+    return {"subset": None if selection is None else subset_digest(store, selection.selection_id),
+            "steps": args.steps, "lr": args.lr, "batch": args.batch_size, "seed": seed,
+            "model": args.model, "max_length": 512}
+
+
+def ensure_run(args, store, selection: Selected | None, seed: int, tasks: list[Task],
+               counters: dict[str, int]) -> dict[str, Any]:
+    """The run of ``selection`` (None: the base model) with training seed ``seed``,
+    evaluated on ``tasks``; read from the cache when it holds every evaluation asked for,
+    else trained (the model is not kept, so a missing evaluation retrains) and saved."""
+    key = run_key(args, store, selection, seed)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = args.workdir / "runs" / f"{digest}.json"
+    saved = json.loads(path.read_text()) if path.exists() else {"key": key, "evals": {}}
+    missing = [t for t in tasks if t.eval_id not in saved["evals"]]
+    if not missing:
+        counters["cached"] += 1
+        return saved
+    label = "base" if selection is None else f"{selection.task}/{selection.method}/s{seed}"
+    started = time.monotonic()
+    lm = training_model(args)
+    if selection is not None:
+        exported = training_set(store, selection.selection_id,
+                                args.workdir / "exports" / digest)
+        t = time.monotonic()
+        tr = fine_tune(args, lm, exported, seed)
+        saved["train"] = {"seconds": time.monotonic() - t, "n_train": tr.n_train,
+                          "first_loss": tr.losses[0],
+                          "last_loss": float(np.mean(tr.losses[-3:])),
+                          "masked": exported.mask is not None,
+                          "layered": exported.layers is not None}
+    for task in missing:
+        saved["evals"][task.eval_id] = evaluate_task(lm, task)
+    saved["label"] = label
+    saved["seconds"] = time.monotonic() - started
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(saved))
+    tmp.replace(path)  # a killed run leaves no half file
+    counters["trained"] += 1
+    summary = ", ".join(f"{t.name} loss {np.nanmean(_floats(saved['evals'][t.eval_id]['loss'])):.4f}"
+                        for t in missing)
+    print(f"[train] {label}: {summary} ({saved['seconds']:.0f}s)", flush=True)
+    return saved
+
+
+def _floats(values: list[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@dataclasses.dataclass
+class MethodResult:
+    method: str
+    n_train: str
+    loss: np.ndarray                 # (seeds, rows)
+    hits: np.ndarray | None
+    vs_random: PairedDiff | None = None
+    em_vs_random: PairedDiff | None = None
+    vs_rds: PairedDiff | None = None
+    masked: bool = False
+    layered: bool = False
+
+
+def task_results(args, task: Task, runs: dict[tuple[str, str, int], dict[str, Any]]
+                 ) -> tuple[dict[str, MethodResult], dict[str, Any] | None]:
+    """Per-method (seeds x rows) arrays for one task and the paired comparisons."""
+    out: dict[str, MethodResult] = {}
+    for method in args.methods:
+        seeds = [runs.get((task.name, method, s)) for s in range(args.seeds)]
+        if any(r is None or task.eval_id not in r["evals"] for r in seeds):
+            continue
+        evals = [r["evals"][task.eval_id] for r in seeds]
+        loss = np.stack([_floats(e["loss"]) for e in evals])
+        hits = np.stack([np.asarray(e["hits"], float) for e in evals]) \
+            if task.exact_match else None
+        n_train = "/".join(sorted({str(r["train"]["n_train"]) for r in seeds}))
+        out[method] = MethodResult(method, n_train, loss, hits,
+                                   masked=seeds[0]["train"]["masked"],
+                                   layered=seeds[0]["train"]["layered"])
+    base = runs.get((task.name, "base", 0))
+    rnd = out.get("random")
+    for method, res in out.items():
+        if rnd is not None and method != "random":
+            res.vs_random = compare(res.loss, rnd.loss, True, task.clusters, args.boot)
+            if res.hits is not None:
+                res.em_vs_random = compare(res.hits, rnd.hits, False, task.clusters,
+                                           args.boot)
+        if "rds" in out and method not in ("rds", "random"):
+            res.vs_rds = compare(res.loss, out["rds"].loss, True, task.clusters, args.boot)
+    return out, (base["evals"][task.eval_id] if base else None)
 
 
 # ---------------------------------------------------------------- report
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+def _ci(d: PairedDiff | None, digits: int = 4) -> str:
+    if d is None:
+        return "-"
+    return f"{d.mean:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
 
 
-def _fmt(m: float, s: float | None = None, digits: int = 4) -> str:
-    if m != m:
-        return "n/a"
-    return f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+def _verdict(d: PairedDiff | None) -> str:
+    if d is None:
+        return "-"
+    return "**better**" if d.above_zero else "worse" if d.below_zero else "no difference"
 
 
-def signal_table(selections: list[Selected], stage: str, budgets: list[str]) -> list[str]:
-    rows = [s for s in selections if s.stage == stage]
-    if not rows:
-        return []
-    base = rows[0].signals
-    lines = [f"Pool: {base['n_pool']} rows, corrupted {base['corrupt_base']:.1%}, target "
-             f"family {base['target_base']:.1%}, {base['families_pool']} families.", "",
-             "| method | budget | n | corrupted (share) | corrupted / base rate | target family "
-             "share | duplicates selected | families covered | family entropy | select s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    methods = list(dict.fromkeys(s.method for s in rows))
-    for budget in budgets:
-        for method in methods:
-            group = [s for s in rows if s.method == method and s.budget == budget]
-            if not group:
-                continue
-            def agg(k: str, digits: int = 3, pct: bool = False,
-                    group: list[Selected] = group) -> str:
-                vals = [g.signals[k] for g in group]
-                m, sd = _mean_std(vals)
-                if pct:
-                    return f"{m:.1%}" + (f" ± {sd:.1%}" if len(vals) > 1 else "")
-                return f"{m:.{digits}f}" + (f" ± {sd:.{digits}f}" if len(vals) > 1 else "")
-            name = LABEL[method] + (f" ({len(group)} seeds)" if len(group) > 1 else "")
-            if method == "delift" or method == "embedding":
-                name += f" [{FUNCTION[stage]}]"
-            secs = np.mean([g.seconds for g in group])
-            lines.append(
-                f"| {name} | {budget} | {agg('n', 0)} | {agg('corrupt_share', pct=True)} | "
-                f"{agg('corrupt_ratio', 2)} | {agg('target_share', pct=True)} | "
-                f"{agg('duplicates', 1)} | {agg('families', 1)}/{group[0].signals['families_pool']}"
-                f" | {agg('family_entropy', 2)} | {secs:.1f} |")
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{x:.1%}"
+
+
+def _ratio(x: float) -> str:
+    return "-" if x != x else f"{x:.2f}x"
+
+
+def signal_rows(selections: list[Selected]) -> list[str]:
+    lines = ["| stage | task | method | picked / pool | corrupted (x base) | target family "
+             "(x base) | new families (x base) | zero-gain picks | select s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for s in selections:
+        g = s.signals
+        name = LABEL[s.method] + (f" seed {s.seed}" if s.method == "random" else "")
+        if s.method in ("delift", "embedding"):
+            name += f" [{FUNCTION[s.stage]}]"
+        zero = "-" if g["zero_gain"] != g["zero_gain"] else \
+            f"{int(g['zero_gain'])} ({g['zero_gain_share']:.1%})"
+        fam = "-" if s.stage != "task" else \
+            f"{_pct(g['target_share'])} ({_ratio(g['target_ratio'])})"
+        new = "-" if s.stage != "continual" else \
+            f"{_pct(g['new_family_share'])} ({_ratio(g['new_family_ratio'])})"
+        lines.append(f"| {s.stage} | {s.task or '-'} | {name} | {g['n']}/{g['n_pool']} | "
+                     f"{_pct(g['corrupt_share'])} ({_ratio(g['corrupt_ratio'])}) | {fam} | "
+                     f"{new} | {zero} | {s.seconds:.1f} |")
     return lines
 
 
-def outcome_table(runs, selections: list[Selected], budgets: list[str], train_seeds: int
-                  ) -> tuple[list[str], dict[tuple[str, str], tuple[float, float, float, float]]]:
-    """Rows per method x budget: loss and exact match (mean ± std over random seeds and
-    training seeds). Returns the lines and {(method, budget): (loss, loss sd, em, em sd)}."""
-    stats: dict[tuple[str, str], tuple[float, float, float, float]] = {}
-    lines = ["| method | budget | rows trained on | target loss | exact match | runs | "
-             "train s / run |", "|---|---|---:|---:|---:|---:|---:|"]
-    base = runs.get(("base", "", 0, 0))
+def outcome_rows(task: Task, results: dict[str, MethodResult], base: dict | None
+                 ) -> list[str]:
+    em = task.exact_match
+    head = "| method | rows trained | loss (mean ± sd over seeds) | loss: random - method " \
+           "[95% CI] | vs random | vs RDS+: RDS+ - method [95% CI] |"
+    sep = "|---|---:|---:|---:|---|---:|"
+    if em:
+        head += " exact match | EM: method - random [95% CI] |"
+        sep += "---:|---:|"
+    lines = [head, sep]
     if base:
-        lines.append(f"| {LABEL['base']} | - | 0 | {_fmt(base['loss'])} | "
-                     f"{base['exact_match']:.3f} | 1 | - |")
-    methods = list(dict.fromkeys(s.method for s in selections if s.stage == "task"))
-    for budget in budgets:
-        for method in methods:
-            group = [v for (m, b, _, _), v in runs.items() if m == method and b == budget]
-            if not group:
-                continue
-            lm_, ls = _mean_std([g["loss"] for g in group])
-            em, es = _mean_std([g["exact_match"] for g in group])
-            stats[(method, budget)] = (lm_, ls, em, es)
-            n = "/".join(sorted({str(g["n_train"]) for g in group}))
-            tsec = np.mean([g["train_seconds"] for g in group])
-            spread = len(group) > 1
-            lines.append(f"| {LABEL[method]}{' (masked)' if group[0].get('masked') else ''}"
-                         f"{' (layer subsets)' if group[0].get('layered') else ''} | {budget} | "
-                         f"{n} | {_fmt(lm_, ls if spread else None)} | "
-                         f"{_fmt(em, es if spread else None, 3)} | {len(group)} | {tsec:.0f} |")
-    return lines, stats
+        cells = f"| {LABEL['base']} | 0 | {np.nanmean(_floats(base['loss'])):.4f} | - | - | - |"
+        if em:
+            cells += f" {np.mean(base['hits']):.3f} | - |"
+        lines.append(cells)
+    for method, r in results.items():
+        per_seed = np.nanmean(r.loss, axis=1)
+        sd = per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0
+        name = LABEL[method] + (" (masked)" if r.masked else "") + \
+            (" (layer subsets)" if r.layered else "")
+        cells = (f"| {name} | {r.n_train} | {per_seed.mean():.4f} ± {sd:.4f} | "
+                 f"{_ci(r.vs_random)} | {_verdict(r.vs_random)} | {_ci(r.vs_rds)} |")
+        if em:
+            per_seed_em = r.hits.mean(axis=1)
+            cells += (f" {per_seed_em.mean():.3f} ± "
+                      f"{per_seed_em.std(ddof=1) if len(per_seed_em) > 1 else 0.0:.3f} | "
+                      f"{_ci(r.em_vs_random, 3)} |")
+        lines.append(cells)
+    return lines
 
 
-def goals(stats, selections: list[Selected], budget: str = "30%") -> list[str]:
-    """The issue's goal at the 30% budget, checked number by number."""
+def goal_lines(args, tasks: list[Task], all_results: dict[str, dict[str, MethodResult]],
+               selections: list[Selected]) -> list[str]:
+    """The issue's goals at the benchmark's budget, each checked from the numbers above."""
     out = []
-    rnd = stats.get(("random", budget))
-    full = stats.get(("full", budget))
-    rds = stats.get(("rds", budget))
-    task = {s.method: s for s in selections if s.stage == "task" and s.budget == budget}
-    if rnd is None:
-        return [f"- No random {budget} runs: the goals cannot be checked."]
-    out.append(f"Random {budget}: target loss {rnd[0]:.4f}, spread (std over seeds) "
-               f"{rnd[1]:.4f}." + (f" Full data: {full[0]:.4f}." if full else "")
-               + (f" RDS+: {rds[0]:.4f}." if rds else ""))
-    out.append("")
-    for method in ("delift", "dualsft"):
-        st = stats.get((method, budget))
-        if st is None:
-            out.append(f"- **{LABEL[method]}**: no fine-tuning run at this budget (not in "
-                       "this run, or not finished yet).")
-            continue
-        loss = st[0]
-        margin = rnd[0] - loss
-        beat_random = margin > rnd[1]
-        parts = [f"beats the random mean by more than the seed spread: "
-                 f"**{'yes' if beat_random else 'no'}** (random mean - {LABEL[method]} = "
-                 f"{margin:+.4f}, spread {rnd[1]:.4f})"]
-        if rds:
-            rel = (loss - rds[0]) / rds[0]
-            ok = rel <= 0.005
-            parts.append(f"matches or beats RDS+ (at most 0.5% above it): **{'yes' if ok else 'no'}**"
-                         f" ({rel:+.2%} vs RDS+)")
-        if full:
-            rel = (loss - full[0]) / full[0]
-            parts.append(f"within 2% of full data: **{'yes' if rel <= 0.02 else 'no'}** "
-                         f"({rel:+.2%} vs full)")
-        sel = task.get(method)
-        if sel is not None:
-            ratio = sel.signals["corrupt_ratio"]
-            parts.append(f"corrupted rows at most half their base rate: "
-                         f"**{'yes' if ratio <= 0.5 else 'no'}** ({sel.signals['corrupt_share']:.1%}"
-                         f" selected vs {sel.signals['corrupt_base']:.1%} in the pool, ratio "
-                         f"{ratio:.2f})")
-        out.append(f"- **{LABEL[method]}** (task stage, {budget}): " + "; ".join(parts) + ".")
+    for task in tasks:
+        res = all_results.get(task.name, {})
+        for method in ("delift", "dualsft"):
+            r = res.get(method)
+            if r is None or r.vs_random is None:
+                out.append(f"- {task.name} / {LABEL[method]}: not run (or not finished).")
+                continue
+            parts = [f"beats random (loss CI above zero): **{'yes' if r.vs_random.above_zero else 'no'}**"
+                     f" {_ci(r.vs_random)}"]
+            if r.em_vs_random is not None:
+                parts.append(f"exact match CI above zero: "
+                             f"**{'yes' if r.em_vs_random.above_zero else 'no'}** "
+                             f"{_ci(r.em_vs_random, 3)}")
+            if r.vs_rds is not None:
+                parts.append("matches or beats RDS+ (loss CI not below zero): "
+                             f"**{'yes' if not r.vs_rds.below_zero else 'no'}** {_ci(r.vs_rds)}")
+            out.append(f"- {task.name} / {LABEL[method]}: " + "; ".join(parts) + ".")
+    for s in selections:
+        g = s.signals
+        if s.method == "delift":
+            ok = g["corrupt_ratio"] <= 0.5
+            out.append(f"- DELIFT {s.stage}{' ' + s.task if s.task else ''}: corrupted rows at "
+                       f"most 0.5x base: **{'yes' if ok else 'no'}** "
+                       f"({_ratio(g['corrupt_ratio'])}); zero-gain picks at most 5%: "
+                       f"**{'yes' if g['zero_gain_share'] <= 0.05 else 'no'}** "
+                       f"({_pct(g['zero_gain_share'])}).")
+        if s.method == "gast":
+            n_budget = _budget_rows(args.budget, g["n_pool"])
+            out.append(f"- GAST {s.task}: union of layer subsets within the budget: "
+                       f"**{'yes' if g['n'] <= n_budget else 'no'}** ({g['n']} of "
+                       f"{n_budget} allowed).")
+    cont = {s.method: s for s in selections if s.stage == "continual"}
+    if "delift" in cont and "embedding" in cont:
+        d, e = cont["delift"].signals, cont["embedding"].signals
+        out.append(f"- Continual stage, new-family share: DELIFT {_pct(d['new_family_share'])}"
+                   f" vs embedding FLCG {_pct(e['new_family_share'])}: DELIFT ahead: "
+                   f"**{'yes' if d['new_family_share'] > e['new_family_share'] else 'no'}**.")
     return out
+
+
+def _budget_rows(budget: str, n_pool: int) -> int:
+    from curator.selection import parse_budget
+
+    return parse_budget(budget, n_pool)
 
 
 def machine() -> str:
     import torch
 
     load = os.getloadavg()
-    return (f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, Python "
+    return (f"{platform.platform()}, {os.cpu_count()} CPUs, Python "
             f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()}"
             f" threads); load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at write time")
 
 
-def write_report(args, data: QualityData, selections, runs, timings: dict[str, float],
-                 load_start: tuple[float, float, float], command: str,
-                 status: str = "complete") -> None:
+def write_report(args, data: QualityData, tasks: list[Task], selections: list[Selected],
+                 runs, timings: dict[str, float], command: str, status: str,
+                 failures: list[str] = ()) -> None:
     s = data.summary()
-    lines = ["# Quality benchmark", "",
-             f"Command: `{command}`", "",
+    est = estimate_seconds(args)
+    lines = [f"Command: `{command}`", "", "# Quality benchmark", "",
              f"Status: **{status}**" + ("" if status == "complete" else
-                                        " (rewritten after every step; rerun the same command "
-                                        "to resume: the store and finished runs are reused)"),
-             "",
-             f"Machine: {machine()}; load average at start {load_start[0]:.1f}/"
-             f"{load_start[1]:.1f}/{load_start[2]:.1f}. Run finished "
+                                        " (rewritten after every step; rerun the same "
+                                        "command to resume)"), "",
+             f"Machine: {machine()}. Written "
              f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}.", ""]
     if args.note:
         lines += [args.note, ""]
-    if args.smoke:
-        lines += ["**Smoke run**: a tiny random model and tiny sizes; the numbers only show "
+    if args.model == "tiny":
+        lines += ["**Tiny model**: a tiny random model and tiny sizes; the numbers only show "
                   "that the script runs end to end.", ""]
     lines += [
-        "## Data", "",
-        f"From ../shared/data (`bench/quality_data.py`, seed 0): a pool of {s['pool']} rows "
-        f"({s['existing']} existing + {s['new']} new), {s['corrupted']} corrupted "
-        f"({s['corrupted'] / s['pool']:.1%}: {s['corruptions']}), {s['duplicates']} "
-        f"near-duplicates (a clean row again with one space doubled). Rows are at most "
-        f"{data.config.max_chars} characters and {args.max_tokens} tokens.", "",
-        f"Families in the pool: {s['families']}.", "",
-        f"Existing version families: {', '.join(s['existing_families'])}; new version: "
-        f"{', '.join(s['new_families'])}.", "",
-        f"Target family **{args.target_family}**: {s['families'].get(args.target_family, 0)} "
-        f"rows in the pool, a target set Q of {s['target']} rows (task stage) and a held-out "
-        f"eval set of {s['eval']} rows, from disjoint items (no question of Q or eval is in the "
-        "pool under any template).", ""]
+        "## Data and design", "",
+        f"Pool of {s['pool']} rows ({s['existing']} existing + {s['new']} new; "
+        f"{s['corrupted']} corrupted: {s['corruptions']}; {s['duplicates']} near-duplicates); "
+        f"families {s['families']}.", ""]
+    for t in tasks:
+        items = len(set(t.clusters))
+        lines.append(f"- Task **{t.name}** ({t.family}): target set Q `{t.target_dataset}` "
+                     f"for the task stage; {len(t.rows)} held-out evaluation rows "
+                     f"({items} bootstrap units)" + (
+                         f"; exact match: greedy, at most {t.max_new_tokens} new tokens, "
+                         f"answer pattern `{t.answer_pattern}`" if t.exact_match else "")
+                     + ".")
+    lines += ["", f"Budget {args.budget}; methods {', '.join(LABEL[m] for m in args.methods)}; "
+              f"training seeds 0..{args.seeds - 1} (random subset s trained with seed s); "
+              f"{args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr:g}, fp32, a "
+              f"fresh model per run; DELIFT k={args.k}, self-coverage {args.self_coverage}. "
+              f"Differences are paired by seed and row; intervals: {args.boot} bootstrap "
+              "replicates over seeds and evaluation units (`bench/quality_stats.py`).", ""]
     if data.notes:
         lines += ["Data notes: " + "; ".join(data.notes), ""]
-    lines += [
-        "## Settings", "",
-        f"Budgets {', '.join(args.budgets)} (DualSFT, GAST and LESS select at "
-        f"{', '.join(args.gradient_budgets)}; fine-tuning at {', '.join(args.train_budgets)}); "
-        f"random subsets with {args.seeds} seeds; DELIFT "
-        f"utilities with k={args.k} neighbours (paper's distance), kernel self-coverage "
-        f"'{args.self_coverage}', default model "
-        f"{'(tiny random llama)' if args.smoke else 'SmolLM2-135M-Instruct'} for scoring. "
-        f"Training: {args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr:g} (fixed, "
-        f"not tuned), no weight decay, training seed(s) {list(range(args.train_seeds))}, "
-        "fp32, a fresh model per run; DualSFT trains only its 5% parameter mask, GAST each "
-        "layer on its own subset (`load_export` gives both). Loss: mean response-token loss "
-        f"on the eval rows; exact match: greedy answer (at most {args.max_new_tokens} new "
-        "tokens), first line, lower-cased, punctuation and articles dropped, equal to the "
-        "reference.", "",
-        "Timings (wall seconds): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+    lines += ["Estimated minutes (docstring arithmetic): " + ", ".join(
+        f"{k} {v / 60:.1f}" for k, v in est.items()) + ".", "",
+        "Measured wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
         + ".", ""]
-    lines += ["## Cheap signals", "",
-              "Corrupted / base rate below 1 means the method avoids corrupted rows; "
-              "'duplicates selected' counts selected rows whose (whitespace-normalised) "
-              "prompt and response repeat another selected row; family entropy is the "
-              "normalised entropy of the selected rows' families (1 = even).", ""]
-    titles = {"instruction": "Instruction stage (existing version)",
-              "continual": "Continual stage (new rows, given the same method's instruction "
-                           "selection at the same budget)",
-              "task": f"Task stage (whole pool, toward Q of {args.target_family})"}
-    for stage in ("task", "instruction", "continual"):
-        table = signal_table(selections, stage, args.budgets)
-        if table:
-            lines += [f"### {titles[stage]}", ""] + table + [""]
-    if runs:
-        table, stats = outcome_table(runs, selections, args.train_budgets, args.train_seeds)
-        lines += ["## Outcome: fine-tune on the task-stage subset, evaluate on held-out "
-                  f"{args.target_family} rows", "",
-                  "Mean ± std over random seeds (and training seeds when more than one). "
-                  "Lower loss is better.", ""] + table + [""]
-        if "30%" in args.train_budgets:
-            lines += ["## Goals (30% budget)", ""] + goals(stats, selections) + [""]
-    elif args.no_train:
-        lines += ["No training in this run (--no-train)."]
-    notes = args.workdir / "notes.md"  # hand-written reading of this run, kept with it
+    all_results: dict[str, dict[str, MethodResult]] = {}
+    for task in tasks:
+        results, base = task_results(args, task, runs)
+        all_results[task.name] = results
+        if results or base:
+            lines += [f"## Outcome: task {task.name} ({task.family})", "",
+                      "Positive differences mean the method did better than random (loss: "
+                      "random's minus the method's; exact match: the method's minus "
+                      "random's). 'better': the 95% interval is above zero; 'worse': below.",
+                      ""] + outcome_rows(task, results, base) + [""]
+    if selections:
+        lines += ["## Selections: cheap signals", "",
+                  "Shares of the selected rows, with the ratio to the stage pool's base rate "
+                  "in brackets. Zero-gain picks: made when the utilities had nothing left to "
+                  "add (stored gain 0, or refilled by the stage); '-' for methods without "
+                  "gains.", ""] + signal_rows(selections) + [""]
+    if failures:
+        lines += ["## Failures", "", "Each left its method out of the tables above (the "
+                  "traceback is in the run's output):", ""] + [f"- {f}" for f in failures] \
+            + [""]
+    lines += ["## Goals", ""] + goal_lines(args, tasks, all_results, selections) + [""]
+    notes = args.workdir / "notes.md"  # a hand-written reading of this run, kept with it
     if notes.exists():
         lines += ["## Notes", "", notes.read_text().strip(), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     (args.workdir / "results.json").write_text(json.dumps({
-        "selections": [dataclasses.asdict(s) | {"sample_ids": None, "pool_ids": None}
-                       for s in selections],
-        "runs": {"|".join(map(str, k)): v for k, v in runs.items()}}, indent=1, default=str))
+        "selections": [dataclasses.asdict(x) | {"sample_ids": None, "pool_ids": None}
+                       for x in selections],
+        "runs": {"|".join(map(str, k)): {"label": v.get("label"), "train": v.get("train")}
+                 for k, v in runs.items()},
+        "timings": timings, "estimate": est}, indent=1, default=str))
 
 
-def main(argv: list[str] | None = None) -> None:
+# ---------------------------------------------------------------- main
+
+
+def task_method(args, store, lm, data: QualityData, tasks: list[Task], task: Task,
+                method: str, train: bool, selections: list[Selected], runs, counters,
+                report, timed) -> None:
+    """Select with one method for one task (random: one subset per seed) and fine-tune
+    and evaluate each training seed."""
+    for seed in (range(args.seeds) if method == "random" else [0]):
+        t = time.monotonic()
+        sel = run_selection(args, store, lm, data, "task", task, method, seed)
+        selections.append(sel)
+        timed("task-stage selections", t)
+        if not train:
+            report()
+            continue
+        t = time.monotonic()
+        train_seeds = [seed] if method == "random" else range(args.seeds)
+        evals = tasks if method in SHARED else [task]
+        for s in train_seeds:
+            runs[(task.name, method, s)] = ensure_run(args, store, sel, s, evals, counters)
+            report()
+        timed("training and evaluation", t)
+
+
+def main(argv: list[str] | None = None) -> dict[str, int]:
+    """Run (or resume) the benchmark; returns counts of trained and cached runs."""
     args = parse_args(argv)
+    command = "python bench/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.plan:
+        for k, v in estimate_seconds(args).items():
+            print(f"{k:34s} {v / 60:6.1f} min")
+        return {"trained": 0, "cached": 0}
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python bench/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    load_start = os.getloadavg()
     args.workdir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     selections: list[Selected] = []
-    runs: dict = {}
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    counters = {"trained": 0, "cached": 0}
     status = ["in progress"]
+    failures: list[str] = []
 
     def report() -> None:
-        write_report(args, data, selections, runs, timings, load_start, command, status[0])
+        write_report(args, data, tasks, selections, runs, timings, command, status[0],
+                     failures)
+
+    def timed(name: str, t: float) -> None:
+        timings[name] = timings.get(name, 0.0) + time.monotonic() - t
 
     t = time.monotonic()
     lm = scoring_model(args)
     data, store = prepare(args, lm.tokenizer)
-    timings["data and ingest"] = time.monotonic() - t
+    tasks = make_tasks(args, data)
+    timed("data and ingest", t)
     print(json.dumps(data.summary()), flush=True)
-    # The task stage first, its subsets trained as soon as they are selected, the goal's
-    # 30% budget and the goal's methods first; then the instruction and continual stages
-    # (whose pool x pool utilities cost the most). An interrupted run leaves the most
-    # important numbers in the report.
-    timings["task-stage selections"] = timings["training and evaluation"] = 0.0
-    budgets = sorted(args.budgets, key=lambda b: (b != "30%", args.budgets.index(b)))
-    for budget in budgets:
-        for method in TASK_ORDER:
-            t = time.monotonic()
-            new = run_selections(args, store, lm, data, ["task"], selections, report,
-                                 budgets=[budget], methods=[method])
-            timings["task-stage selections"] += time.monotonic() - t
-            if not args.no_train and budget in args.train_budgets and new:
-                t = time.monotonic()
-                run_training(args, store, new, data, runs, report)
-                timings["training and evaluation"] += time.monotonic() - t
+    # Base model once (evaluated on every task), then task by task, method by method:
+    # select, then train and evaluate its seeds, so an interrupted run leaves whole rows.
+    train = not args.no_train and "task" in args.stages
+    if train:
+        t = time.monotonic()
+        base = ensure_run(args, store, None, 0, tasks, counters)
+        for task in tasks:
+            runs[(task.name, "base", 0)] = base
+        timed("training and evaluation", t)
+    for task in (tasks if "task" in args.stages else []):
+        for method in args.methods:
+            try:
+                task_method(args, store, lm, data, tasks, task, method, train, selections,
+                            runs, counters, report, timed)
+            except Exception as exc:  # noqa: BLE001 - one method failing keeps the others
+                failures.append(f"task stage, {task.name}, {LABEL[method]}: "
+                                f"{type(exc).__name__}: {exc}")
+                traceback.print_exc()
+                report()
     t = time.monotonic()
-    run_selections(args, store, lm, data, ["instruction", "continual"], selections, report)
-    timings["instruction and continual selections"] = time.monotonic() - t
-    status[0] = "complete"
+    if "instruction" in args.stages:
+        for method in STAGE_METHODS:
+            if method not in args.methods:
+                continue
+            try:
+                inst = run_selection(args, store, lm, data, "instruction", None, method, 0)
+                selections.append(inst)
+                if "continual" in args.stages:
+                    selections.append(run_selection(args, store, lm, data, "continual",
+                                                    None, method, 0,
+                                                    previous=inst.selection_id))
+            except Exception as exc:  # noqa: BLE001
+                failures.append(f"instruction/continual, {LABEL[method]}: "
+                                f"{type(exc).__name__}: {exc}")
+                traceback.print_exc()
+            report()
+    timed("instruction and continual selections", t)
+    status[0] = "complete" if not failures else f"complete, {len(failures)} failed"
     report()
-    print(f"wrote {args.out}", flush=True)
+    print(f"wrote {args.out} ({counters['trained']} runs trained, {counters['cached']} "
+          f"from the cache, {len(failures)} failures)", flush=True)
+    counters["failed"] = len(failures)
+    return counters
 
 
 if __name__ == "__main__":

@@ -12,7 +12,15 @@ What it builds (all sizes are options; see ``DataConfig``):
 - a target family: a few of its rows in the pool, a target set Q (task stage) and a
   held-out evaluation set, drawn from disjoint items (a t0 item is a row index, shared by
   the family's templates; GSM8K: target and eval come from its test split);
-- an existing/new split for the continual stage whose families partly overlap.
+- an existing/new split for the continual stage whose families partly overlap;
+- optionally a second target task scored by exact match (``em_task``): a BBH task
+  (``bbh:sports_understanding``; a few of its rows in the pool, a target set and a
+  held-out evaluation set from its other examples) or ``gsm8k`` (target and evaluation
+  from its test split, the pool's GSM8K rows from train).
+
+A t0 family has at most 200 items (the templates of a family share row indices), so a
+held-out evaluation set of 200 or more rows takes each of its items under every template
+(``eval_all_templates``); a benchmark then resamples items, not rows (``Row.item``).
 
 Labels (source, family, corruption, duplicate_of) are kept beside the rows, keyed by the
 sample id curator will give each row; the rows written for ingestion carry only
@@ -54,6 +62,11 @@ class DataConfig:
     duplicate_share: float = 0.04
     new_share: float = 0.4            # share of the pool in the "new" version
     max_chars: int = 800              # prompt + response
+    eval_all_templates: bool = False  # eval: every template of each eval item (eval_size rows)
+    em_task: str | None = None        # second target: "bbh:<task>" or "gsm8k"
+    em_target_size: int = 20
+    em_eval_size: int = 200
+    em_share: float = 0.10            # share of the pool from a BBH em_task
     families: tuple[str, ...] = ("common_gen", "commonsense_qa", "cosmos_qa",
                                  "kilt_tasks_hotpotqa", "rotten_tomatoes", "sciq",
                                  "social_i_qa")
@@ -89,6 +102,8 @@ class QualityData:
     target: list[Row]
     eval: list[Row]
     notes: list[str] = field(default_factory=list)
+    em_target: list[Row] = field(default_factory=list)   # second task (config.em_task)
+    em_eval: list[Row] = field(default_factory=list)
 
     @property
     def pool(self) -> list[Row]:
@@ -109,6 +124,8 @@ class QualityData:
             "families": dict(sorted(Counter(r.family for r in pool).items())),
             "existing_families": sorted({r.family for r in self.existing}),
             "new_families": sorted({r.family for r in self.new}),
+            "em_target": len(self.em_target), "em_eval": len(self.em_eval),
+            "eval_items": len({r.item for r in self.eval}),
         }
 
     def write(self, folder: Path) -> dict[str, Path]:
@@ -116,7 +133,8 @@ class QualityData:
         folder.mkdir(parents=True, exist_ok=True)
         paths = {}
         for name, rows in (("existing", self.existing), ("new", self.new),
-                           ("target", self.target), ("eval", self.eval)):
+                           ("target", self.target), ("eval", self.eval),
+                           ("em_target", self.em_target), ("em_eval", self.em_eval)):
             paths[name] = folder / f"{name}.jsonl"
             with paths[name].open("w", encoding="utf-8") as fh:
                 for r in rows:
@@ -124,7 +142,8 @@ class QualityData:
         paths["labels"] = folder / "labels.json"
         paths["labels"].write_text(json.dumps(
             {"config": asdict(self.config), "summary": self.summary(),
-             "rows": {r.sample_id: asdict(r) for r in [*self.pool, *self.target, *self.eval]}},
+             "rows": {r.sample_id: asdict(r) for r in [*self.pool, *self.target, *self.eval,
+                                                       *self.em_target, *self.em_eval]}},
             indent=1, ensure_ascii=False))
         return paths
 
@@ -192,6 +211,28 @@ def read_gsm8k(root: Path, split: str) -> list[Row]:
     return rows
 
 
+def read_bbh(root: Path, task: str) -> list[Row]:
+    """One BBH task's examples (family: the task name; no template)."""
+    path = root / "bbh" / f"{task}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in (root / "bbh").glob("*.json"))
+        raise ValueError(f"unknown BBH task {task!r}; known: {', '.join(known)}")
+    examples = json.loads(path.read_text(encoding="utf-8"))["examples"]
+    return [Row(e["input"].strip(), str(e["target"]).strip(), "bbh", task, "", f"bbh:{task}:{i}",
+                str(e["target"]).strip()) for i, e in enumerate(examples)]
+
+
+def em_family(em_task: str | None) -> str | None:
+    """The family label of the second task's rows: 'bbh:navigate' -> 'navigate'."""
+    if em_task is None:
+        return None
+    if em_task == "gsm8k":
+        return "gsm8k"
+    if em_task.startswith("bbh:"):
+        return em_task[4:]
+    raise ValueError(f"em_task must be 'gsm8k' or 'bbh:<task>', got {em_task!r}")
+
+
 def gsm8k_final(text: str) -> str:
     """The final answer of a GSM8K solution: the text after '#### ' (commas dropped)."""
     _, sep, tail = text.rpartition("####")
@@ -223,6 +264,25 @@ def _spread(rows: list[Row], n: int, rng: random.Random, used_items: set[str]) -
                 r = by_template[t].pop()
                 used_items.add(r.item)
                 picked.append(r)
+    return picked
+
+
+def _all_templates(rows: list[Row], n: int, rng: random.Random, used_items: set[str]
+                   ) -> list[Row]:
+    """Whole items (every row of an item, one per template) in random order until at
+    least n rows."""
+    by_item: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.item not in used_items:
+            by_item.setdefault(r.item, []).append(r)
+    items = sorted(by_item)
+    rng.shuffle(items)
+    picked: list[Row] = []
+    for item in items:
+        if len(picked) >= n:
+            break
+        used_items.add(item)
+        picked += sorted(by_item[item], key=lambda r: r.template)
     return picked
 
 
@@ -297,7 +357,11 @@ def build(config: DataConfig | None = None, root: Path = DATA_ROOT,
     n_target = round(cfg.target_share * n_rows)
     n_gsm = 0 if cfg.target_family == "gsm8k" else round(cfg.gsm8k_share * n_rows)
     n_si = round(cfg.self_instruct_share * n_rows)
-    n_rest = n_rows - n_target - n_gsm - n_si
+    em_fam = em_family(cfg.em_task)
+    if em_fam is not None and em_fam == cfg.target_family:
+        raise ValueError("the exact-match task must differ from the target family")
+    n_em = round(cfg.em_share * n_rows) if cfg.em_task and cfg.em_task != "gsm8k" else 0
+    n_rest = n_rows - n_target - n_gsm - n_si - n_em
     per_family = [n_rest // len(families) + (1 if i < n_rest % len(families) else 0)
                   for i in range(len(families))]
 
@@ -315,20 +379,44 @@ def build(config: DataConfig | None = None, root: Path = DATA_ROOT,
             raise ValueError(f"unknown target family {cfg.target_family!r}; known: "
                              f"{', '.join(sorted(t0))} or gsm8k")
         rows = t0[cfg.target_family]
-        eval_rows = _spread(rows, cfg.eval_size, rng, used)
+        eval_rows = (_all_templates if cfg.eval_all_templates else _spread)(
+            rows, cfg.eval_size, rng, used)
         target_rows = _spread(rows, cfg.target_size, rng, used)
         target_pool = _spread(rows, n_target, rng, used)
     for r in eval_rows:
         r.split = "eval"
     for r in target_rows:
         r.split = "target"
-    short = [(name, len(got), want) for name, got, want in (
+    short = [(name, got, want) for name, got, want in (
         ("eval", len(eval_rows), cfg.eval_size), ("target", len(target_rows), cfg.target_size),
         ("target family in pool", len(target_pool), n_target)) if got < want]
     for name, got, want in short:
         notes.append(f"{name}: only {got} of {want} rows available")
 
-    pool: list[Row] = list(target_pool)
+    em_target: list[Row] = []
+    em_eval: list[Row] = []
+    em_pool: list[Row] = []
+    if cfg.em_task == "gsm8k":  # target and eval from test; the pool's rows come from train
+        test = [r for r in read_gsm8k(root, "test") if _fits(r, cfg.max_chars, fits)]
+        rng.shuffle(test)
+        em_eval = test[:cfg.em_eval_size]
+        em_target = test[cfg.em_eval_size:cfg.em_eval_size + cfg.em_target_size]
+    elif cfg.em_task:
+        rows_em = [r for r in read_bbh(root, em_fam) if _fits(r, cfg.max_chars, fits)]
+        em_eval = _spread(rows_em, cfg.em_eval_size, rng, used)
+        em_target = _spread(rows_em, cfg.em_target_size, rng, used)
+        em_pool = _spread(rows_em, n_em, rng, used)
+    for r in em_eval:
+        r.split = "em_eval"
+    for r in em_target:
+        r.split = "em_target"
+    for name, got, want in (("exact-match eval", len(em_eval), cfg.em_eval_size),
+                            ("exact-match target", len(em_target), cfg.em_target_size),
+                            ("exact-match task in pool", len(em_pool), n_em)):
+        if cfg.em_task and got < want:
+            notes.append(f"{name}: only {got} of {want} rows available")
+
+    pool: list[Row] = list(target_pool) + em_pool
     for fam, n in zip(families, per_family, strict=True):
         pool += _spread(t0[fam], n, rng, used)
     if n_gsm:
@@ -355,7 +443,7 @@ def build(config: DataConfig | None = None, root: Path = DATA_ROOT,
         pool.append(copy)
 
     existing, new = split_existing_new(pool, cfg, rng)
-    return QualityData(cfg, existing, new, target_rows, eval_rows, notes)
+    return QualityData(cfg, existing, new, target_rows, eval_rows, notes, em_target, em_eval)
 
 
 def split_existing_new(pool: list[Row], cfg: DataConfig, rng: random.Random

@@ -643,16 +643,40 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
 @store_option
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--max-length", default=1024, show_default=True)
+@click.option("--exact-match", is_flag=True,
+              help="Also greedy-generate an answer to each prompt and report the share that "
+                   "equals the reference (after extraction and normalisation).")
+@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Exact match: tokens generated per prompt at most.")
+@click.option("--answer-pattern", default=None,
+              help="Exact match: regex that extracts the answer from the generation and the "
+                   "reference (group 1 if it has one), e.g. GSM8K's '#### (.*)'.")
 @user_errors
 def eval_cmd(model: str | None, data_path: str | None, dataset: str | None, store_path: Path,
-             batch_size: int, max_length: int) -> None:
-    """Mean response-token loss of a model on a target set (compare before/after training)."""
+             batch_size: int, max_length: int, exact_match: bool, max_new_tokens: int,
+             answer_pattern: str | None) -> None:
+    """Mean response-token loss of a model on a target set (compare before/after training),
+    and with --exact-match the share of greedy answers equal to the references."""
+    from curator.evaluate import compile_pattern
+    from curator.evaluate import exact_match as run_exact_match
     from curator.train import eval_loss
 
+    if answer_pattern is not None and not exact_match:
+        raise CuratorError("--answer-pattern needs --exact-match")
+    try:
+        pattern = compile_pattern(answer_pattern)
+    except ValueError as exc:
+        raise CuratorError(str(exc)) from exc
     samples = _samples_from(data_path, dataset, store_path)
     lm = _loader(model, "fp32", False)()
     loss = eval_loss(lm, samples, batch_size=batch_size, max_length=max_length)
     click.echo(f"response loss {loss:.4f} on {len(samples)} samples ({lm.name})")
+    if exact_match:
+        em = run_exact_match(lm, samples, max_new_tokens=max_new_tokens,
+                             answer_pattern=pattern, batch_size=batch_size)
+        click.echo(f"exact match {em.score:.4f} ({sum(em.hits)}/{len(em.hits)}; greedy, at "
+                   f"most {max_new_tokens} new tokens"
+                   + (f", answers by {answer_pattern!r}" if answer_pattern else "") + ")")
 
 
 def _samples_from(data_path: str | None, dataset: str | None, store_path: Path) -> list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,40 @@ def test_helpers():
     assert t0_family("sciq_Direct_Question_Closed_Book_") == "sciq"
     assert t0_family("kilt_tasks_hotpotqa_final_exam") == "kilt_tasks_hotpotqa"
     assert gsm8k_final("so 3 + 4 = 7\n#### 1,234") == "1234"
+
+
+def test_second_task_and_eval_by_whole_items():
+    cfg = DataConfig(pool_size=200, eval_size=60, target_size=10, eval_all_templates=True,
+                     em_task="bbh:sports_understanding", em_eval_size=200, em_target_size=20)
+    d = build(cfg)
+    # sciq has two templates: whole items until at least 60 rows, items kept together
+    items = {r.item for r in d.eval}
+    assert len(d.eval) >= 60 and len(items) < len(d.eval)
+    per_item = Counter(r.item for r in d.eval)
+    assert max(per_item.values()) == 2
+    # the exact-match task: 200 eval rows, 20 targets, ~10% of the pool, items disjoint
+    assert len(d.em_eval) == 200 and len(d.em_target) == 20
+    em_pool = [r for r in d.pool if r.family == "sports_understanding"]
+    assert len([r for r in em_pool if r.duplicate_of is None]) == round(0.10 * 192)
+    em_items = [{r.item for r in rows} for rows in (d.em_eval, d.em_target, em_pool)]
+    assert not em_items[0] & em_items[1] and not em_items[0] & em_items[2]
+    assert not em_items[1] & em_items[2]
+    assert {r.family for r in d.em_eval + d.em_target} == {"sports_understanding"}
+    assert {r.split for r in d.em_eval} == {"em_eval"}
+    assert not items & {r.item for r in d.pool + d.target}
+
+
+def test_short_sets_are_noted_not_fatal():
+    # more eval rows than the family has items: a note, not a crash
+    d = build(DataConfig(pool_size=60, eval_size=500, target_size=5))
+    assert any(n.startswith("eval: only") for n in d.notes)
+
+
+def test_em_task_names():
+    from quality_data import em_family
+
+    assert em_family("bbh:navigate") == "navigate" and em_family("gsm8k") == "gsm8k"
+    with pytest.raises(ValueError, match="em_task"):
+        em_family("navigate")
+    with pytest.raises(ValueError, match="unknown BBH task"):
+        build(DataConfig(pool_size=60, eval_size=5, target_size=5, em_task="bbh:nope"))

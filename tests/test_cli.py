@@ -306,3 +306,49 @@ def test_top_level_help_lists_every_command():
     out = run("--help").stdout
     for command in main.commands:
         assert re.search(rf"^  {command}\b", out, re.M), command
+
+
+# -- eval ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_qwen(tmp_path_factory):
+    """A tiny Qwen2 saved as a model folder, and its greedy answers to two prompts."""
+    from curator.evaluate import generate_greedy
+    from curator.records import Sample
+    from curator.testing import tiny_loaded_model
+
+    path = tmp_path_factory.mktemp("tiny-qwen")
+    lm = tiny_loaded_model("qwen2", seed=0)
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    prompts = ["What is 2 + 2?", "Name a colour."]
+    answers = generate_greedy(lm, [Sample.from_pair(p, "x") for p in prompts], 4)
+    return path, prompts, answers
+
+
+def test_eval_exact_match(saved_qwen, tmp_path):
+    path, prompts, answers = saved_qwen
+    data = tmp_path / "heldout.jsonl"
+    # the first reference is the model's own greedy answer, the second is not
+    data.write_text("\n".join(json.dumps({"prompt": p, "response": r}) for p, r in
+                              zip(prompts, [answers[0], "not this"], strict=True)) + "\n")
+    out = run("eval", "--model", path, "--data", data, "--exact-match",
+              "--max-new-tokens", "4").stdout
+    lines = out.splitlines()
+    assert re.fullmatch(r"response loss \d+\.\d{4} on 2 samples \(.*\)", lines[0])
+    assert lines[1] == "exact match 0.5000 (1/2; greedy, at most 4 new tokens)"
+    # a pattern that finds nothing in the generations: no hits
+    out = run("eval", "--model", path, "--data", data, "--exact-match", "--max-new-tokens",
+              "4", "--answer-pattern", "#### (.*)").stdout
+    assert out.splitlines()[1] == ("exact match 0.0000 (0/2; greedy, at most 4 new tokens, "
+                                   "answers by '#### (.*)')")
+
+
+def test_eval_option_errors(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
+    assert "not a valid regex" in fail("eval", "--data", data, "--exact-match",
+                                       "--answer-pattern", "#### (.*")
+    assert fail("eval", "--data", data, "--answer-pattern", "x") == \
+        "--answer-pattern needs --exact-match"

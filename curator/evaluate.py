@@ -1,0 +1,183 @@
+"""Evaluation of a (fine-tuned) model on held-out rows: response loss and exact match.
+
+Response loss: the teacher-forced mean loss over each row's response tokens, per row
+(``response_losses``), so a benchmark can pair rows across models.
+
+Exact match: greedy generation from each row's prompt, rendered as in training (the chat
+template with its generation prompt), up to ``max_new_tokens`` or a stop token (EOS, and
+``<|im_end|>`` where the tokenizer has it); the answer is extracted from the generation
+and from the reference with the same optional regex (``answer_pattern``: group 1 when the
+pattern has a group, else the whole match; GSM8K's is ``#### (.*)``) and both are
+normalised (``normalise_answer``) before comparing. A generation in which the pattern
+finds nothing is a miss; a reference in which it finds nothing is compared whole (so
+plain short references work with a pattern that picks the answer out of a longer
+generation).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from curator.models import LoadedModel
+from curator.records import Sample
+from curator.scoring.encoding import render, tokenize
+from curator.scoring.gradients import batch_losses, encode_samples, iter_batches
+
+STOP_TOKENS = ("<|im_end|>",)  # chat-turn ends, besides the tokenizer's EOS
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+# Thousands separators ("1,000") go before punctuation is dropped; a '.' or ',' between
+# two digits stays, so "3.5" does not become "35".
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_PUNCT = re.compile(r"(?<!\d)[%s]|[%s](?!\d)" % ((re.escape(string.punctuation),) * 2))
+
+
+def compile_pattern(pattern: str | re.Pattern | None) -> re.Pattern | None:
+    """A compiled answer pattern, or ValueError with the regex error in one line."""
+    if pattern is None or isinstance(pattern, re.Pattern):
+        return pattern
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"answer pattern {pattern!r} is not a valid regex: {exc}") from exc
+
+
+def extract_answer(text: str, pattern: str | re.Pattern | None = None) -> str | None:
+    """The answer in ``text``: the first match of ``pattern`` (its group 1 when it has a
+    group), None when it does not match; the whole text without a pattern."""
+    rx = compile_pattern(pattern)
+    if rx is None:
+        return text
+    m = rx.search(text)
+    if m is None:
+        return None
+    return m.group(1) if rx.groups else m.group(0)
+
+
+def normalise_answer(text: str) -> str:
+    """Lower case, thousands separators and punctuation dropped (except a '.' or ','
+    between digits), articles dropped, whitespace collapsed: SQuAD's rule, made safe for
+    numbers and for a lone letter ("(A)" stays "a": articles go only when words remain)."""
+    text = _THOUSANDS.sub("", text.lower())
+    text = _PUNCT.sub(" ", text)
+    words = _ARTICLES.sub(" ", text).split()
+    return " ".join(words or text.split())
+
+
+def answers_match(generated: str, reference: str,
+                  pattern: str | re.Pattern | None = None) -> bool:
+    """Exact match of one generation with its reference (see the module docstring)."""
+    predicted = extract_answer(generated, pattern)
+    if predicted is None:
+        return False
+    wanted = extract_answer(reference, pattern)
+    if wanted is None:
+        wanted = reference
+    return normalise_answer(predicted) == normalise_answer(wanted)
+
+
+def _stop_ids(tokenizer: object) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[t] for t in STOP_TOKENS if t in vocab}
+    return sorted(i for i in ids if isinstance(i, int) and i >= 0)
+
+
+@torch.no_grad()
+def generate_greedy(lm: LoadedModel, samples: Sequence[Sample], max_new_tokens: int = 32,
+                    batch_size: int = 16) -> list[str]:
+    """Greedy continuation of each sample's prompt (its response is ignored), decoded up
+    to the first stop token. Prompts are left-padded in batches of similar length."""
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError("max_new_tokens and batch_size must be >= 1")
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    stops = _stop_ids(tok)
+    prompts = [tokenize(tok, render(tok, s.prompt_messages, "")[0]) for s in samples]
+    out: list[str] = [""] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            width = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            att = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):  # left padding: every prompt ends at one column
+                ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                att[row, width - len(prompts[i]):] = 1
+            gen = lm.model.generate(input_ids=ids.to(lm.device),
+                                    attention_mask=att.to(lm.device),
+                                    max_new_tokens=max_new_tokens, do_sample=False,
+                                    num_beams=1, pad_token_id=pad,
+                                    eos_token_id=stops or None)
+            for row, i in enumerate(idx):
+                new = gen[row, width:].tolist()
+                cut = next((n for n, t in enumerate(new) if t in stops), len(new))
+                out[i] = tok.decode(new[:cut], skip_special_tokens=True)
+    finally:
+        lm.model.train(was_training)
+    return out
+
+
+@dataclass
+class ExactMatch:
+    """Per-row outcome of ``exact_match``; ``score`` is the share of hits."""
+
+    hits: list[bool]
+    generations: list[str]
+    predicted: list[str | None]  # extracted from the generation (None: no match)
+    references: list[str]        # extracted from the reference
+    settings: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float:
+        return float(np.mean(self.hits)) if self.hits else float("nan")
+
+
+def exact_match(lm: LoadedModel, samples: Sequence[Sample], max_new_tokens: int = 32,
+                answer_pattern: str | re.Pattern | None = None,
+                batch_size: int = 16) -> ExactMatch:
+    """Greedy-generate for each sample and compare the extracted answer with the one in
+    its response (see the module docstring)."""
+    rx = compile_pattern(answer_pattern)
+    if not samples:
+        raise ValueError("no samples to evaluate")
+    generations = generate_greedy(lm, samples, max_new_tokens, batch_size)
+    predicted = [extract_answer(g, rx) for g in generations]
+    refs = []
+    for s in samples:
+        r = extract_answer(s.response, rx)
+        refs.append(s.response if r is None else r)
+    hits = [p is not None and normalise_answer(p) == normalise_answer(r)
+            for p, r in zip(predicted, refs, strict=True)]
+    return ExactMatch(hits, generations, predicted, refs,
+                      {"max_new_tokens": max_new_tokens,
+                       "answer_pattern": rx.pattern if rx is not None else None})
+
+
+@torch.no_grad()
+def response_losses(lm: LoadedModel, samples: Sequence[Sample], batch_size: int = 16,
+                    max_length: int = 1024) -> np.ndarray:
+    """(N,) each sample's mean response-token loss, teacher-forced; NaN for a sample
+    whose response does not fit the context. The mean of the finite entries is
+    ``curator.train.eval_loss``."""
+    encoded = encode_samples(lm.tokenizer, samples, min(max_length, lm.max_length))
+    pad = lm.tokenizer.pad_token_id
+    if pad is None:
+        pad = lm.tokenizer.eos_token_id
+    out = np.full(len(samples), np.nan)
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        for idx, batch in iter_batches(encoded, batch_size, pad, lm.device):
+            out[idx] = batch_losses(lm.model, batch).float().cpu().numpy()
+    finally:
+        lm.model.train(was_training)
+    return out
