@@ -67,9 +67,13 @@ def test_setup_installs_from_the_lock_and_rebuilds_when_it_changes():
 @pytest.mark.skipif(Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(),
                     reason="checks the venv `make setup` built (this is another environment)")
 def test_the_make_venv_has_exactly_the_locked_versions():
+    import sysconfig
+
     pins = _lock()
     wrong = {}
-    for dist in metadata.distributions():
+    # site-packages only: once something has imported setuptools, its vendored packages
+    # (setuptools/_vendor: jaraco.*, an older packaging, ...) are on sys.path too
+    for dist in metadata.distributions(path=[sysconfig.get_paths()["purelib"]]):
         name = canonicalize_name(dist.metadata["Name"])
         if name == "curator":
             continue

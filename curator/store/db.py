@@ -58,6 +58,16 @@ def lock_timeout_from_env(default: float = 60.0) -> float:
     return value
 
 
+# DuckDB shares one database instance among a process's connections to a file and tears it
+# down when the last one closes. With two threads opening and closing their own connections
+# at once (two ingests in one process), a scan of a registered Arrow table failed now and
+# then with "Table Function with name python_arrow_scan does not exist" (twice in full test
+# runs, never in isolation); the suspected cause is instance creation racing teardown.
+# Opening and closing under one process-wide lock keeps them apart; the work between them
+# still runs in parallel.
+_INSTANCE_LOCK = threading.Lock()
+
+
 class Store:
     """A curator store at ``path`` (a folder holding ``curator.duckdb`` and ``artifacts/``)."""
 
@@ -88,7 +98,8 @@ class Store:
         delay = 0.02
         while True:
             try:
-                con = duckdb.connect(str(self.db_path))
+                with _INSTANCE_LOCK:
+                    con = duckdb.connect(str(self.db_path))
             except duckdb.Error as exc:
                 if not _is_lock_error(exc):
                     raise StoreError(f"cannot open store {self.db_path}: {exc}") from exc
@@ -135,7 +146,8 @@ class Store:
             yield con
         finally:
             self._local.con, self._local.depth = None, 0
-            con.close()
+            with _INSTANCE_LOCK:
+                con.close()
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[duckdb.DuckDBPyConnection]:
