@@ -68,7 +68,7 @@ class ScoringOptions:
                                       #   kNN targets (what small budgets miss; 0: off;
                                       #   "auto": k of them at budgets <= 20%, see resolved_hubs)
     dtype: str = "auto"               # auto: bf16 on CUDA and on CPUs with native bf16
-    expand: float = 1.0               # DELIFT: when greedy runs out of scored pairs, score up
+    expand: float = 2.0               # DELIFT: when greedy runs out of scored pairs, score up
                                       #   to this many times the stage's graph pairs more where
                                       #   the kernel has no evidence (0: off)
 

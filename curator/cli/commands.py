@@ -198,7 +198,7 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
 @click.option("--harm", type=click.Choice(HARM_RULES), default="mean", show_default=True,
               help="DELIFT: leave out examples whose mean utility over their scored pairs is "
                    "negative (they make the targets they were scored with worse), or not.")
-@click.option("--expand", default=1.0, show_default=True, type=float,
+@click.option("--expand", default=2.0, show_default=True, type=float,
               help="DELIFT: when greedy runs out of scored pairs before the budget is "
                    "filled, score up to this many times the stage's graph pairs more where "
                    "the kernel has no evidence (0: off).")
