@@ -17,6 +17,12 @@ from curator.schedule.schedules import Schedule
 from curator.store import Store
 from curator.store.datasets import has_versions, latest_version
 from curator.store.inputs import record_ingested
+from curator.store.schedules import (
+    known_checksums,
+    quarantine_file,
+    record_watched_files,
+    watched_files,
+)
 
 SETTLE_SECONDS = 2.0         # a file modified more recently may still be being written
 _INPUT_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".pq")
@@ -63,12 +69,8 @@ def _scan(store: Store, sched: Schedule, outcome: RunOutcome,
     """New files of the watched folder as (path, sha256); quarantines bad ones."""
     folder = Path(sched.watch_dir)
     with store.connect():
-        known = {r[0] for r in store.query(
-            "SELECT sha256 FROM ingested_files WHERE dataset = ? UNION "
-            "SELECT sha256 FROM quarantined_files WHERE dataset = ?", [sched.dataset] * 2)}
-        hashed = {r[0]: (r[1], r[2], r[3]) for r in store.query(
-            "SELECT path, size, mtime_ns, sha256 FROM watched_files WHERE schedule = ?",
-            [sched.name])}
+        known = known_checksums(store, sched.dataset)
+        hashed = watched_files(store, sched.name)
     new: list[tuple[Path, str]] = []
     taken: set[str] = set()
     fresh: list[list[Any]] = []
@@ -90,19 +92,14 @@ def _scan(store: Store, sched: Schedule, outcome: RunOutcome,
         if reason is not None:
             outcome.files_bad.append({"path": str(path), "reason": reason})
             say(f"{sched.name}: quarantined {path}: {reason}")
-            with store.atomic() as con:
-                con.execute("INSERT OR IGNORE INTO quarantined_files (dataset, sha256, path, "
-                            "reason, schedule, run_id) VALUES (?, ?, ?, ?, ?, ?)",
-                            [sched.dataset, digest, str(path), reason, sched.name,
-                             outcome.run_id])
+            quarantine_file(store, sched.dataset, digest, str(path), reason, sched.name,
+                            outcome.run_id)
             taken.add(digest)
             continue
         taken.add(digest)
         new.append((path, digest))
     if fresh:
-        with store.atomic() as con:
-            con.executemany("INSERT OR REPLACE INTO watched_files VALUES (?, ?, ?, ?, ?)",
-                            fresh)
+        record_watched_files(store, fresh)
     return new
 
 

@@ -10,9 +10,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from curator.schedule.clock import Clock, _aware, _to_db
-from curator.schedule.owners import _is_conflict, _owner_gone, _write
+from curator.schedule.owners import _owner_gone
 from curator.schedule.schedules import Schedule, get_schedule
 from curator.store import Store
+from curator.store.schedules import extend_lease, free_lease, is_conflict, take_lease
 
 LEASE_SECONDS = 600.0        # a lease not renewed for this long is free for another worker
 
@@ -31,19 +32,12 @@ def acquire_lease(store: Store, name: str, owner: str, now: datetime, *,
     now = _aware(now)
     before = get_schedule(store, name)
     gone = before.lock_owner if _owner_gone(before.lock_owner) else None
-    sql = ("UPDATE schedules SET lock_owner = ?, lock_expires_at = ? WHERE name = ? AND "
-           "(lock_owner IS NULL OR lock_expires_at IS NULL OR lock_expires_at <= ? OR "
-           "lock_owner = ?)")
-    params: list[Any] = [owner, _to_db(now + timedelta(seconds=lease_seconds)), name,
-                         _to_db(now), gone or owner]
-    if require_due:
-        sql += " AND NOT paused AND next_run_at IS NOT NULL AND next_run_at <= ?"
-        params.append(_to_db(now))
     try:
-        with store.atomic() as con:
-            updated = con.execute(sql, params).fetchone()[0]
+        updated = take_lease(store, name, owner, _to_db(now + timedelta(seconds=lease_seconds)),
+                             _to_db(now), gone or owner,
+                             due_at=_to_db(now) if require_due else None)
     except duckdb.TransactionException as exc:
-        if _is_conflict(exc):
+        if is_conflict(exc):
             return None
         raise
     return before if updated else None
@@ -51,14 +45,11 @@ def acquire_lease(store: Store, name: str, owner: str, now: datetime, *,
 
 def renew_lease(store: Store, name: str, owner: str, until: datetime) -> bool:
     """Extend the lease; False when ``owner`` no longer holds it."""
-    with store.atomic() as con:
-        return con.execute("UPDATE schedules SET lock_expires_at = ? WHERE name = ? AND "
-                           "lock_owner = ?", [_to_db(until), name, owner]).fetchone()[0] > 0
+    return extend_lease(store, name, owner, _to_db(until))
 
 
 def release_lease(store: Store, name: str, owner: str) -> None:
-    _write(store, "UPDATE schedules SET lock_owner = NULL, lock_expires_at = NULL "
-           "WHERE name = ? AND lock_owner = ?", [name, owner])
+    free_lease(store, name, owner)
 
 
 class _Heartbeat:

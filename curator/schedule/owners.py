@@ -1,15 +1,11 @@
-"""Who holds a lease (host:pid:random, and whether that process is gone), and store writes
-retried when another process's transaction conflicts with them."""
+"""Who holds a lease (host:pid:random, and whether that process is gone). Store writes
+retried on a write conflict are in ``curator/store/schedules.py``."""
 
 from __future__ import annotations
 
 import os
 import socket
-import time
 import uuid
-from typing import Any
-
-from curator.store import Store
 
 
 def new_owner_id() -> str:
@@ -38,23 +34,3 @@ def _owner_gone(owner: str | None) -> bool:
     except OSError:
         return False
     return False
-
-
-def _is_conflict(exc: Exception) -> bool:
-    return "conflict" in str(exc).lower()
-
-
-def _write(store: Store, sql: str, params: list[Any], attempts: int = 20) -> int:
-    """One UPDATE in its own transaction, retried when it conflicts with a concurrent write
-    to the same row (a lease heartbeat, the app pausing a schedule); rows changed."""
-    import duckdb
-
-    for attempt in range(attempts):
-        try:
-            with store.atomic() as con:
-                return con.execute(sql, params).fetchone()[0]
-        except duckdb.TransactionException as exc:
-            if not _is_conflict(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.01 * (attempt + 1))
-    return 0

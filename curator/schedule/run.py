@@ -25,10 +25,11 @@ from curator.schedule.errors import Interrupted, LeaseLost
 from curator.schedule.files import _ingest_new, _reconcile_inboxes, _scan
 from curator.schedule.lease import LEASE_SECONDS, _Heartbeat, acquire_lease, release_lease
 from curator.schedule.outcome import RunOutcome, export_folder
-from curator.schedule.owners import _write, new_owner_id
+from curator.schedule.owners import new_owner_id
 from curator.schedule.schedules import Schedule, get_schedule, next_trigger
 from curator.schedule.triggers import retry_delay
 from curator.store import NotFound, Store
+from curator.store.schedules import fail_abandoned_run, finish_schedule_run, set_last_run_id
 
 
 def _check_stop(stop: threading.Event | None, heartbeat: _Heartbeat | None) -> None:
@@ -76,8 +77,7 @@ def run_schedule(store: Store, name: str, *, clock: Clock | None = None,
             store.start_run("schedule", sched.dataset, {"schedule": name, "owner": owner,
                                                          "trigger": outcome.trigger},
                             run_id=run_id)
-            _write(store, "UPDATE schedules SET last_run_id = ? WHERE name = ?",
-                   [run_id, name])
+            set_last_run_id(store, name, run_id)
         except BaseException:
             release_lease(store, name, owner)
             raise
@@ -112,12 +112,8 @@ def _recover_abandoned(store: Store, sched: Schedule, previous_owner: str | None
     if not sched.last_run_id:
         return
     who = previous_owner or "a worker"
-    with store.atomic() as con:
-        con.execute("UPDATE runs SET status = 'failed', error = ?, updated_at = "
-                    "current_timestamp, finished_at = current_timestamp WHERE run_id = ? "
-                    "AND status = 'running'",
-                    [f"abandoned: {who} stopped before finishing (the next run resumed it)",
-                     sched.last_run_id])
+    fail_abandoned_run(store, sched.last_run_id,
+                       f"abandoned: {who} stopped before finishing (the next run resumed it)")
 
 
 def _finish(store: Store, before: Schedule, outcome: RunOutcome, owner: str, now: datetime,
@@ -151,14 +147,9 @@ def _finish_in(store: Store, before: Schedule, outcome: RunOutcome, owner: str, 
         failures, error = sched.failures + 1, outcome.error
         next_at = min(now + timedelta(seconds=retry_delay(failures)), regular)
     done = outcome.status == "done"
-    _write(store,
-           "UPDATE schedules SET next_run_at = ?, failures = ?, last_error = ?, "
-           "last_selection_id = coalesce(?, last_selection_id), "
-           "last_export = coalesce(?, last_export), lock_owner = NULL, "
-           "lock_expires_at = NULL WHERE name = ? AND lock_owner = ?",
-           [_to_db(next_at), failures, error,
-            (outcome.selection_id or outcome.parent) if done else None,
-            outcome.export if done else None, before.name, owner])
+    finish_schedule_run(store, before.name, owner, _to_db(next_at), failures, error,
+                        (outcome.selection_id or outcome.parent) if done else None,
+                        outcome.export if done else None)
 
 
 def _run_steps(store: Store, sched: Schedule, recipe: Recipe, outcome: RunOutcome,

@@ -13,7 +13,7 @@ from typing import Any
 from curator.config import ExportSpec, Recipe, RecipeError, StageSpec, recipe_from_dict
 from curator.schedule.clock import Clock, SystemClock, _aware, _from_db, _to_db
 from curator.schedule.errors import ScheduleError
-from curator.schedule.owners import _owner_gone, _write
+from curator.schedule.owners import _owner_gone
 from curator.schedule.triggers import (
     check_cron,
     cron_next,
@@ -22,6 +22,19 @@ from curator.schedule.triggers import (
     parse_duration,
 )
 from curator.store import NotFound, Store
+from curator.store.schedules import (
+    delete_schedule,
+    insert_schedule,
+    lock_holder,
+    schedule_exists,
+    schedule_names,
+    schedule_row,
+    schedule_rows,
+    schedule_run_rows,
+    schedule_watching,
+    set_next_run_at,
+    set_paused,
+)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -74,7 +87,7 @@ class Schedule:
         return asdict(self)
 
 
-_SCHEDULE_COLS = ", ".join(f.name for f in Schedule.__dataclass_fields__.values())
+_SCHEDULE_COLS = [f.name for f in Schedule.__dataclass_fields__.values()]
 
 
 def _schedule(row: dict[str, Any]) -> Schedule:
@@ -149,42 +162,37 @@ def add_schedule(store: Store, name: str, dataset: str, watch_dir: str | Path, *
     now = (clock or SystemClock()).now()
     store.init()
     with store.atomic() as con:
-        if con.execute("SELECT 1 FROM schedules WHERE name = ?", [name]).fetchone():
+        if schedule_exists(con, name):
             raise ScheduleError(f"a schedule named {name!r} exists (remove it first, or "
                                 "pick another name)")
-        other = con.execute("SELECT name FROM schedules WHERE dataset = ? AND watch_dir = ?",
-                            [dataset, str(watch)]).fetchone()
+        other = schedule_watching(con, dataset, str(watch))
         if other:
-            raise ScheduleError(f"schedule {other[0]!r} already watches {watch} for dataset "
+            raise ScheduleError(f"schedule {other!r} already watches {watch} for dataset "
                                 f"{dataset!r}")
-        con.execute(
-            "INSERT INTO schedules (name, dataset, watch_dir, every_seconds, cron, recipe, "
-            "paused, next_run_at, created_at, failures) VALUES (?, ?, ?, ?, ?, ?, false, ?, ?, 0)",
-            [name, dataset, str(watch), every_seconds, cron, json.dumps(resolved.to_dict()),
-             _to_db(now), _to_db(now)])
+        insert_schedule(con, name, dataset, str(watch), every_seconds, cron,
+                        json.dumps(resolved.to_dict()), _to_db(now), _to_db(now))
     return get_schedule(store, name)
 
 
 def get_schedule(store: Store, name: str) -> Schedule:
-    rows = store.query_dicts(f"SELECT {_SCHEDULE_COLS} FROM schedules WHERE name = ?", [name])
-    if not rows:
-        known = [r[0] for r in store.query("SELECT name FROM schedules ORDER BY name")]
+    row = schedule_row(store, name, _SCHEDULE_COLS)
+    if row is None:
+        known = schedule_names(store)
         hint = f" (known: {', '.join(known)})" if known else " (there are no schedules)"
         raise NotFound(f"no schedule {name!r}{hint}")
-    return _schedule(rows[0])
+    return _schedule(row)
 
 
 def list_schedules(store: Store) -> list[Schedule]:
     store.init()
-    return [_schedule(r) for r in store.query_dicts(
-        f"SELECT {_SCHEDULE_COLS} FROM schedules ORDER BY name")]
+    return [_schedule(r) for r in schedule_rows(store, _SCHEDULE_COLS)]
 
 
 def pause_schedule(store: Store, name: str) -> Schedule:
     """Stop starting runs of ``name`` (a run in progress finishes)."""
     with store.connect():
         get_schedule(store, name)
-        _write(store, "UPDATE schedules SET paused = true WHERE name = ?", [name])
+        set_paused(store, name, True)
         return get_schedule(store, name)
 
 
@@ -192,7 +200,7 @@ def resume_schedule(store: Store, name: str) -> Schedule:
     """Start runs again; a trigger missed while paused leads to one run at the next cycle."""
     with store.connect():
         get_schedule(store, name)
-        _write(store, "UPDATE schedules SET paused = false WHERE name = ?", [name])
+        set_paused(store, name, False)
         return get_schedule(store, name)
 
 
@@ -201,8 +209,7 @@ def request_run(store: Store, name: str, clock: Clock | None = None) -> Schedule
     now = (clock or SystemClock()).now()
     with store.connect():
         get_schedule(store, name)
-        _write(store, "UPDATE schedules SET next_run_at = ? WHERE name = ?",
-               [_to_db(now), name])
+        set_next_run_at(store, name, _to_db(now))
         return get_schedule(store, name)
 
 
@@ -212,32 +219,21 @@ def remove_schedule(store: Store, name: str, *, force: bool = False,
     get_schedule(store, name)
     now = (clock or SystemClock()).now()
     with store.atomic() as con:
-        row = con.execute("SELECT lock_owner, lock_expires_at FROM schedules WHERE name = ?",
-                          [name]).fetchone()
+        row = lock_holder(con, name)
         expires = _from_db(row[1]) if row else None
         if row and row[0] and expires and expires > now and not _owner_gone(row[0]) \
                 and not force:
             raise ScheduleError(f"schedule {name!r} is running ({row[0]}); pause it and wait, "
                                 "or remove it with --force")
-        con.execute("DELETE FROM schedules WHERE name = ?", [name])
-        con.execute("DELETE FROM watched_files WHERE schedule = ?", [name])
+        delete_schedule(con, name)
 
 
 def schedule_runs(store: Store, name: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
     """Run history, newest first: run_id, schedule, status, error, started_at, finished_at,
     and the run's result (counts, timings, outputs) flattened into the dict."""
     store.init()
-    sql = ("SELECT run_id, json_extract_string(config, '$.schedule') AS schedule, dataset, "
-           "status, error, started_at, finished_at, result, config FROM runs "
-           "WHERE kind = 'schedule'")
-    params: list[Any] = []
-    if name is not None:
-        sql += " AND json_extract_string(config, '$.schedule') = ?"
-        params.append(name)
-    sql += " ORDER BY started_at DESC, run_id DESC LIMIT ?"
-    params.append(limit)
     out = []
-    for row in store.query_dicts(sql, params):
+    for row in schedule_run_rows(store, name, limit):
         result = json.loads(row.pop("result")) if row["result"] else {}
         config = json.loads(row.pop("config")) if row["config"] else {}
         row["trigger"] = config.get("trigger")
