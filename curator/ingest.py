@@ -23,6 +23,7 @@ from curator.readers import InputError, RawRow, read_source
 from curator.records import sample_id_for, split_prompt_response
 from curator.schemas import FieldMap, RowError, map_row
 from curator.store import Store
+from curator.store.ingest_rows import VersionCounts, commit_version, stage_batch
 from curator.store.recovery import clear_stale_staging
 
 BATCH_SIZE = 10_000
@@ -161,30 +162,14 @@ def _stage_batch(store: Store, run_id: str, dataset: str, batch: list[RawRow],
                         len(prompt) + len(response))
         members[sid] = (run_id, sid, json.dumps(metadata, ensure_ascii=False, default=str)
                         if metadata else None, row.file, row.line)
-    staged = 0
-    # The tables have no primary keys (DuckDB would hold their indexes in memory, growing with
-    # the store), so each insert skips the ids already present itself. The hash join builds on
-    # the smaller side, here the batch, and scans only the id column of the table. The lock
-    # keeps two threads of this process from adding the same new sample at once (other
-    # processes are kept out by DuckDB's file lock while this transaction runs).
+    # The lock keeps two threads of this process from adding the same new sample at once
+    # (other processes are kept out by DuckDB's file lock while this transaction runs).
+    # Columns, not row dicts: pa.Table.from_pylist costs ~50x more per batch.
     with _WRITE_LOCK, store.atomic() as con:
-        if samples:
-            # Columns, not row dicts: pa.Table.from_pylist costs ~50x more per batch.
-            con.register("_samples", _columns(samples.values(), _SAMPLE_SCHEMA))
-            con.execute("INSERT INTO samples (sample_id, messages, prompt, response, n_chars) "
-                        "SELECT sample_id, messages, prompt, response, n_chars FROM _samples b "
-                        "WHERE NOT EXISTS (SELECT 1 FROM samples s "
-                        "WHERE s.sample_id = b.sample_id)")
-            con.unregister("_samples")
-            con.register("_members", _columns(members.values(), _MEMBER_SCHEMA))
-            # The first occurrence across batches stays: later ones are duplicates.
-            staged = con.execute(
-                "INSERT INTO ingest_staging SELECT * FROM _members m WHERE NOT EXISTS "
-                "(SELECT 1 FROM ingest_staging s WHERE s.run_id = ? AND "
-                "s.sample_id = m.sample_id)", [run_id]).fetchone()[0]
-            con.unregister("_members")
-        if bad:
-            con.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)", bad)
+        staged = stage_batch(
+            con, run_id,
+            _columns(samples.values(), _SAMPLE_SCHEMA) if samples else None,
+            _columns(members.values(), _MEMBER_SCHEMA) if samples else None, bad)
         # Same transaction (nested atomic joins it): one open of the store per batch, not two.
         store.update_run(run_id, done=summary.n_read)
     summary.n_accepted += staged
@@ -209,49 +194,12 @@ def _commit_version(store: Store, run_id: str, dataset: str, source: str, append
                     message: str | None, summary: IngestSummary,
                     record_file: tuple[str, str] | None = None) -> None:
     """One short transaction: the version row, its members, and the staged quarantine."""
+    counts = VersionCounts(summary.mode, summary.n_read, summary.n_accepted,
+                           summary.n_duplicates, summary.n_quarantined)
     with _WRITE_LOCK, store.atomic() as con:
-        con.execute("INSERT OR IGNORE INTO datasets (name) VALUES (?)", [dataset])
-        parent = con.execute("SELECT max(version) FROM versions WHERE dataset = ?",
-                             [dataset]).fetchone()[0]
-        version = (parent or 0) + 1
-        # Counts come from the inserts and the parent's row, not from scans of the new version.
-        n_members = con.execute(
-            "INSERT INTO version_members SELECT ?, ?, sample_id, metadata, source_file, "
-            "source_line FROM ingest_staging WHERE run_id = ?",
-            [dataset, version, run_id]).fetchone()[0]
-        if parent is None:
-            n_added, n_removed, n_unchanged = n_members, 0, 0
-        else:
-            n_parent = con.execute("SELECT n_members FROM versions WHERE dataset = ? AND "
-                                   "version = ?", [dataset, parent]).fetchone()[0]
-            if append:
-                # Earlier members stay, with their own metadata, unless the input repeats them:
-                # every parent member is unchanged.
-                n_members += con.execute(
-                    "INSERT INTO version_members SELECT dataset, ?, sample_id, metadata, "
-                    "source_file, source_line FROM version_members p WHERE dataset = ? AND "
-                    "version = ? AND NOT EXISTS (SELECT 1 FROM ingest_staging s WHERE "
-                    "s.run_id = ? AND s.sample_id = p.sample_id)",
-                    [version, dataset, parent, run_id]).fetchone()[0]
-                n_unchanged = n_parent
-            else:
-                n_unchanged = con.execute(
-                    "SELECT count(*) FROM ingest_staging s WHERE run_id = ? AND EXISTS "
-                    "(SELECT 1 FROM version_members p WHERE p.dataset = ? AND p.version = ? "
-                    "AND p.sample_id = s.sample_id)", [run_id, dataset, parent]).fetchone()[0]
-            n_added, n_removed = n_members - n_unchanged, n_parent - n_unchanged
-        con.execute(
-            "INSERT INTO versions (dataset, version, parent, mode, source, message, n_read, "
-            "n_accepted, n_duplicates, n_quarantined, n_added, n_removed, n_unchanged, "
-            "n_members, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [dataset, version, parent, summary.mode, source, message, summary.n_read,
-             summary.n_accepted, summary.n_duplicates, summary.n_quarantined, n_added,
-             n_removed, n_unchanged, n_members, run_id])
-        con.execute("UPDATE quarantine SET version = ? WHERE run_id = ?", [version, run_id])
-        if record_file is not None:
-            con.execute("INSERT OR IGNORE INTO ingested_files (dataset, sha256, path, version) "
-                        "VALUES (?, ?, ?, ?)", [dataset, *record_file, version])
-        con.execute("DELETE FROM ingest_staging WHERE run_id = ?", [run_id])
-    summary.version, summary.parent = version, parent
-    summary.n_added, summary.n_removed, summary.n_unchanged = n_added, n_removed, n_unchanged
-    summary.n_members = n_members
+        done = commit_version(con, run_id, dataset, source, append, message, counts,
+                              record_file)
+    summary.version, summary.parent = done.version, done.parent
+    summary.n_added, summary.n_removed, summary.n_unchanged = done.n_added, done.n_removed, \
+        done.n_unchanged
+    summary.n_members = done.n_members
