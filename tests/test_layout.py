@@ -117,3 +117,40 @@ def test_the_app_ships_in_the_package():
     found = set(find_packages(ROOT.parent, include=["curator*"]))
     assert {"curator.app", "curator.app.views"} <= found
     assert (ROOT / "app" / "streamlit_app.py").is_file()
+
+
+# Only curator/store/ writes SQL (issue 13). Still to move: the scoring cache's tables.
+SQL_CALLS = {"execute", "executemany", "query", "query_dicts"}
+KNOWN_SQL_OUTSIDE_STORE = {"curator.scoring.cache"}
+
+
+def _is_sql_text(node: ast.expr) -> bool:
+    """A string, an f-string, a concatenation of them, or a variable (SQL built earlier)."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    if isinstance(node, ast.JoinedStr | ast.Name):
+        return True
+    if isinstance(node, ast.BinOp):
+        return _is_sql_text(node.left) or _is_sql_text(node.right)
+    return False
+
+
+def sql_calls(source: str) -> list[int]:
+    """Lines of ``x.execute(SQL, ...)`` (and executemany, query, query_dicts) calls."""
+    return [node.lineno for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in SQL_CALLS and node.args and _is_sql_text(node.args[0])]
+
+
+def test_the_sql_finder_finds_sql():
+    assert sql_calls('con.execute("SELECT 1")\nstore.query(f"SELECT {c}", [])\n'
+                     'con.executemany("INSERT " + "x", rows)\nstore.query_dicts(sql)\n'
+                     'x.execute(callback)\n') == [1, 2, 3, 4, 5]
+    assert sql_calls("pool.submit(fn)\nselect_rows(store, 3)\n") == []
+
+
+def test_only_the_store_writes_sql():
+    outside = {name: lines for name, path in modules().items()
+               if not (name == "curator.store" or name.startswith("curator.store."))
+               and (lines := sql_calls(path.read_text(encoding="utf-8")))}
+    assert set(outside) == KNOWN_SQL_OUTSIDE_STORE, outside
