@@ -58,14 +58,14 @@ def build_store(path: Path, rows: int) -> dict:
     """Fill a store at ``path``; returns what was made (selection ids, timings)."""
     from curator.config import StageSpec
     from curator.ingest import ingest
-    from curator.scoring.cache import (
+    from curator.stages import select_stage
+    from curator.store import Store
+    from curator.store.datasets import version_sample_ids
+    from curator.store.scores import (
         save_embeddings,
         save_gradient_scores,
         save_utilities,
     )
-    from curator.stages import select_stage
-    from curator.store import Store
-    from curator.store.datasets import version_sample_ids
     from curator.store.selections import SelectionRecord, save_selection
 
     store = Store(path)

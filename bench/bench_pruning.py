@@ -52,7 +52,6 @@ from _machine import cpu_name  # noqa: E402  (bench/ helper, beside this script)
 from curator.config import AUTO_HUBS_MAX_SHARE, ScoringOptions  # noqa: E402
 from curator.ingest import ingest  # noqa: E402
 from curator.models import load_model  # noqa: E402
-from curator.scoring.cache import load_utilities  # noqa: E402
 from curator.scoring.jobs import (  # noqa: E402
     candidate_pairs,
     ensure_embeddings,
@@ -65,6 +64,7 @@ from curator.scoring.kernels import utility_kernel  # noqa: E402
 from curator.selection import select  # noqa: E402
 from curator.store import Store  # noqa: E402
 from curator.store.datasets import load_samples  # noqa: E402
+from curator.store.scores import load_utilities  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "t0"
 OUT = ROOT / "bench" / "results" / "pruning.md"

@@ -38,13 +38,13 @@ from _machine import cpu_name  # noqa: E402
 from bench_pruning import fl_objective  # noqa: E402
 
 from curator.models import load_model  # noqa: E402
-from curator.scoring.cache import load_utilities  # noqa: E402
 from curator.scoring.jobs import candidate_pairs, ensure_embeddings, hub_examples  # noqa: E402
 from curator.scoring.kernels import dense as dense_array  # noqa: E402
 from curator.scoring.kernels import utility_kernel  # noqa: E402
 from curator.selection import select  # noqa: E402
 from curator.store import Store  # noqa: E402
 from curator.store.datasets import load_samples  # noqa: E402
+from curator.store.scores import load_utilities  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,12 @@ import numpy as np
 from curator.config import ScoringOptions
 from curator.models import LoadedModel
 from curator.records import Sample
-from curator.scoring.cache import (
+from curator.scoring.embeddings import embed_samples, embedder_fingerprint
+from curator.scoring.kernels import Kernel, utility_kernel
+from curator.scoring.neighbours import dense_pairs, knn, neighbour_pairs
+from curator.scoring.utility import UtilityConfig, score_pairs
+from curator.store import Store
+from curator.store.scores import (
     UtilityRows,
     existing_pairs,
     load_embeddings,
@@ -29,11 +34,6 @@ from curator.scoring.cache import (
     save_losses,
     save_utilities,
 )
-from curator.scoring.embeddings import embed_samples, embedder_fingerprint
-from curator.scoring.kernels import Kernel, utility_kernel
-from curator.scoring.neighbours import dense_pairs, knn, neighbour_pairs
-from curator.scoring.utility import UtilityConfig, score_pairs
-from curator.store import Store
 
 EMBED_MAX_LENGTH = 512
 EMBED_COMMIT = 512     # samples per committed embedding batch

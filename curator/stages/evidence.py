@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from curator.scoring.cache import existing_pairs, load_utilities
 from curator.scoring.jobs import UtilitySummary, ensure_embeddings, score_pair_list, utility_config
 from curator.selection.evidence import (
     column_mean_utility,
@@ -34,6 +33,7 @@ from curator.selection.evidence import (
 )
 from curator.stages.baselines import greedy
 from curator.stages.context import StageContext, ids
+from curator.store.scores import existing_pairs, load_utilities
 
 # At most this many rounds of on-demand scoring per selection (each round re-runs greedy).
 EVIDENCE_ROUNDS = 8

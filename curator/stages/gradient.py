@@ -18,11 +18,11 @@ from curator.budget import budget_fraction
 from curator.config import ScoringOptions, StageSpec, config_hash
 from curator.models import LoadedModel
 from curator.records import Sample
-from curator.scoring.cache import save_gradient_scores
 from curator.stages.context import Ranked, StageContext
 from curator.stages.save import DEFAULT_PARAM_BUDGET, record_config, store_mask
 from curator.store import Store
 from curator.store.datasets import load_samples
+from curator.store.scores import save_gradient_scores
 from curator.store.selections import get_selection, selection_sample_ids
 
 

@@ -14,7 +14,6 @@ import pytest
 import curator.scoring.jobs as jobs
 from curator.config import ScoringOptions
 from curator.ingest import ingest
-from curator.scoring.cache import load_embeddings, save_utilities
 from curator.scoring.embeddings import embedder_fingerprint
 from curator.scoring.jobs import (
     EMBED_MAX_LENGTH,
@@ -30,6 +29,7 @@ from curator.scoring.neighbours import knn, neighbour_pairs
 from curator.scoring.utility import score_pairs_reference
 from curator.store import Store
 from curator.store.datasets import load_samples
+from curator.store.scores import load_embeddings, save_utilities
 from curator.testing import tiny_loaded_model
 
 OPTIONS = ScoringOptions(k=3, batch_size=8, max_length=128)

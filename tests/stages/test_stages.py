@@ -13,7 +13,6 @@ import scipy.sparse as sp
 
 from curator.config import RecipeError, ScoringOptions, StageSpec
 from curator.ingest import ingest
-from curator.scoring.cache import load_embeddings, save_utilities
 from curator.scoring.embeddings import embedder_fingerprint
 from curator.scoring.jobs import (
     EMBED_MAX_LENGTH,
@@ -28,6 +27,7 @@ from curator.stages import resolve_pools, select_stage
 from curator.stages.baselines import rds_ranking
 from curator.store import Store
 from curator.store.datasets import load_samples
+from curator.store.scores import load_embeddings, save_utilities
 from curator.store.selections import get_selection, selection_members
 from curator.testing import tiny_loaded_model
 
@@ -433,8 +433,8 @@ def test_pairs_scored_on_demand_fill_the_budget_with_measured_utilities(cstore, 
     """A 1-NN graph leaves most of a half-pool budget at zero gain; with ``expand`` the
     stage scores more pairs where the kernel is blind and the zero-gain tail shrinks. Every
     pair scored on demand equals the reference engine's value (dense computation)."""
-    from curator.scoring.cache import load_utilities
     from curator.scoring.utility import score_pairs_reference
+    from curator.store.scores import load_utilities
 
     pool_samples = load_samples(cstore, "d", 1)
     pool = ids(pool_samples)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from curator.scoring.cache import (
+from curator.store.scores import (
     existing_pairs,
     load_embeddings,
     load_gradient_scores,
