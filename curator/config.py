@@ -21,6 +21,7 @@ from curator.vocabulary import (
     DISTANCES,
     EXPORT_FORMATS,
     HARM_RULES,
+    MASK_RANKS,
     METHODS,
     OPTIMIZERS,
     SELF_COVERAGE,
@@ -112,9 +113,6 @@ class ScoringOptions:
         if self.dense or n_select is None or not n_pool:
             return 0
         return self.k if n_select <= AUTO_HUBS_MAX_SHARE * n_pool else 0
-
-
-MASK_RANKS = ("signed", "abs")
 
 
 @dataclass

@@ -37,6 +37,7 @@ DEFAULT_FUNCTION = {"instruction": "facility_location", "task": "flvmi", "contin
 OPTIMIZERS = ("naive", "lazy", "stochastic")
 DISTANCES = ("prob-l2", "nll")                     # DELIFT: the paper's distance, or mean NLL
 HARM_RULES = ("mean", "off")                       # DELIFT: leave out net-harmful examples, or not
+MASK_RANKS = ("signed", "abs")                     # DualSFT mask: signed phi (the reference) or |phi|
 SELF_COVERAGE = ("best", "one")                    # DELIFT kernels' diagonal (scoring/kernels.py)
 CONTINUAL_POOLS = ("new", "all")
 EXPORT_FORMATS = ("jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf")

@@ -28,6 +28,7 @@ from curator.vocabulary import (
     DISTANCES,
     EXPORT_FORMATS,
     HARM_RULES,
+    MASK_RANKS,
     METHODS,
     OPTIMIZERS,
     SELF_COVERAGE,
@@ -78,7 +79,7 @@ def gradient_options(func: Callable) -> Callable:
                      help="DualSFT: weight of the KL prior gradient."),
         click.option("--tau", default=2.0, show_default=True,
                      help="DualSFT: temperature of the KL self-distillation."),
-        click.option("--mask-rank", type=click.Choice(["signed", "abs"]), default="signed",
+        click.option("--mask-rank", type=click.Choice(MASK_RANKS), default="signed",
                      show_default=True,
                      help="DualSFT: rank parameters by signed importance (predicted loss "
                           "decrease, the reference's rule) or by its absolute value."),

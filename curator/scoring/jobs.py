@@ -190,9 +190,7 @@ def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
     except BaseException as exc:
         job.fail(exc)
         raise
-    summary.n_reused = summary.n_pairs - summary.n_computed
-    summary.seconds = time.monotonic() - started
-    job.finish()
+    job.finish(started)
     return summary
 
 
@@ -221,9 +219,7 @@ def score_pair_list(store: Store, lm: LoadedModel, samples: Sequence[Sample],
     except BaseException as exc:
         job.fail(exc)
         raise
-    summary.n_reused = summary.n_pairs - summary.n_computed
-    summary.seconds = time.monotonic() - started
-    job.finish()
+    job.finish(started)
     return summary
 
 
@@ -289,9 +285,12 @@ class _PairJob:
         if self.run_id is not None:
             self.store.finish_run(self.run_id, "failed", error=str(exc) or type(exc).__name__)
 
-    def finish(self) -> None:
+    def finish(self, started: float) -> None:
+        """Complete the summary (pairs reused, seconds since ``started``) and the run."""
+        s = self.summary
+        s.n_reused = s.n_pairs - s.n_computed
+        s.seconds = time.monotonic() - started
         if self.run_id is not None:
-            s = self.summary
             self.store.finish_run(self.run_id, "done", result={
                 "computed": s.n_computed, "invalid": s.n_invalid,
                 "seconds": round(s.seconds, 2)})
