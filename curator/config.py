@@ -18,6 +18,7 @@ from curator.budget import check_budget as _check_budget
 from curator.vocabulary import (
     CONTINUAL_POOLS,
     DEFAULT_FUNCTION,
+    DEFAULT_HARM,
     DISTANCES,
     EXPORT_FORMATS,
     HARM_RULES,
@@ -178,8 +179,9 @@ class StageSpec:
     param_budget: str | None = None   # DualSFT: share of parameters in the mask
     self_coverage: str = "best"       # DELIFT kernels: "best" or "one" (scoring/kernels.py)
     gradient: GradientOptions = field(default_factory=GradientOptions)  # DualSFT only
-    harm: str = "mean"                # DELIFT: "mean" leaves out examples whose mean utility
-                                      #   over their scored pairs is negative; "off"
+    harm: str = DEFAULT_HARM          # DELIFT: "mean" leaves out examples whose mean utility
+                                      #   over their scored pairs is negative; "mean+fit" also
+                                      #   those their nearest examples do not fit; "off"
     name: str | None = None
 
     def validate(self, where: str) -> None:

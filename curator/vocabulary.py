@@ -36,7 +36,10 @@ DEFAULT_FUNCTION = {"instruction": "facility_location", "task": "flvmi", "contin
 
 OPTIMIZERS = ("naive", "lazy", "stochastic")
 DISTANCES = ("prob-l2", "nll")                     # DELIFT: the paper's distance, or mean NLL
-HARM_RULES = ("mean", "off")                       # DELIFT: leave out net-harmful examples, or not
+# DELIFT: leave out net-harmful examples ("mean"), also those whose own response the examples
+# most like them make less likely ("mean+fit", the default), or neither ("off")
+HARM_RULES = ("mean+fit", "mean", "off")
+DEFAULT_HARM = "mean+fit"
 MASK_RANKS = ("signed", "abs")                     # DualSFT mask: signed phi (the reference) or |phi|
 SELF_COVERAGE = ("best", "one")                    # DELIFT kernels' diagonal (scoring/kernels.py)
 CONTINUAL_POOLS = ("new", "all")

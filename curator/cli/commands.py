@@ -25,6 +25,7 @@ from curator.cli.common import (
 from curator.store import Store
 from curator.vocabulary import (
     CONTINUAL_POOLS,
+    DEFAULT_HARM,
     DISTANCES,
     EXPORT_FORMATS,
     HARM_RULES,
@@ -196,9 +197,12 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
               help="DELIFT: how well a pick covers itself: as well as its best helper "
                    "(rows nothing helps, often noisy ones, earn nothing for themselves), "
                    "or fully (the reference code's unit diagonal).")
-@click.option("--harm", type=click.Choice(HARM_RULES), default="mean", show_default=True,
+@click.option("--harm", type=click.Choice(HARM_RULES), default=DEFAULT_HARM,
+              show_default=True,
               help="DELIFT: leave out examples whose mean utility over their scored pairs is "
-                   "negative (they make the targets they were scored with worse), or not.")
+                   "negative (they make the targets they were scored with worse); with "
+                   "'mean+fit' also those whose own response their most similar examples "
+                   "make less likely (a wrong or swapped response); 'off': neither.")
 @click.option("--expand", default=2.0, show_default=True, type=float,
               help="DELIFT: when greedy runs out of scored pairs before the budget is "
                    "filled, score up to this many times the stage's graph pairs more where "

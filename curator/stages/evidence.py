@@ -2,6 +2,15 @@
 pairs before the budget is filled, score more pairs where the kernel is blind and select
 again; harmful examples left out; a tail that stays at zero gain ordered by utility.
 
+Two kinds of harm evidence (``spec.harm``). "mean": an example whose mean utility to the
+targets it was scored with is negative makes them worse in context. "fit" (with
+"mean+fit"): an example whose own response its most similar pool examples make *less*
+likely on average, u(i | j) < 0 for the j most like i, contradicts its neighbourhood -- the
+mark of a wrong, swapped or other-family response, which as an in-context example still
+looks helpful (its prompt carries the format). Pool-by-pool stages have those pairs in their
+kNN graph already; for the task stage (targets x pool) the loop scores a few "fit" pairs for
+each candidate greedy picks (FIT_PAIRS each, most similar first) and selects again.
+
 The decisions (which rows need cover, which pairs to score, what is harmful, the tail's
 order) are pure functions in ``curator.selection.evidence``; this module runs them against
 the store and the model for one stage.
@@ -41,6 +50,12 @@ EVIDENCE_ROUNDS = 8
 PAIRS_PER_MISSING_PICK = 4
 # Rounds in a row that bought no informative pick before the loop gives up.
 PATIENCE = 2
+# Fit pairs scored per picked candidate that lacks them (the candidate as the target, its
+# most similar pool examples in context), and at most this many fit rounds per selection.
+FIT_PAIRS = 3
+FIT_ROUNDS = 6
+# A mean over fewer scored pairs than this is not evidence of harm.
+MIN_HARM_PAIRS = 2
 # The runs-table kind that records each round's pairs (what makes a rerun replay the rounds).
 RUN_KIND = "select-evidence"
 
@@ -61,8 +76,12 @@ class EvidenceLoop:
         self.graph_pairs = sum(r.n_pairs for r in runs)
         self.cap = int(round(ctx.options.expand * self.graph_pairs))
         self.extra = self.rounds = self.filled = 0
+        self.fit_pairs = self.fit_rounds = 0
         self.harmful = np.zeros(0, dtype=np.int64)
+        self.unfit = np.zeros(0, dtype=np.int64)
         self.mean = np.full(len(self.pool_ids), np.nan)
+        self.fit = np.full(len(self.pool_ids), np.nan)
+        self.fit_count = np.zeros(len(self.pool_ids), dtype=np.int64)
         self._emb: dict[str, np.ndarray] | None = None
         # pairs earlier (killed) attempts of this stage asked for, and those asked for now
         self.earlier = self._earlier_requests()
@@ -93,6 +112,8 @@ class EvidenceLoop:
             ranking = np.asarray(result.ranking)
             gains = np.asarray(result.gains, dtype=float)
             t = first_zero_gain(gains)
+            if self._check_fit(ranking[:t]):
+                continue                 # picks lacked fit evidence: scored it, select again
             # stop when the budget is filled by measured gains, the pair budget is spent, the
             # rounds are used up, or PATIENCE rounds in a row bought no informative pick
             stale = stale + 1 if t <= best_t else 0
@@ -103,17 +124,9 @@ class EvidenceLoop:
             pairs = self._proposals(masked, ranking[:t], n_select - t)
             if not pairs:
                 break
-            run_id = ctx.store.start_run(RUN_KIND, ctx.dataset, {
-                "key": ctx.key, "utility_config": self.chash, "round": self.rounds + 1,
-                "pairs": pairs})
-            self.asked |= set(pairs)
-            self.runs.append(score_pair_list(
-                ctx.store, ctx.lm, [*self.row_samples, *ctx.pools.pool], pairs, ctx.options,
-                dataset=ctx.dataset, progress=ctx.progress, echo=ctx.echo))
-            ctx.store.finish_run(run_id, "done", result={"pairs": len(pairs)})
+            self._score(pairs, {"round": self.rounds + 1})
             self.extra += len(pairs)
             self.rounds += 1
-            self.kernels = self.rescore(self.excluded())
         t = first_zero_gain(gains)
         if t < n_select:
             rest = np.setdiff1d(np.arange(len(self.pool_ids)), ranking[:t])
@@ -124,12 +137,64 @@ class EvidenceLoop:
             self.filled = len(tail)
         return ranking, gains, float(result.objective)
 
+    def _score(self, pairs: list[tuple[str, str]], label: dict[str, Any]) -> None:
+        """Score ``pairs`` (recorded first, so a rerun after a kill replays the round) and
+        rebuild the kernels."""
+        ctx = self.ctx
+        run_id = ctx.store.start_run(RUN_KIND, ctx.dataset, {
+            "key": ctx.key, "utility_config": self.chash, **label, "pairs": pairs})
+        self.asked |= set(pairs)
+        self.runs.append(score_pair_list(
+            ctx.store, ctx.lm, [*self.row_samples, *ctx.pools.pool], pairs, ctx.options,
+            dataset=ctx.dataset, progress=ctx.progress, echo=ctx.echo))
+        ctx.store.finish_run(run_id, "done", result={"pairs": len(pairs)})
+        self.kernels = self.rescore(self.excluded())
+
+    def _check_fit(self, head: np.ndarray) -> bool:
+        """With ``harm: mean+fit``, score fit pairs for the picks in ``head`` that have fewer
+        than MIN_HARM_PAIRS of them (at most FIT_ROUNDS times); True when pairs were scored."""
+        if self.ctx.spec.harm != "mean+fit" or self.fit_rounds >= FIT_ROUNDS or not len(head):
+            return False
+        probe = np.asarray([c for c in head if self.fit_count[c] < MIN_HARM_PAIRS],
+                           dtype=np.int64)
+        if not len(probe):
+            return False
+        pairs = self._fit_proposals(probe)
+        if not pairs:
+            return False
+        self._score(pairs, {"fit_round": self.fit_rounds + 1})
+        self.fit_pairs += len(pairs)
+        self.fit_rounds += 1
+        return True
+
+    def _fit_proposals(self, probe: np.ndarray) -> list[tuple[str, str]]:
+        """For each candidate in ``probe``, pairs (candidate as the target, one of its most
+        similar pool examples) never scored, up to FIT_PAIRS scored in all."""
+        ctx, pool_ids = self.ctx, self.pool_ids
+        c_pos = {s: j for j, s in enumerate(pool_ids)}
+        hidden = self.excluded()
+        scored = {(c_pos[t], c_pos[e])
+                  for t, e in existing_pairs(ctx.store, ctx.lm.fingerprint, self.chash,
+                                             [pool_ids[c] for c in probe])
+                  if e in c_pos and t in c_pos and (t, e) not in hidden}
+        emb = self._embeddings()
+        pool_emb = np.stack([emb[i] for i in pool_ids])
+        out: list[tuple[str, str]] = []
+        for c in probe.tolist():
+            want = max(1, FIT_PAIRS - int(self.fit_count[c]))
+            got = propose_pairs(pool_emb, pool_emb, [c], np.arange(len(pool_ids)), scored,
+                                want, [(c, c)])
+            out += [(pool_ids[r], pool_ids[e]) for r, e in got]
+        return out
+
     def record(self) -> dict[str, Any]:
         """What the selection's config says about the loop."""
         out: dict[str, Any] = {
             "harm": self.ctx.spec.harm, "harmful_excluded": int(len(self.harmful)),
+            "unfit_excluded": int(len(self.unfit)),
             "evidence": {"graph_pairs": int(self.graph_pairs), "extra_pairs": int(self.extra),
-                         "rounds": int(self.rounds), "expand": self.ctx.options.expand},
+                         "rounds": int(self.rounds), "expand": self.ctx.options.expand,
+                         "fit_pairs": int(self.fit_pairs), "fit_rounds": int(self.fit_rounds)},
             "zero_gain_picks": int(self.filled)}
         if self.filled:
             out["zero_gain_refilled"] = int(self.filled)
@@ -142,8 +207,14 @@ class EvidenceLoop:
                        f"kernel had no evidence ({self.extra / max(self.graph_pairs, 1):.0%} "
                        f"of the graph's {self.graph_pairs})")
         if len(self.harmful):
-            out.append(f"left out {len(self.harmful)} harmful example(s): negative mean "
-                       "utility over their scored pairs")
+            why = "negative mean utility over their scored pairs"
+            if len(self.unfit):
+                why += (f"; {len(self.unfit)} of them because the examples most like them made "
+                        "their own response less likely")
+            out.append(f"left out {len(self.harmful)} harmful example(s): {why}")
+        if self.fit_pairs:
+            out.append(f"scored {self.fit_pairs} fit pairs (picks as targets, their most "
+                       f"similar examples in context) in {self.fit_rounds} round(s)")
         if self.filled:
             out.append(f"{self.filled} picks came at zero gain (no scored pair covered more) "
                        "and were ordered by the candidates' mean utility")
@@ -171,8 +242,17 @@ class EvidenceLoop:
         scale = float(u[u > 0].max()) if (u > 0).any() else 1.0
         cols = [c_pos[e] for e, k in zip(rows.example_id, ok, strict=True) if k]
         self.mean, count = column_mean_utility(cols, u, len(self.pool_ids), scale)
-        if ctx.spec.harm == "mean":
-            self.harmful = harmful_columns(self.mean, count)
+        # fit: each pool candidate as the *target*, over the pool examples scored with it
+        as_target = [c_pos.get(t, -1) for t, k in zip(rows.target_id, ok, strict=True) if k]
+        mine = np.asarray([p >= 0 for p in as_target], dtype=bool)
+        self.fit, self.fit_count = column_mean_utility(
+            np.asarray(as_target, dtype=np.int64)[mine], u[mine], len(self.pool_ids), scale)
+        harmful = harmful_columns(self.mean, count, MIN_HARM_PAIRS) \
+            if ctx.spec.harm in ("mean", "mean+fit") else np.zeros(0, dtype=np.int64)
+        self.unfit = harmful_columns(self.fit, self.fit_count, MIN_HARM_PAIRS) \
+            if ctx.spec.harm == "mean+fit" else np.zeros(0, dtype=np.int64)
+        self.unfit = np.setdiff1d(self.unfit, harmful)
+        self.harmful = np.union1d(harmful, self.unfit).astype(np.int64)
 
     def _masked(self) -> dict[str, Any]:
         """The kernels with the harmful candidates' entries removed: they can only be picked

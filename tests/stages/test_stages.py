@@ -311,8 +311,9 @@ def test_instruction_embedding_baseline(cstore, lm):
 
 
 def test_task_delift_flvmi(cstore, lm):
+    # harm "mean": no fit pairs (test_fit_pairs_are_scored_for_task_picks), only Q x pool
     out = select_stage(cstore, "d", StageSpec(stage="task", budget="6", version=1,
-                                              target="q"), lm=lm, options=OPTIONS)
+                                              target="q", harm="mean"), lm=lm, options=OPTIONS)
     rec, members = check_stored(cstore, out, stage="task", method="delift", function="flvmi",
                                 target="q:1", n_pool=24, n_selected=6)
     assert len(out.scoring) == 1                    # FLVMI needs only Q x pool
@@ -394,7 +395,8 @@ def test_zero_gain_tail_is_ordered_by_utility_evidence(cstore, lm):
     save_utilities(cstore, lm.fingerprint, cfg, [t for t, _ in pairs], [e for _, e in pairs],
                    [1.0 if e == hub else -0.01 * (1 + pool.index(e)) for _, e in pairs],
                    [0.5] * len(pairs), [0.5] * len(pairs), [True] * len(pairs))
-    out = select_stage(cstore, "d", StageSpec(budget="6", version=1), lm=lm, options=OPTIONS)
+    out = select_stage(cstore, "d", StageSpec(budget="6", version=1, harm="mean"), lm=lm,
+                       options=OPTIONS)
     assert out.scoring[0].n_computed == 0            # every candidate pair was stored
     assert out.sample_ids == [hub, *pool[:5]]
     rec, members = check_stored(cstore, out, objective=23.0)
@@ -421,12 +423,80 @@ def test_harmful_examples_are_left_out(cstore, lm):
             u.append(0.1 if pool.index(t) % 12 == pool.index(e) % 12 else 0.0)
     save_utilities(cstore, lm.fingerprint, cfg, [t for t, _ in pairs], [e for _, e in pairs],
                    u, [0.5] * len(pairs), [0.5] * len(pairs), [True] * len(pairs))
-    kept = select_stage(cstore, "d", StageSpec(budget="6", version=1), lm=lm, options=OPTIONS)
+    kept = select_stage(cstore, "d", StageSpec(budget="6", version=1, harm="mean"), lm=lm,
+                        options=OPTIONS)
     assert bad not in kept.sample_ids
     assert kept.record.config["harmful_excluded"] == 1
     off = select_stage(cstore, "d", StageSpec(budget="6", version=1, harm="off"), lm=lm,
                        options=OPTIONS)
     assert off.sample_ids[0] == bad and off.record.config["harmful_excluded"] == 0
+
+
+def test_examples_their_neighbours_do_not_fit_are_left_out(cstore, lm):
+    """Example j helps every target a little in context (mean utility > 0: "mean" keeps
+    it), but every example makes j's own response less likely (a wrong response): with
+    "mean+fit", the default, it is left out and recorded as unfit."""
+    pool = ids(load_samples(cstore, "d", 1))
+    cfg = chash(lm)
+    cstore.query("DELETE FROM utilities")
+    bad = pool[0]
+    pairs = [(t, e) for t in pool for e in pool if t != e]
+    u = []
+    for t, e in pairs:
+        if t == bad:
+            u.append(-0.05)                              # nothing fits bad's response
+        elif e == bad:
+            u.append(0.3)                                # bad looks helpful in context
+        else:
+            u.append(0.1 if pool.index(t) % 8 == pool.index(e) % 8 else 0.0)
+    save_utilities(cstore, lm.fingerprint, cfg, [t for t, _ in pairs], [e for _, e in pairs],
+                   u, [0.5] * len(pairs), [0.5] * len(pairs), [True] * len(pairs))
+    mean_only = select_stage(cstore, "d", StageSpec(budget="6", version=1, harm="mean"),
+                             lm=lm, options=OPTIONS)
+    assert mean_only.sample_ids[0] == bad
+    assert mean_only.record.config["harmful_excluded"] == 0
+    out = select_stage(cstore, "d", StageSpec(budget="6", version=1), lm=lm, options=OPTIONS)
+    assert out.record.config["harm"] == "mean+fit"
+    assert bad not in out.sample_ids
+    assert out.record.config["harmful_excluded"] == 1 == out.record.config["unfit_excluded"]
+    assert out.record.config["evidence"]["fit_pairs"] == 0     # pool x pool had them all
+    assert any("made their own response less likely" in n for n in out.notes)
+
+
+def test_fit_pairs_are_scored_for_task_picks(cstore, lm):
+    """FLVMI scores only targets x pool; with "mean+fit" each pick lacking fit evidence gets
+    FIT_PAIRS pairs (the pick as the target, its most similar pool examples), equal to the
+    reference engine's values, and the picks are made again with them."""
+    from curator.scoring.utility import score_pairs_reference
+    from curator.stages.evidence import FIT_PAIRS
+    from curator.store.scores import load_utilities
+
+    pool_samples = load_samples(cstore, "d", 1)
+    pool = ids(pool_samples)
+    cstore.query("DELETE FROM utilities")
+    out = select_stage(cstore, "d", StageSpec(stage="task", budget="6", version=1, target="q"),
+                       lm=lm, options=OPTIONS)
+    ev = out.record.config["evidence"]
+    rows = load_utilities(cstore, lm.fingerprint, chash(lm), pool, pool)
+    fit = list(zip(rows.target_id, rows.example_id, strict=True))
+    assert ev["fit_pairs"] == len(fit) > 0 and ev["fit_rounds"] >= 1
+    # every pick in the positive-gain head has its fit pairs (or was left out for them)
+    members = selection_members(cstore, out.selection_id)
+    head = [m["sample_id"] for m in members if m["gain"] > 0]
+    per_target = {t: sum(1 for x, _ in fit if x == t) for t in pool}
+    assert all(per_target[t] == FIT_PAIRS for t in head)
+    assert max(per_target.values()) == FIT_PAIRS
+    assert all(t != e for t, e in fit)
+    ref = score_pairs_reference(lm, {s.sample_id: s for s in pool_samples}, fit,
+                                utility_config(lm, OPTIONS)).as_dict()
+    np.testing.assert_allclose([dict(zip(fit, rows.utility, strict=True))[p] for p in ref],
+                               list(ref.values()), rtol=1e-4, atol=1e-5)
+    # the record names what the fit pairs left out, and a rerun scores nothing new
+    unfit = out.record.config["unfit_excluded"]
+    again = select_stage(cstore, "d", StageSpec(stage="task", budget="6", version=1,
+                                                target="q"), lm=lm, options=OPTIONS)
+    assert again.sample_ids == out.sample_ids and again.record.config["unfit_excluded"] == unfit
+    assert sum(r.n_computed for r in again.scoring) == 0
 
 
 def test_pairs_scored_on_demand_fill_the_budget_with_measured_utilities(cstore, lm):
