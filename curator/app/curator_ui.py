@@ -189,6 +189,11 @@ def pager(total: int, key: str, sizes: tuple[int, ...] = (25, 50, 100)) -> tuple
     return size, offset
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 sample``, ``2 samples`` (thousands separated)."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
 def selection_label(sel: Any) -> str:
     return (f"{sel.selection_id} · {sel.stage} · {sel.method} · {sel.dataset} v{sel.version} "
             f"({sel.n_selected:,}/{sel.n_pool:,})")

@@ -30,7 +30,7 @@ with ui.guard():
                        format_func=lambda f: f"{f}: {FORMAT_HELP.get(f, '')}")
     mask = ui.read("get_mask_record", sel.selection_id)
     layers = sel.selection_id in ui.read("layered_selections")
-    parts = [f"**{sel.n_selected:,}** samples ({fmt})"]
+    parts = [f"**{ui.plural(sel.n_selected, 'sample')}** ({fmt})"]
     if mask:
         parts.append(f"a parameter mask ({mask['density']:.2%} of the model)")
     if layers:

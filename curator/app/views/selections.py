@@ -166,10 +166,10 @@ def scores_view(sel) -> None:
     n_sel, n_not = len(groups["selected"]), len(groups["not selected"])
     c1, c2, c3 = st.columns(3)
     c1.metric("selected: mean", "-" if not n_sel else f"{groups['selected'].mean():.4g}",
-              help=f"{n_sel:,} samples with this score")
+              help=f"{ui.plural(n_sel, 'sample')} with this score")
     c2.metric("not selected: mean",
               "-" if not n_not else f"{groups['not selected'].mean():.4g}",
-              help=f"{n_not:,} samples with this score")
+              help=f"{ui.plural(n_not, 'sample')} with this score")
     c3.metric("samples with a value", f"{n_sel + n_not:,}")
     hist = histogram(groups)
     if not hist:
@@ -217,7 +217,7 @@ def brushed(range_key: str, lo: float, hi: float) -> None:
 def in_range_view(sel, name: str, rng: tuple[float, float]) -> None:
     first = ui.read("samples_in_score_range", sel.selection_id, name, rng[0], rng[1], 1, 0)
     total = first["n_total"]
-    st.markdown(f"**{total:,}** samples with {name} in [{rng[0]:.4g}, {rng[1]:.4g}], "
+    st.markdown(f"**{ui.plural(total, 'sample')}** with {name} in [{rng[0]:.4g}, {rng[1]:.4g}], "
                 f"**{first['n_selected']:,}** of them selected")
     if not total:
         return
