@@ -238,6 +238,8 @@ with ui.guard():
         st.session_state["ver_meta_value"] = params["value"]
     if "sample" in params:
         st.session_state["ver_sample_pick"] = params["sample"]
+    if "ver_version" in st.session_state and st.session_state["ver_version"] not in numbers:
+        del st.session_state["ver_version"]  # another dataset's version: take the newest
     # the newest by default; no default once the state (e.g. a link) holds one
     newest = None if "ver_version" in st.session_state else len(numbers) - 1
     version = c2.selectbox("version", numbers, index=newest, key="ver_version",
