@@ -786,6 +786,16 @@ def test_labels_and_units(demo_store_path, monkeypatch):
     # the favicon is drawn in the browser, never fetched from a font host
     source = APP_FILE.read_text()
     assert 'page_icon=":material' not in source
+    # every bar of the metadata chart keeps its label
+    at = make_app(demo_store_path, monkeypatch, "versions")
+    specs = [json.loads(e.proto.spec) for e in at.get("vega_lite_chart")]
+    y = next(s["encoding"]["y"] for s in specs if s["encoding"]["y"].get("field") == "value")
+    families = {s.metadata.get("family") for s in load_samples(Store(demo_store_path), "demo",
+                                                              3)}
+    assert y["axis"]["labelOverlap"] is False and set(y["sort"]) == families
+    from curator.app.curator_ui import plural
+
+    assert (plural(1, "sample"), plural(1200, "sample")) == ("1 sample", "1,200 samples")
 
 
 def test_export_destination_and_every_export_listed(demo_store, monkeypatch, tmp_path):

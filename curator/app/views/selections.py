@@ -262,7 +262,7 @@ def map_view(sel) -> None:
 
 
 WHY_COLUMNS = {
-    "dataset": st.column_config.TextColumn("dataset", width="small"),
+    "dataset": st.column_config.TextColumn("dataset"),
     "sample_id": st.column_config.TextColumn("id", width="small"),
     "coverage": st.column_config.NumberColumn(
         format="%.3f", help="what this pair adds to the set function: the similarity, "
@@ -296,22 +296,20 @@ def why_selected(sel, sample_id: str, member) -> None:
                 f"{len(k.pool):,}-sample pool"
                 + (f" and {len(k.rows):,} targets of {k.rows_dataset}" if k.rows is not k.pool
                    else "") + ")")
-    left, right = st.columns(2)
-    left.markdown(f"**{k.rows_word.capitalize()} it covers best** (click a row to open it)")
+    # one table under the other: each row's text needs the width
+    st.markdown(f"**{k.rows_word.capitalize()} it covers best** (click a row to open it)")
     if why["covers"]:
-        with left:
-            why_table(why["covers"], "sel_sample_covers")
+        why_table(why["covers"], "sel_sample_covers")
     else:
-        left.caption("none")
+        st.caption("none")
     if k.helped is not None:
-        right.markdown("**Pool samples that cover it best**")
+        st.markdown("**Pool samples that cover it best**")
         if why["helped"]:
-            with right:
-                why_table(why["helped"], "sel_sample_helped")
+            why_table(why["helped"], "sel_sample_helped")
         else:
-            right.caption("none")
+            st.caption("none")
     elif k.note:
-        right.caption(k.note)
+        st.caption(k.note)
 
 
 def sample_view(sel) -> None:
@@ -321,13 +319,13 @@ def sample_view(sel) -> None:
         st.session_state["sel_sample_id"] = default
     member = ui.read("member_rank", sel.selection_id,
                      st.session_state["sel_sample_id"].strip())
-    c0, c1, c2 = st.columns([6, 1, 1], vertical_alignment="bottom")
+    c0, c1, c2 = st.columns([5, 1, 1], vertical_alignment="bottom")
     sample_id = c0.text_input("sample id", key="sel_sample_id",
                               help="open one from the Members view, or paste an id").strip()
     rank = member["rank"] if member else None
-    c1.button("← previous pick", key="sel_prev", disabled=not rank,
+    c1.button("← previous", key="sel_prev", help="the pick before this one", disabled=not rank,
               on_click=step_sample, args=(sel.selection_id, (rank or 0) - 1))
-    c2.button("next pick →", key="sel_next",
+    c2.button("next →", key="sel_next", help="the pick after this one",
               disabled=rank is None or rank + 1 >= sel.n_selected,
               on_click=step_sample, args=(sel.selection_id, (rank or 0) + 1))
     detail = ui.read("sample_detail", sample_id) if sample_id else None
