@@ -220,6 +220,15 @@ def test_pages_selection_sample_and_export(app_url, demo_store, shots, tmp_path)
             # zero-gain picks are counted in the header and flagged in the members table
             zero = metric(page, "zero-gain picks")
             assert zero == str(len(ZERO_GAIN(demo_store))), zero
+            # at 1,280 px no header value is cut off ("instruc…", "90 of …")
+            page.set_viewport_size({"width": 1280, "height": 1100})
+            page.wait_for_timeout(500)
+            cut = page.evaluate(
+                "[...document.querySelectorAll('[data-testid=\"stMetricValue\"] div')]"
+                ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)")
+            assert not cut, f"truncated at 1280 px: {cut}"
+            page.set_viewport_size({"width": 1400, "height": 1100})
+            page.wait_for_timeout(300)
             shoot(page, shots, "selections")
             # a click on the first row of the members table opens its sample
             click_row(page, "sel_members_table", 0)
