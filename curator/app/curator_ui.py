@@ -75,7 +75,9 @@ def clear_cache() -> None:
     _kernels.clear()
 
 
-@st.cache_data(ttl=CACHE_TTL, show_spinner=False, max_entries=8)
+# A selection never changes, but its kernels read every pair stored among its rows, which a
+# later stage may add to: kept a minute, since building them reads every pair in the pool.
+@st.cache_data(ttl=60, show_spinner=False, max_entries=8)
 def _kernels(path: str, timeout: float, selection_id: str) -> Any:
     return _explain.selection_kernels(_store(path, timeout), selection_id)
 

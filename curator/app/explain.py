@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from curator.scoring.jobs import utility_kernel_from_store, utility_scale
 from curator.store import Store
-from curator.store.datasets import get_samples, version_sample_ids
+from curator.store.datasets import get_samples, resolve_version, version_sample_ids
 from curator.store.selections import (
     SelectionRecord,
     get_selection,
@@ -62,8 +62,6 @@ def _target_ids(store: Store, sel: SelectionRecord) -> tuple[str, list[str]]:
     name, _, version = (sel.target or "").rpartition(":")
     if not name or not version.isdigit():
         name, version = sel.target or "", ""
-    from curator.store.datasets import resolve_version
-
     v = int(version) if version else resolve_version(store, name, None)
     trashed = set((sel.config or {}).get("trashed") or [])
     return name, [i for i in version_sample_ids(store, name, v) if i not in trashed]

@@ -294,8 +294,8 @@ def why_selected(sel, sample_id: str, member) -> None:
     k = why["kernels"]
     st.markdown(f"**{why['summary']}** ({k.function} over the selection's own "
                 f"{len(k.pool):,}-sample pool"
-                + (f" and {len(k.rows):,} targets of {k.rows_dataset}" if k.rows is not k.pool
-                   else "") + ")")
+                + (f" and {len(k.rows):,} targets of {k.rows_dataset}"
+                   if k.rows_word == "targets" else "") + ")")
     # one table under the other: each row's text needs the width
     st.markdown(f"**{k.rows_word.capitalize()} it covers best** (click a row to open it)")
     if why["covers"]:
