@@ -1,6 +1,7 @@
 """Selections: what each selection is (stage, method, budget, objective, config), its members
-in pick order with marginal gains, scores of selected against not selected, a 2-D map of the
-embeddings, one sample explained, and two selections side by side."""
+with marginal gains (zero-gain picks flagged), its composition by a metadata field, scores
+of selected against not selected, a 2-D map of the embeddings, one sample and why it was
+selected, and two selections side by side. The page's state lives in the URL."""
 
 from __future__ import annotations
 
@@ -45,15 +46,20 @@ def step_sample(selection_id: str, rank: int) -> None:
 def header(sel) -> None:
     zero = ui.read("zero_gain_count", sel.selection_id)
     has_gains = bool(ui.read("gain_curve", sel.selection_id, 2))
+    # what the stage recorded (older stores: zero_gain_refilled), said when it differs
+    recorded = (sel.config or {}).get("zero_gain_picks",
+                                      (sel.config or {}).get("zero_gain_refilled"))
+    zero_help = ("picks that added nothing to the objective (marginal gain exactly 0): "
+                 "greedy had nothing left to cover and DELIFT's evidence order chose them")
+    if recorded is not None and recorded != zero:
+        zero_help += f"; the stage recorded {recorded}"
     row1 = st.columns(4)
     row2 = st.columns(4)
     for col, (label, value, help_) in zip([*row1, *row2], [
             ("stage", sel.stage, None), ("method", sel.method, None),
             ("selected", f"{sel.n_selected:,} of {sel.n_pool:,}",
              "samples picked, of the pool they were picked from"),
-            ("zero-gain picks", f"{zero:,}" if has_gains else "-",
-             "picks that added nothing to the objective (marginal gain exactly 0): greedy "
-             "had nothing left to cover and DELIFT's evidence order chose them"),
+            ("zero-gain picks", f"{zero:,}" if has_gains else "-", zero_help),
             ("budget", sel.budget, None),
             ("objective", "-" if sel.objective is None else f"{sel.objective:.4g}",
              "value of the set function at the selected subset"),
