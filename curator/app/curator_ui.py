@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import streamlit as st
 
+from curator.app import explain as _explain
 from curator.export import ExportError
 from curator.store import Store, StoreError, browse
 from curator.store import datasets as store_datasets
@@ -71,6 +72,64 @@ def read(name: str, *args: Any, **kwargs: Any) -> Any:
 
 def clear_cache() -> None:
     _read.clear()
+    _kernels.clear()
+
+
+# A selection never changes, but its kernels read every pair stored among its rows, which a
+# later stage may add to: kept a minute, since building them reads every pair in the pool.
+@st.cache_data(ttl=60, show_spinner=False, max_entries=8)
+def _kernels(path: str, timeout: float, selection_id: str) -> Any:
+    return _explain.selection_kernels(_store(path, timeout), selection_id)
+
+
+def explain_sample(selection_id: str, sample_id: str, member: dict | None) -> dict | None:
+    """Why ``sample_id`` is (or is not) in the selection, from the selection's own kernels
+    (None when it was not made from pairwise utilities). Kernels are cached per selection."""
+    kernels = _kernels(str(store_path().resolve()), lock_timeout(), selection_id)
+    if kernels is None:
+        return None
+    return {"kernels": kernels,
+            **_explain.explain(get_store(), kernels, sample_id, member)}
+
+
+# -- deep links: a page's state in the URL ---------------------------------------------------
+
+def url_params(page: str, names: tuple[str, ...]) -> dict[str, str]:
+    """The URL's values of ``names`` to apply to the page's widgets on this run: all of them
+    when the URL differs from what this page last wrote there (a reload, a shared link, a
+    link typed by hand), else nothing (the widgets already hold them)."""
+    current = {n: st.query_params[n] for n in names if n in st.query_params}
+    if st.session_state.get(f"_url::{page}") == current:
+        return {}
+    return current
+
+
+def write_url(page: str, values: dict[str, Any]) -> None:
+    """Put the page's state in the URL (so a reload keeps the view and it can be shared)."""
+    clean = {k: str(v) for k, v in values.items() if v not in (None, "")}
+    if dict(st.query_params) != clean:
+        st.query_params.from_dict(clean)
+    st.session_state[f"_url::{page}"] = clean
+
+
+def url_choice(params: dict[str, str], name: str, key: str, options: list[Any],
+               what: str, convert: Callable[[str], Any] = str) -> None:
+    """Set widget ``key`` from URL parameter ``name`` when it is one of ``options``; say so
+    in one line when it is not (the widget keeps its default)."""
+    if name not in params:
+        return
+    raw = params[name]
+    try:
+        value = convert(raw)
+    except ValueError:
+        value = None
+    if value in options:
+        st.session_state[key] = value
+    else:
+        shown = ", ".join(str(o) for o in options[:8]) + (" …" if len(options) > 8 else "")
+        st.warning(f"The link asks for {what} {raw!r}, which is not there "
+                   f"(choices: {shown}); showing the default instead.",
+                   icon=":material/link_off:")
 
 
 BUSY_ERRORS = (StoreError, duckdb.Error, OSError)
@@ -130,6 +189,11 @@ def pager(total: int, key: str, sizes: tuple[int, ...] = (25, 50, 100)) -> tuple
     right.caption(f"rows {min(total, offset + 1):,}–{min(total, offset + size):,} "
                   f"of {total:,}")
     return size, offset
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 sample``, ``2 samples`` (thousands separated)."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
 def selection_label(sel: Any) -> str:

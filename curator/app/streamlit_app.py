@@ -15,7 +15,9 @@ APP_DIR = Path(__file__).resolve().parent
 if str(APP_DIR) not in sys.path:  # the pages import curator_ui from here
     sys.path.insert(0, str(APP_DIR))
 
-st.set_page_config(page_title="curator", page_icon=":material/dataset:", layout="wide")
+# An emoji favicon is drawn in the browser (a data: URL); a ":material/...:" one is fetched
+# from a font host, which fails offline.
+st.set_page_config(page_title="curator", page_icon="🗂️", layout="wide")
 pages = [
     st.Page(APP_DIR / "views" / "overview.py", title="Overview", icon=":material/home:", default=True,
             url_path="overview"),

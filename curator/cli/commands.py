@@ -534,7 +534,6 @@ def demo(store_path: Path, model: str | None, data_dir: Path | None, k: int | No
 def app(store_path: Path, host: str, port: int, headless: bool) -> None:
     """Start the Streamlit app on the store (listens on 127.0.0.1 unless --host says)."""
     import os
-    import subprocess
 
     # curator/app/ is part of the package (a wheel install has it too)
     app_file = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
@@ -546,4 +545,8 @@ def app(store_path: Path, host: str, port: int, headless: bool) -> None:
            "--server.address", host, "--server.port", str(port),
            "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "minimal"]
-    sys.exit(subprocess.call(cmd, env=env))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Streamlit replaces this process (same pid), so a signal sent to `curator app` reaches
+    # the server itself; a child process would outlive a killed parent and keep the port.
+    os.execve(sys.executable, cmd, env)

@@ -113,6 +113,15 @@ def _json_key(key: str) -> str:
     return json.dumps(key)
 
 
+def score_range(store: Store, dataset: str, version: int,
+                source: ScoreSource) -> tuple[float, float] | None:
+    """(min, max) of a stored score over a version's members, None when none has one."""
+    f = SampleFilter(score=source)
+    inner, params = _filtered_members(dataset, version, f)
+    row = store.query(f"SELECT min(score), max(score) FROM ({inner})", params)[0]
+    return None if row[0] is None else (float(row[0]), float(row[1]))
+
+
 def length_range(store: Store, dataset: str, version: int) -> tuple[int, int]:
     row = store.query(
         "SELECT min(s.n_chars), max(s.n_chars) FROM version_members m JOIN samples s "
@@ -475,27 +484,91 @@ def selection_only(store: Store, a: str, b: str, limit: int = 50,
             for r in rows]
 
 
-def member_page(store: Store, selection_id: str, limit: int = 50,
-                offset: int = 0) -> list[dict[str, Any]]:
-    """Members in pick order with marginal gains and scores (previews only)."""
+# Columns a members table may be sorted by, and the SQL each one sorts on (an allow-list:
+# the sort key chosen in the app never reaches the SQL text).
+MEMBER_SORTS = {"rank": "m.rank", "gain": "m.gain", "score": "m.score", "chars": "s.n_chars"}
+
+
+def member_page(store: Store, selection_id: str, limit: int = 50, offset: int = 0,
+                sort: str = "rank", descending: bool = False) -> list[dict[str, Any]]:
+    """Members with marginal gains and scores (previews only), sorted across all members
+    by ``sort`` (one of ``MEMBER_SORTS``; rank breaks ties), one page of them.
+    ``zero_gain``: picked at a marginal gain of exactly 0 (greedy had nothing left to
+    cover; DELIFT's evidence order chose these)."""
+    if sort not in MEMBER_SORTS:
+        raise ValueError(f"unknown sort {sort!r}; use one of {', '.join(MEMBER_SORTS)}")
+    order = f"{MEMBER_SORTS[sort]} {'DESC' if descending else 'ASC'} NULLS LAST, m.rank"
     rows = store.query(
         "SELECT m.rank, m.sample_id, m.gain, m.score, s.prompt, s.response, s.n_chars "
         "FROM selection_members m JOIN samples s USING (sample_id) WHERE m.selection_id = ? "
-        "AND m.layer = '' ORDER BY m.rank LIMIT ? OFFSET ?", [selection_id, limit, offset])
-    return [{"rank": r[0], "sample_id": r[1], "gain": r[2], "score": r[3],
-             "prompt": _preview(r[4]), "response": _preview(r[5], 80), "chars": r[6]}
-            for r in rows]
+        f"AND m.layer = '' ORDER BY {order} LIMIT ? OFFSET ?", [selection_id, limit, offset])
+    return [{"rank": r[0], "sample_id": r[1], "gain": r[2], "zero_gain": r[2] == 0,
+             "score": r[3], "prompt": _preview(r[4]), "response": _preview(r[5], 80),
+             "chars": r[6]} for r in rows]
+
+
+def member_at(store: Store, selection_id: str, rank: int) -> str | None:
+    """The sample picked ``rank``-th (0-based), for previous / next through a selection."""
+    rows = store.query("SELECT sample_id FROM selection_members WHERE selection_id = ? AND "
+                       "layer = '' AND rank = ?", [selection_id, rank])
+    return rows[0][0] if rows else None
+
+
+def zero_gain_count(store: Store, selection_id: str) -> int:
+    """How many members were picked at a marginal gain of exactly 0."""
+    return int(store.query("SELECT count(*) FROM selection_members WHERE selection_id = ? "
+                           "AND layer = '' AND gain = 0", [selection_id])[0][0])
 
 
 def gain_curve(store: Store, selection_id: str, max_points: int = 500) -> list[dict[str, Any]]:
-    """Marginal gain by rank, thinned to at most ``max_points`` points."""
+    """Marginal gain by rank, thinned to at most ``max_points`` points; the first and last
+    zero-gain picks are always kept, so the chart shows where the zero-gain tail starts."""
     n = store.query("SELECT count(*) FROM selection_members WHERE selection_id = ? AND "
                     "layer = '' AND gain IS NOT NULL", [selection_id])[0][0]
     step = max(1, -(-n // max_points))
     rows = store.query(
-        "SELECT rank, gain FROM selection_members WHERE selection_id = ? AND layer = '' AND "
-        "gain IS NOT NULL AND rank % ? = 0 ORDER BY rank", [selection_id, step])
-    return [{"rank": int(r), "gain": float(g)} for r, g in rows]
+        "WITH g AS (SELECT rank, gain FROM selection_members WHERE selection_id = ? AND "
+        "layer = '' AND gain IS NOT NULL), z AS (SELECT min(rank) AS a, max(rank) AS b "
+        "FROM g WHERE gain = 0) "
+        "SELECT rank, gain FROM g, z WHERE rank % ? = 0 OR rank = z.a OR rank = z.b "
+        "ORDER BY rank", [selection_id, step])
+    return [{"rank": int(r), "gain": float(g), "zero_gain": g == 0} for r, g in rows]
+
+
+def selection_composition(store: Store, selection_id: str,
+                          key: str) -> list[dict[str, Any]]:
+    """Metadata field ``key`` over the selection's pool: per value, how many samples were
+    selected and how many were not, most common value first (values as in the version
+    the selection was made from; a missing field counts as "(none)")."""
+    sel = get_selection(store, selection_id)
+    pool, params = selection_pool_sql(store, sel)
+    rows = store.query(
+        f"WITH pool AS ({pool}) SELECT json_extract_string(vm.metadata, '$.' || ?) AS v, "
+        "count(sm.sample_id) AS picked, count(*) - count(sm.sample_id) AS rest "
+        "FROM pool p JOIN version_members vm ON vm.sample_id = p.sample_id AND "
+        "vm.dataset = ? AND vm.version = ? LEFT JOIN selection_members sm ON "
+        "sm.selection_id = ? AND sm.layer = '' AND sm.sample_id = p.sample_id "
+        "GROUP BY v ORDER BY picked + rest DESC, v",
+        params + [_json_key(key), sel.dataset, sel.version, selection_id])
+    return [{"value": "(none)" if v is None else v, "selected": int(a), "not selected": int(b)}
+            for v, a, b in rows]
+
+
+def selection_metadata_keys(store: Store, selection_id: str) -> list[str]:
+    """Metadata fields of the version a selection was made from."""
+    sel = get_selection(store, selection_id)
+    return metadata_keys(store, sel.dataset, sel.version)
+
+
+def model_label(store: Store, fingerprint: str | None) -> str:
+    """A model by name when the store knows it (the models table, else a run that named
+    it), else its fingerprint, said to be one."""
+    if not fingerprint:
+        return "-"
+    rows = store.query("SELECT name FROM models WHERE fingerprint = ?", [fingerprint])
+    if rows and rows[0][0]:
+        return str(rows[0][0])
+    return f"fingerprint {fingerprint[:12]} (name not recorded)"
 
 
 # -- masks and layer-wise subsets ---------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import zipfile
@@ -20,9 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from curator.store import Store
+from curator.store.datasets import load_samples
+from curator.store.selections import selection_sample_ids
+
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
-CURATOR = REPO / ".venv" / "bin" / "curator"
 
 pytestmark = [
     pytest.mark.browser,
@@ -42,10 +46,12 @@ def free_port() -> int:
 def app_url(demo_store, tmp_path):
     """`curator app` on a free port; always stopped (with its process group) afterwards."""
     port = free_port()
-    cmd = [str(CURATOR) if CURATOR.exists() else "curator", "app", "--store", str(demo_store),
+    # this checkout's curator (an installed `curator` may be another checkout's code)
+    cmd = [sys.executable, "-m", "curator.cli", "app", "--store", str(demo_store),
            "--port", str(port)]
     log = (tmp_path / "app.log").open("w")
-    env = dict(os.environ, CURATOR_APP_LOCK_TIMEOUT="5")
+    env = dict(os.environ, CURATOR_APP_LOCK_TIMEOUT="5",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -153,6 +159,33 @@ def radio(page, option: str) -> None:
     settle(page)
 
 
+def metric(page, label: str) -> str:
+    """The value of the metric labelled ``label``."""
+    box = page.locator('[data-testid="stMetric"]').filter(
+        has=page.locator('[data-testid="stMetricLabel"]', has_text=label)).first
+    return box.locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
+def click_row(page, key: str, row: int) -> None:
+    """Click row ``row`` of the dataframe with widget key ``key`` (a canvas grid: click
+    the row's selection cell, left of its first column)."""
+    grid = page.locator(f".st-key-{key} [data-testid='stDataFrame']").first
+    grid.wait_for()
+    grid.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    box = grid.bounding_box()
+    header = 35  # px, Streamlit's default row height (header and rows alike)
+    page.mouse.click(box["x"] + 14, box["y"] + header + header * row + header / 2)
+    settle(page)
+
+
+def ZERO_GAIN(store_path: Path) -> list[str]:  # noqa: N802  (a constant of the fixture)
+    """sel-0002's members picked at gain 0, in pick order."""
+    return [r[0] for r in Store(store_path).query(
+        "SELECT sample_id FROM selection_members WHERE selection_id = 'sel-0002' AND "
+        "layer = '' AND gain = 0 ORDER BY rank")]
+
+
 def test_pages_selection_sample_and_export(app_url, demo_store, shots, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -173,17 +206,45 @@ def test_pages_selection_sample_and_export(app_url, demo_store, shots, tmp_path)
             check_no_exception(page, "versions/diff")
             shoot(page, shots, "versions-diff")
 
+            # favicon: drawn in the browser (data: URL), never fetched from a font host
+            icons = page.locator("link[rel*='icon']")
+            assert icons.count() and all(
+                (icons.nth(i).get_attribute("href") or "").startswith("data:")
+                for i in range(icons.count())), "favicon is fetched from a host"
+
             # a selection, through its members, to one sample
             open_page(page, f"{app_url}/selections", "Selections")
             choose(page, "selection", "sel-0002 · task · delift")
             check_no_exception(page, "selections")
+            assert "selection=sel-0002" in page.url
+            # zero-gain picks are counted in the header and flagged in the members table
+            zero = metric(page, "zero-gain picks")
+            assert zero == str(len(ZERO_GAIN(demo_store))), zero
+            # at 1,280 px no header value is cut off ("instruc…", "90 of …")
+            page.set_viewport_size({"width": 1280, "height": 1100})
+            page.wait_for_timeout(500)
+            cut = page.evaluate(
+                "[...document.querySelectorAll('[data-testid=\"stMetricValue\"] div')]"
+                ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)")
+            assert not cut, f"truncated at 1280 px: {cut}"
+            page.set_viewport_size({"width": 1400, "height": 1100})
+            page.wait_for_timeout(300)
             shoot(page, shots, "selections")
-            page.get_by_role("button", name="Open sample").click()
-            settle(page)
+            # a click on the first row of the members table opens its sample
+            click_row(page, "sel_members_table", 0)
+            assert "view=Sample" in page.url, page.url
             check_no_exception(page, "selections/sample")
+            page.get_by_text("Why selected").wait_for()
             page.get_by_text("Targets it covers best").wait_for()
-            page.get_by_text("Examples that help it most").wait_for()
             shoot(page, shots, "selections-sample", top=False)
+            # a click on a row of the why-selected table opens that target
+            before = page.url
+            click_row(page, "sel_sample_covers", 0)
+            assert page.url != before and "view=Sample" in page.url
+            assert metric(page, "in this selection") == "no"  # a target, not a member
+            radio(page, "Composition")
+            check_no_exception(page, "selections/composition")
+            shoot(page, shots, "selections-composition")
             radio(page, "Scores")
             check_no_exception(page, "selections/scores")
             shoot(page, shots, "selections-scores")
@@ -193,6 +254,40 @@ def test_pages_selection_sample_and_export(app_url, demo_store, shots, tmp_path)
             radio(page, "Compare")
             check_no_exception(page, "selections/compare")
             shoot(page, shots, "selections-compare")
+
+            # a deep link to one sample of a selection, and a reload, show that sample
+            store = Store(demo_store)
+            sample = next(i for i in selection_sample_ids(store, "sel-0001")
+                          if i in set(selection_sample_ids(store, "sel-0002")))
+            rank = selection_sample_ids(store, "sel-0002").index(sample)
+            response = next(s.response for s in load_samples(store, "demo", 1)
+                            if s.sample_id == sample)
+            open_page(page, f"{app_url}/selections?selection=sel-0002&sample={sample}",
+                      "Selections")
+            for attempt in ("link", "reload"):
+                assert metric(page, "pick order") == f"#{rank}", attempt
+                page.get_by_text(response[:40]).first.wait_for()
+                assert f"sample={sample}" in page.url
+                task_line = page.locator("strong").filter(has_text=" pick").first.inner_text()
+                task_rows = page.get_by_text("Targets it covers best")
+                assert task_rows.count() == 1
+                if attempt == "link":
+                    page.reload()
+                    settle(page)
+                    check_no_exception(page, "selections/reload")
+            # the same sample in the instruction selection: another explanation
+            open_page(page, f"{app_url}/selections?selection=sel-0001&sample={sample}",
+                      "Selections")
+            page.get_by_text("Pool samples it covers best").wait_for()
+            instruction_line = page.locator("strong").filter(
+                has_text=" pick").first.inner_text()
+            assert instruction_line != task_line
+            assert "targets" in task_line and "pool sample" in instruction_line
+            # a zero-gain pick is flagged in the sample view
+            zero_id = ZERO_GAIN(demo_store)[0]
+            open_page(page, f"{app_url}/selections?selection=sel-0002&sample={zero_id}",
+                      "Selections")
+            assert metric(page, "marginal gain") == "0 (zero-gain pick)"
 
             open_page(page, f"{app_url}/masks", "Masks")
             page.get_by_text("Layer-wise subsets").wait_for()

@@ -20,11 +20,19 @@ from streamlit.testing.v1 import AppTest
 
 from curator.pipeline import exports
 from curator.store import Store, browse
-from curator.store.datasets import diff_versions, list_datasets, list_versions, load_samples
+from curator.store.datasets import (
+    diff_versions,
+    list_datasets,
+    list_versions,
+    load_samples,
+    version_sample_ids,
+)
 from curator.store.selections import (
     get_mask_record,
+    get_selection,
     list_selections,
     selection_layers,
+    selection_pool_ids,
     selection_sample_ids,
 )
 
@@ -306,7 +314,7 @@ def test_selections_scores_range_lists_the_samples_in_it(demo_store_path, monkey
     assert sum(r["selected"] for r in got["rows"]) == n_sel
     assert all(a <= r["value"] <= b for r in got["rows"])
     assert [r["value"] for r in got["rows"]] == sorted(r["value"] for r in got["rows"])
-    assert f"**{int(inside.sum()):,}** samples with {name}" in markdown_text(at)
+    assert f"**{int(inside.sum()):,} samples** with {name}" in markdown_text(at)
     shown = table(at, "sample_id", "value", "selected")
     assert shown["sample_id"].tolist() == [r["sample_id"] for r in got["rows"][:len(shown)]]
     at.button(key="sel_range_open").click().run()
@@ -354,14 +362,26 @@ def test_selections_open_a_sample(demo_store_path, monkeypatch):
     sample = load_samples(store, "demo", 1)
     text = next(s for s in sample if s.sample_id == ids[3])
     assert text.response in [t.value for t in at.text]
-    covers = table(at, "utility", "d_given")
-    helped = table(at, "utility", "d_given", nth=1)
+    covers = table(at, "coverage", "similarity", "text")
+    helped = table(at, "similarity", "text", nth=1)
     assert len(covers) > 0 and len(helped) > 0
+    assert set(covers["dataset"]) == {"demo"}  # an instruction selection covers its pool
+    # the kernel is the stage's: pool x pool utilities over the largest positive one
+    scale = store.query(
+        "WITH pool AS (SELECT sample_id FROM selection_pools WHERE selection_id = ?) "
+        "SELECT max(utility) FROM utilities WHERE valid AND config = ? AND model = ? AND "
+        "utility > 0 AND target_id <> example_id AND target_id IN (SELECT * FROM pool) AND "
+        "example_id IN (SELECT * FROM pool)",
+        [sel.selection_id, sel.config["utility_config"], sel.model])[0][0]
     best = store.query(
-        "SELECT max(utility) FROM utilities WHERE example_id = ? AND valid AND config = ?",
-        [ids[3], sel.config["utility_config"]])[0][0]
-    assert covers["utility"].iloc[0] == pytest.approx(best)
-    assert covers["utility"].is_monotonic_decreasing
+        "SELECT target_id, utility FROM utilities WHERE example_id = ? AND valid AND "
+        "config = ? AND target_id <> example_id AND target_id IN (SELECT sample_id FROM "
+        "selection_pools WHERE selection_id = ?) ORDER BY utility DESC LIMIT 1",
+        [ids[3], sel.config["utility_config"], sel.selection_id])[0]
+    others = covers[covers["sample_id"] != ids[3]]  # its own row covers itself too
+    assert others["sample_id"].iloc[0] == best[0]
+    assert others["similarity"].iloc[0] == pytest.approx(best[1] / scale, rel=1e-5)
+    assert covers["coverage"].is_monotonic_decreasing
 
 
 def test_selections_sample_can_go_to_the_trash(demo_store, monkeypatch):
@@ -519,3 +539,285 @@ def test_versions_page_beyond_a_narrower_filter_stays_in_range(demo_store_path, 
     n = matching_count(at)
     assert at.number_input(key="ver_samples_page").value == -(-n // 25)
     assert len(table(at, "prompt", "chars", "response")) == n - 25 * (-(-n // 25) - 1)
+
+
+# -- issue 16: why selected, zero-gain picks, deep links, sorting, composition, labels ------
+
+def open_sample_of(at: AppTest, selection_id: str, sample_id: str) -> AppTest:
+    at.selectbox(key="sel_id").set_value(selection_id)
+    at.radio(key="sel_view").set_value("Sample")
+    at.session_state["sel_sample_id"] = sample_id  # the input may not be drawn yet
+    return at.run()
+
+
+def summary_line(at: AppTest) -> str:
+    lines = [m.value for m in at.markdown if "pick" in m.value and m.value.startswith("**")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_why_selected_uses_the_selections_own_pool_targets_and_kernel(demo_store_path,
+                                                                       monkeypatch):
+    from curator.app.explain import explain, selection_kernels
+
+    store = Store(demo_store_path)
+    instruction, task = (get_selection(store, s) for s in ("sel-0001", "sel-0002"))
+    assert (instruction.stage, task.stage, task.target) == ("instruction", "task",
+                                                           "demo-target:1")
+    both = [i for i in selection_sample_ids(store, "sel-0001")
+            if i in set(selection_sample_ids(store, "sel-0002"))]
+    sample = next(i for i in both if browse.member_rank(store, "sel-0002", i)["gain"] > 0)
+    at = make_app(demo_store_path, monkeypatch, "selections")
+    open_sample_of(at, "sel-0001", sample)
+    assert_clean(at)
+    covers_a = table(at, "coverage", "similarity", "text")
+    line_a = summary_line(at)
+    open_sample_of(at, "sel-0002", sample)
+    assert_clean(at)
+    covers_b = table(at, "coverage", "similarity", "text")
+    line_b = summary_line(at)
+    # the instruction selection covers rows of its pool, the task one targets of its set
+    assert set(covers_a["dataset"]) == {"demo"}
+    assert set(covers_b["dataset"]) == {"demo-target"}
+    target_ids = set(version_sample_ids(store, "demo-target", 1))
+    pool_ids = set(selection_pool_ids(store, "sel-0001"))
+    assert set(covers_b["sample_id"]) <= target_ids
+    assert set(covers_a["sample_id"]) <= pool_ids
+    assert line_a != line_b and "targets" in line_b and "pool sample" in line_a
+    rank = browse.member_rank(store, "sel-0002", sample)
+    assert f"{ordinal(rank['rank'] + 1)} pick, gain {rank['gain']:.3g}" in line_b
+    # FLVMI shows no "who helps it" table: its function reads only target x pool pairs
+    assert any("FLVMI reads only" in c.value for c in at.caption)
+    # the rows show the text, not a few characters of the prompt
+    assert covers_b["text"].str.len().max() > 60
+
+    # reference: greedy's first gain is the sum of what the first pick covers (facility
+    # location, conditional gain), plus eta times its best target coverage (FLVMI)
+    for sid in ("sel-0001", "sel-0002", "sel-0003", "sel-0004"):
+        sel = get_selection(store, sid)
+        first = selection_sample_ids(store, sid)[0]
+        member = browse.member_rank(store, sid, first)
+        why = explain(store, selection_kernels(store, sid), first, member, limit=10_000)
+        total = sum(r["coverage"] for r in why["covers"])
+        if sel.function == "flvmi":
+            total += sel.config["eta"] * why["best"]
+        assert total == pytest.approx(member["gain"], rel=1e-5), sid
+        assert why["summary"].startswith(f"covers {why['n_cover']:,} ")
+        assert "1st pick" in why["summary"]
+
+
+def ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def test_why_selected_opens_a_row_and_steps_through_picks(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    ids = selection_sample_ids(store, "sel-0001")
+    at = make_app(demo_store_path, monkeypatch, "selections")
+    open_sample_of(at, "sel-0001", ids[5])
+    at.button(key="sel_next").click().run()
+    assert at.text_input(key="sel_sample_id").value == ids[6]
+    at.button(key="sel_prev").click().run()
+    at.button(key="sel_prev").click().run()
+    assert at.text_input(key="sel_sample_id").value == ids[4]
+    assert metrics(at)["pick order"] == "#4"
+    open_sample_of(at, "sel-0001", ids[0])
+    assert at.button(key="sel_prev").disabled
+    open_sample_of(at, "sel-0001", ids[-1])
+    assert at.button(key="sel_next").disabled
+    # (a click on a row of a table opens its sample: tests/app/test_browser.py)
+
+
+def test_zero_gain_picks_are_flagged(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    sel = get_selection(store, "sel-0002")
+    zero = store.query("SELECT rank, sample_id FROM selection_members WHERE selection_id = ? "
+                       "AND layer = '' AND gain = 0 ORDER BY rank", [sel.selection_id])
+    assert len(zero) == sel.config["zero_gain_picks"] > 0
+    at = make_app(demo_store_path, monkeypatch, "selections")
+    at.selectbox(key="sel_id").set_value(sel.selection_id).run()
+    assert_clean(at)
+    assert metrics(at)["zero-gain picks"] == str(len(zero))
+    at.selectbox(key="sel_members_size").set_value(100).run()
+    members = table(at, "rank", "zero_gain")
+    assert members.loc[members["zero_gain"], "rank"].tolist() == [r for r, _ in zero]
+    curve = browse.gain_curve(store, sel.selection_id)
+    assert [p["rank"] for p in curve if p["zero_gain"]] == [r for r, _ in zero]
+    open_sample_of(at, sel.selection_id, zero[0][1])
+    assert_clean_but_info(at)
+    assert metrics(at)["marginal gain"] == "0 (zero-gain pick)"
+    assert any("zero-gain pick" in i.value for i in at.info)
+    assert "gain 0 (a zero-gain pick" in summary_line(at)
+    # a selection without zero-gain picks says 0; one without gains (GAST) says "-"
+    at.selectbox(key="sel_id").set_value("sel-0001").run()
+    assert metrics(at)["zero-gain picks"] == "0"
+    at.selectbox(key="sel_id").set_value("sel-0005").run()
+    assert metrics(at)["zero-gain picks"] == "-"
+
+
+def assert_clean_but_info(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error and not at.warning
+
+
+def test_members_sort_across_all_rows(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    at = make_app(demo_store_path, monkeypatch, "selections")
+    at.selectbox(key="sel_id").set_value("sel-0001")
+    at.selectbox(key="sel_sort").set_value("chars")
+    at.radio(key="sel_order").set_value("descending").run()
+    assert_clean(at)
+    everything = store.query(
+        "SELECT m.rank, s.n_chars FROM selection_members m JOIN samples s USING (sample_id) "
+        "WHERE selection_id = 'sel-0001' AND layer = '' ORDER BY s.n_chars DESC, m.rank")
+    shown = table(at, "rank", "zero_gain")
+    assert shown["rank"].tolist() == [r for r, _ in everything[:50]]
+    assert shown["chars"].iloc[0] == max(c for _, c in everything)
+    at.selectbox(key="sel_sort").set_value("gain")
+    at.radio(key="sel_order").set_value("ascending").run()
+    gains = store.query("SELECT gain FROM selection_members WHERE selection_id = 'sel-0001' "
+                        "AND layer = '' ORDER BY gain, rank LIMIT 50")
+    assert table(at, "rank", "zero_gain")["gain"].tolist() == pytest.approx(
+        [g for (g,) in gains])
+    assert at.query_params["sort"] == "gain"
+    with pytest.raises(ValueError, match="unknown sort"):
+        browse.member_page(store, "sel-0001", sort="rank; DROP TABLE samples")
+
+
+def test_deep_link_to_a_sample_survives_a_reload(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    sample = selection_sample_ids(store, "sel-0003")[2]
+    at = make_app_with_url(demo_store_path, monkeypatch, "selections",
+                           {"selection": "sel-0003", "sample": sample})
+    assert_clean(at)
+    assert at.selectbox(key="sel_id").value == "sel-0003"
+    assert at.radio(key="sel_view").value == "Sample"
+    assert at.text_input(key="sel_sample_id").value == sample
+    assert metrics(at)["pick order"] == "#2"
+    assert dict(at.query_params) == {"selection": "sel-0003", "view": "Sample",
+                                     "sample": sample}
+    # a reload is a new session with the same URL
+    again = make_app_with_url(demo_store_path, monkeypatch, "selections",
+                              dict(at.query_params))
+    assert_clean(again)
+    assert (again.selectbox(key="sel_id").value, again.radio(key="sel_view").value,
+            again.text_input(key="sel_sample_id").value) == ("sel-0003", "Sample", sample)
+    # moving on changes the URL
+    again.radio(key="sel_view").set_value("Compare").run()
+    assert again.query_params["view"] == "Compare" and "sample" not in again.query_params
+
+
+def make_app_with_url(store_path, monkeypatch, page: str, params: dict) -> AppTest:
+    monkeypatch.setenv("CURATOR_STORE", str(store_path))
+    at = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT)
+    at.switch_page(f"views/{page}.py")
+    at.query_params.update(params)
+    return at.run()
+
+
+def test_deep_link_with_unknown_values_says_so(demo_store_path, monkeypatch):
+    at = make_app_with_url(demo_store_path, monkeypatch, "selections",
+                           {"selection": "sel-9999", "view": "Nope"})
+    assert not at.exception
+    text = " ".join(w.value for w in at.warning)
+    assert "selection 'sel-9999'" in text and "view 'Nope'" in text
+    assert at.selectbox(key="sel_id").value == "sel-0001"
+    at = make_app_with_url(demo_store_path, monkeypatch, "versions",
+                           {"dataset": "nope", "version": "x"})
+    assert not at.exception
+    assert any("dataset 'nope'" in w.value for w in at.warning)
+
+
+def test_versions_deep_link_and_score_range(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    samples = load_samples(store, "demo", 2)
+    family = samples[0].metadata["family"]
+    at = make_app_with_url(demo_store_path, monkeypatch, "versions",
+                           {"dataset": "demo", "version": "2", "field": "family",
+                            "value": family})
+    assert_clean(at)
+    assert at.selectbox(key="ver_version").value == 2
+    assert matching_count(at) == sum(s.metadata.get("family") == family for s in samples)
+    assert at.query_params["value"] == family and at.query_params["version"] == "2"
+    loss = next(o for o in at.selectbox(key="ver_score").options if o.startswith("loss"))
+    at.selectbox(key="ver_score").set_value(loss).run()
+    source = next(x for x in browse.score_sources(store, "demo", 2) if x.label == loss)
+    lo, hi = store.query(
+        "SELECT min(l.distance), max(l.distance) FROM version_members m JOIN losses l USING "
+        "(sample_id) WHERE m.dataset = 'demo' AND m.version = 2 AND l.valid AND l.model = ? "
+        "AND l.config = ?", [source.model, source.config])[0]
+    assert f"values from {lo:.6g} to {hi:.6g}" in " ".join(c.value for c in at.caption)
+
+
+def test_composition_selected_against_not_selected(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    sel = get_selection(store, "sel-0002")
+    picked = set(selection_sample_ids(store, sel.selection_id))
+    pool = set(selection_pool_ids(store, sel.selection_id))
+    expected: dict[str, list[int]] = {}
+    for s in load_samples(store, "demo", sel.version):
+        if s.sample_id in pool:
+            counts = expected.setdefault(s.metadata.get("family", "(none)"), [0, 0])
+            counts[0 if s.sample_id in picked else 1] += 1
+    at = make_app(demo_store_path, monkeypatch, "selections")
+    at.selectbox(key="sel_id").set_value(sel.selection_id)
+    at.radio(key="sel_view").set_value("Composition").run()
+    assert_clean(at)
+    shown = table(at, "value", "selected", "not selected")
+    assert {r["value"]: [r["selected"], r["not selected"]] for _, r in shown.iterrows()} \
+        == expected
+    assert shown["selected"].sum() == sel.n_selected
+    at.radio(key="sel_view").set_value("Compare").run()
+    assert_clean(at)
+    assert any(m.value.startswith("**sel-0001**: family") for m in at.markdown)
+
+
+def test_labels_and_units(demo_store_path, monkeypatch):
+    at = make_app(demo_store_path, monkeypatch, "selections")
+    m = metrics(at)
+    assert m["selected"] == "90 of 300"
+    assert m["selection time"].endswith(" s")
+    assert "seconds" not in m
+    assert "model fingerprint 1933cc5fe510 (name not recorded)" in markdown_text(at)
+    at.radio(key="sel_view").set_value("Map").run()
+    assert_clean(at)
+    options = at.select_slider(key="sel_map_points").options
+    assert options[-1] == "300 (all)" and len(options) == 1
+    # the favicon is drawn in the browser, never fetched from a font host
+    source = APP_FILE.read_text()
+    assert 'page_icon=":material' not in source
+    # every bar of the metadata chart keeps its label
+    at = make_app(demo_store_path, monkeypatch, "versions")
+    specs = [json.loads(e.proto.spec) for e in at.get("vega_lite_chart")]
+    y = next(s["encoding"]["y"] for s in specs if s["encoding"]["y"].get("field") == "value")
+    families = {s.metadata.get("family") for s in load_samples(Store(demo_store_path), "demo",
+                                                              3)}
+    assert y["axis"]["labelOverlap"] is False and set(y["sort"]) == families
+    from curator.app.curator_ui import plural
+
+    assert (plural(1, "sample"), plural(1200, "sample")) == ("1 sample", "1,200 samples")
+
+
+def test_export_destination_and_every_export_listed(demo_store, monkeypatch, tmp_path):
+    from curator.app import exporting
+
+    store = Store(demo_store)
+    # a schedule's exports: exports/NAME/<run>/ and a "latest" link beside them
+    run = exporting.write_export(store, "sel-0001", "jsonl",
+                                 demo_store / "exports" / "nightly")
+    (demo_store / "exports" / "nightly" / "latest").symlink_to(run)
+    listed = exporting.list_exports(demo_store / "exports")
+    assert [(r["folder"], r["schedule"]) for r in listed] == [("nightly/sel-0001-jsonl",
+                                                               "nightly")]
+    at = make_app(demo_store, monkeypatch, "export")
+    assert_clean(at)
+    assert table(at, "folder", "schedule")["folder"].tolist() == ["nightly/sel-0001-jsonl"]
+    elsewhere = tmp_path / "out"
+    at.text_input(key="exp_dest").input(str(elsewhere)).run()
+    at.selectbox(key="exp_sel").set_value("sel-0002").run()
+    assert any(str(elsewhere / "sel-0002-jsonl") in c.value for c in at.caption)
+    at.button(key="exp_write").click().run()
+    assert_clean(at)
+    assert (elsewhere / "sel-0002-jsonl" / "manifest.json").exists()
+    # after writing, the caption names the next free folder
+    assert any(str(elsewhere / "sel-0002-jsonl-2") in c.value for c in at.caption)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -59,3 +60,32 @@ def test_no_schedules_shows_how_to_add_one(tmp_path, monkeypatch, write_jsonl) -
     at = _app(store.path, monkeypatch)
     assert not at.exception
     assert "curator schedule add" in at.info[0].value
+
+
+def test_overdue_schedule_is_due_now_and_runs_say_what_they_did(tmp_path, monkeypatch,
+                                                                 write_jsonl) -> None:
+    from dataclasses import asdict
+
+    from curator.schedule.outcome import RunOutcome
+
+    store = _store_with_schedule(tmp_path, write_jsonl)
+    # three finished runs as the worker records them (kind "schedule", the outcome as result)
+    made = RunOutcome("sched-1", "nightly", status="done", version=2, n_new_samples=40,
+                      selection_id="sel-0007", n_selected=12, export="/x/exports/nightly/sched-1")
+    quiet = RunOutcome("sched-2", "nightly", status="done")
+    failed = RunOutcome("sched-3", "nightly", status="failed", error="no model on this machine")
+    for outcome in (made, quiet, failed):
+        store.start_run("schedule", "d", {"schedule": "nightly", "trigger": "due"},
+                        run_id=outcome.run_id)
+        store.finish_run(outcome.run_id, outcome.status, error=outcome.error,
+                         result=asdict(outcome))
+        time.sleep(0.01)  # distinct start times: the history is newest first
+    sched.request_run(store, "nightly")  # due at once: the next run time has passed
+    at = _app(store.path, monkeypatch)
+    assert not at.exception, [e.value for e in at.exception]
+    assert list(at.dataframe[0].value["next run (UTC)"]) == ["due now"]
+    runs = at.dataframe[1].value
+    assert list(runs["run_id"]) == ["sched-3", "sched-2", "sched-1"]
+    assert list(runs["outcome"]) == [
+        "failed: no model on this machine", "nothing new",
+        "new version v2; selection sel-0007 (12 of 40); export /x/exports/nightly/sched-1"]

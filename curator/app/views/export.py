@@ -1,11 +1,15 @@
 """Export: pick a selection and a format; download the subset, mask and manifest as a zip,
-or write them into the store's exports folder."""
+or write them into a folder (the store's exports folder unless another is named), and list
+every export there, a schedule's included."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import curator_ui as ui
 import streamlit as st
 
+from curator.app import exporting
 from curator.export import FORMATS
 from curator.pipeline import exports
 
@@ -30,7 +34,7 @@ with ui.guard():
                        format_func=lambda f: f"{f}: {FORMAT_HELP.get(f, '')}")
     mask = ui.read("get_mask_record", sel.selection_id)
     layers = sel.selection_id in ui.read("layered_selections")
-    parts = [f"**{sel.n_selected:,}** samples ({fmt})"]
+    parts = [f"**{ui.plural(sel.n_selected, 'sample')}** ({fmt})"]
     if mask:
         parts.append(f"a parameter mask ({mask['density']:.2%} of the model)")
     if layers:
@@ -51,19 +55,27 @@ with ui.guard():
                                data=ready[3], file_name=ready[2], mime="application/zip",
                                key="exp_download", type="primary")
     with right:
-        st.markdown("**Write to the store's exports folder**")
-        target = exports.exports_dir(store)
-        st.caption(f"into `{target}/{exports.free_export_name(store, sel.selection_id, fmt)}`")
+        st.markdown("**Write into a folder**")
+        default = str(exports.exports_dir(store))
+        if not st.session_state.get("exp_dest"):
+            st.session_state["exp_dest"] = default
+        dest = Path(st.text_input(
+            "destination folder", key="exp_dest",
+            help="a new folder is made inside it for each export; nothing there is replaced "
+                 f"(default: the store's exports folder, {default})").strip()).expanduser()
+        st.caption(f"next export goes into `{dest / exporting.free_name(dest, sel.selection_id, fmt)}`")
         if st.button("Write export", key="exp_write"):
             with st.spinner("writing the export"):
-                path = exports.export_to_store(store, sel.selection_id, fmt)
+                path = exporting.write_export(store, sel.selection_id, fmt, dest)
             st.session_state["exp_written"] = str(path)
+            st.rerun()  # the caption above names the next free folder now
         if st.session_state.get("exp_written"):
             st.success(f"written: `{st.session_state['exp_written']}`")
 
-    st.subheader("Exports in the store")
-    folders = exports.list_export_folders(store)
+    st.subheader("Exports in the destination folder")
+    folders = exporting.list_exports(dest)
     if folders:
+        st.caption(f"in `{dest}`, newest first; a schedule's exports are `NAME/<run>/`")
         st.dataframe(folders, key="exp_folders", hide_index=True)
     else:
-        st.caption(f"none yet in `{target}`")
+        st.caption(f"none yet in `{dest}`")

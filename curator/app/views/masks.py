@@ -19,7 +19,7 @@ def mask_section() -> None:
                 "`curator mask SELECTION` makes one.")
         return
     st.dataframe(masks, key="mask_table", hide_index=True,
-                 column_config={"density": st.column_config.NumberColumn(format="%.4f")})
+                 column_config={"density": st.column_config.NumberColumn(format="percent")})
     sel = ui.pick_selection("mask_sel", "mask of selection",
                             only=[m["selection_id"] for m in masks])
     rec = ui.read("get_mask_record", sel.selection_id)
@@ -53,7 +53,7 @@ def mask_section() -> None:
         if rows:
             col.dataframe(rows, key=f"mask_{name}", hide_index=True,
                           column_config={"density": st.column_config.NumberColumn(
-                              format="%.4f")})
+                              format="percent")})
 
 
 def _layer_key(name: str) -> tuple:

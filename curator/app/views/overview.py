@@ -33,7 +33,7 @@ with ui.guard():
                 ["added", "removed", "duplicates", "quarantined"]]
             left.bar_chart(chart, stack=False, height=220)
         else:
-            left.caption(f"one version, {rows[0]['members']:,} samples" if rows
+            left.caption(f"one version, {ui.plural(rows[0]['members'], 'sample')}" if rows
                          else "no versions yet")
         right.dataframe(rows, key=f"overview_versions_{name}", hide_index=True)
 

@@ -13,6 +13,43 @@ st.title("Schedules")
 store = ui.require_store()
 
 
+def next_run(s: sched.Schedule, now: datetime) -> str:
+    """When it runs next, in words; "due now" once the time has passed (as the CLI says):
+    the next `curator worker` cycle runs it."""
+    if s.paused:
+        return "paused"
+    if s.next_run_at is None:
+        return "-"
+    if s.next_run_at <= now:
+        return "due now"
+    return f"{s.next_run_at:%Y-%m-%d %H:%M:%S}"
+
+
+def outcome(run: dict) -> str:
+    """What a run did, in words: failed (and why), nothing new, or what it made."""
+    status = run.get("status")
+    if status == "failed":
+        return f"failed: {run.get('error') or 'no reason recorded'}"
+    if status != "done":
+        return status or "-"
+    parts = []
+    if run.get("version"):
+        parts.append(f"new version v{run['version']}")
+    if run.get("files_bad"):
+        parts.append(f"{ui.plural(len(run['files_bad']), 'bad file')} quarantined")
+    if run.get("selection_id"):
+        parts.append(f"selection {run['selection_id']} ({run.get('n_selected', 0):,} of "
+                     f"{run.get('n_new_samples', 0):,})"
+                     + (" reused" if run.get("reused_selection") else ""))
+    if run.get("export"):
+        parts.append(f"export {run['export']}")
+    if not parts:
+        parts.append("nothing new")
+    if run.get("note"):
+        parts.append(run["note"])
+    return "; ".join(parts)
+
+
 def controls(s: sched.Schedule) -> None:
     """Pause / resume / run now. Run now only makes the schedule due: a worker runs it
     (the app never runs a long job inside a page)."""
@@ -43,7 +80,7 @@ with ui.guard():
         st.stop()
     now = datetime.now(timezone.utc)
     st.dataframe([{"name": s.name, "dataset": s.dataset, "trigger": s.trigger,
-                   "state": s.state(now), "next run (UTC)": s.next_run_at,
+                   "state": s.state(now), "next run (UTC)": next_run(s, now),
                    "last run": s.last_run_id, "last selection": s.last_selection_id,
                    "failures": s.failures, "last error": s.last_error}
                   for s in schedules], key="schedule_table", hide_index=True)
@@ -58,6 +95,7 @@ with ui.guard():
     if not runs:
         st.caption("No runs yet: start `curator worker` (or `curator worker --once`).")
     else:
-        keep = ("run_id", "status", "trigger", "started_at", "finished_at", "error")
-        st.dataframe([{k: r.get(k) for k in keep} for r in runs], key="schedule_runs",
-                     hide_index=True)
+        keep = ("run_id", "status", "trigger", "started_at", "finished_at")
+        st.dataframe([{**{k: r.get(k) for k in keep}, "outcome": outcome(r)} for r in runs],
+                     key="schedule_runs", hide_index=True,
+                     column_config={"outcome": st.column_config.TextColumn(width="large")})

@@ -1,6 +1,7 @@
 """Selections: what each selection is (stage, method, budget, objective, config), its members
-in pick order with marginal gains, scores of selected against not selected, a 2-D map of the
-embeddings, one sample explained, and two selections side by side."""
+with marginal gains (zero-gain picks flagged), its composition by a metadata field, scores
+of selected against not selected, a 2-D map of the embeddings, one sample and why it was
+selected, and two selections side by side. The page's state lives in the URL."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from curator.vocabulary import GRADIENT_METHODS
 
 st.title("Selections")
 
-VIEWS = ["Members", "Scores", "Map", "Sample", "Compare"]
+VIEWS = ["Members", "Composition", "Scores", "Map", "Sample", "Compare"]
+SORTS = {"rank": "pick order", "gain": "marginal gain", "score": "score", "chars": "length"}
+URL = ("selection", "view", "sample", "sort", "order", "field", "other")
 
 
 def open_sample(sample_id: str) -> None:
@@ -26,22 +29,51 @@ def open_sample(sample_id: str) -> None:
     st.session_state["sel_sample_id"] = sample_id
 
 
+def opened_row(table_key: str, ids: list[str]) -> None:
+    """Dataframe callback: a clicked row opens its sample."""
+    rows = ((st.session_state.get(table_key) or {}).get("selection") or {}).get("rows") or []
+    if rows and 0 <= rows[0] < len(ids):
+        open_sample(ids[rows[0]])
+
+
+def step_sample(selection_id: str, rank: int) -> None:
+    """Previous / next callback: the member picked ``rank``-th."""
+    sample_id = ui.read("member_at", selection_id, rank)
+    if sample_id:
+        st.session_state["sel_sample_id"] = sample_id
+
+
 def header(sel) -> None:
-    cols = st.columns(6)
-    for col, (label, value) in zip(cols, [
-            ("stage", sel.stage), ("method", sel.method), ("budget", sel.budget),
-            ("selected", f"{sel.n_selected:,} of {sel.n_pool:,}"),
-            ("objective", "-" if sel.objective is None else f"{sel.objective:.4g}"),
-            ("seconds", "-" if sel.seconds is None else f"{sel.seconds:.1f}")], strict=True):
-        col.metric(label, value)
-    facts = [f"dataset **{sel.dataset} v{sel.version}**",
-             f"function `{sel.function or '-'}`"]
+    zero = ui.read("zero_gain_count", sel.selection_id)
+    has_gains = bool(ui.read("gain_curve", sel.selection_id, 2))
+    # what the stage recorded (older stores: zero_gain_refilled), said when it differs
+    recorded = (sel.config or {}).get("zero_gain_picks",
+                                      (sel.config or {}).get("zero_gain_refilled"))
+    zero_help = ("picks that added nothing to the objective (marginal gain exactly 0): "
+                 "greedy had nothing left to cover and DELIFT's evidence order chose them")
+    if recorded is not None and recorded != zero:
+        zero_help += f"; the stage recorded {recorded}"
+    row1 = st.columns(4)
+    row2 = st.columns(4)
+    for col, (label, value, help_) in zip([*row1, *row2], [
+            ("stage", sel.stage, None), ("method", sel.method, None),
+            ("selected", f"{sel.n_selected:,} of {sel.n_pool:,}",
+             "samples picked, of the pool they were picked from"),
+            ("zero-gain picks", f"{zero:,}" if has_gains else "-", zero_help),
+            ("budget", sel.budget, None),
+            ("objective", "-" if sel.objective is None else f"{sel.objective:.4g}",
+             "value of the set function at the selected subset"),
+            ("selection time", "-" if sel.seconds is None else f"{sel.seconds:.1f} s",
+             "wall time of the stage: scoring the pairs it needed and greedy"),
+            ("function", sel.function or "-", None)], strict=True):
+        col.metric(label, value, help=help_)
+    facts = [f"dataset **{sel.dataset} v{sel.version}**"]
     if sel.parent:
         facts.append(f"conditioned on **{sel.parent}**")
     if sel.target:
         facts.append(f"target set **{sel.target}**")
     if sel.model:
-        facts.append(f"model `{sel.model[:16]}`")
+        facts.append(f"model {ui.read('model_label', sel.model)}")
     st.markdown(" · ".join(facts))
     with st.expander("config", expanded=False):
         st.code(json.dumps(sel.config, indent=2, default=str), language="json")
@@ -50,20 +82,87 @@ def header(sel) -> None:
 def members_view(sel) -> None:
     curve = ui.read("gain_curve", sel.selection_id)
     if curve and any(p["gain"] for p in curve):
-        st.caption("marginal gain by pick order")
-        st.line_chart(pd.DataFrame(curve), x="rank", y="gain", height=180)
+        st.caption("marginal gain by pick order (zero-gain picks in red)")
+        df = pd.DataFrame(curve)
+        df["pick"] = df["zero_gain"].map({True: "zero gain", False: "gain > 0"})
+        line = alt.Chart(df).mark_line(color="#7f8fa6").encode(
+            x=alt.X("rank:Q", title="pick order (rank)"), y=alt.Y("gain:Q", title="marginal gain"))
+        dots = alt.Chart(df).mark_circle(size=28).encode(
+            x="rank:Q", y="gain:Q",
+            color=alt.Color("pick:N", scale=alt.Scale(domain=["gain > 0", "zero gain"],
+                                                      range=["#4c78a8", "#e4572e"]),
+                            title=None),
+            tooltip=["rank", alt.Tooltip("gain:Q", format=".5f"), "pick"])
+        st.altair_chart(line + dots, key="sel_gain_chart", height=200)
+    c1, c2 = st.columns([2, 1])
+    sort = c1.selectbox("sort all members by", list(SORTS), key="sel_sort",
+                        format_func=SORTS.__getitem__)
+    order = c2.radio("order", ["ascending", "descending"], horizontal=True, key="sel_order")
     limit, offset = ui.pager(sel.n_selected, "sel_members")
-    rows = ui.read("member_page", sel.selection_id, limit, offset)
-    st.dataframe(rows, key="sel_members_table", hide_index=True,
-                 column_config={"prompt": st.column_config.TextColumn(width="large"),
-                                "gain": st.column_config.NumberColumn(format="%.5f"),
-                                "score": st.column_config.NumberColumn(format="%.5f")})
+    rows = ui.read("member_page", sel.selection_id, limit, offset, sort,
+                   order == "descending")
+    ids = [r["sample_id"] for r in rows]
+    st.dataframe(
+        rows, key="sel_members_table", hide_index=True, on_select=functools.partial(
+            opened_row, "sel_members_table", ids), selection_mode="single-row",
+        column_order=["rank", "gain", "zero_gain", "score", "chars", "prompt", "response",
+                      "sample_id"],
+        column_config={"prompt": st.column_config.TextColumn(width="large"),
+                       "sample_id": st.column_config.TextColumn("id", width="small"),
+                       "zero_gain": st.column_config.CheckboxColumn(
+                           "gain 0", help="picked at a marginal gain of exactly 0"),
+                       "gain": st.column_config.NumberColumn(format="%.5f"),
+                       "score": st.column_config.NumberColumn(format="%.5f"),
+                       "chars": st.column_config.NumberColumn("characters")})
+    st.caption("Click a row to open its sample.")
     if rows:
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
         labels = {r["sample_id"]: f"#{r['rank']} · {r['prompt'][:70]}" for r in rows}
         pick = c1.selectbox("sample", list(labels), key="sel_member_pick",
                             format_func=labels.__getitem__)
         c2.button("Open sample", key="sel_open_sample", on_click=open_sample, args=(pick,))
+
+
+def composition_chart(rows: list[dict], field: str, key: str) -> None:
+    long = pd.DataFrame(rows).melt(id_vars="value", value_vars=["selected", "not selected"],
+                                   var_name="group", value_name="samples")
+    order = [r["value"] for r in rows]
+    chart = alt.Chart(long).mark_bar().encode(
+        y=alt.Y("value:N", sort=order, title=field, axis=alt.Axis(labelOverlap=False,
+                                                                  labelLimit=220)),
+        x=alt.X("samples:Q", stack=True),
+        color=alt.Color("group:N", scale=alt.Scale(domain=["selected", "not selected"],
+                                                   range=["#e4572e", "#9fb3c8"])),
+        tooltip=["value", "group", "samples"])
+    st.altair_chart(chart, key=key, height=max(160, 26 * len(rows) + 60))
+
+
+def composition_table(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        n = r["selected"] + r["not selected"]
+        out.append({**r, "pool": n, "share selected": r["selected"] / n if n else 0.0})
+    return out
+
+
+def composition_view(sel) -> None:
+    keys = ui.read("selection_metadata_keys", sel.selection_id)
+    if not keys:
+        st.info(f"{sel.dataset} v{sel.version} has no metadata fields to break down.")
+        return
+    if st.session_state.get("sel_comp_field") not in (None, *keys):
+        st.warning(f"No metadata field {st.session_state['sel_comp_field']!r} in "
+                   f"{sel.dataset} v{sel.version}; showing the default instead.")
+        del st.session_state["sel_comp_field"]
+    field = st.selectbox("metadata field", keys,
+                         index=keys.index("family") if "family" in keys else 0,
+                         key="sel_comp_field")
+    rows = ui.read("selection_composition", sel.selection_id, field)
+    st.caption(f"{field} of the selection's pool: selected against not selected")
+    composition_chart(rows, field, "sel_comp_chart")
+    st.dataframe(composition_table(rows), key="sel_comp_table", hide_index=True,
+                 column_config={"share selected": st.column_config.NumberColumn(
+                     format="percent")})
 
 
 def scores_view(sel) -> None:
@@ -73,10 +172,10 @@ def scores_view(sel) -> None:
     n_sel, n_not = len(groups["selected"]), len(groups["not selected"])
     c1, c2, c3 = st.columns(3)
     c1.metric("selected: mean", "-" if not n_sel else f"{groups['selected'].mean():.4g}",
-              help=f"{n_sel:,} samples with this score")
+              help=f"{ui.plural(n_sel, 'sample')} with this score")
     c2.metric("not selected: mean",
               "-" if not n_not else f"{groups['not selected'].mean():.4g}",
-              help=f"{n_not:,} samples with this score")
+              help=f"{ui.plural(n_not, 'sample')} with this score")
     c3.metric("samples with a value", f"{n_sel + n_not:,}")
     hist = histogram(groups)
     if not hist:
@@ -124,7 +223,7 @@ def brushed(range_key: str, lo: float, hi: float) -> None:
 def in_range_view(sel, name: str, rng: tuple[float, float]) -> None:
     first = ui.read("samples_in_score_range", sel.selection_id, name, rng[0], rng[1], 1, 0)
     total = first["n_total"]
-    st.markdown(f"**{total:,}** samples with {name} in [{rng[0]:.4g}, {rng[1]:.4g}], "
+    st.markdown(f"**{ui.plural(total, 'sample')}** with {name} in [{rng[0]:.4g}, {rng[1]:.4g}], "
                 f"**{first['n_selected']:,}** of them selected")
     if not total:
         return
@@ -145,8 +244,14 @@ def in_range_view(sel, name: str, rng: tuple[float, float]) -> None:
 
 
 def map_view(sel) -> None:
-    points = st.select_slider("points", [500, 1000, 2000, 3000, 5000], value=2000,
-                              key="sel_map_points")
+    # offer only counts below the pool's size, and the whole pool
+    steps = [n for n in (500, 1000, 2000, 3000, 5000) if n < sel.n_pool]
+    options = [*steps, min(sel.n_pool, 5000)] if sel.n_pool > 0 else [0]
+    if st.session_state.get("sel_map_points") not in options:
+        st.session_state["sel_map_points"] = options[-1] if len(options) < 3 else 2000
+    points = st.select_slider("points shown (at most)", options, key="sel_map_points",
+                              format_func=lambda n: f"{n:,}" + (" (all)" if n == sel.n_pool
+                                                                 else ""))
     data = ui.read("embedding_map", sel.selection_id, points)
     if not data["points"]:
         st.info("No stored embeddings cover this selection's pool "
@@ -162,40 +267,94 @@ def map_view(sel) -> None:
     st.altair_chart(chart, key="sel_map_chart")
 
 
+WHY_COLUMNS = {
+    "dataset": st.column_config.TextColumn("dataset"),
+    "sample_id": st.column_config.TextColumn("id", width="small"),
+    "coverage": st.column_config.NumberColumn(
+        format="%.3f", help="what this pair adds to the set function: the similarity, "
+        "capped (FLMI) or less what the previous data covers (FLCG)"),
+    "similarity": st.column_config.NumberColumn(
+        format="%.3f", help="kernel value S: the pairwise utility UF = d(target) - "
+        "d(target | example), where d is the distance of the model's answer from the "
+        "reference, divided by the kernel's largest utility (0 to 1)"),
+    "covered before": st.column_config.NumberColumn(
+        format="%.3f", help="how well the previous selection's samples already cover the row"),
+    "text": st.column_config.TextColumn("prompt → response", width="large"),
+}
+
+
+def why_table(rows: list[dict], key: str) -> None:
+    ids = [r["sample_id"] for r in rows]
+    st.dataframe(rows, key=key, hide_index=True, selection_mode="single-row",
+                 on_select=functools.partial(opened_row, key, ids),
+                 column_config=WHY_COLUMNS)
+
+
+def why_selected(sel, sample_id: str, member) -> None:
+    why = ui.explain_sample(sel.selection_id, sample_id, member)
+    st.markdown("#### Why selected")
+    if why is None:
+        st.caption(f"{sel.method} does not pick from pairwise utilities: no coverage to "
+                   "explain (see the gradient scores below for gradient methods).")
+        return
+    k = why["kernels"]
+    st.markdown(f"**{why['summary']}** ({k.function} over the selection's own "
+                f"{len(k.pool):,}-sample pool"
+                + (f" and {len(k.rows):,} targets of {k.rows_dataset}"
+                   if k.rows_word == "targets" else "") + ")")
+    # one table under the other: each row's text needs the width
+    st.markdown(f"**{k.rows_word.capitalize()} it covers best** (click a row to open it)")
+    if why["covers"]:
+        why_table(why["covers"], "sel_sample_covers")
+    else:
+        st.caption("none")
+    if k.helped is not None:
+        st.markdown("**Pool samples that cover it best**")
+        if why["helped"]:
+            why_table(why["helped"], "sel_sample_helped")
+        else:
+            st.caption("none")
+    elif k.note:
+        st.caption(k.note)
+
+
 def sample_view(sel) -> None:
     first = ui.read("member_page", sel.selection_id, 1, 0)
     default = first[0]["sample_id"] if first else ""
     if not st.session_state.get("sel_sample_id"):
         st.session_state["sel_sample_id"] = default
-    sample_id = st.text_input("sample id", key="sel_sample_id",
+    member = ui.read("member_rank", sel.selection_id,
+                     st.session_state["sel_sample_id"].strip())
+    c0, c1, c2 = st.columns([5, 1, 1], vertical_alignment="bottom")
+    sample_id = c0.text_input("sample id", key="sel_sample_id",
                               help="open one from the Members view, or paste an id").strip()
+    rank = member["rank"] if member else None
+    c1.button("← previous", key="sel_prev", help="the pick before this one", disabled=not rank,
+              on_click=step_sample, args=(sel.selection_id, (rank or 0) - 1))
+    c2.button("next →", key="sel_next", help="the pick after this one",
+              disabled=rank is None or rank + 1 >= sel.n_selected,
+              on_click=step_sample, args=(sel.selection_id, (rank or 0) + 1))
     detail = ui.read("sample_detail", sample_id) if sample_id else None
     if detail is None:
         st.warning(f"No sample {sample_id!r} in the store.")
         return
-    member = ui.read("member_rank", sel.selection_id, sample_id)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("in this selection", "yes" if member else "no")
     c2.metric("pick order", "-" if not member else f"#{member['rank']}")
+    zero = bool(member) and member["gain"] == 0
     c3.metric("marginal gain", "-" if not member or member["gain"] is None
-              else f"{member['gain']:.5f}")
+              else "0 (zero-gain pick)" if zero else f"{member['gain']:.5f}")
     c4.metric("characters", f"{detail['chars']:,}")
+    if zero:
+        st.info("A zero-gain pick: when it was picked, nothing it covers was left uncovered, "
+                "so it added nothing to the objective; DELIFT filled the budget with it by "
+                "its mean utility as an example.", icon=":material/exposure_zero:")
     for m in detail["messages"]:
         with st.chat_message("user" if m["role"] == "user" else "assistant"
                              if m["role"] == "assistant" else "ai"):
             st.markdown(f"**{m['role']}**")
             st.text(m["content"])
-    key = ui.read("utility_key", sample_id, sel.selection_id)
-    left, right = st.columns(2)
-    if key is None:
-        st.info("No pairwise utilities involve this sample.")
-    else:
-        covers = ui.read("top_utilities", sample_id, key[0], key[1], "example")
-        helped = ui.read("top_utilities", sample_id, key[0], key[1], "target")
-        left.markdown("**Targets it covers best**: UF(target, this sample)")
-        left.dataframe(covers, key="sel_sample_covers", hide_index=True)
-        right.markdown("**Examples that help it most**: UF(this sample, example)")
-        right.dataframe(helped, key="sel_sample_helped", hide_index=True)
+    why_selected(sel, sample_id, member)
     grads = ui.read("sample_gradient_scores", sample_id)
     st.markdown("**Gradient scores** ⟨u, g⟩ stored for this sample")
     if grads:
@@ -230,6 +389,49 @@ def compare_view(sel) -> None:
     right.markdown(f"**What {other} adds** (first 50, pick order)")
     right.dataframe(ui.read("selection_only", other, sel.selection_id, 50, 0),
                     key="sel_only_b", hide_index=True)
+    keys = sorted(set(ui.read("selection_metadata_keys", sel.selection_id))
+                  & set(ui.read("selection_metadata_keys", other)))
+    if keys:
+        field = st.selectbox("composition by metadata field", keys,
+                             index=keys.index("family") if "family" in keys else 0,
+                             key="sel_cmp_field")
+        for col, sid in ((left, sel.selection_id), (right, other)):
+            with col:
+                st.markdown(f"**{sid}**: {field}, selected against not selected")
+                composition_chart(ui.read("selection_composition", sid, field), field,
+                                  f"sel_cmp_chart_{'a' if sid == sel.selection_id else 'b'}")
+
+
+def apply_url(table: list[dict]) -> None:
+    """A link's selection, view, sample and sort become the widgets' state."""
+    params = ui.url_params("selections", URL)
+    ids = [r["selection_id"] for r in table]
+    ui.url_choice(params, "selection", "sel_id", ids, "selection")
+    ui.url_choice(params, "view", "sel_view", VIEWS, "view")
+    ui.url_choice(params, "sort", "sel_sort", list(SORTS), "sort")
+    ui.url_choice(params, "order", "sel_order", ["ascending", "descending"], "order")
+    ui.url_choice(params, "other", "sel_other", ids, "selection to compare with")
+    if "field" in params:
+        st.session_state["sel_comp_field"] = params["field"]
+    if "sample" in params:
+        st.session_state["sel_sample_id"] = params["sample"]
+        if "view" not in params:
+            st.session_state["sel_view"] = "Sample"
+
+
+def current_url(sel, view: str) -> dict:
+    state = st.session_state
+    out = {"selection": sel.selection_id, "view": view}
+    if view == "Sample":
+        out["sample"] = state.get("sel_sample_id")
+    if view == "Members":
+        out["sort"] = state.get("sel_sort", "rank")
+        out["order"] = state.get("sel_order", "ascending")
+    if view == "Composition":
+        out["field"] = state.get("sel_comp_field")
+    if view == "Compare":
+        out["other"] = state.get("sel_other")
+    return out
 
 
 with ui.guard():
@@ -239,11 +441,13 @@ with ui.guard():
         st.info("No selections yet: `curator select --dataset NAME --stage instruction` "
                 "or `curator curate recipe.yaml` makes one.")
         st.stop()
+    apply_url(table)
     with st.expander(f"all selections ({len(table)})", expanded=False):
         st.dataframe(table, key="sel_all_table", hide_index=True)
     sel = ui.pick_selection("sel_id")
     header(sel)
     view = st.radio("view", VIEWS, horizontal=True, key="sel_view",
                     label_visibility="collapsed")
-    {"Members": members_view, "Scores": scores_view, "Map": map_view,
-     "Sample": sample_view, "Compare": compare_view}[view](sel)
+    {"Members": members_view, "Composition": composition_view, "Scores": scores_view,
+     "Map": map_view, "Sample": sample_view, "Compare": compare_view}[view](sel)
+    ui.write_url("selections", current_url(sel, view))

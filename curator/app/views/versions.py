@@ -4,6 +4,9 @@ from later selections, restorable)."""
 
 from __future__ import annotations
 
+import functools
+
+import altair as alt
 import curator_ui as ui
 import pandas as pd
 import streamlit as st
@@ -13,6 +16,15 @@ from curator.store.browse import SampleFilter
 st.title("Versions")
 
 ANY = "(any)"
+VIEWS = ["Samples", "Diff", "Quarantine", "Trash"]
+URL = ("dataset", "version", "view", "search", "field", "value", "sample")
+
+
+def picked_row(table_key: str, ids: list[str]) -> None:
+    """Dataframe callback: a clicked row becomes the sample shown below the table."""
+    rows = ((st.session_state.get(table_key) or {}).get("selection") or {}).get("rows") or []
+    if rows and 0 <= rows[0] < len(ids):
+        st.session_state["ver_sample_pick"] = ids[rows[0]]
 
 
 def samples_view(dataset: str, version: int) -> None:
@@ -32,6 +44,10 @@ def samples_view(dataset: str, version: int) -> None:
         counts = ui.read("metadata_counts", dataset, version, meta_key)
         values = [ANY, *[v for v, _ in counts]]
         n_by = dict(counts)
+        if st.session_state.get("ver_meta_value") not in (None, *values):
+            st.warning(f"No {meta_key} value {st.session_state['ver_meta_value']!r} in "
+                       f"{dataset} v{version}: showing every value.")
+            st.session_state["ver_meta_value"] = ANY
         meta_value = c3.selectbox("value", values, key="ver_meta_value",
                                   format_func=lambda v: v if v == ANY else f"{v} ({n_by[v]:,})")
         meta_value = None if meta_value == ANY else meta_value
@@ -47,8 +63,14 @@ def samples_view(dataset: str, version: int) -> None:
     score = score_labels[score_name]
     min_score = max_score = None
     if score is not None:
-        min_score = c6.number_input("score ≥", value=None, key="ver_score_min", format="%.6f")
-        max_score = c7.number_input("score ≤", value=None, key="ver_score_max", format="%.6f")
+        bounds = ui.read("score_range", dataset, version, score)
+        span = ("no values" if bounds is None
+                else f"values from {bounds[0]:.6g} to {bounds[1]:.6g}")
+        min_score = c6.number_input("score ≥", value=None, key="ver_score_min", format="%.6f",
+                                    placeholder="no bound", help=span)
+        max_score = c7.number_input("score ≤", value=None, key="ver_score_max", format="%.6f",
+                                    placeholder="no bound", help=span)
+        c5.caption(f"{score.label}: {span}")
     flt = SampleFilter(search=search.strip() or None, meta_key=None if meta_key == ANY else
                        meta_key, meta_value=meta_value,
                        min_chars=length[0] if length[0] > lo else None,
@@ -65,11 +87,21 @@ def samples_view(dataset: str, version: int) -> None:
               "chars": r["chars"], **({"score": r["score"]} if score else {}),
               **{k: r["metadata"].get(k) for k in keys[:4]},
               **({"trashed": r["sample_id"] in trashed} if trashed else {})} for r in rows]
-    st.dataframe(table, key="ver_samples_table", hide_index=True,
-                 column_config={"prompt": st.column_config.TextColumn(width="large")})
+    ids = [r["sample_id"] for r in rows]
+    st.dataframe(table, key="ver_samples_table", hide_index=True, selection_mode="single-row",
+                 on_select=functools.partial(picked_row, "ver_samples_table", ids),
+                 column_order=[c for c in (table[0] if table else {}) if c != "sample_id"]
+                 + ["sample_id"],
+                 column_config={"prompt": st.column_config.TextColumn(width="large"),
+                                "sample_id": st.column_config.TextColumn("id", width="small"),
+                                "chars": st.column_config.NumberColumn("characters")})
     if rows:
-        pick = st.selectbox("show a sample", [r["sample_id"] for r in rows],
-                            key="ver_sample_pick")
+        wanted = st.session_state.get("ver_sample_pick")
+        if wanted not in (None, *ids):
+            st.caption(f"Sample {wanted} is not on this page of the table (or does not "
+                       "match the filter): showing the first row's sample.")
+            st.session_state["ver_sample_pick"] = ids[0]
+        pick = st.selectbox("show a sample (or click its row)", ids, key="ver_sample_pick")
         show_sample(pick)
         ui.trash_controls(dataset, pick, "ver")
     ui.trash_message()
@@ -80,8 +112,14 @@ def samples_view(dataset: str, version: int) -> None:
         left.bar_chart(pd.DataFrame(hist), x="chars", y="samples", height=200)
     if counts:
         right.caption(f"{meta_key} (whole version)")
-        right.bar_chart(pd.DataFrame(counts[:30], columns=[meta_key, "samples"]), x=meta_key,
-                        y="samples", horizontal=True, height=200)
+        shown = counts[:30]
+        # one row per value, each labelled (a fixed height dropped every other label)
+        chart = alt.Chart(pd.DataFrame(shown, columns=["value", "samples"])).mark_bar().encode(
+            y=alt.Y("value:N", sort=[v for v, _ in shown], title=meta_key,
+                    axis=alt.Axis(labelOverlap=False, labelLimit=220)),
+            x=alt.X("samples:Q"), tooltip=["value", "samples"])
+        with right:
+            st.altair_chart(chart, key="ver_meta_chart", height=max(160, 24 * len(shown) + 50))
 
 
 def trash_view(dataset: str) -> None:
@@ -156,9 +194,32 @@ def quarantine_view(dataset: str, version: int) -> None:
                  column_config={"raw": st.column_config.TextColumn(width="large")})
 
 
+def apply_url(datasets: list[str]) -> dict[str, str]:
+    """A link's dataset, view, search and filter become the widgets' state (the version,
+    value and sample are checked once the dataset is known)."""
+    params = ui.url_params("versions", URL)
+    ui.url_choice(params, "dataset", "ver_dataset", datasets, "dataset")
+    ui.url_choice(params, "view", "ver_view", VIEWS, "view")
+    if "search" in params:
+        st.session_state["ver_search"] = params["search"]
+    return params
+
+
+def current_url(dataset: str, version: int, view: str) -> dict:
+    state = st.session_state
+    out = {"dataset": dataset, "version": version, "view": view}
+    if view == "Samples":
+        field = state.get("ver_meta_key")
+        out.update(search=state.get("ver_search"), field=None if field == ANY else field,
+                   value=None if state.get("ver_meta_value") == ANY else
+                   state.get("ver_meta_value"), sample=state.get("ver_sample_pick"))
+    return out
+
+
 with ui.guard():
     ui.require_store()
     datasets = [d["name"] for d in ui.read("list_datasets")]
+    params = apply_url(datasets)
     c1, c2, c3 = st.columns([2, 1, 3])
     dataset = c1.selectbox("dataset", datasets, key="ver_dataset")
     infos = ui.read("list_versions", dataset)
@@ -167,8 +228,22 @@ with ui.guard():
         st.stop()
     by_number = {v.version: v for v in infos}
     numbers = list(by_number)
-    version = c2.selectbox("version", numbers, index=len(numbers) - 1, key="ver_version",
-                           format_func=lambda n: f"v{n} ({by_number[n].n_members:,})")
+    ui.url_choice(params, "version", "ver_version", numbers, "version", int)
+    if "field" in params:
+        ui.url_choice(params, "field", "ver_meta_key",
+                      [ANY, *ui.read("metadata_keys", dataset,
+                                     st.session_state.get("ver_version", numbers[-1]))],
+                      "metadata field")
+    if "value" in params:
+        st.session_state["ver_meta_value"] = params["value"]
+    if "sample" in params:
+        st.session_state["ver_sample_pick"] = params["sample"]
+    if "ver_version" in st.session_state and st.session_state["ver_version"] not in numbers:
+        del st.session_state["ver_version"]  # another dataset's version: take the newest
+    # the newest by default; no default once the state (e.g. a link) holds one
+    newest = None if "ver_version" in st.session_state else len(numbers) - 1
+    version = c2.selectbox("version", numbers, index=newest, key="ver_version",
+                           format_func=lambda n: f"v{n} ({ui.plural(by_number[n].n_members, 'sample')})")
     info = by_number[version]
     created = info.created_at.strftime("%Y-%m-%d %H:%M")
     note = f"  \n{info.message}" if info.message else ""
@@ -180,7 +255,7 @@ with ui.guard():
                                           ("quarantined", info.n_quarantined)], strict=True):
         col.metric(label, f"{value:,}")
     n_trash = ui.read("trash_count", dataset)
-    view = st.radio("view", ["Samples", "Diff", "Quarantine", "Trash"], horizontal=True,
+    view = st.radio("view", VIEWS, horizontal=True,
                     key="ver_view", label_visibility="collapsed",
                     format_func=lambda v: f"Trash ({n_trash:,})" if v == "Trash" and n_trash
                     else v)
@@ -192,3 +267,4 @@ with ui.guard():
         quarantine_view(dataset, version)
     else:
         trash_view(dataset)
+    ui.write_url("versions", current_url(dataset, version, view))

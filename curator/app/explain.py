@@ -1,0 +1,190 @@
+"""Why a sample was selected: its coverage in the kernels its selection maximised.
+
+A DELIFT selection maximises a set function over kernels built from the stored pairwise
+utilities of *its own* pool, target set and previous data (``curator.stages.delift``). The
+explanation rebuilds those kernels through the same read-only path the stage uses
+(``curator.scoring.jobs.utility_kernel_from_store`` and ``utility_scale``, with the stage's
+scales and self-coverage) and reads the sample's column and row:
+
+- facility location (instruction), graph cut: the pool rows it covers, S[i, s];
+- FLVMI (task, the paper's form): the targets it covers, S_Q[q, s];
+- FLMI (submodlib's form): the pool rows it covers, min(S[i, s], eta * max_q S_Q[i, q]);
+- FLCG (continual): the new rows it covers beyond what the previous data covers,
+  max(S[i, s] - nu * max_p S_P[i, p], 0).
+
+The kernels are rebuilt from the pairs stored *now*: a later stage may have scored more
+pairs among the same rows (docs/design-notes.md), so a value can differ from what greedy saw.
+No SQL here: ids come from the store's readers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from curator.scoring.jobs import utility_kernel_from_store, utility_scale
+from curator.store import Store
+from curator.store.datasets import get_samples, resolve_version, version_sample_ids
+from curator.store.selections import (
+    SelectionRecord,
+    get_selection,
+    selection_pool_ids,
+    selection_sample_ids,
+)
+from curator.vocabulary import canonical_function
+
+TEXT_CHARS = 400
+
+
+@dataclass
+class SelectionKernels:
+    """The kernels one selection was maximised over, with the ids of their axes."""
+
+    function: str
+    pool: list[str]
+    pool_dataset: str
+    rows: list[str] = field(default_factory=list)  # what is covered
+    rows_dataset: str = ""
+    rows_word: str = "pool samples"
+    cover: sp.csr_matrix | None = None  # (rows, pool): S[i, s]
+    # FLCG: what the previous data already covers, nu * max_p S_P[i, p], per row
+    already: np.ndarray | None = None
+    # FLMI: the cap on each pool row's coverage, eta * max_q S_Q[i, q]
+    cap: np.ndarray | None = None
+    helped: sp.csr_matrix | None = None  # (pool, pool) kernel: who covers a pool sample
+    note: str = ""
+
+
+def _target_ids(store: Store, sel: SelectionRecord) -> tuple[str, list[str]]:
+    name, _, version = (sel.target or "").rpartition(":")
+    if not name or not version.isdigit():
+        name, version = sel.target or "", ""
+    v = int(version) if version else resolve_version(store, name, None)
+    trashed = set((sel.config or {}).get("trashed") or [])
+    return name, [i for i in version_sample_ids(store, name, v) if i not in trashed]
+
+
+def selection_kernels(store: Store, selection_id: str) -> SelectionKernels | None:
+    """The selection's kernels, or None when it was not made from pairwise utilities."""
+    sel = get_selection(store, selection_id)
+    config = sel.config or {}
+    chash = config.get("utility_config")
+    if sel.method != "delift" or not sel.model or not chash or not sel.function:
+        return None
+    fn = canonical_function(sel.function)
+    fp = sel.model
+    pool = selection_pool_ids(store, selection_id)
+    self_cov = config.get("self_coverage", "best")
+    out = SelectionKernels(fn, pool, sel.dataset, rows=pool, rows_dataset=sel.dataset)
+    if fn in ("flvmi", "flmi"):
+        t_name, q = _target_ids(store, sel)
+        scale = None
+        if fn == "flmi":
+            scale = max(utility_scale(store, fp, chash, pool, pool),
+                        utility_scale(store, fp, chash, q, pool))
+        qk = utility_kernel_from_store(store, fp, chash, q, pool, scale).matrix
+        if fn == "flvmi":
+            out.rows, out.rows_dataset, out.rows_word = q, t_name, "targets"
+            out.cover = qk
+            out.note = ("FLVMI reads only target x pool utilities: what helps this sample "
+                        "itself played no part in its selection.")
+            return out
+        eta = float(config.get("eta", 1.0))
+        out.helped = out.cover = utility_kernel_from_store(store, fp, chash, pool, pool, scale,
+                                                           self_cov).matrix
+        out.cap = eta * np.asarray(qk.T.tocsr().max(axis=1).todense()).ravel()
+        return out
+    if fn == "flcg":
+        prev = selection_sample_ids(store, sel.parent) if sel.parent else []
+        scale = max(utility_scale(store, fp, chash, pool, pool),
+                    utility_scale(store, fp, chash, pool, prev)) if prev else None
+        out.helped = out.cover = utility_kernel_from_store(store, fp, chash, pool, pool, scale,
+                                                           self_cov).matrix
+        if prev:
+            private = utility_kernel_from_store(store, fp, chash, pool, prev, scale).matrix
+            nu = float(config.get("nu", 1.0))
+            out.already = nu * np.asarray(private.max(axis=1).todense()).ravel()
+        out.rows_word = "new samples"
+        return out
+    if len(pool) > 1:
+        out.helped = out.cover = utility_kernel_from_store(store, fp, chash, pool, pool,
+                                                           self_coverage=self_cov).matrix
+    return out
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def explain(store: Store, kernels: SelectionKernels, sample_id: str,
+            member: dict[str, Any] | None, limit: int = 10) -> dict[str, Any]:
+    """The rows the sample covers (best first, ``limit`` of them), the pool samples that
+    cover it best, and a one-line summary in words."""
+    col = {s: j for j, s in enumerate(kernels.pool)}.get(sample_id)
+    covers: list[dict[str, Any]] = []
+    n_cover, best = 0, 0.0
+    if col is not None and kernels.cover is not None:
+        column = np.asarray(kernels.cover[:, col].todense()).ravel().astype(np.float64)
+        value = column.copy()
+        if kernels.cap is not None:
+            value = np.minimum(value, kernels.cap)
+        if kernels.already is not None:
+            value = np.maximum(value - kernels.already, 0.0)
+        hit = np.flatnonzero(value > 0)
+        n_cover = len(hit)
+        best = float(value[hit].max()) if n_cover else 0.0
+        order = hit[np.lexsort((hit, -value[hit]))][:limit]
+        texts = get_samples(store, [kernels.rows[i] for i in order])
+        for i in order:
+            rid = kernels.rows[i]
+            row = {"dataset": kernels.rows_dataset, "sample_id": rid,
+                   "coverage": float(value[i]), "similarity": float(column[i])}
+            if kernels.already is not None:
+                row["covered before"] = float(kernels.already[i])
+            row["text"] = _text(texts.get(rid), itself=rid == sample_id)
+            covers.append(row)
+    helped: list[dict[str, Any]] = []
+    if col is not None and kernels.helped is not None:
+        row_vals = np.asarray(kernels.helped[col, :].todense()).ravel().astype(np.float64)
+        hit = np.flatnonzero(row_vals > 0)
+        hit = hit[hit != col]
+        order = hit[np.lexsort((hit, -row_vals[hit]))][:limit]
+        texts = get_samples(store, [kernels.pool[j] for j in order])
+        helped = [{"dataset": kernels.pool_dataset, "sample_id": kernels.pool[j],
+                   "similarity": float(row_vals[j]), "text": _text(texts.get(kernels.pool[j]))}
+                  for j in order]
+    return {"covers": covers, "helped": helped, "n_cover": n_cover, "best": best,
+            "summary": summary(kernels, n_cover, best, member, col is not None)}
+
+
+def summary(kernels: SelectionKernels, n_cover: int, best: float,
+            member: dict[str, Any] | None, in_pool: bool) -> str:
+    if not in_pool:
+        return "not in this selection's pool"
+    word = kernels.rows_word if n_cover != 1 else kernels.rows_word.removesuffix("s")
+    what = (f"covers {n_cover:,} {word}, best {best:.2f}" if n_cover
+            else f"covers none of the {kernels.rows_word}")
+    if kernels.already is not None:
+        what += " beyond what the previous data covers"
+    if member is None:
+        return f"{what}; not picked"
+    gain = member.get("gain")
+    pick = f"{_ordinal(int(member['rank']) + 1)} pick"
+    if gain is None:
+        return f"{what}; {pick}"
+    if gain == 0:
+        return (f"{what}; {pick}, gain 0 (a zero-gain pick: nothing was left for it to "
+                "cover, so it came in by the evidence order)")
+    return f"{what}; {pick}, gain {gain:.3g}"
+
+
+def _text(sample: Any, itself: bool = False) -> str:
+    if sample is None:
+        return ""
+    text = f"{sample.prompt} → {sample.response}".replace("\n", " ")
+    text = text if len(text) <= TEXT_CHARS else text[: TEXT_CHARS - 1] + "…"
+    return f"(this sample) {text}" if itself else text

@@ -1,0 +1,64 @@
+"""Export folders for the app's Export page: every export below a destination folder
+(the app's own ``<selection>-<format>`` folders and a schedule's ``NAME/<run>/`` folders),
+the next free name there, and a write into it. Nothing here removes anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from curator.export import export_selection
+from curator.store import Store
+from curator.store.selections import get_selection
+
+MAX_DEPTH = 2  # <dest>/<export>/ and <dest>/<schedule>/<run>/
+
+
+def list_exports(root: Path) -> list[dict[str, Any]]:
+    """Every folder with a manifest below ``root`` (at most two levels down), newest
+    first. Links (a schedule's ``latest``) and hidden work folders are not followed."""
+    out: list[dict[str, Any]] = []
+    if not root.is_dir():
+        return out
+
+    def walk(folder: Path, depth: int) -> None:
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith(".") or p.is_symlink() or not p.is_dir():
+                continue
+            manifest = p / "manifest.json"
+            if manifest.is_file():
+                try:
+                    m = json.loads(manifest.read_text())
+                except (OSError, ValueError):
+                    continue
+                rel = p.relative_to(root)
+                out.append({"folder": str(rel),
+                            "schedule": rel.parts[0] if len(rel.parts) > 1 else "",
+                            "selection": (m.get("selection") or {}).get("selection_id"),
+                            "format": m.get("format"), "rows": m.get("n_rows"),
+                            "mask": bool(m.get("mask")), "created": m.get("created_at")})
+            elif depth < MAX_DEPTH:
+                walk(p, depth + 1)
+
+    walk(root, 1)
+    out.sort(key=lambda r: (str(r["created"] or ""), r["folder"]), reverse=True)
+    return out
+
+
+def free_name(root: Path, selection_id: str, fmt: str) -> str:
+    """``<selection>-<format>`` in ``root``, with ``-2``, ``-3``... when taken."""
+    base = f"{selection_id}-{fmt}"
+    name, n = base, 1
+    while (root / name).exists() or (root / name).is_symlink():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def write_export(store: Store, selection_id: str, fmt: str, root: Path) -> Path:
+    """Write the export into ``root/<free name>`` (a new folder; ``root`` is created when
+    missing); returns its folder."""
+    get_selection(store, selection_id)
+    return export_selection(store, selection_id, root / free_name(root, selection_id, fmt),
+                            fmt=fmt).path
