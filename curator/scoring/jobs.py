@@ -30,6 +30,7 @@ from curator.store.scores import (
     load_embeddings,
     load_losses,
     load_utilities,
+    remember_model,
     save_embeddings,
     save_losses,
     save_utilities,
@@ -76,6 +77,7 @@ def utility_config(lm: LoadedModel, options: ScoringOptions) -> UtilityConfig:
 def ensure_embeddings(store: Store, lm: LoadedModel, samples: Sequence[Sample], *,
                       batch_size: int = 16, progress: bool = False) -> tuple[np.ndarray, int]:
     """Embeddings of ``samples`` (N, d) in order, computing and storing only missing ones."""
+    remember_model(store, lm.fingerprint, lm.name)
     key = embedder_fingerprint(lm, EMBED_MAX_LENGTH)
     ids = [s.sample_id for s in samples]
     cached = load_embeddings(store, key, ids)
@@ -201,6 +203,7 @@ def score_pair_list(store: Store, lm: LoadedModel, samples: Sequence[Sample],
     """Score UF(target, example) for an explicit list of (target_id, example_id) pairs (those
     already stored are skipped), under one recorded run, committed chunk by chunk: what a
     selection asks for when its kNN pairs run out (``curator.selection.evidence``)."""
+    remember_model(store, lm.fingerprint, lm.name)
     options = options or ScoringOptions()
     started = time.monotonic()
     config = utility_config(lm, options)

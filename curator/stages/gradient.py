@@ -22,7 +22,7 @@ from curator.stages.context import Ranked, StageContext
 from curator.stages.save import DEFAULT_PARAM_BUDGET, record_config, store_mask
 from curator.store import Store
 from curator.store.datasets import load_samples
-from curator.store.scores import save_gradient_scores
+from curator.store.scores import remember_model, save_gradient_scores
 from curator.store.selections import get_selection, selection_sample_ids
 
 
@@ -137,6 +137,7 @@ def _scored(ctx: StageContext, ranking: list[int], scores: np.ndarray | None, fu
     """Cache the per-sample scores, then rank: a pick's score is stored with it and the
     objective is their sum."""
     if scores is not None:
+        remember_model(ctx.store, ctx.lm.fingerprint, ctx.lm.name)
         save_gradient_scores(ctx.store, ctx.lm.fingerprint,
                              config_hash([ctx.spec.method, config]), ctx.pool_ids,
                              np.nan_to_num(scores, nan=0.0))

@@ -38,6 +38,14 @@ def _repeat(value: str, n: int) -> pa.Array:
 
 # -- embeddings -------------------------------------------------------------------------
 
+def remember_model(store: Store, fingerprint: str, name: str) -> None:
+    """Record a model's name under its fingerprint (scores are keyed by the fingerprint; the
+    app and reports show the name). The first name recorded for a fingerprint stays."""
+    with store.atomic() as con:
+        con.execute("INSERT OR IGNORE INTO models (fingerprint, name) VALUES (?, ?)",
+                    [fingerprint, name])
+
+
 def load_embeddings(store: Store, embedder: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
     if not ids:
         return {}

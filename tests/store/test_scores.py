@@ -196,3 +196,15 @@ def test_gradient_scores_are_replaced_on_a_second_save(store):
     save_gradient_scores(store, "m", "c", ["a"], np.array([2.0]))
     assert load_gradient_scores(store, "m", "c", ["a"]) == {"a": 2.0}
     assert count(store, "gradient_scores") == 1
+
+
+def test_remember_model_names_a_fingerprint_once(store):
+    """Scores are keyed by fingerprint; the name recorded first is what the app shows."""
+    from curator.store.browse import model_label
+    from curator.store.scores import remember_model
+
+    assert model_label(store, "abc123") == "fingerprint abc123 (name not recorded)"
+    remember_model(store, "abc123", "SmolLM2-135M-Instruct")
+    remember_model(store, "abc123", "another name")
+    assert model_label(store, "abc123") == "SmolLM2-135M-Instruct"
+    assert count(store, "models") == 1
