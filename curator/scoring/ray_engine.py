@@ -102,10 +102,11 @@ class ScorerActor:
         return os.getpid()
 
     def run(self, what: str, *args: Any) -> tuple[Any, float]:
+        # The module's functions, looked up on each call (a test replaces one in the
+        # actor's process to kill it mid-shard).
         fn = {"pairs": score_shard, "targets": target_shard, "embed": embed_shard}[what]
         start = time.perf_counter()
-        # Looked up by name on each call, so a test can replace one in the actor's process.
-        out = globals()[fn.__name__](self.lm, *args)
+        out = fn(self.lm, *args)
         return out, time.perf_counter() - start
 
 

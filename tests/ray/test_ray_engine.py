@@ -1,0 +1,283 @@
+"""The Ray engine: the same numbers as the local engine, a killed worker's shard retried, a
+killed driver resumed with only the missing pairs, and a second run that computes nothing.
+
+Every test shares one local Ray cluster (``conftest.ray_cluster``); each engine is closed
+(its actors killed) at the end of its test. Actors load the tiny model with
+``curator.testing.tiny_loaded_model`` (the same random weights as the driver's: the
+fingerprints are checked).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray")
+
+from curator.config import ScoringOptions  # noqa: E402
+from curator.ingest import ingest  # noqa: E402
+from curator.scoring import ray_engine  # noqa: E402
+from curator.scoring.embeddings import embedder_fingerprint  # noqa: E402
+from curator.scoring.engine import LOCAL  # noqa: E402
+from curator.scoring.jobs import (  # noqa: E402
+    EMBED_MAX_LENGTH,
+    ensure_embeddings,
+    score_pair_list,
+    score_utilities,
+    utility_config,
+)
+from curator.store import Store  # noqa: E402
+from curator.store.datasets import load_samples  # noqa: E402
+from curator.store.scores import load_embeddings, load_losses  # noqa: E402
+from curator.testing import tiny_loaded_model  # noqa: E402
+
+# batch_size 4: units of at most 4 prefix groups, so 20 targets x k=3 make several shards
+OPTIONS = ScoringOptions(k=3, batch_size=4, max_length=128, hubs=0)
+TOLERANCE = 1e-5   # fp32 on CPU; shards batch d(i) and embeddings differently from local
+SEED = 17
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_loaded_model("llama")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, pair_rows) -> Path:
+    root = tmp_path_factory.mktemp("ray-base")
+    store = Store(root / "store", lock_timeout=10)
+    (root / "v1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pair_rows(20)))
+    ingest(store, str(root / "v1.jsonl"), "d")
+    return store.path
+
+
+def copy_store(base: Path, to: Path) -> Store:
+    shutil.copytree(base, to)
+    return Store(to, lock_timeout=10)
+
+
+@pytest.fixture(scope="module")
+def local(base, lm, tmp_path_factory):
+    """The local engine's run on the pool: the reference."""
+    store = copy_store(base, tmp_path_factory.mktemp("ray-local") / "store")
+    pool = load_samples(store, "d", 1)
+    summary = score_utilities(store, lm, pool, pool, OPTIONS, engine=LOCAL)
+    assert summary.n_computed == 60
+    return store
+
+
+@pytest.fixture
+def engine(ray_cluster):
+    eng = ray_engine.RayEngine(workers=2, threads=1,
+                               loader=functools.partial(tiny_loaded_model, "llama"))
+    yield eng
+    eng.close()
+    assert not eng.pools
+
+
+def stored(store: Store, lm) -> dict[tuple[str, str], tuple[float, bool]]:
+    chash = utility_config(lm, OPTIONS).config_hash()
+    rows = store.query("SELECT target_id, example_id, utility, valid FROM utilities WHERE "
+                       "model = ? AND config = ?", [lm.fingerprint, chash])
+    return {(t, e): (math.nan if u is None else u, bool(v)) for t, e, u, v in rows}
+
+
+def assert_same_utilities(got: dict, want: dict) -> float:
+    assert set(got) == set(want)
+    assert all(got[p][1] == want[p][1] for p in want)
+    diff = max(abs(got[p][0] - want[p][0]) for p in want if want[p][1])
+    assert diff <= TOLERANCE, diff
+    return diff
+
+
+def test_ray_scores_equal_the_local_engine_then_nothing_new(base, local, lm, engine,
+                                                             tmp_path):
+    store = copy_store(base, tmp_path / "store")
+    pool = load_samples(store, "d", 1)
+    first = score_utilities(store, lm, pool, pool, OPTIONS, engine=engine)
+    assert (first.n_pairs, first.n_computed, first.n_reused, first.n_embedded) == (60, 60, 0, 20)
+    assert store.get_run(first.run_id)["status"] == "done"
+    assert engine.last.shards > 2 and engine.last.workers == 2  # several shards, two actors
+    assert_same_utilities(stored(store, lm), stored(local, lm))
+    # d(i), once per target, equal to the local engine's
+    chash = utility_config(lm, OPTIONS).config_hash()
+    ids = [s.sample_id for s in pool]
+    d_ray, d_local = load_losses(store, lm.fingerprint, chash, ids), \
+        load_losses(local, lm.fingerprint, chash, ids)
+    assert len(d_ray) == 20
+    assert max(abs(d_ray[i] - d_local[i]) for i in ids) <= TOLERANCE
+    # embeddings too
+    key = embedder_fingerprint(lm, EMBED_MAX_LENGTH)
+    e_ray, e_local = load_embeddings(store, key, ids), load_embeddings(local, key, ids)
+    assert max(float(np.abs(e_ray[i] - e_local[i]).max()) for i in ids) <= TOLERANCE
+
+    again = score_utilities(store, lm, pool, pool, OPTIONS, engine=engine)
+    assert (again.n_computed, again.n_reused, again.n_embedded) == (0, 60, 0)
+    assert again.run_id is None
+
+
+def test_embeddings_and_explicit_pairs_on_ray(base, lm, engine, tmp_path):
+    store = copy_store(base, tmp_path / "store")
+    pool = load_samples(store, "d", 1)
+    emb, n = ensure_embeddings(store, lm, pool, batch_size=4, engine=engine)
+    ref, _ = ensure_embeddings(copy_store(base, tmp_path / "ref"), lm, pool, batch_size=4,
+                               engine=LOCAL)
+    assert n == 20 and emb.shape == ref.shape
+    np.testing.assert_allclose(emb, ref, atol=TOLERANCE, rtol=0)
+    # what a DELIFT stage asks for when its kernel runs dry: an explicit pair list
+    ids = [s.sample_id for s in pool]
+    pairs = [(ids[i], ids[j]) for i in range(6) for j in range(6) if i != j]
+    got = score_pair_list(store, lm, pool, pairs, OPTIONS, engine=engine)
+    ref_store = copy_store(base, tmp_path / "ref2")
+    want = score_pair_list(ref_store, lm, pool, pairs, OPTIONS, engine=LOCAL)
+    assert got.n_computed == want.n_computed == 30
+    assert_same_utilities(stored(store, lm), stored(ref_store, lm))
+
+
+def _dies_once_loader(marker: str):
+    """An actor loader that makes the actor's first pair shard SIGKILL its own process
+    (once across restarts: the marker file says it happened)."""
+
+    def load():
+        import os
+        import signal
+
+        from curator.scoring import ray_engine as engine_module
+        from curator.testing import tiny_loaded_model
+
+        real = engine_module.score_shard
+
+        def dies_once(*args, **kwargs):
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return real(*args, **kwargs)
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        engine_module.score_shard = dies_once
+        return tiny_loaded_model("llama")
+
+    return load
+
+
+def test_a_killed_worker_is_retried_and_the_result_is_complete(base, local, lm, ray_cluster,
+                                                               tmp_path):
+    marker = tmp_path / "killed"
+    engine = ray_engine.RayEngine(workers=2, threads=1, loader=_dies_once_loader(str(marker)))
+    store = copy_store(base, tmp_path / "store")
+    pool = load_samples(store, "d", 1)
+    try:
+        summary = score_utilities(store, lm, pool, pool, OPTIONS, engine=engine)
+    finally:
+        engine.close()
+    assert marker.exists()  # an actor did die mid-run
+    assert (summary.n_computed, summary.n_invalid) == (60, 0)
+    assert store.get_run(summary.run_id)["status"] == "done"
+    assert_same_utilities(stored(store, lm), stored(local, lm))
+
+
+DRIVER = r'''
+import contextlib, functools, json, os, signal, sys
+import ray
+import curator.scoring.jobs as jobs
+from curator.config import ScoringOptions
+from curator.scoring.ray_engine import RayEngine
+from curator.store import Store
+from curator.store.datasets import load_samples
+from curator.testing import tiny_loaded_model
+
+store_path, address, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+REAL_ATOMIC, REAL_SAVE = Store.atomic, jobs.save_utilities
+chunks = [0]
+
+def save_utilities(*args, **kwargs):
+    chunks[0] += 1
+    return REAL_SAVE(*args, **kwargs)
+
+@contextlib.contextmanager
+def atomic(self):
+    outer = not getattr(self._local, "in_tx", False)
+    with REAL_ATOMIC(self) as con:
+        yield con
+    if outer and chunks[0] == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)   # kill -9 just after a chunk's commit
+
+jobs.save_utilities, Store.atomic = save_utilities, atomic
+ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+store = Store(store_path, lock_timeout=10)
+pool = load_samples(store, "d", 1)
+options = ScoringOptions(**json.loads(sys.argv[4]))
+engine = RayEngine(workers=2, threads=1, loader=functools.partial(tiny_loaded_model, "llama"))
+jobs.score_utilities(store, tiny_loaded_model("llama"), pool, pool, options, engine=engine)
+print("not killed")
+'''
+
+
+def test_a_killed_driver_resumes_with_only_the_missing_pairs(base, local, lm, engine,
+                                                             ray_cluster, tmp_path):
+    store_path = tmp_path / "store"
+    shutil.copytree(base, store_path)
+    # kill -9 after the commit of the 1st to 3rd chunk, drawn by a seeded generator
+    kill_after = random.Random(SEED).randint(1, 3)
+    options = {k: getattr(OPTIONS, k) for k in ("k", "batch_size", "max_length", "hubs")}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(store_path), ray_cluster,
+                           str(kill_after), json.dumps(options)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-3000:]
+    store = Store(store_path, lock_timeout=10)
+    before = stored(store, lm)
+    assert 0 < len(before) < 60
+    pool = load_samples(store, "d", 1)
+    resumed = score_utilities(store, lm, pool, pool, OPTIONS, engine=engine)
+    assert (resumed.n_computed, resumed.n_reused, resumed.n_embedded) == \
+        (60 - len(before), len(before), 0)
+    after = stored(store, lm)
+    assert {p: after[p] for p in before} == before  # committed pairs untouched
+    assert_same_utilities(after, stored(local, lm))
+    nothing = score_utilities(store, lm, pool, pool, OPTIONS, engine=engine)
+    assert nothing.n_computed == 0 and nothing.run_id is None
+
+
+def test_cli_scores_on_ray_with_the_model_loaded_by_path(base, local, lm, ray_cluster,
+                                                         tmp_path):
+    """The default actor loader: each actor loads the driver's model from its path (the
+    fingerprint of the files must match) in the driver's dtype."""
+    from click.testing import CliRunner
+
+    from curator.cli import main
+    from curator.models import load_model
+
+    model_dir = tmp_path / "model"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    store_path = tmp_path / "store"
+    shutil.copytree(base, store_path)
+    args = ["score", "utility", "-d", "d", "--store", str(store_path), "--model",
+            str(model_dir), "--dtype", "fp32", "--k", "3", "--batch-size", "4",
+            "--max-length", "128", "--hubs", "0", "--engine", "ray", "--workers", "2"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "pairs: 60 wanted, 60 computed, 0 reused" in first.output
+    from_path = load_model(str(model_dir), device="cpu", dtype="fp32")
+    chash = utility_config(from_path, OPTIONS).config_hash()
+    rows = Store(store_path).query("SELECT target_id, example_id, utility, valid FROM "
+                                   "utilities WHERE model = ? AND config = ?",
+                                   [from_path.fingerprint, chash])
+    got = {(t, e): (math.nan if u is None else u, bool(v)) for t, e, u, v in rows}
+    assert_same_utilities(got, stored(local, lm))  # same weights, another fingerprint
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "nothing new to score: 60 pairs" in again.output
