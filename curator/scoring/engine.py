@@ -35,7 +35,9 @@ class EngineUnavailable(ValueError):
 
 class ScoringEngine(Protocol):
     """What the jobs need from an engine: pair chunks and embedding parts, in any order
-    (each carries its ids), computed from ``lm``'s weights."""
+    (each carries its ids), computed from ``lm``'s weights; gradient sums (G, the
+    curvature sum C, samples, batches) and per-sample gradient scores
+    (``curator.scoring.gradients``)."""
 
     name: str
 
@@ -48,6 +50,12 @@ class ScoringEngine(Protocol):
     def embeddings(self, lm: LoadedModel, samples: Sequence[Sample], *, max_length: int,
                    batch_size: int, part: int,
                    progress: bool = False) -> Iterator[tuple[list[Sample], np.ndarray]]: ...
+
+    def gradient_sums(self, lm: LoadedModel, samples: Sequence[Sample], scope: Sequence,
+                      batch_size: int, max_length: int | None, curvature: bool) -> tuple: ...
+
+    def sample_scores(self, lm: LoadedModel, samples: Sequence[Sample], u: Mapping,
+                      scope: Sequence, batch_size: int, max_length: int | None): ...
 
 
 class LocalEngine:
@@ -71,6 +79,18 @@ class LocalEngine:
             chunk = list(samples[start:start + part])
             yield chunk, embed_samples(lm, chunk, max_length=max_length,
                                        batch_size=batch_size, progress=progress)
+
+    def gradient_sums(self, lm: LoadedModel, samples: Sequence[Sample], scope: Sequence,
+                      batch_size: int, max_length: int | None, curvature: bool) -> tuple:
+        from curator.scoring.gradients import gradient_sums
+
+        return gradient_sums(lm, samples, scope, batch_size, max_length, curvature)
+
+    def sample_scores(self, lm: LoadedModel, samples: Sequence[Sample], u: Mapping,
+                      scope: Sequence, batch_size: int, max_length: int | None):
+        from curator.scoring.gradients import hook_scores
+
+        return hook_scores(lm, samples, u, scope, batch_size, max_length)
 
 
 LOCAL = LocalEngine()

@@ -83,6 +83,34 @@ def embed_shard(lm: LoadedModel, samples: Sequence[Sample], max_length: int,
     return embed_samples(lm, samples, max_length=max_length, batch_size=batch_size)
 
 
+def _scope(lm: LoadedModel, names: Sequence[str]) -> list:
+    """The driver's scope (module names, in its order) in this process's model."""
+    from curator.scoring.gradients import resolve_scope
+
+    everything = {s.name: s for s in resolve_scope(lm.model, include_head=True,
+                                                   include_embeddings=True)}
+    return [everything[n] for n in names]
+
+
+def gradient_shard(lm: LoadedModel, samples: Sequence[Sample], names: Sequence[str],
+                   batch_size: int, max_length: int | None, curvature: bool,
+                   batches: Sequence[Sequence[int]]) -> tuple:
+    """(G, C, n, b) over the driver's batches of this shard, on the CPU for the trip back."""
+    from curator.scoring.gradients import gradient_sums
+
+    G, C, n, b = gradient_sums(lm, samples, _scope(lm, names), batch_size, max_length,
+                               curvature, batches=batches)
+    return {k: v.cpu() for k, v in G.items()}, {k: v.cpu() for k, v in C.items()}, n, b
+
+
+def sample_score_shard(lm: LoadedModel, samples: Sequence[Sample], u: Mapping[str, Any],
+                       names: Sequence[str], batch_size: int, max_length: int | None):
+    from curator.scoring.gradients import hook_scores
+
+    u = {k: v.to(lm.device) for k, v in u.items()}
+    return hook_scores(lm, samples, u, _scope(lm, names), batch_size, max_length)
+
+
 class ScorerActor:
     """Holds one model; every method returns (result, seconds spent computing)."""
 
@@ -104,7 +132,8 @@ class ScorerActor:
     def run(self, what: str, *args: Any) -> tuple[Any, float]:
         # The module's functions, looked up on each call (a test replaces one in the
         # actor's process to kill it mid-shard).
-        fn = {"pairs": score_shard, "targets": target_shard, "embed": embed_shard}[what]
+        fn = {"pairs": score_shard, "targets": target_shard, "embed": embed_shard,
+              "gradients": gradient_shard, "sample_scores": sample_score_shard}[what]
         start = time.perf_counter()
         out = fn(self.lm, *args)
         return out, time.perf_counter() - start
@@ -283,6 +312,72 @@ class RayEngine:
             for call, vectors in self._map(pool, calls):
                 bar.update(len(call[1]))
                 yield call[1], vectors
+
+
+    def gradient_sums(self, lm: LoadedModel, samples: Sequence[Sample], scope: Sequence,
+                      batch_size: int, max_length: int | None, curvature: bool) -> tuple:
+        """(G, C, n, b) as ``gradients.gradient_sums`` computes them: the driver plans the
+        batches the local engine would run, shards hold whole batches, the sums add up."""
+        from curator.scoring.gradients import _max_len, encode_samples, plan_batches
+
+        encoded = encode_samples(lm.tokenizer, samples, _max_len(lm, max_length))
+        batches = plan_batches(encoded, batch_size)
+        pool = self.actors(lm)
+        self._reset(pool)
+        names = [s.name for s in scope]
+        per_shard = max(1, math.ceil(len(batches) / (4 * len(pool))))
+        calls = []
+        for s in range(0, len(batches), per_shard):
+            group = batches[s:s + per_shard]
+            flat = [i for b in group for i in b]
+            local, start = [], 0
+            for b in group:  # the same batches, indexed into the shard's sample list
+                local.append(list(range(start, start + len(b))))
+                start += len(b)
+            calls.append(("gradients", [samples[i] for i in flat], names, batch_size,
+                          max_length, curvature, local))
+        if not calls:  # no sample fits: the local sums of nothing (zeros)
+            from curator.scoring.gradients import gradient_sums
+
+            return gradient_sums(lm, [], scope, batch_size, max_length, curvature)
+        G: dict[str, Any] = {}
+        C: dict[str, Any] = {}
+        n = n_batches = 0
+        for _, (g, c, k, b) in self._map(pool, calls):
+            for name in g:
+                G[name] = G[name] + g[name] if name in G else g[name]
+                C[name] = C[name] + c[name] if name in C else c[name]
+            n += k
+            n_batches += b
+        device = next(lm.model.parameters()).device
+        return ({k: v.to(device) for k, v in G.items()}, {k: v.to(device) for k, v in C.items()},
+                n, n_batches)
+
+    def sample_scores(self, lm: LoadedModel, samples: Sequence[Sample], u: Mapping[str, Any],
+                      scope: Sequence, batch_size: int, max_length: int | None):
+        """``<u, g_n>`` per sample (``gradients.hook_scores``), shards of the samples in
+        order; u travels once through Ray's object store."""
+        from curator.scoring.gradients import SampleScores
+
+        pool = self.actors(lm)
+        self._reset(pool)
+        names = [s.name for s in scope]
+        u_ref = ray.put({k: v.detach().cpu() for k, v in u.items()})
+        size = _shard_size(len(samples), len(pool), batch_size, 256)
+        starts = list(range(0, len(samples), size))
+        calls = [("sample_scores", list(samples[s:s + size]), u_ref, names, batch_size,
+                  max_length) for s in starts]
+        start_of = {id(call[1]): s for call, s in zip(calls, starts, strict=True)}
+        total = np.full(len(samples), np.nan)
+        per_module = np.full((len(samples), len(names)), np.nan)
+        skipped: list[int] = []
+        for call, scores in self._map(pool, calls):
+            start = start_of[id(call[1])]
+            end = start + len(call[1])
+            total[start:end] = scores.total
+            per_module[start:end] = scores.per_module
+            skipped += [start + j for j in scores.skipped]
+        return SampleScores(total, per_module, names, sorted(skipped))
 
 
 def _shard_size(n: int, n_actors: int, batch_size: int, largest: int) -> int:

@@ -281,3 +281,38 @@ def test_cli_scores_on_ray_with_the_model_loaded_by_path(base, local, lm, ray_cl
     assert_same_utilities(got, stored(local, lm))  # same weights, another fingerprint
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "nothing new to score: 60 pairs" in again.output
+
+
+def _assert_close_grads(got: dict, want: dict) -> float:
+    assert set(got) == set(want)
+    worst = 0.0
+    for name, w in want.items():
+        scale = float(w.abs().max()) or 1.0
+        worst = max(worst, float((got[name] - w).abs().max()) / scale)
+    assert worst <= 1e-4, worst  # relative to each tensor's largest entry
+    return worst
+
+
+def test_gradient_statistics_and_scores_on_ray_equal_the_local_ones(base, lm, engine):
+    """G, c and v_new (sums over shards of whole batches, cross-fitted folds too) and the
+    per-sample scores <v_new, g_n> (per shard), against the local computation."""
+    from curator.scoring.gradients import alignment_scores, gradient_statistics, resolve_scope
+
+    pool = load_samples(Store(base), "d", 1)
+    scope = resolve_scope(lm.model)
+    kwargs = {"scope": scope, "batch_size": 3, "max_length": 128, "seed": 1}
+    want = gradient_statistics(lm, pool, None, **kwargs)
+    got = gradient_statistics(lm, pool, None, engine=engine, **kwargs)
+    assert engine.last.shards >= 2
+    assert (got.n_pool, got.n_target, got.folds) == (want.n_pool, want.n_target, want.folds)
+    for field in ("G", "c", "v_new"):
+        _assert_close_grads(getattr(got, field), getattr(want, field))
+    for g, w in zip(got.v_new_folds, want.v_new_folds, strict=True):
+        _assert_close_grads(g, w)
+    s_want = alignment_scores(lm, pool, want, scope, 3, 128)
+    s_got = alignment_scores(lm, pool, want, scope, 3, 128, engine=engine)
+    assert s_got.module_names == s_want.module_names and s_got.skipped == s_want.skipped
+    np.testing.assert_allclose(s_got.total, s_want.total, rtol=1e-4,
+                               atol=1e-6 * np.abs(s_want.total).max())
+    np.testing.assert_allclose(s_got.per_module, s_want.per_module, rtol=1e-4,
+                               atol=1e-6 * np.abs(s_want.per_module).max())
