@@ -11,8 +11,9 @@ is retried (``max_restarts`` / ``max_task_retries``); an actor that keeps dying 
 run after ``retries`` restarts.
 
 d(i), each target's distance without an example, is computed first, once per target, in
-shards of its own; every pair shard then gets its targets' d(i), so no two actors compute
-the same target.
+shards of its own, batched as the local engine batches it; every pair shard then gets its
+targets' d(i), so no two actors compute the same target and the utilities are the local
+engine's (bit for bit on the same hardware and thread count: the same batches).
 
 Actors: one per GPU with ``num_gpus=1`` where the cluster has GPUs; else CPU actors of
 ``threads`` threads each (``torch.set_num_threads``), ``workers`` of them. The actors load
@@ -279,13 +280,14 @@ class RayEngine:
                      progress: bool) -> Iterator[PairChunk]:
         pool = self.actors(lm)
         self._reset(pool)
-        todo = sorted({t for unit in units for t, _ in unit} - known.keys())
-        if todo:
-            size = _shard_size(len(todo), len(pool), batch_size, chunk_pairs)
-            calls = [("targets", [samples_by_id[t] for t in todo[s:s + size]], config,
-                      batch_size) for s in range(0, len(todo), size)]
-            for _, distances in self._map(pool, calls):
-                known.update(distances)
+        # d(i) in the batches the local engine forms: each unit's targets not seen in an
+        # earlier unit, sorted (score_pairs' need_targets). In bf16 a target's d(i) moves
+        # by up to 1e-2 with the rows it is batched with, so other batches would make the
+        # two engines' utilities differ by that much.
+        calls = [("targets", [samples_by_id[t] for t in group], config, batch_size)
+                 for group in target_groups(units, known)]
+        for _, distances in self._map(pool, calls):
+            known.update(distances)
         calls = []
         for unit in units:
             ids = {x for pair in unit for x in pair}
@@ -378,6 +380,20 @@ class RayEngine:
             per_module[start:end] = scores.per_module
             skipped += [start + j for j in scores.skipped]
         return SampleScores(total, per_module, names, sorted(skipped))
+
+
+def target_groups(units: Sequence[Sequence[tuple[str, str]]],
+                  known: Mapping[str, float]) -> list[list[str]]:
+    """The targets whose d(i) the local engine computes together, in its order: per unit,
+    the targets no earlier unit had and ``known`` lacks, sorted (``score_pairs``)."""
+    seen = set(known)
+    groups = []
+    for unit in units:
+        new = sorted({t for t, _ in unit} - seen)
+        seen.update(new)
+        if new:
+            groups.append(new)
+    return groups
 
 
 def _shard_size(n: int, n_actors: int, batch_size: int, largest: int) -> int:
