@@ -77,6 +77,35 @@ def tokens_per_pair(lm, samples, pairs, cfg: UtilityConfig, batch_size: int) -> 
             "response": float(np.mean(response))}
 
 
+# docs/scale.md's cost model: 1M rows at k = 16 with a 7B model on 8 and 64 GPUs.
+COST_ROWS, COST_K, COST_PARAMS = 1_000_000, 16, 6.7e9        # Llama-2-7B
+PEAK_BF16 = {"A100 SXM": 312e12, "H100 SXM": 989e12}          # dense, NVIDIA datasheets
+MFU = (0.2, 0.35, 0.5)                                        # assumed; 0.35 the estimate
+STORE_PAIRS_PER_S = 16_000   # driver commits of 4,096 pairs at ~258 ms (docs/scale.md)
+
+
+def cost_model(t_whole: float, t_run: float) -> list[str]:
+    """Hours on paper from tokens per pair (whole sequence, run with prefix reuse)."""
+    pairs = COST_ROWS * COST_K
+    tok_pairs = pairs * t_run
+    tok_other = 2 * COST_ROWS * 0.5 * t_whole   # d(i) and embeddings: ~half a pair each
+    flops_per_token = 2 * COST_PARAMS
+    lines = [f"cost model: {pairs / 1e6:.0f}M pairs, {(tok_pairs + tok_other) / 1e6:.0f}M "
+             f"tokens, {(tok_pairs + tok_other) * flops_per_token:.2e} FLOPs", "",
+             "| GPUs | MFU | tokens/s per GPU | compute (min) | pairs/s asked of the store |"
+             " with the store's limit (min) |", "|---|---:|---:|---:|---:|---:|"]
+    for name, peak in PEAK_BF16.items():
+        for gpus in (8, 64):
+            for mfu in MFU:
+                per = peak * mfu / flops_per_token
+                rate = per * gpus
+                compute = (tok_pairs + tok_other) / rate
+                bound = max(tok_pairs / rate, pairs / STORE_PAIRS_PER_S) + tok_other / rate
+                lines.append(f"| {gpus} x {name} | {mfu:.2f} | {per:,.0f} | "
+                             f"{compute / 60:,.1f} | {rate / t_run:,.0f} | {bound / 60:,.1f} |")
+    return lines
+
+
 def collect(chunks) -> PairChunk:
     return PairChunk.concat(list(chunks))
 
@@ -117,7 +146,9 @@ def main() -> None:
              f"tokens per pair: {tokens['whole']:.1f} whole sequence, "
              f"{tokens['computed']:.1f} computed with prefix reuse; response "
              f"{tokens['response']:.1f} tokens"]
-    if not args.tokens_only:
+    if args.tokens_only:
+        lines += [""] + cost_model(tokens["whole"], tokens["computed"])
+    else:
         lines += [""] + compare(lm, by_id, pairs, cfg, args)
     text = "\n".join(lines) + "\n"
     print(text)

@@ -166,13 +166,14 @@ class RayEngine:
 
     def __init__(self, address: str | None = None, workers: int | None = None,
                  threads: int | None = 1, loader: Loader | None = None, retries: int = 3,
-                 in_flight: int = 2) -> None:
+                 in_flight: int = 2, merge_pairs: int = 4096) -> None:
         self.address = address
         self.workers = workers
         self.threads = threads
         self.loader = loader
         self.retries = retries
         self.in_flight = in_flight         # tasks queued per actor: hides the round trip
+        self.merge_pairs = merge_pairs     # most pairs per commit from chunks ready together
         self.started_cluster = False
         self.pools: dict[str, list] = {}  # model fingerprint -> actors
         self.last = RunStats()           # the last pair_chunks / embeddings call
@@ -238,9 +239,15 @@ class RayEngine:
         self.last = RunStats(workers=len(pool))
         self._since = time.perf_counter()
 
-    def _map(self, pool: list, calls: Sequence[tuple]) -> Iterator[Any]:
+    def _map(self, pool: list, calls: Sequence[tuple]) -> Iterator[tuple[tuple, Any]]:
+        """(call, result) of ``actor.run(*call)`` for every call, as they complete."""
+        for ready in self._map_ready(pool, calls):
+            yield from ready
+
+    def _map_ready(self, pool: list, calls: Sequence[tuple]) -> Iterator[list[tuple]]:
         """Run ``actor.run(*call)`` for every call over the pool, at most ``in_flight``
-        per actor, yielding (call, result) as they complete (not in call order)."""
+        per actor, yielding the (call, result) pairs that are ready each time one is
+        (not in call order)."""
         queue = deque(calls)
         load = [0] * len(pool)
         pending: dict[Any, tuple[int, tuple]] = {}
@@ -251,15 +258,19 @@ class RayEngine:
                     call = queue.popleft()
                     pending[actor.run.remote(*call)] = (i, call)
                     load[i] += 1
-            done, _ = ray.wait(list(pending), num_returns=1)
-            i, call = pending.pop(done[0])
-            load[i] -= 1
-            result, seconds = ray.get(done[0])
-            stats.shards += 1
-            stats.compute_seconds += seconds
-            stats.shard_seconds.append(seconds)
+            ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+            ready = []
+            for ref in done:
+                i, call = pending.pop(ref)
+                load[i] -= 1
+                result, seconds = ray.get(ref)
+                stats.shards += 1
+                stats.compute_seconds += seconds
+                stats.shard_seconds.append(seconds)
+                ready.append((call, result))
             stats.wall_seconds = time.perf_counter() - self._since
-            yield call, result
+            yield ready
 
     # -- the engine interface ---------------------------------------------------------
 
@@ -295,9 +306,18 @@ class RayEngine:
                           batch_size, chunk_pairs, {t: known[t] for t, _ in unit}))
         with tqdm(total=sum(map(len, units)), unit="pair", disable=not progress,
                   desc="utilities (ray)") as bar:
-            for _, chunk in self._map(pool, calls):
-                bar.update(len(chunk))
-                yield chunk
+            for ready in self._map_ready(pool, calls):
+                # Chunks that arrived together are committed together, up to merge_pairs:
+                # a commit costs about the same for 256 pairs as for 4096 (docs/scale.md),
+                # so with many actors one transaction per unit would bound the run.
+                part: list[PairChunk] = []
+                for _, chunk in ready:
+                    if part and sum(map(len, part)) + len(chunk) > self.merge_pairs:
+                        yield PairChunk.concat(part)
+                        part = []
+                    part.append(chunk)
+                    bar.update(len(chunk))
+                yield PairChunk.concat(part)
 
     def embeddings(self, lm: LoadedModel, samples: Sequence[Sample], *, max_length: int,
                    batch_size: int, part: int,
