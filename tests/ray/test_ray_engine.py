@@ -371,3 +371,43 @@ def test_d_i_is_batched_as_the_local_engine_batches_it(base, lm, monkeypatch):
     units = pair_units(lm, by_id, pairs, config, batch_size=2, chunk_pairs=8)
     assert len(calls) > 2
     assert ray_engine.target_groups(units, known) == calls
+
+
+def test_chunks_that_arrive_together_are_committed_together(base, lm, monkeypatch):
+    """One transaction per ready batch of chunks, at most ``merge_pairs`` pairs each: a
+    commit costs about the same for 256 pairs as for 4,096 (docs/scale.md)."""
+    from curator.scoring.utility import pair_units, score_pairs
+
+    pool = load_samples(Store(base), "d", 1)
+    by_id = {s.sample_id: s for s in pool}
+    ids = list(by_id)
+    pairs = [(t, e) for t in ids[:8] for e in ids[:8] if t != e]
+    config = utility_config(lm, OPTIONS)
+    known = {t: 0.25 for t in ids}
+    units = pair_units(lm, by_id, pairs, config, batch_size=2, chunk_pairs=8)
+    chunks = [next(score_pairs(lm, by_id, u, config, batch_size=2, chunk_pairs=8,
+                               target_distances=known)) for u in units]
+    sizes = [len(c) for c in chunks]
+    assert len(chunks) >= 5 and max(sizes) <= 8
+    engine = ray_engine.RayEngine(merge_pairs=16)
+    monkeypatch.setattr(engine, "actors", lambda lm_: ["an actor"])
+    # three arrive at once, then one, then three
+    ready = [[(None, c) for c in chunks[:3]], [(None, chunks[3])],
+             [(None, c) for c in chunks[4:]]]
+    monkeypatch.setattr(engine, "_map_ready",  # no d(i) calls: every target is known
+                        lambda pool, calls: iter(ready if calls else ()))
+    got = list(engine.pair_chunks(lm, by_id, pairs, config, batch_size=2, chunk_pairs=8,
+                                  target_distances=known))
+    # greedy within each ready batch, never across batches, never over 16 pairs
+    want: list[int] = []
+    for batch in (sizes[:3], sizes[3:4], sizes[4:]):
+        want.append(batch[0])
+        for n in batch[1:]:
+            if want[-1] + n > 16:
+                want.append(n)
+            else:
+                want[-1] += n
+    assert [len(c) for c in got] == want
+    assert len(got) < len(chunks)
+    assert sorted(p for c in got for p in zip(c.target_id, c.example_id, strict=True)) == \
+        sorted(pairs)
