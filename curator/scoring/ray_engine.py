@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.embeddings import embed_samples
+from curator.scoring.engine import EngineUnavailable
 from curator.scoring.utility import (
     PairChunk,
     UtilityConfig,
@@ -217,10 +218,11 @@ class RayEngine:
                 for _ in range(n)]
         try:
             ray.get([a.ready.remote() for a in pool])  # a load error surfaces here
-        except ray.exceptions.RayActorError as exc:
+        except ray.exceptions.RayError as exc:
             for a in pool:
                 ray.kill(a)
-            raise RuntimeError(f"Ray workers could not load the model: {exc}") from exc
+            raise EngineUnavailable(f"the Ray workers could not load the model: "
+                                    f"{_cause(exc)}") from exc
         self.pools[lm.fingerprint] = pool
         return pool
 
@@ -420,6 +422,12 @@ def _shard_size(n: int, n_actors: int, batch_size: int, largest: int) -> int:
     """Enough shards to keep every actor busy (about four each), each at least one batch
     and at most ``largest`` items."""
     return max(1, min(largest, max(batch_size, math.ceil(n / (4 * n_actors)))))
+
+
+def _cause(exc: BaseException) -> str:
+    """The last line of the error an actor raised (Ray wraps it in its traceback)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _local_gpus() -> int:

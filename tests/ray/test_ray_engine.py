@@ -411,3 +411,19 @@ def test_chunks_that_arrive_together_are_committed_together(base, lm, monkeypatc
     assert len(got) < len(chunks)
     assert sorted(p for c in got for p in zip(c.target_id, c.example_id, strict=True)) == \
         sorted(pairs)
+
+
+def test_workers_with_another_model_refuse_to_score(lm, ray_cluster):
+    """An actor whose model is not the driver's (other weights at the same path) stops the
+    run before anything is scored, with a one-line reason."""
+    from curator.scoring.engine import EngineUnavailable
+
+    engine = ray_engine.RayEngine(workers=1, loader=functools.partial(
+        tiny_loaded_model, "llama", seed=1))
+    try:
+        with pytest.raises(EngineUnavailable, match="loaded a different model") as err:
+            engine.actors(lm)
+    finally:
+        engine.close()
+    assert "\n" not in str(err.value)
+    assert not engine.pools
