@@ -15,6 +15,7 @@ numbers docs/scale.md's cost model starts from.
 
     python bench/bench_ray.py [--rows 48] [--k 4] [--model PATH] [--out FILE]
     python bench/bench_ray.py --tokens-only --rows 300 --k 16   # tokens per pair only
+    python bench/bench_ray.py --commit-cost                     # the driver's commits only
 
 Pairs: the kNN graph (model embeddings, exact search) of the first ``--rows`` rows of
 ``--data`` (default sample_data/v1.jsonl, the demo's rows), pool x pool.
@@ -106,6 +107,35 @@ def cost_model(t_whole: float, t_run: float) -> list[str]:
     return lines
 
 
+def commit_cost(sizes: tuple[int, ...] = (256, 4096), chunks: int = 40) -> list[str]:
+    """Seconds per driver commit of ``size`` random utilities with the run's progress (what
+    ``jobs._PairJob`` does per chunk), into a fresh temporary store."""
+    import uuid
+
+    from curator.store.scores import save_utilities
+
+    rng = np.random.default_rng(0)
+    lines = ["| pairs per commit | median ms | mean ms | pairs/s |", "|---:|---:|---:|---:|"]
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = Store(Path(tmp) / "store")
+            run = store.start_run("score-utility", None, {"bench": True}, total=size * chunks)
+            times = []
+            for c in range(chunks):
+                t = [uuid.uuid4().hex for _ in range(size)]
+                e = [uuid.uuid4().hex for _ in range(size)]
+                u = rng.random(size)
+                started = time.perf_counter()
+                with store.atomic():
+                    save_utilities(store, "m", "c", t, e, u, u, u, np.ones(size, bool))
+                    store.update_run(run, done=(c + 1) * size)
+                times.append(time.perf_counter() - started)
+        med = float(np.median(times))
+        lines.append(f"| {size} | {med * 1000:.0f} | {np.mean(times) * 1000:.0f} | "
+                     f"{size / med:,.0f} |")
+    return lines
+
+
 def collect(chunks) -> PairChunk:
     return PairChunk.concat(list(chunks))
 
@@ -127,9 +157,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--local-threads", type=int, default=2)
     ap.add_argument("--tokens-only", action="store_true")
+    ap.add_argument("--commit-cost", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
+    if args.commit_cost:
+        print("\n".join(["# bench_ray: `python bench/bench_ray.py --commit-cost`", "",
+                         f"CPU: {cpu_name()}, {os.cpu_count()} cores", "", *commit_cost()]))
+        return
     torch.set_num_threads(args.local_threads)
     lm = load_model(args.model, device="cpu", dtype=args.dtype)
     cfg = UtilityConfig(max_length=args.max_length).resolved(lm)

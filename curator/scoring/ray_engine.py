@@ -310,7 +310,7 @@ class RayEngine:
                   desc="utilities (ray)") as bar:
             for ready in self._map_ready(pool, calls):
                 # Chunks that arrived together are committed together, up to merge_pairs:
-                # a commit costs about the same for 256 pairs as for 4096 (docs/scale.md),
+                # one commit of 4,096 pairs costs two of 256 or less (docs/scale.md),
                 # so with many actors one transaction per unit would bound the run.
                 part: list[PairChunk] = []
                 for _, chunk in ready:
