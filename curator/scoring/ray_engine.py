@@ -3,8 +3,9 @@
 The driver (the process that runs ``curator score``) keeps everything that touches the
 store: it builds the candidate pairs, drops those already stored, splits the rest into the
 units the local engine would score (whole prefix groups, so the key/value reuse still pays:
-``utility.pair_units``) and hands one unit per task to the actors. It commits each returned
-chunk in a short transaction (``jobs._PairJob``), so the store stays the single writer, the
+``utility.pair_units``) and hands one unit per task to the actors. It commits what they
+return in short transactions (``jobs._PairJob``; chunks that arrive together in one, up to
+``merge_pairs``), so the store stays the single writer, the
 app keeps reading, and a killed driver resumes from what was committed: the rerun drops the
 stored pairs first. A killed actor is restarted by Ray (the model loads again) and its shard
 is retried (``max_restarts`` / ``max_task_retries``); an actor that keeps dying fails the
