@@ -111,7 +111,8 @@ def rank_less(ctx: StageContext) -> Ranked:
     from curator.scoring.gradients import alignment_scores, gradient_statistics, resolve_scope
 
     lm, pool, options = ctx.lm, ctx.pools.pool, ctx.options
-    engine = engine_for(options)  # where the gradient passes run (scoring.engine)
+    # where the gradient passes run (scoring.engine); None keeps the local progress bar
+    engine = None if options.engine == "local" else engine_for(options)
     scope = resolve_scope(lm.model)
     stats = gradient_statistics(lm, pool, ctx.pools.target or None, scope=scope,
                                 seed=ctx.spec.seed, max_length=options.max_length,
