@@ -77,8 +77,10 @@ def local(base, lm, tmp_path_factory):
     return store
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def engine(ray_cluster):
+    """One actor pool for the tests that need no special loader (starting one costs
+    seconds: every actor imports torch and loads the model)."""
     eng = ray_engine.RayEngine(workers=2, threads=1,
                                loader=functools.partial(tiny_loaded_model, "llama"))
     yield eng
@@ -427,3 +429,34 @@ def test_workers_with_another_model_refuse_to_score(lm, ray_cluster):
         engine.close()
     assert "\n" not in str(err.value)
     assert not engine.pools
+
+
+def test_a_less_stage_on_ray_selects_what_the_local_one_selects(base, lm, tmp_path,
+                                                                  ray_cluster, monkeypatch):
+    """`scoring.engine: ray` reaches the gradient passes of a stage (the LESS-style one);
+    the selection and its cached scores are the local engine's."""
+    from curator.config import StageSpec
+    from curator.scoring import engine as engines
+    from curator.stages import select_stage
+
+    shared = ray_engine.RayEngine(workers=2, threads=1,
+                                  loader=functools.partial(tiny_loaded_model, "llama"))
+    # the engine `scoring: {engine: ray, workers: 2}` names, with the tiny model's loader
+    monkeypatch.setattr(engines, "_SHARED", {(None, 2, 1): shared})
+    runs = {}
+    for name, engine_keys in (("ray", {"engine": "ray", "workers": 2}), ("local", {})):
+        store = copy_store(base, tmp_path / name)
+        options = ScoringOptions(batch_size=4, max_length=128, **engine_keys)
+        try:
+            out = select_stage(store, "d", StageSpec(method="less", budget="5", version=1),
+                               lm=lm, options=options)
+        finally:
+            engines.close_shared()
+        scores = dict(store.query("SELECT sample_id, score FROM gradient_scores"))
+        runs[name] = (out.sample_ids, scores)
+    assert shared.last.shards >= 2  # the ray run went through the actors
+    assert runs["ray"][0] == runs["local"][0]
+    got, want = runs["ray"][1], runs["local"][1]
+    assert set(got) == set(want) and len(want) == 20
+    scale = max(abs(v) for v in want.values())
+    assert max(abs(got[i] - want[i]) for i in want) <= 1e-4 * scale
