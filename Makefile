@@ -10,7 +10,8 @@ LOCK := requirements.lock
 # you want into .venv first: setup then keeps it (the lock's torch line is swapped for the
 # installed version) and installs the rest from the lock.
 TORCH_VERSION ?= 2.13.0
-EXTRAS := dev,train
+# ray: the Ray scoring engine (`--engine ray`), so CI runs its tests on a local cluster.
+EXTRAS := dev,train,ray
 STAMP := $(VENV)/.installed
 CONSTRAINTS := $(VENV)/constraints.txt
 

@@ -20,6 +20,7 @@ from curator.vocabulary import (
     DEFAULT_FUNCTION,
     DEFAULT_HARM,
     DISTANCES,
+    ENGINES,
     EXPORT_FORMATS,
     HARM_RULES,
     MASK_RANKS,
@@ -35,6 +36,8 @@ from curator.vocabulary import (
 # this share of its pool: the kNN graph alone falls short of the dense selection there
 # (bench/results/pruning.md), and at larger budgets it does not need them.
 AUTO_HUBS_MAX_SHARE = 0.2
+# ScoringOptions fields that say where scoring runs, not what it computes.
+ENGINE_KEYS = ("engine", "workers", "threads", "ray_address")
 
 
 class RecipeError(ValueError):
@@ -73,6 +76,12 @@ class ScoringOptions:
     expand: float = 2.0               # DELIFT: when greedy runs out of scored pairs, score up
                                       #   to this many times the stage's graph pairs more where
                                       #   the kernel has no evidence (0: off)
+    # Where scoring runs (curator/scoring/engine.py); none of these changes a score, so
+    # they are not part of a stage's key (ENGINE_KEYS).
+    engine: str = "local"             # "local" (this process) or "ray" (an actor pool)
+    workers: int | None = None        # ray: actors (None: one per GPU, else CPUs / threads)
+    threads: int = 1                  # ray: torch threads per CPU actor
+    ray_address: str | None = None    # ray: a running cluster (None: RAY_ADDRESS, else local)
 
     def validate(self, where: str = "scoring") -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -100,6 +109,18 @@ class ScoringOptions:
                 or not 0 <= self.expand <= 100:
             raise RecipeError(f"{where}.expand must be a number in [0, 100] (0: off), "
                               f"got {self.expand!r}", key=f"{where}.expand")
+        if self.engine not in ENGINES:
+            raise RecipeError(f"{where}.engine must be one of {', '.join(ENGINES)}, "
+                              f"got {self.engine!r}", key=f"{where}.engine")
+        for name in ("workers", "threads"):
+            value = getattr(self, name)
+            if (value is not None or name == "threads") and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise RecipeError(f"{where}.{name} must be a positive integer, got {value!r}",
+                                  key=f"{where}.{name}")
+        if self.ray_address is not None and not isinstance(self.ray_address, str):
+            raise RecipeError(f"{where}.ray_address must be a string (host:port or auto)",
+                              key=f"{where}.ray_address")
         if self.dtype not in ("auto", "bf16", "fp32", "fp16", "bfloat16", "float32", "float16"):
             raise RecipeError(f"{where}.dtype must be auto, bf16, fp16 or fp32",
                               key=f"{where}.dtype")

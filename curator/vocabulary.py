@@ -35,6 +35,7 @@ _CANONICAL = {alias: name for name, aliases in FUNCTION_ALIASES.items() for alia
 DEFAULT_FUNCTION = {"instruction": "facility_location", "task": "flvmi", "continual": "flcg"}
 
 OPTIMIZERS = ("naive", "lazy", "stochastic")
+ENGINES = ("local", "ray")                         # where scoring runs (scoring/engine.py)
 DISTANCES = ("prob-l2", "nll")                     # DELIFT: the paper's distance, or mean NLL
 # DELIFT: leave out net-harmful examples ("mean"), also those whose own response the examples
 # most like them make less likely ("mean+fit", the default), or neither ("off")

@@ -27,6 +27,7 @@ from curator.vocabulary import (
     CONTINUAL_POOLS,
     DEFAULT_HARM,
     DISTANCES,
+    ENGINES,
     EXPORT_FORMATS,
     HARM_RULES,
     MASK_RANKS,
@@ -62,6 +63,41 @@ def scoring_options(func: Callable) -> Callable:
     for opt in reversed(opts):
         func = opt(func)
     return func
+
+
+def engine_options(func: Callable) -> Callable:
+    """Where scoring runs (config.ScoringOptions.engine and friends); passed on as one
+    ``engine`` mapping."""
+    opts = [
+        click.option("--engine", type=click.Choice(ENGINES), default="local",
+                     show_default=True,
+                     help="Score in this process, or on a Ray actor pool (one model per "
+                          "actor; needs pip install 'curator[ray]'). The store is written "
+                          "by this process either way."),
+        click.option("--workers", type=int, default=None,
+                     help="Ray: actors (default: one per GPU, else the cluster's CPUs / "
+                          "--threads); also the CPUs of a local cluster."),
+        click.option("--threads", type=int, default=1, show_default=True,
+                     help="Ray: torch threads per CPU actor."),
+        click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
+                     help="Ray: a running cluster to join (env RAY_ADDRESS; default: start "
+                          "a local one, shut down at the end)."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+
+    @functools.wraps(func)
+    def wrapper(*args, engine, workers, threads, ray_address, **kwargs):
+        kwargs["engine"] = {"engine": engine, "workers": workers, "threads": threads,
+                            "ray_address": ray_address}
+        try:
+            return func(*args, **kwargs)
+        finally:
+            engines = sys.modules.get("curator.scoring.engine")  # imported if it scored
+            if engines is not None:
+                engines.close_shared()  # the actors, and a local cluster this command started
+
+    return wrapper
 
 
 def gradient_options(func: Callable) -> Callable:
@@ -103,18 +139,21 @@ def gradient_options(func: Callable) -> Callable:
 
 
 def _options(k: int, distance: str, batch_size: int, max_length: int, dtype: str,
-             dense: bool = False, hubs: int | str = 0):
+             dense: bool = False, hubs: int | str = 0, engine: dict[str, Any] | None = None):
     from curator.config import RecipeError, ScoringOptions
+    from curator.scoring.engine import engine_for
 
     if isinstance(hubs, str) and hubs != "auto":
         with contextlib.suppress(ValueError):  # not a number: validate names the flag
             hubs = int(hubs)
     options = ScoringOptions(k=k, distance=distance, batch_size=batch_size,
-                             max_length=max_length, dense=dense, dtype=dtype, hubs=hubs)
+                             max_length=max_length, dense=dense, dtype=dtype, hubs=hubs,
+                             **(engine or {}))
     try:
         options.validate("option")
     except RecipeError as exc:  # name the flag, as the user typed it
         raise CuratorError(str(exc).replace("option.", "--").replace("_", "-")) from exc
+    engine_for(options)  # a missing Ray fails here, before the model loads
     return options
 
 
@@ -139,11 +178,12 @@ def score() -> None:
               help="Dataset whose samples are the targets (default: the version itself).")
 @click.option("--dense", is_flag=True, help="All pairs instead of kNN candidates (small sets).")
 @scoring_options
+@engine_options
 @user_errors
 def score_utility(dataset: str, store_path: Path, version: str | None, target_set: str | None,
                   dense: bool, model: str | None, k: int, hubs: str, distance: str,
                   batch_size: int, max_length: int, dtype: str,
-                  trust_remote_code: bool) -> None:
+                  trust_remote_code: bool, engine: dict[str, Any]) -> None:
     """Pairwise in-context utilities UF(target, example) on nearest-neighbour pairs.
 
     Only pairs not already stored for this model and configuration are computed; a rerun
@@ -152,8 +192,8 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
     from curator.scoring.jobs import score_utilities
     from curator.store.datasets import load_latest, load_samples, resolve_version
 
+    options = _options(k, distance, batch_size, max_length, dtype, dense, hubs, engine)
     store = open_store(store_path)
-    options = _options(k, distance, batch_size, max_length, dtype, dense, hubs)
     v = resolve_version(store, dataset, version)
     pool = load_samples(store, dataset, v)
     if not pool:
@@ -210,13 +250,15 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
 @click.option("--seed", default=0, show_default=True)
 @gradient_options
 @scoring_options
+@engine_options
 @user_errors
 def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, method: str,
                budget: str, function: str | None, target_set: str | None, parent: str | None,
                pool: str, optimizer: str, eta: float, nu: float, param_budget: str | None,
                self_coverage: str, harm: str, expand: float, seed: int, model: str | None,
                k: int, hubs: str, distance: str, batch_size: int, max_length: int, dtype: str,
-               trust_remote_code: bool, gradient: dict[str, Any]) -> None:
+               trust_remote_code: bool, gradient: dict[str, Any],
+               engine: dict[str, Any]) -> None:
     """Pick a subset for a fine-tuning stage and store it as a selection."""
     import dataclasses
 
@@ -238,7 +280,7 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
                       lambda m: "--" + m.group(1).replace("_", "-"), text)
         raise CuratorError(text.replace("option.", "--").replace("option: ", "")) from exc
     options = dataclasses.replace(_options(k, distance, batch_size, max_length, dtype,
-                                           hubs=hubs), expand=expand)
+                                           hubs=hubs, engine=engine), expand=expand)
     try:
         options.validate("option")
     except RecipeError as exc:

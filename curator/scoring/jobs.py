@@ -19,10 +19,11 @@ import numpy as np
 from curator.config import ScoringOptions
 from curator.models import LoadedModel
 from curator.records import Sample
-from curator.scoring.embeddings import embed_samples, embedder_fingerprint
+from curator.scoring.embeddings import embedder_fingerprint
+from curator.scoring.engine import ScoringEngine, engine_for
 from curator.scoring.kernels import Kernel, utility_kernel
 from curator.scoring.neighbours import dense_pairs, knn, neighbour_pairs
-from curator.scoring.utility import UtilityConfig, score_pairs
+from curator.scoring.utility import UtilityConfig
 from curator.store import Store
 from curator.store.scores import (
     UtilityRows,
@@ -75,17 +76,19 @@ def utility_config(lm: LoadedModel, options: ScoringOptions) -> UtilityConfig:
 
 
 def ensure_embeddings(store: Store, lm: LoadedModel, samples: Sequence[Sample], *,
-                      batch_size: int = 16, progress: bool = False) -> tuple[np.ndarray, int]:
-    """Embeddings of ``samples`` (N, d) in order, computing and storing only missing ones."""
+                      batch_size: int = 16, progress: bool = False,
+                      engine: ScoringEngine | None = None) -> tuple[np.ndarray, int]:
+    """Embeddings of ``samples`` (N, d) in order, computing and storing only missing ones
+    (on ``engine``, local by default; each part the engine returns is one commit)."""
     remember_model(store, lm.fingerprint, lm.name)
     key = embedder_fingerprint(lm, EMBED_MAX_LENGTH)
     ids = [s.sample_id for s in samples]
     cached = load_embeddings(store, key, ids)
     missing = [s for s in samples if s.sample_id not in cached]
-    for start in range(0, len(missing), EMBED_COMMIT):
-        part = missing[start:start + EMBED_COMMIT]
-        vectors = embed_samples(lm, part, max_length=EMBED_MAX_LENGTH, batch_size=batch_size,
-                                progress=progress)
+    parts = (engine or engine_for(None)).embeddings(
+        lm, missing, max_length=EMBED_MAX_LENGTH, batch_size=batch_size, part=EMBED_COMMIT,
+        progress=progress) if missing else iter(())
+    for part, vectors in parts:
         save_embeddings(store, key, [s.sample_id for s in part], vectors)
         cached.update({s.sample_id: v for s, v in zip(part, vectors, strict=True)})
     if not samples:
@@ -140,8 +143,11 @@ def hub_examples(target_ids: Sequence[str], example_ids: Sequence[str], utility:
 def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
                     examples: Sequence[Sample], options: ScoringOptions | None = None, *,
                     k: int | None = None, dataset: str | None = None, progress: bool = False,
-                    echo: Callable[[str], None] | None = None) -> UtilitySummary:
+                    echo: Callable[[str], None] | None = None,
+                    engine: ScoringEngine | None = None) -> UtilitySummary:
     """Score UF(target, example) for the candidate pairs of ``targets`` x ``examples``.
+
+    ``engine`` computes (default: the one ``options.engine`` names); this process commits.
 
     With ``options.hubs`` = h, a second pass scores the h hub examples (``hub_examples``
     over the candidate pairs) against every target as well. "auto" needs the selection
@@ -149,6 +155,7 @@ def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
     (``stages.select_stage``) resolves it to a count first.
     """
     options = options or ScoringOptions()
+    engine = engine or engine_for(options)
     if not targets:
         raise ValueError("no targets to score (empty set)")
     if not examples:
@@ -161,7 +168,8 @@ def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
     if not options.dense:
         both = {s.sample_id: s for s in [*targets, *examples]}
         emb, n_embedded = ensure_embeddings(store, lm, list(both.values()),
-                                            batch_size=options.batch_size, progress=progress)
+                                            batch_size=options.batch_size, progress=progress,
+                                            engine=engine)
         row = {sid: i for i, sid in enumerate(both)}
         t_emb = emb[[row[s.sample_id] for s in targets]]
         e_emb = emb[[row[s.sample_id] for s in examples]]
@@ -172,7 +180,8 @@ def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
     summary = UtilitySummary(len(targets), len(examples), len(pairs), 0, 0, 0, n_embedded, 0.0,
                              lm.fingerprint, chash, graph)
     samples_by_id = {s.sample_id: s for s in [*targets, *examples]}
-    job = _PairJob(store, lm, config, options, samples_by_id, summary, dataset, progress, echo)
+    job = _PairJob(store, lm, config, options, samples_by_id, summary, dataset, progress, echo,
+                   engine)
     try:
         job.run([p for p in pairs if p not in done])
         n_hubs = options.resolved_hubs()
@@ -199,7 +208,8 @@ def score_utilities(store: Store, lm: LoadedModel, targets: Sequence[Sample],
 def score_pair_list(store: Store, lm: LoadedModel, samples: Sequence[Sample],
                     pairs: Sequence[tuple[str, str]], options: ScoringOptions | None = None, *,
                     dataset: str | None = None, progress: bool = False,
-                    echo: Callable[[str], None] | None = None) -> UtilitySummary:
+                    echo: Callable[[str], None] | None = None,
+                    engine: ScoringEngine | None = None) -> UtilitySummary:
     """Score UF(target, example) for an explicit list of (target_id, example_id) pairs (those
     already stored are skipped), under one recorded run, committed chunk by chunk: what a
     selection asks for when its kNN pairs run out (``curator.selection.evidence``)."""
@@ -216,7 +226,8 @@ def score_pair_list(store: Store, lm: LoadedModel, samples: Sequence[Sample],
     done = existing_pairs(store, lm.fingerprint, chash, sorted({t for t, _ in wanted}))
     summary = UtilitySummary(len({t for t, _ in wanted}), len({e for _, e in wanted}),
                              len(wanted), 0, 0, 0, 0, 0.0, lm.fingerprint, chash, "on demand")
-    job = _PairJob(store, lm, config, options, by_id, summary, dataset, progress, echo)
+    job = _PairJob(store, lm, config, options, by_id, summary, dataset, progress, echo,
+                   engine or engine_for(options))
     try:
         job.run([p for p in wanted if p not in done])
     except BaseException as exc:
@@ -233,8 +244,9 @@ class _PairJob:
     def __init__(self, store: Store, lm: LoadedModel, config: UtilityConfig,
                  options: ScoringOptions, samples_by_id: dict[str, Sample],
                  summary: UtilitySummary, dataset: str | None, progress: bool,
-                 echo: Callable[[str], None] | None) -> None:
+                 echo: Callable[[str], None] | None, engine: ScoringEngine) -> None:
         self.store, self.lm, self.config, self.options = store, lm, config, options
+        self.engine = engine
         self.samples_by_id, self.summary, self.dataset = samples_by_id, summary, dataset
         self.progress, self.echo = progress, echo
         self.run_id: str | None = None
@@ -252,7 +264,8 @@ class _PairJob:
                       " already stored)")
         if self.run_id is None:
             self.run_id = store.start_run("score-utility", self.dataset,
-                                          {"model": fp, "config": chash, "pairs": len(todo)},
+                                          {"model": fp, "config": chash, "pairs": len(todo),
+                                           "engine": self.engine.name},
                                           total=len(todo))
             summary.run_id = self.run_id
         else:
@@ -261,9 +274,10 @@ class _PairJob:
                                               sorted({t for t, _ in todo})).items()
                  if d is not None}
         self.saved_losses |= set(known)
-        for chunk in score_pairs(lm, self.samples_by_id, todo, self.config,
-                                 batch_size=self.options.batch_size, chunk_pairs=PAIR_COMMIT,
-                                 target_distances=known, progress=self.progress):
+        for chunk in self.engine.pair_chunks(lm, self.samples_by_id, todo, self.config,
+                                             batch_size=self.options.batch_size,
+                                             chunk_pairs=PAIR_COMMIT, target_distances=known,
+                                             progress=self.progress):
             reasons = [r or None for r in chunk.reason]
             new_targets = {}
             for t, d in zip(chunk.target_id, chunk.d_target, strict=True):

@@ -481,6 +481,25 @@ def score_pairs(lm: LoadedModel, samples_by_id: Mapping[str, Sample],
     return run()
 
 
+def pair_units(lm: LoadedModel, samples_by_id: Mapping[str, Sample],
+               pairs: Sequence[tuple[str, str]], config: UtilityConfig | None = None, *,
+               batch_size: int = 16, chunk_pairs: int = 1024) -> list[list[tuple[str, str]]]:
+    """The pairs split the way ``score_pairs`` (prefix reuse on) splits them: the invalid
+    pairs first (one unit, when there are any), then units of whole prefix groups, each at
+    most ``batch_size`` prefixes and about ``chunk_pairs`` pairs. ``score_pairs`` run on
+    one unit scores it as one unit again, so a distributed engine that hands out units
+    keeps the KV reuse and the local engine's batches (``curator.scoring.ray_engine``)."""
+    if batch_size < 1 or chunk_pairs < 1:
+        raise ValueError("batch_size and chunk_pairs must be positive")
+    cfg = (config or UtilityConfig()).resolved(lm)
+    pairs = _check_pairs(samples_by_id, pairs)
+    tpl = PairTemplate(lm.tokenizer, cfg.template)
+    laid = [_lay_out(tpl, samples_by_id[t], samples_by_id[e], cfg) for t, e in pairs]
+    invalid = [i for i, p in enumerate(laid) if p.reason]
+    units = ([invalid] if invalid else []) + _prefix_units(laid, batch_size, chunk_pairs)
+    return [[pairs[i] for i in unit] for unit in units]
+
+
 def _prefix_units(laid: Sequence[_Pair], batch_size: int, chunk_pairs: int) -> list[list[int]]:
     """Valid pairs grouped by prefix; a unit is at most ``batch_size`` prefixes (one prefix
     forward) and about ``chunk_pairs`` pairs. Groups are ordered by prefix length so a

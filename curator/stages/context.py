@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from curator.budget import parse_budget
-from curator.config import ScoringOptions, StageSpec, config_hash
+from curator.config import ENGINE_KEYS, ScoringOptions, StageSpec, config_hash
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.jobs import UtilitySummary
@@ -164,7 +164,7 @@ def stage_key(dataset: str, spec: StageSpec, pools: Pools, options: ScoringOptio
                  and (k not in DELIFT_ONLY_SPEC or spec.method == "delift")
                  and (k != "gradient" or spec.method == "dualsft")},
         "options": {k: v for k, v in vars(options).items()
-                    if not (k == "hubs" and v == 0)
+                    if not (k == "hubs" and v == 0) and k not in ENGINE_KEYS
                     and (k != "expand" or spec.method == "delift")},
         "model": fingerprint}
     if spec.method in GRADIENT_METHODS:

@@ -107,14 +107,18 @@ def rank_gast(ctx: StageContext) -> Ranked:
 
 def rank_less(ctx: StageContext) -> Ranked:
     """LESS-style baseline: top-k by the inner product with the mean target gradient."""
+    from curator.scoring.engine import engine_for
     from curator.scoring.gradients import alignment_scores, gradient_statistics, resolve_scope
 
     lm, pool, options = ctx.lm, ctx.pools.pool, ctx.options
+    # where the gradient passes run (scoring.engine); None keeps the local progress bar
+    engine = None if options.engine == "local" else engine_for(options)
     scope = resolve_scope(lm.model)
     stats = gradient_statistics(lm, pool, ctx.pools.target or None, scope=scope,
-                                seed=ctx.spec.seed, max_length=options.max_length)
+                                seed=ctx.spec.seed, max_length=options.max_length,
+                                engine=engine)
     raw = alignment_scores(lm, pool, stats, scope, options.batch_size, options.max_length,
-                           ctx.progress).total
+                           ctx.progress, engine=engine).total
     scores = np.asarray(raw, dtype=float)
     key = np.where(np.isnan(scores), -np.inf, scores)
     ranking = [int(i) for i in np.argsort(-key, kind="stable")[:ctx.n_select]]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import curator.scoring.engine as engines
 import curator.scoring.jobs as jobs
 from curator.config import ScoringOptions
 from curator.ingest import ingest
@@ -199,7 +200,7 @@ def test_an_interrupted_run_resumes_to_the_same_table(store, lm, pool, base, tmp
                                                       monkeypatch):
     v1, _ = pool
     monkeypatch.setattr(jobs, "PAIR_COMMIT", 16)
-    real = jobs.score_pairs
+    real = engines.score_pairs  # what the local engine runs
 
     def dies_after_first_chunk(*args, **kwargs):
         for i, chunk in enumerate(real(*args, **kwargs)):
@@ -207,7 +208,7 @@ def test_an_interrupted_run_resumes_to_the_same_table(store, lm, pool, base, tmp
                 raise RuntimeError("killed")
             yield chunk
 
-    monkeypatch.setattr(jobs, "score_pairs", dies_after_first_chunk)
+    monkeypatch.setattr(engines, "score_pairs", dies_after_first_chunk)
     with pytest.raises(RuntimeError, match="killed"):
         score_utilities(store, lm, v1, v1, OPTIONS)
     partial = stored_pairs(store, lm)
@@ -216,7 +217,7 @@ def test_an_interrupted_run_resumes_to_the_same_table(store, lm, pool, base, tmp
     assert [r["status"] for r in failed] == ["failed"]
     assert failed[0]["error"] == "killed" and failed[0]["done"] == len(partial)
 
-    monkeypatch.setattr(jobs, "score_pairs", real)
+    monkeypatch.setattr(engines, "score_pairs", real)
     resumed = score_utilities(store, lm, v1, v1, OPTIONS)
     assert resumed.n_computed == 60 - len(partial)
     assert resumed.n_reused == len(partial)

@@ -40,6 +40,7 @@ from curator.scoring.gradients.batching import (
     encode_samples,
     iter_batches,
     padding_aware_batches,
+    plan_batches,
 )
 from curator.scoring.gradients.crossfit import (
     DEFAULT_FOLDS,
@@ -77,6 +78,7 @@ from curator.scoring.gradients.statistics import (
     GradientStatistics,
     alignment_scores,
     gradient_statistics,
+    gradient_sums,
     heldout_gradients,
     holdout_slice,
     kl_prior_gradient,
@@ -92,7 +94,7 @@ __all__ = [
     "heldout_gradients", "holdout_slice", "leave_fold_out", "scores_by_fold", "GATHER_PADDING_FRACTION", "MIN_HEAD_ROWS",
     "OTHER_LAYER", "SHORT_ROW_ATTENTION_MAX_WIDTH", "GradientStatistics", "Grads",
     "SampleScores", "ScopedModule", "batch_losses", "encode_samples", "exact_scores",
-    "gradient_statistics", "hook_scores", "iter_batches", "kl_prior_gradient", "layer_of",
+    "gradient_statistics", "gradient_sums", "plan_batches", "hook_scores", "iter_batches", "kl_prior_gradient", "layer_of",
     "mean_gradient", "module_kind", "only_grad", "padding_aware_batches",
     "per_sample_gradients", "per_sample_response_loss", "pool_gradients", "resolve_scope",
     "response_logits", "response_losses", "scope_for", "scope_parameters",

@@ -24,12 +24,19 @@ def _pad_id(tokenizer: object) -> int:
     return int(pad if pad is not None else tokenizer.eos_token_id)
 
 
-def iter_batches(encoded: Sequence[EncodedSample | None], batch_size: int, pad_id: int,
-                 device: torch.device) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    """(sample indices, collated batch), similar lengths together; skipped samples left out."""
+def plan_batches(encoded: Sequence[EncodedSample | None], batch_size: int) -> list[list[int]]:
+    """Sample indices per batch, similar lengths together; skipped samples left out."""
     ok = [i for i, e in enumerate(encoded) if e is not None]
-    for group in length_batches([len(encoded[i].input_ids) for i in ok], batch_size):
-        idx = [ok[g] for g in group]
+    return [[ok[g] for g in group]
+            for group in length_batches([len(encoded[i].input_ids) for i in ok], batch_size)]
+
+
+def iter_batches(encoded: Sequence[EncodedSample | None], batch_size: int, pad_id: int,
+                 device: torch.device, batches: Sequence[Sequence[int]] | None = None,
+                 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """(sample indices, collated batch) for ``batches`` (default: ``plan_batches``)."""
+    for idx in (plan_batches(encoded, batch_size) if batches is None else batches):
+        idx = list(idx)
         yield idx, collate([encoded[i] for i in idx], pad_id, device)
 
 

@@ -25,6 +25,7 @@ own samples, so the pool is still scored once.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,9 +67,9 @@ def scores_by_fold(lm: LoadedModel, samples: Sequence[Sample],
                    directions: Sequence[Mapping[str, torch.Tensor]],
                    folds: Sequence[Sequence[int]], scope: Sequence[ScopedModule],
                    batch_size: int = 16, max_length: int | None = None,
-                   progress: bool = False) -> SampleScores:
+                   progress: bool = False, engine: Any = None) -> SampleScores:
     """``<directions[k], g_n>`` for the samples n of fold k, assembled over the pool
-    (one hook pass per fold over that fold's samples only)."""
+    (one hook pass per fold over that fold's samples only; on ``engine`` when given)."""
     if len(directions) != len(folds):
         raise ValueError(f"{len(directions)} directions for {len(folds)} folds")
     scope = list(scope)
@@ -80,8 +81,10 @@ def scores_by_fold(lm: LoadedModel, samples: Sequence[Sample],
         idx = list(idx)
         if not idx:
             continue
-        s = hook_scores(lm, [samples[i] for i in idx], u, scope, batch_size, max_length,
-                        progress)
+        part = [samples[i] for i in idx]
+        s = hook_scores(lm, part, u, scope, batch_size, max_length, progress) \
+            if engine is None else engine.sample_scores(lm, part, u, scope, batch_size,
+                                                        max_length)
         total[idx] = s.total
         per_module[idx] = s.per_module
         skipped.extend(idx[j] for j in s.skipped)

@@ -7,6 +7,7 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,9 +64,11 @@ def _zeros_like(params: Mapping[str, nn.Parameter]) -> Grads:
 
 
 def mean_gradient(lm: LoadedModel, samples: Sequence[Sample], scope: Sequence[ScopedModule],
-                  batch_size: int = 8, max_length: int | None = None) -> tuple[Grads, int]:
+                  batch_size: int = 8, max_length: int | None = None,
+                  engine: Any = None) -> tuple[Grads, int]:
     """Mean over samples of the gradient of each sample's mean response loss."""
-    G, _, n = pool_gradients(lm, samples, scope, batch_size, max_length, curvature=False)
+    G, _, n = pool_gradients(lm, samples, scope, batch_size, max_length, curvature=False,
+                             engine=engine)
     if n == 0:
         raise ValueError("no sample of the target set fits the context length")
     return {k: v / n for k, v in G.items()}, n
@@ -73,10 +76,30 @@ def mean_gradient(lm: LoadedModel, samples: Sequence[Sample], scope: Sequence[Sc
 
 def pool_gradients(lm: LoadedModel, samples: Sequence[Sample], scope: Sequence[ScopedModule],
                    batch_size: int = 8, max_length: int | None = None,
-                   curvature: bool = True) -> tuple[Grads, Grads, int]:
+                   curvature: bool = True, engine: Any = None) -> tuple[Grads, Grads, int]:
     """(G, c, n): G the sum of per-sample gradients; c the mean over mini-batches of the
     squared mini-batch mean gradient (a diagonal curvature proxy, like Adam's second moment
-    but an unweighted average); n the number of samples that fit."""
+    but an unweighted average); n the number of samples that fit.
+
+    ``engine`` (``curator.scoring.engine``; None: here) computes the sums: both are sums
+    over batches, so shards of whole batches add up to the same G and c."""
+    if engine is None:
+        G, c, n, n_batches = gradient_sums(lm, samples, scope, batch_size, max_length, curvature)
+    else:
+        G, c, n, n_batches = engine.gradient_sums(lm, samples, scope, batch_size, max_length,
+                                                  curvature)
+    if curvature and n_batches:
+        c = {k: v / n_batches for k, v in c.items()}
+    return G, c, n
+
+
+def gradient_sums(lm: LoadedModel, samples: Sequence[Sample], scope: Sequence[ScopedModule],
+                  batch_size: int = 8, max_length: int | None = None, curvature: bool = True,
+                  batches: Sequence[Sequence[int]] | None = None,
+                  ) -> tuple[Grads, Grads, int, int]:
+    """(G, C, n, b) over ``batches`` of sample indices (default: similar-length batches,
+    ``plan_batches``): G the sum of per-sample gradients, C the SUM over the b batches of
+    the squared batch-mean gradient (zeros without ``curvature``), n the samples counted."""
     model = lm.model
     params = scope_parameters(model, scope)
     G, c = _zeros_like(params), _zeros_like(params)
@@ -84,7 +107,8 @@ def pool_gradients(lm: LoadedModel, samples: Sequence[Sample], scope: Sequence[S
     encoded = encode_samples(lm.tokenizer, samples, _max_len(lm, max_length))
     n = n_batches = 0
     with only_grad(model, plist):
-        for idx, batch in iter_batches(encoded, batch_size, _pad_id(lm.tokenizer), lm.device):
+        for idx, batch in iter_batches(encoded, batch_size, _pad_id(lm.tokenizer), lm.device,
+                                       batches):
             loss = response_losses(model, batch).sum()
             grads = torch.autograd.grad(loss, plist, allow_unused=True)
             for name, g in zip(names, grads, strict=True):
@@ -96,9 +120,7 @@ def pool_gradients(lm: LoadedModel, samples: Sequence[Sample], scope: Sequence[S
                     c[name] += (g / len(idx)) ** 2
             n += len(idx)
             n_batches += 1
-    if curvature and n_batches:
-        c = {k: v / n_batches for k, v in c.items()}
-    return G, c, n
+    return G, c, n, n_batches
 
 
 def _confidence(q: torch.Tensor, mode: str) -> torch.Tensor:
@@ -205,7 +227,7 @@ def holdout_slice(n: int, fraction: float, seed: int) -> list[int]:
 def heldout_gradients(lm: LoadedModel, pool: Sequence[Sample], holdout: Sequence[int],
                       folds: Sequence[Sequence[int]], scope: Sequence[ScopedModule],
                       batch_size: int = 8, max_length: int | None = None,
-                      ) -> tuple[Grads, list[Grads], int]:
+                      engine: Any = None) -> tuple[Grads, list[Grads], int]:
     """(v_H, [v_{-k}], n): the mean gradient of the held-out samples, and per fold k the
     mean over the held-out samples outside fold k. One gradient pass per fold's held-out
     part; the fold directions are (total - fold) / (n - n_k)."""
@@ -214,7 +236,8 @@ def heldout_gradients(lm: LoadedModel, pool: Sequence[Sample], holdout: Sequence
     counts: list[int] = []
     for fold in folds:
         part = [pool[i] for i in fold if i in hset]
-        S, _, n = pool_gradients(lm, part, scope, batch_size, max_length, curvature=False)
+        S, _, n = pool_gradients(lm, part, scope, batch_size, max_length, curvature=False,
+                                 engine=engine)
         sums.append(S)
         counts.append(n)
     v_new, v_folds = leave_fold_out(sums, counts)
@@ -247,7 +270,8 @@ def gradient_statistics(lm: LoadedModel, pool: Sequence[Sample],
                         holdout_fraction: float = 0.1, anchor_fraction: float = 0.05,
                         tau: float = 2.0, confidence: str = "max_prob",
                         batch_size: int = 8, max_length: int | None = None,
-                        seed: int = 0, n_folds: int = DEFAULT_FOLDS) -> GradientStatistics:
+                        seed: int = 0, n_folds: int = DEFAULT_FOLDS,
+                        engine: Any = None) -> GradientStatistics:
     """v_new, v_prior, G and c for ``lm`` over ``scope`` (default: all linear layers).
 
     No target set: v_new is the mean gradient over a seeded held-out slice of the pool
@@ -258,6 +282,7 @@ def gradient_statistics(lm: LoadedModel, pool: Sequence[Sample],
     A pool of one sample cannot be cross-fitted: it is scored against its own gradient.
     No anchors: a seeded ``anchor_fraction`` slice of the pool. No ``reference``: the
     reference is ``lm`` itself, so v_prior is zero (and not computed).
+    ``engine``: where the gradient sums run (None: here); v_prior always runs here.
     """
     if not pool:
         raise ValueError("the pool is empty")
@@ -274,13 +299,13 @@ def gradient_statistics(lm: LoadedModel, pool: Sequence[Sample],
         if len(holdout) >= 2:
             folds = crossfit_folds(len(pool), holdout, n_folds, seed)
             v_new, v_folds, n_target = heldout_gradients(lm, pool, holdout, folds, scope,
-                                                         batch_size, max_length)
+                                                         batch_size, max_length, engine)
         else:
             v_new, n_target = mean_gradient(lm, [pool[i] for i in holdout], scope,
-                                            batch_size, max_length)
+                                            batch_size, max_length, engine)
     else:
-        v_new, n_target = mean_gradient(lm, targets, scope, batch_size, max_length)
-    G, c, n_pool = pool_gradients(lm, pool, scope, batch_size, max_length)
+        v_new, n_target = mean_gradient(lm, targets, scope, batch_size, max_length, engine)
+    G, c, n_pool = pool_gradients(lm, pool, scope, batch_size, max_length, engine=engine)
     if anchors is None:
         anchors = [pool[i] for i in _slice(len(pool), anchor_fraction, seed + 1)]
     if reference is None or reference is lm.model:
@@ -314,10 +339,14 @@ def update_direction(stats: GradientStatistics, eta: float = 2e-5, lambda_new: f
 
 def alignment_scores(lm: LoadedModel, samples: Sequence[Sample], stats: GradientStatistics,
                      scope: Sequence[ScopedModule], batch_size: int = 16,
-                     max_length: int | None = None, progress: bool = False) -> SampleScores:
+                     max_length: int | None = None, progress: bool = False,
+                     engine: Any = None) -> SampleScores:
     """``<v_new, g_n>`` for every sample of the pool the statistics were computed on;
-    cross-fitted (``v_{-k}`` for fold k) when v_new came from a held-out slice."""
+    cross-fitted (``v_{-k}`` for fold k) when v_new came from a held-out slice.
+    ``engine``: where the per-sample scores run (None: here)."""
     if stats.folds:
         return scores_by_fold(lm, samples, stats.v_new_folds, stats.folds, scope, batch_size,
-                              max_length, progress)
+                              max_length, progress, engine)
+    if engine is not None:
+        return engine.sample_scores(lm, samples, stats.v_new, scope, batch_size, max_length)
     return hook_scores(lm, samples, stats.v_new, scope, batch_size, max_length, progress)
