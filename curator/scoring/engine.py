@@ -24,13 +24,10 @@ from curator.config import ScoringOptions
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.embeddings import embed_samples
+from curator.scoring.engine_errors import EngineUnavailable
 from curator.scoring.utility import PairChunk, UtilityConfig, score_pairs
 
 RAY_INSTALL_HINT = "pip install 'curator[ray]'"
-
-
-class EngineUnavailable(ValueError):
-    """The engine asked for cannot run here (a missing optional dependency, no cluster)."""
 
 
 class ScoringEngine(Protocol):

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.embeddings import embed_samples
-from curator.scoring.engine import EngineUnavailable
+from curator.scoring.engine_errors import EngineUnavailable
 from curator.scoring.utility import (
     PairChunk,
     UtilityConfig,
