@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -170,13 +171,15 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
                    anchors: Sequence[Sample] | None = None,
                    param_budget: float = 0.05, data_budget: int | float = 0.1,
                    config: DualSFTConfig | None = None, reference: nn.Module | None = None,
-                   progress: bool = False) -> DualSFTResult:
+                   progress: bool = False, engine: Any = None) -> DualSFTResult:
     """Parameter mask and data ranking from one DualSFT pass over ``pool``.
 
     ``reference``: the frozen model of the KL prior. By default the prior is zero unless
     ``config.warmup_steps > 0``, in which case (as in DualSFT) a copy of ``lm`` is warmed
     up on a slice of the pool, all gradients are taken at that copy, and ``lm`` itself is
     the reference. The mask is meant for fine-tuning ``lm`` (the original weights).
+    ``engine``: where the gradient sums and per-sample scores run (None: here). A warmed-up
+    copy exists only in this process, so with warm-up every pass runs here.
     """
     cfg = config or DualSFTConfig()
     if not pool:
@@ -195,11 +198,19 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
         scoring_lm = warmup_copy(lm, warm, cfg.warmup_steps, cfg.warmup_lr,
                                  seed=cfg.seed, max_length=cfg.max_length)
         reference = lm.model
+        engine = None
     scope = resolve_scope(scoring_lm.model, cfg.modules, cfg.last_layers, cfg.include_head)
     stats = gradient_statistics(
         scoring_lm, pool, targets, anchors, reference, scope, cfg.holdout_fraction,
         cfg.anchor_fraction, cfg.tau, cfg.confidence, cfg.batch_size, cfg.max_length, cfg.seed,
-        cfg.crossfit_folds)
+        cfg.crossfit_folds, engine=engine)
+
+    def score(direction: Grads) -> SampleScores:
+        if engine is None:
+            return hook_scores(scoring_lm, pool, direction, scope, cfg.score_batch_size,
+                               cfg.max_length, progress)
+        return engine.sample_scores(scoring_lm, pool, direction, scope, cfg.score_batch_size,
+                                    cfg.max_length)
     u = update_direction(stats, cfg.eta, cfg.lambda_new, cfg.lambda_prior, cfg.second_order)
     phi_param = {k: u[k] * stats.G[k] for k in u}
     mask = allocate_mask(phi_param, param_budget, cfg.spread, cfg.use_abs)
@@ -211,19 +222,18 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
         us = [update_direction(stats, cfg.eta, cfg.lambda_new, cfg.lambda_prior,
                                cfg.second_order, v_new=v) for v in stats.v_new_folds]
         full: SampleScores = scores_by_fold(scoring_lm, pool, us, stats.folds, scope,
-                                            cfg.score_batch_size, cfg.max_length, progress)
+                                            cfg.score_batch_size, cfg.max_length, progress,
+                                            engine=engine)
         scores = full.total
         if cfg.co_extract:
             scores = scores_by_fold(scoring_lm, pool, [masked(d) for d in us], stats.folds,
                                     scope, cfg.score_batch_size, cfg.max_length,
-                                    progress).total
+                                    progress, engine=engine).total
     else:
-        full = hook_scores(scoring_lm, pool, u, scope, cfg.score_batch_size, cfg.max_length,
-                           progress)
+        full = score(u)
         scores = full.total
         if cfg.co_extract:
-            scores = hook_scores(scoring_lm, pool, masked(u), scope, cfg.score_batch_size,
-                                 cfg.max_length, progress).total
+            scores = score(masked(u)).total
     ranking = _rank(scores)
     n_ok = len(pool) - len(full.skipped)
     selected = ranking[:min(n_data, n_ok)]

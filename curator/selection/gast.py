@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,13 +136,14 @@ def gast_select(lm: LoadedModel, pool: Sequence[Sample], targets: Sequence[Sampl
                 batch_size: int = 8, score_batch_size: int = 16, max_length: int = 1024,
                 holdout_fraction: float = 0.1, progress: bool = False,
                 layer_share: float = DEFAULT_LAYER_SHARE,
-                n_folds: int = DEFAULT_FOLDS) -> GASTResult:
+                n_folds: int = DEFAULT_FOLDS, engine: Any = None) -> GASTResult:
     """Per-layer subsets of ``pool`` aligned with ``targets``, whose union is ``budget``
     samples (``layer_subsets``).
 
     ``targets`` None: the support gradient comes from a seeded held-out slice of the pool,
     cross-fitted over ``n_folds`` folds. Layers are transformer blocks; scoped modules
-    outside them (a head) form "(other)".
+    outside them (a head) form "(other)". ``engine``: where the gradient sums and
+    per-sample scores run (None: here).
     """
     if rule not in RULES:
         raise ValueError(f"unknown GAST rule {rule!r}; use one of {', '.join(RULES)}")
@@ -157,14 +159,16 @@ def gast_select(lm: LoadedModel, pool: Sequence[Sample], targets: Sequence[Sampl
             raise ValueError("a pool of one sample needs a target set")
         folds = crossfit_folds(len(pool), holdout, n_folds, seed)
         _, supports, n_support = heldout_gradients(lm, pool, holdout, folds, scope,
-                                                   batch_size, max_length)
+                                                   batch_size, max_length, engine)
         scored = scores_by_fold(lm, pool, supports, folds, scope, score_batch_size,
-                                max_length, progress)
+                                max_length, progress, engine=engine)
         source = (f"held-out slice of the pool ({n_support} samples), cross-fitted over "
                   f"{len(folds)} folds")
     else:
-        support, n_support = mean_gradient(lm, targets, scope, batch_size, max_length)
-        scored = hook_scores(lm, pool, support, scope, score_batch_size, max_length, progress)
+        support, n_support = mean_gradient(lm, targets, scope, batch_size, max_length, engine)
+        scored = hook_scores(lm, pool, support, scope, score_batch_size, max_length, progress) \
+            if engine is None else engine.sample_scores(lm, pool, support, scope,
+                                                        score_batch_size, max_length)
         source = f"mean gradient of the target set ({n_support} samples)"
     layers, per_layer = scored.per_layer()
     gen = torch.Generator().manual_seed(seed)

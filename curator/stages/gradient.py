@@ -70,7 +70,8 @@ def rank_dualsft(ctx: StageContext) -> Ranked:
     pb = spec.param_budget or DEFAULT_PARAM_BUDGET
     result = dualsft_select(ctx.lm, ctx.pools.pool, ctx.pools.target or None,
                             param_budget=budget_fraction(pb), data_budget=ctx.n_select,
-                            config=_dualsft_config(spec, ctx.options), progress=ctx.progress)
+                            config=_dualsft_config(spec, ctx.options), progress=ctx.progress,
+                            engine=_engine(ctx))
     config = _gradient_config(ctx, param_budget=pb, co_extract=True,
                               gradient=dataclasses.asdict(spec.gradient),
                               v_new=result.stats.v_new_source,
@@ -88,7 +89,7 @@ def rank_gast(ctx: StageContext) -> Ranked:
     result = gast_select(ctx.lm, pool, ctx.pools.target or None, budget=ctx.n_select,
                          seed=ctx.spec.seed, max_length=options.max_length,
                          score_batch_size=options.batch_size, progress=ctx.progress,
-                         layer_share=DEFAULT_LAYER_SHARE)
+                         layer_share=DEFAULT_LAYER_SHARE, engine=_engine(ctx))
     layers = result.subsets_by_id(pool)
     count: dict[int, int] = {}
     first: dict[int, int] = {}
@@ -105,14 +106,20 @@ def rank_gast(ctx: StageContext) -> Ranked:
     return _scored(ctx, ranking, scores, "gast_sampled", config, layers=layers)
 
 
+def _engine(ctx: StageContext) -> Any:
+    """Where the stage's gradient passes run (``scoring.engine``); None keeps them here,
+    with the local progress bar."""
+    from curator.scoring.engine import engine_for
+
+    return None if ctx.options.engine == "local" else engine_for(ctx.options)
+
+
 def rank_less(ctx: StageContext) -> Ranked:
     """LESS-style baseline: top-k by the inner product with the mean target gradient."""
-    from curator.scoring.engine import engine_for
     from curator.scoring.gradients import alignment_scores, gradient_statistics, resolve_scope
 
     lm, pool, options = ctx.lm, ctx.pools.pool, ctx.options
-    # where the gradient passes run (scoring.engine); None keeps the local progress bar
-    engine = None if options.engine == "local" else engine_for(options)
+    engine = _engine(ctx)
     scope = resolve_scope(lm.model)
     stats = gradient_statistics(lm, pool, ctx.pools.target or None, scope=scope,
                                 seed=ctx.spec.seed, max_length=options.max_length,

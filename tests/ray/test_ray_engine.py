@@ -431,10 +431,12 @@ def test_workers_with_another_model_refuse_to_score(lm, ray_cluster):
     assert not engine.pools
 
 
-def test_a_less_stage_on_ray_selects_what_the_local_one_selects(base, lm, tmp_path,
-                                                                  ray_cluster, monkeypatch):
-    """`scoring.engine: ray` reaches the gradient passes of a stage (the LESS-style one);
-    the selection and its cached scores are the local engine's."""
+@pytest.mark.parametrize("method", ["less", "dualsft", "gast"])
+def test_a_gradient_stage_on_ray_selects_what_the_local_one_selects(base, lm, tmp_path,
+                                                                    ray_cluster, monkeypatch,
+                                                                    method):
+    """`scoring.engine: ray` reaches the gradient passes of every gradient stage (LESS,
+    DualSFT, GAST): the selection and its cached scores are the local engine's."""
     from curator.config import StageSpec
     from curator.scoring import engine as engines
     from curator.stages import select_stage
@@ -448,7 +450,7 @@ def test_a_less_stage_on_ray_selects_what_the_local_one_selects(base, lm, tmp_pa
         store = copy_store(base, tmp_path / name)
         options = ScoringOptions(batch_size=4, max_length=128, **engine_keys)
         try:
-            out = select_stage(store, "d", StageSpec(method="less", budget="5", version=1),
+            out = select_stage(store, "d", StageSpec(method=method, budget="5", version=1),
                                lm=lm, options=options)
         finally:
             engines.close_shared()
