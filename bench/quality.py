@@ -105,6 +105,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from quality_data import DataConfig, QualityData, Row, build, em_family  # noqa: E402
 from quality_stats import PairedDiff, compare  # noqa: E402
 
+from curator.vocabulary import DEFAULT_HARM, HARM_RULES  # noqa: E402
+
 LABEL = {"delift": "DELIFT", "embedding": "embedding FL", "rds": "RDS+", "dualsft": "DualSFT",
          "gast": "GAST", "less": "LESS-style top-k", "random": "random", "full": "full data",
          "base": "base model (no fine-tuning)"}
@@ -200,6 +202,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=None,
                    help="drop rows whose prompt + response exceed this many tokens (128)")
     p.add_argument("--self-coverage", choices=["best", "one"], default="best")
+    p.add_argument("--harm", choices=list(HARM_RULES), default=DEFAULT_HARM,
+                   help="DELIFT's harm rule (an ablation: 'mean' against the default)")
     p.add_argument("--boot", type=int, default=2000, help="bootstrap replicates")
     p.add_argument("--workdir", type=Path, default=None,
                    help="store, data and cached runs (default /tmp/curator-quality[-quick|-tiny])")
@@ -323,7 +327,8 @@ def select_one(args, store, lm, stage: str, method: str, seed: int, target: str 
     from curator.stages import resolve_pools, select_stage
 
     spec = StageSpec(stage=stage, method=method, budget=args.budget, seed=seed,
-                     self_coverage=args.self_coverage, target=target)
+                     self_coverage=args.self_coverage, target=target,
+                     harm=args.harm if method == "delift" else DEFAULT_HARM)
     if stage == "instruction":
         spec.version = 1
     elif stage == "continual":
@@ -755,7 +760,7 @@ def write_report(args, data: QualityData, tasks: list[Task], selections: list[Se
     lines += ["", f"Budget {args.budget}; methods {', '.join(LABEL[m] for m in args.methods)}; "
               f"training seeds 0..{args.seeds - 1} (random subset s trained with seed s); "
               f"{args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr:g}, fp32, a "
-              f"fresh model per run; DELIFT k={args.k}, self-coverage {args.self_coverage}. "
+              f"fresh model per run; DELIFT k={args.k}, self-coverage {args.self_coverage}, harm {args.harm}. "
               f"Differences are paired by seed and row; intervals: {args.boot} bootstrap "
               "replicates over seeds and evaluation units (`bench/quality_stats.py`).", ""]
     if data.notes:
