@@ -412,6 +412,21 @@ def score_targets(lm: LoadedModel, samples: Sequence[Sample], config: UtilityCon
     return out
 
 
+def _laid_pairs(lm: LoadedModel, samples_by_id: Mapping[str, Sample],
+                pairs: Sequence[tuple[str, str]], config: UtilityConfig | None,
+                batch_size: int, chunk_pairs: int
+                ) -> tuple[UtilityConfig, list[tuple[str, str]], list[_Pair]]:
+    """Checked settings and pairs, and each pair laid out (what ``score_pairs`` and
+    ``pair_units`` both start from, so their units agree)."""
+    if batch_size < 1 or chunk_pairs < 1:
+        raise ValueError("batch_size and chunk_pairs must be positive")
+    cfg = (config or UtilityConfig()).resolved(lm)
+    checked = _check_pairs(samples_by_id, pairs)
+    tpl = PairTemplate(lm.tokenizer, cfg.template)
+    return cfg, checked, [_lay_out(tpl, samples_by_id[t], samples_by_id[e], cfg)
+                          for t, e in checked]
+
+
 def score_pairs(lm: LoadedModel, samples_by_id: Mapping[str, Sample],
                 pairs: Sequence[tuple[str, str]], config: UtilityConfig | None = None, *,
                 batch_size: int = 16, chunk_pairs: int = 1024, prefix_reuse: bool = True,
@@ -424,12 +439,7 @@ def score_pairs(lm: LoadedModel, samples_by_id: Mapping[str, Sample],
     store) to reuse; the rest are computed once, as the chunks need them. Bad input raises
     here, before the first chunk is asked for.
     """
-    if batch_size < 1 or chunk_pairs < 1:
-        raise ValueError("batch_size and chunk_pairs must be positive")
-    cfg = (config or UtilityConfig()).resolved(lm)
-    pairs = _check_pairs(samples_by_id, pairs)
-    tpl = PairTemplate(lm.tokenizer, cfg.template)
-    laid = [_lay_out(tpl, samples_by_id[t], samples_by_id[e], cfg) for t, e in pairs]
+    cfg, pairs, laid = _laid_pairs(lm, samples_by_id, pairs, config, batch_size, chunk_pairs)
     d_memo: dict[str, float] = dict(target_distances or {})
     config_hash = cfg.config_hash()
 
@@ -489,12 +499,7 @@ def pair_units(lm: LoadedModel, samples_by_id: Mapping[str, Sample],
     most ``batch_size`` prefixes and about ``chunk_pairs`` pairs. ``score_pairs`` run on
     one unit scores it as one unit again, so a distributed engine that hands out units
     keeps the KV reuse and the local engine's batches (``curator.scoring.ray_engine``)."""
-    if batch_size < 1 or chunk_pairs < 1:
-        raise ValueError("batch_size and chunk_pairs must be positive")
-    cfg = (config or UtilityConfig()).resolved(lm)
-    pairs = _check_pairs(samples_by_id, pairs)
-    tpl = PairTemplate(lm.tokenizer, cfg.template)
-    laid = [_lay_out(tpl, samples_by_id[t], samples_by_id[e], cfg) for t, e in pairs]
+    cfg, pairs, laid = _laid_pairs(lm, samples_by_id, pairs, config, batch_size, chunk_pairs)
     invalid = [i for i, p in enumerate(laid) if p.reason]
     units = ([invalid] if invalid else []) + _prefix_units(laid, batch_size, chunk_pairs)
     return [[pairs[i] for i in unit] for unit in units]
