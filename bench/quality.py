@@ -237,7 +237,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     suffix = "-tiny" if tiny else "-quick" if args.quick else ""
     args.workdir = args.workdir or Path("/tmp/curator-quality" + suffix)
     args.out = args.out or (args.workdir / "quality.md" if tiny else ROOT / "bench" / "results"
-                            / ("quality_quick.md" if args.quick else "quality.md"))
+                            / ("quality_quick.md" if args.quick else "quality_paired.md"))
     return args
 
 

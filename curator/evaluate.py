@@ -155,8 +155,8 @@ def exact_match(lm: LoadedModel, samples: Sequence[Sample], max_new_tokens: int 
     for s in samples:
         r = extract_answer(s.response, rx)
         refs.append(s.response if r is None else r)
-    hits = [p is not None and normalise_answer(p) == normalise_answer(r)
-            for p, r in zip(predicted, refs, strict=True)]
+    # the one rule the tests check, so `curator eval` runs exactly it
+    hits = [answers_match(g, s.response, rx) for g, s in zip(generations, samples, strict=True)]
     return ExactMatch(hits, generations, predicted, refs,
                       {"max_new_tokens": max_new_tokens,
                        "answer_pattern": rx.pattern if rx is not None else None})

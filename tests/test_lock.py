@@ -35,7 +35,7 @@ def _lock() -> dict[str, str]:
 def _declared() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
-    for extra in ("dev", "train"):
+    for extra in ("dev", "train", "ray"):
         reqs += [Requirement(r) for r in project["optional-dependencies"][extra]]
     return reqs
 

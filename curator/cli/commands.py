@@ -504,10 +504,7 @@ def eval_cmd(model: str | None, data_path: str | None, dataset: str | None, stor
 
     if answer_pattern is not None and not exact_match:
         raise CuratorError("--answer-pattern needs --exact-match")
-    try:
-        pattern = compile_pattern(answer_pattern)
-    except ValueError as exc:
-        raise CuratorError(str(exc)) from exc
+    pattern = compile_pattern(answer_pattern)        # a bad pattern: one line (user_errors)
     samples = _samples_from(data_path, dataset, store_path)
     lm = _loader(model, "fp32", False)()
     loss = eval_loss(lm, samples, batch_size=batch_size, max_length=max_length)

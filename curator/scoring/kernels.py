@@ -38,9 +38,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from curator.scoring.neighbours import Neighbours, knn
+from curator.vocabulary import SELF_COVERAGE
 
 EMBEDDING_SCALINGS = ("additive", "clip")
-SELF_COVERAGE = ("best", "one")
 _DENSE_LIMIT = 50_000_000  # entries; a dense N x M beyond this is a mistake, not a helper
 
 

@@ -23,6 +23,7 @@ reference code's zero distance that made over-long pairs look maximally useful.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -290,12 +291,18 @@ def _cache_name(model: torch.nn.Module) -> str:
     ``past_key_values``. Read from the forward's signature (the deprecation wrapper keeps
     it): passing an unknown name would be swallowed by ``**kwargs`` and silently score
     without the prefix."""
-    params = inspect.signature(model.forward).parameters
+    return _cache_name_of(type(model))
+
+
+@functools.cache
+def _cache_name_of(model_class: type) -> str:
+    # once per model class: the signature is read on every forward of the prefix loop
+    params = inspect.signature(model_class.forward).parameters
     if "cache" in params:
         return "cache"
     if "past_key_values" in params:
         return "past_key_values"
-    raise TypeError(f"{type(model).__name__}.forward takes no key/value cache argument")
+    raise TypeError(f"{model_class.__name__}.forward takes no key/value cache argument")
 
 
 def _cache_kwarg(model: torch.nn.Module, cache: object) -> dict[str, object]:

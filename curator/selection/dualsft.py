@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from curator.budget import parse_budget
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.gradients import (
@@ -52,7 +53,6 @@ from curator.scoring.gradients import (
     update_direction,
     warmup_copy,
 )
-from curator.selection.budget import parse_budget
 
 Mask = dict[str, torch.Tensor]
 

@@ -122,15 +122,13 @@ def resolve_pools(store: Store, dataset: str, spec: StageSpec,
                         "the continual stage needs something previous: select from an earlier "
                         "version first, or pass --parent SELECTION") from exc
         parent = get_selection(store, parent_id)
-        prev_ids = set(selection_sample_ids(store, parent_id))
+        members = selection_sample_ids(store, parent_id)
         pools.parent = parent_id
         by_id = {s.sample_id: s for s in load_samples(store, parent.dataset, parent.version)}
-        pools.previous = [by_id[i] for i in selection_sample_ids(store, parent_id) if i in by_id]
-        if spec.pool == "new":
-            seen = {s.sample_id for s in load_samples(store, parent.dataset, parent.version)}
-            pools.pool = [s for s in pool if s.sample_id not in seen]
-        else:
-            pools.pool = [s for s in pool if s.sample_id not in prev_ids]
+        pools.previous = [by_id[i] for i in members if i in by_id]
+        # "new": what the parent's version did not hold; "all": what the parent did not pick
+        seen = by_id.keys() if spec.pool == "new" else set(members)
+        pools.pool = [s for s in pool if s.sample_id not in seen]
         if not pools.pool:
             raise ValueError(f"nothing new in {dataset} v{version} since selection {parent_id} "
                              f"(v{parent.version})")

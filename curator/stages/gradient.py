@@ -123,7 +123,7 @@ def rank_less(ctx: StageContext) -> Ranked:
     scope = resolve_scope(lm.model)
     stats = gradient_statistics(lm, pool, ctx.pools.target or None, scope=scope,
                                 seed=ctx.spec.seed, max_length=options.max_length,
-                                engine=engine)
+                                engine=engine, pool_sums=False)   # LESS reads v_new only
     raw = alignment_scores(lm, pool, stats, scope, options.batch_size, options.max_length,
                            ctx.progress, engine=engine).total
     scores = np.asarray(raw, dtype=float)

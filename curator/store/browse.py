@@ -412,36 +412,6 @@ def sample_detail(store: Store, sample_id: str) -> dict[str, Any] | None:
                           "metadata": json.loads(m) if m else {}} for d, v, m in versions]}
 
 
-def utility_key(store: Store, sample_id: str,
-                selection_id: str | None = None) -> tuple[str, str] | None:
-    """(model, config) of the utilities to explain ``sample_id`` with: the selection's own
-    when it has them, otherwise the key with the most pairs involving the sample."""
-    if selection_id:
-        sel = get_selection(store, selection_id)
-        if sel.model and (sel.config or {}).get("utility_config"):
-            return sel.model, sel.config["utility_config"]
-    rows = store.query(
-        "SELECT model, config, count(*) AS n FROM utilities WHERE valid AND (target_id = ? OR "
-        "example_id = ?) GROUP BY model, config ORDER BY n DESC LIMIT 1", [sample_id, sample_id])
-    return (rows[0][0], rows[0][1]) if rows else None
-
-
-def top_utilities(store: Store, sample_id: str, model: str, config: str, role: str,
-                  limit: int = 10) -> list[dict[str, Any]]:
-    """``role="example"``: the targets this sample helps most, UF(target, sample);
-    ``role="target"``: the examples that help this sample most, UF(sample, example)."""
-    if role not in ("example", "target"):
-        raise ValueError("role must be 'example' or 'target'")
-    me, other = ("example_id", "target_id") if role == "example" else ("target_id", "example_id")
-    rows = store.query(
-        f"SELECT u.{other}, u.utility, u.d_target, u.d_given, s.prompt FROM utilities u "
-        f"JOIN samples s ON s.sample_id = u.{other} WHERE u.{me} = ? AND u.model = ? AND "
-        f"u.config = ? AND u.valid ORDER BY u.utility DESC, u.{other} LIMIT ?",
-        [sample_id, model, config, limit])
-    return [{"sample_id": r[0], "utility": r[1], "d_target": r[2], "d_given": r[3],
-             "prompt": _preview(r[4], 100)} for r in rows]
-
-
 def sample_gradient_scores(store: Store, sample_id: str) -> list[dict[str, Any]]:
     """Every stored whole-scope gradient score of the sample, named by the selections
     (gradient methods) whose config produced it."""

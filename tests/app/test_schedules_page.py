@@ -74,7 +74,9 @@ def test_overdue_schedule_is_due_now_and_runs_say_what_they_did(tmp_path, monkey
                       selection_id="sel-0007", n_selected=12, export="/x/exports/nightly/sched-1")
     quiet = RunOutcome("sched-2", "nightly", status="done")
     failed = RunOutcome("sched-3", "nightly", status="failed", error="no model on this machine")
-    for outcome in (made, quiet, failed):
+    # an idle run's note already says "nothing new": said once, not "nothing new; nothing new"
+    idle = RunOutcome("sched-4", "nightly", status="done", note="nothing new since sel-0007 (v2)")
+    for outcome in (made, quiet, failed, idle):
         store.start_run("schedule", "d", {"schedule": "nightly", "trigger": "due"},
                         run_id=outcome.run_id)
         store.finish_run(outcome.run_id, outcome.status, error=outcome.error,
@@ -85,7 +87,8 @@ def test_overdue_schedule_is_due_now_and_runs_say_what_they_did(tmp_path, monkey
     assert not at.exception, [e.value for e in at.exception]
     assert list(at.dataframe[0].value["next run (UTC)"]) == ["due now"]
     runs = at.dataframe[1].value
-    assert list(runs["run_id"]) == ["sched-3", "sched-2", "sched-1"]
+    assert list(runs["run_id"]) == ["sched-4", "sched-3", "sched-2", "sched-1"]
     assert list(runs["outcome"]) == [
-        "failed: no model on this machine", "nothing new",
+        "nothing new since sel-0007 (v2)", "failed: no model on this machine", "nothing new",
         "new version v2; selection sel-0007 (12 of 40); export /x/exports/nightly/sched-1"]
+

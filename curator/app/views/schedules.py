@@ -43,10 +43,10 @@ def outcome(run: dict) -> str:
                      + (" reused" if run.get("reused_selection") else ""))
     if run.get("export"):
         parts.append(f"export {run['export']}")
+    if run.get("note"):
+        parts.append(run["note"])        # an idle run's note says "nothing new since ..."
     if not parts:
         parts.append("nothing new")
-    if run.get("note"):
-        parts.append(run["note"])
     return "; ".join(parts)
 
 

@@ -271,7 +271,7 @@ def gradient_statistics(lm: LoadedModel, pool: Sequence[Sample],
                         tau: float = 2.0, confidence: str = "max_prob",
                         batch_size: int = 8, max_length: int | None = None,
                         seed: int = 0, n_folds: int = DEFAULT_FOLDS,
-                        engine: Any = None) -> GradientStatistics:
+                        engine: Any = None, pool_sums: bool = True) -> GradientStatistics:
     """v_new, v_prior, G and c for ``lm`` over ``scope`` (default: all linear layers).
 
     No target set: v_new is the mean gradient over a seeded held-out slice of the pool
@@ -283,6 +283,8 @@ def gradient_statistics(lm: LoadedModel, pool: Sequence[Sample],
     No anchors: a seeded ``anchor_fraction`` slice of the pool. No ``reference``: the
     reference is ``lm`` itself, so v_prior is zero (and not computed).
     ``engine``: where the gradient sums run (None: here); v_prior always runs here.
+    ``pool_sums`` False: skip G and c (a whole backward pass over the pool) for callers
+    that only score against v_new (LESS); they stay empty and ``n_pool`` is 0.
     """
     if not pool:
         raise ValueError("the pool is empty")
@@ -305,7 +307,11 @@ def gradient_statistics(lm: LoadedModel, pool: Sequence[Sample],
                                             batch_size, max_length, engine)
     else:
         v_new, n_target = mean_gradient(lm, targets, scope, batch_size, max_length, engine)
-    G, c, n_pool = pool_gradients(lm, pool, scope, batch_size, max_length, engine=engine)
+    G: Grads = {}
+    c: Grads = {}
+    n_pool = 0
+    if pool_sums:
+        G, c, n_pool = pool_gradients(lm, pool, scope, batch_size, max_length, engine=engine)
     if anchors is None:
         anchors = [pool[i] for i in _slice(len(pool), anchor_fraction, seed + 1)]
     if reference is None or reference is lm.model:
