@@ -221,7 +221,10 @@ ray.init(address=address, logging_level="ERROR", log_to_driver=False)
 store = Store(store_path, lock_timeout=10)
 pool = load_samples(store, "d", 1)
 options = ScoringOptions(**json.loads(sys.argv[4]))
-engine = RayEngine(workers=2, threads=1, loader=functools.partial(tiny_loaded_model, "llama"))
+# merge_pairs=1: one commit per chunk, so "killed after the k-th commit" leaves pairs
+# missing however the chunks arrive (merged, a loaded machine's commits held everything)
+engine = RayEngine(workers=2, threads=1, loader=functools.partial(tiny_loaded_model, "llama"),
+                   merge_pairs=1)
 jobs.score_utilities(store, tiny_loaded_model("llama"), pool, pool, options, engine=engine)
 print("not killed")
 '''
