@@ -13,16 +13,22 @@ killed half way leaves nothing behind once the next command opens the store
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curator.folders import (
+    FolderRefused,
+    check_target,
+    manifest_digest,
+    sha256_file,
+    swap_into_place,
+    temp_folder,
+    write_manifest,
+)
 from curator.records import Sample, split_prompt_response
 from curator.store import Store
 from curator.store.datasets import load_samples
@@ -48,14 +54,6 @@ class ExportResult:
     files: dict[str, str]   # relative path -> sha256
     n_rows: int
     manifest: dict[str, Any]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def to_row(sample: Sample, fmt: str) -> dict[str, Any]:
@@ -163,13 +161,13 @@ def export_selection(store: Store, selection_id: str, out: str | Path, fmt: str 
     out.parent.mkdir(parents=True, exist_ok=True)
     # The temporary folder's name is recorded in the run before it exists, so a recovery
     # after kill -9 knows it is curator's to remove (recovery.clean_export_leftovers).
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}"
+    tmp = temp_folder(out)
     run_id = store.start_run("export", sel.dataset, {"selection_id": selection_id,
                                                      "out": str(out), "tmp": str(tmp)})
     try:
         tmp.mkdir(mode=0o777)  # less the umask, as for any folder the user makes
         written = _write_export(store, selection_id, sel, samples, fmt, tmp)
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         store.finish_run(run_id, "failed", error=str(exc) or type(exc).__name__)
@@ -180,59 +178,12 @@ def export_selection(store: Store, selection_id: str, out: str | Path, fmt: str 
 
 def _check_out(store: Store, given: Path, force: bool) -> Path:
     """The folder to write, absolute; ExportError with the reason when it may not be
-    written. Without ``force`` it must not exist; with it, it must be a curator export."""
-    given = given.expanduser()
-    if given.is_symlink():
-        raise ExportError(f"{given} is a symbolic link; name a folder, not a link (curator "
-                          "does not write or delete through links)")
-    # Resolve the parent only: the last part is the name itself, not what it points to.
-    out = Path(os.path.abspath(given))
-    out = out.parent.resolve() / out.name
-    home = store.path.resolve()
-    if out == home or out in home.parents:
-        raise ExportError(f"{out} {'is' if out == home else 'holds'} the store {home}; "
-                          "choose another folder for the export")
-    if not out.exists():
-        return out
-    if not out.is_dir():
-        raise ExportError(f"{out} exists and is not a folder")
-    if not force:
-        raise ExportError(f"{out} exists; pass --force to replace it")
-    reason = not_a_replaceable_export(out)
-    if reason:
-        raise ExportError(f"{out} {reason}; --force replaces only a previous curator export")
-    return out
-
-
-# Files a system or file browser drops into any folder: not the user's work.
-_JUNK = {".DS_Store", "Thumbs.db", "desktop.ini"}
-
-
-def not_a_replaceable_export(path: Path) -> str | None:
-    """Why ``path`` is not a curator export that may be replaced, or None when it is: its
-    manifest.json is curator's (the fields it writes, its digest intact) and every file in
-    the folder is one the manifest lists (besides manifest.json and file-browser junk)."""
+    written (curator.folders.check_target: the one rule for every folder curator
+    replaces)."""
     try:
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return "is not a curator export (no manifest.json)"
-    except (OSError, ValueError):
-        return "has a manifest.json that is not readable JSON"
-    if not isinstance(manifest, dict) or not {"curator_version", "selection", "files",
-                                              "sample_ids"} <= set(manifest):
-        return "has a manifest.json that curator did not write"
-    digest = manifest.get("manifest_sha256")
-    if digest is not None and digest != manifest_digest(manifest):
-        return "has a manifest.json that was edited after export"
-    listed = set(manifest.get("files") or {}) | {"manifest.json"}
-    others = sorted(f.relative_to(path).as_posix() for f in path.rglob("*")
-                    if (f.is_file() or f.is_symlink()) and not f.is_dir()
-                    and f.relative_to(path).as_posix() not in listed and f.name not in _JUNK)
-    if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3
-                                         else "")
-        return f"holds files the export did not write ({shown})"
-    return None
+        return check_target(given, force=force, kind="export", protected=store.path)
+    except FolderRefused as exc:
+        raise ExportError(str(exc)) from exc
 
 
 def _write_export(store: Store, selection_id: str, sel: Any, samples: list[Sample], fmt: str,
@@ -256,17 +207,11 @@ def _write_export(store: Store, selection_id: str, sel: Any, samples: list[Sampl
         path = tmp / "dataset_info.json"
         path.write_text(json.dumps(info, indent=2))
         written.append(path)
-    files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in written}
-    # Round-trip through JSON first so the digest covers exactly what a reader loads.
-    manifest = json.loads(json.dumps(_manifest(sel, fmt, samples, files, mask, layers),
-                                     default=str))
-    manifest["manifest_sha256"] = manifest_digest(manifest)
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False),
-                                       encoding="utf-8")
-    return files, manifest
+    manifest = write_manifest(tmp, _manifest(sel, fmt, samples, mask, layers), written)
+    return manifest["files"], manifest
 
 
-def _manifest(sel: Any, fmt: str, samples: list[Sample], files: dict[str, str],
+def _manifest(sel: Any, fmt: str, samples: list[Sample],
               mask: dict[str, Any] | None, layers: dict[str, list[str]]) -> dict[str, Any]:
     from curator import __version__
 
@@ -284,38 +229,11 @@ def _manifest(sel: Any, fmt: str, samples: list[Sample], files: dict[str, str],
         "format": fmt,
         "n_rows": len(samples),
         "sample_ids": [s.sample_id for s in samples],
-        "files": files,
         "mask": None if mask is None else {
             "file": "mask.safetensors", "density": mask["density"],
             "n_params": mask["n_params"], "n_kept": mask["n_kept"], "info": mask["info"]},
         "layers": {k: len(v) for k, v in layers.items()} or None,
     }
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; a previous export there is moved aside to ``<tmp>.old``
-    first and removed after (the name is derived from the recorded ``tmp``, so a recovery
-    after a kill between the two renames can put it back or finish removing it)."""
-    if out.exists():
-        old = old_folder(tmp)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-
-
-def old_folder(tmp: Path) -> Path:
-    """Where a replaced export waits while the new one is renamed into place."""
-    return tmp.with_name(tmp.name + ".old")
-
-
-def manifest_digest(manifest: dict[str, Any]) -> str:
-    """sha256 of the manifest's canonical JSON without its own digest field: an edited
-    manifest (another sample list, another stage) no longer matches it."""
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def verify_export(path: str | Path) -> list[str]:

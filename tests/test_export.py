@@ -238,14 +238,14 @@ def test_force_refuses_an_export_holding_the_users_files_or_an_edited_manifest(
     before = _tree(out)
     with pytest.raises(ExportError) as info:
         export_selection(store, sid, out, force=True)
-    assert str(info.value) == (f"{out} holds files the export did not write (notes/todo.md); "
+    assert str(info.value) == (f"{out} holds files curator did not write (notes/todo.md); "
                                "--force replaces only a previous curator export")
     assert _tree(out) == before
     shutil.rmtree(out / "notes")
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["n_rows"] = 1
     (out / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ExportError, match="has a manifest.json that was edited after export"):
+    with pytest.raises(ExportError, match="has a manifest.json that was edited after curator wrote it"):
         export_selection(store, sid, out, force=True)
 
 
@@ -382,3 +382,68 @@ def test_mask_with_a_wrong_checksum_stops_the_export(store, selection, tmp_path)
         export_selection(store, sid, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+@pytest.mark.parametrize("fmt", ["messages", "parquet", "hf"])
+def test_force_refuses_an_export_whose_data_the_user_edited(store, selection, tmp_path, fmt):
+    """Issue 28: only the manifest's digest and unlisted files were checked, so --force
+    replaced an export whose data.jsonl the user had edited by hand."""
+    sid, _ = selection
+    out = tmp_path / "e8"
+    res = export_selection(store, sid, out, fmt=fmt)
+    data = sorted(f for f in res.files if f != "dataset_info.json")[0]
+    with (out / data).open("ab") as fh:
+        fh.write(b"\n")  # one byte the user added
+    before = _tree(out)
+    with pytest.raises(ExportError) as info:
+        export_selection(store, sid, out, fmt=fmt, force=True)
+    assert str(info.value) == (f"{out} holds files changed since curator wrote them ({data}); "
+                               "--force replaces only a previous curator export")
+    assert _tree(out) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_force_replaces_an_export_nobody_changed_even_without_a_listed_file(
+        store, selection, tmp_path):
+    sid, _ = selection
+    out = tmp_path / "out"
+    export_selection(store, sid, out)
+    (out / "dataset_info.json").unlink()  # a file gone: nothing of the user's is lost
+    (out / ".DS_Store").write_bytes(b"junk")
+    assert export_selection(store, sid, out, fmt="alpaca", force=True).path == out
+    assert json.loads((out / "manifest.json").read_text())["format"] == "alpaca"
+
+
+def test_every_name_an_export_writes_is_known_to_the_recovery(store, selection, tmp_path):
+    """EXPORT_NAMES lacked dataset_info.json, so a killed `export --force` kept its 14 MB
+    temporary folder (and would have kept a `.X.XXXXXXXX.old` folder) for ever."""
+    from curator.store.recovery import EXPORT_NAMES
+
+    sid, _ = selection
+    with_mask(store, sid)
+    for fmt in FORMATS:
+        out = tmp_path / f"out-{fmt}"
+        export_selection(store, sid, out, fmt=fmt)
+        assert {p.name for p in out.iterdir()} <= EXPORT_NAMES, fmt
+
+
+def test_cd_into_the_export_and_force_it_with_a_relative_store(store, selection, tmp_path,
+                                                               monkeypatch):
+    """`cd ex && curator export SEL --store ../store --out . --force` wrote the export, then
+    failed: the store path was relative to a working folder the swap had removed."""
+    from click.testing import CliRunner
+
+    from curator.cli import main
+
+    sid, _ = selection
+    export_selection(store, sid, tmp_path / "ex")
+    monkeypatch.chdir(tmp_path / "ex")
+    r = CliRunner().invoke(main, ["export", sid, "--store", "../store", "--out", ".",
+                                  "--force", "--format", "messages"])
+    assert r.exit_code == 0, r.output
+    assert f"to {tmp_path / 'ex'}" in r.output
+    assert json.loads((tmp_path / "ex" / "manifest.json").read_text())["format"] == "messages"
+    runs = Store(tmp_path / "store").query(
+        "SELECT status FROM runs WHERE kind = 'export' ORDER BY started_at")
+    assert runs[-1] == ("done",)
+    assert Path.cwd() == tmp_path / "ex"  # the shell's folder is the new export

@@ -73,7 +73,10 @@ class Store:
 
     def __init__(self, path: str | Path | None = None, *, lock_timeout: float | None = None,
                  create: bool = True):
-        self.path = Path(path) if path is not None else default_store_path()
+        # Absolute once, here: a relative path would follow the process's working folder,
+        # which an export into `--out .` replaces (issue 28).
+        self.path = Path(os.path.abspath(Path(path) if path is not None
+                                         else default_store_path()))
         self.db_path = self.path / DB_FILENAME
         self.artifacts = self.path / "artifacts"
         if lock_timeout is None:

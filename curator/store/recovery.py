@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,9 @@ from typing import Any
 
 import duckdb
 
-# What an export writes into its temporary folder (curator.export): a folder holding
-# anything else is not removed.
-EXPORT_NAMES = {"data.jsonl", "data.parquet", "hf", "mask.safetensors", "layers.json",
-                "manifest.json"}
+from curator.folders import EXPORT_NAMES, clean_leftovers
+
+__all__ = ["EXPORT_NAMES", "clean_export_leftovers", "recover"]
 
 
 def host_name() -> str:
@@ -111,23 +109,9 @@ def recover(con: duckdb.DuckDBPyConnection) -> list[Abandoned]:
 
 
 def clean_export_leftovers(tmp: Path, out: Path) -> None:
-    """Remove a killed export's temporary folder (only if it holds nothing but what an
-    export writes: the name was recorded before the folder was made, so it is curator's).
-    A previous export moved aside to ``<tmp>.old`` goes back to ``out`` when the kill came
-    between the two renames, and is removed when the new export is in place."""
-    if tmp.is_dir() and not tmp.is_symlink() \
-            and {p.name for p in tmp.iterdir()} <= EXPORT_NAMES:
-        shutil.rmtree(tmp, ignore_errors=True)
-    old = tmp.with_name(tmp.name + ".old")
-    if old.is_dir() and not old.is_symlink():
-        if out.exists() or out.is_symlink():
-            if {p.name for p in old.iterdir()} <= EXPORT_NAMES:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            try:
-                old.rename(out)
-            except OSError:
-                pass  # left for the user to see; nothing is lost
+    """Remove a killed export's temporary folder and put back or remove the previous export
+    it moved aside (curator.folders.clean_leftovers: the names curator writes are there)."""
+    clean_leftovers(tmp, out)
 
 
 def clear_stale_staging(con: duckdb.DuckDBPyConnection) -> None:

@@ -147,3 +147,21 @@ def test_a_killed_exports_folders_are_removed_or_restored(tmp_path):
     assert not old.exists() and out.is_dir()
 
     assert process_alive(None, None)  # unknown counts as alive
+
+
+def test_a_killed_force_exports_folders_with_dataset_info_are_cleaned(tmp_path):
+    """dataset_info.json was missing from EXPORT_NAMES: a killed `export --force` left its
+    temporary folder, and a previous export moved aside to .X.XXXXXXXX.old, for ever."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "data.jsonl").write_text("{}\n")
+    tmp = tmp_path / ".out.eeeeeeee"
+    tmp.mkdir()
+    for name in ("data.jsonl", "dataset_info.json"):
+        (tmp / name).write_text("{}")
+    old = tmp_path / ".out.eeeeeeee.old"
+    old.mkdir()
+    for name in ("data.jsonl", "dataset_info.json", "manifest.json"):
+        (old / name).write_text("{}")
+    clean_export_leftovers(tmp, out)
+    assert not tmp.exists() and not old.exists() and (out / "data.jsonl").exists()
