@@ -103,7 +103,7 @@ def replace_refusal(path: Path, kind: str = "export") -> str | None:
         if f.is_dir() and not f.is_symlink():
             continue
         rel = f.relative_to(path).as_posix()
-        if rel == MANIFEST or (f.name in JUNK and rel not in listed):
+        if rel in (MANIFEST, PARTIAL) or (f.name in JUNK and rel not in listed):
             continue
         if rel not in listed:
             others.append(rel)

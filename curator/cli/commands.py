@@ -26,9 +26,11 @@ from curator.store import Store
 from curator.vocabulary import (
     CONTINUAL_POOLS,
     DEFAULT_HARM,
+    DEFAULT_WARMUP_STEPS,
     DISTANCES,
     ENGINES,
     EXPORT_FORMATS,
+    GRADIENT_NORMALIZE,
     HARM_RULES,
     MASK_RANKS,
     METHODS,
@@ -104,9 +106,10 @@ def gradient_options(func: Callable) -> Callable:
     """DualSFT's direction, prior and mask options (config.GradientOptions); their values
     are passed on as one ``gradient`` mapping."""
     opts = [
-        click.option("--warmup-steps", default=0, show_default=True,
-                     help="DualSFT: AdamW warm-up steps before scoring; > 0 makes the KL prior "
-                          "to the frozen model (v_prior) non-zero, 0 leaves it at zero."),
+        click.option("--warmup-steps", default=DEFAULT_WARMUP_STEPS, show_default=True,
+                     help="DualSFT: AdamW warm-up steps on a 5% slice of the pool before "
+                          "scoring (as the reference); they make the KL prior to the frozen "
+                          "model (v_prior) non-zero; 0 skips the warm-up and the prior."),
         click.option("--grad-eta", default=2e-5, show_default=True,
                      help="DualSFT: learning rate the update direction is built for (and the "
                           "warm-up's)."),
@@ -123,16 +126,21 @@ def gradient_options(func: Callable) -> Callable:
         click.option("--mask-spread", default=0.0, show_default=True,
                      help="DualSFT: share of the mask spread evenly over layers and module "
                           "kinds (0: plain top-k, the reference's default)."),
+        click.option("--grad-normalize", type=click.Choice(GRADIENT_NORMALIZE),
+                     default="none", show_default=True,
+                     help="DualSFT: score samples over unit-norm gradients, <u, g_n> / |g_n| "
+                          "('unit', as LESS), or as they are ('none', the reference)."),
     ]
     for opt in reversed(opts):
         func = opt(func)
 
     @functools.wraps(func)
     def wrapper(*args, warmup_steps, grad_eta, lambda_new, lambda_prior, tau, mask_rank,
-                mask_spread, **kwargs):
+                mask_spread, grad_normalize, **kwargs):
         kwargs["gradient"] = {"warmup_steps": warmup_steps, "eta": grad_eta,
                               "lambda_new": lambda_new, "lambda_prior": lambda_prior,
-                              "tau": tau, "mask_rank": mask_rank, "mask_spread": mask_spread}
+                              "tau": tau, "mask_rank": mask_rank, "mask_spread": mask_spread,
+                              "normalize": grad_normalize}
         return func(*args, **kwargs)
 
     return wrapper
@@ -275,6 +283,7 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
     except RecipeError as exc:
         # recipe paths -> option names: option.gradient.lambda_new -> --lambda-new
         text = str(exc).replace("option.gradient.eta ", "--grad-eta ")
+        text = text.replace("option.gradient.normalize ", "--grad-normalize ")
         text = text.replace("option.gradient: these settings", "the DualSFT options")
         text = re.sub(r"option\.gradient\.(\w+)",
                       lambda m: "--" + m.group(1).replace("_", "-"), text)
@@ -429,9 +438,9 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
     mask and LoRA are different restrictions)."""
     from curator.export import load_export
     from curator.train import train as run_train
+    from curator.trained import check_out, save_trained
 
-    if out.exists() and not force:
-        raise CuratorError(f"{out} exists; pass --force to replace it")
+    out = check_out(out, force)  # refused before any training, with the reason
     if lora:
         import importlib.util
 
@@ -466,15 +475,22 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
         trained = lm.model
         result = run_train(lm, None, exp.samples, mask=mask_, layer_subsets=exp.layers,
                            **kwargs)
-    out.mkdir(parents=True, exist_ok=True)
-    trained.save_pretrained(out, safe_serialization=True)
-    lm.tokenizer.save_pretrained(out)
+    out = save_trained(trained, lm.tokenizer, out, force, {
+        "export": {"path": str(export_dir.resolve()),
+                   "selection": (exp.manifest.get("selection") or {}).get("selection_id"),
+                   "manifest_sha256": exp.manifest.get("manifest_sha256")},
+        "model": {"name": lm.name, "fingerprint": lm.fingerprint},
+        "lora": {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout,
+                 "targets": lora_targets} if lora else None,
+        "mask": mask_ is not None, "layers": bool(exp.layers),
+        "steps": result.steps, "lr": lr, "batch_size": batch_size, "seed": seed,
+        "loss": {"first": result.losses[0], "last": result.losses[-1]}})
     first, last = result.losses[0], result.losses[-1]
     click.echo(f"trained {result.steps} steps on {len(exp.samples)} samples"
                + (" with mask" if mask_ is not None else "")
                + (" as LoRA adapters" if lora else "")
                + (f" and {len(exp.layers)} layer subsets" if exp.layers else "")
-               + f": loss {first:.4f} -> {last:.4f}; saved to {out.resolve()}")
+               + f": loss {first:.4f} -> {last:.4f}; saved to {out}")
 
 
 @main.command("eval")
