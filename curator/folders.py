@@ -132,12 +132,18 @@ def check_target(given: str | Path, *, force: bool, kind: str = "export",
     # Resolve the parent only: the last part is the name itself, not what it points to.
     out = Path(os.path.abspath(given))
     out = out.parent.resolve() / out.name
+    what = "the export" if kind == "export" else "the trained model"
     if protected is not None:
         home = Path(protected).resolve()
         if out == home or out in home.parents:
-            what = "the export" if kind == "export" else "the trained model"
             raise FolderRefused(f"{out} {'is' if out == home else 'holds'} the store {home}; "
                                 f"choose another folder for {what}")
+        if home in out.parents and home / "exports" not in (out, *out.parents):
+            raise FolderRefused(f"{out} is inside the store's own folder {home}; choose "
+                                f"another folder for {what} (or one in {home / 'exports'})")
+    reason = _parent_refusal(out)
+    if reason:
+        raise FolderRefused(f"{reason}; choose another folder for {what}")
     if not out.exists():
         return out
     if not out.is_dir():
@@ -148,6 +154,23 @@ def check_target(given: str | Path, *, force: bool, kind: str = "export",
     if reason:
         raise FolderRefused(f"{out} {reason}; --force replaces only {PREVIOUS[kind]}")
     return out
+
+
+def _parent_refusal(out: Path) -> str | None:
+    """Why no folder may be made at ``out`` because of the folders above it: one of them is
+    a file, is not writable, or is a folder curator wrote (an export inside an export would
+    make the outer one fail its own manifest check)."""
+    for above in out.parents:
+        if (above / MANIFEST).is_file() and _read_kind(above):
+            return f"{out} is inside {above}, which curator wrote ({_read_kind(above)})"
+    above = out.parent
+    while not above.exists() and not above.is_symlink() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        return f"{above} is a file, not a folder"
+    if not os.access(above, os.W_OK | os.X_OK):
+        return f"cannot write in {above} (permission denied)"
+    return None
 
 
 def temp_folder(out: Path) -> Path:

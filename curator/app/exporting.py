@@ -1,14 +1,20 @@
 """Export folders for the app's Export page: every export below a destination folder
 (the app's own ``<selection>-<format>`` folders and a schedule's ``NAME/<run>/`` folders),
-the next free name there, and a write into it. Nothing here removes anything."""
+the next free name there, and a write into it. Nothing here removes anything.
+
+Where an export may go is decided by the function ``curator export`` uses
+(``curator.folders.check_target``); a refusal is an ExportError with the one-line reason
+and nothing is written."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from curator.export import export_selection
+from curator.export import ExportError, export_selection
+from curator.folders import FolderRefused, check_target
 from curator.store import Store
 from curator.store.selections import get_selection
 
@@ -56,9 +62,33 @@ def free_name(root: Path, selection_id: str, fmt: str) -> str:
     return name
 
 
+def destination(text: str) -> Path:
+    """The destination folder a user typed, absolute (``~`` expanded; a relative path is
+    taken from the server's working folder, so the page shows the absolute one)."""
+    return Path(os.path.abspath(Path(text.strip() or ".").expanduser()))
+
+
+def next_export(store: Store, selection_id: str, fmt: str, root: Path) -> Path:
+    """The folder the next export into ``root`` goes to; ExportError with the reason
+    when the CLI would refuse it (a file, an unwritable folder, the store's own folder,
+    inside an existing export)."""
+    root = destination(str(root))
+    if root.exists() and not root.is_dir():
+        raise ExportError(f"{root} is a file, not a folder")
+    try:
+        return check_target(root / free_name(root, selection_id, fmt), force=False,
+                            protected=store.path)
+    except FolderRefused as exc:
+        raise ExportError(str(exc)) from exc
+
+
 def write_export(store: Store, selection_id: str, fmt: str, root: Path) -> Path:
     """Write the export into ``root/<free name>`` (a new folder; ``root`` is created when
-    missing); returns its folder."""
+    missing); returns its folder. ExportError with the reason, nothing written, when the
+    destination is refused (see next_export) or the write fails."""
     get_selection(store, selection_id)
-    return export_selection(store, selection_id, root / free_name(root, selection_id, fmt),
-                            fmt=fmt).path
+    out = next_export(store, selection_id, fmt, root)
+    try:
+        return export_selection(store, selection_id, out, fmt=fmt).path
+    except OSError as exc:  # the disk, not the store: say so, not "the store is busy"
+        raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from exc

@@ -4,13 +4,11 @@ every export there, a schedule's included."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import curator_ui as ui
 import streamlit as st
 
 from curator.app import exporting
-from curator.export import FORMATS
+from curator.export import FORMATS, ExportError
 from curator.pipeline import exports
 
 st.title("Export")
@@ -59,16 +57,28 @@ with ui.guard():
         default = str(exports.exports_dir(store))
         if not st.session_state.get("exp_dest"):
             st.session_state["exp_dest"] = default
-        dest = Path(st.text_input(
+        dest = exporting.destination(st.text_input(
             "destination folder", key="exp_dest",
-            help="a new folder is made inside it for each export; nothing there is replaced "
-                 f"(default: the store's exports folder, {default})").strip()).expanduser()
-        st.caption(f"next export goes into `{dest / exporting.free_name(dest, sel.selection_id, fmt)}`")
-        if st.button("Write export", key="exp_write"):
-            with st.spinner("writing the export"):
-                path = exporting.write_export(store, sel.selection_id, fmt, dest)
-            st.session_state["exp_written"] = str(path)
-            st.rerun()  # the caption above names the next free folder now
+            help="a new folder is made inside it for each export; nothing there is replaced; "
+                 "a relative path is taken from the folder the app runs in "
+                 f"(default: the store's exports folder, {default})"))
+        try:
+            target = exporting.next_export(store, sel.selection_id, fmt, dest)
+        except ExportError as exc:  # the CLI's refusal, in one line; nothing is written
+            target = None
+            st.error(f"Cannot export here: {exc}", icon=":material/block:")
+        else:
+            st.caption(f"next export goes into `{target}`")
+        if st.button("Write export", key="exp_write", disabled=target is None):
+            try:
+                with st.spinner("writing the export"):
+                    path = exporting.write_export(store, sel.selection_id, fmt, dest)
+            except ExportError as exc:
+                st.session_state["exp_written"] = None
+                st.error(f"Export refused: {exc}", icon=":material/block:")
+            else:
+                st.session_state["exp_written"] = str(path)
+                st.rerun()  # the caption above names the next free folder now
         if st.session_state.get("exp_written"):
             st.success(f"written: `{st.session_state['exp_written']}`")
 
