@@ -19,9 +19,11 @@ from curator.vocabulary import (
     CONTINUAL_POOLS,
     DEFAULT_FUNCTION,
     DEFAULT_HARM,
+    DEFAULT_WARMUP_STEPS,
     DISTANCES,
     ENGINES,
     EXPORT_FORMATS,
+    GRADIENT_NORMALIZE,
     HARM_RULES,
     MASK_RANKS,
     METHODS,
@@ -141,19 +143,23 @@ class ScoringOptions:
 class GradientOptions:
     """DualSFT's direction, prior and mask (``gradient:`` in a stage of a recipe).
 
-    ``warmup_steps`` > 0 scores with a copy of the model warmed up for that many AdamW steps
-    (learning rate ``eta``) on a slice of the pool, against the original as the frozen
-    reference of the KL self-distillation prior; at 0 the scored model is the reference and
-    v_prior is zero, so ``lambda_prior`` has no effect (the selection's config says which).
+    As in the reference, scoring starts with a warm-up: a copy of the model trained for
+    ``warmup_steps`` AdamW steps (learning rate ``eta``) on a 5% slice of the pool is the
+    model every gradient is taken at, and the original is the frozen reference of the KL
+    self-distillation prior v_prior. ``warmup_steps`` 0 skips it: the scored model is the
+    reference, v_prior is zero and ``lambda_prior`` has no effect (the selection's config
+    says which). ``normalize`` "unit" scores samples by ``<u, g_n> / |g_n|`` (unit-norm
+    per-sample gradients, as LESS), "none" by ``<u, g_n>`` (the reference).
     """
 
-    warmup_steps: int = 0             # 0: no warm-up, v_prior = 0
+    warmup_steps: int = DEFAULT_WARMUP_STEPS  # 0: no warm-up, v_prior = 0
     eta: float = 2e-5                 # fine-tuning learning rate u is built for (and warm-up lr)
     lambda_new: float = 1.0           # weight of v_new (target / held-out gradient)
     lambda_prior: float = 1.0         # weight of v_prior (KL to the frozen base on anchors)
     tau: float = 2.0                  # temperature of the self-distillation
     mask_rank: str = "signed"         # rank parameters by signed phi (reference) or "abs"
     mask_spread: float = 0.0          # share of the mask spread over (layer, kind) cells
+    normalize: str = "none"           # data utilities over unit-norm sample gradients: "unit"
 
     def validate(self, where: str = "gradient") -> None:
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
@@ -177,6 +183,9 @@ class GradientOptions:
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not 0.0 <= value <= 1.0:
             raise RecipeError(f"{where}.mask_spread must be a number in [0, 1], got {value!r}")
+        if self.normalize not in GRADIENT_NORMALIZE:
+            raise RecipeError(f"{where}.normalize must be one of "
+                              f"{', '.join(GRADIENT_NORMALIZE)}, got {self.normalize!r}")
 
 
 

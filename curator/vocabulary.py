@@ -42,6 +42,9 @@ DISTANCES = ("prob-l2", "nll")                     # DELIFT: the paper's distanc
 HARM_RULES = ("mean+fit", "mean", "off")
 DEFAULT_HARM = "mean+fit"
 MASK_RANKS = ("signed", "abs")                     # DualSFT mask: signed phi (the reference) or |phi|
+# DualSFT data utilities: <u, g_n> as it is ("none") or over unit-norm g_n ("unit", as LESS)
+GRADIENT_NORMALIZE = ("none", "unit")
+DEFAULT_WARMUP_STEPS = 10                          # DualSFT: warm-up steps before scoring
 SELF_COVERAGE = ("best", "one")                    # DELIFT kernels' diagonal (scoring/kernels.py)
 CONTINUAL_POOLS = ("new", "all")
 EXPORT_FORMATS = ("jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf")

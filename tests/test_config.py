@@ -246,15 +246,17 @@ def test_gradient_settings_are_a_stage_mapping():
         "warmup_steps": 20, "eta": 1e-4, "lambda_new": 1.0, "lambda_prior": 0.5, "tau": 1.0,
         "mask_rank": "abs", "mask_spread": 0.25}}, {"method": "dualsft"}]))
     assert r.stages[0].gradient == GradientOptions(20, 1e-4, 1.0, 0.5, 1.0, "abs", 0.25)
-    assert r.stages[1].gradient == GradientOptions()  # no warm-up, signed, no spread
+    assert r.stages[1].gradient == GradientOptions()  # warm-up, signed, no spread
     assert (GradientOptions().warmup_steps, GradientOptions().mask_rank,
-            GradientOptions().mask_spread) == (0, "signed", 0.0)
+            GradientOptions().mask_spread, GradientOptions().normalize) == (10, "signed", 0.0,
+                                                                            "none")
     assert recipe_from_dict(r.to_dict()) == r
 
 
 @pytest.mark.parametrize(("gradient", "message"), [
     ({"warmup": 3}, "stages[0].gradient: unknown key warmup (known: eta, lambda_new"),
     ({"warmup_steps": -1}, "stages[0].gradient.warmup_steps must be an integer >= 0"),
+    ({"normalize": "l2"}, "stages[0].gradient.normalize must be one of none, unit"),
     ({"warmup_steps": 2.5}, "stages[0].gradient.warmup_steps must be an integer >= 0"),
     ({"eta": 0}, "stages[0].gradient.eta must be a finite number > 0"),
     ({"tau": float("inf")}, "stages[0].gradient.tau must be a finite number > 0"),

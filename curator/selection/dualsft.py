@@ -21,9 +21,20 @@ that many coordinates), and the remainder follows the scores. ``spread`` is 0 by
 (the reference's quotas are off by default): a plain global top-K.
 
 With no target set, data utilities are cross-fitted (``curator.scoring.gradients.crossfit``):
-each fold of the pool is scored against the direction u built from the other folds'
-held-out samples, so no held-out sample is scored against its own gradient. The mask
+each fold of the pool is scored against the direction u_k built from the other folds'
+held-out samples, so no held-out sample is scored against its own gradient. Co-extraction
+masks fold k's direction with fold k's own mask, allocated from ``u_k * G``
+(``fold_masks``): a mask built from the whole slice's u would let a held-out sample's own
+gradient choose the coordinates its score is read on. The mask that is stored and trained
 (a parameter ranking, not a per-sample score) uses u from the whole held-out slice.
+
+Warm-up (on by default, as the reference): the gradients are taken at a copy of the model
+trained for ``warmup_steps`` AdamW steps on a ``warmup_fraction`` slice of the pool, and
+the original model is the frozen reference of v_prior, which is then non-zero.
+
+``normalize`` "unit": data utilities ``<u, g_n> / |g_n|`` (|g_n| over the whole scope, from
+the same hook pass), so short and high-loss samples, whose gradients are large, are not
+favoured for their norm alone (LESS normalises for this reason); the mask is unchanged.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ from curator.scoring.gradients import (
     update_direction,
     warmup_copy,
 )
+from curator.vocabulary import DEFAULT_WARMUP_STEPS, GRADIENT_NORMALIZE
 
 Mask = dict[str, torch.Tensor]
 
@@ -65,7 +77,8 @@ class DualSFTConfig:
     second_order: bool = True  # include -0.5 eta^2 c G in u
     tau: float = 2.0  # temperature of the v_prior self-distillation
     confidence: str = "max_prob"  # teacher confidence weighting: max_prob, entropy, uniform
-    warmup_steps: int = 0  # >0: score with a warmed-up copy, the original as KL reference
+    warmup_steps: int = DEFAULT_WARMUP_STEPS  # >0: score a warmed-up copy, the original as
+    # the KL reference (0: no warm-up, v_prior = 0)
     warmup_fraction: float = 0.05  # pool share the warm-up trains on
     warmup_lr: float = 2e-5
     holdout_fraction: float = 0.1  # v_new from this pool slice when there is no target set
@@ -74,6 +87,7 @@ class DualSFTConfig:
     spread: float = 0.0  # share of the parameter budget spread evenly over (layer, kind) cells
     use_abs: bool = False  # rank parameters by signed phi_param (True: by |phi_param|)
     co_extract: bool = True  # rank data on the masked coordinates only
+    normalize: str = "none"  # "unit": data utilities over unit-norm sample gradients
     modules: Sequence[str] | None = None  # glob patterns on module names (default: all linear)
     last_layers: int | None = None
     include_head: bool = False
@@ -93,6 +107,7 @@ class DualSFTResult:
     phi_param: Grads
     stats: GradientStatistics = field(repr=False)
     skipped: list[int] = field(default_factory=list)
+    norms: np.ndarray | None = None  # (N,) |g_n| when scores were normalised
 
     def selected_ids(self, pool: Sequence[Sample]) -> list[str]:
         return [pool[i].sample_id for i in self.selected]
@@ -160,6 +175,28 @@ def allocate_mask(phi_param: Mapping[str, torch.Tensor], budget: float, spread: 
             for i, n in enumerate(names)}
 
 
+def fold_masks(u_folds: Sequence[Mapping[str, torch.Tensor]], G: Mapping[str, torch.Tensor],
+               budget: float, spread: float = 0.0, use_abs: bool = False) -> list[Mask]:
+    """One mask per cross-fitting fold: fold k's from ``u_k * G``, where u_k leaves out fold
+    k's held-out samples, so no held-out sample's gradient chooses the coordinates its own
+    score is read on."""
+    return [allocate_mask({k: u[k] * G[k] for k in u}, budget, spread, use_abs)
+            for u in u_folds]
+
+
+def apply_mask_to(direction: Mapping[str, torch.Tensor], mask: Mask) -> Grads:
+    """The direction with its coordinates outside the mask set to zero."""
+    return {k: v * mask[k].to(v.device, v.dtype) for k, v in direction.items()}
+
+
+def unit_scores(scores: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """``<u, g_n> / |g_n|``; a zero gradient scores 0; NaN (skipped) stays NaN."""
+    norms = np.asarray(norms, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(norms > 0, np.asarray(scores, dtype=float) / norms, 0.0)
+    return np.where(np.isnan(scores) | np.isnan(norms), np.nan, out)
+
+
 def _rank(scores: np.ndarray) -> list[int]:
     """Indices by descending score; NaN (skipped) last; ties by index (stable)."""
     key = np.where(np.isnan(scores), -np.inf, scores)
@@ -174,12 +211,13 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
                    progress: bool = False, engine: Any = None) -> DualSFTResult:
     """Parameter mask and data ranking from one DualSFT pass over ``pool``.
 
-    ``reference``: the frozen model of the KL prior. By default the prior is zero unless
-    ``config.warmup_steps > 0``, in which case (as in DualSFT) a copy of ``lm`` is warmed
-    up on a slice of the pool, all gradients are taken at that copy, and ``lm`` itself is
-    the reference. The mask is meant for fine-tuning ``lm`` (the original weights).
+    ``reference``: the frozen model of the KL prior. By default (``config.warmup_steps``
+    > 0, as in DualSFT) a copy of ``lm`` is warmed up on a slice of the pool, all gradients
+    are taken at that copy, and ``lm`` itself is the reference; with no warm-up the prior
+    is zero. The mask is meant for fine-tuning ``lm`` (the original weights).
     ``engine``: where the gradient sums and per-sample scores run (None: here). A warmed-up
-    copy exists only in this process, so with warm-up every pass runs here.
+    copy exists only in this process, so with warm-up every pass runs here; so do the
+    scoring passes with ``normalize`` "unit".
     """
     cfg = config or DualSFTConfig()
     if not pool:
@@ -190,6 +228,10 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
     if targets is not None and len(targets) == 0:
         raise ValueError("the target set is empty; pass None to use a held-out slice of the pool")
 
+    if cfg.normalize not in GRADIENT_NORMALIZE:
+        raise ValueError(f"normalize must be one of {', '.join(GRADIENT_NORMALIZE)}, got "
+                         f"{cfg.normalize!r}")
+    norms = cfg.normalize == "unit"
     scoring_lm = lm
     if cfg.warmup_steps > 0 and reference is None:
         g = torch.Generator().manual_seed(cfg.seed + 2)
@@ -204,41 +246,46 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
         scoring_lm, pool, targets, anchors, reference, scope, cfg.holdout_fraction,
         cfg.anchor_fraction, cfg.tau, cfg.confidence, cfg.batch_size, cfg.max_length, cfg.seed,
         cfg.crossfit_folds, engine=engine)
+    score_engine = None if norms else engine  # gradient norms are computed here only
 
-    def score(direction: Grads) -> SampleScores:
-        if engine is None:
+    def score(direction: Grads, with_norms: bool = False) -> SampleScores:
+        if score_engine is None:
             return hook_scores(scoring_lm, pool, direction, scope, cfg.score_batch_size,
-                               cfg.max_length, progress)
+                               cfg.max_length, progress, with_norms)
         return engine.sample_scores(scoring_lm, pool, direction, scope, cfg.score_batch_size,
                                     cfg.max_length)
     u = update_direction(stats, cfg.eta, cfg.lambda_new, cfg.lambda_prior, cfg.second_order)
     phi_param = {k: u[k] * stats.G[k] for k in u}
     mask = allocate_mask(phi_param, param_budget, cfg.spread, cfg.use_abs)
 
-    def masked(d: Grads) -> Grads:
-        return {k: v * mask[k].to(v.device, v.dtype) for k, v in d.items()}
-
     if stats.folds:  # no target set: fold k is scored against u built without its held-out
         us = [update_direction(stats, cfg.eta, cfg.lambda_new, cfg.lambda_prior,
                                cfg.second_order, v_new=v) for v in stats.v_new_folds]
         full: SampleScores = scores_by_fold(scoring_lm, pool, us, stats.folds, scope,
                                             cfg.score_batch_size, cfg.max_length, progress,
-                                            engine=engine)
+                                            engine=score_engine, norms=norms)
         scores = full.total
-        if cfg.co_extract:
-            scores = scores_by_fold(scoring_lm, pool, [masked(d) for d in us], stats.folds,
-                                    scope, cfg.score_batch_size, cfg.max_length,
-                                    progress, engine=engine).total
+        if cfg.co_extract:  # each fold on its own mask (fold_masks), one at a time
+            masked_us = [apply_mask_to(d, fold_masks([d], stats.G, param_budget, cfg.spread,
+                                                     cfg.use_abs)[0]) for d in us]
+            del us
+            scores = scores_by_fold(scoring_lm, pool, masked_us, stats.folds, scope,
+                                    cfg.score_batch_size, cfg.max_length,
+                                    progress, engine=score_engine).total
     else:
-        full = score(u)
+        full = score(u, norms)
         scores = full.total
         if cfg.co_extract:
-            scores = score(masked(u)).total
+            scores = score(apply_mask_to(u, mask)).total
+    full_total = full.total
+    if norms:
+        full_total = unit_scores(full.total, full.norms)
+        scores = unit_scores(scores, full.norms)
     ranking = _rank(scores)
     n_ok = len(pool) - len(full.skipped)
     selected = ranking[:min(n_data, n_ok)]
     # TODO(selection): optional submodular pick over gradient features via
     # curator.selection (not available when this was written); top-k for now.
     return DualSFTResult({k: v.cpu() for k, v in mask.items()}, ranking, selected, scores,
-                         full.total, {k: v.cpu() for k, v in phi_param.items()}, stats,
-                         full.skipped)
+                         full_total, {k: v.cpu() for k, v in phi_param.items()}, stats,
+                         full.skipped, full.norms)

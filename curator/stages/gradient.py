@@ -34,7 +34,8 @@ def _dualsft_config(spec: StageSpec, options: ScoringOptions):
                          score_batch_size=options.batch_size, warmup_steps=g.warmup_steps,
                          eta=g.eta, warmup_lr=g.eta, lambda_new=g.lambda_new,
                          lambda_prior=g.lambda_prior, tau=g.tau,
-                         use_abs=g.mask_rank == "abs", spread=g.mask_spread)
+                         use_abs=g.mask_rank == "abs", spread=g.mask_spread,
+                         normalize=g.normalize)
 
 
 def mask_for_selection(store: Store, selection_id: str, lm: LoadedModel,

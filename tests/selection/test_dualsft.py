@@ -129,7 +129,7 @@ def test_dualsft_select_mask_and_co_extracted_ranking(tiny_llama):
 
 def test_co_extraction_equals_masked_direction(tiny_llama):
     pool, targets = make_samples(8, seed=2), make_samples(2, seed=3)
-    cfg = DualSFTConfig(eta=0.1)
+    cfg = DualSFTConfig(eta=0.1, warmup_steps=0)  # exact scores below: at the model itself
     r = dualsft_select(tiny_llama, pool, targets, param_budget=0.2, data_budget=0.5, config=cfg)
     u = gr.update_direction(r.stats, eta=0.1)
     for k in u:
@@ -139,7 +139,7 @@ def test_co_extraction_equals_masked_direction(tiny_llama):
     np.testing.assert_allclose(r.scores, exact.total, rtol=1e-4,
                                atol=1e-4 * np.abs(exact.total).max())
     no_co = dualsft_select(tiny_llama, pool, targets, param_budget=0.2, data_budget=0.5,
-                           config=DualSFTConfig(eta=0.1, co_extract=False))
+                           config=DualSFTConfig(eta=0.1, co_extract=False, warmup_steps=0))
     np.testing.assert_allclose(no_co.scores, r.scores_full)
 
 
@@ -156,7 +156,7 @@ def test_dualsft_bad_input(tiny_llama):
 def test_prior_is_zero_without_warm_up_and_non_zero_after(tiny_llama):
     pool, targets = make_samples(8, seed=4), make_samples(2, seed=5)
     cold = dualsft_select(tiny_llama, pool, targets, param_budget=0.1, data_budget=2,
-                          config=DualSFTConfig(eta=1e-2))
+                          config=DualSFTConfig(eta=1e-2, warmup_steps=0))
     assert all(float(v.abs().max()) == 0.0 for v in cold.stats.v_prior.values())
     assert cold.stats.v_prior_source.startswith("zero")
     warm = dualsft_select(tiny_llama, pool, targets, param_budget=0.1, data_budget=2,
@@ -173,7 +173,8 @@ def test_no_target_set_scores_each_fold_against_the_other_folds(tiny_llama):
     """DualSFT without targets: sample n of fold k gets <u_k, g_n>, u_k built from the
     held-out samples outside fold k (exact per-sample gradients as the reference)."""
     pool = make_samples(10, seed=6)
-    cfg = DualSFTConfig(eta=0.1, holdout_fraction=0.4, crossfit_folds=2, co_extract=False)
+    cfg = DualSFTConfig(eta=0.1, holdout_fraction=0.4, crossfit_folds=2, co_extract=False,
+                        warmup_steps=0)
     r = dualsft_select(tiny_llama, pool, None, param_budget=0.1, data_budget=3, config=cfg)
     assert len(r.stats.folds) == 2 and len(r.stats.holdout) == 4
     for fold, v in zip(r.stats.folds, r.stats.v_new_folds, strict=True):
@@ -182,3 +183,110 @@ def test_no_target_set_scores_each_fold_against_the_other_folds(tiny_llama):
         np.testing.assert_allclose(r.scores_full[fold], exact.total, rtol=1e-4,
                                    atol=1e-4 * np.abs(exact.total).max())
     np.testing.assert_allclose(r.scores, r.scores_full)
+
+
+def test_warm_up_is_on_by_default_and_the_prior_is_not_zero(tiny_llama):
+    """As the reference: with default settings the scored model is a warmed-up copy and
+    v_prior (KL to the frozen original on anchors) is non-zero, so lambda_prior matters."""
+    from curator.config import GradientOptions, ScoringOptions, StageSpec
+    from curator.stages.gradient import _dualsft_config
+
+    cfg = _dualsft_config(StageSpec(method="dualsft"), ScoringOptions())
+    assert cfg.warmup_steps == GradientOptions().warmup_steps == DualSFTConfig().warmup_steps > 0
+    pool = make_samples(12, seed=11)
+    r = dualsft_select(tiny_llama, pool, None, param_budget=0.1, data_budget=3)
+    assert r.stats.v_prior_source.startswith("kl to reference")
+    assert max(float(v.abs().max()) for v in r.stats.v_prior.values()) > 0
+    u1 = gr.update_direction(r.stats, lambda_prior=1.0)
+    u0 = gr.update_direction(r.stats, lambda_prior=0.0)
+    assert any(not torch.equal(u1[k], u0[k]) for k in u1)
+
+
+def test_each_fold_is_scored_on_its_own_mask(tiny_llama):
+    """No target set, co-extraction: fold k's samples are scored on u_k masked by the mask
+    allocated from u_k * G, u_k the mean exact gradient of the held-out samples OUTSIDE
+    fold k: a held-out sample's gradient never chooses the coordinates of its own score.
+    (The old code masked every fold with the whole slice's mask.)"""
+    from curator.selection.dualsft import fold_masks
+
+    pool = make_samples(12, seed=8)
+    cfg = DualSFTConfig(eta=0.1, holdout_fraction=0.5, crossfit_folds=3, warmup_steps=0)
+    r = dualsft_select(tiny_llama, pool, None, param_budget=0.05, data_budget=3, config=cfg)
+    st = r.stats
+    scope = gr.resolve_scope(tiny_llama.model)
+    grads = list(gr.per_sample_gradients(tiny_llama, pool, scope))
+    hold = set(st.holdout)
+    whole = {k: v * 0 for k, v in grads[0].items()}
+    for h in hold:
+        for k in whole:
+            whole[k] += grads[h][k] / len(hold)
+    differs = False
+    for fold in st.folds:
+        others = [h for h in hold if h not in fold]
+        v = {k: sum(grads[h][k] for h in others) / len(others) for k in grads[0]}
+        u = gr.update_direction(st, eta=0.1, v_new=v)
+        (mask,) = fold_masks([u], st.G, 0.05)
+        own = [h for h in fold if h in hold]
+        # the direction the fold's mask comes from holds none of its held-out gradients
+        for h in own:
+            assert h not in others
+        masked = {k: t * mask[k] for k, t in u.items()}
+        exact = gr.exact_scores(tiny_llama, [pool[i] for i in fold], masked)
+        np.testing.assert_allclose(r.scores[fold], exact.total, rtol=1e-3,
+                                   atol=1e-3 * np.abs(exact.total).max())
+        u_whole = gr.update_direction(st, eta=0.1, v_new=whole)
+        (global_mask,) = fold_masks([u_whole], st.G, 0.05)
+        differs |= any(not torch.equal(mask[k], global_mask[k]) for k in mask)
+    assert differs  # the per-fold masks are not the whole slice's mask
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_gradient_norms_equal_per_sample_gradients(arch):
+    """hook_scores(norms=True): |g_n| from the batched pass equals the norm of each sample's
+    own autograd gradient (padded and gathered batches; Conv1D with biases; for the untied
+    Qwen2 also the head on gathered rows and the token embedding)."""
+    from curator.testing import tiny_loaded_model
+
+    lm = tiny_loaded_model(arch)
+    pool = make_samples(9, seed=12)
+    untied = arch == "qwen2"
+    scope = gr.resolve_scope(lm.model, include_head=untied, include_embeddings=untied)
+    u = {k: torch.randn_like(v) for k, v in gr.scope_parameters(lm.model, scope).items()}
+    got = gr.hook_scores(lm, pool, u, scope, batch_size=4, norms=True)
+    want = [sum(float(t.pow(2).sum()) for t in g.values()) ** 0.5
+            for g in gr.per_sample_gradients(lm, pool, scope)]
+    np.testing.assert_allclose(got.norms, want, rtol=1e-4)
+    np.testing.assert_allclose(got.total, gr.exact_scores(lm, pool, u, scope).total,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_unit_normalised_utilities_equal_the_per_sample_computation(tiny_llama):
+    """normalize="unit": the data utilities are <u, g_n> / |g_n| with g_n each sample's own
+    gradient (target set, and cross-fitted without one); the mask does not change."""
+    from curator.selection.dualsft import apply_mask_to
+
+    pool, targets = make_samples(10, seed=13), make_samples(3, seed=14)
+    scope = gr.resolve_scope(tiny_llama.model)
+    grads = list(gr.per_sample_gradients(tiny_llama, pool, scope))
+    norms = np.array([sum(float(t.pow(2).sum()) for t in g.values()) ** 0.5 for g in grads])
+    for tgt in (targets, None):
+        base = dict(eta=0.1, warmup_steps=0, holdout_fraction=0.4, crossfit_folds=2)
+        plain = dualsft_select(tiny_llama, pool, tgt, param_budget=0.1, data_budget=3,
+                               config=DualSFTConfig(**base))
+        unit = dualsft_select(tiny_llama, pool, tgt, param_budget=0.1, data_budget=3,
+                              config=DualSFTConfig(**base, normalize="unit"))
+        assert all(torch.equal(unit.mask[k], plain.mask[k]) for k in plain.mask)
+        np.testing.assert_allclose(unit.norms, norms, rtol=1e-4)
+        np.testing.assert_allclose(unit.scores, plain.scores / norms, rtol=1e-4,
+                                   atol=1e-6 * np.abs(plain.scores / norms).max())
+        np.testing.assert_allclose(unit.scores_full, plain.scores_full / norms, rtol=1e-4)
+        if tgt is not None:  # one direction: check against the per-sample dot products
+            u = gr.update_direction(unit.stats, eta=0.1)
+            d = apply_mask_to(u, unit.mask)
+            want = [sum(float((d[k] * g[k]).sum()) for k in d) / n
+                    for g, n in zip(grads, norms, strict=True)]
+            np.testing.assert_allclose(unit.scores, want, rtol=1e-3,
+                                       atol=1e-3 * np.abs(want).max())
+    with pytest.raises(ValueError, match="normalize"):
+        dualsft_select(tiny_llama, pool, targets, param_budget=0.1, data_budget=3,
+                       config=DualSFTConfig(normalize="l2"))

@@ -120,12 +120,17 @@ def test_gast_stores_a_subset_per_layer_and_their_union(gstore, lm):
 
 
 def test_dualsft_record_states_the_gradient_settings_and_the_prior(gstore, lm):
-    cold = select_stage(gstore, "d", StageSpec(method="dualsft", budget="4"), lm=lm,
-                        options=OPTIONS)
-    cfg = get_selection(gstore, cold.selection_id).config
-    assert cfg["gradient"] == {"warmup_steps": 0, "eta": 2e-5, "lambda_new": 1.0,
+    default = select_stage(gstore, "d", StageSpec(method="dualsft", budget="4"), lm=lm,
+                           options=OPTIONS)
+    cfg = get_selection(gstore, default.selection_id).config
+    assert cfg["gradient"] == {"warmup_steps": 10, "eta": 2e-5, "lambda_new": 1.0,
                                "lambda_prior": 1.0, "tau": 2.0, "mask_rank": "signed",
-                               "mask_spread": 0.0}
+                               "mask_spread": 0.0, "normalize": "none"}
+    assert cfg["v_prior"].startswith("kl to reference")  # warmed up by default
+    cold = select_stage(gstore, "d", StageSpec(method="dualsft", budget="4",
+                                               gradient=GradientOptions(warmup_steps=0)),
+                        lm=lm, options=OPTIONS)
+    cfg = get_selection(gstore, cold.selection_id).config
     assert cfg["v_prior"].startswith("zero")  # no warm-up: the prior did nothing
     assert "cross-fitted" in cfg["v_new"]  # no target set: a held-out slice, cross-fitted
     warm_spec = StageSpec(method="dualsft", budget="4", target="q",

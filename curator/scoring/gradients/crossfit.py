@@ -67,25 +67,32 @@ def scores_by_fold(lm: LoadedModel, samples: Sequence[Sample],
                    directions: Sequence[Mapping[str, torch.Tensor]],
                    folds: Sequence[Sequence[int]], scope: Sequence[ScopedModule],
                    batch_size: int = 16, max_length: int | None = None,
-                   progress: bool = False, engine: Any = None) -> SampleScores:
+                   progress: bool = False, engine: Any = None,
+                   norms: bool = False) -> SampleScores:
     """``<directions[k], g_n>`` for the samples n of fold k, assembled over the pool
-    (one hook pass per fold over that fold's samples only; on ``engine`` when given)."""
+    (one hook pass per fold over that fold's samples only; on ``engine`` when given).
+    ``norms``: also ``|g_n|`` (``hook_scores``; here only, never on an engine)."""
+    if norms and engine is not None:
+        raise ValueError("gradient norms are computed here only: pass engine=None")
     if len(directions) != len(folds):
         raise ValueError(f"{len(directions)} directions for {len(folds)} folds")
     scope = list(scope)
     N, M = len(samples), len(scope)
     total = np.full(N, np.nan)
     per_module = np.full((N, M), np.nan)
+    sq = np.full(N, np.nan) if norms else None
     skipped: list[int] = []
     for u, idx in zip(directions, folds, strict=True):
         idx = list(idx)
         if not idx:
             continue
         part = [samples[i] for i in idx]
-        s = hook_scores(lm, part, u, scope, batch_size, max_length, progress) \
+        s = hook_scores(lm, part, u, scope, batch_size, max_length, progress, norms) \
             if engine is None else engine.sample_scores(lm, part, u, scope, batch_size,
                                                         max_length)
         total[idx] = s.total
         per_module[idx] = s.per_module
+        if sq is not None:
+            sq[idx] = s.norms
         skipped.extend(idx[j] for j in s.skipped)
-    return SampleScores(total, per_module, [s.name for s in scope], sorted(skipped))
+    return SampleScores(total, per_module, [s.name for s in scope], sorted(skipped), sq)

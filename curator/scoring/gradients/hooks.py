@@ -37,6 +37,8 @@ class SampleScores:
     per_module: np.ndarray  # (N, M) <u^m, g_n^m> per scoped module
     module_names: list[str]
     skipped: list[int]  # samples whose response does not fit the context length
+    # (N,) |g_n| over the whole scope when asked for (``hook_scores(norms=True)``), else None
+    norms: np.ndarray | None = None
 
     def per_layer(self) -> tuple[list[str], np.ndarray]:
         """(layer names, (N, L) scores summed over each layer's modules)."""
@@ -74,8 +76,10 @@ class _ScoreHooks:
     """
 
     def __init__(self, scope: Sequence[ScopedModule], u: Mapping[str, torch.Tensor],
-                 device: torch.device):
+                 device: torch.device, norms: bool = False):
         self.scores: torch.Tensor | None = None  # (B, M) fp32
+        self.norms = norms  # also accumulate |g_n|^2 per sample into ``sq_norms``
+        self.sq_norms: torch.Tensor | None = None  # (B,) fp32
         self.keep: torch.Tensor | None = None  # (B, T) bool: tokens entering the contraction
         self.token_rows: torch.Tensor | None = None  # (n_keep,) sample of each kept token
         self.rows: torch.Tensor | None = None  # (n_tok,) sample of each gathered head row
@@ -88,21 +92,25 @@ class _ScoreHooks:
             ub = None if ub is None else ub.to(device, torch.float32)
             if uw is not None and s.kind == "conv1d":
                 uw = uw.t()  # Conv1D stores (in, out); work with (out, in) like nn.Linear
-            self.handles.append(s.module.register_forward_hook(self._make_hook(m, s.kind, uw, ub)))
+            self.handles.append(s.module.register_forward_hook(
+                self._make_hook(m, s.kind, uw, ub, s.bias is not None)))
 
     def begin(self, batch_size: int, device: torch.device, keep: torch.Tensor | None = None,
               rows: torch.Tensor | None = None) -> None:
         self.scores = torch.zeros(batch_size, len(self.handles), dtype=torch.float32,
                                   device=device)
+        self.sq_norms = torch.zeros(batch_size, dtype=torch.float32, device=device) \
+            if self.norms else None
         self.keep = keep
         self.token_rows = None if keep is None else keep.nonzero(as_tuple=True)[0]
         self.rows = rows
         self._last = None
 
-    def end(self) -> torch.Tensor:
-        scores = self.scores
-        self.scores = self.keep = self.token_rows = self.rows = self._last = None
-        return scores
+    def end(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        scores, sq = self.scores, self.sq_norms
+        self.scores = self.sq_norms = self.keep = self.token_rows = self.rows = None
+        self._last = None
+        return scores, sq
 
     def _gather(self, a: torch.Tensor) -> torch.Tensor:
         """a[keep], shared by consecutive modules reading the same input (q/k/v, gate/up)."""
@@ -113,7 +121,7 @@ class _ScoreHooks:
         return g
 
     def _make_hook(self, m: int, kind: str, uw: torch.Tensor | None,
-                   ub: torch.Tensor | None) -> Callable:
+                   ub: torch.Tensor | None, has_bias: bool) -> Callable:
         low: dict[torch.dtype, torch.Tensor] = {}  # uw in a half-precision activation dtype
 
         def weight_in(dtype: torch.dtype) -> torch.Tensor:
@@ -153,24 +161,32 @@ class _ScoreHooks:
                 return
             B = self.scores.shape[0]
             a = args[0].detach()
+            sq = self.sq_norms
             if output.dim() == 2 and self.rows is not None and output.shape[0] >= len(self.rows):
                 rows = self.rows  # the head on gathered response positions (+ zero rows)
                 a = a[:len(rows)]
 
                 def on_grad(delta: torch.Tensor) -> None:
                     self.scores[:, m].index_add_(0, rows, per_token(a, delta[:len(rows)]))
+                    if sq is not None:
+                        sq.add_(_sq_norms_rows(a, delta[:len(rows)], rows, B, kind, has_bias))
             elif output.shape[0] != B:
                 raise RuntimeError(f"module output has batch size {output.shape[0]}, expected "
                                    f"{B}: cannot separate samples")
             elif self.keep is not None and output.shape[:2] == self.keep.shape:
                 keep, rows = self.keep, self.token_rows
+                full = a
                 a = self._gather(a)
 
                 def on_grad(delta: torch.Tensor) -> None:
                     self.scores[:, m].index_add_(0, rows, per_token(a, delta[keep]))
+                    if sq is not None:  # padding rows carry delta = 0: the padded form is exact
+                        sq.add_(_sq_norms_batched(full, delta, kind, has_bias))
             else:
                 def on_grad(delta: torch.Tensor) -> None:
                     self.scores[:, m] += per_token(a, delta).reshape(B, -1).sum(1)
+                    if sq is not None:
+                        sq.add_(_sq_norms_batched(a, delta, kind, has_bias))
 
             output.register_hook(on_grad)
 
@@ -179,6 +195,43 @@ class _ScoreHooks:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+def _gram(a: torch.Tensor, kind: str) -> torch.Tensor:
+    """Token-by-token inner products of a module's inputs over the last dimension
+    (for an embedding, whose input is token ids: 1 where two tokens are the same id)."""
+    if kind == "embedding":
+        return (a.unsqueeze(-1) == a.unsqueeze(-2)).float()
+    a = a.float()
+    return a @ a.transpose(-1, -2)
+
+
+def _sq_norms_batched(a: torch.Tensor, delta: torch.Tensor, kind: str,
+                      has_bias: bool) -> torch.Tensor:
+    """(B,) squared norms of each sample's gradient of one module, without forming it:
+    ``|sum_t delta_t a_t^T|_F^2 = sum_{t,s} (a_t . a_s)(delta_t . delta_s)`` (the "ghost
+    norm"), plus ``|sum_t delta_t|^2`` for the bias. ``a`` (B, T, in) or ids (B, T),
+    ``delta`` (B, T, out)."""
+    B = delta.shape[0]
+    d = delta.float().reshape(B, -1, delta.shape[-1])
+    a = a.reshape(B, d.shape[1], *a.shape[2:])
+    out = (_gram(a, kind) * (d @ d.transpose(1, 2))).sum((1, 2))
+    if has_bias:
+        out = out + d.sum(1).pow(2).sum(-1)
+    return out
+
+
+def _sq_norms_rows(a: torch.Tensor, delta: torch.Tensor, rows: torch.Tensor, B: int,
+                   kind: str, has_bias: bool) -> torch.Tensor:
+    """As ``_sq_norms_batched`` for gathered (n_tok, .) rows, ``rows[i]`` the sample of row i."""
+    d = delta.float()
+    same = (rows.unsqueeze(1) == rows.unsqueeze(0)).float()
+    per_row = (_gram(a, kind) * (d @ d.t()) * same).sum(1)
+    out = torch.zeros(B, dtype=torch.float32, device=d.device).index_add_(0, rows, per_row)
+    if has_bias:
+        s = torch.zeros(B, d.shape[-1], dtype=torch.float32, device=d.device)
+        out = out + s.index_add_(0, rows, d).pow(2).sum(-1)
+    return out
 
 
 def _progress(it, enabled: bool, total: int, desc: str):
@@ -205,8 +258,12 @@ def _leaf_input_embeddings(model: nn.Module) -> Iterator[None]:
 
 def hook_scores(lm: LoadedModel, samples: Sequence[Sample], u: Mapping[str, torch.Tensor],
                 scope: Sequence[ScopedModule] | None = None, batch_size: int = 16,
-                max_length: int | None = None, progress: bool = False) -> SampleScores:
+                max_length: int | None = None, progress: bool = False,
+                norms: bool = False) -> SampleScores:
     """``<u, g_n>`` for every sample, and per scoped module, from batched backward passes.
+    ``norms``: also ``|g_n|`` over the whole scope (``SampleScores.norms``), from the same
+    pass (per module a (T, T) Gram product per sample; a weight shared by two scoped
+    modules is refused, its cross terms would be missing).
 
     Per batch: one forward and one backward that computes activation gradients only
     (every parameter frozen; no weight gradient is ever formed), the output head applied
@@ -223,7 +280,13 @@ def hook_scores(lm: LoadedModel, samples: Sequence[Sample], u: Mapping[str, torc
     per_module = np.full((N, M), np.nan)
     encoded = encode_samples(lm.tokenizer, samples, _max_len(lm, max_length))
     skipped = [i for i, e in enumerate(encoded) if e is None]
-    hooks = _ScoreHooks(scope, u, lm.device)
+    sq_norms = np.full(N, np.nan) if norms else None
+    if norms:
+        weights = [s.weight for s in scope]
+        if len(set(weights)) != len(weights):
+            raise ValueError("gradient norms: a weight is shared by two scoped modules (tied "
+                             "embeddings); leave the head or the embedding out of the scope")
+    hooks = _ScoreHooks(scope, u, lm.device, norms)
     was_training = model.training
     model.eval()  # no dropout: scores must be deterministic
     ok = [i for i, e in enumerate(encoded) if e is not None]
@@ -244,13 +307,16 @@ def hook_scores(lm: LoadedModel, samples: Sequence[Sample], u: Mapping[str, torc
                     with torch.enable_grad():
                         response_losses(model, batch).sum().backward()
                 finally:
-                    s = hooks.end().double().cpu().numpy()
+                    s, sq = hooks.end()
+                    s = s.double().cpu().numpy()
                 per_module[idx] = s
                 total[idx] = s.sum(1)
+                if sq_norms is not None:
+                    sq_norms[idx] = sq.double().clamp_min(0).sqrt().cpu().numpy()
     finally:
         hooks.remove()
         model.train(was_training)
-    return SampleScores(total, per_module, [s.name for s in scope], skipped)
+    return SampleScores(total, per_module, [s.name for s in scope], skipped, sq_norms)
 
 
 def per_sample_gradients(lm: LoadedModel, samples: Sequence[Sample],
