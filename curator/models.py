@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,10 @@ def context_length(model: torch.nn.Module) -> int:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("CURATOR_CACHE", Path.home() / ".cache" / "curator"))
+    """CURATOR_CACHE (curator.env): EnvError naming it when it is a file."""
+    from curator.env import cache_root as root
+
+    return root()
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -153,21 +155,27 @@ def fingerprint_files(path: Path) -> str:
 
 
 def _file_digest(f: Path) -> str:
+    """sha256 of ``f``, memoised in the cache folder (never in the model's own folder,
+    which is the user's) under a name derived from the file's absolute path."""
     st = f.stat()
-    memo = f.parent / f".{f.name}.sha256"
+    key = hashlib.sha256(str(f.resolve()).encode()).hexdigest()[:32]
+    memo = cache_root() / "checksums" / key
     stamp = f"{st.st_size}:{st.st_mtime_ns}"
-    if memo.exists():
+    try:
         saved_stamp, _, digest = memo.read_text().partition(" ")
-        if saved_stamp == stamp:
+        if saved_stamp == stamp and digest:
             return digest
+    except OSError:
+        pass
     h = hashlib.sha256()
     with f.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             h.update(chunk)
     try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
         memo.write_text(f"{stamp} {h.hexdigest()}")
     except OSError:
-        pass  # read-only model folder: hash again next time
+        pass  # a read-only cache: hash again next time
     return h.hexdigest()
 
 

@@ -96,13 +96,21 @@ def test_fingerprint_module_is_stable_and_sensitive_to_weights():
     assert fingerprint_module(tiny_causal_lm("qwen2", vocab_size=len(tok)), tok) != fp
 
 
-def test_fingerprint_files_is_memoised_and_follows_content(tmp_path):
-    (tmp_path / "config.json").write_text('{"a": 1}')
-    (tmp_path / "model.safetensors").write_bytes(b"weights")
-    (tmp_path / "README.md").write_text("not hashed")
-    (tmp_path / "generation_config.json").write_text("{}")
-    fp = fingerprint_files(tmp_path)
-    assert (tmp_path / ".model.safetensors.sha256").exists()  # memo: a stat, not a read
+def test_fingerprint_files_is_memoised_and_follows_content(tmp_path, monkeypatch):
+    """The memo used to be a hidden .NAME.sha256 file in the user's model folder (issue
+    28: `eval --model DIR` wrote into DIR); it lives in the cache folder now."""
+    monkeypatch.setenv("CURATOR_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"a": 1}')
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "README.md").write_text("not hashed")
+    (model / "generation_config.json").write_text("{}")
+    before = sorted(p.name for p in model.iterdir())
+    fp = fingerprint_files(model)
+    assert sorted(p.name for p in model.iterdir()) == before  # nothing written there
+    assert len(list((tmp_path / "cache" / "checksums").iterdir())) == 2  # memo: a stat
+    tmp_path = model
     assert fingerprint_files(tmp_path) == fp
     (tmp_path / "README.md").write_text("changed")
     (tmp_path / "generation_config.json").write_text('{"x": 1}')

@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import streamlit as st
 
+from curator import env
 from curator.app import explain as _explain
 from curator.export import ExportError
 from curator.store import Store, StoreError, browse
@@ -44,7 +45,7 @@ def store_path() -> Path:
 
 def lock_timeout() -> float:
     """A page should not hang for a minute behind a writer: wait a few seconds, then say so."""
-    return float(os.environ.get("CURATOR_APP_LOCK_TIMEOUT", "5"))
+    return env.app_lock_timeout()  # EnvError naming the variable: one line (guard)
 
 
 @st.cache_resource(show_spinner=False)
@@ -89,27 +90,45 @@ def explain_sample(selection_id: str, sample_id: str, member: dict | None) -> di
     if kernels is None:
         return None
     return {"kernels": kernels,
-            **_explain.explain(get_store(), kernels, sample_id, member)}
+            **_explain.explain_in_model_terms(get_store(), selection_id, kernels, sample_id,
+                                              member)}
 
 
 # -- deep links: a page's state in the URL ---------------------------------------------------
 
-def url_params(page: str, names: tuple[str, ...]) -> dict[str, str]:
+def url_params(page: str, names: tuple[str, ...],
+               lists: tuple[str, ...] = ()) -> dict[str, Any]:
     """The URL's values of ``names`` to apply to the page's widgets on this run: all of them
     when the URL differs from what this page last wrote there (a reload, a shared link, a
-    link typed by hand), else nothing (the widgets already hold them)."""
-    current = {n: st.query_params[n] for n in names if n in st.query_params}
+    link typed by hand), else nothing (the widgets already hold them). A name in ``lists``
+    may repeat: its value is the list of them."""
+    current: dict[str, Any] = {
+        n: (list(st.query_params.get_all(n)) if n in lists else st.query_params[n])
+        for n in names if n in st.query_params}
     if st.session_state.get(f"_url::{page}") == current:
         return {}
     return current
 
 
 def write_url(page: str, values: dict[str, Any]) -> None:
-    """Put the page's state in the URL (so a reload keeps the view and it can be shared)."""
-    clean = {k: str(v) for k, v in values.items() if v not in (None, "")}
-    if dict(st.query_params) != clean:
+    """Put the page's state in the URL (so a reload keeps the view and it can be shared);
+    a list value repeats its parameter."""
+    clean = {k: ([str(x) for x in v] if isinstance(v, list) else str(v))
+             for k, v in values.items() if v not in (None, "", [])}
+    now = {k: (list(st.query_params.get_all(k)) if isinstance(clean.get(k), list)
+               else st.query_params[k]) for k in st.query_params}
+    if now != clean:
         st.query_params.from_dict(clean)
     st.session_state[f"_url::{page}"] = clean
+
+
+def url_page(raw: str, key: str) -> None:
+    """A link's page number becomes pager ``key``'s page (the pager keeps it in range)."""
+    try:
+        st.session_state[f"{key}_page"] = max(1, int(raw))
+    except ValueError:
+        st.warning(f"The link asks for page {raw!r}, which is not a number; showing the "
+                   "first page instead.", icon=":material/link_off:")
 
 
 def url_choice(params: dict[str, str], name: str, key: str, options: list[Any],
@@ -140,6 +159,8 @@ def guard() -> Iterator[None]:
     """Turn a busy or unreadable store into a message on the page."""
     try:
         yield
+    except env.EnvError as exc:
+        st.error(str(exc))
     except BUSY_ERRORS as exc:
         st.warning(f"The store is busy or unreadable right now: {exc}\n\n"
                    "A scheduled job may be writing to it; reload in a moment.", icon=":material/hourglass_top:")
@@ -182,7 +203,7 @@ def pager(total: int, key: str, sizes: tuple[int, ...] = (25, 50, 100)) -> tuple
     page_key = f"{key}_page"
     if int(st.session_state.get(page_key, 1) or 1) > pages:
         st.session_state[page_key] = pages  # the filter shrank the result: stay in range
-    page = mid.number_input(f"page (of {pages:,})", min_value=1, max_value=pages, value=1,
+    page = mid.number_input(f"page (of {pages:,})", min_value=1, max_value=pages, value="min",
                             step=1, key=page_key)
     page = min(int(page or 1), pages)
     offset = (page - 1) * size

@@ -63,3 +63,9 @@ def main() -> None:
     Keep every version of a fine-tuning data set, score samples with the model you will
     fine-tune, pick a subset per stage, and export it with its parameter mask.
     """
+    from curator.env import EnvError, check_all
+
+    try:
+        check_all()  # every variable curator reads, once: a bad one stops here, in one line
+    except EnvError as exc:
+        raise CuratorError(str(exc)) from exc

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 
 import duckdb
 
+from curator import env
 from curator.store import recovery
 from curator.store.errors import NotFound, SchemaTooNew, StoreError, StoreLocked
 from curator.store.schema import LATEST, MIGRATIONS
@@ -45,17 +45,10 @@ def _is_lock_error(exc: Exception) -> bool:
 
 def lock_timeout_from_env(default: float = 60.0) -> float:
     """Seconds to wait for a busy store: CURATOR_LOCK_TIMEOUT, a non-negative number."""
-    text = os.environ.get("CURATOR_LOCK_TIMEOUT")
-    if text is None or not text.strip():
-        return default
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or value < 0:
-        raise StoreError(f"CURATOR_LOCK_TIMEOUT must be a non-negative number of seconds, "
-                         f"got {text!r}")
-    return value
+        return env.lock_timeout(default)
+    except env.EnvError as exc:
+        raise StoreError(str(exc)) from exc
 
 
 # DuckDB shares one database instance among a process's connections to a file and tears it
