@@ -53,6 +53,23 @@ def tokenize(tokenizer: object, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def answer_split(tokenizer: object, answer: str, response_ids: Sequence[int]) -> int:
+    """How many of ``response_ids`` (the rendered response: answer, then the template's
+    end-of-turn tokens) are the answer's own tokens.
+
+    The answer tokenised alone is compared with the start of the rendered response: with a
+    special end-of-turn token (``<|im_end|>``, ``</s>``) the two agree exactly. Where the
+    answer's last token merges with the marker's text, the common prefix is the answer and
+    the merged token counts as template."""
+    own = tokenize(tokenizer, answer) if answer else []
+    n = 0
+    for a, b in zip(own, response_ids):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
 def encode(tokenizer: object, prompt_messages: Sequence[Mapping[str, str]], response: str,
            max_length: int, use_chat_template: bool | None = None) -> EncodedSample | None:
     """Encode one sample; None when even the response alone (plus one prompt token) does not fit."""
