@@ -115,6 +115,85 @@ def selection_kernels(store: Store, selection_id: str) -> SelectionKernels | Non
     return out
 
 
+# Why a zero-gain pick is in the selection, in the words every place that shows one uses.
+ZERO_GAIN_WHY = ("nothing it covers was left uncovered when it was picked, so it added nothing "
+                 "to the objective; it filled the budget in the evidence order (examples with "
+                 "the highest mean utility as an example first, then those never scored)")
+
+# What d measures, per distance (curator.scoring.utility): its name in a sentence and unit.
+DISTANCE_WORDS = {
+    "nll": ("loss (mean negative log-likelihood of the answer tokens)", "nats"),
+    "prob-l2": ("error (how far the answer tokens' probabilities are from 1, prob-l2)", ""),
+}
+
+
+def pick_label(rank: int) -> str:
+    """A pick's number as people count: the first pick is #1 (ranks are stored from 0)."""
+    return f"#{int(rank) + 1}"
+
+
+def model_effect(pairs: list[dict[str, Any]], rows: list[str], rows_word: str,
+                 texts: dict[str, str], distance: str) -> dict[str, Any]:
+    """What showing the example does to the model's answers, from its stored pairs with the
+    kernel's rows: per helped row the drop d(i) - d(i | j) and the drop as a share of d(i);
+    the sentence a user can repeat."""
+    wanted = set(rows)
+    scored = [p for p in pairs if p["target_id"] in wanted]
+    helped = [p for p in scored if p["utility"] > 0]
+    hurt = sum(1 for p in scored if p["utility"] < 0)
+    loss, unit = DISTANCE_WORDS.get(distance, ("distance from the reference answer", ""))
+    short = loss.split(" (")[0]
+    word = rows_word if len(helped) != 1 else rows_word.removesuffix("s")
+    table = []
+    for p in helped:
+        share = p["utility"] / p["d_target"] if p["d_target"] else None
+        table.append({"sample_id": p["target_id"], "drop": p["utility"],
+                      "drop %": share, "before": p["d_target"], "with it": p["d_given"]})
+    if not scored:
+        sentence = (f"No stored pair measures this example against the {rows_word}: there is "
+                    "nothing to say about the model's answers.")
+    elif not helped:
+        sentence = (f"Showing this example does not lower the model's {short} on any of the "
+                    f"{plural_words(len(scored), rows_word)} it was scored with.")
+    else:
+        shares = [r["drop %"] for r in table if r["drop %"] is not None]
+        mean_drop = sum(r["drop"] for r in table) / len(table)
+        best = max(table, key=lambda r: (r["drop %"] or 0.0, r["drop"]))
+        amount = (f"{sum(shares) / len(shares):.1%} on average" if shares
+                  else f"{mean_drop:.3g}{' ' + unit if unit else ''} on average")
+        best_text = _quote(texts.get(best["sample_id"], best["sample_id"]))
+        best_amount = f"{best['drop %']:.1%}" if best["drop %"] is not None else \
+            f"{best['drop']:.3g}"
+        sentence = (f"Showing this example makes the model's {short} on the answers of "
+                    f"{len(helped):,} {word} drop by {amount} (best: {best_text}, "
+                    f"{best_amount})")
+        if unit:
+            sentence += f"; {mean_drop:.3g} {unit} per answer on average"
+        sentence += "."
+    if hurt:
+        sentence += (f" It raises the {short} on {plural_words(hurt, rows_word)} "
+                     f"({'it' if hurt == 1 else 'they'} count as 0 in the kernel).")
+    return {"sentence": sentence, "rows": table, "n_scored": len(scored),
+            "n_helped": len(helped), "n_hurt": hurt, "loss": loss, "unit": unit}
+
+
+def plural_words(n: int, words: str) -> str:
+    return f"{n:,} {words if n != 1 else words.removesuffix('s')}"
+
+
+def _quote(text: str, n: int = 60) -> str:
+    text = " ".join(text.split())
+    return "'" + (text if len(text) <= n else text[: n - 1] + "…") + "'"
+
+
+def objective_share(gain: float | None, objective: float | None) -> float | None:
+    """A pick's marginal gain as a share of the selection's objective (greedy's gains add
+    up to the objective)."""
+    if gain is None or not objective or objective <= 0:
+        return None
+    return gain / objective
+
+
 def _ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
@@ -161,6 +240,40 @@ def explain(store: Store, kernels: SelectionKernels, sample_id: str,
             "summary": summary(kernels, n_cover, best, member, col is not None)}
 
 
+def explain_in_model_terms(store: Store, selection_id: str, kernels: SelectionKernels,
+                           sample_id: str, member: dict[str, Any] | None,
+                           limit: int = 10) -> dict[str, Any]:
+    """``explain`` plus what showing the sample does to the model's answers (its stored
+    pairs with the kernel's rows, ``model_effect``), the loss drop beside each row it
+    covers, and no coverage column where it only repeats the kernel value."""
+    from curator.store.browse import example_utilities
+
+    sel = get_selection(store, selection_id)
+    out = explain(store, kernels, sample_id, member, limit)
+    pairs = example_utilities(store, sel.model, (sel.config or {}).get("utility_config"),
+                              sample_id)
+    best = max((p for p in pairs if p["utility"] > 0),
+               key=lambda p: p["utility"] / p["d_target"] if p["d_target"] else 0.0,
+               default=None)
+    texts = {}
+    if best is not None:
+        texts = {i: _text(s) for i, s in get_samples(store, [best["target_id"]]).items()}
+    effect = model_effect(pairs, kernels.rows, kernels.rows_word, texts,
+                          (sel.config or {}).get("distance", "prob-l2"))
+    drops = {r["sample_id"]: r for r in effect["rows"]}
+    same = kernels.cap is None and kernels.already is None
+    for row in out["covers"]:
+        d = drops.get(row["sample_id"])
+        extra = {"drop %": d["drop %"] if d else None, "drop": d["drop"] if d else None}
+        if same:
+            row.pop("coverage", None)
+        text = row.pop("text")
+        row.update(extra)
+        row["text"] = text
+    out["effect"] = effect
+    return out
+
+
 def summary(kernels: SelectionKernels, n_cover: int, best: float,
             member: dict[str, Any] | None, in_pool: bool) -> str:
     if not in_pool:
@@ -177,8 +290,7 @@ def summary(kernels: SelectionKernels, n_cover: int, best: float,
     if gain is None:
         return f"{what}; {pick}"
     if gain == 0:
-        return (f"{what}; {pick}, gain 0 (a zero-gain pick: nothing was left for it to "
-                "cover, so it came in by the evidence order)")
+        return f"{what}; {pick}, gain 0 (a zero-gain pick: {ZERO_GAIN_WHY})"
     return f"{what}; {pick}, gain {gain:.3g}"
 
 

@@ -139,6 +139,34 @@ class SampleFilter:
     score: ScoreSource | None = None
     min_score: float | None = None
     max_score: float | None = None
+    # more metadata conditions, (field, value) pairs: values of one field are alternatives,
+    # different fields must all hold ("(none)": the field is missing)
+    where: tuple[tuple[str, str], ...] = ()
+
+
+def _metadata_where(column: str, where: tuple[tuple[str, str], ...]) -> tuple[str, list[Any]]:
+    """`` AND (...)`` clauses for (field, value) conditions on the JSON ``column``: one
+    clause per field (its values OR-ed), the fields AND-ed; keys and values are parameters."""
+    by_key: dict[str, list[str]] = {}
+    for key, value in where:
+        by_key.setdefault(key, []).append(value)
+    sql, params = "", []
+    for key, values in by_key.items():
+        alts = []
+        for value in values:
+            if value == "(none)":
+                alts.append(f"json_extract_string({column}, '$.' || ?) IS NULL")
+                params.append(_json_key(key))
+            else:
+                alts.append(f"json_extract_string({column}, '$.' || ?) = ?")
+                params += [_json_key(key), value]
+        sql += " AND (" + " OR ".join(alts) + ")"
+    return sql, params
+
+
+def _like(text: str) -> str:
+    """A case-insensitive ``ILIKE ... ESCAPE '!'`` pattern that finds ``text`` anywhere."""
+    return "%" + "".join("!" + c if c in "!%_" else c for c in text) + "%"
 
 
 def _filtered_members(dataset: str, version: int, f: SampleFilter) -> tuple[str, list[Any]]:
@@ -161,8 +189,7 @@ def _filtered_members(dataset: str, version: int, f: SampleFilter) -> tuple[str,
     params += [dataset, version]
     if f.search:
         sql += " AND (s.prompt ILIKE ? ESCAPE '!' OR s.response ILIKE ? ESCAPE '!')"
-        like = "%" + "".join("!" + c if c in "!%_" else c for c in f.search) + "%"
-        params += [like, like]
+        params += [_like(f.search), _like(f.search)]
     if f.meta_key and f.meta_value is not None:
         if f.meta_value == "(none)":
             sql += " AND json_extract_string(m.metadata, '$.' || ?) IS NULL"
@@ -170,6 +197,10 @@ def _filtered_members(dataset: str, version: int, f: SampleFilter) -> tuple[str,
         else:
             sql += " AND json_extract_string(m.metadata, '$.' || ?) = ?"
             params += [_json_key(f.meta_key), f.meta_value]
+    if f.where:
+        more, more_params = _metadata_where("m.metadata", f.where)
+        sql += more
+        params += more_params
     if f.min_chars is not None:
         sql += " AND s.n_chars >= ?"
         params.append(f.min_chars)
@@ -477,6 +508,60 @@ def member_page(store: Store, selection_id: str, limit: int = 50, offset: int = 
              "chars": r[6]} for r in rows]
 
 
+def member_search(store: Store, selection_id: str, limit: int = 50, offset: int = 0,
+                  sort: str = "rank", descending: bool = False, search: str | None = None,
+                  where: tuple[tuple[str, str], ...] = ()) -> tuple[list[dict[str, Any]], int]:
+    """Members matching a text ``search`` (prompt or response, case-insensitive) and
+    metadata conditions ``where`` ((field, value) pairs, as in ``SampleFilter.where``; the
+    metadata of the version the selection was made from), sorted across all matching
+    members by ``sort`` (one of ``MEMBER_SORTS``; rank breaks ties): one page of them, each
+    with its metadata, and how many match."""
+    if sort not in MEMBER_SORTS:
+        raise ValueError(f"unknown sort {sort!r}; use one of {', '.join(MEMBER_SORTS)}")
+    sel = get_selection(store, selection_id)
+    sql = ("SELECT m.rank, m.sample_id, m.gain, m.score, s.prompt, s.response, s.n_chars, "
+           "vm.metadata, count(*) OVER () AS n_total FROM selection_members m "
+           "JOIN samples s USING (sample_id) LEFT JOIN version_members vm ON "
+           "vm.sample_id = m.sample_id AND vm.dataset = ? AND vm.version = ? "
+           "WHERE m.selection_id = ? AND m.layer = ''")
+    params: list[Any] = [sel.dataset, sel.version, selection_id]
+    if search and search.strip():
+        sql += " AND (s.prompt ILIKE ? ESCAPE '!' OR s.response ILIKE ? ESCAPE '!')"
+        params += [_like(search.strip()), _like(search.strip())]
+    if where:
+        more, more_params = _metadata_where("vm.metadata", tuple(where))
+        sql += more
+        params += more_params
+    order = f"{MEMBER_SORTS[sort]} {'DESC' if descending else 'ASC'} NULLS LAST, m.rank"
+    rows = store.query(f"{sql} ORDER BY {order} LIMIT ? OFFSET ?", params + [limit, offset])
+    if rows:
+        total = int(rows[0][8])
+    else:
+        total = int(store.query(f"SELECT count(*) FROM ({sql})", params)[0][0]) if offset else 0
+    return [{"rank": r[0], "sample_id": r[1], "gain": r[2], "zero_gain": r[2] == 0,
+             "score": r[3], "prompt": _preview(r[4]), "response": _preview(r[5], 80),
+             "chars": r[6], "metadata": json.loads(r[7]) if r[7] else {}}
+            for r in rows], total
+
+
+def member_columns(store: Store, selection_id: str) -> dict[str, bool]:
+    """Whether any member has a marginal gain and whether any has a score (a column with no
+    value for the whole selection is neither shown nor offered as a sort)."""
+    row = store.query("SELECT count(gain), count(score) FROM selection_members WHERE "
+                      "selection_id = ? AND layer = ''", [selection_id])[0]
+    return {"gain": bool(row[0]), "score": bool(row[1])}
+
+
+def metadata_values(store: Store, dataset: str, version: int,
+                    per_key: int = 50) -> list[tuple[str, str, int]]:
+    """(field, value, count) for every metadata field of a version, each field's most
+    common ``per_key`` values, for filters on several fields at once."""
+    out: list[tuple[str, str, int]] = []
+    for key in metadata_keys(store, dataset, version):
+        out += [(key, v, n) for v, n in metadata_counts(store, dataset, version, key, per_key)]
+    return out
+
+
 def member_at(store: Store, selection_id: str, rank: int) -> str | None:
     """The sample picked ``rank``-th (0-based), for previous / next through a selection."""
     rows = store.query("SELECT sample_id FROM selection_members WHERE selection_id = ? AND "
@@ -624,3 +709,14 @@ def list_selections_all(store: Store) -> list[SelectionRecord]:
     from curator.store.selections import list_selections
 
     return list_selections(store)
+
+
+def example_utilities(store: Store, model: str, config: str,
+                      example_id: str) -> list[dict[str, Any]]:
+    """Every valid stored pair with ``example_id`` as the example: for each target, d(i)
+    (the model's distance from the target's answer alone), d(i | j) (with the example shown
+    first) and the utility d(i) - d(i | j) (positive: the example helps that answer)."""
+    return store.query_dicts(
+        "SELECT target_id, utility, d_target, d_given FROM utilities WHERE model = ? AND "
+        "config = ? AND example_id = ? AND valid AND utility IS NOT NULL "
+        "ORDER BY utility DESC, target_id", [model, config, example_id])

@@ -252,18 +252,18 @@ def test_selections_members_in_pick_order(demo_store_path, monkeypatch):
         assert_clean(at)
         m = metrics(at)
         assert m["selected"] == f"{sel.n_selected:,} of {sel.n_pool:,}"
-        assert m["stage"] == sel.stage and m["method"] == sel.method
-        members = table(at, "rank", "response")
+        assert f"**{sel.stage}** stage · method **{sel.method}**" in markdown_text(at)
+        members = table(at, "pick", "response")
         ids = selection_sample_ids(store, sel.selection_id)
         assert list(members["sample_id"]) == ids[:50]
-        assert list(members["rank"]) == list(range(min(50, len(ids))))
+        assert list(members["pick"]) == list(range(1, min(50, len(ids)) + 1))  # #1 first
     sel = list_selections(store)[0]
     # show the selection first: the page input's range is the shown selection's (the last
     # one of the loop, whose 30 GAST members fit on one page)
     at.selectbox(key="sel_id").set_value(sel.selection_id).run()
     at.number_input(key="sel_members_page").set_value(2).run()
-    members = table(at, "rank", "response")
-    assert members["rank"].iloc[0] == 50
+    members = table(at, "pick", "response")
+    assert members["pick"].iloc[0] == 51
     gains = members["gain"].tolist()
     assert all(a >= b - 1e-9 for a, b in zip(gains, gains[1:], strict=False))  # lazy greedy
 
@@ -357,12 +357,12 @@ def test_selections_open_a_sample(demo_store_path, monkeypatch):
     assert at.radio(key="sel_view").value == "Sample"
     assert at.text_input(key="sel_sample_id").value == ids[3]
     m = metrics(at)
-    assert m["pick order"] == "#3"
+    assert m["pick"] == "#4"  # ids[3] is the 4th pick
     assert m["in this selection"] == "yes"
     sample = load_samples(store, "demo", 1)
     text = next(s for s in sample if s.sample_id == ids[3])
     assert text.response in [t.value for t in at.text]
-    covers = table(at, "coverage", "similarity", "text")
+    covers = table(at, "similarity", "drop %", "text")
     helped = table(at, "similarity", "text", nth=1)
     assert len(covers) > 0 and len(helped) > 0
     assert set(covers["dataset"]) == {"demo"}  # an instruction selection covers its pool
@@ -381,7 +381,8 @@ def test_selections_open_a_sample(demo_store_path, monkeypatch):
     others = covers[covers["sample_id"] != ids[3]]  # its own row covers itself too
     assert others["sample_id"].iloc[0] == best[0]
     assert others["similarity"].iloc[0] == pytest.approx(best[1] / scale, rel=1e-5)
-    assert covers["coverage"].is_monotonic_decreasing
+    assert covers["similarity"].is_monotonic_decreasing
+    assert "coverage" not in covers  # facility location: it would repeat the kernel value
 
 
 def test_selections_sample_can_go_to_the_trash(demo_store, monkeypatch):
@@ -551,7 +552,7 @@ def open_sample_of(at: AppTest, selection_id: str, sample_id: str) -> AppTest:
 
 
 def summary_line(at: AppTest) -> str:
-    lines = [m.value for m in at.markdown if "pick" in m.value and m.value.startswith("**")]
+    lines = [c.value for c in at.caption if "over the selection's own" in c.value]
     assert len(lines) == 1, lines
     return lines[0]
 
@@ -570,11 +571,11 @@ def test_why_selected_uses_the_selections_own_pool_targets_and_kernel(demo_store
     at = make_app(demo_store_path, monkeypatch, "selections")
     open_sample_of(at, "sel-0001", sample)
     assert_clean(at)
-    covers_a = table(at, "coverage", "similarity", "text")
+    covers_a = table(at, "similarity", "text")
     line_a = summary_line(at)
     open_sample_of(at, "sel-0002", sample)
     assert_clean(at)
-    covers_b = table(at, "coverage", "similarity", "text")
+    covers_b = table(at, "similarity", "text")
     line_b = summary_line(at)
     # the instruction selection covers rows of its pool, the task one targets of its set
     assert set(covers_a["dataset"]) == {"demo"}
@@ -620,7 +621,7 @@ def test_why_selected_opens_a_row_and_steps_through_picks(demo_store_path, monke
     at.button(key="sel_prev").click().run()
     at.button(key="sel_prev").click().run()
     assert at.text_input(key="sel_sample_id").value == ids[4]
-    assert metrics(at)["pick order"] == "#4"
+    assert metrics(at)["pick"] == "#5"
     open_sample_of(at, "sel-0001", ids[0])
     assert at.button(key="sel_prev").disabled
     open_sample_of(at, "sel-0001", ids[-1])
@@ -639,20 +640,20 @@ def test_zero_gain_picks_are_flagged(demo_store_path, monkeypatch):
     assert_clean(at)
     assert metrics(at)["zero-gain picks"] == str(len(zero))
     at.selectbox(key="sel_members_size").set_value(100).run()
-    members = table(at, "rank", "zero_gain")
-    assert members.loc[members["zero_gain"], "rank"].tolist() == [r for r, _ in zero]
+    members = table(at, "pick", "zero_gain")
+    assert members.loc[members["zero_gain"], "pick"].tolist() == [r + 1 for r, _ in zero]
     curve = browse.gain_curve(store, sel.selection_id)
     assert [p["rank"] for p in curve if p["zero_gain"]] == [r for r, _ in zero]
     open_sample_of(at, sel.selection_id, zero[0][1])
     assert_clean_but_info(at)
-    assert metrics(at)["marginal gain"] == "0 (zero-gain pick)"
+    assert metrics(at)["marginal gain"] == "0"
     assert any("zero-gain pick" in i.value for i in at.info)
     assert "gain 0 (a zero-gain pick" in summary_line(at)
-    # a selection without zero-gain picks says 0; one without gains (GAST) says "-"
+    # a selection without zero-gain picks says 0; one without gains (GAST) says none apply
     at.selectbox(key="sel_id").set_value("sel-0001").run()
     assert metrics(at)["zero-gain picks"] == "0"
     at.selectbox(key="sel_id").set_value("sel-0005").run()
-    assert metrics(at)["zero-gain picks"] == "-"
+    assert metrics(at)["zero-gain picks"] == "none apply"
 
 
 def assert_clean_but_info(at: AppTest) -> None:
@@ -670,14 +671,14 @@ def test_members_sort_across_all_rows(demo_store_path, monkeypatch):
     everything = store.query(
         "SELECT m.rank, s.n_chars FROM selection_members m JOIN samples s USING (sample_id) "
         "WHERE selection_id = 'sel-0001' AND layer = '' ORDER BY s.n_chars DESC, m.rank")
-    shown = table(at, "rank", "zero_gain")
-    assert shown["rank"].tolist() == [r for r, _ in everything[:50]]
+    shown = table(at, "pick", "zero_gain")
+    assert shown["pick"].tolist() == [r + 1 for r, _ in everything[:50]]
     assert shown["chars"].iloc[0] == max(c for _, c in everything)
     at.selectbox(key="sel_sort").set_value("gain")
     at.radio(key="sel_order").set_value("ascending").run()
     gains = store.query("SELECT gain FROM selection_members WHERE selection_id = 'sel-0001' "
                         "AND layer = '' ORDER BY gain, rank LIMIT 50")
-    assert table(at, "rank", "zero_gain")["gain"].tolist() == pytest.approx(
+    assert table(at, "pick", "zero_gain")["gain"].tolist() == pytest.approx(
         [g for (g,) in gains])
     assert at.query_params["sort"] == "gain"
     with pytest.raises(ValueError, match="unknown sort"):
@@ -693,7 +694,7 @@ def test_deep_link_to_a_sample_survives_a_reload(demo_store_path, monkeypatch):
     assert at.selectbox(key="sel_id").value == "sel-0003"
     assert at.radio(key="sel_view").value == "Sample"
     assert at.text_input(key="sel_sample_id").value == sample
-    assert metrics(at)["pick order"] == "#2"
+    assert metrics(at)["pick"] == "#3"
     assert dict(at.query_params) == {"selection": "sel-0003", "view": "Sample",
                                      "sample": sample}
     # a reload is a new session with the same URL

@@ -13,14 +13,34 @@ import curator_ui as ui
 import pandas as pd
 import streamlit as st
 
+from curator.app.explain import ZERO_GAIN_WHY, objective_share, pick_label
 from curator.store.browse import histogram
-from curator.vocabulary import GRADIENT_METHODS
+from curator.vocabulary import GRADIENT_METHODS, KERNEL_METHODS
 
 st.title("Selections")
 
 VIEWS = ["Members", "Composition", "Scores", "Map", "Sample", "Compare"]
 SORTS = {"rank": "pick order", "gain": "marginal gain", "score": "score", "chars": "length"}
-URL = ("selection", "view", "sample", "sort", "order", "field", "other")
+# a clicked column header sorts every member by it (the table's own sorting is off)
+SORT_COLUMNS = {"pick": "rank", "gain": "gain", "score": "score", "chars": "chars"}
+URL = ("selection", "view", "sample", "sort", "order", "field", "other", "search", "where",
+       "page")
+LISTS = ("where",)  # URL parameters that may repeat
+
+
+def follow_selection(selection_id: str) -> None:
+    """Another selection was chosen: the sample picked in the previous one's table and its
+    page are dropped, so "Open sample" opens one of this one (the Sample view keeps the
+    sample it shows: the same sample's place in another selection)."""
+    previous = st.session_state.get("_sel_shown")
+    st.session_state["_sel_shown"] = selection_id
+    page_from_url = st.session_state.pop("_sel_page_from_url", False)
+    if previous is None or previous == selection_id:
+        return
+    for key in ("sel_member_pick", "sel_range_pick"):
+        st.session_state.pop(key, None)
+    if not page_from_url:
+        st.session_state["sel_members_page"] = 1
 
 
 def open_sample(sample_id: str) -> None:
@@ -30,10 +50,23 @@ def open_sample(sample_id: str) -> None:
 
 
 def opened_row(table_key: str, ids: list[str]) -> None:
-    """Dataframe callback: a clicked row opens its sample."""
-    rows = ((st.session_state.get(table_key) or {}).get("selection") or {}).get("rows") or []
+    """Dataframe callback: a clicked row opens its sample; a clicked column header (in the
+    members table) sorts every member by that column, again: the other way round."""
+    picked = (st.session_state.get(table_key) or {}).get("selection") or {}
+    rows = picked.get("rows") or []
     if rows and 0 <= rows[0] < len(ids):
         open_sample(ids[rows[0]])
+        return
+    columns = picked.get("columns") or []
+    sort = SORT_COLUMNS.get(columns[0]) if columns else None
+    if sort is not None:
+        if st.session_state.get("sel_sort") == sort:
+            st.session_state["sel_order"] = ("ascending" if st.session_state.get(
+                "sel_order") == "descending" else "descending")
+        else:
+            st.session_state["sel_sort"] = sort
+            st.session_state["sel_order"] = "ascending" if sort == "rank" else "descending"
+        st.session_state["sel_members_page"] = 1
 
 
 def step_sample(selection_id: str, rank: int) -> None:
@@ -45,27 +78,31 @@ def step_sample(selection_id: str, rank: int) -> None:
 
 def header(sel) -> None:
     zero = ui.read("zero_gain_count", sel.selection_id)
-    has_gains = bool(ui.read("gain_curve", sel.selection_id, 2))
+    has_gains = sel.method in KERNEL_METHODS and ui.read("member_columns",
+                                                          sel.selection_id)["gain"]
     # what the stage recorded (older stores: zero_gain_refilled), said when it differs
     recorded = (sel.config or {}).get("zero_gain_picks",
                                       (sel.config or {}).get("zero_gain_refilled"))
     zero_help = ("picks that added nothing to the objective (marginal gain exactly 0): "
-                 "greedy had nothing left to cover and DELIFT's evidence order chose them")
+                 f"{ZERO_GAIN_WHY}")
     if recorded is not None and recorded != zero:
         zero_help += f"; the stage recorded {recorded}"
-    row1 = st.columns(4)
-    row2 = st.columns(4)
-    for col, (label, value, help_) in zip([*row1, *row2], [
-            ("stage", sel.stage, None), ("method", sel.method, None),
+    if not has_gains:
+        zero_help = (f"{sel.method} does not pick by marginal gains, so no pick can be a "
+                     "zero-gain pick")
+    # words in one line (they are too long for a metric at 1,280 px), numbers as metrics
+    st.markdown(f"**{sel.stage}** stage · method **{sel.method}**"
+                + (f" · function **{sel.function}**" if sel.function else "")
+                + f" · budget **{sel.budget}**")
+    for col, (label, value, help_) in zip(st.columns(4), [
             ("selected", f"{sel.n_selected:,} of {sel.n_pool:,}",
              "samples picked, of the pool they were picked from"),
-            ("zero-gain picks", f"{zero:,}" if has_gains else "-", zero_help),
-            ("budget", sel.budget, None),
+            ("zero-gain picks", f"{zero:,}" if has_gains else "none apply", zero_help),
             ("objective", "-" if sel.objective is None else f"{sel.objective:.4g}",
-             "value of the set function at the selected subset"),
+             "value of the set function at the selected subset (the picks' marginal gains "
+             "add up to it)" if has_gains else "value the method reports for its subset"),
             ("selection time", "-" if sel.seconds is None else f"{sel.seconds:.1f} s",
-             "wall time of the stage: scoring the pairs it needed and greedy"),
-            ("function", sel.function or "-", None)], strict=True):
+             "wall time of the stage: scoring the pairs it needed and greedy")], strict=True):
         col.metric(label, value, help=help_)
     facts = [f"dataset **{sel.dataset} v{sel.version}**"]
     if sel.parent:
@@ -79,45 +116,100 @@ def header(sel) -> None:
         st.code(json.dumps(sel.config, indent=2, default=str), language="json")
 
 
+def where_label(option: str) -> str:
+    field, _, value = option.partition("=")
+    return f"{field}: {value}"
+
+
+def sort_options(sel) -> list[str]:
+    """The sorts this selection can use: no column without a value for any member."""
+    have = ui.read("member_columns", sel.selection_id)
+    return [k for k in SORTS if k not in ("gain", "score") or have[k]]
+
+
 def members_view(sel) -> None:
     curve = ui.read("gain_curve", sel.selection_id)
     if curve and any(p["gain"] for p in curve):
-        st.caption("marginal gain by pick order (zero-gain picks in red)")
+        st.caption("marginal gain by pick (zero-gain picks in red)")
         df = pd.DataFrame(curve)
         df["pick"] = df["zero_gain"].map({True: "zero gain", False: "gain > 0"})
+        df["number"] = df["rank"] + 1
         line = alt.Chart(df).mark_line(color="#7f8fa6").encode(
-            x=alt.X("rank:Q", title="pick order (rank)"), y=alt.Y("gain:Q", title="marginal gain"))
+            x=alt.X("number:Q", title="pick (#1 first)"),
+            y=alt.Y("gain:Q", title="marginal gain"))
         dots = alt.Chart(df).mark_circle(size=28).encode(
-            x="rank:Q", y="gain:Q",
+            x="number:Q", y="gain:Q",
             color=alt.Color("pick:N", scale=alt.Scale(domain=["gain > 0", "zero gain"],
                                                       range=["#4c78a8", "#e4572e"]),
                             title=None),
-            tooltip=["rank", alt.Tooltip("gain:Q", format=".5f"), "pick"])
+            tooltip=[alt.Tooltip("number:Q", title="pick"),
+                     alt.Tooltip("gain:Q", format=".5f"), "pick"])
         st.altair_chart(line + dots, key="sel_gain_chart", height=200)
+    options = [f"{k}={v}" for k, v, _n in ui.read("metadata_values", sel.dataset, sel.version)]
+    if any(o not in options for o in st.session_state.get("sel_where") or []):
+        gone = [o for o in st.session_state["sel_where"] if o not in options]
+        st.warning(f"No metadata {', '.join(where_label(o) for o in gone)} in {sel.dataset} "
+                   f"v{sel.version}; that filter is left out.")
+        st.session_state["sel_where"] = [o for o in st.session_state["sel_where"]
+                                         if o in options]
+    c1, c2 = st.columns([2, 3])
+    search = c1.text_input("search prompt and response", key="sel_search",
+                           placeholder="words to find (case-insensitive)")
+    chosen = c2.multiselect("metadata filters", options, key="sel_where",
+                            format_func=where_label, placeholder="any metadata",
+                            help="values of one field: any of them; several fields: all")
+    where = tuple(tuple(o.split("=", 1)) for o in chosen)
+    sorts = sort_options(sel)
+    if st.session_state.get("sel_sort") not in (None, *sorts):
+        del st.session_state["sel_sort"]  # e.g. score, which this selection has none of
     c1, c2 = st.columns([2, 1])
-    sort = c1.selectbox("sort all members by", list(SORTS), key="sel_sort",
-                        format_func=SORTS.__getitem__)
+    sort = c1.selectbox("sort all members by", sorts, key="sel_sort",
+                        format_func=SORTS.__getitem__,
+                        help="or click a column header (again: the other way round)")
     order = c2.radio("order", ["ascending", "descending"], horizontal=True, key="sel_order")
-    limit, offset = ui.pager(sel.n_selected, "sel_members")
-    rows = ui.read("member_page", sel.selection_id, limit, offset, sort,
-                   order == "descending")
+    query = (sel.selection_id, sort, order == "descending", search.strip() or None, where)
+    wanted = ui.page_state("sel_members")
+    rows, total = ui.read("member_search", query[0], *wanted, *query[1:])
+    if search.strip() or where:
+        st.markdown(f"**{total:,}** of {sel.n_selected:,} members match")
+    limit, offset = ui.pager(total, "sel_members")
+    if (limit, offset) != wanted:
+        rows, total = ui.read("member_search", query[0], limit, offset, *query[1:])
+    have = ui.read("member_columns", sel.selection_id)
+    keys = sorted({k for r in rows for k in r["metadata"]})[:3]
+    table = [{"pick": r["rank"] + 1, "gain": r["gain"], "zero_gain": r["zero_gain"],
+              "score": r["score"], "chars": r["chars"], "prompt": r["prompt"],
+              "response": r["response"], **{f"meta: {k}": r["metadata"].get(k) for k in keys},
+              "sample_id": r["sample_id"]} for r in rows]
     ids = [r["sample_id"] for r in rows]
+    shown = ["pick", *(["gain", "zero_gain"] if have["gain"] else []),
+             *(["score"] if have["score"] else []), "chars", "prompt", "response",
+             *[f"meta: {k}" for k in keys], "sample_id"]
     st.dataframe(
-        rows, key="sel_members_table", hide_index=True, on_select=functools.partial(
-            opened_row, "sel_members_table", ids), selection_mode="single-row",
-        column_order=["rank", "gain", "zero_gain", "score", "chars", "prompt", "response",
-                      "sample_id"],
-        column_config={"prompt": st.column_config.TextColumn(width="large"),
+        pd.DataFrame(table, columns=shown)[shown], key="sel_members_table",
+        hide_index=True, on_select=functools.partial(opened_row, "sel_members_table", ids),
+        selection_mode=["single-row", "single-column"], column_order=shown,
+        column_config={"pick": st.column_config.NumberColumn(
+                           "pick", help="pick order: #1 was picked first", format="#%d",
+                           width="small"),
+                       "prompt": st.column_config.TextColumn(width="large"),
                        "sample_id": st.column_config.TextColumn("id", width="small"),
                        "zero_gain": st.column_config.CheckboxColumn(
-                           "gain 0", help="picked at a marginal gain of exactly 0"),
-                       "gain": st.column_config.NumberColumn(format="%.5f"),
-                       "score": st.column_config.NumberColumn(format="%.5f"),
-                       "chars": st.column_config.NumberColumn("characters")})
-    st.caption("Click a row to open its sample.")
+                           "gain 0", help="picked at a marginal gain of exactly 0",
+                           width="small"),
+                       "gain": st.column_config.NumberColumn(format="%.5f", width="small"),
+                       "score": st.column_config.NumberColumn(format="%.5f", width="small"),
+                       "chars": st.column_config.NumberColumn("characters", width="small"),
+                       **{f"meta: {k}": st.column_config.TextColumn(k, width="medium")
+                          for k in keys}})
+    st.caption("Click a row to open its sample; click a column header to sort every member "
+               "by it.")
     if rows:
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
-        labels = {r["sample_id"]: f"#{r['rank']} · {r['prompt'][:70]}" for r in rows}
+        labels = {r["sample_id"]: f"{pick_label(r['rank'])} · {r['prompt'][:70]}"
+                  for r in rows}
+        if st.session_state.get("sel_member_pick") not in (None, *labels):
+            del st.session_state["sel_member_pick"]  # not on this page: the first row
         pick = c1.selectbox("sample", list(labels), key="sel_member_pick",
                             format_func=labels.__getitem__)
         c2.button("Open sample", key="sel_open_sample", on_click=open_sample, args=(pick,))
@@ -268,15 +360,20 @@ def map_view(sel) -> None:
 
 
 WHY_COLUMNS = {
-    "dataset": st.column_config.TextColumn("dataset"),
+    "dataset": st.column_config.TextColumn("dataset", width="small"),
     "sample_id": st.column_config.TextColumn("id", width="small"),
+    "drop %": st.column_config.NumberColumn(
+        "loss drop", format="percent", help="how much lower the model's loss on this answer "
+        "is when the example is shown first: (d(i) - d(i | j)) / d(i)"),
+    "drop": st.column_config.NumberColumn(
+        "d(i) - d(i|j)", format="%.4f", help="the stored utility of the pair: the loss on the "
+        "answer alone, less the loss with the example shown first"),
     "coverage": st.column_config.NumberColumn(
         format="%.3f", help="what this pair adds to the set function: the similarity, "
         "capped (FLMI) or less what the previous data covers (FLCG)"),
     "similarity": st.column_config.NumberColumn(
-        format="%.3f", help="kernel value S: the pairwise utility UF = d(target) - "
-        "d(target | example), where d is the distance of the model's answer from the "
-        "reference, divided by the kernel's largest utility (0 to 1)"),
+        "kernel", format="%.3f", help="the utility divided by the kernel's largest one "
+        "(0 to 1): what greedy maximised"),
     "covered before": st.column_config.NumberColumn(
         format="%.3f", help="how well the previous selection's samples already cover the row"),
     "text": st.column_config.TextColumn("prompt → response", width="large"),
@@ -290,6 +387,29 @@ def why_table(rows: list[dict], key: str) -> None:
                  column_config=WHY_COLUMNS)
 
 
+FORMULA = """
+**The utility of a pair.** For a row *i* (a target, or a pool sample) and the example *j*,
+the store keeps d(i), how far the model's answer is from *i*'s reference answer on its own,
+and d(i | j), the same with *j* shown first in the prompt. The utility is
+
+  UF(i, j) = d(i) − d(i | j)
+
+(positive: showing *j* makes the answer better). With the `nll` distance d is the mean
+negative log-likelihood of the answer tokens, in nats; with `prob-l2` it is
+‖1 − p‖₂ / √T over the T answer tokens' probabilities p. The **loss drop** is
+UF(i, j) / d(i).
+
+**The kernel.** Greedy maximises a set function over S = max(UF, 0) divided by the
+kernel's largest utility: facility location (instruction) Σ_i max_{j∈A} S[i, j] over the pool;
+FLVMI (task) the same over the targets; FLCG (continual) Σ_i max(max_{j∈A} S[i, j] −
+ν · max_{p∈P} S_P[i, p], 0) beyond what the previous selection P covers.
+
+**The pick.** Its marginal gain is how much adding it raised the set function when it was
+picked; the gains of all picks add up to the selection's objective, so gain / objective is
+its share. A zero-gain pick added nothing: {zero}.
+"""
+
+
 def why_selected(sel, sample_id: str, member) -> None:
     why = ui.explain_sample(sel.selection_id, sample_id, member)
     st.markdown("#### Why selected")
@@ -298,12 +418,18 @@ def why_selected(sel, sample_id: str, member) -> None:
                    "explain (see the gradient scores below for gradient methods).")
         return
     k = why["kernels"]
-    st.markdown(f"**{why['summary']}** ({k.function} over the selection's own "
-                f"{len(k.pool):,}-sample pool"
-                + (f" and {len(k.rows):,} targets of {k.rows_dataset}"
-                   if k.rows_word == "targets" else "") + ")")
+    effect = why["effect"]
+    st.markdown(f"**{effect['sentence']}**")
+    share = objective_share(member["gain"] if member else None, sel.objective)
+    st.caption(f"{why['summary']}"
+               + (f"; {share:.1%} of the selection's objective" if share is not None else "")
+               + f" ({k.function} over the selection's own {len(k.pool):,}-sample pool"
+               + (f" and {len(k.rows):,} targets of {k.rows_dataset}"
+                  if k.rows_word == "targets" else "") + ")")
+    with st.expander("How is this computed", expanded=False):
+        st.markdown(FORMULA.replace("{zero}", ZERO_GAIN_WHY))
     # one table under the other: each row's text needs the width
-    st.markdown(f"**{k.rows_word.capitalize()} it covers best** (click a row to open it)")
+    st.markdown(f"**{k.rows_word.capitalize()} it helps most** (click a row to open it)")
     if why["covers"]:
         why_table(why["covers"], "sel_sample_covers")
     else:
@@ -318,6 +444,21 @@ def why_selected(sel, sample_id: str, member) -> None:
         st.caption(k.note)
 
 
+def sample_metadata(sel, detail: dict) -> None:
+    """The sample's metadata in the version the selection was made from (else the first
+    version that has it)."""
+    versions = detail["versions"]
+    mine = [v for v in versions if (v["dataset"], v["version"]) == (sel.dataset, sel.version)]
+    meta = (mine or versions or [{"metadata": {}}])[0]["metadata"]
+    st.markdown("**Metadata**")
+    if meta:
+        st.dataframe([{"field": k, "value": json.dumps(v) if not isinstance(v, str) else v}
+                      for k, v in meta.items()], key="sel_sample_meta", hide_index=True,
+                     column_config={"value": st.column_config.TextColumn(width="large")})
+    else:
+        st.caption("none")
+
+
 def sample_view(sel) -> None:
     first = ui.read("member_page", sel.selection_id, 1, 0)
     default = first[0]["sample_id"] if first else ""
@@ -329,31 +470,34 @@ def sample_view(sel) -> None:
     sample_id = c0.text_input("sample id", key="sel_sample_id",
                               help="open one from the Members view, or paste an id").strip()
     rank = member["rank"] if member else None
-    c1.button("← previous", key="sel_prev", help="the pick before this one", disabled=not rank,
+    c1.button("← previous", key="sel_prev", help="the pick before this one (key: ←)",
+              disabled=not rank, shortcut="Left",
               on_click=step_sample, args=(sel.selection_id, (rank or 0) - 1))
-    c2.button("next →", key="sel_next", help="the pick after this one",
-              disabled=rank is None or rank + 1 >= sel.n_selected,
+    c2.button("next →", key="sel_next", help="the pick after this one (key: →)",
+              disabled=rank is None or rank + 1 >= sel.n_selected, shortcut="Right",
               on_click=step_sample, args=(sel.selection_id, (rank or 0) + 1))
     detail = ui.read("sample_detail", sample_id) if sample_id else None
     if detail is None:
         st.warning(f"No sample {sample_id!r} in the store.")
         return
+    gains = sel.method in KERNEL_METHODS
+    zero = gains and bool(member) and member["gain"] == 0
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("in this selection", "yes" if member else "no")
-    c2.metric("pick order", "-" if not member else f"#{member['rank']}")
-    zero = bool(member) and member["gain"] == 0
-    c3.metric("marginal gain", "-" if not member or member["gain"] is None
-              else "0 (zero-gain pick)" if zero else f"{member['gain']:.5f}")
+    c2.metric("pick", "-" if not member else pick_label(member["rank"]),
+              help="pick order: #1 was picked first")
+    c3.metric("marginal gain", "-" if not member or member["gain"] is None or not gains
+              else "0" if zero else f"{member['gain']:.5f}",
+              help="zero-gain pick" if zero else "how much the pick raised the objective")
     c4.metric("characters", f"{detail['chars']:,}")
     if zero:
-        st.info("A zero-gain pick: when it was picked, nothing it covers was left uncovered, "
-                "so it added nothing to the objective; DELIFT filled the budget with it by "
-                "its mean utility as an example.", icon=":material/exposure_zero:")
+        st.info(f"A zero-gain pick: {ZERO_GAIN_WHY}.", icon=":material/exposure_zero:")
     for m in detail["messages"]:
         with st.chat_message("user" if m["role"] == "user" else "assistant"
                              if m["role"] == "assistant" else "ai"):
             st.markdown(f"**{m['role']}**")
             st.text(m["content"])
+    sample_metadata(sel, detail)
     why_selected(sel, sample_id, member)
     grads = ui.read("sample_gradient_scores", sample_id)
     st.markdown("**Gradient scores** ⟨u, g⟩ stored for this sample")
@@ -403,8 +547,9 @@ def compare_view(sel) -> None:
 
 
 def apply_url(table: list[dict]) -> None:
-    """A link's selection, view, sample and sort become the widgets' state."""
-    params = ui.url_params("selections", URL)
+    """A link's selection, view, sample, sort, search, filters and page become the widgets'
+    state."""
+    params = ui.url_params("selections", URL, lists=LISTS)
     ids = [r["selection_id"] for r in table]
     ui.url_choice(params, "selection", "sel_id", ids, "selection")
     ui.url_choice(params, "view", "sel_view", VIEWS, "view")
@@ -413,6 +558,13 @@ def apply_url(table: list[dict]) -> None:
     ui.url_choice(params, "other", "sel_other", ids, "selection to compare with")
     if "field" in params:
         st.session_state["sel_comp_field"] = params["field"]
+    if "search" in params:
+        st.session_state["sel_search"] = params["search"]
+    if "where" in params:
+        st.session_state["sel_where"] = list(params["where"])
+    if "page" in params:
+        ui.url_page(params["page"], "sel_members")
+        st.session_state["_sel_page_from_url"] = True
     if "sample" in params:
         st.session_state["sel_sample_id"] = params["sample"]
         if "view" not in params:
@@ -427,6 +579,10 @@ def current_url(sel, view: str) -> dict:
     if view == "Members":
         out["sort"] = state.get("sel_sort", "rank")
         out["order"] = state.get("sel_order", "ascending")
+        out["search"] = (state.get("sel_search") or "").strip()
+        out["where"] = list(state.get("sel_where") or [])
+        page = int(state.get("sel_members_page") or 1)
+        out["page"] = page if page > 1 else None
     if view == "Composition":
         out["field"] = state.get("sel_comp_field")
     if view == "Compare":
@@ -445,6 +601,7 @@ with ui.guard():
     with st.expander(f"all selections ({len(table)})", expanded=False):
         st.dataframe(table, key="sel_all_table", hide_index=True)
     sel = ui.pick_selection("sel_id")
+    follow_selection(sel.selection_id)
     header(sel)
     view = st.radio("view", VIEWS, horizontal=True, key="sel_view",
                     label_visibility="collapsed")

@@ -1,0 +1,179 @@
+"""Finding things inside a selection and reading why it was picked (issue 27): the sample
+picker after a switch, search and metadata filters in the query and the URL, sorts only
+over columns the selection has, the sample's metadata, why selected in model terms."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from curator.store import Store, browse
+from curator.store.browse import SampleFilter
+from curator.store.selections import get_selection, selection_sample_ids
+
+# CURATOR_APP_FILE: run these against another copy of the app (e.g. the code before a fix)
+APP_FILE = Path(os.environ.get("CURATOR_APP_FILE") or Path(__file__).resolve().parents[2]
+                / "curator" / "app" / "streamlit_app.py")
+TIMEOUT = 60
+
+
+def app(store_path, monkeypatch, params: dict | None = None) -> AppTest:
+    monkeypatch.setenv("CURATOR_STORE", str(store_path))
+    at = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT)
+    at.switch_page("views/selections.py")
+    if params:
+        at.query_params.update(params)
+    return at.run()
+
+
+def clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert not at.warning, [w.value for w in at.warning]
+
+
+def members(at: AppTest):
+    found = [d.value for d in at.dataframe if {"sample_id", "response"} <= set(d.value.columns)]
+    assert found, "no members table"
+    return found[0]
+
+
+def test_sample_picker_follows_the_selection(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    first = selection_sample_ids(store, "sel-0001")
+    second = set(selection_sample_ids(store, "sel-0002"))
+    stale = next(i for i in first[:50] if i not in second)
+    at = app(demo_store_path, monkeypatch)
+    at.selectbox(key="sel_id").set_value("sel-0001").run()
+    at.selectbox(key="sel_member_pick").set_value(stale).run()
+    at.selectbox(key="sel_id").set_value("sel-0002").run()
+    clean(at)
+    assert at.selectbox(key="sel_member_pick").value in second
+    at.button(key="sel_open_sample").click().run()
+    clean(at)
+    opened = at.text_input(key="sel_sample_id").value
+    assert opened in second and opened != stale
+
+
+def test_search_and_metadata_filters_in_the_query_and_the_url(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    sel = get_selection(store, "sel-0001")
+    families = [v for v, _ in browse.metadata_counts(store, sel.dataset, sel.version,
+                                                     "family")]
+    a, b = families[0], families[1]
+    want = store.query(
+        "SELECT m.rank FROM selection_members m JOIN version_members v ON v.sample_id = "
+        "m.sample_id AND v.dataset = ? AND v.version = ? WHERE m.selection_id = ? AND "
+        "m.layer = '' AND json_extract_string(v.metadata, '$.family') IN (?, ?) "
+        "ORDER BY m.rank", [sel.dataset, sel.version, sel.selection_id, a, b])
+    at = app(demo_store_path, monkeypatch)
+    at.selectbox(key="sel_id").set_value("sel-0001").run()
+    at.multiselect(key="sel_where").set_value([f"family={a}", f"family={b}"]).run()
+    clean(at)
+    shown = members(at)
+    assert shown["pick"].tolist() == [r + 1 for (r,) in want][:50]  # one field: any value
+    assert f"**{len(want):,}** of {sel.n_selected:,} members match" in [
+        m.value for m in at.markdown]
+    assert list(at.query_params["where"]) == [f"family={a}", f"family={b}"]
+    # a word of the first match's prompt narrows it further, in the database
+    word = max(store.query("SELECT prompt FROM samples WHERE sample_id = ?",
+                           [shown["sample_id"].iloc[0]])[0][0].split(), key=len)
+    at.text_input(key="sel_search").set_value(word).run()
+    rows, total = browse.member_search(store, "sel-0001", 50, 0, search=word,
+                                       where=(("family", a), ("family", b)))
+    assert 1 <= total <= len(want)
+    assert members(at)["sample_id"].tolist() == [r["sample_id"] for r in rows]
+    assert at.query_params["search"] == word
+    # the link brings the same rows back (a reload, a shared link)
+    again = app(demo_store_path, monkeypatch, {
+        "selection": "sel-0001", "view": "Members", "search": word,
+        "where": [f"family={a}", f"family={b}"]})
+    clean(again)
+    assert members(again)["sample_id"].tolist() == [r["sample_id"] for r in rows]
+
+
+def test_page_number_in_the_url(demo_store_path, monkeypatch):
+    at = app(demo_store_path, monkeypatch, {"selection": "sel-0001", "view": "Members",
+                                            "page": "2"})
+    clean(at)
+    assert members(at)["pick"].iloc[0] == 51
+    at.number_input(key="sel_members_page").set_value(1).run()
+    assert "page" not in at.query_params
+    at.number_input(key="sel_members_page").set_value(2).run()
+    assert at.query_params["page"] == "2"
+
+
+def test_filters_on_several_fields_in_the_store(demo_store_path):
+    store = Store(demo_store_path)
+    sel = get_selection(store, "sel-0001")
+    family = browse.metadata_counts(store, sel.dataset, sel.version, "family")[0][0]
+    # one field OR-ed, fields AND-ed: a field no sample has leaves nothing
+    rows, total = browse.member_search(store, "sel-0001", 500, 0,
+                                       where=(("family", family),))
+    assert total and all(r["metadata"]["family"] == family for r in rows)
+    assert browse.member_search(store, "sel-0001", 500, 0, where=(
+        ("family", family), ("nope", "x")))[1] == 0
+    assert browse.member_search(store, "sel-0001", 500, 0, where=(
+        ("family", family), ("nope", "(none)")))[1] == total
+    # and across a dataset version, as on the Versions page
+    _, n_version = browse.sample_page(store, sel.dataset, sel.version,
+                                      SampleFilter(where=(("family", family),)))
+    assert n_version >= total
+    assert browse.sample_page(store, sel.dataset, sel.version, SampleFilter(
+        where=(("family", family), ("nope", "x"))))[1] == 0
+    # text never reaches the SQL: quotes and wildcards are searched for as they are
+    assert browse.member_search(store, "sel-0001", 5, 0, search="%' OR 1=1 --")[1] == 0
+
+
+def test_score_sort_only_where_the_selection_has_scores(demo_store_path, monkeypatch):
+    at = app(demo_store_path, monkeypatch)
+    at.selectbox(key="sel_id").set_value("sel-0001").run()
+    clean(at)
+    assert "score" not in at.selectbox(key="sel_sort").options  # DELIFT stores no scores
+    assert "score" not in members(at).columns
+    at.selectbox(key="sel_id").set_value("sel-0005").run()  # GAST: scores, no gains
+    clean(at)
+    assert "score" in at.selectbox(key="sel_sort").options
+    assert "marginal gain" not in at.selectbox(key="sel_sort").options
+
+
+def test_sample_view_shows_its_metadata_and_keys(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    sample = selection_sample_ids(store, "sel-0001")[2]
+    family = store.query("SELECT json_extract_string(metadata, '$.family') FROM "
+                         "version_members WHERE dataset = 'demo' AND version = 1 AND "
+                         "sample_id = ?", [sample])[0][0]
+    at = app(demo_store_path, monkeypatch, {"selection": "sel-0001", "sample": sample})
+    clean(at)
+    meta = [d.value for d in at.dataframe if {"field", "value"} <= set(d.value.columns)][0]
+    assert dict(zip(meta["field"], meta["value"], strict=True))["family"] == family
+    assert at.button(key="sel_prev").proto.shortcut
+    assert at.button(key="sel_next").proto.shortcut
+
+
+def test_why_selected_in_model_terms(demo_store_path, monkeypatch):
+    store = Store(demo_store_path)
+    sel = get_selection(store, "sel-0002")  # task: FLVMI over the targets
+    sample = selection_sample_ids(store, "sel-0002")[0]
+    targets = {r[0] for r in store.query(
+        "SELECT sample_id FROM version_members WHERE dataset = 'demo-target' AND version = 1")}
+    pairs = store.query(
+        "SELECT target_id, utility, d_target FROM utilities WHERE model = ? AND config = ? "
+        "AND example_id = ? AND valid AND utility > 0", [sel.model,
+                                                        sel.config["utility_config"], sample])
+    helped = [(t, u / d) for t, u, d in pairs if t in targets]
+    assert helped
+    mean = sum(p for _, p in helped) / len(helped)
+    at = app(demo_store_path, monkeypatch, {"selection": "sel-0002", "sample": sample})
+    clean(at)
+    sentence = next(m.value for m in at.markdown if "Showing this example" in m.value)
+    assert (f"makes the model's error on the answers of {len(helped)} targets drop by "
+            f"{mean:.1%} on average") in sentence
+    assert f"{max(p for _, p in helped):.1%})" in sentence
+    share = browse.member_rank(store, "sel-0002", sample)["gain"] / sel.objective
+    assert any(f"{share:.1%} of the selection's objective" in c.value for c in at.caption)
+    assert any(e.label == "How is this computed" for e in at.expander)
+    assert "d(i) − d(i | j)" in "\n".join(m.value for m in at.markdown)
+    assert {m.label: m.value for m in at.metric}["pick"] == "#1"  # the 1st pick is #1
