@@ -32,6 +32,7 @@ import functools
 import logging
 import math
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,10 +43,12 @@ import numpy as np
 import ray
 from tqdm.auto import tqdm
 
+from curator import env
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.embeddings import embed_samples
 from curator.scoring.engine_errors import EngineUnavailable
+from curator.scoring.ray_reaper import start_reaper, stop_reaper
 from curator.scoring.utility import (
     PairChunk,
     UtilityConfig,
@@ -55,6 +58,30 @@ from curator.scoring.utility import (
 )
 
 Loader = Callable[[], LoadedModel]
+
+
+def wait_for_cluster(address: str, timeout: float) -> None:
+    """Return once a TCP connection to ``address`` (host:port, or ray://host:port) opens;
+    EngineUnavailable in one line after ``timeout`` seconds (CURATOR_RAY_TIMEOUT) instead
+    of Ray's own retries, which go on for minutes printing warnings. Addresses without a
+    port ("auto", "local") are left to Ray, which fails fast when it finds no cluster."""
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)),
+                                     timeout=max(0.05, min(2.0, left))).close()
+            return
+        except OSError as exc:
+            if time.monotonic() + 0.25 >= deadline:
+                raise EngineUnavailable(
+                    f"cannot reach the Ray cluster at {address} within {timeout:g} s "
+                    f"({exc.strerror or exc}); start it, check --ray-address / RAY_ADDRESS, "
+                    "or set CURATOR_RAY_TIMEOUT to wait longer") from exc
+            time.sleep(0.25)
 
 
 def load_by_name(name: str, dtype: Any, trust_remote_code: bool = False) -> LoadedModel:
@@ -84,6 +111,13 @@ def target_shard(lm: LoadedModel, samples: Sequence[Sample], config: UtilityConf
 def embed_shard(lm: LoadedModel, samples: Sequence[Sample], max_length: int,
                 batch_size: int) -> np.ndarray:
     return embed_samples(lm, samples, max_length=max_length, batch_size=batch_size)
+
+
+def quality_shard(lm: LoadedModel, samples: Sequence[Sample], config: Any,
+                  batch_size: int) -> Any:
+    from curator.scoring.quality import score_quality
+
+    return score_quality(lm, samples, config, batch_size=batch_size)
 
 
 def _scope(lm: LoadedModel, names: Sequence[str]) -> list:
@@ -136,7 +170,7 @@ class ScorerActor:
         # The module's functions, looked up on each call (a test replaces one in the
         # actor's process to kill it mid-shard).
         fn = {"pairs": score_shard, "targets": target_shard, "embed": embed_shard,
-              "gradients": gradient_shard, "sample_scores": sample_score_shard}[what]
+              "quality": quality_shard, "gradients": gradient_shard, "sample_scores": sample_score_shard}[what]
         start = time.perf_counter()
         out = fn(self.lm, *args)
         return out, time.perf_counter() - start
@@ -177,6 +211,7 @@ class RayEngine:
         self.in_flight = in_flight         # tasks queued per actor: hides the round trip
         self.merge_pairs = merge_pairs     # most pairs per commit from chunks ready together
         self.started_cluster = False
+        self._reaper = None              # curator.scoring.ray_reaper, for a local cluster
         self.pools: dict[str, list] = {}  # model fingerprint -> actors
         self.last = RunStats()           # the last pair_chunks / embeddings call
         self._since = time.perf_counter()
@@ -192,11 +227,13 @@ class RayEngine:
                  "log_to_driver": False}
         address = self.address or os.environ.get("RAY_ADDRESS")
         if address:
+            wait_for_cluster(address, env.ray_timeout())
             ray.init(address=address, **quiet)
             return
         cpus = (self.workers or os.cpu_count() or 1) * (self.threads or 1)
         ray.init(num_cpus=cpus, num_gpus=0 if not _local_gpus() else None, **quiet)
         self.started_cluster = True
+        self._reaper = start_reaper()  # the cluster ends with this process, even a killed one
 
     def actors(self, lm: LoadedModel) -> list:
         """The actor pool for ``lm`` (started once, each actor loading the model once)."""
@@ -237,6 +274,8 @@ class RayEngine:
         if self.started_cluster and ray.is_initialized():
             ray.shutdown()
         self.started_cluster = False
+        stop_reaper(self._reaper)
+        self._reaper = None
 
     def _reset(self, pool: list) -> None:
         self.last = RunStats(workers=len(pool))
@@ -338,6 +377,22 @@ class RayEngine:
                 bar.update(len(call[1]))
                 yield call[1], vectors
 
+
+    def quality(self, lm: LoadedModel, samples: Sequence[Sample], config: Any, *,
+                batch_size: int, part: int, progress: bool = False) -> Iterator[Any]:
+        """The quality prior's rows (``curator.scoring.quality``), shard by shard."""
+        if not samples:
+            return
+        pool = self.actors(lm)
+        self._reset(pool)
+        size = _shard_size(len(samples), len(pool), batch_size, part)
+        calls = [("quality", list(samples[s:s + size]), config, batch_size)
+                 for s in range(0, len(samples), size)]
+        with tqdm(total=len(samples), unit="row", disable=not progress,
+                  desc="quality (ray)") as bar:
+            for call, rows in self._map(pool, calls):
+                bar.update(len(call[1]))
+                yield rows
 
     def gradient_sums(self, lm: LoadedModel, samples: Sequence[Sample], scope: Sequence,
                       batch_size: int, max_length: int | None, curvature: bool) -> tuple:
