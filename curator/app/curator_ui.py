@@ -76,6 +76,18 @@ def clear_cache() -> None:
     _kernels.clear()
 
 
+# A mask file never changes under its recorded checksum: its heatmap (which reads and
+# checks the whole file) is kept an hour per (selection, checksum), not 10 s.
+@st.cache_data(ttl=3600, show_spinner=False, max_entries=32)
+def _mask_cells(path: str, timeout: float, selection_id: str, sha256: str) -> Any:
+    return browse.mask_heatmap(_store(path, timeout), selection_id)
+
+
+def mask_heatmap(selection_id: str, sha256: str) -> Any:
+    """``browse.mask_heatmap``, cached per mask checksum."""
+    return _mask_cells(str(store_path().resolve()), lock_timeout(), selection_id, sha256)
+
+
 # A selection never changes, but its kernels read every pair stored among its rows, which a
 # later stage may add to: kept a minute, since building them reads every pair in the pool.
 @st.cache_data(ttl=60, show_spinner=False, max_entries=8)

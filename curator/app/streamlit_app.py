@@ -19,8 +19,8 @@ if str(APP_DIR) not in sys.path:  # the pages import curator_ui from here
 # from a font host, which fails offline.
 st.set_page_config(page_title="curator", page_icon="🗂️", layout="wide")
 pages = [
-    st.Page(APP_DIR / "views" / "overview.py", title="Overview", icon=":material/home:", default=True,
-            url_path="overview"),
+    st.Page(APP_DIR / "views" / "overview.py", title="Overview", icon=":material/home:",
+            default=True, url_path="home"),
     st.Page(APP_DIR / "views" / "versions.py", title="Versions", icon=":material/table_rows:",
             url_path="versions"),
     st.Page(APP_DIR / "views" / "selections.py", title="Selections", icon=":material/checklist:",
@@ -30,4 +30,8 @@ pages = [
     st.Page(APP_DIR / "views" / "schedules.py", title="Schedules", icon=":material/schedule:",
             url_path="schedules"),
 ]
+# "/" shows the Overview; "/overview" (its name in the menu, an old link) goes there too
+# (the default page has no path of its own, so without this it is "Page not found").
+pages.append(st.Page(lambda: st.switch_page(pages[0]), title="Overview",
+                     url_path="overview", visibility="hidden"))
 st.navigation(pages).run()

@@ -7,6 +7,7 @@ page that renders but shows the wrong count fails.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -36,7 +37,9 @@ from curator.store.selections import (
     selection_sample_ids,
 )
 
-APP_FILE = Path(__file__).resolve().parents[2] / "curator" / "app" / "streamlit_app.py"
+# CURATOR_APP_FILE: run these against another copy of the app (e.g. the code before a fix)
+APP_FILE = Path(os.environ.get("CURATOR_APP_FILE") or Path(__file__).resolve().parents[2]
+                / "curator" / "app" / "streamlit_app.py")
 TIMEOUT = 60
 
 
@@ -94,6 +97,26 @@ def test_overview_counts(demo_store_path, monkeypatch):
     assert list(demo["added"]) == [v.n_added for v in versions]
     runs = table(at, "status", "run_id")
     assert set(runs["status"]) <= {"done", "failed", "running"} and len(runs) > 0
+
+
+def test_recent_runs_say_how_far_each_got(demo_store_path, monkeypatch):
+    """No raw None and no "done 0" for a finished run that counts no steps: its progress
+    says what it did (rows exported, pairs scored, rows accepted)."""
+    at = make_app(demo_store_path, monkeypatch)
+    runs = table(at, "status", "run_id", "progress")
+    assert "done" not in runs and "total" not in runs
+    store = Store(demo_store_path)
+    export_run = runs[runs["kind"] == "export"].iloc[0]
+    n_rows = json.loads(store.query("SELECT result FROM runs WHERE run_id = ?",
+                                    [export_run["run_id"]])[0][0])["n_rows"]
+    assert export_run["progress"] == f"{n_rows:,} rows"
+    scored = runs[runs["kind"] == "score-utility"].iloc[0]
+    done, total = store.query("SELECT done, total FROM runs WHERE run_id = ?",
+                              [scored["run_id"]])[0]
+    assert scored["progress"] == f"{done:,} of {total:,}"
+    finished = runs[runs["status"] == "done"]
+    assert not finished["progress"].isin(["", "0", None]).any()
+    assert not runs.astype(str).isin(["None"]).any().any()
 
 
 @pytest.mark.parametrize("page", ["overview", "versions", "selections", "masks", "export"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -10,7 +11,9 @@ from streamlit.testing.v1 import AppTest
 from curator import schedule as sched
 from curator.store import Store
 
-APP_FILE = Path(__file__).resolve().parents[2] / "curator" / "app" / "streamlit_app.py"
+# CURATOR_APP_FILE: run these against another copy of the app (e.g. the code before a fix)
+APP_FILE = Path(os.environ.get("CURATOR_APP_FILE") or Path(__file__).resolve().parents[2]
+                / "curator" / "app" / "streamlit_app.py")
 
 
 def _app(store_path: Path, monkeypatch) -> AppTest:
@@ -40,7 +43,9 @@ def test_schedules_table_and_controls(tmp_path, monkeypatch, write_jsonl) -> Non
     table = at.dataframe[0].value
     assert list(table["name"]) == ["nightly"]
     assert list(table["trigger"]) == ["every 1h"]
-    assert list(table["state"]) == ["waiting"]
+    # a new schedule is due at once: its state says so, as its next run does
+    assert list(table["state"]) == ["due: waits for a worker"]
+    assert list(table["next run (UTC)"]) == ["due now"]
     at.button(key="pause_nightly").click().run()
     assert not at.exception
     assert sched.get_schedule(store, "nightly").paused
@@ -49,6 +54,14 @@ def test_schedules_table_and_controls(tmp_path, monkeypatch, write_jsonl) -> Non
     at.button(key="run_nightly").click().run()
     assert not at.exception
     assert "No runs yet" in " ".join(c.value for c in at.caption)
+    # "Run now" says what runs it, and the state agrees with the next run
+    note = " ".join(i.value for i in at.info)
+    assert "nightly is due now: a running `curator worker` starts it" in note
+    assert "if none is running, nothing runs nightly until one is started" in note
+    table = at.dataframe[0].value
+    assert list(table["state"]) == ["due: waits for a worker"]
+    assert list(table["next run (UTC)"]) == ["due now"]
+    assert at.query_params["schedule"] == "nightly"
 
 
 def test_no_schedules_shows_how_to_add_one(tmp_path, monkeypatch, write_jsonl) -> None:
@@ -92,3 +105,39 @@ def test_overdue_schedule_is_due_now_and_runs_say_what_they_did(tmp_path, monkey
         "nothing new since sel-0007 (v2)", "failed: no model on this machine", "nothing new",
         "new version v2; selection sel-0007 (12 of 40); export /x/exports/nightly/sched-1"]
 
+
+
+def test_history_names_quarantined_files_and_selections_made(tmp_path, monkeypatch,
+                                                             write_jsonl) -> None:
+    from dataclasses import asdict
+
+    from curator.schedule.outcome import RunOutcome
+
+    store = _store_with_schedule(tmp_path, write_jsonl)
+    (tmp_path / "in2").mkdir()
+    sched.add_schedule(store, "weekly", "d", tmp_path / "in2", every="7d")
+    bad = RunOutcome("sched-1", "nightly", status="done", version=2,
+                     files_bad=[{"path": "/in/broken.jsonl", "reason": "no prompt field"}])
+    reused = RunOutcome("sched-2", "weekly", status="done", selection_id="sel-0004",
+                        reused_selection=True)
+    for outcome in (bad, reused):
+        store.start_run("schedule", "d", {"schedule": outcome.schedule, "trigger": "due"},
+                        run_id=outcome.run_id)
+        store.finish_run(outcome.run_id, outcome.status, result=asdict(outcome))
+    # what an idle run leaves on the schedule: the selection it conditioned on
+    with store.atomic() as con:
+        con.execute("UPDATE schedules SET last_selection_id = 'sel-0004' WHERE name = 'weekly'")
+    # a link names the schedule to show
+    monkeypatch.setenv("CURATOR_STORE", str(store.path))
+    at = AppTest.from_file(str(APP_FILE), default_timeout=60)
+    at.switch_page("views/schedules.py")
+    at.query_params["schedule"] = "nightly"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="schedule_pick").value == "nightly"
+    runs = at.dataframe[1].value
+    assert list(runs["outcome"]) == [
+        "new version v2; 1 bad file quarantined: broken.jsonl (no prompt field)"]
+    # a schedule that never made a selection shows none (reusing one is not making one)
+    table = at.dataframe[0].value.set_index("name")
+    assert table.loc["weekly", "last selection"] is None

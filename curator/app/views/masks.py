@@ -30,7 +30,7 @@ def mask_section() -> None:
     c3.metric("model parameters", f"{rec['n_params']:,}")
     scope = info.get("scope_density")
     c4.metric("density (masked scope)", "-" if scope is None else f"{scope:.2%}")
-    cells = ui.read("mask_heatmap", sel.selection_id)
+    cells = ui.mask_heatmap(sel.selection_id, rec["sha256"])
     if not cells:
         return
     df = pd.DataFrame(cells)

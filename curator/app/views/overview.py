@@ -40,7 +40,14 @@ with ui.guard():
     st.subheader("Recent runs")
     runs = ui.read("recent_runs", 20)
     if runs:
-        st.dataframe(runs, key="overview_runs", hide_index=True,
-                     column_config={"error": st.column_config.TextColumn(width="medium")})
+        st.dataframe(runs, key="overview_runs", hide_index=True, placeholder="",
+                     column_order=["run_id", "kind", "dataset", "status", "progress", "error",
+                                   "started_at", "finished_at"],
+                     column_config={"run_id": st.column_config.TextColumn("run"),
+                                    "error": st.column_config.TextColumn(width="medium"),
+                                    "started_at": st.column_config.DatetimeColumn(
+                                        "started", format="YYYY-MM-DD HH:mm:ss"),
+                                    "finished_at": st.column_config.DatetimeColumn(
+                                        "finished", format="YYYY-MM-DD HH:mm:ss")})
     else:
         st.caption("no runs yet")

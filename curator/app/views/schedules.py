@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import curator_ui as ui
 import streamlit as st
 
 from curator import schedule as sched
+from curator.schedule.worker import POLL_SECONDS
 
 st.title("Schedules")
 store = ui.require_store()
@@ -25,6 +27,40 @@ def next_run(s: sched.Schedule, now: datetime) -> str:
     return f"{s.next_run_at:%Y-%m-%d %H:%M:%S}"
 
 
+def state(s: sched.Schedule, now: datetime) -> str:
+    """One state that agrees with the next run: running, paused, due (waiting for a
+    worker), retrying after a failure, or scheduled."""
+    if s.running(now):
+        return "running"
+    if s.paused:
+        return "paused"
+    if s.next_run_at is not None and s.next_run_at <= now:
+        return "due: waits for a worker"
+    return "retrying after a failure" if s.failures else "scheduled"
+
+
+def selections_made(runs: list[dict]) -> dict[str, str]:
+    """Per schedule, the last selection one of its runs made (a reused one is not made)."""
+    made: dict[str, str] = {}
+    for r in runs:  # newest first
+        if (r.get("status") == "done" and r.get("selection_id")
+                and not r.get("reused_selection")):
+            made.setdefault(r.get("schedule") or r.get("name") or "", r["selection_id"])
+    return made
+
+
+def worker_note(name: str, schedules: list[sched.Schedule], now: datetime) -> str:
+    """What "Run now" did and whether anything will run it: the app never runs a job."""
+    busy = [s.name for s in schedules if s.running(now)]
+    seen = (f"A worker is running {', '.join(busy)} now; it starts {name} when that is done."
+            if busy else
+            f"The app cannot see a worker between runs: if none is running, nothing runs "
+            f"{name} until one is started, e.g. `curator worker --store {ui.store_path()}` "
+            "(or `--once` to run what is due and stop).")
+    return (f"{name} is due now: a running `curator worker` starts it within "
+            f"{POLL_SECONDS:.0f} s. {seen}")
+
+
 def outcome(run: dict) -> str:
     """What a run did, in words: failed (and why), nothing new, or what it made."""
     status = run.get("status")
@@ -36,7 +72,10 @@ def outcome(run: dict) -> str:
     if run.get("version"):
         parts.append(f"new version v{run['version']}")
     if run.get("files_bad"):
-        parts.append(f"{ui.plural(len(run['files_bad']), 'bad file')} quarantined")
+        names = ", ".join(f"{Path(str(f.get('path', '?'))).name}"
+                          + (f" ({f['reason']})" if f.get("reason") else "")
+                          for f in run["files_bad"])
+        parts.append(f"{ui.plural(len(run['files_bad']), 'bad file')} quarantined: {names}")
     if run.get("selection_id"):
         parts.append(f"selection {run['selection_id']} ({run.get('n_selected', 0):,} of "
                      f"{run.get('n_new_samples', 0):,})"
@@ -50,7 +89,7 @@ def outcome(run: dict) -> str:
     return "; ".join(parts)
 
 
-def controls(s: sched.Schedule) -> None:
+def controls(s: sched.Schedule, schedules: list[sched.Schedule]) -> None:
     """Pause / resume / run now. Run now only makes the schedule due: a worker runs it
     (the app never runs a long job inside a page)."""
     c1, c2, c3 = st.columns(3)
@@ -66,7 +105,8 @@ def controls(s: sched.Schedule) -> None:
     if c2.button("Run now", key=f"run_{s.name}",
                  help="Makes it due: the next `curator worker` cycle runs it."):
         sched.request_run(store, s.name)
-        st.toast(f"{s.name} is due: the next worker cycle runs it")
+        st.session_state["schedule_msg"] = worker_note(s.name, schedules,
+                                                       datetime.now(timezone.utc))
         st.rerun()
     c3.caption(f"watch `{s.watch_dir}` · dataset `{s.dataset}`")
 
@@ -79,15 +119,21 @@ with ui.guard():
                 "--every 1d\ncurator worker\n```")
         st.stop()
     now = datetime.now(timezone.utc)
+    made = selections_made(sched.schedule_runs(store, None, limit=500))
     st.dataframe([{"name": s.name, "dataset": s.dataset, "trigger": s.trigger,
-                   "state": s.state(now), "next run (UTC)": next_run(s, now),
-                   "last run": s.last_run_id, "last selection": s.last_selection_id,
+                   "state": state(s, now), "next run (UTC)": next_run(s, now),
+                   "last run": s.last_run_id, "last selection": made.get(s.name),
                    "failures": s.failures, "last error": s.last_error}
-                  for s in schedules], key="schedule_table", hide_index=True)
+                  for s in schedules], key="schedule_table", hide_index=True, placeholder="-",
+                 column_config={"state": st.column_config.TextColumn(width="medium")})
     names = [s.name for s in schedules]
+    params = ui.url_params("schedules", ("schedule",))
+    ui.url_choice(params, "schedule", "schedule_pick", names, "schedule")
     name = st.selectbox("schedule", names, key="schedule_pick")
     chosen = next(s for s in schedules if s.name == name)
-    controls(chosen)
+    controls(chosen, schedules)
+    if msg := st.session_state.pop("schedule_msg", None):
+        st.info(msg, icon=":material/schedule:")
     if chosen.last_error:
         st.error(f"last error: {chosen.last_error}")
     st.subheader("Run history")
@@ -97,5 +143,6 @@ with ui.guard():
     else:
         keep = ("run_id", "status", "trigger", "started_at", "finished_at")
         st.dataframe([{**{k: r.get(k) for k in keep}, "outcome": outcome(r)} for r in runs],
-                     key="schedule_runs", hide_index=True,
+                     key="schedule_runs", hide_index=True, placeholder="-",
                      column_config={"outcome": st.column_config.TextColumn(width="large")})
+    ui.write_url("schedules", {"schedule": name})
