@@ -35,6 +35,7 @@ from curator.store.datasets import load_samples
 from curator.store.selections import (
     get_mask_record,
     get_selection,
+    selection_layer_scores,
     selection_layers,
     selection_sample_ids,
 )
@@ -202,17 +203,24 @@ def _write_export(store: Store, selection_id: str, sel: Any, samples: list[Sampl
         path = tmp / "layers.json"
         path.write_text(json.dumps(layers, indent=1))
         written.append(path)
+    layer_scores = selection_layer_scores(store, selection_id) if layers else {}
+    if layer_scores:  # GAST: what `train` samples each batch's per-layer rows by
+        path = tmp / "layer_scores.json"
+        path.write_text(json.dumps(layer_scores, indent=1))
+        written.append(path)
     info = llamafactory_dataset_info(fmt, f"curator_{sel.selection_id}")
     if info is not None:
         path = tmp / "dataset_info.json"
         path.write_text(json.dumps(info, indent=2))
         written.append(path)
-    manifest = write_manifest(tmp, _manifest(sel, fmt, samples, mask, layers), written)
+    manifest = write_manifest(tmp, _manifest(sel, fmt, samples, mask, layers, layer_scores),
+                              written)
     return manifest["files"], manifest
 
 
 def _manifest(sel: Any, fmt: str, samples: list[Sample],
-              mask: dict[str, Any] | None, layers: dict[str, list[str]]) -> dict[str, Any]:
+              mask: dict[str, Any] | None, layers: dict[str, list[str]],
+              layer_scores: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     from curator import __version__
 
     return {
@@ -233,6 +241,10 @@ def _manifest(sel: Any, fmt: str, samples: list[Sample],
             "file": "mask.safetensors", "density": mask["density"],
             "n_params": mask["n_params"], "n_kept": mask["n_kept"], "info": mask["info"]},
         "layers": {k: len(v) for k, v in layers.items()} or None,
+        # GAST: the rows some layer trains on (the data budget) and, per layer, the rows it
+        # scored (per-batch sampling draws a layer's rows from these only)
+        "union": len(set().union(*map(set, layers.values()))) if layers else None,
+        "layer_scores": {k: len(v) for k, v in layer_scores.items()} or None,
     }
 
 
@@ -273,6 +285,7 @@ class LoadedExport:
     mask: dict[str, Any] | None      # parameter name -> bool tensor
     layers: dict[str, list[str]] | None
     manifest: dict[str, Any]
+    layer_scores: dict[str, dict[str, float]] | None = None  # GAST: layer -> {id: score}
 
 
 def load_export(path: str | Path, verify: bool = True) -> LoadedExport:
@@ -312,4 +325,6 @@ def load_export(path: str | Path, verify: bool = True) -> LoadedExport:
         mask = load_mask(path / "mask.safetensors")
     layers = json.loads((path / "layers.json").read_text()) if (path / "layers.json").exists() \
         else None
-    return LoadedExport(path, samples, mask, layers, manifest)
+    scores_file = path / "layer_scores.json"
+    layer_scores = json.loads(scores_file.read_text()) if scores_file.exists() else None
+    return LoadedExport(path, samples, mask, layers, manifest, layer_scores)

@@ -25,7 +25,7 @@ MANIFEST = "manifest.json"
 # What an export writes (curator.export): a killed export's temporary folder holding
 # anything else is not removed by the recovery.
 EXPORT_NAMES = frozenset({"data.jsonl", "data.parquet", "hf", "mask.safetensors",
-                          "layers.json", "dataset_info.json", MANIFEST})
+                          "layers.json", "layer_scores.json", "dataset_info.json", MANIFEST})
 # The first file `train` writes into its temporary folder and the last it removes: a
 # folder holding it is an unfinished curator write (host, pid and start of the writer).
 PARTIAL = ".curator-partial"

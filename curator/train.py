@@ -186,9 +186,14 @@ class LayerRowWeights:
     def key_of(self, module_name: str) -> str | None:
         return layer_key(module_name, self.subsets)
 
-    def set_batch(self, idx: Sequence[int], device: torch.device) -> None:
+    def set_batch(self, idx: Sequence[int], device: torch.device,
+                  picked: Mapping[str, set[int]] | None = None) -> None:
+        """Row weights for a batch of sample indices ``idx``; ``picked`` (GAST per-batch
+        sampling) gives each layer's rows for this batch instead of its fixed subset."""
         B = len(idx)
         for key, members in self.subsets.items():
+            if picked is not None:
+                members = picked.get(key, set())
             hit = torch.tensor([i in members for i in idx], dtype=torch.float32)
             n = int(hit.sum())
             self.rows[key] = (hit * (B / n) if n else hit).to(device)
@@ -249,6 +254,10 @@ class TrainResult:
     losses: list[float]  # batch-mean response loss per step
     optimizer: torch.optim.Optimizer = field(repr=False)
     n_train: int = 0  # samples the batches were drawn from
+    # GAST: per layer, the rows it learned from summed over batches (per-batch sampling) or
+    # its fixed subset's size (static subsets); empty without layers
+    layer_rows: dict[str, int] = field(default_factory=dict)
+    layer_sampling: str | None = None  # "batch" or "static" (None: no layers)
 
 
 def _unpack(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
@@ -288,7 +297,9 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
           steps: int | None = None, epochs: int = 1, lr: float = 1e-5, batch_size: int = 8,
           seed: int = 0, weight_decay: float = 0.0, max_length: int = 1024,
           outside_layers: str = "union", max_grad_norm: float | None = None,
-          progress: bool | Callable[[int, int, float], None] = False) -> TrainResult:
+          progress: bool | Callable[[int, int, float], None] = False,
+          layer_scores: Mapping[str, Mapping[int | str, float]] | None = None,
+          layer_share: float = 0.5, temperature: float = 1.0) -> TrainResult:
     """Fine-tune on the response-token loss (batch mean of per-sample mean losses).
 
     ``mask``: train only its True coordinates. ``layer_subsets``: layer key -> sample
@@ -296,6 +307,11 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
     only; parameters outside every key follow ``outside_layers`` ("union" or "frozen").
     ``steps`` overrides ``epochs``. ``progress``: True for a bar, or a callback
     (step, total, loss). The model is left in eval mode, trained in place.
+    ``layer_scores`` (GAST per-batch sampling, as the paper): layer key -> {sample index or
+    id: score}; batches come from the union of ``layer_subsets`` (or of the scored rows
+    without them) and in every batch each layer learns from rows drawn from the batch rows
+    it scored (``curator.selection.gast.batch_layer_picks`` with ``layer_share`` and
+    ``temperature``); ``layer_subsets`` then only bound the union.
     """
     model, tok, ctx = _unpack(lm_or_model, tokenizer)
     if not samples:
@@ -314,6 +330,13 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
         subsets = {k: _indices(v, samples, k) for k, v in layer_subsets.items()}
         union = set().union(*subsets.values()) if subsets else set()
         pool = [i for i in sorted(union) if encoded[i] is not None]
+    scored = None
+    if layer_scores is not None:
+        scored = {k: _scored_rows(v, samples, k) for k, v in layer_scores.items()}
+        if subsets is None:
+            union = set().union(*scored.values()) if scored else set()
+            pool = [i for i in sorted(union) if encoded[i] is not None]
+        subsets = {k: set(v) for k, v in scored.items()}  # the keys LayerRowWeights wraps
     if not pool:
         raise ValueError("no training sample fits the context length")
 
@@ -337,6 +360,11 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
             bar = tqdm(total=total, desc="train")
         losses: list[float] = []
         layered = LayerRowWeights(model, subsets) if subsets is not None else _nothing()
+        # the per-batch draws use their own generator: the batch order is the static one's
+        pick_gen = torch.Generator().manual_seed(seed + 1)
+        layer_rows: dict[str, int] = {}
+        if scored is None and subsets is not None:
+            layer_rows = {k: len(v) for k, v in subsets.items()}
         model.train()
         with layered as lw:
             step = 0
@@ -348,7 +376,11 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
                     idx = order[start:start + batch_size]
                     batch = collate([encoded[i] for i in idx], pad, device)
                     if lw is not None:
-                        lw.set_batch(idx, device)
+                        picked = None if scored is None else _batch_picks(
+                            idx, scored, layer_share, temperature, pick_gen)
+                        lw.set_batch(idx, device, picked)
+                        for key, rows in (picked or {}).items():
+                            layer_rows[key] = layer_rows.get(key, 0) + len(rows)
                     loss = batch_losses(model, batch).mean()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -371,7 +403,39 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
             p.requires_grad_(flag)
         if handle is not None:
             handle.remove()
-    return TrainResult(len(losses), losses, opt, len(pool))
+    sampling = None if subsets is None else "static" if scored is None else "batch"
+    return TrainResult(len(losses), losses, opt, len(pool), layer_rows, sampling)
+
+
+def _scored_rows(values: Mapping[int | str, float], samples: Sequence[Sample],
+                 layer: str) -> dict[int, float]:
+    """A layer's {sample id or index: score} as {sample index: score}; non-finite scores
+    (a row the layer did not score) are left out."""
+    keys = list(values)
+    _indices(keys, samples, layer)  # unknown ids and indices out of range are refused
+    by_id = {s.sample_id: i for i, s in enumerate(samples)}
+    out = {}
+    for k in keys:
+        v = float(values[k])
+        if math.isfinite(v):
+            out[by_id[k] if isinstance(k, str) else int(k)] = v
+    return out
+
+
+def _batch_picks(idx: Sequence[int], scored: Mapping[str, Mapping[int, float]],
+                 layer_share: float, temperature: float,
+                 generator: torch.Generator) -> dict[str, set[int]]:
+    """GAST per-batch sampling: per layer, the sample indices of the batch it learns from,
+    drawn among the batch rows it scored (``batch_layer_picks``)."""
+    import numpy as np
+
+    from curator.selection.gast import batch_layer_picks
+
+    keys = list(scored)
+    table = np.array([[scored[k].get(i, np.nan) for k in keys] for i in idx], dtype=float)
+    picks = batch_layer_picks(table.reshape(len(idx), len(keys)), layer_share, temperature,
+                              generator)
+    return {k: {idx[p] for p in rows} for k, rows in zip(keys, picks, strict=True)}
 
 
 @torch.no_grad()

@@ -45,6 +45,8 @@ MASK_RANKS = ("signed", "abs")                     # DualSFT mask: signed phi (t
 # DualSFT data utilities: <u, g_n> as it is ("none") or over unit-norm g_n ("unit", as LESS)
 GRADIENT_NORMALIZE = ("none", "unit")
 DEFAULT_WARMUP_STEPS = 10                          # DualSFT: warm-up steps before scoring
+# GAST in training: each layer samples its rows per batch (the paper) or fixed subsets
+GAST_SAMPLING = ("batch", "static")
 SELF_COVERAGE = ("best", "one")                    # DELIFT kernels' diagonal (scoring/kernels.py)
 CONTINUAL_POOLS = ("new", "all")
 EXPORT_FORMATS = ("jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf")

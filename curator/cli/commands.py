@@ -30,6 +30,7 @@ from curator.vocabulary import (
     DISTANCES,
     ENGINES,
     EXPORT_FORMATS,
+    GAST_SAMPLING,
     GRADIENT_NORMALIZE,
     HARM_RULES,
     MASK_RANKS,
@@ -424,18 +425,25 @@ def mask(selection_id: str, store_path: Path, param_budget: str, target_set: str
 @click.option("--lora-targets", default=None,
               help="Comma-separated module names (q_proj,v_proj); default: every linear "
                    "layer in the transformer blocks.")
+@click.option("--gast-sampling", type=click.Choice(GAST_SAMPLING), default="batch",
+              show_default=True,
+              help="GAST export: in every batch each layer samples its rows from the batch rows "
+                   "it scored, as the paper ('batch'), or each layer trains on its fixed "
+                   "subset ('static').")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True)
 @user_errors
 def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: int | None,
           lr: float, batch_size: int, max_length: int, no_mask: bool, lora: bool,
           lora_rank: int, lora_alpha: float, lora_dropout: float, lora_targets: str | None,
-          seed: int, force: bool) -> None:
+          gast_sampling: str, seed: int, force: bool) -> None:
     """Fine-tune a model on an exported subset, honouring its mask and layer subsets.
 
-    With --lora, a GAST export's layer subsets put adapters only on layers that have
-    samples, each learning from its own samples; a DualSFT mask is not applied (a sparse
-    mask and LoRA are different restrictions)."""
+    A GAST export trains on the union of its layers' rows; by default each layer draws its
+    own rows in every batch from its scores (--gast-sampling). With --lora, a GAST export's
+    layer subsets put adapters only on layers that have samples, each learning from its
+    own fixed subset; a DualSFT mask is not applied (a sparse mask and LoRA are different
+    restrictions)."""
     from curator.export import load_export
     from curator.train import train as run_train
     from curator.trained import check_out, save_trained
@@ -459,6 +467,14 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
                    "adapters and does not apply the mask (drop --lora to train with it)",
                    err=True)
         mask_ = None
+    layer_scores = None
+    if exp.layers and gast_sampling == "batch":
+        if lora or not exp.layer_scores:
+            click.echo("note: each layer trains on its fixed subset: "
+                       + ("LoRA takes the static subsets only" if lora else
+                          "the export has no per-layer scores (layer_scores.json)"), err=True)
+        else:
+            layer_scores = exp.layer_scores
     lm = _loader(model, "fp32", False)()
     kwargs = dict(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                   max_length=max_length, progress=True)
@@ -473,8 +489,11 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
                                      layer_subsets=exp.layers, **kwargs)
     else:
         trained = lm.model
+        share = ((exp.manifest.get("selection") or {}).get("config") or {}).get("layer_share")
+        gast = {} if layer_scores is None else {"layer_scores": layer_scores,
+                                                "layer_share": share or 0.5}
         result = run_train(lm, None, exp.samples, mask=mask_, layer_subsets=exp.layers,
-                           **kwargs)
+                           **gast, **kwargs)
     out = save_trained(trained, lm.tokenizer, out, force, {
         "export": {"path": str(export_dir.resolve()),
                    "selection": (exp.manifest.get("selection") or {}).get("selection_id"),
@@ -483,6 +502,10 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
         "lora": {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout,
                  "targets": lora_targets} if lora else None,
         "mask": mask_ is not None, "layers": bool(exp.layers),
+        "gast": None if not exp.layers else {
+            "sampling": "batch" if layer_scores is not None else "static",
+            "union": len(set().union(*map(set, exp.layers.values()))),
+            "layer_rows": dict(getattr(result, "layer_rows", {}) or {})},
         "steps": result.steps, "lr": lr, "batch_size": batch_size, "seed": seed,
         "loss": {"first": result.losses[0], "last": result.losses[-1]}})
     first, last = result.losses[0], result.losses[-1]
@@ -490,6 +513,7 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
                + (" with mask" if mask_ is not None else "")
                + (" as LoRA adapters" if lora else "")
                + (f" and {len(exp.layers)} layer subsets" if exp.layers else "")
+               + (" sampled per batch" if layer_scores is not None else "")
                + f": loss {first:.4f} -> {last:.4f}; saved to {out}")
 
 

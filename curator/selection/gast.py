@@ -16,6 +16,14 @@ and every layer holds at least ``layer_share`` of it, so all layers end with the
 number of samples, each layer's subset is its own preferred part of the union, and the
 union is exactly the budget (or the pool's scorable samples, if fewer).
 
+Training (``curator.train``) honours the map in one of two ways: the static per-layer
+subsets above, or, by default with an export that carries the layers' scores, as the paper
+trains: batches are drawn from the union and in every batch each layer samples its own rows
+from the batch rows it scored (``batch_layer_picks``: the layer's scores standardised
+within the batch, ``softmax(z / temperature)``, ``round(layer_share * scored)`` rows drawn
+without replacement). The scores are the selection's, taken once at the base model (the
+paper recomputes them as training moves).
+
 With no target set the support gradient comes from a held-out slice of the pool, and the
 scores are cross-fitted (``curator.scoring.gradients.crossfit``): no held-out sample is
 scored against a support that contains its own gradient.
@@ -128,6 +136,29 @@ def layer_subsets(scores: np.ndarray, k: int, rule: str = "sample", temperature:
         if not moved:
             break
     return subsets, union
+
+
+def batch_layer_picks(scores: np.ndarray, layer_share: float = DEFAULT_LAYER_SHARE,
+                      temperature: float = 1.0,
+                      generator: torch.Generator | None = None) -> list[list[int]]:
+    """For one training batch, per layer the batch rows that layer learns from.
+
+    ``scores`` (B, L): row b's score in layer l, NaN where layer l did not score row b
+    (such a row is never drawn for l). Per layer, of its n scored rows in the batch,
+    ``max(1, round(layer_share * n))`` are drawn without replacement with probabilities
+    ``softmax(z / temperature)``, z the scores standardised within the batch (``choose``,
+    rule "sample"); none when n is 0. Returns, per layer, batch positions in draw order."""
+    if not 0.0 < layer_share <= 1.0:
+        raise ValueError(f"layer_share must be in (0, 1], got {layer_share}")
+    scores = np.asarray(scores, dtype=float)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be (batch, layers), got shape {scores.shape}")
+    out = []
+    for j in range(scores.shape[1]):
+        n = int(np.count_nonzero(~np.isnan(scores[:, j])))
+        k = max(1, round(layer_share * n)) if n else 0
+        out.append(choose(scores[:, j], k, "sample", temperature, generator) if k else [])
+    return out
 
 
 def gast_select(lm: LoadedModel, pool: Sequence[Sample], targets: Sequence[Sample] | None,

@@ -104,6 +104,15 @@ def rank_gast(ctx: StageContext) -> Ranked:
                               layer_share=DEFAULT_LAYER_SHARE,
                               layer_size=max((len(v) for v in layers.values()), default=0),
                               support=result.support)
+    # Each layer's scores of the pool rows it scored, for training's per-batch sampling
+    # (``curator.train``): stored under their own key, which the selection's config names.
+    key = config_hash(["gast-layer-scores", ctx.spec.method, config])
+    remember_model(ctx.store, ctx.lm.fingerprint, ctx.lm.name)
+    for j, layer in enumerate(result.layers):
+        ok = np.flatnonzero(~np.isnan(result.scores[:, j]))
+        save_gradient_scores(ctx.store, ctx.lm.fingerprint, key,
+                             [ctx.pool_ids[i] for i in ok], result.scores[ok, j], layer=layer)
+    config["layer_scores"] = key
     return _scored(ctx, ranking, scores, "gast_sampled", config, layers=layers)
 
 

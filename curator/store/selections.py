@@ -214,6 +214,24 @@ def selection_layers(store: Store, selection_id: str) -> dict[str, list[str]]:
     return out
 
 
+def selection_layer_scores(store: Store, selection_id: str) -> dict[str, dict[str, float]]:
+    """GAST: layer name -> {member id: that layer's score} for the members each layer
+    scored, in member rank order; {} for a selection that stored no per-layer scores (any
+    other method, and GAST selections made before they were stored)."""
+    sel = get_selection(store, selection_id)
+    key = sel.config.get("layer_scores") if isinstance(sel.config, dict) else None
+    if not key or not sel.model:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for layer, sample_id, score in store.query(
+            "SELECT g.layer, g.sample_id, g.score FROM gradient_scores g JOIN "
+            "selection_members m ON m.sample_id = g.sample_id AND m.selection_id = ? AND "
+            "m.layer = '' WHERE g.model = ? AND g.config = ? AND g.layer <> '' "
+            "ORDER BY g.layer, m.rank", [selection_id, sel.model, key]):
+        out.setdefault(layer, {})[sample_id] = float(score)
+    return out
+
+
 def save_mask_record(store: Store, selection_id: str, model: str, path: str, sha256: str,
                      density: float, n_params: int, n_kept: int,
                      info: Mapping[str, Any]) -> None:

@@ -138,3 +138,31 @@ def test_gast_without_targets_is_cross_fitted(tiny_lm):
         _, exact = gr.exact_scores(tiny_lm, [pool[i] for i in fold], s, scope).per_layer()
         np.testing.assert_allclose(r.scores[fold], exact, rtol=1e-4,
                                    atol=1e-4 * np.abs(exact).max())
+
+
+def test_batch_layer_picks_draw_only_scored_rows():
+    """Per layer: round(share * scored rows of the batch) rows, never a row the layer did
+    not score (NaN), drawn by softmax of the within-batch standardised scores."""
+    from curator.selection.gast import batch_layer_picks
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(8, 3))
+    scores[[1, 4, 6], 0] = np.nan   # layer 0 scored 5 of the 8 rows
+    scores[:, 2] = np.nan           # layer 2 scored none
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        picks = batch_layer_picks(scores, 0.5, 1.0, gen)
+        assert len(picks[0]) == round(0.5 * 5) and not {1, 4, 6} & set(picks[0])
+        assert len(picks[1]) == 4 and len(set(picks[1])) == 4
+        assert picks[2] == []
+    # within-batch standardisation: a shift or scale of a layer's scores draws the same rows
+    a = batch_layer_picks(scores[:, :2], 0.5, 1.0, torch.Generator().manual_seed(2))
+    b = batch_layer_picks(3 * scores[:, :2] + 7, 0.5, 1.0, torch.Generator().manual_seed(2))
+    assert a == b
+    # higher scores are drawn more often
+    ladder = np.arange(10, dtype=float)[:, None]
+    drawn = [i for _ in range(200)
+             for i in batch_layer_picks(ladder, 0.2, 0.5, gen)[0]]
+    assert np.mean(drawn) > 6
+    with pytest.raises(ValueError, match="layer_share"):
+        batch_layer_picks(scores, 0.0)
