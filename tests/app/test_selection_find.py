@@ -177,3 +177,32 @@ def test_why_selected_in_model_terms(demo_store_path, monkeypatch):
     assert any(e.label == "How is this computed" for e in at.expander)
     assert "d(i) − d(i | j)" in "\n".join(m.value for m in at.markdown)
     assert {m.label: m.value for m in at.metric}["pick"] == "#1"  # the 1st pick is #1
+
+
+def test_versions_filters_and_page_in_the_url(demo_store_path, monkeypatch):
+    """Across a dataset version: several metadata conditions at once and the page number
+    come back from a link."""
+    store = Store(demo_store_path)
+    counts = browse.metadata_counts(store, "demo", 1, "family")
+    (a, n_a), (b, n_b) = counts[0], counts[1]
+    monkeypatch.setenv("CURATOR_STORE", str(demo_store_path))
+    at = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT)
+    at.switch_page("views/versions.py")
+    at.query_params.update({"dataset": "demo", "version": "1",
+                            "where": [f"family={a}", f"family={b}"]})
+    at.run()
+    clean(at)
+    assert at.multiselect(key="ver_where").value == [f"family={a}", f"family={b}"]
+    total = next(int(m.value.split("**")[1].replace(",", "")) for m in at.markdown
+                 if m.value.endswith("matching samples"))
+    assert total == n_a + n_b
+    at.selectbox(key="ver_samples_size").set_value(25).run()
+    at.number_input(key="ver_samples_page").set_value(2).run()
+    assert at.query_params["page"] == "2"
+    assert list(at.query_params["where"]) == [f"family={a}", f"family={b}"]
+    again = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT)
+    again.switch_page("views/versions.py")
+    again.query_params.update(dict(at.query_params))
+    again.run()
+    clean(again)
+    assert again.number_input(key="ver_samples_page").value == 2

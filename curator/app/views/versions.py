@@ -17,7 +17,8 @@ st.title("Versions")
 
 ANY = "(any)"
 VIEWS = ["Samples", "Diff", "Quarantine", "Trash"]
-URL = ("dataset", "version", "view", "search", "field", "value", "sample")
+URL = ("dataset", "version", "view", "search", "field", "value", "where", "page", "sample")
+LISTS = ("where",)  # URL parameters that may repeat
 
 
 def picked_row(table_key: str, ids: list[str]) -> None:
@@ -51,6 +52,18 @@ def samples_view(dataset: str, version: int) -> None:
         meta_value = c3.selectbox("value", values, key="ver_meta_value",
                                   format_func=lambda v: v if v == ANY else f"{v} ({n_by[v]:,})")
         meta_value = None if meta_value == ANY else meta_value
+    options = [f"{k}={v}" for k, v, _n in ui.read("metadata_values", dataset, version)]
+    if any(o not in options for o in st.session_state.get("ver_where") or []):
+        gone = [o for o in st.session_state["ver_where"] if o not in options]
+        st.warning(f"No metadata {', '.join(gone)} in {dataset} v{version}; that filter is "
+                   "left out.")
+        st.session_state["ver_where"] = [o for o in st.session_state["ver_where"]
+                                         if o in options]
+    chosen = st.multiselect("more metadata filters", options, key="ver_where",
+                            format_func=lambda o: o.replace("=", ": ", 1),
+                            placeholder="any metadata",
+                            help="values of one field: any of them; several fields: all")
+    where = tuple(tuple(o.split("=", 1)) for o in chosen)
     c4, c5, c6, c7 = st.columns([2, 2, 1, 1])
     length = (lo, hi)
     if hi > lo:
@@ -75,7 +88,7 @@ def samples_view(dataset: str, version: int) -> None:
                        meta_key, meta_value=meta_value,
                        min_chars=length[0] if length[0] > lo else None,
                        max_chars=length[1] if length[1] < hi else None,
-                       score=score, min_score=min_score, max_score=max_score)
+                       score=score, min_score=min_score, max_score=max_score, where=where)
     wanted = ui.page_state("ver_samples")
     rows, total = ui.read("sample_page", dataset, version, flt, *wanted)
     st.markdown(f"**{total:,}** matching samples")
@@ -197,7 +210,7 @@ def quarantine_view(dataset: str, version: int) -> None:
 def apply_url(datasets: list[str]) -> dict[str, str]:
     """A link's dataset, view, search and filter become the widgets' state (the version,
     value and sample are checked once the dataset is known)."""
-    params = ui.url_params("versions", URL)
+    params = ui.url_params("versions", URL, lists=LISTS)
     ui.url_choice(params, "dataset", "ver_dataset", datasets, "dataset")
     ui.url_choice(params, "view", "ver_view", VIEWS, "view")
     if "search" in params:
@@ -212,7 +225,9 @@ def current_url(dataset: str, version: int, view: str) -> dict:
         field = state.get("ver_meta_key")
         out.update(search=state.get("ver_search"), field=None if field == ANY else field,
                    value=None if state.get("ver_meta_value") == ANY else
-                   state.get("ver_meta_value"), sample=state.get("ver_sample_pick"))
+                   state.get("ver_meta_value"), where=list(state.get("ver_where") or []),
+                   page=page if (page := int(state.get("ver_samples_page") or 1)) > 1 else None,
+                   sample=state.get("ver_sample_pick"))
     return out
 
 
@@ -236,6 +251,10 @@ with ui.guard():
                       "metadata field")
     if "value" in params:
         st.session_state["ver_meta_value"] = params["value"]
+    if "where" in params:
+        st.session_state["ver_where"] = list(params["where"])
+    if "page" in params:
+        ui.url_page(params["page"], "ver_samples")
     if "sample" in params:
         st.session_state["ver_sample_pick"] = params["sample"]
     if "ver_version" in st.session_state and st.session_state["ver_version"] not in numbers:
