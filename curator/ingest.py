@@ -27,6 +27,7 @@ from curator.store.ingest_rows import VersionCounts, commit_version, stage_batch
 from curator.store.recovery import clear_stale_staging
 
 BATCH_SIZE = 10_000
+SHOWN_REASONS = 5  # in the summary; "+N more reasons" for the rest
 _WRITE_LOCK = threading.RLock()
 
 
@@ -61,8 +62,14 @@ class IngestSummary:
             f"  version: added {self.n_added}, removed {self.n_removed}, unchanged "
             f"{self.n_unchanged}, members {self.n_members}",
         ]
-        for reason, n in self.reasons.most_common(5):
+        shown = self.reasons.most_common(SHOWN_REASONS)
+        for reason, n in shown:
             out.append(f"  quarantined {n}: {reason}")
+        if len(self.reasons) > len(shown):
+            more = len(self.reasons) - len(shown)
+            rows = sum(self.reasons.values()) - sum(n for _, n in shown)
+            out.append(f"  +{more} more reason{'s' if more > 1 else ''} ({rows} rows): "
+                       f"curator show -d {self.dataset} --quarantine lists them all")
         return out
 
 
@@ -75,7 +82,7 @@ def _batches(rows: Iterable[RawRow], size: int) -> Iterator[list[RawRow]]:
 def _reason_kind(reason: str) -> str:
     """Group reasons for the summary ("malformed JSON: Expecting ',' ..." -> "malformed JSON",
     "not valid UTF-8 (byte 13)" -> "not valid UTF-8")."""
-    for kind in ("malformed JSON", "not valid UTF-8", "lone surrogate"):
+    for kind in ("malformed JSON", "not valid UTF-8", "lone surrogate", "unreadable file"):
         if reason.startswith(kind):
             return kind
     return reason

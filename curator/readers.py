@@ -298,6 +298,26 @@ def input_files(path: Path) -> list[Path]:
 HUB_PREFIX = "hub:"
 
 
+def _lazy(read: Any, path: Path) -> Iterator[RawRow]:
+    """``read(path)``'s rows, read when iterated (so its errors come inside the run)."""
+    yield from read(path)
+
+
+def _folder_rows(files: list[Path]) -> Iterator[RawRow]:
+    """The rows of a folder's files; an empty or unreadable file becomes one row with the
+    reason (quarantined, like a row that is not JSON) and the other files are read."""
+    for f in files:
+        if f.stat().st_size == 0:
+            yield RawRow(str(f), None, None, "", "empty file")
+            continue
+        try:
+            yield from read_file(f)
+        except (InputError, OSError) as exc:
+            yield RawRow(str(f), None, None, "", f"unreadable file: {exc}")
+        except Exception as exc:  # pyarrow and friends raise their own types on corrupt files
+            yield RawRow(str(f), None, None, "", f"unreadable file: {f}: {exc}")
+
+
 def read_source(source: str, split: str = "train",
                 hub: bool = False) -> tuple[list[str], Iterator[RawRow]]:
     """Resolve an input (path, folder, saved HF dataset, or hub name) to its rows.
@@ -317,14 +337,11 @@ def read_source(source: str, split: str = "train",
         return [str(path)], checked(_read_saved_hf(path, split))
     if path.exists():
         files = input_files(path)
-        for f in files:
-            if f.stat().st_size == 0:
-                raise InputError(f"{f} is empty")
-
-        def rows() -> Iterator[RawRow]:
-            for f in files:
-                yield from read_file(f)
-        return [str(f) for f in files], checked(rows())
+        if path.is_dir():  # one bad file is one quarantined row, as a schedule does
+            return [str(f) for f in files], checked(_folder_rows(files))
+        if files[0].stat().st_size == 0:
+            raise InputError(f"{files[0]} is empty")
+        return [str(f) for f in files], checked(_lazy(read_file, files[0]))
     hint = ""
     if source.count("/") == 1 and not source.startswith((".", "/")) and not path.suffix:
         hint = f" (for a Hugging Face hub data set use hub:{source} or --hub)"

@@ -87,6 +87,7 @@ def test_every_bad_jsonl_row_is_quarantined_with_line_and_reason(store, tmp_path
         "  quarantined 1: field 'response' is empty",
         "  quarantined 1: not valid UTF-8",
         "  quarantined 1: field 'prompt' must be text, got int",
+        "  +2 more reasons (2 rows): curator show -d d --quarantine lists them all",
     ]
     (version,) = list_versions(store, "d")
     assert (version.n_read, version.n_accepted, version.n_duplicates, version.n_quarantined) == \
@@ -453,3 +454,43 @@ def test_text_round_trips_exactly(tmp_path, fmt):
         assert [(s.prompt, s.response) for s in load_samples(store, f"d{n}", 1)] == rows
 
     round_trip()
+
+
+def test_an_empty_or_corrupt_file_in_a_folder_is_quarantined_and_the_rest_ingested(
+        store, tmp_path):
+    """Issue 28: one empty or corrupt file stopped a whole folder ingest, while a file of
+    only malformed lines was handled row by row (and schedules quarantine such files)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps(pair(1)) + "\n")
+    (folder / "b.jsonl").write_text("")
+    (folder / "c.parquet").write_bytes(b"PAR1 not really")
+    (folder / "d.json").write_text("{broken")
+    (folder / "e.jsonl").write_text("not json\n" + json.dumps(pair(2)) + "\n")
+    summary = ingest(store, str(folder), "d")
+    assert counts(summary) == (6, 2, 0, 4)
+    rows = {r["source_file"]: r["reason"] for r in quarantine_rows(store, "d")}
+    assert rows[str(folder / "b.jsonl")] == "empty file"
+    assert rows[str(folder / "c.parquet")].startswith(
+        f"unreadable file: {folder / 'c.parquet'} is not a readable Parquet file")
+    assert rows[str(folder / "d.json")].startswith(
+        f"unreadable file: {folder / 'd.json'} is not valid JSON")
+    assert "  quarantined 2: unreadable file" in summary.lines()
+    # a single empty file is still an error of its own
+    with pytest.raises(IngestError, match=r"b\.jsonl is empty$"):
+        ingest(store, str(folder / "b.jsonl"), "d2")
+
+
+def test_the_summary_says_how_many_more_reasons_there_are():
+    """Only the five most common reasons were listed, with no word of the rest (9 rows
+    quarantined, lines adding to 6)."""
+    from collections import Counter
+
+    s = IngestSummary("d", 1, None, "snapshot", [], n_read=9, n_quarantined=9,
+                      reasons=Counter({"a": 3, "b": 1, "c": 1, "d": 1, "e": 1, "f": 1, "g": 1}))
+    lines = s.lines()
+    assert lines[3:] == ["  quarantined 3: a", "  quarantined 1: b", "  quarantined 1: c",
+                         "  quarantined 1: d", "  quarantined 1: e",
+                         "  +2 more reasons (2 rows): curator show -d d --quarantine lists "
+                         "them all"]
+    assert sum(int(x.split()[1].rstrip(":")) for x in lines[3:8]) + 2 == 9
