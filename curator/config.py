@@ -28,6 +28,7 @@ from curator.vocabulary import (
     MASK_RANKS,
     METHODS,
     OPTIMIZERS,
+    QUALITY_SIGNALS,
     SELF_COVERAGE,
     STAGES,
     TARGET_METHODS,
@@ -191,6 +192,54 @@ class GradientOptions:
 
 
 @dataclass
+class QualityOptions:
+    """The quality prior (``quality:`` in a stage of a recipe; curator/stages/quality.py).
+
+    ``signal``: which of the model's own-loss signals judges a row, as a z-score among its
+    ``k`` most similar pool rows (so a hard family is not punished for being hard).
+    ``drop``: "auto" leaves out rows whose z-score is above AUTO_Z or whose IFD is >= 1
+    (the prompt does not make the answer likelier), at most AUTO_MAX_DROP of the pool;
+    "N%" the N% worst rows; "off" none. ``weight``: lambda of the modular term
+    ``lambda * sum_{a in A} q(a)`` added to a greedy method's objective (q in [0, 1], higher
+    for a better row; it keeps the function monotone submodular); RDS+ adds it to the
+    similarities it ranks by. 0: off.
+    """
+
+    signal: str = "combined"
+    drop: str = "off"
+    weight: float = 0.0
+    k: int = 16
+
+    def validate(self, where: str = "quality") -> None:
+        if self.signal not in QUALITY_SIGNALS:
+            raise RecipeError(f"{where}.signal must be one of {', '.join(QUALITY_SIGNALS)}, "
+                              f"got {self.signal!r}", key=f"{where}.signal")
+        drop = str(self.drop).strip()
+        ok = drop in ("auto", "off")
+        if not ok and drop.endswith("%"):
+            try:
+                ok = 0 <= float(drop[:-1]) < 100
+            except ValueError:
+                ok = False
+        if not ok:
+            raise RecipeError(f"{where}.drop must be 'auto', 'off' or a percentage below 100% "
+                              f"(10%), got {self.drop!r}", key=f"{where}.drop")
+        self.drop = drop
+        value = self.weight
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < 0:
+            raise RecipeError(f"{where}.weight must be a finite number >= 0, got {value!r}",
+                              key=f"{where}.weight")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise RecipeError(f"{where}.k must be a positive integer, got {self.k!r}",
+                              key=f"{where}.k")
+
+    @property
+    def active(self) -> bool:
+        return self.drop != "off" or self.weight > 0
+
+
+@dataclass
 class StageSpec:
     """One selection step of a recipe."""
 
@@ -209,6 +258,7 @@ class StageSpec:
     param_budget: str | None = None   # DualSFT: share of parameters in the mask
     self_coverage: str = "best"       # DELIFT kernels: "best" or "one" (scoring/kernels.py)
     gradient: GradientOptions = field(default_factory=GradientOptions)  # DualSFT only
+    quality: QualityOptions = field(default_factory=QualityOptions)  # every model method
     harm: str = DEFAULT_HARM          # DELIFT: "mean" leaves out examples whose mean utility
                                       #   over their scored pairs is negative; "mean+fit" also
                                       #   those their nearest examples do not fit; "off"
@@ -250,6 +300,11 @@ class StageSpec:
         if self.method != "dualsft" and self.gradient != GradientOptions():
             raise RecipeError(f"{where}.gradient: these settings apply to method dualsft only "
                               f"(method is {self.method})", key=f"{where}.gradient")
+        if isinstance(self.quality, dict):
+            self.quality = _build(QualityOptions, self.quality, f"{where}.quality")
+        if not isinstance(self.quality, QualityOptions):
+            raise RecipeError(f"{where}.quality: expected a mapping", key=f"{where}.quality")
+        self.quality.validate(f"{where}.quality")
         if self.harm not in HARM_RULES:
             raise RecipeError(f"{where}.harm must be one of {', '.join(HARM_RULES)}, got "
                               f"{self.harm!r}", key=f"{where}.harm")

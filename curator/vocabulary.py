@@ -49,6 +49,9 @@ DEFAULT_WARMUP_STEPS = 10                          # DualSFT: warm-up steps befo
 GAST_SAMPLING = ("batch", "static")
 SELF_COVERAGE = ("best", "one")                    # DELIFT kernels' diagonal (scoring/kernels.py)
 CONTINUAL_POOLS = ("new", "all")
+# The quality prior (curator/stages/quality.py): each signal is a kNN z-score of a row's
+# log signal among its most similar pool rows; "combined" is the mean of the three
+QUALITY_SIGNALS = ("combined", "ifd", "loss", "stop")
 EXPORT_FORMATS = ("jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf")
 
 

@@ -19,12 +19,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from curator.config import ScoringOptions
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.embeddings import embed_samples
 from curator.scoring.engine_errors import EngineUnavailable
+from curator.scoring.quality import QualityConfig, QualityRows, score_quality
 from curator.scoring.utility import PairChunk, UtilityConfig, score_pairs
 
 RAY_INSTALL_HINT = "pip install 'curator[ray]'"
@@ -47,6 +49,9 @@ class ScoringEngine(Protocol):
     def embeddings(self, lm: LoadedModel, samples: Sequence[Sample], *, max_length: int,
                    batch_size: int, part: int,
                    progress: bool = False) -> Iterator[tuple[list[Sample], np.ndarray]]: ...
+
+    def quality(self, lm: LoadedModel, samples: Sequence[Sample], config: QualityConfig, *,
+                batch_size: int, part: int, progress: bool = False) -> Iterator[QualityRows]: ...
 
     def gradient_sums(self, lm: LoadedModel, samples: Sequence[Sample], scope: Sequence,
                       batch_size: int, max_length: int | None, curvature: bool) -> tuple: ...
@@ -76,6 +81,14 @@ class LocalEngine:
             chunk = list(samples[start:start + part])
             yield chunk, embed_samples(lm, chunk, max_length=max_length,
                                        batch_size=batch_size, progress=progress)
+
+    def quality(self, lm: LoadedModel, samples: Sequence[Sample], config: QualityConfig, *,
+                batch_size: int, part: int, progress: bool = False) -> Iterator[QualityRows]:
+        with tqdm(total=len(samples), unit="row", disable=not progress, desc="quality") as bar:
+            for start in range(0, len(samples), part):
+                chunk = list(samples[start:start + part])
+                yield score_quality(lm, chunk, config, batch_size=batch_size)
+                bar.update(len(chunk))
 
     def gradient_sums(self, lm: LoadedModel, samples: Sequence[Sample], scope: Sequence,
                       batch_size: int, max_length: int | None, curvature: bool) -> tuple:

@@ -23,6 +23,7 @@ from curator.scoring.embeddings import embedder_fingerprint
 from curator.scoring.engine import ScoringEngine, engine_for
 from curator.scoring.kernels import Kernel, utility_kernel
 from curator.scoring.neighbours import dense_pairs, knn, neighbour_pairs
+from curator.scoring.quality import QualityConfig, QualityRows
 from curator.scoring.utility import UtilityConfig
 from curator.store import Store
 from curator.store.scores import (
@@ -30,16 +31,19 @@ from curator.store.scores import (
     existing_pairs,
     load_embeddings,
     load_losses,
+    load_quality,
     load_utilities,
     remember_model,
     save_embeddings,
     save_losses,
+    save_quality,
     save_utilities,
 )
 
 EMBED_MAX_LENGTH = 512
 EMBED_COMMIT = 512     # samples per committed embedding batch
 PAIR_COMMIT = 256      # pairs per committed utility chunk
+QUALITY_COMMIT = 256   # rows per committed quality chunk
 
 
 @dataclass
@@ -94,6 +98,36 @@ def ensure_embeddings(store: Store, lm: LoadedModel, samples: Sequence[Sample], 
     if not samples:
         return np.zeros((0, 0), dtype=np.float32), 0
     return np.stack([cached[i] for i in ids]), len(missing)
+
+
+def ensure_quality(store: Store, lm: LoadedModel, samples: Sequence[Sample], *,
+                   config: QualityConfig | None = None, batch_size: int = 16,
+                   progress: bool = False, engine: ScoringEngine | None = None
+                   ) -> tuple[QualityRows, int]:
+    """The quality prior's rows for ``samples`` in order (``curator.scoring.quality``),
+    computing and committing only those not stored for this model and config (a killed
+    run resumes from its last commit). Returns (rows, how many were computed)."""
+    cfg = config or QualityConfig()
+    remember_model(store, lm.fingerprint, lm.name)
+    chash = cfg.config_hash(lm)
+    ids = [s.sample_id for s in samples]
+    stored = load_quality(store, lm.fingerprint, chash, ids)
+    missing = [s for s in samples if s.sample_id not in stored]
+    parts = (engine or engine_for(None)).quality(
+        lm, missing, cfg, batch_size=batch_size, part=QUALITY_COMMIT,
+        progress=progress) if missing else iter(())
+    for rows in parts:
+        save_quality(store, lm.fingerprint, chash, rows.sample_id, rows.loss, rows.uncond_loss,
+                     rows.stop_nll, rows.n_answer, rows.reason)
+        stored.update({sid: (float(a), float(b), float(c), int(n), r) for sid, a, b, c, n, r
+                       in zip(rows.sample_id, rows.loss, rows.uncond_loss, rows.stop_nll,
+                              rows.n_answer, rows.reason, strict=True)})
+    got = [stored[i] for i in ids]
+    return QualityRows(ids, np.array([g[0] for g in got], dtype=np.float64),
+                       np.array([g[1] for g in got], dtype=np.float64),
+                       np.array([g[2] for g in got], dtype=np.float64),
+                       np.array([g[3] for g in got], dtype=np.int64),
+                       [g[4] for g in got]), len(missing)
 
 
 def candidate_pairs(targets: Sequence[Sample], examples: Sequence[Sample],

@@ -200,6 +200,7 @@ def select(
     epsilon: float = 0.01,
     backend: str = "numba",
     memory_evals: int = STOCHASTIC_MEMORY_EVALS,
+    modular: np.ndarray | None = None,
 ) -> SelectionResult:
     """Pick a subset of candidates by greedy submodular maximisation.
 
@@ -240,6 +241,10 @@ def select(
     initial_subset: candidate indices already selected (e.g. a previous stage's subset); gains
         are conditioned on them and they are never picked again.
     backend: "numba" (compiled, default) or "numpy" (the slow reference the tests compare to).
+    modular: ``(n_candidates,)`` values >= 0 added to the function as ``sum_{a in A} m[a]``
+        (a prior on the candidates, such as the quality prior's ``lambda * q``). A modular
+        term keeps the function monotone submodular, so greedy keeps its guarantee; gains
+        and the objective include it.
 
     Raises ValueError on a bad function or optimizer name, shape mismatch, empty query or
     private set, non-finite or negative similarities, or a bad budget.
@@ -260,6 +265,14 @@ def select(
         lam=lam,
     )
     n = f.n_candidates
+    if modular is not None:
+        m = np.asarray(modular, dtype=np.float64)
+        if m.shape != (n,):
+            raise ValueError(f"modular must have one value per candidate, shape ({n},), "
+                             f"got {m.shape}")
+        if not np.isfinite(m).all() or (m < 0).any():
+            raise ValueError("modular must be finite and >= 0 (it keeps the function monotone)")
+        f.modular = np.ascontiguousarray(f.modular + m)
     init = _check_initial(initial_subset, n)
     costs_ = _check_costs(costs, n)
     n_available = n - (0 if init is None else init.size)

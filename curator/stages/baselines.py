@@ -69,7 +69,7 @@ def greedy(ctx: StageContext, kernels: dict[str, Any], function: str, n_select: 
     return select(kernels.get("kernel"), n_select, function=function,
                   optimizer=spec.optimizer, query_kernel=kernels.get("query_kernel"),
                   private_kernel=kernels.get("private_kernel"), eta=spec.eta, nu=spec.nu,
-                  seed=spec.seed, initial_subset=initial_subset)
+                  seed=spec.seed, initial_subset=initial_subset, modular=ctx.modular)
 
 
 def rank_embedding(ctx: StageContext) -> Ranked:
@@ -80,10 +80,15 @@ def rank_embedding(ctx: StageContext) -> Ranked:
                   float(result.objective), function, config=kernel_config(ctx))
 
 
-def rds_ranking(pool_emb: np.ndarray, target_emb: np.ndarray, n_select: int) -> np.ndarray:
+def rds_ranking(pool_emb: np.ndarray, target_emb: np.ndarray, n_select: int,
+                bonus: np.ndarray | None = None) -> np.ndarray:
     """RDS+ (Ivison et al. 2025): cosine of pooled hidden states to each target point;
-    take the best unpicked pool item of each target in turn (round robin) up to the budget."""
+    take the best unpicked pool item of each target in turn (round robin) up to the budget.
+    ``bonus`` (n_pool,): added to every similarity of a pool item (the quality prior's
+    modular term), so a better row wins among equally similar ones."""
     sims = pool_emb @ target_emb.T                 # (n_pool, n_query)
+    if bonus is not None:
+        sims = sims + np.asarray(bonus, dtype=sims.dtype)[:, None]
     order = np.argsort(-sims, axis=0, kind="stable")  # per target, pool items best first
     picked: list[int] = []
     taken = np.zeros(len(pool_emb), dtype=bool)
@@ -114,7 +119,8 @@ def rank_rds(ctx: StageContext) -> Ranked:
                                batch_size=ctx.options.batch_size)
     row = {sid: i for i, sid in enumerate(everyone)}
     ranking = rds_ranking(emb[[row[i] for i in ids(pools.pool)]],
-                          emb[[row[s.sample_id] for s in pools.target]], ctx.n_select)
+                          emb[[row[s.sample_id] for s in pools.target]], ctx.n_select,
+                          bonus=ctx.modular)
     return Ranked(ranking, np.zeros(len(ranking)), None, "round_robin_cosine",
                   config=kernel_config(ctx))
 

@@ -110,7 +110,7 @@ class EvidenceLoop:
             masked = self._masked()
             result = greedy(ctx, masked, self.function, n_select)
             ranking = np.asarray(result.ranking)
-            gains = np.asarray(result.gains, dtype=float)
+            gains = self._utility_gains(ranking, np.asarray(result.gains, dtype=float))
             t = first_zero_gain(gains)
             if self._check_fit(ranking[:t]):
                 continue                 # picks lacked fit evidence: scored it, select again
@@ -136,6 +136,14 @@ class EvidenceLoop:
             gains = np.concatenate([gains[:t], np.zeros(len(tail))])
             self.filled = len(tail)
         return ranking, gains, float(result.objective)
+
+    def _utility_gains(self, ranking: np.ndarray, gains: np.ndarray) -> np.ndarray:
+        """The gains less the quality prior's modular term: what the utilities measured,
+        so a pick the utilities say nothing about still counts as a zero-gain pick."""
+        if self.ctx.modular is None or not len(ranking):
+            return gains
+        pure = gains - self.ctx.modular[ranking]
+        return np.where(np.abs(pure) <= 1e-9 * max(1.0, float(np.abs(gains).max())), 0.0, pure)
 
     def _score(self, pairs: list[tuple[str, str]], label: dict[str, Any]) -> None:
         """Score ``pairs`` (recorded first, so a rerun after a kill replays the round) and

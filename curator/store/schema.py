@@ -317,6 +317,24 @@ CREATE TABLE selection_pools (
 ALTER TABLE runs ADD COLUMN host TEXT;
 ALTER TABLE runs ADD COLUMN proc_start TEXT;
 """),
+    (10, "quality prior", """
+-- The quality prior's per-row signals (curator/scoring/quality.py): the answer tokens' mean
+-- NLL given the prompt (loss) and after an empty user turn (uncond_loss, so IFD =
+-- loss / uncond_loss), and the end-of-turn token's NLL after the answer (stop_nll).
+CREATE TABLE quality (
+    model TEXT NOT NULL,
+    config TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    loss DOUBLE,
+    uncond_loss DOUBLE,
+    stop_nll DOUBLE,
+    n_answer INTEGER,
+    valid BOOLEAN NOT NULL,
+    reason TEXT,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (model, config, sample_id)
+);
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

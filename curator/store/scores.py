@@ -190,3 +190,43 @@ def load_gradient_scores(store: Store, model: str, config: str, ids: Sequence[st
                            [model, config, layer]).fetchall()
         con.unregister("_ids")
     return dict(rows)
+
+
+# -- quality prior ----------------------------------------------------------------------
+
+def save_quality(store: Store, model: str, config: str, ids: Sequence[str],
+                 loss: np.ndarray, uncond_loss: np.ndarray, stop_nll: np.ndarray,
+                 n_answer: np.ndarray, reason: Sequence[str]) -> None:
+    """One row per sample; NULL where a value is NaN (invalid rows keep their reason)."""
+    n = len(ids)
+
+    def col(v: np.ndarray) -> pa.Array:
+        v = np.asarray(v, dtype=np.float64)
+        return pa.array(v, pa.float64(), mask=~np.isfinite(v))
+
+    _insert(store, "quality", pa.table({
+        "model": _repeat(model, n),
+        "config": _repeat(config, n),
+        "sample_id": pa.array(list(ids), pa.string()),
+        "loss": col(loss), "uncond_loss": col(uncond_loss), "stop_nll": col(stop_nll),
+        "n_answer": pa.array([int(x) for x in n_answer], pa.int32()),
+        "valid": pa.array([r == "" for r in reason], pa.bool_()),
+        "reason": pa.array([r or None for r in reason], pa.string()),
+    }))
+
+
+def load_quality(store: Store, model: str, config: str,
+                 ids: Sequence[str]) -> dict[str, tuple[float, float, float, int, str]]:
+    """sample id -> (loss, uncond_loss, stop_nll, n_answer, reason) for the stored rows;
+    NaN for NULL values, reason "" for valid rows."""
+    if not ids:
+        return {}
+    with store.connect() as con:
+        _with_ids(con, ids)
+        rows = con.execute("SELECT q.sample_id, q.loss, q.uncond_loss, q.stop_nll, q.n_answer, "
+                           "q.reason FROM quality q JOIN _ids USING (sample_id) "
+                           "WHERE q.model = ? AND q.config = ?", [model, config]).fetchall()
+        con.unregister("_ids")
+    nan = float("nan")
+    return {sid: (nan if a is None else a, nan if b is None else b, nan if c is None else c,
+                  int(n or 0), r or "") for sid, a, b, c, n, r in rows}
