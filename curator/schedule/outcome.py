@@ -24,6 +24,8 @@ class RunOutcome:
     files_waiting: list[str] = field(default_factory=list)  # still being written
     files_bad: list[dict[str, str]] = field(default_factory=list)  # path, reason
     version: int | None = None           # the version this run created
+    pool_version: int | None = None      # the version this run selected from
+    resumed: str | None = None           # an unfinished earlier run whose work this one used
     n_new_samples: int = 0               # in the pool selected from
     n_quarantined_rows: int = 0
     stage: str | None = None
@@ -49,6 +51,9 @@ class RunOutcome:
         if self.files_bad:
             parts.append(f"{len(self.files_bad)} bad file{'s' * (len(self.files_bad) != 1)} "
                          "quarantined")
+        if self.resumed:
+            parts.append(f"resumed run {self.resumed}, which stopped after ingesting "
+                         f"v{self.pool_version}")
         if self.selection_id:
             parts.append(f"{self.stage} selection {self.selection_id}"
                          + (f" (parent {self.parent})" if self.parent else "")

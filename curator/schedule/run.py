@@ -225,6 +225,8 @@ def _plan_selection(store: Store, sched: Schedule, recipe: Recipe, outcome: RunO
     if latest is None:
         outcome.note = "no data yet"
         return None
+    outcome.pool_version = latest
+    _note_resumed(store, sched, outcome, latest)
     parent = sched.last_selection_id
     if parent is None:
         with contextlib.suppress(NotFound):
@@ -242,6 +244,29 @@ def _plan_selection(store: Store, sched: Schedule, recipe: Recipe, outcome: RunO
         outcome.parent = parent    # adopted as the schedule's base when it had none
         return None
     return replace(spec, parent=parent, pool="new", version=None), parent
+
+
+def _note_resumed(store: Store, sched: Schedule, outcome: RunOutcome, latest: int) -> None:
+    """When this run selects from a version it did not ingest and the schedule's previous
+    run did not finish, that run ingested it: say so (a resumed kill used to read "0 new
+    files" with no version, as if nothing had come in)."""
+    from curator.store.selections import get_selection
+
+    prev = sched.last_run_id
+    if outcome.version is not None or not prev or prev == outcome.run_id:
+        return
+    try:
+        run = store.get_run(prev)
+    except NotFound:
+        return
+    if run is None or run.get("status") == "done":
+        return
+    base = None
+    if sched.last_selection_id:
+        with contextlib.suppress(NotFound):
+            base = get_selection(store, sched.last_selection_id).version
+    if base is None or latest > base:
+        outcome.resumed = prev
 
 
 def _export(store: Store, sched: Schedule, spec: ExportSpec, outcome: RunOutcome) -> None:

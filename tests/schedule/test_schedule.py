@@ -521,6 +521,11 @@ def test_a_killed_worker_is_recovered_by_the_next(store, watch, clock, tmp_path)
     assert (run.stage, run.n_new_samples) == ("instruction", 10) and run.export
     killed = store.get_run(s.last_run_id)
     assert killed["status"] == "failed" and "abandoned" in killed["error"]
+    # The record says what happened: it read "0 new files" and no version (issue 28).
+    assert (run.resumed, run.pool_version, run.version) == (s.last_run_id, 1, None)
+    assert f"resumed run {s.last_run_id}, which stopped after ingesting v1; instruction " \
+           "selection" in run.summary()
+    assert json.loads(store.get_run(run.run_id)["result"])["resumed"] == s.last_run_id
     assert not (store.path / "schedules" / "n" / "inbox").exists() or \
         not any((store.path / "schedules" / "n" / "inbox").iterdir())
 
