@@ -287,6 +287,34 @@ class LoadedExport:
     manifest: dict[str, Any]
     layer_scores: dict[str, dict[str, float]] | None = None  # GAST: layer -> {id: score}
 
+    def layer_training(self, sampling: str = "batch", lora: bool = False,
+                       ) -> tuple[dict[str, Any], str | None]:
+        """GAST: ``curator.train.train`` keyword arguments for this export's layers ({}
+        without layers), and a note when per-batch sampling ("batch", the default) was asked
+        for but cannot run: LoRA takes fixed subsets only, and an export without
+        layer_scores.json has no scores to sample by. "static": the fixed subsets."""
+        if not self.layers:
+            return {}, None
+        fixed = {"layer_subsets": self.layers}
+        if sampling == "static":
+            return fixed, None
+        if lora or not self.layer_scores:
+            return fixed, ("note: each layer trains on its fixed subset: " + (
+                "LoRA takes the static subsets only" if lora else
+                "the export has no per-layer scores (layer_scores.json)"))
+        config = (self.manifest.get("selection") or {}).get("config") or {}
+        return {**fixed, "layer_scores": self.layer_scores,
+                "layer_share": config.get("layer_share") or 0.5}, None
+
+    def layer_summary(self, layer_rows: dict[str, int], sampled: bool) -> dict[str, Any] | None:
+        """GAST, for a trained model's manifest: the sampling, the union's size and the rows
+        each layer learned from (``TrainResult.layer_rows``); None without layers."""
+        if not self.layers:
+            return None
+        return {"sampling": "batch" if sampled else "static",
+                "union": len(set().union(*map(set, self.layers.values()))),
+                "layer_rows": dict(layer_rows)}
+
 
 def load_export(path: str | Path, verify: bool = True) -> LoadedExport:
     """Read an export folder back (any format), checking it against its manifest."""

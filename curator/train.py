@@ -15,7 +15,9 @@ parameters, so layer l's gradient is the mean over its own samples in the batch 
 it has none). Linear / Conv1D use a custom autograd function (no extra compute); other
 modules (norms) use ``f(x; sg(W)) + r * (f(sg(x); W) - sg(f(sg(x); W)))``, whose value is
 exactly ``f(x; W)``. Parameters outside every layer key get the ordinary batch-mean
-gradient over the union ("union") or stay frozen ("frozen").
+gradient over the union ("union") or stay frozen ("frozen"). With per-layer scores
+(``layer_scores``, GAST's per-batch sampling) a layer's rows are drawn anew in every batch
+from the batch rows it scored instead of being a fixed subset.
 """
 
 from __future__ import annotations

@@ -426,10 +426,8 @@ def mask(selection_id: str, store_path: Path, param_budget: str, target_set: str
               help="Comma-separated module names (q_proj,v_proj); default: every linear "
                    "layer in the transformer blocks.")
 @click.option("--gast-sampling", type=click.Choice(GAST_SAMPLING), default="batch",
-              show_default=True,
-              help="GAST export: in every batch each layer samples its rows from the batch rows "
-                   "it scored, as the paper ('batch'), or each layer trains on its fixed "
-                   "subset ('static').")
+              show_default=True, help="GAST export: each layer samples its rows in every "
+              "batch, as the paper ('batch'), or trains on its fixed subset ('static').")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True)
 @user_errors
@@ -467,14 +465,9 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
                    "adapters and does not apply the mask (drop --lora to train with it)",
                    err=True)
         mask_ = None
-    layer_scores = None
-    if exp.layers and gast_sampling == "batch":
-        if lora or not exp.layer_scores:
-            click.echo("note: each layer trains on its fixed subset: "
-                       + ("LoRA takes the static subsets only" if lora else
-                          "the export has no per-layer scores (layer_scores.json)"), err=True)
-        else:
-            layer_scores = exp.layer_scores
+    layered, note = exp.layer_training(gast_sampling, lora)  # GAST: {} without layers
+    if note:
+        click.echo(note, err=True)
     lm = _loader(model, "fp32", False)()
     kwargs = dict(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                   max_length=max_length, progress=True)
@@ -485,15 +478,11 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
             t.strip() for t in lora_targets.split(",") if t.strip())
         opts = LoraOptions(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
                            target_modules=targets)
-        trained, result = train_lora(lm.model, lm.tokenizer, exp.samples, opts,
-                                     layer_subsets=exp.layers, **kwargs)
+        trained, result = train_lora(lm.model, lm.tokenizer, exp.samples, opts, **layered,
+                                     **kwargs)
     else:
         trained = lm.model
-        share = ((exp.manifest.get("selection") or {}).get("config") or {}).get("layer_share")
-        gast = {} if layer_scores is None else {"layer_scores": layer_scores,
-                                                "layer_share": share or 0.5}
-        result = run_train(lm, None, exp.samples, mask=mask_, layer_subsets=exp.layers,
-                           **gast, **kwargs)
+        result = run_train(lm, None, exp.samples, mask=mask_, **layered, **kwargs)
     out = save_trained(trained, lm.tokenizer, out, force, {
         "export": {"path": str(export_dir.resolve()),
                    "selection": (exp.manifest.get("selection") or {}).get("selection_id"),
@@ -502,10 +491,7 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
         "lora": {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout,
                  "targets": lora_targets} if lora else None,
         "mask": mask_ is not None, "layers": bool(exp.layers),
-        "gast": None if not exp.layers else {
-            "sampling": "batch" if layer_scores is not None else "static",
-            "union": len(set().union(*map(set, exp.layers.values()))),
-            "layer_rows": dict(getattr(result, "layer_rows", {}) or {})},
+        "gast": exp.layer_summary(result.layer_rows, "layer_scores" in layered),
         "steps": result.steps, "lr": lr, "batch_size": batch_size, "seed": seed,
         "loss": {"first": result.losses[0], "last": result.losses[-1]}})
     first, last = result.losses[0], result.losses[-1]
@@ -513,7 +499,7 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
                + (" with mask" if mask_ is not None else "")
                + (" as LoRA adapters" if lora else "")
                + (f" and {len(exp.layers)} layer subsets" if exp.layers else "")
-               + (" sampled per batch" if layer_scores is not None else "")
+               + (" sampled per batch" if "layer_scores" in layered else "")
                + f": loss {first:.4f} -> {last:.4f}; saved to {out}")
 
 
