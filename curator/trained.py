@@ -12,6 +12,7 @@ or removes what a dead writer left.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -79,6 +80,11 @@ def clean_dead_writes(out: Path) -> None:
         owner = _owner(tmp)
         if owner and owner[0] == host and not process_alive(owner[1], owner[2]):
             clean_leftovers(tmp, out)
+        elif owner is None and tmp.is_dir() and not tmp.is_symlink():
+            # Killed between making the folder and writing its marker: nothing in it to
+            # lose (rmdir removes only an empty folder).
+            with contextlib.suppress(OSError):
+                tmp.rmdir()
     owner = _owner(out)
     if owner and owner[0] == host and not process_alive(owner[1], owner[2]):
         # Killed after the new output was renamed into place: finish what it did not.
