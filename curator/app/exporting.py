@@ -29,7 +29,11 @@ def list_exports(root: Path) -> list[dict[str, Any]]:
         return out
 
     def walk(folder: Path, depth: int) -> None:
-        for p in sorted(folder.iterdir()):
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:  # unreadable: nothing to list there (not "the store is busy")
+            return
+        for p in entries:
             if p.name.startswith(".") or p.is_symlink() or not p.is_dir():
                 continue
             manifest = p / "manifest.json"
