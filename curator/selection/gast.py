@@ -1,8 +1,7 @@
-"""GAST: a data subset per layer, from the alignment of each sample's layer gradient with a
-support (target) gradient, ``score[n, l] = <g_n^l, s^l>``.
-
-All layers' scores come from one hook pass (curator.scoring.gradients.hook_scores with
-u = s, summed per layer). GAST's ablation found deterministic top-k far worse than
+"""GAST's rules over per-layer scores: a data subset per layer, from the alignment of each
+sample's layer gradient with a support (target) gradient, ``score[n, l] = <g_n^l, s^l>``.
+The pass that computes the scores is ``curator.stages.gradient_passes.gast_select`` (one
+hook pass, curator.scoring.gradients.hook_scores with u = s, summed per layer). GAST's ablation found deterministic top-k far worse than
 sampling, so the default rule samples: standardise a layer's scores over the pool,
 ``p = softmax(z / temperature)``, draw k samples without replacement (Gumbel top-k, which
 is exactly sequential sampling without replacement from p), seeded.
@@ -24,51 +23,16 @@ within the batch, ``softmax(z / temperature)``, ``round(layer_share * scored)`` 
 without replacement). The scores are the selection's, taken once at the base model (the
 paper recomputes them as training moves).
 
-With no target set the support gradient comes from a held-out slice of the pool, and the
-scores are cross-fitted (``curator.scoring.gradients.crossfit``): no held-out sample is
-scored against a support that contains its own gradient.
 """
 
-from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from __future__ import annotations
 
 import numpy as np
 import torch
 
-from curator.models import LoadedModel
-from curator.records import Sample
-from curator.scoring.gradients import (
-    DEFAULT_FOLDS,
-    ScopedModule,
-    crossfit_folds,
-    heldout_gradients,
-    holdout_slice,
-    hook_scores,
-    mean_gradient,
-    resolve_scope,
-    scores_by_fold,
-)
-from curator.selection.dualsft import resolve_count
-
 RULES = ("sample", "topk")
 DEFAULT_LAYER_SHARE = 0.5  # each layer trains on at least this share of the union
-
-
-@dataclass
-class GASTResult:
-    layer_subsets: dict[str, list[int]]  # layer name -> pool indices (in pick order)
-    layers: list[str]
-    scores: np.ndarray  # (N, L) <g_n^l, s^l>; NaN rows for skipped samples
-    skipped: list[int] = field(default_factory=list)
-    union: list[int] = field(default_factory=list)  # every sample some layer trains on
-    support: str = ""  # where the support gradient came from (for the selection record)
-
-    def subsets_by_id(self, pool: Sequence[Sample]) -> dict[str, list[str]]:
-        return {layer: [pool[i].sample_id for i in idx]
-                for layer, idx in self.layer_subsets.items()}
 
 
 def choose(scores: np.ndarray, k: int, rule: str = "sample", temperature: float = 1.0,
@@ -159,50 +123,3 @@ def batch_layer_picks(scores: np.ndarray, layer_share: float = DEFAULT_LAYER_SHA
         k = max(1, round(layer_share * n)) if n else 0
         out.append(choose(scores[:, j], k, "sample", temperature, generator) if k else [])
     return out
-
-
-def gast_select(lm: LoadedModel, pool: Sequence[Sample], targets: Sequence[Sample] | None,
-                budget: int | float = 0.3, rule: str = "sample", temperature: float = 1.0,
-                seed: int = 0, scope: Sequence[ScopedModule] | None = None,
-                batch_size: int = 8, score_batch_size: int = 16, max_length: int = 1024,
-                holdout_fraction: float = 0.1, progress: bool = False,
-                layer_share: float = DEFAULT_LAYER_SHARE,
-                n_folds: int = DEFAULT_FOLDS, engine: Any = None) -> GASTResult:
-    """Per-layer subsets of ``pool`` aligned with ``targets``, whose union is ``budget``
-    samples (``layer_subsets``).
-
-    ``targets`` None: the support gradient comes from a seeded held-out slice of the pool,
-    cross-fitted over ``n_folds`` folds. Layers are transformer blocks; scoped modules
-    outside them (a head) form "(other)". ``engine``: where the gradient sums and
-    per-sample scores run (None: here).
-    """
-    if rule not in RULES:
-        raise ValueError(f"unknown GAST rule {rule!r}; use one of {', '.join(RULES)}")
-    if not pool:
-        raise ValueError("the pool is empty")
-    if targets is not None and len(targets) == 0:
-        raise ValueError("the target set is empty; pass None to use a held-out slice of the pool")
-    k = resolve_count(budget, len(pool), "data")
-    scope = list(scope) if scope is not None else resolve_scope(lm.model)
-    if targets is None:
-        holdout = holdout_slice(len(pool), holdout_fraction, seed)
-        if len(holdout) < 2:
-            raise ValueError("a pool of one sample needs a target set")
-        folds = crossfit_folds(len(pool), holdout, n_folds, seed)
-        _, supports, n_support = heldout_gradients(lm, pool, holdout, folds, scope,
-                                                   batch_size, max_length, engine)
-        scored = scores_by_fold(lm, pool, supports, folds, scope, score_batch_size,
-                                max_length, progress, engine=engine)
-        source = (f"held-out slice of the pool ({n_support} samples), cross-fitted over "
-                  f"{len(folds)} folds")
-    else:
-        support, n_support = mean_gradient(lm, targets, scope, batch_size, max_length, engine)
-        scored = hook_scores(lm, pool, support, scope, score_batch_size, max_length, progress) \
-            if engine is None else engine.sample_scores(lm, pool, support, scope,
-                                                        score_batch_size, max_length)
-        source = f"mean gradient of the target set ({n_support} samples)"
-    layers, per_layer = scored.per_layer()
-    gen = torch.Generator().manual_seed(seed)
-    picked, union = layer_subsets(per_layer, k, rule, temperature, layer_share, gen)
-    subsets = dict(zip(layers, picked, strict=True))
-    return GASTResult(subsets, layers, per_layer, scored.skipped, union, source)

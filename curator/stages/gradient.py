@@ -1,7 +1,8 @@
 """Gradient-based stages: DualSFT (mask + subset), GAST (a subset per layer), the LESS-style
 gradient-alignment baseline, and the DualSFT mask that goes with any stored selection.
 
-Calls the gradient engine (``curator.scoring.gradients``, ``curator.selection.dualsft`` and
+Calls the gradient passes (``curator.stages.gradient_passes``, over
+``curator.scoring.gradients``, with the rules of ``curator.selection.dualsft`` and
 ``gast``), caches the per-sample scores in the store and returns a ``Ranked`` that
 ``curator.stages.save`` stores (with the DualSFT mask).
 """
@@ -27,7 +28,7 @@ from curator.store.selections import get_selection, selection_sample_ids
 
 
 def _dualsft_config(spec: StageSpec, options: ScoringOptions):
-    from curator.selection.dualsft import DualSFTConfig
+    from curator.stages.gradient_passes import DualSFTConfig
 
     g = spec.gradient
     return DualSFTConfig(seed=spec.seed, max_length=options.max_length,
@@ -45,7 +46,7 @@ def mask_for_selection(store: Store, selection_id: str, lm: LoadedModel,
     """The DualSFT parameter mask for an existing selection: parameter importance
     ``u * G`` with G summed over the selected samples only. ``targets`` give the
     validation direction (default: a held-out slice of the subset)."""
-    from curator.selection.dualsft import dualsft_select
+    from curator.stages.gradient_passes import dualsft_select
 
     sel = get_selection(store, selection_id)
     by_id = {s.sample_id: s for s in load_samples(store, sel.dataset, sel.version)}
@@ -65,7 +66,7 @@ def mask_for_selection(store: Store, selection_id: str, lm: LoadedModel,
 def rank_dualsft(ctx: StageContext) -> Ranked:
     """Data utilities <u, g_n> and parameter importances u * G from one pass; the subset is
     the top of the first, the mask of the second (co-extracted)."""
-    from curator.selection.dualsft import dualsft_select
+    from curator.stages.gradient_passes import dualsft_select
 
     spec = ctx.spec
     pb = spec.param_budget or DEFAULT_PARAM_BUDGET
@@ -84,7 +85,8 @@ def rank_dualsft(ctx: StageContext) -> Ranked:
 def rank_gast(ctx: StageContext) -> Ranked:
     """A subset per layer (sampled by alignment with the support gradient); the subset to
     export is every sample some layer trains on, most-used first."""
-    from curator.selection.gast import DEFAULT_LAYER_SHARE, gast_select
+    from curator.selection.gast import DEFAULT_LAYER_SHARE
+    from curator.stages.gradient_passes import gast_select
 
     pool, options = ctx.pools.pool, ctx.options
     result = gast_select(ctx.lm, pool, ctx.pools.target or None, budget=ctx.n_select,

@@ -8,7 +8,8 @@ import torch
 
 from curator.records import Sample
 from curator.scoring import gradients as gr
-from curator.selection.dualsft import DualSFTConfig, allocate_mask, dualsft_select, resolve_count
+from curator.selection.dualsft import allocate_mask, resolve_count
+from curator.stages.gradient_passes import DualSFTConfig, dualsft_select
 
 
 def make_samples(n: int, seed: int = 0) -> list[Sample]:

@@ -8,7 +8,8 @@ import torch
 
 from curator.records import Sample
 from curator.scoring import gradients as gr
-from curator.selection.gast import choose, gast_select, layer_subsets
+from curator.selection.gast import choose, layer_subsets
+from curator.stages.gradient_passes import gast_select
 
 
 def make_samples(n: int, seed: int = 0) -> list[Sample]:

@@ -1,0 +1,548 @@
+"""Quality-prior benchmark: a pool where the choice inside the target family decides.
+
+    .venv/bin/python bench/quality_prior.py --quick   # controls, random, RDS+, DELIFT (+prior)
+    .venv/bin/python bench/quality_prior.py           # + DualSFT, GAST, stages, budget curve
+    .venv/bin/python bench/quality_prior.py --model tiny   # smoke: tiny random model
+
+Data (``bench/prior_data.py``): 200 pool rows, 80 of them multiple-choice questions of the
+target task (sciq, commonsense_qa, social_i_qa with their options in the prompt), 40% of
+those corrupted in four kinds (another family's answer, a wrong listed option, truncated,
+another question's answer); a target set Q of 20 clean MC rows; 450 held-out MC items.
+
+Arms (task stage toward Q, budget 15% = 30 rows, below the 48 clean in-family rows, so
+which in-family rows are kept decides): oracle-clean (30 clean in-family rows) and
+oracle-dirty (30 corrupted in-family rows), the controls; random (5 seeds); RDS+; DELIFT;
+each with the quality prior as a filter (``drop: auto``), as a modular term (``weight``)
+and both; DualSFT and GAST (full run). Each selection is fine-tuned from the same base
+model for exactly ``--epochs`` epochs (batch 8, bf16 autocast over fp32 weights) with
+training seeds 0..2; random subset s is drawn with seed s and trained with seed s, so run
+s of a method pairs with run s of random (``bench/quality_stats.py``: two-way bootstrap
+over seeds and items).
+
+Metrics per held-out item: answer-token loss of the right answer (mean NLL, template
+tokens excluded) and option-rank accuracy (the listed option with the highest summed
+log-likelihood, as lm-evaluation-harness scores multiple choice). Go/no-go: the benchmark
+judges methods only if oracle-clean beats oracle-dirty by at least 3 CI half-widths.
+
+Also: per signal, the AUC for corrupted rows over the whole pool and per kind; the
+corrupted share of every stage's selection (instruction on v1, task, continual on v2's new
+rows) against the base rate. Cached and resumable: every fine-tuning run is kept in
+``<workdir>/runs/<key>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from prior_data import MC_KINDS, PriorConfig, PriorData, build  # noqa: E402
+from quality_stats import compare  # noqa: E402
+
+ARMS_QUICK = ("oracle_clean", "oracle_dirty", "random", "rds", "rds+filter", "rds+modular",
+              "delift", "delift+filter", "delift+modular", "delift+both")
+ARMS_FULL = ARMS_QUICK + ("rds+both", "dualsft", "dualsft+filter", "gast")
+LABEL = {"oracle_clean": "oracle-clean (control)", "oracle_dirty": "oracle-dirty (control)",
+         "random": "random", "rds": "RDS+", "delift": "DELIFT", "dualsft": "DualSFT (subset, "
+         "full fine-tuning)", "gast": "GAST (layer subsets)"}
+TRAIN_SEEDS = 3
+RANDOM_SEEDS = 5
+
+
+def label(arm: str) -> str:
+    base, _, prior = arm.partition("+")
+    text = LABEL.get(base, base)
+    return text + {"": "", "filter": " + prior (drop auto)", "modular": " + prior (weight)",
+                   "both": " + prior (drop auto, weight)"}[prior]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="controls, random, RDS+, DELIFT")
+    p.add_argument("--model", choices=["default", "tiny"], default="default")
+    p.add_argument("--arms", nargs="+", default=None)
+    p.add_argument("--budget", default="15%")
+    p.add_argument("--curve", nargs="*", default=None,
+                   help="budgets of the budget curve (full run: 5%% 10%% 30%%)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--weight", type=float, default=1.0, help="the prior's modular weight")
+    p.add_argument("--no-stages", action="store_true", help="skip instruction/continual")
+    p.add_argument("--eval-size", type=int, default=450)
+    p.add_argument("--boot", type=int, default=2000)
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--note", default="")
+    args = p.parse_args(argv)
+    tiny = args.model == "tiny"
+    args.arms = args.arms or list(ARMS_QUICK if args.quick or tiny else ARMS_FULL)
+    if args.curve is None:
+        args.curve = [] if args.quick or tiny else ["5%", "10%", "30%"]
+    suffix = "-tiny" if tiny else "-quick" if args.quick else ""
+    args.workdir = args.workdir or Path("/tmp/curator-prior" + suffix)
+    args.out = args.out or (args.workdir / "quality_prior.md" if tiny else ROOT / "bench"
+                            / "results" / f"quality_prior{'_quick' if args.quick else ''}.md")
+    if tiny:
+        args.eval_size = min(args.eval_size, 40)
+    return args
+
+
+# ---------------------------------------------------------------- data and store
+
+
+def prepare(args) -> tuple[PriorData, Any]:
+    from curator.ingest import ingest
+    from curator.store import Store
+
+    cfg = PriorConfig(eval_size=args.eval_size)
+    if args.model == "tiny":
+        cfg = dataclasses.replace(cfg, in_family=20, others=20, target_size=6)
+    data = build(cfg)
+    paths = data.write(args.workdir / "data")
+    digest = hashlib.sha256(b"".join(paths[n].read_bytes() for n in ("existing", "new",
+                                                                      "target"))).hexdigest()
+    store_path, stamp = args.workdir / "store", args.workdir / "data.sha"
+    if not stamp.exists() or stamp.read_text() != digest:
+        shutil.rmtree(store_path, ignore_errors=True)
+        store = Store(store_path)
+        store.init()
+        ingest(store, str(paths["existing"]), "pool")
+        ingest(store, str(paths["new"]), "pool", append=True)
+        ingest(store, str(paths["target"]), "target")
+        stamp.write_text(digest)
+    return data, Store(store_path)
+
+
+def scoring_model(args):
+    from curator.models import load_model
+    from curator.testing import tiny_loaded_model
+
+    return tiny_loaded_model("llama") if args.model == "tiny" else load_model(None)
+
+
+def training_model(args):
+    from curator.models import load_model
+    from curator.testing import tiny_loaded_model
+
+    return tiny_loaded_model("llama") if args.model == "tiny" else load_model(None, dtype="fp32")
+
+
+# ---------------------------------------------------------------- selections
+
+
+def spec_for(arm: str, args, budget: str, stage: str = "task", seed: int = 0):
+    from curator.config import QualityOptions, StageSpec
+
+    method, _, prior = arm.partition("+")
+    quality = {"": QualityOptions(), "filter": QualityOptions(drop="auto"),
+               "modular": QualityOptions(weight=args.weight),
+               "both": QualityOptions(drop="auto", weight=args.weight)}[prior]
+    spec = StageSpec(stage=stage, method=method, budget=budget, seed=seed, quality=quality,
+                     target="target" if stage == "task" else None)
+    spec.version = 1 if stage == "instruction" else 2
+    return spec
+
+
+def select(args, store, lm, arm: str, budget: str, stage: str = "task",
+           previous: str | None = None, seed: int = 0):
+    from curator.config import ScoringOptions
+    from curator.stages import select_stage
+
+    spec = spec_for(arm, args, budget, stage, seed)
+    if stage == "continual":
+        spec.parent, spec.pool = previous, "new"
+    options = ScoringOptions(k=8, batch_size=16, max_length=512)
+    t = time.monotonic()
+    out = select_stage(store, "pool", spec, lm=lm, options=options, previous_selection=previous)
+    return out, time.monotonic() - t
+
+
+def oracle_subset(data: PriorData, n: int, clean: bool, seed: int) -> list[str]:
+    rows = [r for r in data.pool if r.family == "mc" and (r.corruption is None) == clean]
+    rng = np.random.default_rng(seed)
+    return [rows[i].sample_id for i in rng.permutation(len(rows))[:n]]
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+
+class Evaluator:
+    """Answer loss and option-rank accuracy of a model on the held-out MC items, each
+    item's prompt run once and its options continuing from the prompt's cache."""
+
+    def __init__(self, data: PriorData, tokenizer) -> None:
+        from curator.records import Sample
+        from curator.scoring.encoding import render, tokenize
+
+        self.items = []
+        for r in data.eval:
+            s = Sample.from_pair(r.prompt, r.response)
+            prompt_text, _ = render(tokenizer, s.prompt_messages, s.response)
+            prompt = tokenize(tokenizer, prompt_text)
+            opts = data.options[r.sample_id]
+            # the options as answer tokens (no end-of-turn), scored after the prompt
+            self.items.append((prompt, [tokenize(tokenizer, o) for o in opts],
+                               opts.index(r.response)))
+        self.eval_id = hashlib.sha256(json.dumps([[r.prompt, r.response] for r in data.eval])
+                                      .encode()).hexdigest()[:12]
+
+    def __call__(self, lm) -> dict[str, list[float]]:
+        import torch
+
+        from curator.scoring.utility import _score_with_prefixes
+
+        keep = 3  # last prompt tokens in the suffix: the first option token's context
+        loss, acc = [], []
+        for s in range(0, len(self.items), 16):
+            group = self.items[s:s + 16]
+            keys = [((), tuple(p[:-keep])) for p, _, _ in group]
+            rows = [(g, tuple(p[-keep:]) + tuple(o), len(o))
+                    for g, (p, opts, _) in enumerate(group) for o in opts]
+            with torch.inference_mode(), autocast(lm):
+                nll = _score_with_prefixes(lm, keys, rows, "nll", 64)
+            at = 0
+            for p, opts, right in group:
+                total = [float(nll[at + j]) * len(o) for j, o in enumerate(opts)]
+                loss.append(float(nll[at + right]))
+                acc.append(float(int(np.argmin(total)) == right))
+                at += len(opts)
+        return {"loss": loss, "acc": acc}
+
+
+def autocast(lm):
+    import torch
+
+    if lm.device.type == "cpu" and lm.dtype == torch.float32:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Trainer:
+    def __init__(self, args, evaluator: Evaluator) -> None:
+        self.args, self.evaluator = args, evaluator
+        self.lm = training_model(args)
+        self.base = {k: v.detach().clone() for k, v in self.lm.model.state_dict().items()}
+        (args.workdir / "runs").mkdir(parents=True, exist_ok=True)
+
+    def run(self, samples, seed: int, layers=None, tag: str = "") -> dict[str, Any]:
+        from curator.train import train
+
+        args = self.args
+        key = hashlib.sha256(json.dumps({
+            "ids": [s.sample_id for s in samples], "layers": layers, "seed": seed,
+            "epochs": args.epochs, "lr": args.lr, "model": args.model,
+            "eval": self.evaluator.eval_id}, sort_keys=True).encode()).hexdigest()[:20]
+        path = args.workdir / "runs" / f"{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        self.lm.model.load_state_dict(self.base)
+        t = time.monotonic()
+        if samples:
+            with autocast(self.lm):
+                result = train(self.lm, None, samples, layer_subsets=layers, epochs=args.epochs,
+                               lr=args.lr, batch_size=8, seed=seed, max_length=512)
+            steps = result.steps
+        else:
+            steps = 0
+        t_train = time.monotonic() - t
+        out = self.evaluator(self.lm)
+        out.update(tag=tag, seed=seed, steps=steps, n=len(samples),
+                   train_s=round(t_train, 1), eval_s=round(time.monotonic() - t - t_train, 1))
+        path.write_text(json.dumps(out))
+        print(f"  run {tag} seed {seed}: {steps} steps {out['train_s']} s, eval "
+              f"{out['eval_s']} s, loss {np.mean(out['loss']):.4f} acc {np.mean(out['acc']):.3f}",
+              flush=True)
+        return out
+
+
+# ---------------------------------------------------------------- signals
+
+
+def auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney AUC of ``score`` for y == True (ties count half); NaN scores are
+    ranked as the highest (a row the model could not score is suspicious)."""
+    s = np.where(np.isfinite(score), score, np.inf)
+    pos, neg = s[y], s[~y]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def signal_aucs(store, lm, data: PriorData) -> list[list[str]]:
+    from curator.records import Sample
+    from curator.scoring.jobs import ensure_embeddings, ensure_quality
+    from curator.scoring.neighbours import knn
+    from curator.stages.quality import neighbour_z, signal_z
+
+    rows = data.pool
+    samples = [Sample.from_pair(r.prompt, r.response) for r in rows]
+    q, _ = ensure_quality(store, lm, samples)
+    emb, _ = ensure_embeddings(store, lm, samples)
+    nb = knn(emb, emb, 16, exclude_self=True).indices
+    signals = {"IFD": q.ifd, "answer loss": q.loss, "end-of-turn NLL": q.stop_nll,
+               "kNN z of IFD": neighbour_z(q.ifd, nb), "kNN z of loss": neighbour_z(q.loss, nb),
+               "kNN z of end-of-turn": neighbour_z(q.stop_nll, nb),
+               "combined (default signal)": signal_z(q, nb, "combined")}
+    y = np.array([r.corruption is not None for r in rows])
+    fam = np.array([r.family == "mc" for r in rows])
+    table = []
+    for name, v in signals.items():
+        line = [name, f"{auc(y, v):.2f}", f"{auc(y[fam], v[fam]):.2f}"]
+        for kind in MC_KINDS:
+            m = np.array([r.corruption in (None, kind) for r in rows])
+            line.append(f"{auc(y[m], v[m]):.2f} / {auc(y[m & fam], v[m & fam]):.2f}")
+        table.append(line)
+    return table
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    lm = scoring_model(args)
+    data, store = prepare(args)
+    labels = data.labels()
+    by_id = {s.sample_id: s for s in _pool_samples(store)}
+    evaluator = Evaluator(data, lm.tokenizer)
+    trainer = Trainer(args, evaluator)
+    summary = data.summary()
+    n_budget = _count(args.budget, summary["pool"])
+    print(f"data: {summary}", flush=True)
+
+    sel_info: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict]] = {}
+    for arm in args.arms:
+        if arm.startswith("oracle"):
+            seeds = range(TRAIN_SEEDS)
+            runs[arm] = [trainer.run([by_id[i] for i in oracle_subset(
+                data, n_budget, arm == "oracle_clean", s)], s, tag=arm) for s in seeds]
+            continue
+        if arm == "random":
+            outs = []
+            for s in range(RANDOM_SEEDS):
+                out, secs = select(args, store, lm, "random", args.budget, seed=s)
+                outs.append(trainer.run([by_id[i] for i in out.sample_ids], s, tag="random"))
+                if s == 0:
+                    sel_info[arm] = _describe(out, labels, secs, store)
+            runs[arm] = outs
+            continue
+        print(f"{arm}: selecting", flush=True)
+        out, secs = select(args, store, lm, arm, args.budget)
+        sel_info[arm] = _describe(out, labels, secs, store)
+        print(f"  {sel_info[arm]['line']}", flush=True)
+        layers = _layers(store, out.selection_id) if arm.startswith("gast") else None
+        samples = [by_id[i] for i in out.sample_ids]
+        runs[arm] = [trainer.run(samples, s, layers=layers, tag=arm)
+                     for s in range(TRAIN_SEEDS)]
+    base = trainer.run([], 0, tag="base")
+
+    curve: dict[str, dict[str, list[dict]]] = {}
+    for budget in args.curve:
+        curve[budget] = {}
+        for arm in ("random", "rds", "rds+filter", "delift+filter"):
+            if arm == "random":
+                outs = [select(args, store, lm, "random", budget, seed=s)[0]
+                        for s in range(TRAIN_SEEDS)]
+                curve[budget][arm] = [trainer.run([by_id[i] for i in o.sample_ids], s,
+                                                  tag=f"random@{budget}")
+                                      for s, o in enumerate(outs)]
+            else:
+                out, _ = select(args, store, lm, arm, budget)
+                curve[budget][arm] = [trainer.run([by_id[i] for i in out.sample_ids], s,
+                                                  tag=f"{arm}@{budget}")
+                                      for s in range(TRAIN_SEEDS)]
+
+    stages = {} if args.no_stages else stage_shares(args, store, lm, labels)
+    aucs = signal_aucs(store, lm, data)
+    write_report(args, data, sel_info, runs, base, curve, stages, aucs,
+                 time.monotonic() - started)
+    print(f"wrote {args.out}", flush=True)
+    return 0
+
+
+def _pool_samples(store):
+    from curator.store.datasets import load_samples
+
+    return load_samples(store, "pool", 2)
+
+
+def _count(budget: str, n: int) -> int:
+    from curator.budget import parse_budget
+
+    return parse_budget(budget, n)
+
+
+def _layers(store, selection_id: str):
+    from curator.store.selections import selection_layers
+
+    return selection_layers(store, selection_id) or None
+
+
+def _describe(out, labels, secs: float, store) -> dict[str, Any]:
+    from curator.store.selections import get_selection
+
+    rows = [labels[i] for i in out.sample_ids]
+    fam = [r for r in rows if r.family == "mc"]
+    rec = get_selection(store, out.selection_id)
+    prior = (rec.config or {}).get("quality") or {}
+    info = {"n": len(rows), "in_family": len(fam),
+            "corrupt_in_family": sum(r.corruption is not None for r in fam),
+            "corrupt": sum(r.corruption is not None for r in rows),
+            "dropped": prior.get("n_dropped"), "seconds": round(secs, 1),
+            "selection": out.selection_id}
+    info["line"] = (f"{info['n']} rows, {info['in_family']} in family, "
+                    f"{info['corrupt_in_family']} of them corrupted; prior dropped "
+                    f"{info['dropped']}; {secs:.0f} s")
+    return info
+
+
+def stage_shares(args, store, lm, labels) -> dict[str, dict[str, float]]:
+    """Corrupted share of each stage's selection against its pool's base rate."""
+    from curator.stages import resolve_pools
+
+    out: dict[str, dict[str, float]] = {}
+    for arm in ("random", "delift", "delift+filter", "delift+both"):
+        if arm not in ("random",) and arm not in args.arms:
+            continue
+        row: dict[str, float] = {}
+        prev = None
+        for stage in ("instruction", "task", "continual"):
+            sel, _ = select(args, store, lm, arm, "30%", stage=stage, previous=prev)
+            spec = spec_for(arm, args, "30%", stage)
+            if stage == "continual":
+                spec.parent, spec.pool = prev, "new"
+            pool = resolve_pools(store, "pool", spec, prev).pool
+            base = np.mean([labels[s.sample_id].corruption is not None for s in pool])
+            share = np.mean([labels[i].corruption is not None for i in sel.sample_ids])
+            row[stage] = share / base if base else float("nan")
+            if stage == "instruction":
+                prev = sel.selection_id
+        out[arm] = row
+    return out
+
+
+def _diff_line(name: str, method: list[dict], baseline: list[dict], metric: str,
+               boot: int) -> tuple[list[str], float, float]:
+    s = min(len(method), len(baseline))
+    m = np.array([r[metric] for r in method[:s]])
+    b = np.array([r[metric] for r in baseline[:s]])
+    d = compare(m, b, lower_is_better=(metric == "loss"), n_boot=boot)
+    ok = d.low > 0
+    return ([name, f"{d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}]", "yes" if ok else "no"],
+            d.mean, (d.high - d.low) / 2)
+
+
+def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds) -> None:
+    from _machine import cpu_name
+
+    import torch
+
+    bf16 = "AVX512-BF16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "no BF16"
+    machine_line = lambda: f"{cpu_name()} ({bf16}), {os.cpu_count()} cores, torch {torch.__version__}"  # noqa: E731
+
+    lines = [f"# Quality-prior benchmark{' (quick)' if args.quick else ''}", "",
+             f"Command: `.venv/bin/python bench/quality_prior.py"
+             f"{' --quick' if args.quick else ''}{' --model tiny' if args.model == 'tiny' else ''}`"
+             f" ({dt.date.today()}, {seconds / 60:.0f} min). Machine: {machine_line()}."
+             + (f" {args.note}" if args.note else ""), "",
+             f"Data: {json.dumps(data.summary())}", "",
+             f"Task stage toward Q, budget {args.budget} ({_count(args.budget, len(data.pool))} "
+             f"rows), {args.epochs} epochs, lr {args.lr}, batch 8, training seeds "
+             f"0..{TRAIN_SEEDS - 1} (random: subsets 0..{RANDOM_SEEDS - 1}, the first "
+             f"{TRAIN_SEEDS} paired). {len(data.eval)} held-out MC items. Differences: "
+             "positive = better; 95% two-way bootstrap (seeds x items).", ""]
+    # go / no-go
+    gate = None
+    if "oracle_clean" in runs and "oracle_dirty" in runs:
+        lines += ["## Go / no-go: oracle-clean against oracle-dirty", "",
+                  "| metric | clean - dirty (95% CI) | CI half-width | gap / half-width |",
+                  "|---|---|---|---|"]
+        gate = True
+        for metric in ("loss", "acc"):
+            cells, mean, half = _diff_line("", runs["oracle_clean"], runs["oracle_dirty"],
+                                           metric, args.boot)
+            ratio = mean / half if half else float("inf")
+            gate = gate and ratio >= 3
+            lines.append(f"| {metric} | {cells[1]} | {half:.4f} | {ratio:.1f} |")
+        lines += ["", f"**{'GO' if gate else 'NO-GO'}**: the benchmark "
+                  f"{'can' if gate else 'cannot'} tell clean from corrupted training data "
+                  "(needs gap >= 3 half-widths on both metrics).", ""]
+    # means
+    lines += ["## Arms", "", "| arm | answer loss | option acc | in family | corrupted in "
+              "family | prior dropped | select s |", "|---|---|---|---|---|---|---|"]
+    lines.append(f"| base model | {np.mean(base['loss']):.4f} | {np.mean(base['acc']):.3f} | "
+                 "| | | |")
+    for arm, rs in runs.items():
+        info = sel_info.get(arm, {})
+        lines.append(f"| {label(arm)} | {np.mean([np.mean(r['loss']) for r in rs]):.4f} | "
+                     f"{np.mean([np.mean(r['acc']) for r in rs]):.3f} | "
+                     f"{info.get('in_family', '')} | {info.get('corrupt_in_family', '')} | "
+                     f"{info.get('dropped') if info.get('dropped') is not None else ''} | "
+                     f"{info.get('seconds', '')} |")
+    for ref in ("random", "rds"):
+        if ref not in runs:
+            continue
+        lines += ["", f"## Paired differences against {label(ref)}", "",
+                  "| arm | answer loss (95% CI) | > 0 | option acc (95% CI) | > 0 |",
+                  "|---|---|---|---|---|"]
+        for arm, rs in runs.items():
+            if arm == ref or arm.startswith("oracle") or arm == "random":
+                continue
+            a, _, _ = _diff_line(label(arm), rs, runs[ref], "loss", args.boot)
+            b, _, _ = _diff_line(label(arm), rs, runs[ref], "acc", args.boot)
+            lines.append(f"| {a[0]} | {a[1]} | {a[2]} | {b[1]} | {b[2]} |")
+    if curve:
+        lines += ["", "## Budget curve (paired against random at the same budget)", "",
+                  "| budget | arm | answer loss (95% CI) | option acc (95% CI) |",
+                  "|---|---|---|---|"]
+        for budget, arms in curve.items():
+            for arm, rs in arms.items():
+                if arm == "random":
+                    continue
+                a, _, _ = _diff_line(arm, rs, arms["random"], "loss", args.boot)
+                b, _, _ = _diff_line(arm, rs, arms["random"], "acc", args.boot)
+                lines.append(f"| {budget} | {label(arm)} | {a[1]} | {b[1]} |")
+    if stages:
+        lines += ["", "## Corrupted rows per stage (share of the selection / base rate)", "",
+                  "| method | instruction (v1) | task | continual (v2 new) |", "|---|---|---|---|"]
+        for arm, row in stages.items():
+            lines.append(f"| {label(arm)} | " + " | ".join(f"{row[s]:.2f}x" for s in
+                                                          ("instruction", "task", "continual"))
+                         + " |")
+    lines += ["", "## AUC for corrupted rows (whole pool / in-family; per kind: pool / family)",
+              "", "| signal | pool | in family | " + " | ".join(MC_KINDS) + " |",
+              "|---|---|---|" + "---|" * len(MC_KINDS)]
+    lines += ["| " + " | ".join(r) + " |" for r in aucs]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    (args.workdir / "results.json").write_text(json.dumps(
+        {"selections": sel_info, "stages": stages, "aucs": aucs,
+         "runs": {a: [{k: v for k, v in r.items() if k not in ("loss", "acc")} for r in rs]
+                  for a, rs in runs.items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())
