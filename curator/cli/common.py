@@ -65,6 +65,8 @@ def main() -> None:
     """
     from curator.env import EnvError, check_all
 
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        return  # help needs no environment
     try:
         check_all()  # every variable curator reads, once: a bad one stops here, in one line
     except EnvError as exc:
