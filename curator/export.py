@@ -2,8 +2,9 @@
 
 Everything is written into a temporary folder beside the target and renamed into place at
 the end, so a reader never sees half an export. ``force`` replaces only a previous curator
-export: a folder whose manifest.json curator wrote and that holds no file the manifest does
-not list. Anything else (a plain folder, the store or a folder holding it, a symbolic link)
+export that nobody changed: its manifest.json is curator's and intact, it holds no file the
+manifest does not list, and every listed file still has its sha256 (``curator.folders``,
+the rule every folder curator replaces follows). Anything else (a plain folder, the store or a folder holding it, a symbolic link)
 is refused with the reason, never deleted. The manifest lists every file with its sha256
 so a consumer can check it. The folder's permissions follow the umask, like any folder
 the user creates. Each export is a run in the store naming its temporary folder, so one
