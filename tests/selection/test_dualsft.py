@@ -291,3 +291,25 @@ def test_unit_normalised_utilities_equal_the_per_sample_computation(tiny_llama):
     with pytest.raises(ValueError, match="normalize"):
         dualsft_select(tiny_llama, pool, targets, param_budget=0.1, data_budget=3,
                        config=DualSFTConfig(normalize="l2"))
+
+
+def test_warm_up_of_a_bf16_model_moves_every_weight_in_fp32():
+    """An AdamW step at a fine-tuning learning rate is below bf16's resolution: in bf16 only
+    about 30% of a tiny model's weights moved. The warmed copy is trained and scored in fp32,
+    the bf16 original stays the (unchanged) reference, and v_prior is non-zero."""
+    from curator.testing import tiny_loaded_model
+
+    lm = tiny_loaded_model("llama", hidden=64)
+    lm.model.to(torch.bfloat16)
+    lm.dtype = torch.bfloat16
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    pool = make_samples(20, seed=15)
+    warm = gr.warmup_copy(lm, pool[:5], steps=10, lr=2e-5)
+    assert warm.dtype == torch.float32
+    moved = [float((p.float() != q).float().mean())
+             for p, q in zip(lm.model.parameters(), warm.model.parameters(), strict=True)]
+    assert min(moved) > 0.9  # every tensor, nearly every coordinate
+    assert all(torch.equal(before[n], p) for n, p in lm.model.named_parameters())
+    r = dualsft_select(lm, pool, None, param_budget=0.1, data_budget=3)
+    assert max(float(v.abs().max()) for v in r.stats.v_prior.values()) > 0
+    assert np.isfinite(r.scores).all()

@@ -189,8 +189,15 @@ def warmup_copy(lm: LoadedModel, samples: Sequence[Sample], steps: int = 20, lr:
 
     DualSFT scores with the warmed-up model against the original as the frozen reference,
     which is what makes v_prior (the pull back towards the original) non-zero.
+    A bf16/fp16 model's copy is trained and kept in fp32: an AdamW step of a fine-tuning
+    learning rate (2e-5) is below half precision's resolution at usual weight scales, so in
+    bf16 most weights would not move at all (and the rest by a rounding step).
     """
-    model = copy.deepcopy(lm.model).train()
+    model = copy.deepcopy(lm.model)
+    half = any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
+    if half:
+        model = model.float()
+    model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                             weight_decay=0.0)
     encoded = encode_samples(lm.tokenizer, samples, _max_len(lm, max_length))
@@ -206,8 +213,8 @@ def warmup_copy(lm: LoadedModel, samples: Sequence[Sample], steps: int = 20, lr:
         loss.backward()
         opt.step()
     model.eval()
-    return LoadedModel(model, lm.tokenizer, lm.device, lm.dtype, lm.fingerprint + "+warmup",
-                       lm.name + "+warmup")
+    return LoadedModel(model, lm.tokenizer, lm.device, torch.float32 if half else lm.dtype,
+                       lm.fingerprint + "+warmup", lm.name + "+warmup")
 
 
 def _slice(n: int, fraction: float, seed: int, minimum: int = 1) -> list[int]:
