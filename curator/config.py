@@ -29,6 +29,7 @@ from curator.vocabulary import (
     METHODS,
     OPTIMIZERS,
     QUALITY_SIGNALS,
+    SCORED_TOKENS,
     SELF_COVERAGE,
     STAGES,
     TARGET_METHODS,
@@ -68,6 +69,8 @@ class ScoringOptions:
 
     k: int = 16                       # neighbours per target in the candidate graph
     distance: str = "prob-l2"         # the paper's distance, or "nll"
+    tokens: str = "answer"            # DELIFT: d over the answer's tokens, or the whole
+                                      #   "response" (with the template's end-of-turn tokens)
     batch_size: int = 16
     max_length: int = 1024            # tokens per scored sequence (capped by the model)
     dense: bool = False               # all pairs: the reference for small sets
@@ -93,6 +96,9 @@ class ScoringOptions:
         if self.distance not in DISTANCES:
             raise RecipeError(f"{where}.distance must be one of {', '.join(DISTANCES)}, "
                               f"got {self.distance!r}", key=f"{where}.distance")
+        if self.tokens not in SCORED_TOKENS:
+            raise RecipeError(f"{where}.tokens must be one of {', '.join(SCORED_TOKENS)}, "
+                              f"got {self.tokens!r}", key=f"{where}.tokens")
         if self.query_k is not None and (isinstance(self.query_k, bool)
                                          or not isinstance(self.query_k, int)
                                          or self.query_k < 0):

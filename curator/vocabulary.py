@@ -36,6 +36,8 @@ DEFAULT_FUNCTION = {"instruction": "facility_location", "task": "flvmi", "contin
 
 OPTIMIZERS = ("naive", "lazy", "stochastic")
 ENGINES = ("local", "ray")                         # where scoring runs (scoring/engine.py)
+# DELIFT's d over the answer's own tokens, or the whole response (with end-of-turn tokens)
+SCORED_TOKENS = ("answer", "response")
 DISTANCES = ("prob-l2", "nll")                     # DELIFT: the paper's distance, or mean NLL
 # DELIFT: leave out net-harmful examples ("mean"), also those whose own response the examples
 # most like them make less likely ("mean+fit", the default), or neither ("off")

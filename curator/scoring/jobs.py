@@ -76,7 +76,8 @@ class UtilitySummary:
 
 
 def utility_config(lm: LoadedModel, options: ScoringOptions) -> UtilityConfig:
-    return UtilityConfig(distance=options.distance, max_length=options.max_length).resolved(lm)
+    return UtilityConfig(distance=options.distance, max_length=options.max_length,
+                         tokens=options.tokens).resolved(lm)
 
 
 def ensure_embeddings(store: Store, lm: LoadedModel, samples: Sequence[Sample], *,

@@ -34,7 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from curator.records import Sample
-from curator.scoring.encoding import has_chat_template, render, tokenize
+from curator.scoring.encoding import answer_split, has_chat_template, render, tokenize
+from curator.vocabulary import SCORED_TOKENS
 
 TEMPLATE_VERSION = 1
 ICL_INSTRUCTION = ("Use the following example as a guide to answer the query in the same "
@@ -42,6 +43,7 @@ ICL_INSTRUCTION = ("Use the following example as a guide to answer the query in 
 PLAIN_EXAMPLE = "Instruction:\n{instruction}\n\n\nExample:\n{prompt}\n{response}\n\n\n"
 PLAIN_QUERY = "Query:\n{prompt}\n"
 TEMPLATES = ("auto", "chat", "plain")
+
 
 # A system message with this content makes a template that injects a default system prompt
 # (SmolLM2, Qwen2) render nothing extra, so the difference of two renderings is exactly
@@ -97,9 +99,15 @@ def _render_turns(tokenizer: object, turns: list[dict], generation_prompt: bool)
 class PairTemplate:
     """Token pieces for targets and examples under one template, memoised by sample id."""
 
-    def __init__(self, tokenizer: object, template: str = "auto"):
+    def __init__(self, tokenizer: object, template: str = "auto", tokens: str = "response"):
         self.tokenizer = tokenizer
         self.kind = resolve_template(tokenizer, template)
+        if tokens not in SCORED_TOKENS:
+            raise ValueError(f"unknown tokens {tokens!r}; use one of {', '.join(SCORED_TOKENS)}")
+        # "answer": the target's response stops after the answer's own tokens, so the
+        # template's end-of-turn tokens are neither in the sequence nor scored (they come
+        # last, so dropping them changes no earlier prediction)
+        self.tokens = tokens
         self._targets: dict[str, TargetPieces] = {}
         self._examples: dict[str, tuple[int, ...]] = {}
 
@@ -120,7 +128,8 @@ class PairTemplate:
         if self.kind == "plain":
             turns = PLAIN_QUERY.format(prompt=sample.prompt)
             response = sample.response + (tok.eos_token or "")
-            return TargetPieces((), tuple(tokenize(tok, turns)), tuple(tokenize(tok, response)))
+            return TargetPieces((), tuple(tokenize(tok, turns)),
+                                self._scored(sample, tokenize(tok, response)))
         prompt_text, response_text = render(tok, sample.prompt_messages, sample.response, True)
         _, rest = _split_system(sample.prompt_messages)
         turns = _render_turns(tok, rest, generation_prompt=True)
@@ -129,7 +138,13 @@ class PairTemplate:
                                 "after a system prompt; use template='plain'")
         head = prompt_text[: len(prompt_text) - len(turns)]
         return TargetPieces(tuple(tokenize(tok, head)) if head else (),
-                            tuple(tokenize(tok, turns)), tuple(tokenize(tok, response_text)))
+                            tuple(tokenize(tok, turns)),
+                            self._scored(sample, tokenize(tok, response_text)))
+
+    def _scored(self, sample: Sample, response: list[int]) -> tuple[int, ...]:
+        if self.tokens == "answer":
+            return tuple(response[:answer_split(self.tokenizer, sample.response, response)])
+        return tuple(response)
 
     def _example(self, sample: Sample) -> tuple[int, ...]:
         tok = self.tokenizer
@@ -143,7 +158,8 @@ class PairTemplate:
 
     def describe(self) -> dict[str, object]:
         """What enters the utility config hash: the template kind, version and texts."""
-        out: dict[str, object] = {"kind": self.kind, "version": TEMPLATE_VERSION}
+        out: dict[str, object] = {"kind": self.kind, "version": TEMPLATE_VERSION,
+                                  "tokens": self.tokens}
         if self.kind == "plain":
             out.update(instruction=ICL_INSTRUCTION, example=PLAIN_EXAMPLE, query=PLAIN_QUERY)
         else:

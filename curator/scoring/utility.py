@@ -41,6 +41,7 @@ from curator.scoring.templates import (
     ICL_INSTRUCTION,
     PLAIN_EXAMPLE,
     PLAIN_QUERY,
+    SCORED_TOKENS,
     TEMPLATE_VERSION,
     TEMPLATES,
     PairTemplate,
@@ -63,6 +64,7 @@ class UtilityConfig:
     max_length: int = 2048  # capped by the model's context length
     min_example_tokens: int = 16  # a truncated example shorter than this makes the pair invalid
     dtype: str = "auto"  # the model's dtype; "auto" until resolved against a model
+    tokens: str = "answer"  # d over the answer's tokens, or the whole "response" (+ end-of-turn)
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:
@@ -71,6 +73,9 @@ class UtilityConfig:
         if self.template not in TEMPLATES:
             raise ValueError(f"unknown template {self.template!r}; "
                              f"use one of {', '.join(TEMPLATES)}")
+        if self.tokens not in SCORED_TOKENS:
+            raise ValueError(f"unknown tokens {self.tokens!r}; "
+                             f"use one of {', '.join(SCORED_TOKENS)}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
         if self.min_example_tokens < 1:
@@ -394,7 +399,7 @@ def score_targets(lm: LoadedModel, samples: Sequence[Sample], config: UtilityCon
                   *, batch_size: int = 16) -> dict[str, float]:
     """d(i) for each sample as a target (no example); NaN where it cannot be scored."""
     cfg = (config or UtilityConfig()).resolved(lm)
-    tpl = PairTemplate(lm.tokenizer, cfg.template)
+    tpl = PairTemplate(lm.tokenizer, cfg.template, cfg.tokens)
     out: dict[str, float] = {}
     todo: list[Sample] = []
     for s in samples:
@@ -429,7 +434,7 @@ def _laid_pairs(lm: LoadedModel, samples_by_id: Mapping[str, Sample],
         raise ValueError("batch_size and chunk_pairs must be positive")
     cfg = (config or UtilityConfig()).resolved(lm)
     checked = _check_pairs(samples_by_id, pairs)
-    tpl = PairTemplate(lm.tokenizer, cfg.template)
+    tpl = PairTemplate(lm.tokenizer, cfg.template, cfg.tokens)
     return cfg, checked, [_lay_out(tpl, samples_by_id[t], samples_by_id[e], cfg)
                           for t, e in checked]
 
@@ -549,7 +554,7 @@ def score_pairs_reference(lm: LoadedModel, samples_by_id: Mapping[str, Sample],
     cache, no padding, no batching; results in input order."""
     cfg = (config or UtilityConfig()).resolved(lm)
     pairs = _check_pairs(samples_by_id, pairs)
-    tpl = PairTemplate(lm.tokenizer, cfg.template)
+    tpl = PairTemplate(lm.tokenizer, cfg.template, cfg.tokens)
 
     def distance(ids: Sequence[int], n_response: int) -> float:
         x = torch.tensor([list(ids)], device=lm.device)

@@ -166,7 +166,7 @@ def stage_key(dataset: str, spec: StageSpec, pools: Pools, options: ScoringOptio
                  and (k != "gradient" or spec.method == "dualsft")},
         "options": {k: v for k, v in vars(options).items()
                     if not (k == "hubs" and v == 0) and k not in ENGINE_KEYS
-                    and (k != "expand" or spec.method == "delift")},
+                    and (k not in ("expand", "tokens") or spec.method == "delift")},
         "model": fingerprint}
     if spec.method in GRADIENT_METHODS:
         # gradient selections made before cross-fitting, signed masks and GAST's union

@@ -187,7 +187,7 @@ def test_pair_that_cannot_fit_is_invalid_not_useful():
     target = Sample.from_pair("a question " * 20, "an answer " * 10)
     example = Sample.from_pair("another question", "another answer")
     by = {s.sample_id: s for s in (target, example)}
-    n_target = PairTemplate(lm.tokenizer, "chat").target(target).n_tokens
+    n_target = PairTemplate(lm.tokenizer, "chat", "answer").target(target).n_tokens
     forward = [(target.sample_id, example.sample_id)]
     backward = [(example.sample_id, target.sample_id)]
     # Room for the target but fewer than min_example_tokens for the example: invalid.
