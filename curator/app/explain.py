@@ -127,6 +127,15 @@ DISTANCE_WORDS = {
 }
 
 
+def percent(share: float) -> str:
+    """A share in percent, with two significant digits below 10% (a tiny model's drops are
+    0.004%, not "0.0%")."""
+    value = share * 100
+    if value == 0 or abs(value) >= 10:
+        return f"{value:.0f}%" if abs(value) >= 10 else "0%"
+    return f"{value:.2g}%"
+
+
 def pick_label(rank: int) -> str:
     """A pick's number as people count: the first pick is #1 (ranks are stored from 0)."""
     return f"#{int(rank) + 1}"
@@ -159,10 +168,10 @@ def model_effect(pairs: list[dict[str, Any]], rows: list[str], rows_word: str,
         shares = [r["drop %"] for r in table if r["drop %"] is not None]
         mean_drop = sum(r["drop"] for r in table) / len(table)
         best = max(table, key=lambda r: (r["drop %"] or 0.0, r["drop"]))
-        amount = (f"{sum(shares) / len(shares):.1%} on average" if shares
+        amount = (f"{percent(sum(shares) / len(shares))} on average" if shares
                   else f"{mean_drop:.3g}{' ' + unit if unit else ''} on average")
         best_text = _quote(texts.get(best["sample_id"], best["sample_id"]))
-        best_amount = f"{best['drop %']:.1%}" if best["drop %"] is not None else \
+        best_amount = percent(best["drop %"]) if best["drop %"] is not None else \
             f"{best['drop']:.3g}"
         sentence = (f"Showing this example makes the model's {short} on the answers of "
                     f"{len(helped):,} {word} drop by {amount} (best: {best_text}, "
@@ -172,7 +181,7 @@ def model_effect(pairs: list[dict[str, Any]], rows: list[str], rows_word: str,
         sentence += "."
     if hurt:
         sentence += (f" It raises the {short} on {plural_words(hurt, rows_word)} "
-                     f"({'it' if hurt == 1 else 'they'} count as 0 in the kernel).")
+                     f"({'it counts' if hurt == 1 else 'they count'} as 0 in the kernel).")
     return {"sentence": sentence, "rows": table, "n_scored": len(scored),
             "n_helped": len(helped), "n_hurt": hurt, "loss": loss, "unit": unit}
 
@@ -264,7 +273,9 @@ def explain_in_model_terms(store: Store, selection_id: str, kernels: SelectionKe
     same = kernels.cap is None and kernels.already is None
     for row in out["covers"]:
         d = drops.get(row["sample_id"])
-        extra = {"drop %": d["drop %"] if d else None, "drop": d["drop"] if d else None}
+        share = d["drop %"] if d else None
+        extra = {"drop %": None if share is None else share * 100,
+                 "drop": d["drop"] if d else None}
         if same:
             row.pop("coverage", None)
         text = row.pop("text")

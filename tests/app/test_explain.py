@@ -106,3 +106,25 @@ def test_methods_without_utilities_have_nothing_to_explain(tiny):
                              budget="1", n_pool=3, n_selected=1)
     sid = save_selection(store, record, [ids["a"]])
     assert selection_kernels(store, sid) is None
+
+
+def test_model_effect_sentence_in_model_terms():
+    """The sentence a user can repeat, from d(i) and d(i | j): the drop as a share of d(i)
+    on the rows it helps, the best one by name, nats for the nll distance."""
+    from curator.app.explain import model_effect
+
+    pairs = [{"target_id": "t1", "utility": 0.2, "d_target": 2.0, "d_given": 1.8},
+             {"target_id": "t2", "utility": 0.05, "d_target": 1.0, "d_given": 0.95},
+             {"target_id": "t3", "utility": -0.1, "d_target": 1.0, "d_given": 1.1},
+             {"target_id": "elsewhere", "utility": 5.0, "d_target": 5.0, "d_given": 0.0}]
+    effect = model_effect(pairs, ["t1", "t2", "t3"], "targets", {"t1": "Two plus two?"},
+                          "nll")
+    assert effect["sentence"] == (
+        "Showing this example makes the model's loss on the answers of 2 targets drop by "
+        "7.5% on average (best: 'Two plus two?', 10%); 0.125 nats per answer on average. "
+        "It raises the loss on 1 target (it counts as 0 in the kernel).")
+    assert [r["sample_id"] for r in effect["rows"]] == ["t1", "t2"]
+    assert effect["n_scored"] == 3 and effect["n_hurt"] == 1
+    none = model_effect(pairs[2:3], ["t3"], "pool samples", {}, "prob-l2")
+    assert none["sentence"].startswith("Showing this example does not lower the model's "
+                                       "error on any of the 1 pool sample it was scored with")

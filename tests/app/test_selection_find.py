@@ -9,6 +9,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from curator.app.explain import percent
 from curator.store import Store, browse
 from curator.store.browse import SampleFilter
 from curator.store.selections import get_selection, selection_sample_ids
@@ -170,10 +171,10 @@ def test_why_selected_in_model_terms(demo_store_path, monkeypatch):
     clean(at)
     sentence = next(m.value for m in at.markdown if "Showing this example" in m.value)
     assert (f"makes the model's error on the answers of {len(helped)} targets drop by "
-            f"{mean:.1%} on average") in sentence
-    assert f"{max(p for _, p in helped):.1%})" in sentence
+            f"{percent(mean)} on average") in sentence
+    assert f"{percent(max(p for _, p in helped))})" in sentence
     share = browse.member_rank(store, "sel-0002", sample)["gain"] / sel.objective
-    assert any(f"{share:.1%} of the selection's objective" in c.value for c in at.caption)
+    assert any(f"{percent(share)} of the selection's objective" in c.value for c in at.caption)
     assert any(e.label == "How is this computed" for e in at.expander)
     assert "d(i) − d(i | j)" in "\n".join(m.value for m in at.markdown)
     assert {m.label: m.value for m in at.metric}["pick"] == "#1"  # the 1st pick is #1

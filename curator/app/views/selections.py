@@ -13,7 +13,7 @@ import curator_ui as ui
 import pandas as pd
 import streamlit as st
 
-from curator.app.explain import ZERO_GAIN_WHY, objective_share, pick_label
+from curator.app.explain import ZERO_GAIN_WHY, objective_share, percent, pick_label
 from curator.store.browse import histogram
 from curator.vocabulary import GRADIENT_METHODS, KERNEL_METHODS
 
@@ -363,10 +363,10 @@ WHY_COLUMNS = {
     "dataset": st.column_config.TextColumn("dataset", width="small"),
     "sample_id": st.column_config.TextColumn("id", width="small"),
     "drop %": st.column_config.NumberColumn(
-        "loss drop", format="percent", help="how much lower the model's loss on this answer "
+        "loss drop (%)", format="%.3g", help="how much lower the model's loss on this answer "
         "is when the example is shown first: (d(i) - d(i | j)) / d(i)"),
     "drop": st.column_config.NumberColumn(
-        "d(i) - d(i|j)", format="%.4f", help="the stored utility of the pair: the loss on the "
+        "d(i) - d(i|j)", format="%.3g", help="the stored utility of the pair: the loss on the "
         "answer alone, less the loss with the example shown first"),
     "coverage": st.column_config.NumberColumn(
         format="%.3f", help="what this pair adds to the set function: the similarity, "
@@ -422,7 +422,8 @@ def why_selected(sel, sample_id: str, member) -> None:
     st.markdown(f"**{effect['sentence']}**")
     share = objective_share(member["gain"] if member else None, sel.objective)
     st.caption(f"{why['summary']}"
-               + (f"; {share:.1%} of the selection's objective" if share is not None else "")
+               + (f"; {percent(share)} of the selection's objective" if share is not None
+                  else "")
                + f" ({k.function} over the selection's own {len(k.pool):,}-sample pool"
                + (f" and {len(k.rows):,} targets of {k.rows_dataset}"
                   if k.rows_word == "targets" else "") + ")")
