@@ -75,6 +75,9 @@ class ScoringOptions:
     max_length: int = 1024            # tokens per scored sequence (capped by the model)
     dense: bool = False               # all pairs: the reference for small sets
     query_k: int | None = None        # targets x pool graphs: None = auto, 0 = every pool item
+    dense_target: int = 20_000        # DELIFT task stage, query_k auto: score every target x
+                                      #   pool pair when there are at most this many (0: off),
+                                      #   as the reference does, instead of embedding kNN
     hubs: int | str = "auto"          # + all pairs of the h examples most helpful to their
                                       #   kNN targets (what small budgets miss; 0: off;
                                       #   "auto": k of them at budgets <= 20%, see resolved_hubs)
@@ -104,6 +107,10 @@ class ScoringOptions:
                                          or self.query_k < 0):
             raise RecipeError(f"{where}.query_k must be an integer >= 0 (0: all pairs)",
                               key=f"{where}.query_k")
+        if isinstance(self.dense_target, bool) or not isinstance(self.dense_target, int) \
+                or self.dense_target < 0:
+            raise RecipeError(f"{where}.dense_target must be an integer >= 0 (0: off), got "
+                              f"{self.dense_target!r}", key=f"{where}.dense_target")
         if self.hubs != "auto" and (isinstance(self.hubs, bool) or not isinstance(self.hubs, int)
                                     or self.hubs < 0):
             raise RecipeError(f"{where}.hubs must be 'auto' or an integer >= 0 (0: off), "

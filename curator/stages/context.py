@@ -166,7 +166,7 @@ def stage_key(dataset: str, spec: StageSpec, pools: Pools, options: ScoringOptio
                  and (k != "gradient" or spec.method == "dualsft")},
         "options": {k: v for k, v in vars(options).items()
                     if not (k == "hubs" and v == 0) and k not in ENGINE_KEYS
-                    and (k not in ("expand", "tokens") or spec.method == "delift")},
+                    and (k not in DELIFT_ONLY_OPTIONS or spec.method == "delift")},
         "model": fingerprint}
     if spec.method in GRADIENT_METHODS:
         # gradient selections made before cross-fitting, signed masks and GAST's union
@@ -175,8 +175,10 @@ def stage_key(dataset: str, spec: StageSpec, pools: Pools, options: ScoringOptio
     return config_hash(key)
 
 
-# Stage settings only DELIFT reads: other methods keep their stored selections' keys.
+# Stage settings and scoring options only DELIFT reads: other methods keep their stored
+# selections' keys.
 DELIFT_ONLY_SPEC = ("self_coverage", "harm")
+DELIFT_ONLY_OPTIONS = ("expand", "tokens", "dense_target")
 
 
 @dataclass

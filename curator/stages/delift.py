@@ -31,10 +31,14 @@ from curator.vocabulary import canonical_function
 
 def _query_k(options: ScoringOptions, n_select: int, n_query: int, n_pool: int) -> int:
     """Neighbours per target for target x pool graphs. ``query_k`` 0 scores every pool
-    item against every target (affordable when the target set is small); by default,
-    enough that the targets' candidate lists together can fill the budget, at least k."""
+    item against every target (affordable when the target set is small); by default, every
+    pool item too when target x pool is at most ``dense_target`` pairs (so the utilities, not
+    embedding similarity, decide which pool items each target sees), else enough that the
+    targets' candidate lists together can fill the budget, at least k."""
     if options.query_k is not None:
         return n_pool if options.query_k == 0 else min(n_pool, options.query_k)
+    if n_query * n_pool <= options.dense_target:
+        return n_pool
     return min(n_pool, max(options.k, 2 * -(-n_select // max(n_query, 1))))
 
 

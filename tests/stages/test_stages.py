@@ -276,12 +276,13 @@ def test_identical_selection_is_reused(cstore, lm):
     assert second.sample_ids == first.sample_ids
     assert "reused" in second.notes[0]
     assert cstore.query("SELECT count(*) FROM selections")[0][0] == 1
-    # a different setting, or reuse=False, selects again
+    # reuse=False, or a different setting, selects again (reuse=False first: a larger budget
+    # may score pairs that the same spec's kernel then reads, docs/design-notes.md)
+    fourth = select_stage(cstore, "d", spec, lm=lm, options=OPTIONS, reuse=False)
+    assert not fourth.reused and fourth.sample_ids == first.sample_ids
     third = select_stage(cstore, "d", StageSpec(stage="instruction", method="delift",
                                                 budget="7", version=1), lm=lm, options=OPTIONS)
     assert not third.reused and third.selection_id != first.selection_id
-    fourth = select_stage(cstore, "d", spec, lm=lm, options=OPTIONS, reuse=False)
-    assert not fourth.reused and fourth.sample_ids == first.sample_ids
 
 
 def test_a_model_loader_is_called_only_for_model_methods(cstore, lm):
@@ -559,10 +560,15 @@ def test_query_k_rule() -> None:
     from curator.config import ScoringOptions
     from curator.stages.delift import _query_k
 
-    assert _query_k(ScoringOptions(k=4), n_select=90, n_query=30, n_pool=300) == 6
-    assert _query_k(ScoringOptions(k=16), n_select=90, n_query=30, n_pool=300) == 16
+    off = {"dense_target": 0}
+    assert _query_k(ScoringOptions(k=4, **off), n_select=90, n_query=30, n_pool=300) == 6
+    assert _query_k(ScoringOptions(k=16, **off), n_select=90, n_query=30, n_pool=300) == 16
     assert _query_k(ScoringOptions(k=4, query_k=0), 90, 30, 300) == 300
     assert _query_k(ScoringOptions(k=4, query_k=50), 90, 30, 40) == 40
+    # target x pool within dense_target (20,000 by default): every pair, as the reference
+    assert _query_k(ScoringOptions(k=4), n_select=90, n_query=30, n_pool=300) == 300
+    assert _query_k(ScoringOptions(k=4), n_select=90, n_query=30, n_pool=700) == 6
+    assert _query_k(ScoringOptions(k=4, dense_target=9000), 90, 30, 300) == 300
 
 
 def test_stage_key_ignores_settings_at_their_new_defaults(cstore):
@@ -576,12 +582,12 @@ def test_stage_key_ignores_settings_at_their_new_defaults(cstore):
     from curator.config import ENGINE_KEYS  # where scoring runs: never part of the key
 
     old_options = {k: v for k, v in vars(OPTIONS).items()
-                   if k not in ("hubs", "expand", *ENGINE_KEYS)}
+                   if k not in ("hubs", "expand", "tokens", "dense_target", *ENGINE_KEYS)}
     old_key = raw_hash({"dataset": "d", "version": 1, "pool": ids(pools.pool), "target": None,
                         "parent": None,
                         "spec": {k: v for k, v in vars(spec).items()
                                  if k not in ("name", "version", "parent", "self_coverage",
-                                              "harm", "gradient")},
+                                              "harm", "gradient", "quality")},
                         "options": old_options, "model": None})
     off = dataclasses.replace(OPTIONS, hubs=0)  # what select_stage resolves "auto" to here
     assert stage_key("d", spec, pools, off, None) == old_key
