@@ -193,6 +193,7 @@ def members_view(sel) -> None:
                            "pick", help="pick order: #1 was picked first", format="#%d",
                            width="small"),
                        "prompt": st.column_config.TextColumn(width="large"),
+                       "response": st.column_config.TextColumn(width="medium"),
                        "sample_id": st.column_config.TextColumn("id", width="small"),
                        "zero_gain": st.column_config.CheckboxColumn(
                            "gain 0", help="picked at a marginal gain of exactly 0",

@@ -106,8 +106,13 @@ def samples_view(dataset: str, version: int) -> None:
                  column_order=[c for c in (table[0] if table else {}) if c != "sample_id"]
                  + ["sample_id"],
                  column_config={"prompt": st.column_config.TextColumn(width="large"),
+                                "response": st.column_config.TextColumn(width="medium"),
                                 "sample_id": st.column_config.TextColumn("id", width="small"),
-                                "chars": st.column_config.NumberColumn("characters")})
+                                "chars": st.column_config.NumberColumn("characters",
+                                                                       width="small"),
+                                # a metadata value is read whole ("unit_conversion")
+                                **{k: st.column_config.TextColumn(k, width="medium")
+                                   for k in keys[:4]}})
     if rows:
         wanted = st.session_state.get("ver_sample_pick")
         if wanted not in (None, *ids):
