@@ -3,9 +3,11 @@
 app) and ``schedule`` (schedules and the worker). Importing a module registers its
 commands on ``main``."""
 
-from curator.cli import commands, data, schedule
+from curator.cli import commands, data, quality, schedule
 from curator.cli.common import main
 
 schedule.register(main)
+quality.register(commands.score, commands.scoring_options, commands.engine_options,
+                 commands._loader, commands._options)
 
 __all__ = ["commands", "data", "main"]

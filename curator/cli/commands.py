@@ -22,6 +22,7 @@ from curator.cli.common import (
     store_option,
     user_errors,
 )
+from curator.cli.quality import quality_options
 from curator.store import Store
 from curator.vocabulary import (
     CONTINUAL_POOLS,
@@ -258,6 +259,7 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
                    "the kernel has no evidence (0: off).")
 @click.option("--seed", default=0, show_default=True)
 @gradient_options
+@quality_options
 @scoring_options
 @engine_options
 @user_errors
@@ -266,7 +268,7 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
                pool: str, optimizer: str, eta: float, nu: float, param_budget: str | None,
                self_coverage: str, harm: str, expand: float, seed: int, model: str | None,
                k: int, hubs: str, distance: str, batch_size: int, max_length: int, dtype: str,
-               trust_remote_code: bool, gradient: dict[str, Any],
+               trust_remote_code: bool, gradient: dict[str, Any], quality: dict[str, Any],
                engine: dict[str, Any]) -> None:
     """Pick a subset for a fine-tuning stage and store it as a selection."""
     import dataclasses
@@ -278,7 +280,7 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
     spec = StageSpec(stage=stage, method=method, budget=budget, function=function,
                      version=version, target=target_set, parent=parent, pool=pool,
                      optimizer=optimizer, eta=eta, nu=nu, seed=seed, param_budget=param_budget,
-                     self_coverage=self_coverage, harm=harm, gradient=gradient)
+                     self_coverage=self_coverage, harm=harm, gradient=gradient, quality=quality)
     try:
         spec.validate("option")
     except RecipeError as exc:
@@ -286,6 +288,7 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
         text = str(exc).replace("option.gradient.eta ", "--grad-eta ")
         text = text.replace("option.gradient.normalize ", "--grad-normalize ")
         text = text.replace("option.gradient: these settings", "the DualSFT options")
+        text = re.sub(r"option\.quality\.(\w+)", r"--quality-\1", text)
         text = re.sub(r"option\.gradient\.(\w+)",
                       lambda m: "--" + m.group(1).replace("_", "-"), text)
         raise CuratorError(text.replace("option.", "--").replace("option: ", "")) from exc
