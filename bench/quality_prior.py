@@ -39,7 +39,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -218,7 +217,7 @@ class Evaluator:
             with torch.inference_mode(), autocast(lm):
                 nll = _score_with_prefixes(lm, keys, rows, "nll", 64)
             at = 0
-            for p, opts, right in group:
+            for _, opts, right in group:
                 total = [float(nll[at + j]) * len(o) for j, o in enumerate(opts)]
                 loss.append(float(nll[at + right]))
                 acc.append(float(int(np.argmin(total)) == right))
@@ -301,16 +300,47 @@ def signal_aucs(store, lm, data: PriorData) -> list[list[str]]:
                "kNN z of IFD": neighbour_z(q.ifd, nb), "kNN z of loss": neighbour_z(q.loss, nb),
                "kNN z of end-of-turn": neighbour_z(q.stop_nll, nb),
                "combined (default signal)": signal_z(q, nb, "combined")}
+    signals.update(delift_means(store, lm, data, samples))
     y = np.array([r.corruption is not None for r in rows])
     fam = np.array([r.family == "mc" for r in rows])
     table = []
     for name, v in signals.items():
-        line = [name, f"{auc(y, v):.2f}", f"{auc(y[fam], v[fam]):.2f}"]
+        has = np.ones(len(v), dtype=bool)
+        if name.startswith("DELIFT"):
+            # over the rows that have such pairs (the others have no evidence either way)
+            has = np.isfinite(v)
+            name = f"{name}, {int(has.sum())} rows"
+        line = [name, f"{auc(y[has], v[has]):.2f}", f"{auc(y[fam & has], v[fam & has]):.2f}"]
         for kind in MC_KINDS:
-            m = np.array([r.corruption in (None, kind) for r in rows])
+            m = np.array([r.corruption in (None, kind) for r in rows]) & has
             line.append(f"{auc(y[m], v[m]):.2f} / {auc(y[m & fam], v[m & fam]):.2f}")
         table.append(line)
     return table
+
+
+def delift_means(store, lm, data: PriorData, samples) -> dict[str, np.ndarray]:
+    """DELIFT's own evidence about each pool row, from the utilities the arms stored: the
+    helper mean (how much the row helps the targets it was scored with, as the example:
+    with dense task scoring every target) and the fit mean (how likely the row's own answer
+    becomes when its pool neighbours are shown: u(row | neighbour)). Negated, so a high
+    value is suspicious, like the other signals."""
+    from curator.config import ScoringOptions
+    from curator.scoring.jobs import utility_config
+    from curator.store.scores import load_utilities
+
+    chash = utility_config(lm, ScoringOptions(k=8, batch_size=16, max_length=512)).config_hash()
+    pool_ids = [s.sample_id for s in samples]
+    target_ids = [r.sample_id for r in data.target]
+    out = {}
+    for name, rows_ids, key in (("DELIFT helper mean (Q x pool)", target_ids, "example"),
+                                ("DELIFT fit mean (pool x pool)", pool_ids, "target")):
+        u = load_utilities(store, lm.fingerprint, chash, rows_ids, pool_ids)
+        sums: dict[str, list[float]] = {}
+        for t, e, v, ok in zip(u.target_id, u.example_id, u.utility, u.valid, strict=True):
+            if ok and np.isfinite(v):
+                sums.setdefault(e if key == "example" else t, []).append(float(v))
+        out[name] = np.array([-np.mean(sums[i]) if i in sums else np.nan for i in pool_ids])
+    return out
 
 
 # ---------------------------------------------------------------- main
@@ -454,9 +484,8 @@ def _diff_line(name: str, method: list[dict], baseline: list[dict], metric: str,
 
 
 def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds) -> None:
-    from _machine import cpu_name
-
     import torch
+    from _machine import cpu_name
 
     bf16 = "AVX512-BF16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "no BF16"
     machine_line = lambda: f"{cpu_name()} ({bf16}), {os.cpu_count()} cores, torch {torch.__version__}"  # noqa: E731

@@ -64,6 +64,21 @@ def noise_rates(store: Store, report: RecipeReport, labels: dict[str, dict]) -> 
     return out
 
 
+def prior_drops(store: Store, report: RecipeReport,
+                labels: dict[str, dict]) -> dict[str, tuple[int, int] | None]:
+    """(rows the quality prior left out, how many of them are noisy) per stage; None where
+    the stage ran without the prior."""
+    from curator.store.selections import get_selection
+
+    noisy = {i for i, v in labels.items() if v.get("noisy")}
+    out: dict[str, tuple[int, int] | None] = {}
+    for r in report.stages:
+        prior = (get_selection(store, r.selection_id).config or {}).get("quality")
+        out[r.name] = None if not prior else (
+            int(prior["n_dropped"]), sum(i in noisy for i in prior.get("dropped", {})))
+    return out
+
+
 def zero_gain_picks(store: Store, report: RecipeReport) -> dict[str, int | None]:
     """Picks a DELIFT stage made at zero gain (no scored pair covered more: the tail was
     ordered by mean utility), per stage; None for methods without a set function."""
@@ -102,18 +117,22 @@ def run_demo(store: Store, model: str | None = None, data_dir: Path | None = Non
     for v in list_versions(store, DEMO_DATASET):
         echo(f"  v{v.version}: {v.n_members} samples (+{v.n_added}, {v.n_quarantined} "
              f"quarantined) from {Path(v.source).name}")
-    rates = noise_rates(store, report, load_labels(data_dir))
+    labels = load_labels(data_dir)
+    rates = noise_rates(store, report, labels)
     zero = zero_gain_picks(store, report)
+    drops = prior_drops(store, report, labels)
     echo("\n== summary ==")
     echo(f"{'stage':<14} {'ver':>3} {'selection':<9} {'pool':>5} {'picked':>6} {'objective':>9} "
-         f"{'zero gain':>9} {'noisy in pool':>13} {'noisy picked':>12} {'pairs':>6} "
-         f"{'time':>7}")
+         f"{'zero gain':>9} {'noisy in pool':>13} {'prior left out':>14} "
+         f"{'noisy picked':>12} {'pairs':>6} {'time':>7}")
     for r in report.stages:
         pool_rate, sel_rate, n_sel_noisy, n_pool_noisy = rates[r.name]
         obj = "-" if r.objective is None else f"{r.objective:.2f}"
         zg = "-" if zero[r.name] is None else str(zero[r.name])
+        dropped = "-" if drops[r.name] is None else \
+            f"{drops[r.name][0]} ({drops[r.name][1]} noisy)"
         echo(f"{r.name:<14} {r.version:>3} {r.selection_id:<9} {r.n_pool:>5} {r.n_selected:>6} "
-             f"{obj:>9} {zg:>9} {f'{n_pool_noisy} ({pool_rate:.0%})':>13} "
+             f"{obj:>9} {zg:>9} {f'{n_pool_noisy} ({pool_rate:.0%})':>13} {dropped:>14} "
              f"{f'{n_sel_noisy} ({sel_rate:.0%})':>12} {r.pairs_computed:>6} "
              f"{r.seconds:>6.1f}s")
     for r in report.stages:

@@ -63,7 +63,7 @@ def answer_split(tokenizer: object, answer: str, response_ids: Sequence[int]) ->
     the merged token counts as template."""
     own = tokenize(tokenizer, answer) if answer else []
     n = 0
-    for a, b in zip(own, response_ids):
+    for a, b in zip(own, response_ids, strict=False):
         if a != b:
             break
         n += 1

@@ -230,3 +230,19 @@ def load_quality(store: Store, model: str, config: str,
     nan = float("nan")
     return {sid: (nan if a is None else a, nan if b is None else b, nan if c is None else c,
                   int(n or 0), r or "") for sid, a, b, c, n, r in rows}
+
+
+def sample_quality(store: Store, sample_id: str) -> list[dict[str, object]]:
+    """Every stored quality-prior row of one sample (one per model and config), newest
+    first, with the model's name where it was recorded: what the app's sample view shows."""
+    with store.connect() as con:
+        rows = con.execute(
+            "SELECT q.model, m.name, q.loss, q.uncond_loss, q.stop_nll, q.n_answer, q.reason "
+            "FROM quality q LEFT JOIN models m ON m.fingerprint = q.model "
+            "WHERE q.sample_id = ? ORDER BY q.created_at DESC", [sample_id]).fetchall()
+    out = []
+    for model, name, loss, uncond, stop, n, reason in rows:
+        ifd = loss / uncond if loss is not None and uncond else None
+        out.append({"model": name or model, "loss": loss, "uncond_loss": uncond, "ifd": ifd,
+                    "stop_nll": stop, "n_answer": n, "reason": reason or ""})
+    return out

@@ -114,9 +114,9 @@ def test_every_model_method_leaves_out_what_the_prior_drops(qstore, lm, method):
     assert any("quality prior" in n for n in out.notes)
     # the dropped rows are the worst by the combined z-score
     pool = load_samples(qstore, "d", 1)
-    from curator.stages.quality import signal_z
     from curator.scoring.jobs import ensure_embeddings
     from curator.scoring.neighbours import knn
+    from curator.stages.quality import signal_z
 
     emb, _ = ensure_embeddings(qstore, lm, pool)
     z = signal_z(ensure_quality(qstore, lm, pool)[0], knn(emb, emb, 15, exclude_self=True)
@@ -145,9 +145,9 @@ def test_weight_adds_the_modular_term(qstore, lm):
     assert rec.config["quality"]["weight"] == 100.0 and rec.config["quality"]["n_dropped"] == 0
     # with a huge weight RDS+ takes the rows of best quality (lowest z) regardless of targets
     pool = load_samples(qstore, "d", 1)
-    from curator.stages.quality import signal_z
     from curator.scoring.jobs import ensure_embeddings
     from curator.scoring.neighbours import knn
+    from curator.stages.quality import signal_z
 
     emb, _ = ensure_embeddings(qstore, lm, pool)
     z = signal_z(ensure_quality(qstore, lm, pool)[0], knn(emb, emb, 15, exclude_self=True)
