@@ -393,7 +393,21 @@ def test_finding_things_at_1280_px(app_url, demo_store, shots):
             open_page(page, f"{app_url}/selections?selection=sel-0001&view=Members"
                             f"&where=family%3D{family}", "Selections")
             page.get_by_text(f"{n_family:,} of 90 members match").first.wait_for()
-            shoot(page, shots, "selections-search")
+            page.evaluate("document.querySelector('[data-testid=\"stMain\"]')"
+                          "?.scrollTo(0, 780)")  # the filters and the matching members
+            page.wait_for_timeout(300)
+            shoot(page, shots, "selections-search", top=False)
+            # a click on the "characters" header sorts every matching member by length
+            # (columns: row marker 32 px, then pick, gain, gain 0, characters: 75 px each)
+            grid = page.locator(".st-key-sel_members_table [data-testid='stDataFrame']").first
+            box = grid.bounding_box()
+            page.mouse.click(box["x"] + 32 + 3 * 75 + 37, box["y"] + 17)
+            settle(page)
+            assert "sort=chars" in page.url and "order=descending" in page.url, page.url
+            rows, _ = browse.member_search(store, "sel-0001", 50, 0, "chars", True,
+                                           where=(("family", family),))
+            click_row(page, "sel_members_table", 0)  # the longest matching member
+            assert metric(page, "pick") == f"#{rows[0]['rank'] + 1}"
 
             # arrow keys step through the picks in the sample view
             ids = selection_sample_ids(store, "sel-0001")
