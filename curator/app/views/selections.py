@@ -352,12 +352,22 @@ def map_view(sel) -> None:
         return
     st.caption(f"PCA of {data['n_shown']:,} of {data['n_pool']:,} pool embeddings "
                f"(embedder `{data['embedder'][:40]}`)")
+    point = alt.selection_point(fields=["sample_id"], name="point", on="click")
     chart = alt.Chart(pd.DataFrame(data["points"])).mark_circle(size=40, opacity=0.75).encode(
         x=alt.X("x:Q", title="PC 1"), y=alt.Y("y:Q", title="PC 2"),
         color=alt.Color("selection:N", scale=alt.Scale(domain=["selected", "not selected"],
                                                        range=["#e4572e", "#9fb3c8"])),
-        tooltip=["sample_id", "selection", "prompt"])
-    st.altair_chart(chart, key="sel_map_chart")
+        tooltip=["sample_id", "selection", "prompt"]).add_params(point)
+    st.altair_chart(chart, key="sel_map_chart", selection_mode="point", on_select=map_clicked)
+    st.caption("Click a point to open its sample.")
+
+
+def map_clicked() -> None:
+    """Chart callback: a clicked point opens its sample."""
+    event = st.session_state.get("sel_map_chart") or {}
+    picked = (event.get("selection") or {}).get("point") or []
+    if picked and picked[0].get("sample_id"):
+        open_sample(picked[0]["sample_id"])
 
 
 WHY_COLUMNS = {
