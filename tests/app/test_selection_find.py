@@ -209,3 +209,21 @@ def test_versions_filters_and_page_in_the_url(demo_store_path, monkeypatch):
     again.run()
     clean(again)
     assert again.number_input(key="ver_samples_page").value == 2
+
+
+def test_random_selection_has_no_zero_gain_picks(demo_store, monkeypatch):
+    """Random stores a gain of 0 for every pick; its header says zero-gain picks do not
+    apply (it said "zero-gain picks 10"), and no gain is offered as a sort."""
+    from curator.config import StageSpec
+    from curator.stages import select_stage
+
+    store = Store(demo_store)
+    out = select_stage(store, "demo", StageSpec(stage="instruction", method="random",
+                                                budget="10%", version=1))
+    sid = out.selection_id
+    assert browse.zero_gain_count(store, sid) == get_selection(store, sid).n_selected
+    at = app(demo_store, monkeypatch, {"selection": sid})
+    clean(at)
+    assert {m.label: m.value for m in at.metric}["zero-gain picks"] == "none apply"
+    assert "marginal gain" not in at.selectbox(key="sel_sort").options
+    assert "zero_gain" not in members(at).columns

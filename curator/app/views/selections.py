@@ -78,8 +78,7 @@ def step_sample(selection_id: str, rank: int) -> None:
 
 def header(sel) -> None:
     zero = ui.read("zero_gain_count", sel.selection_id)
-    has_gains = sel.method in KERNEL_METHODS and ui.read("member_columns",
-                                                          sel.selection_id)["gain"]
+    has_gains = member_columns(sel)["gain"]
     # what the stage recorded (older stores: zero_gain_refilled), said when it differs
     recorded = (sel.config or {}).get("zero_gain_picks",
                                       (sel.config or {}).get("zero_gain_refilled"))
@@ -121,9 +120,17 @@ def where_label(option: str) -> str:
     return f"{field}: {value}"
 
 
+def member_columns(sel) -> dict[str, bool]:
+    """Which of gain and score the selection has: a value for some member, and for the
+    gain a method that picks by marginal gains (random stores 0 for every pick)."""
+    have = dict(ui.read("member_columns", sel.selection_id))
+    have["gain"] = have["gain"] and sel.method in KERNEL_METHODS
+    return have
+
+
 def sort_options(sel) -> list[str]:
     """The sorts this selection can use: no column without a value for any member."""
-    have = ui.read("member_columns", sel.selection_id)
+    have = member_columns(sel)
     return [k for k in SORTS if k not in ("gain", "score") or have[k]]
 
 
@@ -175,7 +182,7 @@ def members_view(sel) -> None:
     limit, offset = ui.pager(total, "sel_members")
     if (limit, offset) != wanted:
         rows, total = ui.read("member_search", query[0], limit, offset, *query[1:])
-    have = ui.read("member_columns", sel.selection_id)
+    have = member_columns(sel)
     keys = sorted({k for r in rows for k in r["metadata"]})[:3]
     table = [{"pick": r["rank"] + 1, "gain": r["gain"], "zero_gain": r["zero_gain"],
               "score": r["score"], "chars": r["chars"], "prompt": r["prompt"],
