@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from curator.masks import mask_heatmap
 from curator.pipeline import exports
 from curator.store import Store, browse
 from curator.store.datasets import (
@@ -479,7 +480,7 @@ def test_masks_heatmap_and_layer_subsets(demo_store_path, monkeypatch):
     assert m["kept parameters"] == f"{rec['n_kept']:,}"
     assert m["model parameters"] == f"{rec['n_params']:,}"
     assert m["density (whole model)"] == f"{rec['density']:.2%}"
-    cells = browse.mask_heatmap(store, masked)
+    cells = mask_heatmap(Path(store.artifacts) / rec["path"], rec["sha256"])
     assert sum(c["kept"] for c in cells) == rec["n_kept"]
     assert {c["layer"] for c in cells} >= {"model.layers.0", "model.layers.1"}
     layered = at.selectbox(key="mask_layer_sel").value
@@ -672,6 +673,12 @@ def test_zero_gain_picks_are_flagged(demo_store_path, monkeypatch):
     assert metrics(at)["marginal gain"] == "0"
     assert any("zero-gain pick" in i.value for i in at.info)
     assert "gain 0 (a zero-gain pick" in summary_line(at)
+    # the box and the line give the same reason (the box said "by its mean utility", the
+    # line "by the evidence order")
+    from curator.app.explain import ZERO_GAIN_WHY
+
+    assert any(ZERO_GAIN_WHY in i.value for i in at.info)
+    assert ZERO_GAIN_WHY in summary_line(at)
     # a selection without zero-gain picks says 0; one without gains (GAST) says none apply
     at.selectbox(key="sel_id").set_value("sel-0001").run()
     assert metrics(at)["zero-gain picks"] == "0"
