@@ -463,8 +463,10 @@ def test_selections_compare(demo_store_path, monkeypatch):
     assert m["in both"] == str(len(xa & xb))
     assert m[f"only in {a.selection_id}"] == str(len(xa - xb))
     assert m[f"only in {b.selection_id}"] == str(len(xb - xa))
-    only_a = table(at, "rank", "gain", "prompt")
+    only_a = table(at, "pick", "gain", "prompt")
     assert set(only_a["sample_id"]) <= xa - xb
+    ranks = {i: n for n, i in enumerate(selection_sample_ids(store, a.selection_id))}
+    assert [ranks[i] + 1 for i in only_a["sample_id"]] == list(only_a["pick"])  # #1 first
     assert len(only_a) == min(50, len(xa - xb))
 
 

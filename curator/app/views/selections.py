@@ -28,6 +28,17 @@ URL = ("selection", "view", "sample", "sort", "order", "field", "other", "search
 LISTS = ("where",)  # URL parameters that may repeat
 
 
+PICK_COLUMN = st.column_config.NumberColumn("pick", help="pick order: #1 was picked first",
+                                           format="#%d", width="small")
+
+
+def numbered(rows: list[dict]) -> list[dict]:
+    """Rows with the stored 0-based ``rank`` shown as the pick number people count (#1
+    first; none for a sample that was not picked)."""
+    return [{"pick": None if r.get("rank") is None else r["rank"] + 1,
+             **{k: v for k, v in r.items() if k != "rank"}} for r in rows]
+
+
 def follow_selection(selection_id: str) -> None:
     """Another selection was chosen: the sample picked in the previous one's table and its
     page are dropped, so "Open sample" opens one of this one (the Sample view keeps the
@@ -196,9 +207,7 @@ def members_view(sel) -> None:
         pd.DataFrame(table, columns=shown)[shown], key="sel_members_table",
         hide_index=True, on_select=functools.partial(opened_row, "sel_members_table", ids),
         selection_mode=["single-row", "single-column"], column_order=shown,
-        column_config={"pick": st.column_config.NumberColumn(
-                           "pick", help="pick order: #1 was picked first", format="#%d",
-                           width="small"),
+        column_config={"pick": PICK_COLUMN,
                        "prompt": st.column_config.TextColumn(width="large"),
                        "response": st.column_config.TextColumn(width="medium"),
                        "sample_id": st.column_config.TextColumn("id", width="small"),
@@ -330,13 +339,14 @@ def in_range_view(sel, name: str, rng: tuple[float, float]) -> None:
     limit, offset = ui.pager(total, "sel_range")
     rows = ui.read("samples_in_score_range", sel.selection_id, name, rng[0], rng[1], limit,
                    offset)["rows"]
-    st.dataframe(rows, hide_index=True,
+    st.dataframe(numbered(rows), hide_index=True,
                  column_config={"prompt": st.column_config.TextColumn(width="large"),
+                                "pick": PICK_COLUMN,
                                 "value": st.column_config.NumberColumn(name, format="%.5g")})
     if rows:
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
         labels = {r["sample_id"]: f"{r['value']:.4g} · "
-                  f"{'#' + str(r['rank']) if r['selected'] else 'not selected'} · "
+                  f"{pick_label(r['rank']) if r['selected'] else 'not selected'} · "
                   f"{r['prompt'][:60]}" for r in rows}
         pick = c1.selectbox("sample", list(labels), key="sel_range_pick",
                             format_func=labels.__getitem__)
@@ -547,11 +557,11 @@ def compare_view(sel) -> None:
     c4.metric("Jaccard", f"{o['both'] / max(1, o['union']):.2f}")
     left, right = st.columns(2)
     left.markdown(f"**What {sel.selection_id} adds** (first 50, pick order)")
-    left.dataframe(ui.read("selection_only", sel.selection_id, other, 50, 0),
-                   key="sel_only_a", hide_index=True)
+    left.dataframe(numbered(ui.read("selection_only", sel.selection_id, other, 50, 0)),
+                   key="sel_only_a", hide_index=True, column_config={"pick": PICK_COLUMN})
     right.markdown(f"**What {other} adds** (first 50, pick order)")
-    right.dataframe(ui.read("selection_only", other, sel.selection_id, 50, 0),
-                    key="sel_only_b", hide_index=True)
+    right.dataframe(numbered(ui.read("selection_only", other, sel.selection_id, 50, 0)),
+                    key="sel_only_b", hide_index=True, column_config={"pick": PICK_COLUMN})
     keys = sorted(set(ui.read("selection_metadata_keys", sel.selection_id))
                   & set(ui.read("selection_metadata_keys", other)))
     if keys:
