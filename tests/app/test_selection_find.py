@@ -209,6 +209,13 @@ def test_versions_filters_and_page_in_the_url(demo_store_path, monkeypatch):
     again.run()
     clean(again)
     assert again.number_input(key="ver_samples_page").value == 2
+    # the sample shown below the table names its metadata in this version
+    pick = again.selectbox(key="ver_sample_pick").value
+    family = store.query("SELECT json_extract_string(metadata, '$.family') FROM "
+                         "version_members WHERE dataset = 'demo' AND version = 1 AND "
+                         "sample_id = ?", [pick])[0][0]
+    assert family in (a, b)
+    assert f"**metadata** family: `{family}`" in [m.value for m in again.markdown]
 
 
 def test_random_selection_has_no_zero_gain_picks(demo_store, monkeypatch):

@@ -120,7 +120,7 @@ def samples_view(dataset: str, version: int) -> None:
                        "match the filter): showing the first row's sample.")
             st.session_state["ver_sample_pick"] = ids[0]
         pick = st.selectbox("show a sample (or click its row)", ids, key="ver_sample_pick")
-        show_sample(pick)
+        show_sample(pick, dataset, version)
         ui.trash_controls(dataset, pick, "ver")
     ui.trash_message()
     left, right = st.columns(2)
@@ -160,7 +160,7 @@ def trash_view(dataset: str) -> None:
               args=(dataset, None))
 
 
-def show_sample(sample_id: str) -> None:
+def show_sample(sample_id: str, dataset: str, version: int) -> None:
     detail = ui.read("sample_detail", sample_id)
     if detail is None:
         return
@@ -168,6 +168,10 @@ def show_sample(sample_id: str) -> None:
         for m in detail["messages"]:
             st.markdown(f"**{m['role']}**")
             st.text(m["content"])
+        meta = next((v["metadata"] for v in detail["versions"]
+                     if (v["dataset"], v["version"]) == (dataset, version)), {})
+        if meta:
+            st.markdown("**metadata** " + " · ".join(f"{k}: `{v}`" for k, v in meta.items()))
         st.caption("in: " + ", ".join(f"{v['dataset']} v{v['version']}"
                                       for v in detail["versions"]))
 
