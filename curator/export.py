@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curator.digests import sha256_file
 from curator.folders import (
     FolderRefused,
     check_target,
     manifest_digest,
-    sha256_file,
     swap_into_place,
     temp_folder,
     write_manifest,

@@ -8,7 +8,8 @@ only a folder curator wrote that nobody changed since: its manifest is curator's
 intact, every file in it is listed, and every listed file still has its sha256. Anything
 else is refused with a one-line reason (:class:`FolderRefused`) and left as it was.
 
-This module imports nothing from curator, so the store's crash recovery can use it.
+This module imports only ``curator.digests`` (``sha256_file``), so the store's crash recovery
+can use it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import shutil
 import uuid
 from pathlib import Path
 from typing import Any
+
+from curator.digests import sha256_file
 
 MANIFEST = "manifest.json"
 # What an export writes (curator.export): a killed export's temporary folder holding
@@ -40,14 +43,6 @@ PREVIOUS = {"export": "a previous curator export", "train": "a previous `curator
 
 class FolderRefused(ValueError):
     """curator may not write or replace this folder (the message says why, in one line)."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from curator.digests import sha256_file
 from curator.scoring.gradients import layer_of, module_kind
 
 Mask = dict[str, torch.Tensor]  # parameter name -> bool tensor shaped like the parameter
@@ -116,3 +118,20 @@ def mask_metadata(path: str | Path) -> dict[str, str]:
 
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
+
+
+def mask_heatmap(path: Path, sha256: str) -> list[dict[str, Any]]:
+    """A mask file's density per (layer, module kind), for the app's heatmap, after
+    checking the file against ``sha256`` (the checksum its record holds)."""
+    if not path.exists():
+        raise FileNotFoundError(f"mask file {path} is missing")
+    if sha256_file(path) != sha256:
+        raise ValueError(f"mask file {path} does not match its recorded checksum")
+    cells: dict[tuple[str, str], list[int]] = {}
+    for name, m in load_mask(path).items():
+        cell = cells.setdefault((layer_of(name), module_kind(name)), [0, 0])
+        cell[0] += int(m.sum())
+        cell[1] += m.numel()
+    return [{"layer": layer, "kind": kind, "kept": kept, "params": total,
+             "density": kept / total if total else 0.0}
+            for (layer, kind), (kept, total) in sorted(cells.items())]

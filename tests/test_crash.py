@@ -200,7 +200,7 @@ def _contents(store_path: Path) -> dict:
 def _files(work: Path, store: Path) -> dict:
     """Every export's files by checksum (the manifest without its time and digest), and the
     hidden folders beside them (a killed export's leftovers)."""
-    from curator.export import sha256_file
+    from curator.digests import sha256_file
 
     found = {}
     [last] = Store(store).query("SELECT last_export FROM schedules")[0]

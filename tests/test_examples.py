@@ -12,7 +12,8 @@ import torch
 
 pytest.importorskip("trl")
 
-from curator.export import export_selection, sha256_file  # noqa: E402
+from curator.digests import sha256_file  # noqa: E402
+from curator.export import export_selection  # noqa: E402
 from curator.ingest import ingest  # noqa: E402
 from curator.masks import save_mask  # noqa: E402
 from curator.store import Store  # noqa: E402

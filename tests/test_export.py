@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from curator.digests import sha256_file
 from curator.export import (
     FORMATS,
     ExportError,
     export_selection,
     load_export,
     manifest_digest,
-    sha256_file,
     verify_export,
 )
 from curator.ingest import ingest

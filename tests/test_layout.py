@@ -1,6 +1,7 @@
-"""The package's shape: no import cycle among curator modules (imports inside functions
-count: a cycle hidden in a function is still a cycle), and no module of logic over ~600
-lines."""
+"""The package's shape: imports point down the layers of docs/architecture.md (``LAYERS``:
+a module may import its own layer and those below, never one above), no import cycle among
+curator modules (imports inside functions count for both: a cycle or an upward import hidden
+in a function is still one), and no module of logic over ~600 lines."""
 
 from __future__ import annotations
 
@@ -101,6 +102,82 @@ def test_no_import_cycles():
     assert cycles(import_graph()) == KNOWN_CYCLES
 
 
+# The layers, bottom to top (docs/architecture.md): each entry is a module or a package
+# (a package holds its submodules). A module may import from its own layer and the layers
+# below it; an import from a lower layer to a higher one fails `test_imports_point_down`.
+LAYERS: list[tuple[str, set[str]]] = [
+    ("environment, folders", {"curator", "curator.env", "curator.digests", "curator.folders"}),
+    ("vocabulary", {"curator.vocabulary", "curator.budget"}),
+    ("records, configs", {"curator.records", "curator.schemas", "curator.readers",
+                          "curator.config"}),
+    ("store", {"curator.store"}),
+    ("ingest", {"curator.ingest"}),
+    ("models", {"curator.models"}),
+    ("scoring", {"curator.scoring"}),
+    # Mask files name parameters by scoring's layer and module-kind rules.
+    ("masks", {"curator.masks"}),
+    ("selection", {"curator.selection"}),
+    ("stages", {"curator.stages"}),
+    ("outputs", {"curator.export", "curator.train", "curator.lora", "curator.trained",
+                 "curator.evaluate"}),
+    ("pipeline", {"curator.pipeline"}),
+    ("recipes, schedules", {"curator.runner", "curator.schedule"}),
+    # The demo runs recipes; the tiny test models and the sample data serve it and the tests.
+    ("demo", {"curator.demo", "curator.sample_data", "curator.testing"}),
+    ("shells", {"curator.cli", "curator.app"}),
+]
+# Imports that run up the layers, each with the reason it is allowed (none now).
+KNOWN_UPWARD: set[tuple[str, str]] = set()
+
+
+def layer_index(module: str, layers: list[tuple[str, set[str]]] = LAYERS) -> int | None:
+    """The layer holding ``module``: the entry that is the module or its nearest package."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        for i, (_, members) in enumerate(layers):
+            if prefix in members:
+                return i
+    return None
+
+
+def upward_imports(graph: dict[str, set[str]],
+                   layers: list[tuple[str, set[str]]] = LAYERS) -> list[str]:
+    """Every import from a module to one in a higher layer, as "a (layer) -> b (layer)"."""
+    out = []
+    for a in sorted(graph):
+        for b in sorted(graph[a]):
+            la, lb = layer_index(a, layers), layer_index(b, layers)
+            if la is not None and lb is not None and lb > la and (a, b) not in KNOWN_UPWARD:
+                out.append(f"{a} ({layers[la][0]}) -> {b} ({layers[lb][0]})")
+    return out
+
+
+def test_the_layer_check_finds_an_upward_import():
+    layers = [("low", {"p.low"}), ("mid", {"p.mid"}), ("high", {"p.high", "p.top"})]
+    graph = {"p.high.view": {"p.mid.x", "p.low"}, "p.mid.x": {"p.low", "p.mid.y"},
+             "p.mid.y": set(), "p.low": set(), "p.top": {"p.high.view"}}
+    assert upward_imports(graph, layers) == []
+    # the store's heatmap reading a mask file (issue 25): low -> high, hidden in a function
+    graph["p.low"] = {"p.high.view"}
+    graph["p.mid.y"] = {"p.top"}
+    assert upward_imports(graph, layers) == ["p.low (low) -> p.high.view (high)",
+                                             "p.mid.y (mid) -> p.top (high)"]
+    # and on the real tree: a store module importing the exporter would fail the test
+    real = import_graph()
+    real["curator.store.browse"] = real["curator.store.browse"] | {"curator.export"}
+    assert upward_imports(real) == [
+        "curator.store.browse (store) -> curator.export (outputs)"]
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in modules() if layer_index(m) is None] == []
+
+
+def test_imports_point_down():
+    assert upward_imports(import_graph()) == []
+
+
 def test_no_long_modules():
     long = {name: n for name, path in modules().items()
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
@@ -116,6 +193,21 @@ def test_the_app_ships_in_the_package():
     found = set(find_packages(ROOT.parent, include=["curator*"]))
     assert {"curator.app", "curator.app.views"} <= found
     assert (ROOT / "app" / "streamlit_app.py").is_file()
+    # the checkout's top-level app/ (below) is an entry, not a package: never installed
+    assert not {p for p in found if p.split(".")[0] != "curator"}
+
+
+def test_the_checkout_entry_runs_the_packaged_app(monkeypatch, tmp_path):
+    """`streamlit run app/streamlit_app.py` from a checkout (Streamlit's convention) runs
+    the app in the package, pages and all."""
+    from streamlit.testing.v1 import AppTest
+
+    entry = ROOT.parent / "app" / "streamlit_app.py"
+    monkeypatch.setenv("CURATOR_STORE", str(tmp_path / "s"))
+    at = AppTest.from_file(str(entry), default_timeout=60).run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["curator"]  # the Overview page
+    assert str(tmp_path / "s") in at.caption[0].value
 
 
 # Only curator/store/ writes SQL (issue 13).

@@ -175,7 +175,8 @@ def _gast_export(tmp_path, with_mask: bool = False):
     layer 0 has three of them, layer 1 none (so the export lists layer 0 only)."""
     import json
 
-    from curator.export import export_selection, sha256_file
+    from curator.digests import sha256_file
+    from curator.export import export_selection
     from curator.ingest import ingest
     from curator.masks import save_mask
     from curator.store import Store

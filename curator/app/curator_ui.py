@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import streamlit as st
 
-from curator import env
+from curator import env, masks
 from curator.app import explain as _explain
 from curator.export import ExportError
 from curator.store import Store, StoreError, browse
@@ -80,11 +80,15 @@ def clear_cache() -> None:
 # checks the whole file) is kept an hour per (selection, checksum), not 10 s.
 @st.cache_data(ttl=3600, show_spinner=False, max_entries=32)
 def _mask_cells(path: str, timeout: float, selection_id: str, sha256: str) -> Any:
-    return browse.mask_heatmap(_store(path, timeout), selection_id)
+    store = _store(path, timeout)
+    rec = store_selections.get_mask_record(store, selection_id)
+    if rec is None:
+        return []
+    return masks.mask_heatmap(Path(store.artifacts) / rec["path"], rec["sha256"])
 
 
 def mask_heatmap(selection_id: str, sha256: str) -> Any:
-    """``browse.mask_heatmap``, cached per mask checksum."""
+    """``masks.mask_heatmap`` of the selection's mask file, cached per mask checksum."""
     return _mask_cells(str(store_path().resolve()), lock_timeout(), selection_id, sha256)
 
 

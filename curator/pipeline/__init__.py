@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from curator.config import ScoringOptions, StageSpec
-from curator.export import sha256_file
+from curator.digests import sha256_file
 from curator.ingest import IngestSummary, ingest
 from curator.pipeline.model import LazyModel
 from curator.records import Sample

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from curator.export import sha256_file as file_sha256
+from curator.digests import sha256_file as file_sha256
 from curator.schedule.outcome import RunOutcome, schedule_folder
 from curator.schedule.schedules import Schedule
 from curator.store import Store

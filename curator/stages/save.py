@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from curator.export import sha256_file
+from curator.digests import sha256_file
 from curator.masks import mask_density, save_mask
 from curator.models import LoadedModel
 from curator.stages.context import Ranked, StageContext, StageOutcome, trash_notes

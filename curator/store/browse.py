@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,6 @@ from curator.config import config_hash
 from curator.store import Store
 from curator.store.selections import (
     SelectionRecord,
-    get_mask_record,
     get_selection,
     selection_pool_sql,
 )
@@ -656,31 +654,6 @@ def list_masks(store: Store) -> list[dict[str, Any]]:
         "SELECT k.selection_id, s.dataset, s.version, s.stage, s.method, k.density, "
         "k.n_kept, k.n_params, k.created_at FROM masks k LEFT JOIN selections s USING "
         "(selection_id) ORDER BY k.created_at")
-
-
-def mask_heatmap(store: Store, selection_id: str) -> list[dict[str, Any]]:
-    """Density of the selection's mask per (layer, module kind), read from its safetensors
-    file (checked against the recorded checksum)."""
-    from curator.export import sha256_file
-    from curator.masks import load_mask
-    from curator.scoring.gradients import layer_of, module_kind
-
-    rec = get_mask_record(store, selection_id)
-    if rec is None:
-        return []
-    path = Path(store.artifacts) / rec["path"]
-    if not path.exists():
-        raise FileNotFoundError(f"mask file {path} is missing")
-    if sha256_file(path) != rec["sha256"]:
-        raise ValueError(f"mask file {path} does not match its recorded checksum")
-    cells: dict[tuple[str, str], list[int]] = {}
-    for name, m in load_mask(path).items():
-        cell = cells.setdefault((layer_of(name), module_kind(name)), [0, 0])
-        cell[0] += int(m.sum())
-        cell[1] += m.numel()
-    return [{"layer": layer, "kind": kind, "kept": kept, "params": total,
-             "density": kept / total if total else 0.0}
-            for (layer, kind), (kept, total) in sorted(cells.items())]
 
 
 def layered_selections(store: Store) -> list[str]:
