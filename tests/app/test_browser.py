@@ -422,6 +422,18 @@ def test_finding_things_at_1280_px(app_url, demo_store, shots):
             settle(page)
             assert metric(page, "pick") == "#6"
 
+            # a click on a point of the map opens its sample
+            open_page(page, f"{app_url}/selections?selection=sel-0001&view=Map", "Selections")
+            point = page.locator(".vega-embed .mark-symbol path").first
+            point.wait_for(timeout=30_000)
+            label = point.get_attribute("aria-label") or ""
+            point.click(force=True)
+            settle(page)
+            check_no_exception(page, "selections/map click")
+            assert "view=Sample" in page.url and "sample=" in page.url, page.url
+            opened = page.url.split("sample=")[1].split("&")[0]
+            assert opened in label, (opened, label)
+
             # Masks: under 2 s once the server has started (its reads are cached)
             for attempt in range(2):
                 start = time.monotonic()
