@@ -127,6 +127,29 @@ DISTANCE_WORDS = {
 }
 
 
+# The "How is this computed" text of the sample view (markdown).
+HOW_COMPUTED = """
+**The utility of a pair.** For a row *i* (a target, or a pool sample) and the example *j*,
+the store keeps d(i), how far the model's answer is from *i*'s reference answer on its own,
+and d(i | j), the same with *j* shown first in the prompt. The utility is
+
+  UF(i, j) = d(i) − d(i | j)
+
+(positive: showing *j* makes the answer better). With the `nll` distance d is the mean
+negative log-likelihood of the answer tokens, in nats; with `prob-l2` it is
+‖1 − p‖₂ / √T over the T answer tokens' probabilities p. The **loss drop** is
+UF(i, j) / d(i).
+
+**The kernel.** Greedy maximises a set function over S = max(UF, 0) divided by the
+kernel's largest utility: facility location (instruction) Σ_i max_{j∈A} S[i, j] over the pool;
+FLVMI (task) the same over the targets; FLCG (continual) Σ_i max(max_{j∈A} S[i, j] −
+ν · max_{p∈P} S_P[i, p], 0) beyond what the previous selection P covers.
+
+**The pick.** Its marginal gain is how much adding it raised the set function when it was
+picked; the gains of all picks add up to the selection's objective, so gain / objective is
+its share. A zero-gain pick added nothing: """ + ZERO_GAIN_WHY + "."
+
+
 def percent(share: float) -> str:
     """A share in percent, with two significant digits below 10% (a tiny model's drops are
     0.004%, not "0.0%")."""

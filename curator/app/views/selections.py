@@ -13,7 +13,7 @@ import curator_ui as ui
 import pandas as pd
 import streamlit as st
 
-from curator.app.explain import ZERO_GAIN_WHY, objective_share, percent, pick_label
+from curator.app.explain import HOW_COMPUTED, ZERO_GAIN_WHY, objective_share, percent, pick_label
 from curator.store.browse import histogram
 from curator.vocabulary import GRADIENT_METHODS, KERNEL_METHODS
 
@@ -415,29 +415,6 @@ def why_table(rows: list[dict], key: str) -> None:
                  column_config=WHY_COLUMNS)
 
 
-FORMULA = """
-**The utility of a pair.** For a row *i* (a target, or a pool sample) and the example *j*,
-the store keeps d(i), how far the model's answer is from *i*'s reference answer on its own,
-and d(i | j), the same with *j* shown first in the prompt. The utility is
-
-  UF(i, j) = d(i) − d(i | j)
-
-(positive: showing *j* makes the answer better). With the `nll` distance d is the mean
-negative log-likelihood of the answer tokens, in nats; with `prob-l2` it is
-‖1 − p‖₂ / √T over the T answer tokens' probabilities p. The **loss drop** is
-UF(i, j) / d(i).
-
-**The kernel.** Greedy maximises a set function over S = max(UF, 0) divided by the
-kernel's largest utility: facility location (instruction) Σ_i max_{j∈A} S[i, j] over the pool;
-FLVMI (task) the same over the targets; FLCG (continual) Σ_i max(max_{j∈A} S[i, j] −
-ν · max_{p∈P} S_P[i, p], 0) beyond what the previous selection P covers.
-
-**The pick.** Its marginal gain is how much adding it raised the set function when it was
-picked; the gains of all picks add up to the selection's objective, so gain / objective is
-its share. A zero-gain pick added nothing: {zero}.
-"""
-
-
 def why_selected(sel, sample_id: str, member) -> None:
     why = ui.explain_sample(sel.selection_id, sample_id, member)
     st.markdown("#### Why selected")
@@ -456,7 +433,7 @@ def why_selected(sel, sample_id: str, member) -> None:
                + (f" and {len(k.rows):,} targets of {k.rows_dataset}"
                   if k.rows_word == "targets" else "") + ")")
     with st.expander("How is this computed", expanded=False):
-        st.markdown(FORMULA.replace("{zero}", ZERO_GAIN_WHY))
+        st.markdown(HOW_COMPUTED)
     # one table under the other: each row's text needs the width
     st.markdown(f"**{k.rows_word.capitalize()} it helps most** (click a row to open it)")
     if why["covers"]:
