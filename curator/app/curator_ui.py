@@ -21,6 +21,7 @@ from curator.app import explain as _explain
 from curator.export import ExportError
 from curator.store import Store, StoreError, browse
 from curator.store import datasets as store_datasets
+from curator.store import scores as store_scores
 from curator.store import selections as store_selections
 from curator.store import trash as store_trash
 
@@ -33,6 +34,7 @@ _READERS: dict[str, Callable[..., Any]] = {
     "quarantine_rows": store_datasets.quarantine_rows,
     "get_selection": store_selections.get_selection,
     "get_mask_record": store_selections.get_mask_record,
+    "sample_quality": store_scores.sample_quality,
     "trashed_ids": store_trash.trashed_ids,
     "trash_count": store_trash.trash_count,
     "trash_page": store_trash.trash_page,

@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from curator.app.explain import HOW_COMPUTED, ZERO_GAIN_WHY, objective_share, percent, pick_label
+from curator.app.views.quality import quality_signals
 from curator.store.browse import histogram
 from curator.vocabulary import GRADIENT_METHODS, KERNEL_METHODS
 
@@ -504,6 +505,7 @@ def sample_view(sel) -> None:
             st.markdown(f"**{m['role']}**")
             st.text(m["content"])
     sample_metadata(sel, detail)
+    quality_signals(sel, sample_id)
     why_selected(sel, sample_id, member)
     grads = ui.read("sample_gradient_scores", sample_id)
     st.markdown("**Gradient scores** ⟨u, g⟩ stored for this sample")
