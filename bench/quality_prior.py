@@ -54,14 +54,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 from prior_data import MC_KINDS, PriorConfig, PriorData, build  # noqa: E402
 from quality_stats import compare  # noqa: E402
 
-ARMS_QUICK = ("oracle_clean", "oracle_dirty", "random", "rds", "rds+filter", "rds+modular",
-              "delift", "delift+filter", "delift+modular", "delift+both")
-ARMS_FULL = ARMS_QUICK + ("rds+both", "dualsft", "dualsft+filter", "gast")
+ARMS_QUICK = ("oracle_clean", "oracle_dirty", "random", "rds", "rds+filter", "delift",
+              "delift+filter", "delift+both")
+ARMS_FULL = ARMS_QUICK + ("rds+modular", "rds+both", "delift+modular", "dualsft",
+                          "dualsft+filter", "gast")
 LABEL = {"oracle_clean": "oracle-clean (control)", "oracle_dirty": "oracle-dirty (control)",
          "random": "random", "rds": "RDS+", "delift": "DELIFT", "dualsft": "DualSFT (subset, "
          "full fine-tuning)", "gast": "GAST (layer subsets)"}
 TRAIN_SEEDS = 3
-RANDOM_SEEDS = 5
+RANDOM_SEEDS = 5              # --quick: TRAIN_SEEDS (the paired ones)
 
 
 def label(arm: str) -> str:
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if arm == "random":
             outs = []
-            for s in range(RANDOM_SEEDS):
+            for s in range(TRAIN_SEEDS if args.quick else RANDOM_SEEDS):
                 out, secs = select(args, store, lm, "random", args.budget, seed=s)
                 outs.append(trainer.run([by_id[i] for i in out.sample_ids], s, tag="random"))
                 if s == 0:
@@ -498,8 +499,8 @@ def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds)
              f"Data: {json.dumps(data.summary())}", "",
              f"Task stage toward Q, budget {args.budget} ({_count(args.budget, len(data.pool))} "
              f"rows), {args.epochs} epochs, lr {args.lr}, batch 8, training seeds "
-             f"0..{TRAIN_SEEDS - 1} (random: subsets 0..{RANDOM_SEEDS - 1}, the first "
-             f"{TRAIN_SEEDS} paired). {len(data.eval)} held-out MC items. Differences: "
+             f"0..{TRAIN_SEEDS - 1} (random: subsets 0..{len(runs.get('random', [])) - 1}, the "
+             f"first {TRAIN_SEEDS} paired). {len(data.eval)} held-out MC items. Differences: "
              "positive = better; 95% two-way bootstrap (seeds x items).", ""]
     # go / no-go
     gate = None
