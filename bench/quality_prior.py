@@ -241,14 +241,17 @@ class Trainer:
         self.base = {k: v.detach().clone() for k, v in self.lm.model.state_dict().items()}
         (args.workdir / "runs").mkdir(parents=True, exist_ok=True)
 
-    def run(self, samples, seed: int, layers=None, tag: str = "") -> dict[str, Any]:
+    def run(self, samples, seed: int, layers=None, layer_scores=None,
+            tag: str = "") -> dict[str, Any]:
         from curator.train import train
 
         args = self.args
-        key = hashlib.sha256(json.dumps({
-            "ids": [s.sample_id for s in samples], "layers": layers, "seed": seed,
-            "epochs": args.epochs, "lr": args.lr, "model": args.model,
-            "eval": self.evaluator.eval_id}, sort_keys=True).encode()).hexdigest()[:20]
+        what = {"ids": [s.sample_id for s in samples], "layers": layers, "seed": seed,
+                "epochs": args.epochs, "lr": args.lr, "model": args.model,
+                "eval": self.evaluator.eval_id}
+        if layer_scores is not None:  # GAST sampled per batch (added later: keys kept)
+            what["layer_scores"] = True
+        key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
         path = args.workdir / "runs" / f"{key}.json"
         if path.exists():
             return json.loads(path.read_text())
@@ -257,7 +260,8 @@ class Trainer:
         if samples:
             with autocast(self.lm):
                 result = train(self.lm, None, samples, layer_subsets=layers, epochs=args.epochs,
-                               lr=args.lr, batch_size=8, seed=seed, max_length=512)
+                               lr=args.lr, batch_size=8, seed=seed, max_length=512,
+                               layer_scores=layer_scores)
             steps = result.steps
         else:
             steps = 0
@@ -383,8 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         sel_info[arm] = _describe(out, labels, secs, store)
         print(f"  {sel_info[arm]['line']}", flush=True)
         layers = _layers(store, out.selection_id) if arm.startswith("gast") else None
+        scores = _layer_scores(store, out.selection_id) if layers else None
         samples = [by_id[i] for i in out.sample_ids]
-        runs[arm] = [trainer.run(samples, s, layers=layers, tag=arm)
+        runs[arm] = [trainer.run(samples, s, layers=layers, layer_scores=scores, tag=arm)
                      for s in range(TRAIN_SEEDS)]
     base = trainer.run([], 0, tag="base")
 
@@ -422,6 +427,13 @@ def _count(budget: str, n: int) -> int:
     from curator.budget import parse_budget
 
     return parse_budget(budget, n)
+
+
+def _layer_scores(store, selection_id: str):
+    """GAST: the per-layer scores training samples each batch from (the paper's rule)."""
+    from curator.store.selections import selection_layer_scores
+
+    return selection_layer_scores(store, selection_id) or None
 
 
 def _layers(store, selection_id: str):
