@@ -56,10 +56,12 @@ from quality_stats import compare  # noqa: E402
 
 ARMS_QUICK = ("oracle_clean", "oracle_dirty", "random", "rds", "rds+filter", "delift",
               "delift+filter", "delift+both")
-ARMS_FULL = ARMS_QUICK + ("rds+modular", "rds+both", "delift+modular", "dualsft",
-                          "dualsft+filter", "gast")
+ARMS_FULL = ARMS_QUICK + ("rds+modular", "rds+both", "delift+modular", "delift_gated",
+                          "dualsft", "dualsft+filter", "gast")
 LABEL = {"oracle_clean": "oracle-clean (control)", "oracle_dirty": "oracle-dirty (control)",
-         "random": "random", "rds": "RDS+", "delift": "DELIFT", "dualsft": "DualSFT (subset, "
+         "random": "random", "rds": "RDS+", "delift": "DELIFT",
+         "delift_gated": "DELIFT, kNN-gated, whole response (before issue 24)",
+         "dualsft": "DualSFT (subset, "
          "full fine-tuning)", "gast": "GAST (layer subsets)"}
 TRAIN_SEEDS = 3
 RANDOM_SEEDS = 5              # --quick: TRAIN_SEEDS (the paired ones)
@@ -151,6 +153,7 @@ def spec_for(arm: str, args, budget: str, stage: str = "task", seed: int = 0):
     from curator.config import QualityOptions, StageSpec
 
     method, _, prior = arm.partition("+")
+    method = method.removesuffix("_gated")
     quality = {"": QualityOptions(), "filter": QualityOptions(drop="auto"),
                "modular": QualityOptions(weight=args.weight),
                "both": QualityOptions(drop="auto", weight=args.weight)}[prior]
@@ -169,6 +172,9 @@ def select(args, store, lm, arm: str, budget: str, stage: str = "task",
     if stage == "continual":
         spec.parent, spec.pool = previous, "new"
     options = ScoringOptions(k=8, batch_size=16, max_length=512)
+    if arm.startswith("delift_gated"):
+        # DELIFT as it was before issue 24: kNN-gated task pairs, the whole response scored
+        options = dataclasses.replace(options, dense_target=0, tokens="response")
     t = time.monotonic()
     out = select_stage(store, "pool", spec, lm=lm, options=options, previous_selection=previous)
     return out, time.monotonic() - t
