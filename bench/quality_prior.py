@@ -92,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--note", default="")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (1 keeps a run steady while other work shares the "
+                        "cores: two threads wait on each other when one is preempted)")
     args = p.parse_args(argv)
     tiny = args.model == "tiny"
     args.arms = args.arms or list(ARMS_QUICK if args.quick or tiny else ARMS_FULL)
@@ -359,6 +362,10 @@ def delift_means(store, lm, data: PriorData, samples) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     lm = scoring_model(args)
