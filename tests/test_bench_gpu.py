@@ -78,6 +78,7 @@ def test_gpu_check_options():
     assert bad.returncode == 2 and "unknown option --nope" in bad.stderr
 
 
+@pytest.mark.slow  # runs each benchmark on a model: make test-slow
 @pytest.mark.parametrize("name", ["bench_utility", "bench_gradients"])
 def test_benches_take_a_device(name):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), "--help"],

@@ -55,6 +55,7 @@ def test_signals_by_hand():
     assert s["zero_gain_share"] == 0.5
 
 
+@pytest.mark.slow  # the whole benchmark end to end, twice: make test-slow
 @pytest.mark.skipif(not (DATA_ROOT / "t0").exists(), reason="../shared/data is not present")
 def test_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
     argv = ["--model", "tiny", "--methods", "random", "delift", "--seeds", "2",

@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from curator.store import Store
 
 PHASES = ("ingest", "score", "select", "export", "worker")
@@ -225,6 +227,7 @@ def _files(work: Path, store: Path) -> dict:
     return found
 
 
+@pytest.mark.slow  # kill -9 at every step: make test-slow
 def test_kill_9_anywhere_then_rerun_gives_what_one_uninterrupted_run_gives(tmp_path):
     script = tmp_path / "server.py"
     script.write_text(SERVER)

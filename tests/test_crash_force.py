@@ -27,6 +27,8 @@ from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.selections import SelectionRecord, save_selection
 
+pytestmark = pytest.mark.slow  # kill -9 at every step of a forced export and train, a process each: make test-slow
+
 SEED = 28
 STEPS = [(Path, "mkdir"), (Path, "write_text"), (Path, "rename"), (Path, "unlink"),
          (Path, "chmod"), (shutil, "rmtree")]

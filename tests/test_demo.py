@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from curator.demo import DEMO_DATASET, MALFORMED_DATASET, TARGET_DATASET, run_demo
 from curator.export import load_export, verify_export
 from curator.sample_data import FILES, SAMPLE_DATA_DIR
@@ -28,6 +30,7 @@ def trimmed_sample_data(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # the whole demo: make test-slow
 def test_run_demo_with_a_tiny_model(tmp_path):
     data = trimmed_sample_data(tmp_path / "data")
     store = Store(tmp_path / "store", lock_timeout=10)

@@ -67,6 +67,7 @@ def masked_export(tmp_path: Path, model) -> tuple[Path, dict[str, torch.Tensor]]
     return export_selection(store, sid, tmp_path / "export", "messages").path, mask
 
 
+@pytest.mark.slow  # trains with trl: make test-slow
 def test_trl_example_trains_only_the_masked_coordinates(tmp_path, capsys):
     lm = tiny_loaded_model("llama")
     lm.model.save_pretrained(tmp_path / "base")

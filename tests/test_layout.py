@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import curator
 
 ROOT = Path(curator.__file__).parent
@@ -208,6 +210,20 @@ def test_the_checkout_entry_runs_the_packaged_app(monkeypatch, tmp_path):
     assert not at.exception
     assert [t.value for t in at.title] == ["curator"]  # the Overview page
     assert str(tmp_path / "s") in at.caption[0].value
+
+
+def test_ci_runs_what_make_test_leaves_out():
+    """`make test` leaves out the `slow` and `browser` tests (pyproject's addopts);
+    .ci/run runs `make test`, `make test-slow` and the browser tests, so CI runs them all."""
+    top = ROOT.parent
+    if not (top / ".ci" / "run").is_file():
+        pytest.skip("not a checkout")
+    assert "addopts = \"-m 'not slow and not browser'" in (top / "pyproject.toml").read_text()
+    assert "-m slow" in (top / "Makefile").read_text().split("\ntest-slow:")[1].split("\n\n")[0]
+    ci = [line.strip() for line in (top / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.lstrip().startswith("#")]
+    assert {"make test", "make test-slow"} <= set(ci)
+    assert any(line.startswith(".venv/bin/python -m pytest -q -m browser") for line in ci)
 
 
 # Only curator/store/ writes SQL (issue 13).

@@ -94,6 +94,7 @@ def small_recipe(v1: str, v2: str, out: Path) -> Recipe:
     ).validate()
 
 
+@pytest.mark.slow  # a whole recipe, twice: make test-slow
 def test_run_recipe_then_rerun_reuses_everything(store, write_jsonl, pair_rows, tmp_path, lm):
     v1 = write_jsonl("v1.jsonl", pair_rows(16))
     v2 = write_jsonl("v2.jsonl", pair_rows(6, start=16))

@@ -11,6 +11,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # starts `curator app` and stops it with SIGTERM: make test-slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 

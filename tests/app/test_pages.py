@@ -38,6 +38,8 @@ from curator.store.selections import (
     selection_sample_ids,
 )
 
+pytestmark = pytest.mark.slow  # the whole app (AppTest) over a demo store: make test-slow
+
 # CURATOR_APP_FILE: run these against another copy of the app (e.g. the code before a fix)
 APP_FILE = Path(os.environ.get("CURATOR_APP_FILE") or Path(__file__).resolve().parents[2]
                 / "curator" / "app" / "streamlit_app.py")

@@ -7,12 +7,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from curator.app.explain import percent
 from curator.store import Store, browse
 from curator.store.browse import SampleFilter
 from curator.store.selections import get_selection, selection_sample_ids
+
+pytestmark = pytest.mark.slow  # the whole app (AppTest) over a demo store: make test-slow
 
 # CURATOR_APP_FILE: run these against another copy of the app (e.g. the code before a fix)
 APP_FILE = Path(os.environ.get("CURATOR_APP_FILE") or Path(__file__).resolve().parents[2]

@@ -42,6 +42,8 @@ from curator.store.datasets import load_samples  # noqa: E402
 from curator.store.scores import load_embeddings, load_losses  # noqa: E402
 from curator.testing import tiny_loaded_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Ray: a local cluster, workers killed on purpose: make test-slow
+
 # batch_size 4: units of at most 4 prefix groups, so 20 targets x k=3 make several shards
 OPTIONS = ScoringOptions(k=3, batch_size=4, max_length=128, hubs=0)
 TOLERANCE = 1e-5   # fp32 on CPU; shards batch d(i) and embeddings differently from local

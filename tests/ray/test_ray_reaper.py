@@ -15,6 +15,8 @@ pytest.importorskip("ray")
 
 from curator.scoring.ray_reaper import _start_time  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Ray: a local cluster whose driver is killed: make test-slow
+
 DRIVER = """
 import os, sys, time
 from curator.scoring.ray_engine import RayEngine

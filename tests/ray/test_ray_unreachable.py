@@ -13,6 +13,8 @@ pytest.importorskip("ray")
 from curator.scoring.engine_errors import EngineUnavailable  # noqa: E402
 from curator.scoring.ray_engine import RayEngine, wait_for_cluster  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Ray: waits out connection timeouts: make test-slow
+
 
 def test_an_unreachable_address_fails_within_the_timeout(monkeypatch):
     monkeypatch.setenv("CURATOR_RAY_TIMEOUT", "1")

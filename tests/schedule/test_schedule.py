@@ -203,6 +203,7 @@ def test_recipe_file_is_stored_with_the_schedule_dataset(store, watch, tmp_path,
 
 # -- runs -----------------------------------------------------------------------------------
 
+@pytest.mark.slow  # scheduled runs end to end: make test-slow
 def test_new_file_gives_version_scores_continual_selection_and_export(store, watch, clock,
                                                                       lm):
     sch.add_schedule(store, "n", "d", watch, every="1h", recipe=DELIFT, clock=clock)
@@ -499,6 +500,7 @@ sch.run_schedule(Store(sys.argv[1]), "n", clock=sch.ManualClock(sys.argv[2]))
 """
 
 
+@pytest.mark.slow  # kills a worker process: make test-slow
 def test_a_killed_worker_is_recovered_by_the_next(store, watch, clock, tmp_path):
     sch.add_schedule(store, "n", "d", watch, every="1h", recipe=RANDOM, clock=clock)
     drop(watch, "a.jsonl", 0, 10)
@@ -530,6 +532,7 @@ def test_a_killed_worker_is_recovered_by_the_next(store, watch, clock, tmp_path)
         not any((store.path / "schedules" / "n" / "inbox").iterdir())
 
 
+@pytest.mark.slow  # scheduled runs end to end: make test-slow
 def test_a_failed_run_keeps_the_last_good_export_and_is_retried(store, watch, clock,
                                                                 monkeypatch):
     import curator.export

@@ -57,6 +57,7 @@ def sha256(path) -> str:
 
 
 
+@pytest.mark.slow  # gradient passes on a tiny model: make test-slow
 def test_dualsft_stores_subset_and_mask(gstore, lm):
     out = select_stage(gstore, "d", StageSpec(method="dualsft", budget="25%",
                                               param_budget="10%"), lm=lm, options=OPTIONS)
@@ -90,6 +91,7 @@ def test_dualsft_stores_subset_and_mask(gstore, lm):
     assert all(d["selected"] > 0 for d in info["per_layer"].values())   # no layer starved
 
 
+@pytest.mark.slow  # gradient passes on a tiny model: make test-slow
 def test_dualsft_default_param_budget_is_five_percent(gstore, lm):
     out = select_stage(gstore, "d", StageSpec(method="dualsft", budget="4"), lm=lm,
                        options=OPTIONS)
@@ -119,6 +121,7 @@ def test_gast_stores_a_subset_per_layer_and_their_union(gstore, lm):
     assert get_mask_record(gstore, out.selection_id) is None
 
 
+@pytest.mark.slow  # gradient passes on a tiny model: make test-slow
 def test_dualsft_record_states_the_gradient_settings_and_the_prior(gstore, lm):
     default = select_stage(gstore, "d", StageSpec(method="dualsft", budget="4"), lm=lm,
                            options=OPTIONS)
@@ -166,6 +169,7 @@ def test_gradient_selection_is_reused(gstore, lm):
     assert second.reused and second.selection_id == first.selection_id
 
 
+@pytest.mark.slow  # gradient passes on a tiny model: make test-slow
 def test_mask_for_an_existing_selection(gstore, lm):
     sel = select_stage(gstore, "d", StageSpec(method="random", budget="6"))
     info = mask_for_selection(gstore, sel.selection_id, lm, "20%")

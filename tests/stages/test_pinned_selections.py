@@ -32,6 +32,8 @@ from curator.store.selections import (
 from curator.store.trash import trash_samples
 from curator.testing import tiny_loaded_model
 
+pytestmark = pytest.mark.slow  # every method and stage end to end on a tiny model: make test-slow
+
 PINS = Path(__file__).parent / "data" / "pinned_selections.json"
 
 

@@ -500,6 +500,7 @@ def test_fit_pairs_are_scored_for_task_picks(cstore, lm):
     assert sum(r.n_computed for r in again.scoring) == 0
 
 
+@pytest.mark.slow  # rounds of pair scoring on a tiny model: make test-slow
 def test_pairs_scored_on_demand_fill_the_budget_with_measured_utilities(cstore, lm):
     """A 1-NN graph leaves most of a half-pool budget at zero gain; with ``expand`` the
     stage scores more pairs where the kernel is blind and the zero-gain tail shrinks. Every
@@ -642,6 +643,7 @@ def test_auto_hubs_at_small_budgets(cstore, lm):
     assert "hubs" not in emb.record.config
 
 
+@pytest.mark.slow  # kills a stage process: make test-slow
 def test_a_stage_killed_while_scoring_on_demand_reruns_to_the_same_result(cstore, lm, tmp_path,
                                                                          monkeypatch):
     """Killed in the middle of a round of on-demand pairs (some of them committed), the rerun

@@ -267,6 +267,7 @@ con.close()
 """
 
 
+@pytest.mark.slow  # two processes: make test-slow
 def test_a_second_process_reads_between_the_writers_transactions(store, write_jsonl):
     from curator.ingest import ingest
 
