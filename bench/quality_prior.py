@@ -157,8 +157,8 @@ def spec_for(arm: str, args, budget: str, stage: str = "task", seed: int = 0):
 
     method, _, prior = arm.partition("+")
     method = method.removesuffix("_gated")
-    quality = {"": QualityOptions(), "filter": QualityOptions(drop="auto"),
-               "modular": QualityOptions(weight=args.weight),
+    quality = {"": QualityOptions(drop="off"), "filter": QualityOptions(drop="auto"),
+               "modular": QualityOptions(drop="off", weight=args.weight),
                "both": QualityOptions(drop="auto", weight=args.weight)}[prior]
     spec = StageSpec(stage=stage, method=method, budget=budget, seed=seed, quality=quality,
                      target="target" if stage == "task" else None)

@@ -64,7 +64,7 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *, lm: ModelSource
                                                                      dtype=np.int64)]
         ctx.pools.pool = full_pool
         ranked.config["quality"] = prior
-        ranked.notes.insert(0, quality_note(prior))
+        ranked.notes.append(quality_note(prior))
     return save(ctx, ranked)
 
 

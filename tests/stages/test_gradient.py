@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from curator.config import GradientOptions, ScoringOptions, StageSpec
+from curator.config import GradientOptions, QualityOptions, ScoringOptions, StageSpec
 from curator.ingest import ingest
 from curator.masks import load_mask
 from curator.stages import select_stage
@@ -148,7 +148,9 @@ def test_dualsft_record_states_the_gradient_settings_and_the_prior(gstore, lm):
 
 
 def test_less_ranks_by_score_descending(gstore, lm):
-    out = select_stage(gstore, "d", StageSpec(method="less", budget="5", target="q"), lm=lm,
+    # the quality prior off: every pool row is scored and ranked by its score alone
+    out = select_stage(gstore, "d", StageSpec(method="less", budget="5", target="q",
+                                              quality=QualityOptions(drop="off")), lm=lm,
                        options=OPTIONS)
     members = selection_members(gstore, out.selection_id)
     scores = [m["score"] for m in members]

@@ -125,6 +125,18 @@ def test_every_model_method_leaves_out_what_the_prior_drops(qstore, lm, method):
     assert set(prior["dropped"]) == worst
 
 
+def test_the_prior_is_on_by_default(qstore, lm):
+    out = select_stage(qstore, "d", StageSpec(method="embedding", budget="4"), lm=lm,
+                       options=OPTIONS)
+    prior = get_selection(qstore, out.selection_id).config["quality"]
+    assert (prior["signal"], prior["drop"], prior["weight"]) == ("combined", "auto", 0.0)
+    off = select_stage(qstore, "d", StageSpec(method="embedding", budget="4",
+                                              quality=QualityOptions(drop="off")), lm=lm,
+                       options=OPTIONS)
+    assert "quality" not in get_selection(qstore, off.selection_id).config
+    assert off.selection_id != out.selection_id
+
+
 def test_prior_off_keeps_the_key_and_random_ignores_it(qstore, lm):
     plain = select_stage(qstore, "d", StageSpec(method="random", budget="4"), lm=lm,
                          options=OPTIONS)
@@ -135,11 +147,14 @@ def test_prior_off_keeps_the_key_and_random_ignores_it(qstore, lm):
 
 
 def test_weight_adds_the_modular_term(qstore, lm):
+    off = QualityOptions(drop="off")
     base = select_stage(qstore, "d", StageSpec(stage="task", method="rds", budget="25%",
-                                               target="q"), lm=lm, options=OPTIONS)
+                                               target="q", quality=off), lm=lm,
+                        options=OPTIONS)
     heavy = select_stage(qstore, "d", StageSpec(stage="task", method="rds", budget="25%",
                                                 target="q",
-                                                quality=QualityOptions(weight=100.0)),
+                                                quality=QualityOptions(drop="off",
+                                                                       weight=100.0)),
                          lm=lm, options=OPTIONS)
     rec = get_selection(qstore, heavy.selection_id)
     assert rec.config["quality"]["weight"] == 100.0 and rec.config["quality"]["n_dropped"] == 0

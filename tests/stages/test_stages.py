@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from curator.config import RecipeError, ScoringOptions, StageSpec
+from curator.config import QualityOptions, RecipeError, ScoringOptions
+from curator.config import StageSpec as _StageSpec
 from curator.ingest import ingest
 from curator.scoring.embeddings import embedder_fingerprint
 from curator.scoring.jobs import (
@@ -33,6 +34,14 @@ from curator.testing import tiny_loaded_model
 
 OPTIONS = ScoringOptions(k=3, batch_size=8, max_length=128)
 N_V1, N_NEW, N_Q = 24, 8, 4
+
+
+def StageSpec(**kw) -> _StageSpec:  # noqa: N802 - stands in for the config class
+    """These tests pin each method's mechanics over the whole pool, so the quality prior
+    (on by default) is off here unless a test asks for it; tests/stages/
+    test_quality_prior.py covers the prior."""
+    kw.setdefault("quality", QualityOptions(drop="off"))
+    return _StageSpec(**kw)
 
 
 def write(path, data) -> str:
