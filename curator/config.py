@@ -219,7 +219,7 @@ class QualityOptions:
     """
 
     signal: str = "combined"
-    drop: str = "off"
+    drop: str = "auto"
     weight: float = 0.0
     k: int = 16
 

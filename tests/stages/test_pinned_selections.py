@@ -134,8 +134,12 @@ def test_the_pins_cover_every_method_and_stage(observed):
     # the pinned values are not degenerate: objectives, scores and layer maps are there
     # (unless every candidate was left out as harmful: the tiny random model's utilities are
     # noise, so about half of them are negative and a small continual pool can lose them all)
-    assert all(v["objective"] or v["config"]["harmful_excluded"] == v["n_pool"]
+    # (or left out by the quality prior before that)
+    assert all(v["objective"] or v["config"]["harmful_excluded"]
+               + v["config"].get("quality", {}).get("n_dropped", 0) == v["n_pool"]
                for v in observed.values() if v["method"] == "delift")
+    assert all(v["config"]["quality"]["n_dropped"] for v in observed.values()
+               if v["method"] not in ("random", "full"))
     assert any(v["config"].get("unfit_excluded") for v in observed.values())
     assert observed["gast"]["layers"] and observed["dualsft"]["mask_kept"]
     assert observed["continual-v3"]["mask_kept"]
