@@ -28,8 +28,10 @@ with ui.guard():
     if sel is None:
         st.info("No selections yet: nothing to export.")
         st.stop()
-    fmt = st.selectbox("format", FORMATS, key="exp_fmt",
-                       format_func=lambda f: f"{f}: {FORMAT_HELP.get(f, '')}")
+    # the names alone in the box, so typing "messages" finds messages (jsonl's help text
+    # mentions messages too); the chosen format's help below it
+    fmt = st.selectbox("format", FORMATS, key="exp_fmt")
+    st.caption(FORMAT_HELP.get(fmt, ""))
     mask = ui.read("get_mask_record", sel.selection_id)
     layers = sel.selection_id in ui.read("layered_selections")
     parts = [f"**{ui.plural(sel.n_selected, 'sample')}** ({fmt})"]
