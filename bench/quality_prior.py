@@ -528,21 +528,23 @@ def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds)
              f"first {TRAIN_SEEDS} paired). {len(data.eval)} held-out MC items. Differences: "
              "positive = better; 95% two-way bootstrap (seeds x items).", ""]
     # go / no-go
-    gate = None
     if "oracle_clean" in runs and "oracle_dirty" in runs:
         lines += ["## Go / no-go: oracle-clean against oracle-dirty", "",
                   "| metric | clean - dirty (95% CI) | CI half-width | gap / half-width |",
                   "|---|---|---|---|"]
-        gate = True
+        verdict = {}
         for metric in ("loss", "acc"):
             cells, mean, half = _diff_line("", runs["oracle_clean"], runs["oracle_dirty"],
                                            metric, args.boot)
             ratio = mean / half if half else float("inf")
-            gate = gate and ratio >= 3
+            verdict[metric] = ratio >= 3
             lines.append(f"| {metric} | {cells[1]} | {half:.4f} | {ratio:.1f} |")
-        lines += ["", f"**{'GO' if gate else 'NO-GO'}**: the benchmark "
-                  f"{'can' if gate else 'cannot'} tell clean from corrupted training data "
-                  "(needs gap >= 3 half-widths on both metrics).", ""]
+        name = {"loss": "answer loss", "acc": "option accuracy"}
+        lines += [""] + [
+            f"**{'GO' if ok else 'NO-GO'} on {name[m]}**: the gap is "
+            f"{'at least' if ok else 'below'} 3 CI half-widths, so the benchmark "
+            f"{'judges methods' if ok else 'does not judge methods'} on it."
+            for m, ok in verdict.items()] + [""]
     # means
     lines += ["## Arms", "", "| arm | answer loss | option acc | in family | corrupted in "
               "family | prior dropped | select s |", "|---|---|---|---|---|---|---|"]
