@@ -215,13 +215,19 @@ class QualityOptions:
     "N%" the N% worst rows; "off" none. ``weight``: lambda of the modular term
     ``lambda * sum_{a in A} q(a)`` added to a greedy method's objective (q in [0, 1], higher
     for a better row; it keeps the function monotone submodular); RDS+ adds it to the
-    similarities it ranks by. 0: off.
+    similarities it ranks by. 0: off. Both are on by default (bench/quality_prior.py: the
+    filter and the term together beat the filter alone, which beats none); ``quality: off``
+    in a recipe (``QualityOptions.off()``) turns the prior off.
     """
 
     signal: str = "combined"
     drop: str = "auto"
-    weight: float = 0.0
+    weight: float = 1.0
     k: int = 16
+
+    @classmethod
+    def off(cls) -> QualityOptions:
+        return cls(drop="off", weight=0.0)
 
     def validate(self, where: str = "quality") -> None:
         if self.signal not in QUALITY_SIGNALS:
@@ -313,6 +319,8 @@ class StageSpec:
         if self.method != "dualsft" and self.gradient != GradientOptions():
             raise RecipeError(f"{where}.gradient: these settings apply to method dualsft only "
                               f"(method is {self.method})", key=f"{where}.gradient")
+        if self.quality in ("off", False):
+            self.quality = QualityOptions.off()
         if isinstance(self.quality, dict):
             self.quality = _build(QualityOptions, self.quality, f"{where}.quality")
         if not isinstance(self.quality, QualityOptions):

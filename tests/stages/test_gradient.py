@@ -150,7 +150,7 @@ def test_dualsft_record_states_the_gradient_settings_and_the_prior(gstore, lm):
 def test_less_ranks_by_score_descending(gstore, lm):
     # the quality prior off: every pool row is scored and ranked by its score alone
     out = select_stage(gstore, "d", StageSpec(method="less", budget="5", target="q",
-                                              quality=QualityOptions(drop="off")), lm=lm,
+                                              quality=QualityOptions.off()), lm=lm,
                        options=OPTIONS)
     members = selection_members(gstore, out.selection_id)
     scores = [m["score"] for m in members]

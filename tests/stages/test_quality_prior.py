@@ -129,10 +129,9 @@ def test_the_prior_is_on_by_default(qstore, lm):
     out = select_stage(qstore, "d", StageSpec(method="embedding", budget="4"), lm=lm,
                        options=OPTIONS)
     prior = get_selection(qstore, out.selection_id).config["quality"]
-    assert (prior["signal"], prior["drop"], prior["weight"]) == ("combined", "auto", 0.0)
+    assert (prior["signal"], prior["drop"], prior["weight"]) == ("combined", "auto", 1.0)
     off = select_stage(qstore, "d", StageSpec(method="embedding", budget="4",
-                                              quality=QualityOptions(drop="off")), lm=lm,
-                       options=OPTIONS)
+                                              quality="off"), lm=lm, options=OPTIONS)
     assert "quality" not in get_selection(qstore, off.selection_id).config
     assert off.selection_id != out.selection_id
 
@@ -147,7 +146,7 @@ def test_prior_off_keeps_the_key_and_random_ignores_it(qstore, lm):
 
 
 def test_weight_adds_the_modular_term(qstore, lm):
-    off = QualityOptions(drop="off")
+    off = QualityOptions.off()
     base = select_stage(qstore, "d", StageSpec(stage="task", method="rds", budget="25%",
                                                target="q", quality=off), lm=lm,
                         options=OPTIONS)

@@ -40,7 +40,7 @@ def StageSpec(**kw) -> _StageSpec:  # noqa: N802 - stands in for the config clas
     """These tests pin each method's mechanics over the whole pool, so the quality prior
     (on by default) is off here unless a test asks for it; tests/stages/
     test_quality_prior.py covers the prior."""
-    kw.setdefault("quality", QualityOptions(drop="off"))
+    kw.setdefault("quality", QualityOptions.off())
     return _StageSpec(**kw)
 
 
