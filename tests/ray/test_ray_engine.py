@@ -149,6 +149,21 @@ def test_embeddings_and_explicit_pairs_on_ray(base, lm, engine, tmp_path):
     assert_same_utilities(stored(store, lm), stored(ref_store, lm))
 
 
+def test_quality_signals_on_ray_equal_the_local_ones(base, lm, engine, tmp_path):
+    from curator.scoring.jobs import ensure_quality
+
+    store = copy_store(base, tmp_path / "store")
+    pool = load_samples(store, "d", 1)
+    got, n = ensure_quality(store, lm, pool, batch_size=4, engine=engine)
+    want, _ = ensure_quality(copy_store(base, tmp_path / "ref"), lm, pool, batch_size=4,
+                             engine=LOCAL)
+    assert n == 20 and got.sample_id == want.sample_id
+    for field in ("loss", "uncond_loss", "stop_nll"):
+        np.testing.assert_allclose(getattr(got, field), getattr(want, field),
+                                   atol=TOLERANCE, rtol=0)
+    assert ensure_quality(store, lm, pool, engine=engine)[1] == 0  # stored: nothing again
+
+
 def _dies_once_loader(marker: str):
     """An actor loader that makes the actor's first pair shard SIGKILL its own process
     (once across restarts: the marker file says it happened)."""
@@ -459,6 +474,7 @@ def test_a_gradient_stage_on_ray_selects_what_the_local_one_selects(base, lm, tm
             gradient = GradientOptions(warmup_steps=0) if method == "dualsft" \
                 else GradientOptions()
             out = select_stage(store, "d", StageSpec(method=method, budget="5", version=1,
+                                                     quality="off",
                                                      gradient=gradient),
                                lm=lm, options=options)
         finally:

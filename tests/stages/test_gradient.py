@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from curator.config import GradientOptions, QualityOptions, ScoringOptions, StageSpec
+from curator.config import GradientOptions, QualityOptions, ScoringOptions
+from curator.config import StageSpec as _StageSpec
 from curator.ingest import ingest
 from curator.masks import load_mask
 from curator.stages import select_stage
@@ -28,6 +29,13 @@ from curator.store.selections import (
 from curator.testing import tiny_loaded_model
 
 OPTIONS = ScoringOptions(k=3, batch_size=8, max_length=128)
+
+
+def StageSpec(**kw) -> _StageSpec:  # noqa: N802 - stands in for the config class
+    """The gradient stages' mechanics over the whole pool: the quality prior (on by
+    default, tests/stages/test_quality_prior.py) is off here."""
+    kw.setdefault("quality", QualityOptions.off())
+    return _StageSpec(**kw)
 
 
 @pytest.fixture(scope="module")
