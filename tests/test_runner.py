@@ -112,7 +112,9 @@ def test_run_recipe_then_rerun_reuses_everything(store, write_jsonl, pair_rows, 
     assert (base.name, base.stage, base.method, base.function) == (
         "base", "instruction", "delift", "facility_location")
     assert (base.version, base.n_pool, base.n_selected, base.reused) == (1, 16, 4, False)
-    assert base.pairs_computed == 48 and base.mask is None
+    # k = 3 pairs for each row the quality prior (on by default) kept
+    dropped = get_selection(store, base.selection_id).config["quality"]["n_dropped"]
+    assert dropped > 0 and base.pairs_computed == 3 * (16 - dropped) and base.mask is None
     assert (update.stage, update.function, update.version) == ("continual", "flcg", 2)
     assert (update.n_pool, update.n_selected, update.reused) == (6, 3, False)
     assert get_selection(store, update.selection_id).parent == base.selection_id
