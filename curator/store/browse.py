@@ -300,11 +300,17 @@ def quarantine_reasons(store: Store, dataset: str,
 
 # -- selections ---------------------------------------------------------------------------
 
+def _scored_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A selection's config as its ranker saw it when it stored gradient scores: the
+    stage layer adds the quality prior's record ("quality") after ranking."""
+    return {k: v for k, v in config.items() if k != "quality"}
+
+
 def gradient_config(sel: SelectionRecord) -> str | None:
     """The config key under which a gradient method stored its per-sample scores."""
     if sel.method not in GRADIENT_METHODS:
         return None
-    return config_hash([sel.method, sel.config])
+    return config_hash([sel.method, _scored_config(sel.config or {})])
 
 
 def selection_score_options(store: Store, selection_id: str) -> list[str]:
@@ -476,7 +482,7 @@ def sample_gradient_scores(store: Store, sample_id: str) -> list[dict[str, Any]]
                        "method IN ('dualsft', 'gast', 'less')")
     by_key: dict[tuple[str, str], list[str]] = {}
     for sid, method, cfg, model in sels:
-        key = config_hash([method, json.loads(cfg) if cfg else {}])
+        key = config_hash([method, _scored_config(json.loads(cfg) if cfg else {})])
         by_key.setdefault((model, key), []).append(f"{sid} ({method})")
     return [{"score": r["score"], "selections": ", ".join(by_key.get((r["model"], r["config"]),
                                                                      [])) or "-",
