@@ -83,7 +83,8 @@ def apply_quality_prior(ctx: StageContext) -> tuple[dict | None, list[int]]:
     if opts.weight > 0:
         ctx.modular = opts.weight * decision.quality(kept)
     return {"signal": opts.signal, "drop": opts.drop, "weight": opts.weight, "k": opts.k,
-            "n_pool": len(pool), "n_dropped": len(dropped), "computed": decision.computed,
+            # not how many rows this call scored: a rerun after a kill must record the same
+            "n_pool": len(pool), "n_dropped": len(dropped),
             "dropped": {pool[i].sample_id: decision.reasons[i] for i in decision.dropped}}, kept
 
 
