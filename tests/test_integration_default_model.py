@@ -39,7 +39,9 @@ def test_default_model_selects_masks_exports_and_trains(tmp_path, default_lm) ->
     out = select_stage(store, "pool", StageSpec(stage="instruction", budget="25%"),
                        lm=default_lm, options=options)
     assert out.record.n_pool == 24 and out.record.n_selected == 6
-    assert out.scoring[0].n_computed == 48 and out.scoring[0].n_invalid == 0
+    # k = 2 pairs for each row the quality prior (on by default) kept
+    dropped = out.record.config["quality"]["n_dropped"]
+    assert out.scoring[0].n_computed == 2 * (24 - dropped) and out.scoring[0].n_invalid == 0
     assert out.record.model == default_lm.fingerprint
     # Greedy gains never increase and sum to the objective (no zero-gain refill here).
     gains = out.gains

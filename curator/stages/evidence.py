@@ -135,7 +135,11 @@ class EvidenceLoop:
             ranking = np.concatenate([ranking[:t], tail])
             gains = np.concatenate([gains[:t], np.zeros(len(tail))])
             self.filled = len(tail)
-        return ranking, gains, float(result.objective)
+        objective = float(result.objective)
+        if ctx.modular is not None:
+            # the utilities' objective, as the gains are: the prior's modular part is its own
+            objective -= float(ctx.modular[np.asarray(result.ranking)].sum())
+        return ranking, gains, objective
 
     def _utility_gains(self, ranking: np.ndarray, gains: np.ndarray) -> np.ndarray:
         """The gains less the quality prior's modular term: what the utilities measured,

@@ -169,3 +169,11 @@ def test_weight_adds_the_modular_term(qstore, lm):
     assert set(heavy.sample_ids) == {pool[i].sample_id for i in np.argsort(z)[:4]}
     assert heavy.selection_id != base.selection_id
     shutil.rmtree(qstore.path / "artifacts", ignore_errors=True)
+
+
+def test_delift_gains_sum_to_its_objective_without_the_modular_part(qstore, lm):
+    out = select_stage(qstore, "d", StageSpec(method="delift", budget="4",
+                                              quality=QualityOptions(drop="off", weight=2.0)),
+                       lm=lm, options=OPTIONS)
+    rec = get_selection(qstore, out.selection_id)
+    assert out.gains.sum() == pytest.approx(rec.objective, abs=1e-6)
