@@ -221,13 +221,16 @@ class RayEngine:
     def connect(self) -> None:
         """Join the running Ray (this process's, ``address``, or RAY_ADDRESS), else start a
         local one of ``workers * threads`` CPUs, which ``close`` shuts down."""
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            # checked even when this process already runs Ray: an address the user named
+            # that nobody answers on is an error, never silently another cluster
+            wait_for_cluster(address, env.ray_timeout())
         if ray.is_initialized():
             return
         quiet = {"include_dashboard": False, "logging_level": logging.ERROR,
                  "log_to_driver": False}
-        address = self.address or os.environ.get("RAY_ADDRESS")
         if address:
-            wait_for_cluster(address, env.ray_timeout())
             ray.init(address=address, **quiet)
             return
         cpus = (self.workers or os.cpu_count() or 1) * (self.threads or 1)
