@@ -157,7 +157,7 @@ def spec_for(arm: str, args, budget: str, stage: str = "task", seed: int = 0):
 
     method, _, prior = arm.partition("+")
     method = method.removesuffix("_gated")
-    quality = {"": QualityOptions(drop="off"), "filter": QualityOptions(drop="auto", weight=0.0),
+    quality = {"": QualityOptions.off(), "filter": QualityOptions(drop="auto", weight=0.0),
                "modular": QualityOptions(drop="off", weight=args.weight),
                "both": QualityOptions(drop="auto", weight=args.weight)}[prior]
     spec = StageSpec(stage=stage, method=method, budget=budget, seed=seed, quality=quality,
