@@ -28,6 +28,7 @@ from curator.vocabulary import (
     MASK_RANKS,
     METHODS,
     OPTIMIZERS,
+    PRIOR_OFF_BY_DEFAULT,
     QUALITY_SIGNALS,
     SCORED_TOKENS,
     SELF_COVERAGE,
@@ -342,6 +343,14 @@ class StageSpec:
     @property
     def resolved_function(self) -> str:
         return self.function or DEFAULT_FUNCTION[self.stage]
+
+    @property
+    def resolved_quality(self) -> QualityOptions:
+        """The quality prior this stage runs with: its own settings, except that a method
+        in PRIOR_OFF_BY_DEFAULT left at the defaults runs without the prior."""
+        if self.method in PRIOR_OFF_BY_DEFAULT and self.quality == QualityOptions():
+            return QualityOptions.off()
+        return self.quality
 
 
 @dataclass

@@ -54,6 +54,9 @@ CONTINUAL_POOLS = ("new", "all")
 # The quality prior (curator/stages/quality.py): each signal is a kNN z-score of a row's
 # log signal among its most similar pool rows; "combined" is the mean of the three
 QUALITY_SIGNALS = ("combined", "ifd", "loss", "stop")
+# Methods whose default is the prior off: on bench/quality_prior.py the prior's filter made
+# warmed-up DualSFT worse (-0.24 nats [-0.37, -0.11] answer loss); set `quality:` to use it
+PRIOR_OFF_BY_DEFAULT = ("dualsft",)
 EXPORT_FORMATS = ("jsonl", "messages", "alpaca", "sharegpt", "parquet", "hf")
 
 

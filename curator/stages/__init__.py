@@ -72,7 +72,7 @@ def apply_quality_prior(ctx: StageContext) -> tuple[dict | None, list[int]]:
     """The quality prior (``spec.quality``): leave out the rows its drop rule names and set
     the modular term. Returns what the selection records (None: the method has no model or
     the prior is off) and the pool indices kept."""
-    opts = ctx.spec.quality
+    opts = ctx.spec.resolved_quality
     if ctx.spec.method not in MODEL_METHODS or not opts.active:
         return None, list(range(len(ctx.pools.pool)))
     decision = judge_pool(ctx)

@@ -155,12 +155,14 @@ def stage_key(dataset: str, spec: StageSpec, pools: Pools, options: ScoringOptio
     key: dict[str, Any] = {
         "dataset": dataset, "version": pools.version, "pool": ids(pools.pool),
         "target": pools.target_ref, "parent": pools.parent,
-        "spec": {k: (dataclasses.asdict(v) if k in ("gradient", "quality") else v)
+        "spec": {k: (dataclasses.asdict(spec.resolved_quality if k == "quality" else v)
+                     if k in ("gradient", "quality") else v)
                  for k, v in vars(spec).items()
                  if k not in ("name", "version", "parent")
                  # the quality prior needs the model (random and full never read it) and
                  # enters only when it acts, so selections made before it keep their keys
-                 and (k != "quality" or (spec.method in MODEL_METHODS and v.active))
+                 and (k != "quality" or (spec.method in MODEL_METHODS
+                                         and spec.resolved_quality.active))
                  # settings only DELIFT (or DualSFT) reads: other methods keep their hashes
                  and (k not in DELIFT_ONLY_SPEC or spec.method == "delift")
                  and (k != "gradient" or spec.method == "dualsft")},

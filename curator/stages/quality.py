@@ -98,7 +98,7 @@ def decide_drops(z: np.ndarray, ifd: np.ndarray, drop: str, n_keep_min: int) -> 
 
 def judge_pool(ctx) -> PriorDecision:
     """Score the pool's quality signals (what the store lacks) and decide the drops."""
-    opts = ctx.spec.quality
+    opts = ctx.spec.resolved_quality
     pool = ctx.pools.pool
     engine = engine_for(ctx.options)
     rows, computed = ensure_quality(ctx.store, ctx.lm, pool, batch_size=ctx.options.batch_size,

@@ -138,8 +138,12 @@ def test_the_pins_cover_every_method_and_stage(observed):
     assert all(v["objective"] or v["config"]["harmful_excluded"]
                + v["config"].get("quality", {}).get("n_dropped", 0) == v["n_pool"]
                for v in observed.values() if v["method"] == "delift")
+    from curator.vocabulary import PRIOR_OFF_BY_DEFAULT
+
     assert all(v["config"]["quality"]["n_dropped"] for v in observed.values()
-               if v["method"] not in ("random", "full"))
+               if v["method"] not in ("random", "full", *PRIOR_OFF_BY_DEFAULT))
+    assert all("quality" not in v["config"] for v in observed.values()
+               if v["method"] in PRIOR_OFF_BY_DEFAULT)
     assert any(v["config"].get("unfit_excluded") for v in observed.values())
     assert observed["gast"]["layers"] and observed["dualsft"]["mask_kept"]
     assert observed["continual-v3"]["mask_kept"]

@@ -177,3 +177,12 @@ def test_delift_gains_sum_to_its_objective_without_the_modular_part(qstore, lm):
                        lm=lm, options=OPTIONS)
     rec = get_selection(qstore, out.selection_id)
     assert out.gains.sum() == pytest.approx(rec.objective, abs=1e-6)
+
+
+def test_dualsft_runs_without_the_prior_unless_asked():
+    # the benchmark found the prior's filter to make warmed-up DualSFT worse
+    assert StageSpec(method="dualsft").resolved_quality == QualityOptions.off()
+    asked = StageSpec(method="dualsft", quality=QualityOptions(drop="10%"))
+    assert asked.resolved_quality.drop == "10%"
+    assert StageSpec(method="delift").resolved_quality == QualityOptions()
+    assert StageSpec(method="gast").resolved_quality == QualityOptions()
