@@ -517,8 +517,7 @@ def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds)
     machine_line = lambda: f"{cpu_name()} ({bf16}), {os.cpu_count()} cores, torch {torch.__version__}"  # noqa: E731
 
     lines = [f"# Quality-prior benchmark{' (quick)' if args.quick else ''}", "",
-             f"Command: `.venv/bin/python bench/quality_prior.py"
-             f"{' --quick' if args.quick else ''}{' --model tiny' if args.model == 'tiny' else ''}`"
+             f"Command: `.venv/bin/python bench/quality_prior.py {' '.join(sys.argv[1:])}`"
              f" ({dt.date.today()}, {seconds / 60:.0f} min). Machine: {machine_line()}."
              + (f" {args.note}" if args.note else ""), "",
              f"Data: {json.dumps(data.summary())}", "",
