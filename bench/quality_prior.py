@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from prior_data import MC_KINDS, PriorConfig, PriorData, build  # noqa: E402
+from quality import scoring_model, training_model  # noqa: E402  (same models, same dtypes)
 from quality_stats import compare  # noqa: E402
 
 ARMS_QUICK = ("oracle_clean", "oracle_dirty", "random", "rds", "rds+filter", "delift",
@@ -133,20 +134,6 @@ def prepare(args) -> tuple[PriorData, Any]:
         ingest(store, str(paths["target"]), "target")
         stamp.write_text(digest)
     return data, Store(store_path)
-
-
-def scoring_model(args):
-    from curator.models import load_model
-    from curator.testing import tiny_loaded_model
-
-    return tiny_loaded_model("llama") if args.model == "tiny" else load_model(None)
-
-
-def training_model(args):
-    from curator.models import load_model
-    from curator.testing import tiny_loaded_model
-
-    return tiny_loaded_model("llama") if args.model == "tiny" else load_model(None, dtype="fp32")
 
 
 # ---------------------------------------------------------------- selections

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from curator.models import LoadedModel, pad_token_id
 from curator.records import Sample
 from curator.scoring.encoding import answer_split, has_chat_template, render, tokenize
+from curator.scoring.utility import _pad
 
 QUALITY_VERSION = 1
 _LOGIT_ROWS = 1024  # positions per lm-head block: bounds the (rows, V) fp32 logits
@@ -129,13 +130,8 @@ def _token_logprobs(lm: LoadedModel, seqs: Sequence[tuple[int, ...]],
     dev = lm.device
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        width = max(len(seqs[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, :len(seqs[i])] = torch.tensor(seqs[i])
-            mask[r, :len(seqs[i])] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
+        ids, mask = _pad([seqs[i] for i in idx], pad, dev)  # (B, L) right-padded
+        width = ids.shape[1]
         pos = torch.arange(width, device=dev).clamp(max=lm.max_length - 1).expand_as(ids)
         hidden = base(input_ids=ids, attention_mask=mask, position_ids=pos,
                       use_cache=False).last_hidden_state  # (B, L, d)

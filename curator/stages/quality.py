@@ -6,7 +6,7 @@ hand the rest a quality in [0, 1] for the modular term.
 Why relative to neighbours: a row's answer loss says as much about its family (a hard task,
 long free-text answers) as about the row; compared with the rows most like it, a high loss,
 a high IFD or a high end-of-turn NLL marks a row whose answer is off for its prompt
-(bench/results/quality_prior.md has the AUCs per kind of corruption). Why also IFD >= 1: a
+(bench/results/quality_prior_quick.md has the AUCs per kind of corruption). Why also IFD >= 1: a
 prompt that does not make its own answer likelier is misaligned whatever its neighbours do
 (Cherry LLM and Superfiltering leave such rows out), and a whole neighbourhood of bad rows
 would hide from the z-score.
@@ -37,7 +37,6 @@ class PriorDecision:
     ifd: np.ndarray          # (n,) NaN where the row could not be scored
     dropped: list[int]       # pool indices left out, worst first
     reasons: dict[int, str]  # pool index -> why it was left out
-    computed: int            # rows scored by the model in this call
 
     def quality(self, kept: list[int]) -> np.ndarray:
         """q in (0, 1) for the kept rows, higher for a better row: a logistic of -z."""
@@ -101,7 +100,7 @@ def judge_pool(ctx) -> PriorDecision:
     opts = ctx.spec.resolved_quality
     pool = ctx.pools.pool
     engine = engine_for(ctx.options)
-    rows, computed = ensure_quality(ctx.store, ctx.lm, pool, batch_size=ctx.options.batch_size,
+    rows, _ = ensure_quality(ctx.store, ctx.lm, pool, batch_size=ctx.options.batch_size,
                                     progress=ctx.progress, engine=engine)
     n = len(pool)
     if n > MIN_NEIGHBOURS:
@@ -112,4 +111,4 @@ def judge_pool(ctx) -> PriorDecision:
         neighbours = np.full((n, 0), -1, dtype=np.int64)
     z = signal_z(rows, neighbours, opts.signal)
     dropped, reasons = decide_drops(z, rows.ifd, opts.drop, min(ctx.n_select, n))
-    return PriorDecision(z, rows.ifd, dropped, reasons, computed)
+    return PriorDecision(z, rows.ifd, dropped, reasons)
