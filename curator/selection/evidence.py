@@ -59,14 +59,18 @@ def rows_by_need(kernel: sp.spmatrix | np.ndarray, head: Sequence[int],
 
 def propose_pairs(row_emb: np.ndarray, col_emb: np.ndarray, rows: Sequence[int],
                   allowed_cols: Sequence[int], scored: set[tuple[int, int]], per_row: int,
-                  same_ids: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+                  same_ids: Sequence[tuple[int, int]] = (),
+                  col_bonus: np.ndarray | None = None) -> list[tuple[int, int]]:
     """For each row in ``rows``, its ``per_row`` most similar columns (cosine of the
     embeddings) among ``allowed_cols`` whose pair with that row was never scored.
 
     Embeddings choose *which* pairs to measure next, never the selection itself: the pairs
-    are scored with the model and only their utilities enter the kernel. ``same_ids`` lists
-    (row, col) positions that are the same sample (never a pair). Returns (row, col) index
-    pairs, rows in the given order, columns most similar first; ties by column index.
+    are scored with the model and only their utilities enter the kernel. ``col_bonus`` (one
+    value per column) is added to the cosine before ranking: a model signal of each
+    candidate (the quality prior's modular term), so embeddings are not the only judge of
+    which pairs get measured. ``same_ids`` lists (row, col) positions that are the same
+    sample (never a pair). Returns (row, col) index pairs, rows in the given order, columns
+    highest first; ties by column index.
     """
     if per_row <= 0 or len(rows) == 0 or len(allowed_cols) == 0:
         return []
@@ -75,6 +79,8 @@ def propose_pairs(row_emb: np.ndarray, col_emb: np.ndarray, rows: Sequence[int],
     r_e = _unit(row_emb[np.asarray(rows, dtype=np.int64)])
     c_e = _unit(col_emb[cols])
     sims = r_e @ c_e.T                                         # (n_rows_probed, n_allowed)
+    if col_bonus is not None:
+        sims = sims + np.asarray(col_bonus, dtype=sims.dtype)[cols][None, :]
     out: list[tuple[int, int]] = []
     for i, r in enumerate(int(x) for x in rows):
         order = np.lexsort((cols, -sims[i]))                   # most similar, then lowest index

@@ -317,9 +317,13 @@ class EvidenceLoop:
                   if e in c_pos and (t, e) not in hidden}
         same = [(i, c_pos[r]) for i, r in enumerate(self.row_ids) if r in c_pos]
         emb = self._embeddings()
+        # Task stage above scoring.dense_target (FLVMI: rows are the targets): the candidates
+        # a target is measured with are chosen by similarity plus the quality prior's term,
+        # so the model's own signal, not embeddings alone, decides which pairs exist.
+        bonus = ctx.modular if self.function == "flvmi" else None
         proposed = propose_pairs(np.stack([emb[i] for i in self.row_ids]),
                                  np.stack([emb[i] for i in self.pool_ids]), probe, allowed,
-                                 scored, per_row, same)[:want]
+                                 scored, per_row, same, col_bonus=bonus)[:want]
         return [(self.row_ids[r], self.pool_ids[c]) for r, c in proposed]
 
     def _embeddings(self) -> dict[str, np.ndarray]:

@@ -55,6 +55,19 @@ def test_propose_pairs_takes_the_most_similar_unscored_allowed_columns():
     assert propose_pairs(rows_e, cols_e, [0], [0, 1], set(), 0) == []
 
 
+def test_propose_pairs_adds_a_model_signal_to_the_similarity():
+    rows_e = np.array([[1.0, 0.0]])
+    cols_e = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])   # cosines 1.0, 0.8, 0.0
+    assert propose_pairs(rows_e, cols_e, [0], [0, 1, 2], set(), 2) == [(0, 0), (0, 1)]
+    # the prior doubts column 0 (bonus 0.1) and trusts column 2 (0.9): 1.1, 0.8+0.5, 0.9
+    got = propose_pairs(rows_e, cols_e, [0], [0, 1, 2], set(), 2,
+                        col_bonus=np.array([0.1, 0.5, 0.9]))
+    assert got == [(0, 1), (0, 0)]
+    got = propose_pairs(rows_e, cols_e, [0], [0, 1, 2], set(), 3,
+                        col_bonus=np.array([0.0, 0.0, 1.05]))
+    assert got == [(0, 2), (0, 0), (0, 1)]
+
+
 def test_column_mean_utility_and_harm():
     mean, count = column_mean_utility([0, 0, 1, 2, 2, 2], [0.4, -0.2, -0.5, -0.1, -0.1, 0.5],
                                       n_cols=4, scale=2.0)

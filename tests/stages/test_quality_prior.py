@@ -179,6 +179,33 @@ def test_delift_gains_sum_to_its_objective_without_the_modular_part(qstore, lm):
     assert out.gains.sum() == pytest.approx(rec.objective, abs=1e-6)
 
 
+def test_task_candidates_above_dense_target_take_the_prior(qstore, lm, monkeypatch):
+    # 3 targets x 16 rows > dense_target 0: kNN-gated, and the on-demand candidates are
+    # ranked by similarity plus the prior's modular term (issue 24), not embeddings alone
+    import dataclasses
+
+    import curator.stages.evidence as evidence
+
+    seen = []
+    real = evidence.propose_pairs
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("col_bonus"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evidence, "propose_pairs", spy)
+    opts = dataclasses.replace(OPTIONS, k=1, dense_target=0)
+    out = select_stage(qstore, "d", StageSpec(stage="task", method="delift", budget="8",
+                                              target="q",
+                                              quality=QualityOptions(drop="off", weight=1.0)),
+                       lm=lm, options=opts)
+    bonuses = [b for b in seen if b is not None]
+    assert bonuses, "the evidence loop proposed no target pairs"
+    q = [b for b in bonuses if len(b) == 16]
+    assert q and np.all((q[0] >= 0) & (q[0] <= 1)) and np.ptp(q[0]) > 0
+    assert len(out.sample_ids) == 8
+
+
 def test_dualsft_runs_without_the_prior_unless_asked():
     # the benchmark found the prior's filter to make warmed-up DualSFT worse
     assert StageSpec(method="dualsft").resolved_quality == QualityOptions.off()
