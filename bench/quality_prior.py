@@ -55,15 +55,25 @@ from prior_data import MC_KINDS, PriorConfig, PriorData, build  # noqa: E402
 from quality import scoring_model, training_model  # noqa: E402  (same models, same dtypes)
 from quality_stats import compare  # noqa: E402
 
-ARMS_QUICK = ("oracle_clean", "oracle_dirty", "random", "rds", "rds+filter", "delift",
-              "delift+filter", "delift+both")
-ARMS_FULL = ARMS_QUICK + ("rds+modular", "rds+both", "delift+modular", "delift_gated",
-                          "dualsft", "dualsft+filter", "gast")
+# --quick: the controls, the baselines and DELIFT as a user gets it (the prior's filter and
+# term): about 16 fine-tuning runs, so it fits in 20 minutes once the scores are cached.
+ARMS_QUICK = ("oracle_clean", "oracle_dirty", "random", "rds", "delift+both")
+ARMS_FULL = ("oracle_clean", "oracle_dirty", "random", "rds", "rds+filter", "rds+modular",
+             "rds+both", "delift", "delift+filter", "delift+modular", "delift+both",
+             "delift_gated", "delift_nll+both", "delift_noharm+both", "dualsft",
+             "dualsft+filter", "dualsft_unit", "dualsft_masked", "random_dualsft_mask", "gast")
+# Arm variants: a method name with a suffix that changes one option (see ``select``).
+VARIANTS = ("_gated", "_nll", "_noharm", "_unit", "_masked")
+CURVE_ARMS = ("random", "rds", "delift+both")
 LABEL = {"oracle_clean": "oracle-clean (control)", "oracle_dirty": "oracle-dirty (control)",
          "random": "random", "rds": "RDS+", "delift": "DELIFT",
          "delift_gated": "DELIFT, kNN-gated, whole response (before issue 24)",
-         "dualsft": "DualSFT (subset, "
-         "full fine-tuning)", "gast": "GAST (layer subsets)"}
+         "delift_nll": "DELIFT, distance nll", "delift_noharm": "DELIFT, harm rule off",
+         "dualsft": "DualSFT (subset, full fine-tuning)",
+         "dualsft_unit": "DualSFT, unit-norm gradients (subset, full fine-tuning)",
+         "dualsft_masked": "DualSFT (subset, trained through its 5% mask)",
+         "random_dualsft_mask": "random subset, trained through DualSFT's mask",
+         "gast": "GAST (layer subsets)"}
 TRAIN_SEEDS = 3
 RANDOM_SEEDS = 5              # --quick: TRAIN_SEEDS (the paired ones)
 
@@ -107,6 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             / "results" / f"quality_prior{'_quick' if args.quick else ''}.md")
     if tiny:
         args.eval_size = min(args.eval_size, 40)
+    elif args.quick:
+        args.eval_size = min(args.eval_size, 400)  # the issue's floor: 400 held-out items
     return args
 
 
@@ -143,12 +155,17 @@ def spec_for(arm: str, args, budget: str, stage: str = "task", seed: int = 0):
     from curator.config import QualityOptions, StageSpec
 
     method, _, prior = arm.partition("+")
-    method = method.removesuffix("_gated")
+    for v in VARIANTS:
+        method = method.removesuffix(v)
     quality = {"": QualityOptions.off(), "filter": QualityOptions(drop="auto", weight=0.0),
                "modular": QualityOptions(drop="off", weight=args.weight),
                "both": QualityOptions(drop="auto", weight=args.weight)}[prior]
     spec = StageSpec(stage=stage, method=method, budget=budget, seed=seed, quality=quality,
                      target="target" if stage == "task" else None)
+    if "_noharm" in arm:
+        spec.harm = "off"
+    if "_unit" in arm:
+        spec.gradient = dataclasses.replace(spec.gradient, normalize="unit")
     spec.version = 1 if stage == "instruction" else 2
     return spec
 
@@ -165,6 +182,8 @@ def select(args, store, lm, arm: str, budget: str, stage: str = "task",
     if arm.startswith("delift_gated"):
         # DELIFT as it was before issue 24: kNN-gated task pairs, the whole response scored
         options = dataclasses.replace(options, dense_target=0, tokens="response")
+    if arm.startswith("delift_nll"):
+        options = dataclasses.replace(options, distance="nll")
     t = time.monotonic()
     out = select_stage(store, "pool", spec, lm=lm, options=options, previous_selection=previous)
     return out, time.monotonic() - t
@@ -238,7 +257,8 @@ class Trainer:
         (args.workdir / "runs").mkdir(parents=True, exist_ok=True)
 
     def run(self, samples, seed: int, layers=None, layer_scores=None,
-            tag: str = "") -> dict[str, Any]:
+            tag: str = "", mask: tuple[str, dict] | None = None) -> dict[str, Any]:
+        """``mask``: (its sha256, the mask) to train only its coordinates (DualSFT)."""
         from curator.train import train
 
         args = self.args
@@ -247,6 +267,8 @@ class Trainer:
                 "eval": self.evaluator.eval_id}
         if layer_scores is not None:  # GAST sampled per batch (added later: keys kept)
             what["layer_scores"] = True
+        if mask is not None:  # added later: keys without a mask kept
+            what["mask"] = mask[0]
         key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
         path = args.workdir / "runs" / f"{key}.json"
         if path.exists():
@@ -257,7 +279,8 @@ class Trainer:
             with autocast(self.lm):
                 result = train(self.lm, None, samples, layer_subsets=layers, epochs=args.epochs,
                                lr=args.lr, batch_size=8, seed=seed, max_length=512,
-                               layer_scores=layer_scores)
+                               layer_scores=layer_scores,
+                               mask=mask[1] if mask is not None else None)
             steps = result.steps
         else:
             steps = 0
@@ -367,36 +390,43 @@ def main(argv: list[str] | None = None) -> int:
 
     sel_info: dict[str, dict[str, Any]] = {}
     runs: dict[str, list[dict]] = {}
+    # every task selection's overlap with RDS+'s (is DELIFT more than RDS+'s candidate list?)
+    rds_ids = set(select(args, store, lm, "rds", args.budget)[0].sample_ids)
     for arm in args.arms:
         if arm.startswith("oracle"):
             seeds = range(TRAIN_SEEDS)
             runs[arm] = [trainer.run([by_id[i] for i in oracle_subset(
                 data, n_budget, arm == "oracle_clean", s)], s, tag=arm) for s in seeds]
             continue
-        if arm == "random":
+        if arm.startswith("random"):
+            # random subsets (seed s), through DualSFT's mask for "random_dualsft_mask"
+            mask = _mask(store, select(args, store, lm, "dualsft", args.budget)[0]) \
+                if arm == "random_dualsft_mask" else None
             outs = []
-            for s in range(TRAIN_SEEDS if args.quick else RANDOM_SEEDS):
+            for s in range(TRAIN_SEEDS if args.quick or mask else RANDOM_SEEDS):
                 out, secs = select(args, store, lm, "random", args.budget, seed=s)
-                outs.append(trainer.run([by_id[i] for i in out.sample_ids], s, tag="random"))
+                outs.append(trainer.run([by_id[i] for i in out.sample_ids], s, tag=arm,
+                                        mask=mask))
                 if s == 0:
-                    sel_info[arm] = _describe(out, labels, secs, store)
+                    sel_info[arm] = _describe(out, labels, secs, store, rds_ids)
             runs[arm] = outs
             continue
         print(f"{arm}: selecting", flush=True)
         out, secs = select(args, store, lm, arm, args.budget)
-        sel_info[arm] = _describe(out, labels, secs, store)
+        sel_info[arm] = _describe(out, labels, secs, store, rds_ids)
         print(f"  {sel_info[arm]['line']}", flush=True)
         layers = _layers(store, out.selection_id) if arm.startswith("gast") else None
         scores = _layer_scores(store, out.selection_id) if layers else None
+        mask = _mask(store, out) if arm.startswith("dualsft_masked") else None
         samples = [by_id[i] for i in out.sample_ids]
-        runs[arm] = [trainer.run(samples, s, layers=layers, layer_scores=scores, tag=arm)
-                     for s in range(TRAIN_SEEDS)]
+        runs[arm] = [trainer.run(samples, s, layers=layers, layer_scores=scores, tag=arm,
+                                 mask=mask) for s in range(TRAIN_SEEDS)]
     base = trainer.run([], 0, tag="base")
 
     curve: dict[str, dict[str, list[dict]]] = {}
     for budget in args.curve:
         curve[budget] = {}
-        for arm in ("random", "rds", "rds+filter", "delift+filter"):
+        for arm in CURVE_ARMS:
             if arm == "random":
                 outs = [select(args, store, lm, "random", budget, seed=s)[0]
                         for s in range(TRAIN_SEEDS)]
@@ -442,7 +472,18 @@ def _layers(store, selection_id: str):
     return selection_layers(store, selection_id) or None
 
 
-def _describe(out, labels, secs: float, store) -> dict[str, Any]:
+def _mask(store, out) -> tuple[str, dict]:
+    """The DualSFT mask stored with a selection: (its sha256, the mask)."""
+    from curator.masks import load_mask
+    from curator.store.selections import get_mask_record
+
+    rec = get_mask_record(store, out.selection_id)
+    if rec is None:
+        raise SystemExit(f"selection {out.selection_id} has no mask")
+    return rec["sha256"], load_mask(Path(store.artifacts) / rec["path"])
+
+
+def _describe(out, labels, secs: float, store, rds_ids: set[str]) -> dict[str, Any]:
     from curator.store.selections import get_selection
 
     rows = [labels[i] for i in out.sample_ids]
@@ -453,11 +494,31 @@ def _describe(out, labels, secs: float, store) -> dict[str, Any]:
             "corrupt_in_family": sum(r.corruption is not None for r in fam),
             "corrupt": sum(r.corruption is not None for r in rows),
             "dropped": prior.get("n_dropped"), "seconds": round(secs, 1),
-            "selection": out.selection_id}
+            "selection": out.selection_id, "ids": sorted(out.sample_ids),
+            "harmful_excluded": (rec.config or {}).get("harmful_excluded"),
+            "unfit_excluded": (rec.config or {}).get("unfit_excluded"),
+            "jaccard_rds": round(len(rds_ids & set(out.sample_ids))
+                                 / max(len(rds_ids | set(out.sample_ids)), 1), 3)}
     info["line"] = (f"{info['n']} rows, {info['in_family']} in family, "
                     f"{info['corrupt_in_family']} of them corrupted; prior dropped "
-                    f"{info['dropped']}; {secs:.0f} s")
+                    f"{info['dropped']}; Jaccard with RDS+ {info['jaccard_rds']}; {secs:.0f} s")
     return info
+
+
+def harm_lines(sel_info: dict[str, dict[str, Any]], data: PriorData) -> list[str]:
+    """The harm rule against the prior: what DELIFT with the prior picks with the rule
+    (``mean+fit``, the default) and without it (``off``)."""
+    on, off = sel_info.get("delift+both"), sel_info.get("delift_noharm+both")
+    if not on or not off:
+        return []
+    bad = {r.sample_id for r in data.pool if r.corruption is not None}
+    only_on, only_off = set(on["ids"]) - set(off["ids"]), set(off["ids"]) - set(on["ids"])
+    return ["", "## The harm rule (`mean+fit`) with the prior", "",
+            f"DELIFT with the prior left out {on['harmful_excluded']} example(s) as harmful "
+            f"({on['unfit_excluded']} of them by the fit rule). Rows only in the selection "
+            f"with the rule: {len(only_on)} ({len(only_on & bad)} corrupted); rows only in the "
+            f"selection without it: {len(only_off)} ({len(only_off & bad)} corrupted). "
+            f"Corrupted rows picked: {on['corrupt']} with the rule, {off['corrupt']} without."]
 
 
 def stage_shares(args, store, lm, labels) -> dict[str, dict[str, float]]:
@@ -533,16 +594,18 @@ def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds)
             for m, ok in verdict.items()] + [""]
     # means
     lines += ["## Arms", "", "| arm | answer loss | option acc | in family | corrupted in "
-              "family | prior dropped | select s |", "|---|---|---|---|---|---|---|"]
+              "family | prior dropped | Jaccard with RDS+ | select s |",
+              "|---|---|---|---|---|---|---|---|"]
     lines.append(f"| base model | {np.mean(base['loss']):.4f} | {np.mean(base['acc']):.3f} | "
-                 "| | | |")
+                 "| | | | |")
     for arm, rs in runs.items():
         info = sel_info.get(arm, {})
         lines.append(f"| {label(arm)} | {np.mean([np.mean(r['loss']) for r in rs]):.4f} | "
                      f"{np.mean([np.mean(r['acc']) for r in rs]):.3f} | "
                      f"{info.get('in_family', '')} | {info.get('corrupt_in_family', '')} | "
                      f"{info.get('dropped') if info.get('dropped') is not None else ''} | "
-                     f"{info.get('seconds', '')} |")
+                     f"{info.get('jaccard_rds', '')} | {info.get('seconds', '')} |")
+    lines += harm_lines(sel_info, data)
     for ref in ("random", "rds"):
         if ref not in runs:
             continue
