@@ -473,7 +473,11 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.exists():
         raise RecipeError(f"no such recipe file: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") \
+            from exc
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
@@ -482,9 +486,18 @@ def load_recipe(path: str | Path) -> Recipe:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # yaml and json raise several types; the message is what matters
-        raise RecipeError(f"{path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") \
-            from exc
+        raise RecipeError(f"{path} is not valid {path.suffix.lstrip('.') or 'YAML'}: "
+                          f"{_one_line(exc)}") from exc
     return recipe_from_dict(data, base_dir=path.resolve().parent)
+
+
+def _one_line(exc: Exception) -> str:
+    """A parser's error in one line: yaml's message spans several (the context, the
+    offending line and a caret under it), so say its problem and where it is."""
+    mark = getattr(exc, "problem_mark", None)
+    if getattr(exc, "problem", None) and mark is not None:
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
 
 
 def config_hash(obj: Any) -> str:
