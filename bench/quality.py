@@ -73,7 +73,7 @@ in ``bench/results/quality_quick.md``).
 Library entry points (the only calls into curator; re-point them here when the library
 moves): ``select_one`` (curator.stages.select_stage, resolve_pools; config.StageSpec,
 ScoringOptions), ``training_set`` (export.export_selection, load_export), ``fine_tune``
-(train.train), ``evaluate_task`` (evaluate.response_losses, exact_match), ``prepare``
+(train.train), ``evaluate_task`` (evaluate.row_losses, exact_match), ``prepare``
 (ingest.ingest, store.Store, store.datasets.load_samples), ``stored_gains`` and
 ``subset_digest`` (store.selections), ``scoring_model`` / ``training_model`` (models,
 testing).
@@ -122,6 +122,10 @@ EM_SETTINGS = {"gsm8k": (r"#### (.*)", 256),
                "navigate": (r"(?i)\b(yes|no)\b", 8), "web_of_lies": (r"(?i)\b(yes|no)\b", 8),
                "boolean_expressions": (r"(?i)\b(true|false)\b", 8)}
 EM_DEFAULT = (None, 16)
+# The loss this benchmark's stored evaluations and bench/RESULTS.md measure: the whole
+# response, end-of-turn tokens included ("answer", curator eval's default, would change what
+# a cached evaluation under the same eval_id means)
+LOSS_TOKENS = "response"
 
 # ---------------------------------------------------------------- facts and sizing
 
@@ -416,14 +420,15 @@ def make_tasks(args, data: QualityData) -> list[Task]:
 
 def evaluate_task(lm, task: Task) -> dict[str, Any]:
     """Per-row response losses (and exact-match hits) of one model on one task."""
-    from curator.evaluate import exact_match, response_losses
+    from curator.evaluate import exact_match, row_losses
     from curator.records import Sample
 
     samples = [Sample.from_pair(r.prompt, r.response) for r in task.rows]
     t = time.monotonic()
     out: dict[str, Any] = {"loss": [None if math.isnan(x) else float(x) for x in
-                                    response_losses(lm, samples, batch_size=16,
-                                                    max_length=512)]}
+                                    row_losses(lm, samples, batch_size=16, max_length=512,
+                                               tokens=LOSS_TOKENS)],
+                           "loss_tokens": LOSS_TOKENS}
     if task.exact_match:
         em = exact_match(lm, samples, max_new_tokens=task.max_new_tokens,
                          answer_pattern=task.answer_pattern, batch_size=16)

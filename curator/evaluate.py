@@ -1,7 +1,12 @@
-"""Evaluation of a (fine-tuned) model on held-out rows: response loss and exact match.
+"""Evaluation of a (fine-tuned) model on held-out rows: loss and exact match.
 
-Response loss: the teacher-forced mean loss over each row's response tokens, per row
-(``response_losses``), so a benchmark can pair rows across models.
+Loss: the teacher-forced mean loss per row (``row_losses``, so a benchmark can pair rows
+across models; ``eval_loss`` is their mean, for `curator eval` and training's eval alike)
+over the tokens ``tokens`` names (``vocabulary.EVAL_TOKENS``): "answer" (the default) the
+answer's own tokens, as DELIFT's utilities and the quality prior score them, without the
+chat template's end-of-turn tokens (``scoring.encoding.answer_split``), which carry format,
+not content, and at a small model can be half of a short answer's tokens; "response" the
+whole rendered response, end-of-turn tokens included (the loss training minimises).
 
 Exact match: greedy generation from each row's prompt, rendered as in training (the chat
 template with its generation prompt), up to ``max_new_tokens`` or a stop token (EOS, and
@@ -24,10 +29,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from curator.models import LoadedModel
+from curator.models import LoadedModel, pad_token_id
 from curator.records import Sample
-from curator.scoring.encoding import render, tokenize
+from curator.scoring.encoding import EncodedSample, answer_split, render, tokenize
 from curator.scoring.gradients import batch_losses, encode_samples, iter_batches
+from curator.vocabulary import EVAL_TOKENS
 
 STOP_TOKENS = ("<|im_end|>",)  # chat-turn ends, besides the tokenizer's EOS
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -96,7 +102,7 @@ def generate_greedy(lm: LoadedModel, samples: Sequence[Sample], max_new_tokens: 
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be >= 1")
     tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_token_id(tok)
     stops = _stop_ids(tok)
     prompts = [tokenize(tok, render(tok, s.prompt_messages, "")[0]) for s in samples]
     out: list[str] = [""] * len(prompts)
@@ -162,22 +168,50 @@ def exact_match(lm: LoadedModel, samples: Sequence[Sample], max_new_tokens: int 
                        "answer_pattern": rx.pattern if rx is not None else None})
 
 
+def _answer_only(tokenizer: object, sample: Sample,
+                 encoded: EncodedSample | None) -> EncodedSample | None:
+    """The encoded sample cut after its answer's own tokens (a causal LM's loss on them does
+    not depend on the end-of-turn tokens after them); None when the response did not fit
+    (as for "response") or the answer has no token of its own."""
+    if encoded is None:
+        return None
+    n = answer_split(tokenizer, sample.response, encoded.input_ids[encoded.n_prompt:])
+    if n == 0:
+        return None
+    return EncodedSample(encoded.input_ids[:encoded.n_prompt + n], encoded.n_prompt)
+
+
 @torch.no_grad()
-def response_losses(lm: LoadedModel, samples: Sequence[Sample], batch_size: int = 16,
-                    max_length: int = 1024) -> np.ndarray:
-    """(N,) each sample's mean response-token loss, teacher-forced; NaN for a sample
-    whose response does not fit the context. The mean of the finite entries is
-    ``curator.train.eval_loss``."""
+def row_losses(lm: LoadedModel, samples: Sequence[Sample], batch_size: int = 16,
+               max_length: int = 1024, *, tokens: str = "answer") -> np.ndarray:
+    """(N,) each sample's mean loss over its answer's tokens (``tokens="answer"``) or its
+    whole response's (``"response"``), teacher-forced; NaN for a sample whose response
+    does not fit the context (or, for "answer", whose answer has no token of its own)."""
+    if tokens not in EVAL_TOKENS:
+        raise ValueError(f"unknown eval tokens {tokens!r}; use one of {', '.join(EVAL_TOKENS)}")
     encoded = encode_samples(lm.tokenizer, samples, min(max_length, lm.max_length))
-    pad = lm.tokenizer.pad_token_id
-    if pad is None:
-        pad = lm.tokenizer.eos_token_id
+    if tokens == "answer":
+        encoded = [_answer_only(lm.tokenizer, s, e)
+                   for s, e in zip(samples, encoded, strict=True)]
     out = np.full(len(samples), np.nan)
     was_training = lm.model.training
     lm.model.eval()
     try:
-        for idx, batch in iter_batches(encoded, batch_size, pad, lm.device):
+        for idx, batch in iter_batches(encoded, batch_size, pad_token_id(lm.tokenizer),
+                                       lm.device):
             out[idx] = batch_losses(lm.model, batch).float().cpu().numpy()
     finally:
         lm.model.train(was_training)
     return out
+
+
+def eval_loss(lm: LoadedModel, samples: Sequence[Sample], batch_size: int = 16,
+              max_length: int = 1024, *, tokens: str = "answer") -> float:
+    """The mean of ``row_losses`` over the samples it could score (`curator eval`, and
+    training's eval as ``curator.train.eval_loss``); ValueError when there is none."""
+    losses = row_losses(lm, samples, batch_size, max_length, tokens=tokens)
+    scored = losses[~np.isnan(losses)]
+    if scored.size == 0:
+        raise ValueError("no evaluation sample fits the context length"
+                         + (" with an answer of its own" if tokens == "answer" else ""))
+    return float(scored.mean())

@@ -1,4 +1,4 @@
-"""Masked and layer-subset fine-tuning on the response-token loss, and eval loss.
+"""Masked and layer-subset fine-tuning on the response-token loss.
 
 Masks: a gradient hook zeroes the masked-out coordinates of each partly selected tensor;
 tensors with no selected entry (or not named by the mask) get requires_grad=False, so they
@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# training's eval: the one loss loop (curator.evaluate.row_losses), re-exported here
+from curator.evaluate import eval_loss as eval_loss
 from curator.masks import validate_mask
 from curator.models import LoadedModel, pad_token_id
 from curator.records import Sample
@@ -41,7 +43,6 @@ from curator.scoring.gradients import (
     OTHER_LAYER,
     batch_losses,
     encode_samples,
-    iter_batches,
 )
 
 # ---------------------------------------------------------------- masks
@@ -438,24 +439,3 @@ def _batch_picks(idx: Sequence[int], scored: Mapping[str, Mapping[int, float]],
     picks = batch_layer_picks(table.reshape(len(idx), len(keys)), layer_share, temperature,
                               generator)
     return {k: {idx[p] for p in rows} for k, rows in zip(keys, picks, strict=True)}
-
-
-@torch.no_grad()
-def eval_loss(lm: LoadedModel, samples: Sequence[Sample], batch_size: int = 16,
-              max_length: int = 1024) -> float:
-    """Mean over samples of each sample's mean response-token loss (samples whose response
-    does not fit the context are left out)."""
-    encoded = encode_samples(lm.tokenizer, samples, min(max_length, lm.max_length))
-    pad = pad_token_id(lm.tokenizer)
-    was_training = lm.model.training
-    lm.model.eval()
-    total, n = 0.0, 0
-    try:
-        for idx, batch in iter_batches(encoded, batch_size, pad, lm.device):
-            total += float(batch_losses(lm.model, batch).sum())
-            n += len(idx)
-    finally:
-        lm.model.train(was_training)
-    if n == 0:
-        raise ValueError("no evaluation sample fits the context length")
-    return total / n

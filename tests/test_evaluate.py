@@ -13,10 +13,11 @@ from curator.evaluate import (
     extract_answer,
     generate_greedy,
     normalise_answer,
-    response_losses,
+    row_losses,
 )
 from curator.records import Sample
 from curator.scoring.encoding import render, tokenize
+from curator.testing import tiny_loaded_model, tiny_tokenizer
 from curator.train import eval_loss
 
 GSM8K = r"#### (.*)"
@@ -104,15 +105,81 @@ def test_exact_match_on_a_known_case():
     assert none.hits == [False] * 4 and none.predicted == [None] * 4
 
 
-def test_response_losses_mean_is_eval_loss(tiny_llama):
+def test_row_losses_mean_is_eval_loss(tiny_llama):
     samples = [Sample.from_pair(p, r) for p, r in
                [("a b c", "d e"), ("one two", "three four five"), ("x", "y" * 40)]]
-    per_row = response_losses(tiny_llama, samples, batch_size=2)
-    assert per_row.shape == (3,) and np.isfinite(per_row).all()
-    assert per_row.mean() == pytest.approx(eval_loss(tiny_llama, samples, batch_size=3),
-                                           rel=1e-5)
-    alone = [response_losses(tiny_llama, [s])[0] for s in samples]  # order kept
-    np.testing.assert_allclose(per_row, alone, rtol=1e-4)
-    # a response longer than the context: NaN, not a number
-    short = response_losses(tiny_llama, samples, max_length=20)
-    assert np.isnan(short[2]) and np.isfinite(short[:2]).all()
+    for tokens in ("answer", "response"):
+        per_row = row_losses(tiny_llama, samples, batch_size=2, tokens=tokens)
+        assert per_row.shape == (3,) and np.isfinite(per_row).all()
+        assert per_row.mean() == pytest.approx(
+            eval_loss(tiny_llama, samples, batch_size=3, tokens=tokens), rel=1e-5)
+        alone = [row_losses(tiny_llama, [s], tokens=tokens)[0] for s in samples]  # order kept
+        np.testing.assert_allclose(per_row, alone, rtol=1e-4)
+        # a response longer than the context: NaN, not a number
+        short = row_losses(tiny_llama, samples, max_length=20, tokens=tokens)
+        assert np.isnan(short[2]) and np.isfinite(short[:2]).all()
+
+
+def _peaky(lm):
+    """Sharpen the random model so the end-of-turn tokens' loss stands out."""
+    with torch.no_grad():
+        lm.model.get_output_embeddings().weight.mul_(40.0)
+    return lm
+
+
+def _by_hand(lm, sample: Sample, max_length: int = 1024) -> tuple[float, float]:
+    """(answer loss, response loss) of one row, one unbatched forward: the answer is the
+    answer tokenised alone, the response everything the template puts after the prompt."""
+    prompt_text, response_text = render(lm.tokenizer, sample.prompt_messages, sample.response)
+    response = tokenize(lm.tokenizer, response_text)
+    prompt = tokenize(lm.tokenizer, prompt_text)[-(max_length - len(response)):]
+    n = len(tokenize(lm.tokenizer, sample.response))
+    ids = prompt + response
+    with torch.no_grad():
+        logp = lm.model(input_ids=torch.tensor([ids])).logits[0].double().log_softmax(-1)
+    nll = [-float(logp[p - 1, ids[p]]) for p in range(len(prompt), len(ids))]
+    return float(np.mean(nll[:n])), float(np.mean(nll))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_eval_loss_is_over_the_answer_tokens_by_default(arch):
+    lm = _peaky(tiny_loaded_model(arch))
+    samples = [Sample.from_pair("What is blue?", "the sky"),
+               Sample.from_pair("Count to three.", "one two three", system="Be brief."),
+               Sample.from_pair("a " * 30 + "long prompt", "cut from the left")]
+    hand = [_by_hand(lm, s, max_length=24) for s in samples]
+    answer, response = (np.array(x) for x in zip(*hand, strict=True))
+    assert np.all(np.abs(answer - response) > 0.05)  # the end-of-turn tokens weigh here
+    got = row_losses(lm, samples, batch_size=2, max_length=24)
+    np.testing.assert_allclose(got, answer, rtol=1e-4)
+    assert eval_loss(lm, samples, max_length=24) == pytest.approx(answer.mean(), rel=1e-4)
+    # "response": the whole response, end-of-turn tokens included (the earlier loss)
+    got = row_losses(lm, samples, batch_size=2, max_length=24, tokens="response")
+    np.testing.assert_allclose(got, response, rtol=1e-4)
+    assert eval_loss(lm, samples, max_length=24, tokens="response") == pytest.approx(
+        response.mean(), rel=1e-4)
+
+
+def test_eval_tokens_without_a_chat_template_leave_out_the_eos():
+    from curator.models import wrap_model
+    from curator.testing import tiny_causal_lm
+
+    tok = tiny_tokenizer(chat_template=False)
+    lm = _peaky(wrap_model(tiny_causal_lm("llama", vocab_size=len(tok)), tok, name="plain",
+                           device="cpu", dtype="fp32"))
+    s = Sample.from_pair("What is blue?", "the sky")
+    answer, response = _by_hand(lm, s)
+    assert row_losses(lm, [s])[0] == pytest.approx(answer, rel=1e-4)
+    assert row_losses(lm, [s], tokens="response")[0] == pytest.approx(response, rel=1e-4)
+
+
+def test_eval_tokens_name_is_checked(tiny_llama):
+    samples = [Sample.from_pair("q", "a")]
+    with pytest.raises(ValueError, match="unknown eval tokens 'prompt'; use one of answer, "
+                                         "response"):
+        eval_loss(tiny_llama, samples, tokens="prompt")
+    # a row whose answer has no token of its own is not scored; none left: a clear error
+    empty = [Sample.from_pair("q", "")]
+    assert np.isnan(row_losses(tiny_llama, empty)[0])
+    with pytest.raises(ValueError, match="with an answer of its own"):
+        eval_loss(tiny_llama, empty)

@@ -149,8 +149,13 @@ def test_train_with_layer_subsets_matches_a_manual_adamw_step(tiny_llama):
 
 
 def test_eval_loss_is_mean_of_per_sample_losses(tiny_llama):
+    from curator import evaluate
+
+    assert eval_loss is evaluate.eval_loss  # training's eval is the one loss loop
     samples = make_samples(5, seed=3)
-    got = eval_loss(tiny_llama, samples, batch_size=2)
+    # "response": every response token, end-of-turn included (tests/test_evaluate.py checks
+    # the default, the answer's own tokens, by hand)
+    got = eval_loss(tiny_llama, samples, batch_size=2, tokens="response")
     direct = []
     for s in samples:
         batch = collate([encode(tiny_llama.tokenizer, s.prompt_messages, s.response, 512)],
@@ -160,7 +165,7 @@ def test_eval_loss_is_mean_of_per_sample_losses(tiny_llama):
         direct.append(float(torch.nn.functional.cross_entropy(
             out[0, :-1], batch["labels"][0, 1:], ignore_index=-100)))
     assert got == pytest.approx(np.mean(direct), rel=1e-5)
-    loss_before = got
+    loss_before = eval_loss(tiny_llama, samples)
     train(tiny_llama, None, samples, epochs=5, lr=3e-3, batch_size=5)
     assert eval_loss(tiny_llama, samples) < loss_before
 

@@ -2,9 +2,9 @@
 
 A DELIFT selection maximises a set function over kernels built from the stored pairwise
 utilities of *its own* pool, target set and previous data (``curator.stages.delift``). The
-explanation rebuilds those kernels through the same read-only path the stage uses
-(``curator.scoring.jobs.utility_kernel_from_store`` and ``utility_scale``, with the stage's
-scales and self-coverage) and reads the sample's column and row:
+explanation rebuilds those kernels with the stage's own builder
+(``curator.stages.delift.delift_kernels``: the same scales and self-coverage) and reads the
+sample's column and row:
 
 - facility location (instruction), graph cut: the pool rows it covers, S[i, s];
 - FLVMI (task, the paper's form): the targets it covers, S_Q[q, s];
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from curator.scoring.jobs import utility_kernel_from_store, utility_scale
+from curator.stages.delift import delift_kernels
 from curator.store import Store
 from curator.store.datasets import get_samples, resolve_version, version_sample_ids
 from curator.store.selections import (
@@ -75,43 +75,27 @@ def selection_kernels(store: Store, selection_id: str) -> SelectionKernels | Non
     if sel.method != "delift" or not sel.model or not chash or not sel.function:
         return None
     fn = canonical_function(sel.function)
-    fp = sel.model
     pool = selection_pool_ids(store, selection_id)
-    self_cov = config.get("self_coverage", "best")
+    t_name, target = _target_ids(store, sel) if fn in ("flvmi", "flmi") else ("", [])
+    prev = selection_sample_ids(store, sel.parent) if fn == "flcg" and sel.parent else []
+    # the stage's own builder: the same scales, self-coverage and kernels greedy read
+    built = delift_kernels(store, sel.model, chash, fn, pool, target, prev,
+                           config.get("self_coverage", "best"))
     out = SelectionKernels(fn, pool, sel.dataset, rows=pool, rows_dataset=sel.dataset)
-    if fn in ("flvmi", "flmi"):
-        t_name, q = _target_ids(store, sel)
-        scale = None
-        if fn == "flmi":
-            scale = max(utility_scale(store, fp, chash, pool, pool),
-                        utility_scale(store, fp, chash, q, pool))
-        qk = utility_kernel_from_store(store, fp, chash, q, pool, scale).matrix
-        if fn == "flvmi":
-            out.rows, out.rows_dataset, out.rows_word = q, t_name, "targets"
-            out.cover = qk
-            out.note = ("FLVMI reads only target x pool utilities: what helps this sample "
-                        "itself played no part in its selection.")
-            return out
+    out.helped = out.cover = built.get("kernel")  # (pool, pool); FLVMI has none
+    if fn == "flvmi":
+        out.rows, out.rows_dataset, out.rows_word = target, t_name, "targets"
+        out.cover = built["query_kernel"].T.tocsr()  # (targets, pool)
+        out.note = ("FLVMI reads only target x pool utilities: what helps this sample "
+                    "itself played no part in its selection.")
+    elif fn == "flmi":
         eta = float(config.get("eta", 1.0))
-        out.helped = out.cover = utility_kernel_from_store(store, fp, chash, pool, pool, scale,
-                                                           self_cov).matrix
-        out.cap = eta * np.asarray(qk.T.tocsr().max(axis=1).todense()).ravel()
-        return out
-    if fn == "flcg":
-        prev = selection_sample_ids(store, sel.parent) if sel.parent else []
-        scale = max(utility_scale(store, fp, chash, pool, pool),
-                    utility_scale(store, fp, chash, pool, prev)) if prev else None
-        out.helped = out.cover = utility_kernel_from_store(store, fp, chash, pool, pool, scale,
-                                                           self_cov).matrix
-        if prev:
-            private = utility_kernel_from_store(store, fp, chash, pool, prev, scale).matrix
+        out.cap = eta * np.asarray(built["query_kernel"].max(axis=1).todense()).ravel()
+    elif fn == "flcg":
+        if "private_kernel" in built:
             nu = float(config.get("nu", 1.0))
-            out.already = nu * np.asarray(private.max(axis=1).todense()).ravel()
+            out.already = nu * np.asarray(built["private_kernel"].max(axis=1).todense()).ravel()
         out.rows_word = "new samples"
-        return out
-    if len(pool) > 1:
-        out.helped = out.cover = utility_kernel_from_store(store, fp, chash, pool, pool,
-                                                           self_coverage=self_cov).matrix
     return out
 
 

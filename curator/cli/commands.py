@@ -17,6 +17,7 @@ import click
 from curator.cli.common import (
     CuratorError,
     dataset_option,
+    eval_tokens_option,
     main,
     open_store,
     store_option,
@@ -521,26 +522,25 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
 @click.option("--answer-pattern", default=None,
               help="Exact match: regex that extracts the answer from the generation and the "
                    "reference (group 1 if it has one), e.g. GSM8K's '#### (.*)'.")
+@eval_tokens_option
 @user_errors
 def eval_cmd(model: str | None, data_path: str | None, dataset: str | None, store_path: Path,
              batch_size: int, max_length: int, exact_match: bool, max_new_tokens: int,
-             answer_pattern: str | None) -> None:
-    """Mean response-token loss of a model on a target set (compare before/after training),
-    and with --exact-match the share of greedy answers equal to the references."""
-    from curator.evaluate import compile_pattern
-    from curator.evaluate import exact_match as run_exact_match
-    from curator.train import eval_loss
+             answer_pattern: str | None, eval_tokens: str) -> None:
+    """Mean answer-token loss of a model on a target set (compare before/after training;
+    --eval-tokens), and with --exact-match the share of greedy answers equal to the references."""
+    from curator import evaluate
 
     if answer_pattern is not None and not exact_match:
         raise CuratorError("--answer-pattern needs --exact-match")
-    pattern = compile_pattern(answer_pattern)        # a bad pattern: one line (user_errors)
+    pattern = evaluate.compile_pattern(answer_pattern)  # a bad pattern: one line (user_errors)
     samples = _samples_from(data_path, dataset, store_path)
     lm = _loader(model, "fp32", False)()
-    loss = eval_loss(lm, samples, batch_size=batch_size, max_length=max_length)
-    click.echo(f"response loss {loss:.4f} on {len(samples)} samples ({lm.name})")
+    loss = evaluate.eval_loss(lm, samples, batch_size, max_length, tokens=eval_tokens)
+    click.echo(f"{eval_tokens} loss {loss:.4f} on {len(samples)} samples ({lm.name})")
     if exact_match:
-        em = run_exact_match(lm, samples, max_new_tokens=max_new_tokens,
-                             answer_pattern=pattern, batch_size=batch_size)
+        em = evaluate.exact_match(lm, samples, max_new_tokens=max_new_tokens,
+                                  answer_pattern=pattern, batch_size=batch_size)
         click.echo(f"exact match {em.score:.4f} ({sum(em.hits)}/{len(em.hits)}; greedy, at "
                    f"most {max_new_tokens} new tokens"
                    + (f", answers by {answer_pattern!r}" if answer_pattern else "") + ")")

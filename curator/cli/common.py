@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from curator.store import Store, StoreError
+from curator.vocabulary import EVAL_TOKENS
 
 
 class CuratorError(click.ClickException):
@@ -48,6 +49,14 @@ def store_option(func: Callable) -> Callable:
 
 def dataset_option(func: Callable) -> Callable:
     return click.option("--dataset", "-d", required=True, help="Dataset name.")(func)
+
+
+def eval_tokens_option(func: Callable) -> Callable:
+    return click.option(
+        "--eval-tokens", type=click.Choice(EVAL_TOKENS), default="answer", show_default=True,
+        help="Loss over the answer's own tokens ('answer') or the whole response with the "
+             "chat template's end-of-turn tokens ('response', the loss training minimises)."
+    )(func)
 
 
 def open_store(path: Path) -> Store:

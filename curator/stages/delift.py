@@ -10,7 +10,7 @@ from the store), build its kernels and maximise it greedily.
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Sequence, Set
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from curator.scoring.jobs import (
 )
 from curator.stages.baselines import kernel_config
 from curator.stages.context import Ranked, StageContext, ids
+from curator.store import Store
 from curator.vocabulary import canonical_function
 
 
@@ -63,41 +64,55 @@ def kernels_from_store(ctx: StageContext, function: str,
                        exclude: Set[tuple[str, str]] | None = None) -> dict[str, Any]:
     """The stage function's kernels from every stored pair among their rows and columns,
     less the pairs in ``exclude``."""
-    store, lm, pools, options = ctx.store, ctx.lm, ctx.pools, ctx.options
-    self_coverage = ctx.spec.self_coverage
-    pool, pool_ids = pools.pool, ids(pools.pool)
-    chash = utility_config(lm, options).config_hash()
-    fp = lm.fingerprint
+    pools = ctx.pools
+    return delift_kernels(ctx.store, ctx.lm.fingerprint,
+                          utility_config(ctx.lm, ctx.options).config_hash(), function,
+                          ids(pools.pool), ids(pools.target), ids(pools.previous),
+                          ctx.spec.self_coverage, exclude)
+
+
+def delift_kernels(store: Store, fingerprint: str, config_hash: str, function: str,
+                   pool: Sequence[str], target: Sequence[str] = (),
+                   previous: Sequence[str] = (), self_coverage: str = "best",
+                   exclude: Set[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """The kernels a DELIFT function reads, from the utilities stored for the model
+    ``fingerprint`` and utility config ``config_hash`` (the one rule for the stage and for
+    the app's "why selected"): ``kernel`` (pool x pool), ``query_kernel`` (pool x target,
+    FLMI and FLVMI) and ``private_kernel`` (pool x previous, FLCG), each a CSR matrix over
+    the ids in the order given, less the pairs in ``exclude``."""
+    fp, chash = fingerprint, config_hash
+    pool = list(pool)
     out: dict[str, Any] = {}
     if function in ("flmi", "flvmi"):
-        q = pools.target
+        q = list(target)
         # FLMI compares pool x pool and Q x pool coverage (min of the two), so both kernels
         # are divided by one scale, the largest positive utility of either; FLVMI has no
         # pool x pool kernel and keeps the query kernel's own scale.
         scale = None
         if function == "flmi":
-            scale = max(utility_scale(store, fp, chash, pool_ids, pool_ids, exclude),
-                        utility_scale(store, fp, chash, ids(q), pool_ids, exclude))
+            scale = max(utility_scale(store, fp, chash, pool, pool, exclude),
+                        utility_scale(store, fp, chash, q, pool, exclude))
             if len(pool) > 1:
-                out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids, pool_ids,
+                out["kernel"] = utility_kernel_from_store(store, fp, chash, pool, pool,
                                                           scale, self_coverage, exclude).matrix
         # (n_query, n_pool): how much each pool item helps each target -> transposed below.
-        qk = utility_kernel_from_store(store, fp, chash, ids(q), pool_ids, scale,
+        qk = utility_kernel_from_store(store, fp, chash, q, pool, scale,
                                        exclude=exclude).matrix
         out["query_kernel"] = qk.T.tocsr()
-    if function == "flcg":
-        prev = pools.previous
-        scale = max(utility_scale(store, fp, chash, pool_ids, pool_ids, exclude),
-                    utility_scale(store, fp, chash, pool_ids, ids(prev), exclude))
-        out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids, pool_ids,
+    if function == "flcg" and previous:
+        prev = list(previous)
+        scale = max(utility_scale(store, fp, chash, pool, pool, exclude),
+                    utility_scale(store, fp, chash, pool, prev, exclude))
+        out["kernel"] = utility_kernel_from_store(store, fp, chash, pool, pool,
                                                   scale, self_coverage, exclude).matrix
-        out["private_kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids,
-                                                          ids(prev), scale,
+        out["private_kernel"] = utility_kernel_from_store(store, fp, chash, pool, prev, scale,
                                                           exclude=exclude).matrix
         return out
+    # facility location, graph cut, and FLCG without previous data (the stage refuses it;
+    # the app may meet a selection whose parent is gone): pool x pool at its own scale
     if "kernel" not in out and function != "flvmi":
         if len(pool) > 1:
-            out["kernel"] = utility_kernel_from_store(store, fp, chash, pool_ids, pool_ids,
+            out["kernel"] = utility_kernel_from_store(store, fp, chash, pool, pool,
                                                       self_coverage=self_coverage,
                                                       exclude=exclude).matrix
         else:

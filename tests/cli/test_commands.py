@@ -424,13 +424,35 @@ def test_eval_exact_match(saved_qwen, tmp_path):
     out = run("eval", "--model", path, "--data", data, "--exact-match",
               "--max-new-tokens", "4").stdout
     lines = out.splitlines()
-    assert re.fullmatch(r"response loss \d+\.\d{4} on 2 samples \(.*\)", lines[0])
+    assert re.fullmatch(r"answer loss \d+\.\d{4} on 2 samples \(.*\)", lines[0])
     assert lines[1] == "exact match 0.5000 (1/2; greedy, at most 4 new tokens)"
     # a pattern that finds nothing in the generations: no hits
     out = run("eval", "--model", path, "--data", data, "--exact-match", "--max-new-tokens",
               "4", "--answer-pattern", "#### (.*)").stdout
     assert out.splitlines()[1] == ("exact match 0.0000 (0/2; greedy, at most 4 new tokens, "
                                    "answers by '#### (.*)')")
+
+
+def test_eval_tokens(saved_qwen, tmp_path):
+    """--eval-tokens picks the loss the library computes: the answer's own tokens by
+    default, the whole response (end-of-turn tokens included) with 'response'."""
+    from curator.evaluate import eval_loss
+    from curator.models import load_model
+    from curator.records import Sample
+
+    path, prompts, _ = saved_qwen
+    data = tmp_path / "heldout.jsonl"
+    rows = [(prompts[0], "four"), (prompts[1], "a deep blue")]
+    data.write_text("\n".join(json.dumps({"prompt": p, "response": r}) for p, r in rows) + "\n")
+    lm = load_model(str(path), dtype="fp32")
+    samples = [Sample.from_pair(p, r) for p, r in rows]
+    for tokens in ("answer", "response"):
+        args = () if tokens == "answer" else ("--eval-tokens", tokens)
+        line = run("eval", "--model", path, "--data", data, *args).stdout.splitlines()[0]
+        assert line == (f"{tokens} loss {eval_loss(lm, samples, tokens=tokens):.4f} "
+                        f"on 2 samples ({lm.name})")
+    bad = run("eval", "--data", data, "--eval-tokens", "prompt", ok=False)
+    assert bad.exit_code == 2 and "'prompt' is not one of 'answer', 'response'" in bad.stderr
 
 
 def test_eval_option_errors(tmp_path):
