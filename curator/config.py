@@ -411,6 +411,19 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
+def default_of(cls: type, name: str) -> Any:
+    """The default dataclass ``cls`` declares for field ``name``: the CLI's options and the
+    app take their defaults from here, so each default is said once, in this module."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            break
+    raise KeyError(f"{cls.__name__} has no field {name!r} with a default")
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     """Construct dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
     if not isinstance(data, dict):
