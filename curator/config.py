@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curator.budget import check_budget as _check_budget
+from curator.budget import read_budget, read_share
 from curator.vocabulary import (
     CONTINUAL_POOLS,
     DEFAULT_FUNCTION,
@@ -57,9 +57,17 @@ class RecipeError(ValueError):
 
 def check_budget(value: Any, where: str) -> str:
     """Budgets are kept as given ("30%", "100", "0.3") and parsed against the pool later;
-    the grammar is ``curator.budget``'s."""
+    the grammar and its checks are ``curator.budget.read_budget``'s, the one place."""
     try:
-        return _check_budget(value)
+        return read_budget(value).text
+    except ValueError as exc:
+        raise RecipeError(f"{where}: {exc}", key=where) from exc
+
+
+def check_param_budget(value: Any, where: str) -> str:
+    """A parameter budget (always a share: ``curator.budget.read_share``), kept as given."""
+    try:
+        return read_share(value).text
     except ValueError as exc:
         raise RecipeError(f"{where}: {exc}", key=where) from exc
 
@@ -293,11 +301,7 @@ class StageSpec:
                               f"got {self.method!r}", key=f"{where}.method")
         self.budget = check_budget(self.budget, f"{where}.budget")
         if self.param_budget is not None:
-            self.param_budget = check_budget(self.param_budget, f"{where}.param_budget")
-            if not self.param_budget.endswith("%") and float(self.param_budget) > 1:
-                raise RecipeError(f"{where}.param_budget: a share of the parameters, as a "
-                                  f"fraction (0.05) or a percentage (5%), got "
-                                  f"{self.param_budget!r}", key=f"{where}.param_budget")
+            self.param_budget = check_param_budget(self.param_budget, f"{where}.param_budget")
         if self.function is not None:
             try:
                 canonical_function(self.function)
@@ -405,6 +409,19 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default dataclass ``cls`` declares for field ``name``: the CLI's options and the
+    app take their defaults from here, so each default is said once, in this module."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            break
+    raise KeyError(f"{cls.__name__} has no field {name!r} with a default")
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

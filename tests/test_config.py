@@ -96,7 +96,7 @@ def test_bad_budgets(budget, message):
 def test_param_budgets():
     refused(recipe(stages=[{"param_budget": "0%"}]), "stages[0].param_budget: budget must be")
     refused(recipe(stages=[{"param_budget": "2"}]),
-            "stages[0].param_budget: a share of the parameters")
+            "stages[0].param_budget: a parameter budget is a share of the parameters")
     refused(recipe(stages=[{"param_budget": "101%"}]), "stages[0].param_budget: budget above")
     r = recipe_from_dict(recipe(stages=[{"param_budget": "0.05"}, {"param_budget": "5%"},
                                         {"param_budget": 1}]))

@@ -4,16 +4,13 @@ the result; library errors become a one-line message and exit 1 (``cli.common``)
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from curator.budget import DEFAULT_PARAM_BUDGET
 from curator.cli.common import (
     CuratorError,
     dataset_option,
@@ -23,19 +20,17 @@ from curator.cli.common import (
     store_option,
     user_errors,
 )
+from curator.cli.options import engine_options, flag_error, gradient_options, scoring_options
+from curator.cli.options import model_loader as _loader
+from curator.cli.options import scoring_config as _options
 from curator.cli.quality import quality_options
+from curator.config import ScoringOptions, StageSpec, default_of
 from curator.store import Store
 from curator.vocabulary import (
     CONTINUAL_POOLS,
-    DEFAULT_HARM,
-    DEFAULT_WARMUP_STEPS,
-    DISTANCES,
-    ENGINES,
     EXPORT_FORMATS,
     GAST_SAMPLING,
-    GRADIENT_NORMALIZE,
     HARM_RULES,
-    MASK_RANKS,
     METHODS,
     OPTIMIZERS,
     SELF_COVERAGE,
@@ -43,137 +38,8 @@ from curator.vocabulary import (
 )
 
 
-def scoring_options(func: Callable) -> Callable:
-    """Options shared by commands that score with a model."""
-    opts = [
-        click.option("--model", default=None,
-                     help="Hugging Face causal LM name or path (default: embedded SmolLM2)."),
-        click.option("--k", "k", default=16, show_default=True,
-                     help="Neighbours per sample in the candidate-pair graph."),
-        click.option("--hubs", default="auto", show_default=True, metavar="N|auto",
-                     help="Also score the N examples that helped their neighbours most "
-                          "against every target (better small-budget selections; 0: off). "
-                          "auto: k of them when a selection keeps at most 20% of its pool "
-                          "(`score utility` knows no budget and scores none)."),
-        click.option("--distance", type=click.Choice(DISTANCES), default="prob-l2",
-                     show_default=True, help="prob-l2: the paper's distance; nll: mean NLL."),
-        click.option("--batch-size", default=16, show_default=True),
-        click.option("--max-length", default=1024, show_default=True,
-                     help="Tokens per scored sequence (capped by the model)."),
-        click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]),
-                     default="auto", show_default=True),
-        click.option("--trust-remote-code", is_flag=True,
-                     help="Allow model code from the model's repository (off by default)."),
-    ]
-    for opt in reversed(opts):
-        func = opt(func)
-    return func
-
-
-def engine_options(func: Callable) -> Callable:
-    """Where scoring runs (config.ScoringOptions.engine and friends); passed on as one
-    ``engine`` mapping."""
-    opts = [
-        click.option("--engine", type=click.Choice(ENGINES), default="local",
-                     show_default=True,
-                     help="Score in this process, or on a Ray actor pool (one model per "
-                          "actor; needs pip install 'curator[ray]'). The store is written "
-                          "by this process either way."),
-        click.option("--workers", type=int, default=None,
-                     help="Ray: actors (default: one per GPU, else the cluster's CPUs / "
-                          "--threads); also the CPUs of a local cluster."),
-        click.option("--threads", type=int, default=1, show_default=True,
-                     help="Ray: torch threads per CPU actor."),
-        click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
-                     help="Ray: a running cluster to join (env RAY_ADDRESS; default: start "
-                          "a local one, shut down at the end)."),
-    ]
-    for opt in reversed(opts):
-        func = opt(func)
-
-    @functools.wraps(func)
-    def wrapper(*args, engine, workers, threads, ray_address, **kwargs):
-        kwargs["engine"] = {"engine": engine, "workers": workers, "threads": threads,
-                            "ray_address": ray_address}
-        try:
-            return func(*args, **kwargs)
-        finally:
-            engines = sys.modules.get("curator.scoring.engine")  # imported if it scored
-            if engines is not None:
-                engines.close_shared()  # the actors, and a local cluster this command started
-
-    return wrapper
-
-
-def gradient_options(func: Callable) -> Callable:
-    """DualSFT's direction, prior and mask options (config.GradientOptions); their values
-    are passed on as one ``gradient`` mapping."""
-    opts = [
-        click.option("--warmup-steps", default=DEFAULT_WARMUP_STEPS, show_default=True,
-                     help="DualSFT: AdamW warm-up steps on a 5% slice of the pool before "
-                          "scoring (as the reference); they make the KL prior to the frozen "
-                          "model (v_prior) non-zero; 0 skips the warm-up and the prior."),
-        click.option("--grad-eta", default=2e-5, show_default=True,
-                     help="DualSFT: learning rate the update direction is built for (and the "
-                          "warm-up's)."),
-        click.option("--lambda-new", default=1.0, show_default=True,
-                     help="DualSFT: weight of the target (or held-out) gradient."),
-        click.option("--lambda-prior", default=1.0, show_default=True,
-                     help="DualSFT: weight of the KL prior gradient."),
-        click.option("--tau", default=2.0, show_default=True,
-                     help="DualSFT: temperature of the KL self-distillation."),
-        click.option("--mask-rank", type=click.Choice(MASK_RANKS), default="signed",
-                     show_default=True,
-                     help="DualSFT: rank parameters by signed importance (predicted loss "
-                          "decrease, the reference's rule) or by its absolute value."),
-        click.option("--mask-spread", default=0.0, show_default=True,
-                     help="DualSFT: share of the mask spread evenly over layers and module "
-                          "kinds (0: plain top-k, the reference's default)."),
-        click.option("--grad-normalize", type=click.Choice(GRADIENT_NORMALIZE),
-                     default="none", show_default=True,
-                     help="DualSFT: score samples over unit-norm gradients, <u, g_n> / |g_n| "
-                          "('unit', as LESS), or as they are ('none', the reference)."),
-    ]
-    for opt in reversed(opts):
-        func = opt(func)
-
-    @functools.wraps(func)
-    def wrapper(*args, warmup_steps, grad_eta, lambda_new, lambda_prior, tau, mask_rank,
-                mask_spread, grad_normalize, **kwargs):
-        kwargs["gradient"] = {"warmup_steps": warmup_steps, "eta": grad_eta,
-                              "lambda_new": lambda_new, "lambda_prior": lambda_prior,
-                              "tau": tau, "mask_rank": mask_rank, "mask_spread": mask_spread,
-                              "normalize": grad_normalize}
-        return func(*args, **kwargs)
-
-    return wrapper
-
-
-def _options(k: int, distance: str, batch_size: int, max_length: int, dtype: str,
-             dense: bool = False, hubs: int | str = 0, engine: dict[str, Any] | None = None):
-    from curator.config import RecipeError, ScoringOptions
-    from curator.scoring.engine import engine_for
-
-    if isinstance(hubs, str) and hubs != "auto":
-        with contextlib.suppress(ValueError):  # not a number: validate names the flag
-            hubs = int(hubs)
-    options = ScoringOptions(k=k, distance=distance, batch_size=batch_size,
-                             max_length=max_length, dense=dense, dtype=dtype, hubs=hubs,
-                             **(engine or {}))
-    try:
-        options.validate("option")
-    except RecipeError as exc:  # name the flag, as the user typed it
-        raise CuratorError(str(exc).replace("option.", "--").replace("_", "-")) from exc
-    engine_for(options)  # a missing Ray fails here, before the model loads
-    return options
-
-
-def _loader(model: str | None, dtype: str, trust_remote_code: bool, echo: bool = True):
-    """A function that loads the model once, on first use (random/full need none)."""
-    from curator.pipeline import LazyModel
-
-    return LazyModel(model, dtype=dtype, trust_remote_code=trust_remote_code,
-                     echo=functools.partial(click.echo, err=True) if echo else None)
+def _stage(name: str) -> Any:
+    return default_of(StageSpec, name)
 
 
 @main.group()
@@ -224,41 +90,44 @@ def score_utility(dataset: str, store_path: Path, version: str | None, target_se
 @dataset_option
 @store_option
 @click.option("--version", "-v", "version", default=None, help="Version (default: latest).")
-@click.option("--stage", type=click.Choice(STAGES),
-              default="instruction", show_default=True)
-@click.option("--method", type=click.Choice(METHODS),
-              default="delift", show_default=True)
-@click.option("--budget", default="30%", show_default=True,
+@click.option("--stage", type=click.Choice(STAGES), default=_stage("stage"), show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default=_stage("method"),
+              show_default=True)
+@click.option("--budget", default=_stage("budget"), show_default=True,
               help="Subset size: a count (100), a fraction (0.3) or a percentage (30%).")
 @click.option("--function", default=None,
               help="Set function (default per stage: facility_location, flvmi, flcg).")
 @click.option("--target-set", default=None, help="Target dataset (task stage).")
 @click.option("--parent", default=None,
               help="Continual stage: the selection to condition on (default: the latest).")
-@click.option("--pool", type=click.Choice(CONTINUAL_POOLS), default="new", show_default=True,
+@click.option("--pool", type=click.Choice(CONTINUAL_POOLS), default=_stage("pool"),
+              show_default=True,
               help="Continual stage: select among samples new since the parent's version, "
                    "or among all not previously selected.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS),
-              default="lazy", show_default=True)
-@click.option("--eta", default=1.0, show_default=True, help="Mutual information weight.")
-@click.option("--nu", default=1.0, show_default=True, help="Conditional gain weight.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_stage("optimizer"),
+              show_default=True)
+@click.option("--eta", type=float, default=_stage("eta"), show_default=True,
+              help="Mutual information weight.")
+@click.option("--nu", type=float, default=_stage("nu"), show_default=True,
+              help="Conditional gain weight.")
 @click.option("--param-budget", default=None, help="DualSFT: share of parameters to keep.")
-@click.option("--self-coverage", type=click.Choice(SELF_COVERAGE), default="best",
-              show_default=True,
+@click.option("--self-coverage", type=click.Choice(SELF_COVERAGE),
+              default=_stage("self_coverage"), show_default=True,
               help="DELIFT: how well a pick covers itself: as well as its best helper "
                    "(rows nothing helps, often noisy ones, earn nothing for themselves), "
                    "or fully (the reference code's unit diagonal).")
-@click.option("--harm", type=click.Choice(HARM_RULES), default=DEFAULT_HARM,
+@click.option("--harm", type=click.Choice(HARM_RULES), default=_stage("harm"),
               show_default=True,
               help="DELIFT: leave out examples whose mean utility over their scored pairs is "
                    "negative (they make the targets they were scored with worse); with "
                    "'mean+fit' also those whose own response their most similar examples "
                    "make less likely (a wrong or swapped response); 'off': neither.")
-@click.option("--expand", default=2.0, show_default=True, type=float,
+@click.option("--expand", type=float, default=default_of(ScoringOptions, "expand"),
+              show_default=True,
               help="DELIFT: when greedy runs out of scored pairs before the budget is "
                    "filled, score up to this many times the stage's graph pairs more where "
                    "the kernel has no evidence (0: off).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=int, default=_stage("seed"), show_default=True)
 @gradient_options
 @quality_options
 @scoring_options
@@ -272,33 +141,20 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
                trust_remote_code: bool, gradient: dict[str, Any], quality: dict[str, Any],
                engine: dict[str, Any]) -> None:
     """Pick a subset for a fine-tuning stage and store it as a selection."""
-    import dataclasses
-
-    from curator.config import RecipeError, StageSpec
+    from curator.config import RecipeError
     from curator.stages import select_stage
 
-    store = open_store(store_path)
     spec = StageSpec(stage=stage, method=method, budget=budget, function=function,
                      version=version, target=target_set, parent=parent, pool=pool,
                      optimizer=optimizer, eta=eta, nu=nu, seed=seed, param_budget=param_budget,
                      self_coverage=self_coverage, harm=harm, gradient=gradient, quality=quality)
     try:
-        spec.validate("option")
+        spec.validate("option")  # checked before the store opens or a model loads
     except RecipeError as exc:
-        # recipe paths -> option names: option.gradient.lambda_new -> --lambda-new
-        text = str(exc).replace("option.gradient.eta ", "--grad-eta ")
-        text = text.replace("option.gradient.normalize ", "--grad-normalize ")
-        text = text.replace("option.gradient: these settings", "the DualSFT options")
-        text = re.sub(r"option\.quality\.(\w+)", r"--quality-\1", text)
-        text = re.sub(r"option\.gradient\.(\w+)",
-                      lambda m: "--" + m.group(1).replace("_", "-"), text)
-        raise CuratorError(text.replace("option.", "--").replace("option: ", "")) from exc
-    options = dataclasses.replace(_options(k, distance, batch_size, max_length, dtype,
-                                           hubs=hubs, engine=engine), expand=expand)
-    try:
-        options.validate("option")
-    except RecipeError as exc:
-        raise CuratorError(str(exc).replace("option.", "--")) from exc
+        raise flag_error(exc) from exc
+    options = _options(k, distance, batch_size, max_length, dtype, hubs=hubs, engine=engine,
+                       expand=expand)
+    store = open_store(store_path)
     outcome = select_stage(store, dataset, spec, lm=_loader(model, dtype, trust_remote_code),
                            options=options,
                            progress=True, echo=lambda m: click.echo(m, err=True))
@@ -384,7 +240,7 @@ def curate(recipe_path: Path, store_path: Path, export_root: Path | None) -> Non
 @main.command()
 @click.argument("selection_id")
 @store_option
-@click.option("--param-budget", default="5%", show_default=True,
+@click.option("--param-budget", default=DEFAULT_PARAM_BUDGET, show_default=True,
               help="Share of the model's linear-layer parameters to keep trainable.")
 @click.option("--target-set", default=None,
               help="Dataset whose gradient defines the direction (default: a held-out slice).")
@@ -394,9 +250,14 @@ def curate(recipe_path: Path, store_path: Path, export_root: Path | None) -> Non
 def mask(selection_id: str, store_path: Path, param_budget: str, target_set: str | None,
          model: str | None, seed: int) -> None:
     """Compute the DualSFT parameter mask that goes with a stored selection."""
+    from curator.config import RecipeError, check_param_budget
     from curator.stages.gradient import mask_for_selection
     from curator.store.datasets import load_latest
 
+    try:
+        check_param_budget(param_budget, "option.param_budget")  # before the model loads
+    except RecipeError as exc:
+        raise flag_error(exc) from exc
     store = open_store(store_path)
     targets = None
     if target_set:

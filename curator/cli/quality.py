@@ -11,26 +11,29 @@ from typing import Any
 import click
 
 from curator.cli.common import CuratorError, dataset_option, open_store, store_option, user_errors
-from curator.config import QualityOptions
+from curator.cli.options import engine_options, model_loader, scoring_config, scoring_options
+from curator.config import QualityOptions, default_of
 from curator.vocabulary import QUALITY_SIGNALS
 
-_DEFAULT = QualityOptions()
+
+def _quality(name: str) -> Any:
+    return default_of(QualityOptions, name)
 
 
 def quality_options(func: Callable) -> Callable:
     """The quality prior's options, passed on as one ``quality`` mapping."""
     opts = [
         click.option("--quality-signal", type=click.Choice(QUALITY_SIGNALS),
-                     default=_DEFAULT.signal, show_default=True,
+                     default=_quality("signal"), show_default=True,
                      help="Quality prior: the model's own-loss signal that judges a row, as a "
                           "z-score among its most similar pool rows (ifd: answer loss with / "
                           "without the prompt; loss; stop: end-of-turn NLL; combined: their "
                           "mean)."),
-        click.option("--quality-drop", default=_DEFAULT.drop, show_default=True,
+        click.option("--quality-drop", default=_quality("drop"), show_default=True,
                      metavar="auto|N%|off",
                      help="Quality prior: leave out rows before selecting. auto: z above "
                           "0.5 or IFD >= 1 (at most 30% of the pool); N%: the worst N%."),
-        click.option("--quality-weight", type=float, default=_DEFAULT.weight,
+        click.option("--quality-weight", type=float, default=_quality("weight"),
                      show_default=True,
                      help="Quality prior: weight of the modular term added to the objective "
                           "(greedy methods; RDS+ adds it to its similarities); 0: off."),
@@ -47,8 +50,7 @@ def quality_options(func: Callable) -> Callable:
     return wrapper
 
 
-def register(score: click.Group, scoring_options: Callable, engine_options: Callable,
-             loader: Callable, make_options: Callable) -> None:
+def register(score: click.Group) -> None:
     """Add ``score quality`` to the ``score`` group (commands.py holds the group)."""
 
     @score.command("quality")
@@ -72,13 +74,13 @@ def register(score: click.Group, scoring_options: Callable, engine_options: Call
         from curator.scoring.quality import QualityConfig
         from curator.store.datasets import load_samples, resolve_version
 
-        options = make_options(k, distance, batch_size, max_length, dtype, engine=engine)
+        options = scoring_config(k, distance, batch_size, max_length, dtype, engine=engine)
         store = open_store(store_path)
         v = resolve_version(store, dataset, version)
         pool = load_samples(store, dataset, v)
         if not pool:
             raise CuratorError(f"{dataset} v{v} has no samples")
-        lm = loader(model, dtype, trust_remote_code)()
+        lm = model_loader(model, dtype, trust_remote_code)()
         rows, computed = ensure_quality(store, lm, pool, config=QualityConfig(max_length),
                                         batch_size=batch_size, progress=True,
                                         engine=engine_for(options))

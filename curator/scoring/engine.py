@@ -114,8 +114,7 @@ def engine_for(options: ScoringOptions | None) -> ScoringEngine:
     """The engine ``options.engine`` names (``local`` when None)."""
     if options is None or options.engine == "local":
         return LOCAL
-    if options.engine != "ray":  # validate() rejects it first; a clear error all the same
-        raise ValueError(f"unknown scoring engine {options.engine!r}")
+    options.validate()  # the one check of where scoring runs (config): not "ray" stops here
     key = (options.ray_address, options.workers, options.threads)
     if key not in _SHARED:
         ray_engine = import_ray_engine()

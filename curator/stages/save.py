@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from curator.budget import DEFAULT_PARAM_BUDGET
 from curator.digests import sha256_file
 from curator.masks import mask_density, save_mask
 from curator.models import LoadedModel
@@ -14,8 +15,6 @@ from curator.stages.context import Ranked, StageContext, StageOutcome, trash_not
 from curator.store import Store
 from curator.store.selections import SelectionRecord, save_mask_record, save_selection
 from curator.vocabulary import MODEL_METHODS
-
-DEFAULT_PARAM_BUDGET = "5%"
 
 
 def record_config(ctx: StageContext, **fields: Any) -> dict[str, Any]:
