@@ -383,7 +383,7 @@ def test_eval_leaves_the_model_folder_as_it_was(saved_model, tmp_path, monkeypat
     for _ in range(2):   # the second run reads the memo
         r = _cli("eval", "--model", saved_model, "--data", data)
         assert r.exit_code == 0, r.output
-        assert r.stdout.startswith("response loss ")
+        assert r.stdout.startswith("answer loss ")
     assert _tree(saved_model) == before
     assert [p.name for p in saved_model.iterdir() if p.name.startswith(".")] == []
     assert any((tmp_path / "cache" / "checksums").iterdir())
