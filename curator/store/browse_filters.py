@@ -2,7 +2,8 @@
 
 A filter chosen in the app (text, metadata conditions, length and score bounds) becomes a
 ``WHERE`` clause here whose every value is a parameter: no SQL is built from user text.
-The queries that use them are in ``browse_versions`` and ``browse_selections``.
+``browse_versions`` (a version's samples) and ``browse_selections`` (a selection's members)
+filter with them; rows of text reach a page trimmed by ``preview``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ PREVIEW_CHARS = 160
 
 
 def preview(text: str | None, n: int = PREVIEW_CHARS) -> str:
+    """``text`` on one line, cut to ``n`` characters (an ellipsis marks the cut)."""
     text = (text or "").replace("\n", " ")
     return text if len(text) <= n else text[: n - 1] + "…"
 
