@@ -223,13 +223,13 @@ def main() -> None:
         built["seconds"] = time.monotonic() - t
         print(f"built {store_path} in {built['seconds']:.0f} s", flush=True)
     from curator.store import Store
-    from curator.store.browse import layered_selections
+    from curator.store.browse_masks import layered_selections
     from curator.store.selections import list_selections
 
     store = Store(store_path)
     randoms = [s.selection_id for s in list_selections(store) if s.method == "random"]
     sel = [randoms[0], randoms[1], layered_selections(store)[0]]
-    from curator.store.browse import length_range, score_sources
+    from curator.store.browse_versions import length_range, score_sources
 
     loss = next(s for s in score_sources(store, "bench", 2) if s.kind == "loss")
     todo = cases(sel)

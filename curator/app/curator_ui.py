@@ -1,17 +1,20 @@
 """Shared plumbing for the pages: the store, cached reads, busy-store handling, paging.
 
-Pages stay thin: they read through ``curator.store.browse`` and the store modules via ``read``
-(cached for a few seconds, so reruns while people click are cheap), and wrap their body in
-``guard()`` so a store that a scheduled job holds shows a message, not a traceback.
+Pages stay thin: they read through the store's functions (``curator.store.browse_*`` and the
+other store modules) via ``read(function, ...)`` (cached for a few seconds, so reruns while
+people click are cheap), and wrap their body in ``guard()`` so a store that a scheduled job
+holds shows a message, not a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import duckdb
 import streamlit as st
@@ -19,26 +22,14 @@ import streamlit as st
 from curator import env, masks
 from curator.app import explain as _explain
 from curator.export import ExportError
-from curator.store import Store, StoreError, browse
-from curator.store import datasets as store_datasets
-from curator.store import scores as store_scores
+from curator.store import Store, StoreError, browse_overview
 from curator.store import selections as store_selections
 from curator.store import trash as store_trash
 
 CACHE_TTL = 10  # seconds: a scheduled job's new data shows up after this at the latest
 
-_READERS: dict[str, Callable[..., Any]] = {
-    "list_datasets": store_datasets.list_datasets,
-    "list_versions": store_datasets.list_versions,
-    "diff_versions": store_datasets.diff_versions,
-    "quarantine_rows": store_datasets.quarantine_rows,
-    "get_selection": store_selections.get_selection,
-    "get_mask_record": store_selections.get_mask_record,
-    "sample_quality": store_scores.sample_quality,
-    "trashed_ids": store_trash.trashed_ids,
-    "trash_count": store_trash.trash_count,
-    "trash_page": store_trash.trash_page,
-}
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def store_path() -> Path:
@@ -61,15 +52,33 @@ def get_store() -> Store:
     return _store(str(store_path().resolve()), lock_timeout())
 
 
+def reader_name(fn: Callable[..., Any]) -> str:
+    """``module.function`` of a store reader: a function defined at the top of a module in
+    ``curator.store`` (where all SQL lives), which the name finds again. Anything else (a
+    string, a lambda, a function of another layer) is a TypeError: the name is the reader's
+    part of the cache key, so two readers must never share one."""
+    module = getattr(fn, "__module__", None) or ""
+    name = getattr(fn, "__qualname__", "")
+    if not (inspect.isfunction(fn) and module.startswith("curator.store.")
+            and getattr(sys.modules.get(module), name, None) is fn):
+        raise TypeError(f"read() takes a store reader function (curator.store.*), "
+                        f"not {fn!r}")
+    return f"{module}.{name}"
+
+
+# ``_reader`` is left out of the cache key (Streamlit skips arguments named with a leading
+# underscore); ``name`` stands for it.
 @st.cache_data(ttl=CACHE_TTL, show_spinner=False, max_entries=512)
-def _read(path: str, timeout: float, name: str, args: tuple, kwargs: tuple) -> Any:
-    fn = _READERS.get(name) or getattr(browse, name)
-    return fn(_store(path, timeout), *args, **dict(kwargs))
+def _read(path: str, timeout: float, name: str, _reader: Callable[..., Any], args: tuple,
+          kwargs: tuple) -> Any:
+    return _reader(_store(path, timeout), *args, **dict(kwargs))
 
 
-def read(name: str, *args: Any, **kwargs: Any) -> Any:
-    """``browse.<name>(store, ...)`` (or a store reader), cached for ``CACHE_TTL`` s."""
-    return _read(str(store_path().resolve()), lock_timeout(), name, args,
+def read(reader: Callable[Concatenate[Store, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """``reader(store, *args, **kwargs)`` for a store reader such as
+    ``browse_versions.sample_page``, cached for ``CACHE_TTL`` s per arguments."""
+    name = reader_name(reader)
+    return _read(str(store_path().resolve()), lock_timeout(), name, reader, args,
                  tuple(sorted(kwargs.items())))
 
 
@@ -190,7 +199,7 @@ def require_store() -> Store:
     """The store, or a how-to-create message (and stop) when it is missing or empty."""
     path = store_path()
     store = get_store()
-    if not store.exists or read("is_empty"):
+    if not store.exists or read(browse_overview.is_empty):
         shown = str(path)
         st.info(
             f"There is no curator data at `{shown}` yet. Create a store and add data:\n\n"
@@ -243,7 +252,7 @@ def selection_label(sel: Any) -> str:
 def pick_selection(key: str, label: str = "selection", only: list[str] | None = None,
                    default: str | None = None) -> Any:
     """A selectbox over the store's selections; returns the chosen SelectionRecord."""
-    sels = read("list_selections_all")
+    sels = read(store_selections.list_selections)
     if only is not None:
         sels = [s for s in sels if s.selection_id in only]
     if not sels:
@@ -261,7 +270,7 @@ def pick_selection(key: str, label: str = "selection", only: list[str] | None = 
 def trash_controls(dataset: str, sample_id: str, key: str) -> None:
     """A restore button for a trashed sample, else a reason box and a move-to-trash button
     (the outcome shows on the next run through ``trash_message``)."""
-    if sample_id in read("trashed_ids", dataset):
+    if sample_id in read(store_trash.trashed_ids, dataset):
         st.button("Restore from the trash", key=f"{key}_restore", on_click=restore,
                   args=(dataset, [sample_id]))
         return

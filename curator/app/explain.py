@@ -262,7 +262,7 @@ def explain_in_model_terms(store: Store, selection_id: str, kernels: SelectionKe
     """``explain`` plus what showing the sample does to the model's answers (its stored
     pairs with the kernel's rows, ``model_effect``), the loss drop beside each row it
     covers, and no coverage column where it only repeats the kernel value."""
-    from curator.store.browse import example_utilities
+    from curator.store.browse_scores import example_utilities
 
     sel = get_selection(store, selection_id)
     out = explain(store, kernels, sample_id, member, limit)

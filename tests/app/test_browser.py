@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from curator.store import Store, browse
+from curator.store import Store, browse_selections, browse_versions
 from curator.store.datasets import load_samples
 from curator.store.selections import selection_sample_ids
 
@@ -383,13 +383,13 @@ def test_finding_things_at_1280_px(app_url, demo_store, shots):
             box.fill("what")
             box.press("Enter")
             settle(page)
-            total = browse.member_search(store, "sel-0001", 1, 0, search="what")[1]
+            total = browse_selections.member_search(store, "sel-0001", 1, 0, search="what")[1]
             page.get_by_text(f"{total:,} of 90 members match").first.wait_for()
             assert "search=what" in page.url
             # a metadata filter from a link
-            family, _n = browse.metadata_counts(store, "demo", 1, "family")[0]
-            n_family = browse.member_search(store, "sel-0001", 1, 0,
-                                            where=(("family", family),))[1]
+            family, _n = browse_versions.metadata_counts(store, "demo", 1, "family")[0]
+            n_family = browse_selections.member_search(store, "sel-0001", 1, 0,
+                                                       where=(("family", family),))[1]
             open_page(page, f"{app_url}/selections?selection=sel-0001&view=Members"
                             f"&where=family%3D{family}", "Selections")
             page.get_by_text(f"{n_family:,} of 90 members match").first.wait_for()
@@ -404,8 +404,8 @@ def test_finding_things_at_1280_px(app_url, demo_store, shots):
             page.mouse.click(box["x"] + 32 + 3 * 75 + 37, box["y"] + 17)
             settle(page)
             assert "sort=chars" in page.url and "order=descending" in page.url, page.url
-            rows, _ = browse.member_search(store, "sel-0001", 50, 0, "chars", True,
-                                           where=(("family", family),))
+            rows, _ = browse_selections.member_search(store, "sel-0001", 50, 0, "chars", True,
+                                                      where=(("family", family),))
             click_row(page, "sel_members_table", 0)  # the longest matching member
             assert metric(page, "pick") == f"#{rows[0]['rank'] + 1}"
 

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from curator.masks import mask_heatmap
 from curator.pipeline import exports
-from curator.store import Store, browse
+from curator.store import Store, browse_scores, browse_selections, browse_versions
 from curator.store.datasets import (
     diff_versions,
     list_datasets,
@@ -195,7 +195,8 @@ def test_versions_score_filter(demo_store_path, monkeypatch):
     at.selectbox(key="ver_score").set_value(losses[0]).run()
     assert_clean(at)
     store = Store(demo_store_path)
-    config = next(x.config for x in browse.score_sources(store, "demo", 1) if x.kind == "loss")
+    config = next(x.config for x in browse_versions.score_sources(store, "demo", 1)
+                           if x.kind == "loss")
     median = store.query("SELECT median(distance) FROM losses WHERE config = ?", [config])[0][0]
     at.number_input(key="ver_score_min").set_value(median).run()
     assert_clean(at)
@@ -322,7 +323,7 @@ def test_selections_scores_range_lists_the_samples_in_it(demo_store_path, monkey
     at.radio(key="sel_view").set_value("Scores").run()
     at.selectbox(key="sel_score").set_value(name).run()
     assert_clean(at)
-    groups = browse.selection_score_values(store, sel.selection_id, name)
+    groups = browse_scores.selection_score_values(store, sel.selection_id, name)
     values = np.concatenate(list(groups.values()))
     lo, hi = float(values.min()), float(values.max())
     step = (hi - lo) / 200
@@ -334,7 +335,7 @@ def test_selections_scores_range_lists_the_samples_in_it(demo_store_path, monkey
     inside = (values >= a) & (values <= b)
     n_sel = int(((groups["selected"] >= a) & (groups["selected"] <= b)).sum())
     assert 0 < inside.sum() < len(values)
-    got = browse.samples_in_score_range(store, sel.selection_id, name, a, b, 10_000)
+    got = browse_scores.samples_in_score_range(store, sel.selection_id, name, a, b, 10_000)
     assert (got["n_total"], got["n_selected"]) == (int(inside.sum()), n_sel)
     assert len(got["rows"]) == got["n_total"]
     assert sum(r["selected"] for r in got["rows"]) == n_sel
@@ -353,9 +354,10 @@ def test_samples_in_score_range_refuses_a_bad_range(demo_store_path):
     store = Store(demo_store_path)
     sel = list_selections(store)[0]
     with pytest.raises(ValueError, match="not finite"):
-        browse.samples_in_score_range(store, sel.selection_id, "length (chars)", 0.0,
-                                      float("nan"))
-    flipped = browse.samples_in_score_range(store, sel.selection_id, "length (chars)", 1e9, 0)
+        browse_scores.samples_in_score_range(store, sel.selection_id, "length (chars)", 0.0,
+                                             float("nan"))
+    flipped = browse_scores.samples_in_score_range(store, sel.selection_id, "length (chars)",
+                                                   1e9, 0)
     assert flipped["n_total"] == sel.n_pool
 
 
@@ -367,7 +369,7 @@ def test_selections_map(demo_store_path, monkeypatch):
     at.radio(key="sel_view").set_value("Map").run()
     assert_clean(at)
     assert any(f"of {sel.n_pool:,} pool embeddings" in c.value for c in at.caption)
-    data = browse.embedding_map(store, sel.selection_id, 2000)
+    data = browse_scores.embedding_map(store, sel.selection_id, 2000)
     assert sum(p["selection"] == "selected" for p in data["points"]) == sel.n_selected
 
 
@@ -595,7 +597,8 @@ def test_why_selected_uses_the_selections_own_pool_targets_and_kernel(demo_store
                                                            "demo-target:1")
     both = [i for i in selection_sample_ids(store, "sel-0001")
             if i in set(selection_sample_ids(store, "sel-0002"))]
-    sample = next(i for i in both if browse.member_rank(store, "sel-0002", i)["gain"] > 0)
+    sample = next(i for i in both
+                  if browse_selections.member_rank(store, "sel-0002", i)["gain"] > 0)
     at = make_app(demo_store_path, monkeypatch, "selections")
     open_sample_of(at, "sel-0001", sample)
     assert_clean(at)
@@ -613,7 +616,7 @@ def test_why_selected_uses_the_selections_own_pool_targets_and_kernel(demo_store
     assert set(covers_b["sample_id"]) <= target_ids
     assert set(covers_a["sample_id"]) <= pool_ids
     assert line_a != line_b and "targets" in line_b and "pool sample" in line_a
-    rank = browse.member_rank(store, "sel-0002", sample)
+    rank = browse_selections.member_rank(store, "sel-0002", sample)
     assert f"{ordinal(rank['rank'] + 1)} pick, gain {rank['gain']:.3g}" in line_b
     # FLVMI shows no "who helps it" table: its function reads only target x pool pairs
     assert any("FLVMI reads only" in c.value for c in at.caption)
@@ -625,7 +628,7 @@ def test_why_selected_uses_the_selections_own_pool_targets_and_kernel(demo_store
     for sid in ("sel-0001", "sel-0002", "sel-0003", "sel-0004"):
         sel = get_selection(store, sid)
         first = selection_sample_ids(store, sid)[0]
-        member = browse.member_rank(store, sid, first)
+        member = browse_selections.member_rank(store, sid, first)
         why = explain(store, selection_kernels(store, sid), first, member, limit=10_000)
         total = sum(r["coverage"] for r in why["covers"])
         if sel.function == "flvmi":
@@ -670,7 +673,7 @@ def test_zero_gain_picks_are_flagged(demo_store_path, monkeypatch):
     at.selectbox(key="sel_members_size").set_value(100).run()
     members = table(at, "pick", "zero_gain")
     assert members.loc[members["zero_gain"], "pick"].tolist() == [r + 1 for r, _ in zero]
-    curve = browse.gain_curve(store, sel.selection_id)
+    curve = browse_selections.gain_curve(store, sel.selection_id)
     assert [p["rank"] for p in curve if p["zero_gain"]] == [r for r, _ in zero]
     open_sample_of(at, sel.selection_id, zero[0][1])
     assert_clean_but_info(at)
@@ -717,7 +720,7 @@ def test_members_sort_across_all_rows(demo_store_path, monkeypatch):
         [g for (g,) in gains])
     assert at.query_params["sort"] == "gain"
     with pytest.raises(ValueError, match="unknown sort"):
-        browse.member_page(store, "sel-0001", sort="rank; DROP TABLE samples")
+        browse_selections.member_page(store, "sel-0001", sort="rank; DROP TABLE samples")
 
 
 def test_deep_link_to_a_sample_survives_a_reload(demo_store_path, monkeypatch):
@@ -777,7 +780,7 @@ def test_versions_deep_link_and_score_range(demo_store_path, monkeypatch):
     assert at.query_params["value"] == family and at.query_params["version"] == "2"
     loss = next(o for o in at.selectbox(key="ver_score").options if o.startswith("loss"))
     at.selectbox(key="ver_score").set_value(loss).run()
-    source = next(x for x in browse.score_sources(store, "demo", 2) if x.label == loss)
+    source = next(x for x in browse_versions.score_sources(store, "demo", 2) if x.label == loss)
     lo, hi = store.query(
         "SELECT min(l.distance), max(l.distance) FROM version_members m JOIN losses l USING "
         "(sample_id) WHERE m.dataset = 'demo' AND m.version = 2 AND l.valid AND l.model = ? "

@@ -11,8 +11,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from curator.app.explain import percent
-from curator.store import Store, browse
-from curator.store.browse import SampleFilter
+from curator.store import Store, browse_selections, browse_versions
+from curator.store.browse_filters import SampleFilter
 from curator.store.selections import get_selection, selection_sample_ids
 
 pytestmark = pytest.mark.slow  # the whole app (AppTest) over a demo store: make test-slow
@@ -66,8 +66,8 @@ def test_sample_picker_follows_the_selection(demo_store_path, monkeypatch):
 def test_search_and_metadata_filters_in_the_query_and_the_url(demo_store_path, monkeypatch):
     store = Store(demo_store_path)
     sel = get_selection(store, "sel-0001")
-    families = [v for v, _ in browse.metadata_counts(store, sel.dataset, sel.version,
-                                                     "family")]
+    families = [v for v, _ in browse_versions.metadata_counts(store, sel.dataset, sel.version,
+                                                              "family")]
     a, b = families[0], families[1]
     want = store.query(
         "SELECT m.rank FROM selection_members m JOIN version_members v ON v.sample_id = "
@@ -87,8 +87,8 @@ def test_search_and_metadata_filters_in_the_query_and_the_url(demo_store_path, m
     word = max(store.query("SELECT prompt FROM samples WHERE sample_id = ?",
                            [shown["sample_id"].iloc[0]])[0][0].split(), key=len)
     at.text_input(key="sel_search").set_value(word).run()
-    rows, total = browse.member_search(store, "sel-0001", 50, 0, search=word,
-                                       where=(("family", a), ("family", b)))
+    rows, total = browse_selections.member_search(store, "sel-0001", 50, 0, search=word,
+                                                  where=(("family", a), ("family", b)))
     assert 1 <= total <= len(want)
     assert members(at)["sample_id"].tolist() == [r["sample_id"] for r in rows]
     assert at.query_params["search"] == word
@@ -114,23 +114,23 @@ def test_page_number_in_the_url(demo_store_path, monkeypatch):
 def test_filters_on_several_fields_in_the_store(demo_store_path):
     store = Store(demo_store_path)
     sel = get_selection(store, "sel-0001")
-    family = browse.metadata_counts(store, sel.dataset, sel.version, "family")[0][0]
+    family = browse_versions.metadata_counts(store, sel.dataset, sel.version, "family")[0][0]
     # one field OR-ed, fields AND-ed: a field no sample has leaves nothing
-    rows, total = browse.member_search(store, "sel-0001", 500, 0,
-                                       where=(("family", family),))
+    rows, total = browse_selections.member_search(store, "sel-0001", 500, 0,
+                                                  where=(("family", family),))
     assert total and all(r["metadata"]["family"] == family for r in rows)
-    assert browse.member_search(store, "sel-0001", 500, 0, where=(
+    assert browse_selections.member_search(store, "sel-0001", 500, 0, where=(
         ("family", family), ("nope", "x")))[1] == 0
-    assert browse.member_search(store, "sel-0001", 500, 0, where=(
+    assert browse_selections.member_search(store, "sel-0001", 500, 0, where=(
         ("family", family), ("nope", "(none)")))[1] == total
     # and across a dataset version, as on the Versions page
-    _, n_version = browse.sample_page(store, sel.dataset, sel.version,
-                                      SampleFilter(where=(("family", family),)))
+    _, n_version = browse_versions.sample_page(store, sel.dataset, sel.version,
+                                               SampleFilter(where=(("family", family),)))
     assert n_version >= total
-    assert browse.sample_page(store, sel.dataset, sel.version, SampleFilter(
+    assert browse_versions.sample_page(store, sel.dataset, sel.version, SampleFilter(
         where=(("family", family), ("nope", "x"))))[1] == 0
     # text never reaches the SQL: quotes and wildcards are searched for as they are
-    assert browse.member_search(store, "sel-0001", 5, 0, search="%' OR 1=1 --")[1] == 0
+    assert browse_selections.member_search(store, "sel-0001", 5, 0, search="%' OR 1=1 --")[1] == 0
 
 
 def test_score_sort_only_where_the_selection_has_scores(demo_store_path, monkeypatch):
@@ -178,7 +178,7 @@ def test_why_selected_in_model_terms(demo_store_path, monkeypatch):
     assert (f"makes the model's error on the answers of {len(helped)} targets drop by "
             f"{percent(mean)} on average") in sentence
     assert f"{percent(max(p for _, p in helped))})" in sentence
-    share = browse.member_rank(store, "sel-0002", sample)["gain"] / sel.objective
+    share = browse_selections.member_rank(store, "sel-0002", sample)["gain"] / sel.objective
     assert any(f"{percent(share)} of the selection's objective" in c.value for c in at.caption)
     assert any(e.label == "How is this computed" for e in at.expander)
     assert "d(i) − d(i | j)" in "\n".join(m.value for m in at.markdown)
@@ -189,7 +189,7 @@ def test_versions_filters_and_page_in_the_url(demo_store_path, monkeypatch):
     """Across a dataset version: several metadata conditions at once and the page number
     come back from a link."""
     store = Store(demo_store_path)
-    counts = browse.metadata_counts(store, "demo", 1, "family")
+    counts = browse_versions.metadata_counts(store, "demo", 1, "family")
     (a, n_a), (b, n_b) = counts[0], counts[1]
     monkeypatch.setenv("CURATOR_STORE", str(demo_store_path))
     at = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT)
@@ -231,7 +231,7 @@ def test_random_selection_has_no_zero_gain_picks(demo_store, monkeypatch):
     out = select_stage(store, "demo", StageSpec(stage="instruction", method="random",
                                                 budget="10%", version=1))
     sid = out.selection_id
-    assert browse.zero_gain_count(store, sid) == get_selection(store, sid).n_selected
+    assert browse_selections.zero_gain_count(store, sid) == get_selection(store, sid).n_selected
     at = app(demo_store, monkeypatch, {"selection": sid})
     clean(at)
     assert {m.label: m.value for m in at.metric}["zero-gain picks"] == "none apply"

@@ -200,7 +200,7 @@ def test_gradient_scores_are_replaced_on_a_second_save(store):
 
 def test_remember_model_names_a_fingerprint_once(store):
     """Scores are keyed by fingerprint; the name recorded first is what the app shows."""
-    from curator.store.browse import model_label
+    from curator.store.browse_selections import model_label
     from curator.store.scores import remember_model
 
     assert model_label(store, "abc123") == "fingerprint abc123 (name not recorded)"

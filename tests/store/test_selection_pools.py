@@ -11,7 +11,7 @@ import pytest
 from curator.config import StageSpec
 from curator.ingest import ingest
 from curator.stages import resolve_pools, select_stage
-from curator.store import Store, browse
+from curator.store import Store, browse_scores
 from curator.store.datasets import load_samples
 from curator.store.selections import (
     SelectionRecord,
@@ -53,7 +53,7 @@ def test_the_stored_pool_is_the_pool_the_ranker_saw(store):
     trash_samples(store, "d", v1[1:3] + new[:1])
     assert selection_pool_ids(store, first.selection_id) == v1[1:]
     assert selection_pool_ids(store, cont.selection_id) == new
-    values = browse.selection_score_values(store, first.selection_id, "length (chars)")
+    values = browse_scores.selection_score_values(store, first.selection_id, "length (chars)")
     assert len(values["selected"]) == 3 and len(values["not selected"]) == 4
 
 

@@ -13,7 +13,7 @@ from curator.cli import main
 from curator.config import StageSpec
 from curator.ingest import ingest
 from curator.stages import resolve_pools, select_stage
-from curator.store import NotFound, Store, browse
+from curator.store import NotFound, Store, browse_scores
 from curator.store.datasets import load_samples
 from curator.store.selections import get_selection
 from curator.store.trash import (
@@ -79,7 +79,7 @@ def test_later_selections_leave_the_trash_out(store):
     # the selection made before keeps its members, and each pool is rebuilt as it was
     assert get_selection(store, before.selection_id).n_pool == 10
     for sel, n in ((before.selection_id, 10), (after.selection_id, 8)):
-        values = browse.selection_score_values(store, sel, "length (chars)")
+        values = browse_scores.selection_score_values(store, sel, "length (chars)")
         assert len(values["selected"]) + len(values["not selected"]) == n
     restore_samples(store, "d")
     again = select_stage(store, "d", StageSpec(method="full", budget="100%"))

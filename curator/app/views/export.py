@@ -10,6 +10,8 @@ import streamlit as st
 from curator.app import exporting
 from curator.export import FORMATS, ExportError
 from curator.pipeline import exports
+from curator.store import browse_masks
+from curator.store import selections as store_selections
 
 st.title("Export")
 
@@ -32,8 +34,8 @@ with ui.guard():
     # mentions messages too); the chosen format's help below it
     fmt = st.selectbox("format", FORMATS, key="exp_fmt")
     st.caption(FORMAT_HELP.get(fmt, ""))
-    mask = ui.read("get_mask_record", sel.selection_id)
-    layers = sel.selection_id in ui.read("layered_selections")
+    mask = ui.read(store_selections.get_mask_record, sel.selection_id)
+    layers = sel.selection_id in ui.read(browse_masks.layered_selections)
     parts = [f"**{ui.plural(sel.n_selected, 'sample')}** ({fmt})"]
     if mask:
         parts.append(f"a parameter mask ({mask['density']:.2%} of the model)")

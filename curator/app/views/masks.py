@@ -8,11 +8,14 @@ import curator_ui as ui
 import pandas as pd
 import streamlit as st
 
+from curator.store import browse_masks
+from curator.store import selections as store_selections
+
 st.title("Masks")
 
 
 def mask_section() -> None:
-    masks = ui.read("list_masks")
+    masks = ui.read(browse_masks.list_masks)
     st.subheader("Parameter masks")
     if not masks:
         st.info("No masks yet: a DualSFT stage (`--method dualsft`) or "
@@ -22,7 +25,7 @@ def mask_section() -> None:
                  column_config={"density": st.column_config.NumberColumn(format="percent")})
     sel = ui.pick_selection("mask_sel", "mask of selection",
                             only=[m["selection_id"] for m in masks])
-    rec = ui.read("get_mask_record", sel.selection_id)
+    rec = ui.read(store_selections.get_mask_record, sel.selection_id)
     info = rec["info"]
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("density (whole model)", f"{rec['density']:.2%}")
@@ -62,13 +65,13 @@ def _layer_key(name: str) -> tuple:
 
 def layers_section() -> None:
     st.subheader("Layer-wise subsets")
-    ids = ui.read("layered_selections")
+    ids = ui.read(browse_masks.layered_selections)
     if not ids:
         st.info("No layer-wise selections yet: a GAST stage (`--method gast`) gives each "
                 "layer its own subset.")
         return
     sel = ui.pick_selection("mask_layer_sel", "layer-wise selection", only=ids)
-    sizes = ui.read("layer_subset_sizes", sel.selection_id)
+    sizes = ui.read(browse_masks.layer_subset_sizes, sel.selection_id)
     c1, c2, c3 = st.columns(3)
     c1.metric("layers", f"{len(sizes):,}")
     c2.metric("samples trained on (any layer)", f"{sel.n_selected:,}")
@@ -78,7 +81,7 @@ def layers_section() -> None:
     st.altair_chart(alt.Chart(df).mark_bar().encode(
         x=alt.X("layer:N", sort=[r["layer"] for r in sizes]), y="samples:Q",
         tooltip=["layer", "samples"]), key="mask_layer_chart", height=240)
-    overlap = ui.read("layer_overlap", sel.selection_id)
+    overlap = ui.read(browse_masks.layer_overlap, sel.selection_id)
     if overlap:
         order = [r["layer"] for r in sizes]
         st.caption("overlap of the layers' subsets (Jaccard)")

@@ -6,12 +6,15 @@ import curator_ui as ui
 import pandas as pd
 import streamlit as st
 
+from curator.store import browse_overview
+from curator.store import datasets as store_datasets
+
 st.title("curator")
 st.caption(f"store: `{ui.store_path()}`")
 
 with ui.guard():
     ui.require_store()
-    summary = ui.read("store_summary")
+    summary = ui.read(browse_overview.store_summary)
     cols = st.columns(6)
     for col, (label, key) in zip(cols, [("datasets", "datasets"), ("versions", "versions"),
                                         ("distinct samples", "samples"),
@@ -19,10 +22,10 @@ with ui.guard():
                                         ("running jobs", "running")], strict=True):
         col.metric(label, f"{summary[key]:,}")
 
-    for d in ui.read("list_datasets"):
+    for d in ui.read(store_datasets.list_datasets):
         name = d["name"]
         st.subheader(f"{name}")
-        versions = ui.read("list_versions", name)
+        versions = ui.read(store_datasets.list_versions, name)
         rows = [{"version": f"v{v.version}", "mode": v.mode, "members": v.n_members,
                  "added": v.n_added, "removed": v.n_removed, "duplicates": v.n_duplicates,
                  "quarantined": v.n_quarantined, "created": v.created_at,
@@ -38,7 +41,7 @@ with ui.guard():
         right.dataframe(rows, key=f"overview_versions_{name}", hide_index=True)
 
     st.subheader("Recent runs")
-    runs = ui.read("recent_runs", 20)
+    runs = ui.read(browse_overview.recent_runs, 20)
     if runs:
         st.dataframe(runs, key="overview_runs", hide_index=True, placeholder="",
                      column_order=["run_id", "kind", "dataset", "status", "progress", "error",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import curator_ui as ui
 import streamlit as st
 
+from curator.store import scores as store_scores
+
 HELP = ("How plausible the model finds this row's answer for its own prompt, over the "
         "answer's tokens: answer loss = mean NLL given the prompt (nats per token); IFD = "
         "that loss over the loss after an empty prompt (near or above 1: the prompt does not "
@@ -16,7 +18,7 @@ HELP = ("How plausible the model finds this row's answer for its own prompt, ove
 def quality_signals(sel, sample_id: str) -> None:
     prior = (sel.config or {}).get("quality") or {}
     reason = (prior.get("dropped") or {}).get(sample_id)
-    rows = ui.read("sample_quality", sample_id)
+    rows = ui.read(store_scores.sample_quality, sample_id)
     st.markdown("**Quality signals**", help=HELP)
     if reason:
         st.warning(f"Left out of this selection by the quality prior "

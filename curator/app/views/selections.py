@@ -15,7 +15,8 @@ import streamlit as st
 
 from curator.app.explain import HOW_COMPUTED, ZERO_GAIN_WHY, objective_share, percent, pick_label
 from curator.app.views.quality import quality_signals
-from curator.store.browse import histogram
+from curator.store import browse_scores, browse_selections, browse_versions
+from curator.store import selections as store_selections
 from curator.vocabulary import GRADIENT_METHODS, KERNEL_METHODS
 
 st.title("Selections")
@@ -83,13 +84,13 @@ def opened_row(table_key: str, ids: list[str]) -> None:
 
 def step_sample(selection_id: str, rank: int) -> None:
     """Previous / next callback: the member picked ``rank``-th."""
-    sample_id = ui.read("member_at", selection_id, rank)
+    sample_id = ui.read(browse_selections.member_at, selection_id, rank)
     if sample_id:
         st.session_state["sel_sample_id"] = sample_id
 
 
 def header(sel) -> None:
-    zero = ui.read("zero_gain_count", sel.selection_id)
+    zero = ui.read(browse_selections.zero_gain_count, sel.selection_id)
     has_gains = member_columns(sel)["gain"]
     # what the stage recorded (older stores: zero_gain_refilled), said when it differs
     recorded = (sel.config or {}).get("zero_gain_picks",
@@ -121,7 +122,7 @@ def header(sel) -> None:
     if sel.target:
         facts.append(f"target set **{sel.target}**")
     if sel.model:
-        facts.append(f"model {ui.read('model_label', sel.model)}")
+        facts.append(f"model {ui.read(browse_selections.model_label, sel.model)}")
     st.markdown(" · ".join(facts))
     with st.expander("config", expanded=False):
         st.code(json.dumps(sel.config, indent=2, default=str), language="json")
@@ -135,7 +136,7 @@ def where_label(option: str) -> str:
 def member_columns(sel) -> dict[str, bool]:
     """Which of gain and score the selection has: a value for some member, and for the
     gain a method that picks by marginal gains (random stores 0 for every pick)."""
-    have = dict(ui.read("member_columns", sel.selection_id))
+    have = dict(ui.read(browse_selections.member_columns, sel.selection_id))
     have["gain"] = have["gain"] and sel.method in KERNEL_METHODS
     return have
 
@@ -147,7 +148,7 @@ def sort_options(sel) -> list[str]:
 
 
 def members_view(sel) -> None:
-    curve = ui.read("gain_curve", sel.selection_id)
+    curve = ui.read(browse_selections.gain_curve, sel.selection_id)
     if curve and any(p["gain"] for p in curve):
         st.caption("marginal gain by pick (zero-gain picks in red)")
         df = pd.DataFrame(curve)
@@ -164,7 +165,8 @@ def members_view(sel) -> None:
             tooltip=[alt.Tooltip("number:Q", title="pick"),
                      alt.Tooltip("gain:Q", format=".5f"), "pick"])
         st.altair_chart(line + dots, key="sel_gain_chart", height=200)
-    options = [f"{k}={v}" for k, v, _n in ui.read("metadata_values", sel.dataset, sel.version)]
+    options = [f"{k}={v}" for k, v, _n in ui.read(browse_versions.metadata_values,
+                                                    sel.dataset, sel.version)]
     if any(o not in options for o in st.session_state.get("sel_where") or []):
         gone = [o for o in st.session_state["sel_where"] if o not in options]
         st.warning(f"No metadata {', '.join(where_label(o) for o in gone)} in {sel.dataset} "
@@ -188,12 +190,12 @@ def members_view(sel) -> None:
     order = c2.radio("order", ["ascending", "descending"], horizontal=True, key="sel_order")
     query = (sel.selection_id, sort, order == "descending", search.strip() or None, where)
     wanted = ui.page_state("sel_members")
-    rows, total = ui.read("member_search", query[0], *wanted, *query[1:])
+    rows, total = ui.read(browse_selections.member_search, query[0], *wanted, *query[1:])
     if search.strip() or where:
         st.markdown(f"**{total:,}** of {sel.n_selected:,} members match")
     limit, offset = ui.pager(total, "sel_members")
     if (limit, offset) != wanted:
-        rows, total = ui.read("member_search", query[0], limit, offset, *query[1:])
+        rows, total = ui.read(browse_selections.member_search, query[0], limit, offset, *query[1:])
     have = member_columns(sel)
     keys = sorted({k for r in rows for k in r["metadata"]})[:3]
     table = [{"pick": r["rank"] + 1, "gain": r["gain"], "zero_gain": r["zero_gain"],
@@ -256,7 +258,7 @@ def composition_table(rows: list[dict]) -> list[dict]:
 
 
 def composition_view(sel) -> None:
-    keys = ui.read("selection_metadata_keys", sel.selection_id)
+    keys = ui.read(browse_selections.selection_metadata_keys, sel.selection_id)
     if not keys:
         st.info(f"{sel.dataset} v{sel.version} has no metadata fields to break down.")
         return
@@ -267,7 +269,7 @@ def composition_view(sel) -> None:
     field = st.selectbox("metadata field", keys,
                          index=keys.index("family") if "family" in keys else 0,
                          key="sel_comp_field")
-    rows = ui.read("selection_composition", sel.selection_id, field)
+    rows = ui.read(browse_selections.selection_composition, sel.selection_id, field)
     st.caption(f"{field} of the selection's pool: selected against not selected")
     composition_chart(rows, field, "sel_comp_chart")
     st.dataframe(composition_table(rows), key="sel_comp_table", hide_index=True,
@@ -276,9 +278,9 @@ def composition_view(sel) -> None:
 
 
 def scores_view(sel) -> None:
-    options = ui.read("selection_score_options", sel.selection_id)
+    options = ui.read(browse_scores.selection_score_options, sel.selection_id)
     name = st.selectbox("score", options, key="sel_score")
-    groups = ui.read("selection_score_values", sel.selection_id, name)
+    groups = ui.read(browse_scores.selection_score_values, sel.selection_id, name)
     n_sel, n_not = len(groups["selected"]), len(groups["not selected"])
     c1, c2, c3 = st.columns(3)
     c1.metric("selected: mean", "-" if not n_sel else f"{groups['selected'].mean():.4g}",
@@ -287,7 +289,7 @@ def scores_view(sel) -> None:
               "-" if not n_not else f"{groups['not selected'].mean():.4g}",
               help=f"{ui.plural(n_not, 'sample')} with this score")
     c3.metric("samples with a value", f"{n_sel + n_not:,}")
-    hist = histogram(groups)
+    hist = browse_scores.histogram(groups)
     if not hist:
         st.info("No stored values of this score for the selection's pool.")
         return
@@ -331,14 +333,14 @@ def brushed(range_key: str, lo: float, hi: float) -> None:
 
 
 def in_range_view(sel, name: str, rng: tuple[float, float]) -> None:
-    first = ui.read("samples_in_score_range", sel.selection_id, name, rng[0], rng[1], 1, 0)
+    first = ui.read(browse_scores.samples_in_score_range, sel.selection_id, name, *rng, 1, 0)
     total = first["n_total"]
     st.markdown(f"**{ui.plural(total, 'sample')}** with {name} in [{rng[0]:.4g}, {rng[1]:.4g}], "
                 f"**{first['n_selected']:,}** of them selected")
     if not total:
         return
     limit, offset = ui.pager(total, "sel_range")
-    rows = ui.read("samples_in_score_range", sel.selection_id, name, rng[0], rng[1], limit,
+    rows = ui.read(browse_scores.samples_in_score_range, sel.selection_id, name, *rng, limit,
                    offset)["rows"]
     st.dataframe(numbered(rows), hide_index=True,
                  column_config={"prompt": st.column_config.TextColumn(width="large"),
@@ -363,7 +365,7 @@ def map_view(sel) -> None:
     points = st.select_slider("points shown (at most)", options, key="sel_map_points",
                               format_func=lambda n: f"{n:,}" + (" (all)" if n == sel.n_pool
                                                                  else ""))
-    data = ui.read("embedding_map", sel.selection_id, points)
+    data = ui.read(browse_scores.embedding_map, sel.selection_id, points)
     if not data["points"]:
         st.info("No stored embeddings cover this selection's pool "
                 "(`curator score` computes them).")
@@ -467,11 +469,11 @@ def sample_metadata(sel, detail: dict) -> None:
 
 
 def sample_view(sel) -> None:
-    first = ui.read("member_page", sel.selection_id, 1, 0)
+    first = ui.read(browse_selections.member_page, sel.selection_id, 1, 0)
     default = first[0]["sample_id"] if first else ""
     if not st.session_state.get("sel_sample_id"):
         st.session_state["sel_sample_id"] = default
-    member = ui.read("member_rank", sel.selection_id,
+    member = ui.read(browse_selections.member_rank, sel.selection_id,
                      st.session_state["sel_sample_id"].strip())
     c0, c1, c2 = st.columns([5, 1, 1], vertical_alignment="bottom")
     sample_id = c0.text_input("sample id", key="sel_sample_id",
@@ -483,7 +485,7 @@ def sample_view(sel) -> None:
     c2.button("next →", key="sel_next", help="the pick after this one (key: →)",
               disabled=rank is None or rank + 1 >= sel.n_selected, shortcut="Right",
               on_click=step_sample, args=(sel.selection_id, (rank or 0) + 1))
-    detail = ui.read("sample_detail", sample_id) if sample_id else None
+    detail = ui.read(browse_versions.sample_detail, sample_id) if sample_id else None
     if detail is None:
         st.warning(f"No sample {sample_id!r} in the store.")
         return
@@ -507,7 +509,7 @@ def sample_view(sel) -> None:
     sample_metadata(sel, detail)
     quality_signals(sel, sample_id)
     why_selected(sel, sample_id, member)
-    grads = ui.read("sample_gradient_scores", sample_id)
+    grads = ui.read(browse_scores.sample_gradient_scores, sample_id)
     st.markdown("**Gradient scores** ⟨u, g⟩ stored for this sample")
     if grads:
         st.dataframe(grads, key="sel_sample_grads", hide_index=True)
@@ -521,37 +523,36 @@ def sample_view(sel) -> None:
 
 
 def compare_view(sel) -> None:
-    sels = ui.read("list_selections_all")
+    sels = ui.read(store_selections.list_selections)
     others = [s.selection_id for s in sels if s.selection_id != sel.selection_id]
     if not others:
         st.info("Only one selection so far: nothing to compare with.")
         return
     other = ui.pick_selection("sel_other", "compare with",
                               only=others).selection_id
-    o = ui.read("selection_overlap", sel.selection_id, other)
+    o = ui.read(browse_selections.selection_overlap, sel.selection_id, other)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("in both", f"{o['both']:,}")
     c2.metric(f"only in {sel.selection_id}", f"{o['only_a']:,}")
     c3.metric(f"only in {other}", f"{o['only_b']:,}")
     c4.metric("Jaccard", f"{o['both'] / max(1, o['union']):.2f}")
     left, right = st.columns(2)
-    left.markdown(f"**What {sel.selection_id} adds** (first 50, pick order)")
-    left.dataframe(numbered(ui.read("selection_only", sel.selection_id, other, 50, 0)),
-                   key="sel_only_a", hide_index=True, column_config={"pick": PICK_COLUMN})
-    right.markdown(f"**What {other} adds** (first 50, pick order)")
-    right.dataframe(numbered(ui.read("selection_only", other, sel.selection_id, 50, 0)),
-                    key="sel_only_b", hide_index=True, column_config={"pick": PICK_COLUMN})
-    keys = sorted(set(ui.read("selection_metadata_keys", sel.selection_id))
-                  & set(ui.read("selection_metadata_keys", other)))
+    for col, a, b, side in ((left, sel.selection_id, other, "a"),
+                            (right, other, sel.selection_id, "b")):
+        col.markdown(f"**What {a} adds** (first 50, pick order)")
+        col.dataframe(numbered(ui.read(browse_selections.selection_only, a, b, 50, 0)),
+                      key=f"sel_only_{side}", hide_index=True, column_config={"pick": PICK_COLUMN})
+    keys = sorted(set(ui.read(browse_selections.selection_metadata_keys, sel.selection_id))
+                  & set(ui.read(browse_selections.selection_metadata_keys, other)))
     if keys:
         field = st.selectbox("composition by metadata field", keys,
                              index=keys.index("family") if "family" in keys else 0,
                              key="sel_cmp_field")
-        for col, sid in ((left, sel.selection_id), (right, other)):
+        for col, sid, side in ((left, sel.selection_id, "a"), (right, other, "b")):
             with col:
                 st.markdown(f"**{sid}**: {field}, selected against not selected")
-                composition_chart(ui.read("selection_composition", sid, field), field,
-                                  f"sel_cmp_chart_{'a' if sid == sel.selection_id else 'b'}")
+                composition_chart(ui.read(browse_selections.selection_composition, sid, field),
+                                  field, f"sel_cmp_chart_{side}")
 
 
 def apply_url(table: list[dict]) -> None:
@@ -600,7 +601,7 @@ def current_url(sel, view: str) -> dict:
 
 with ui.guard():
     ui.require_store()
-    table = ui.read("selections_table")
+    table = ui.read(browse_selections.selections_table)
     if not table:
         st.info("No selections yet: `curator select --dataset NAME --stage instruction` "
                 "or `curator curate recipe.yaml` makes one.")

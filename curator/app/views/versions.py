@@ -11,7 +11,10 @@ import curator_ui as ui
 import pandas as pd
 import streamlit as st
 
-from curator.store.browse import SampleFilter
+from curator.store import browse_versions
+from curator.store import datasets as store_datasets
+from curator.store import trash as store_trash
+from curator.store.browse_filters import SampleFilter
 
 st.title("Versions")
 
@@ -29,9 +32,9 @@ def picked_row(table_key: str, ids: list[str]) -> None:
 
 
 def samples_view(dataset: str, version: int) -> None:
-    keys = ui.read("metadata_keys", dataset, version)
-    lo, hi = ui.read("length_range", dataset, version)
-    sources = ui.read("score_sources", dataset, version)
+    keys = ui.read(browse_versions.metadata_keys, dataset, version)
+    lo, hi = ui.read(browse_versions.length_range, dataset, version)
+    sources = ui.read(browse_versions.score_sources, dataset, version)
     c1, c2, c3 = st.columns([2, 1, 1])
     search = c1.text_input("search prompt and response", key="ver_search",
                            placeholder="words to find (case-insensitive)")
@@ -42,7 +45,7 @@ def samples_view(dataset: str, version: int) -> None:
     meta_value = None
     counts: list[tuple[str, int]] = []
     if meta_key != ANY:
-        counts = ui.read("metadata_counts", dataset, version, meta_key)
+        counts = ui.read(browse_versions.metadata_counts, dataset, version, meta_key)
         values = [ANY, *[v for v, _ in counts]]
         n_by = dict(counts)
         if st.session_state.get("ver_meta_value") not in (None, *values):
@@ -52,7 +55,8 @@ def samples_view(dataset: str, version: int) -> None:
         meta_value = c3.selectbox("value", values, key="ver_meta_value",
                                   format_func=lambda v: v if v == ANY else f"{v} ({n_by[v]:,})")
         meta_value = None if meta_value == ANY else meta_value
-    options = [f"{k}={v}" for k, v, _n in ui.read("metadata_values", dataset, version)]
+    options = [f"{k}={v}" for k, v, _n in ui.read(browse_versions.metadata_values, dataset,
+                                                    version)]
     if any(o not in options for o in st.session_state.get("ver_where") or []):
         gone = [o for o in st.session_state["ver_where"] if o not in options]
         st.warning(f"No metadata {', '.join(gone)} in {dataset} v{version}; that filter is "
@@ -76,7 +80,7 @@ def samples_view(dataset: str, version: int) -> None:
     score = score_labels[score_name]
     min_score = max_score = None
     if score is not None:
-        bounds = ui.read("score_range", dataset, version, score)
+        bounds = ui.read(browse_versions.score_range, dataset, version, score)
         span = ("no values" if bounds is None
                 else f"values from {bounds[0]:.6g} to {bounds[1]:.6g}")
         min_score = c6.number_input("score ≥", value=None, key="ver_score_min", format="%.6f",
@@ -90,12 +94,12 @@ def samples_view(dataset: str, version: int) -> None:
                        max_chars=length[1] if length[1] < hi else None,
                        score=score, min_score=min_score, max_score=max_score, where=where)
     wanted = ui.page_state("ver_samples")
-    rows, total = ui.read("sample_page", dataset, version, flt, *wanted)
+    rows, total = ui.read(browse_versions.sample_page, dataset, version, flt, *wanted)
     st.markdown(f"**{total:,}** matching samples")
     limit, offset = ui.pager(total, "ver_samples")
     if (limit, offset) != wanted:  # the page was out of range for this filter
-        rows, total = ui.read("sample_page", dataset, version, flt, limit, offset)
-    trashed = ui.read("trashed_ids", dataset)
+        rows, total = ui.read(browse_versions.sample_page, dataset, version, flt, limit, offset)
+    trashed = ui.read(store_trash.trashed_ids, dataset)
     table = [{"sample_id": r["sample_id"], "prompt": r["prompt"], "response": r["response"],
               "chars": r["chars"], **({"score": r["score"]} if score else {}),
               **{k: r["metadata"].get(k) for k in keys[:4]},
@@ -124,7 +128,7 @@ def samples_view(dataset: str, version: int) -> None:
         ui.trash_controls(dataset, pick, "ver")
     ui.trash_message()
     left, right = st.columns(2)
-    hist = ui.read("length_histogram", dataset, version, bounds=(lo, hi))
+    hist = ui.read(browse_versions.length_histogram, dataset, version, bounds=(lo, hi))
     if hist:
         left.caption("length distribution (whole version)")
         left.bar_chart(pd.DataFrame(hist), x="chars", y="samples", height=200)
@@ -141,7 +145,7 @@ def samples_view(dataset: str, version: int) -> None:
 
 
 def trash_view(dataset: str) -> None:
-    total = ui.read("trash_count", dataset)
+    total = ui.read(store_trash.trash_count, dataset)
     ui.trash_message()
     if not total:
         st.info(f"The trash of {dataset} is empty. Move a sample there from the Samples "
@@ -150,7 +154,7 @@ def trash_view(dataset: str) -> None:
     st.markdown(f"**{total:,}** samples in the trash of {dataset}: later selections leave "
                 "them out; selections made before keep them.")
     limit, offset = ui.pager(total, "trash")
-    rows = ui.read("trash_page", dataset, limit, offset)
+    rows = ui.read(store_trash.trash_page, dataset, limit, offset)
     st.dataframe(rows, key="trash_table", hide_index=True,
                  column_config={"prompt": st.column_config.TextColumn(width="large")})
     c1, c2, c3 = st.columns([4, 1, 1], vertical_alignment="bottom")
@@ -161,7 +165,7 @@ def trash_view(dataset: str) -> None:
 
 
 def show_sample(sample_id: str, dataset: str, version: int) -> None:
-    detail = ui.read("sample_detail", sample_id)
+    detail = ui.read(browse_versions.sample_detail, sample_id)
     if detail is None:
         return
     with st.expander(f"sample {sample_id} · {detail['chars']:,} characters", expanded=False):
@@ -187,7 +191,7 @@ def diff_view(dataset: str, versions: list[int], version: int) -> None:
     default_old = max([v for v in older if v < new], default=older[0])
     old = c1.selectbox("old", older, index=older.index(default_old), key="diff_old",
                        format_func=lambda v: f"v{v}")
-    diff = ui.read("diff_versions", dataset, old, new, 0)
+    diff = ui.read(store_datasets.diff_versions, dataset, old, new, 0)
     m1, m2, m3 = st.columns(3)
     m1.metric("added", f"{diff.n_added:,}")
     m2.metric("removed", f"{diff.n_removed:,}")
@@ -195,7 +199,7 @@ def diff_view(dataset: str, versions: list[int], version: int) -> None:
     which = st.radio("show", ["added", "removed"], horizontal=True, key="diff_which")
     total = diff.n_added if which == "added" else diff.n_removed
     limit, offset = ui.pager(total, "diff")
-    rows = ui.read("diff_page", dataset, old, new, which, limit, offset)
+    rows = ui.read(browse_versions.diff_page, dataset, old, new, which, limit, offset)
     st.dataframe(rows, key="diff_table", hide_index=True)
 
 
@@ -203,14 +207,14 @@ def quarantine_view(dataset: str, version: int) -> None:
     scope = st.radio("versions", ["this version", "all versions"], horizontal=True,
                      key="quar_scope")
     v = version if scope == "this version" else None
-    reasons = ui.read("quarantine_reasons", dataset, v)
+    reasons = ui.read(browse_versions.quarantine_reasons, dataset, v)
     if not reasons:
         st.success("Nothing quarantined: every input row was usable.")
         return
     st.markdown(f"**{sum(n for _, n in reasons):,}** quarantined rows")
     st.dataframe([{"reason": r, "rows": n} for r, n in reasons], key="quar_reasons",
                  hide_index=True)
-    rows = ui.read("quarantine_rows", dataset, v, 500)
+    rows = ui.read(store_datasets.quarantine_rows, dataset, v, 500)
     st.caption(f"the first {len(rows):,} rows, with the raw input kept for inspection")
     st.dataframe(rows, key="quar_rows", hide_index=True,
                  column_config={"raw": st.column_config.TextColumn(width="large")})
@@ -242,11 +246,11 @@ def current_url(dataset: str, version: int, view: str) -> dict:
 
 with ui.guard():
     ui.require_store()
-    datasets = [d["name"] for d in ui.read("list_datasets")]
+    datasets = [d["name"] for d in ui.read(store_datasets.list_datasets)]
     params = apply_url(datasets)
     c1, c2, c3 = st.columns([2, 1, 3])
     dataset = c1.selectbox("dataset", datasets, key="ver_dataset")
-    infos = ui.read("list_versions", dataset)
+    infos = ui.read(store_datasets.list_versions, dataset)
     if not infos:
         st.info(f"{dataset} has no versions yet.")
         st.stop()
@@ -255,7 +259,7 @@ with ui.guard():
     ui.url_choice(params, "version", "ver_version", numbers, "version", int)
     if "field" in params:
         ui.url_choice(params, "field", "ver_meta_key",
-                      [ANY, *ui.read("metadata_keys", dataset,
+                      [ANY, *ui.read(browse_versions.metadata_keys, dataset,
                                      st.session_state.get("ver_version", numbers[-1]))],
                       "metadata field")
     if "value" in params:
@@ -282,7 +286,7 @@ with ui.guard():
                                           ("duplicates", info.n_duplicates),
                                           ("quarantined", info.n_quarantined)], strict=True):
         col.metric(label, f"{value:,}")
-    n_trash = ui.read("trash_count", dataset)
+    n_trash = ui.read(store_trash.trash_count, dataset)
     view = st.radio("view", VIEWS, horizontal=True,
                     key="ver_view", label_visibility="collapsed",
                     format_func=lambda v: f"Trash ({n_trash:,})" if v == "Trash" and n_trash
