@@ -555,20 +555,16 @@ def _samples_from(data_path: str | None, dataset: str | None, store_path: Path) 
 
         store = open_store(store_path)
         return load_latest(store, dataset)
-    from curator.readers import read_source
-    from curator.records import Sample
-    from curator.schemas import RowError, map_row
+    from curator.readers import read_source, sample_from_row
+    from curator.schemas import RowError
 
     _, rows = read_source(data_path)
     samples = []
     for row in rows:
-        if row.data is None:
-            continue
         try:
-            messages, meta = map_row(row.data)
+            samples.append(sample_from_row(row))
         except RowError:
             continue
-        samples.append(Sample.from_messages(messages, meta))
     if not samples:
         raise CuratorError(f"{data_path}: no usable rows")
     return samples
