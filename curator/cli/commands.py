@@ -373,11 +373,9 @@ def curate(recipe_path: Path, store_path: Path, export_root: Path | None) -> Non
     recipe = load_recipe(recipe_path)
     report = run_recipe(Store(store_path), recipe, export_root=export_root, progress=True,
                         echo=click.echo)
-    click.echo(f"\nrun {report.run_id}: {len(report.stages)} stages in {report.seconds:.0f} s")
-    for r in report.stages:
-        obj = "-" if r.objective is None else f"{r.objective:.3f}"
-        click.echo(f"  {r.name}: {r.selection_id} {r.n_selected}/{r.n_pool} objective {obj}"
-                   + (" (reused)" if r.reused else "") + (f" -> {r.export}" if r.export else ""))
+    click.echo("")
+    for line in report.lines():
+        click.echo(line)
 
 
 @main.command()
