@@ -14,7 +14,8 @@ from pathlib import Path
 from curator.config import ExportSpec, InputSpec, Recipe, ScoringOptions, StageSpec
 from curator.models import LoadedModel
 from curator.pipeline import ingest_once
-from curator.runner import RecipeReport, run_recipe
+from curator.report import RunReport, mask_words
+from curator.runner import run_recipe
 from curator.store import Store
 from curator.store.datasets import list_versions
 from curator.store.selections import selection_pool_ids, selection_sample_ids
@@ -49,7 +50,7 @@ def demo_recipe(data_dir: Path, export_dir: Path) -> Recipe:
     ).validate()
 
 
-def noise_rates(store: Store, report: RecipeReport, labels: dict[str, dict]) -> dict[str, tuple]:
+def noise_rates(store: Store, report: RunReport, labels: dict[str, dict]) -> dict[str, tuple]:
     """(noisy share of the pool, noisy share of the selection, noisy picked, noisy in the
     pool) per stage, over the pool each selection stored."""
     noisy = {i for i, v in labels.items() if v.get("noisy")}
@@ -64,38 +65,45 @@ def noise_rates(store: Store, report: RecipeReport, labels: dict[str, dict]) -> 
     return out
 
 
-def prior_drops(store: Store, report: RecipeReport,
-                labels: dict[str, dict]) -> dict[str, tuple[int, int] | None]:
-    """(rows the quality prior left out, how many of them are noisy) per stage; None where
-    the stage ran without the prior."""
+def prior_noisy(store: Store, report: RunReport, labels: dict[str, dict]) -> dict[str, int]:
+    """How many of the rows the quality prior left out are noisy, per stage that ran with
+    the prior (the report counts the rows left out)."""
     from curator.store.selections import get_selection
 
     noisy = {i for i, v in labels.items() if v.get("noisy")}
-    out: dict[str, tuple[int, int] | None] = {}
+    out: dict[str, int] = {}
     for r in report.stages:
-        prior = (get_selection(store, r.selection_id).config or {}).get("quality")
-        out[r.name] = None if not prior else (
-            int(prior["n_dropped"]), sum(i in noisy for i in prior.get("dropped", {})))
+        if r.prior_dropped is not None:
+            prior = (get_selection(store, r.selection_id).config or {})["quality"]
+            out[r.name] = sum(i in noisy for i in prior.get("dropped", {}))
     return out
 
 
-def zero_gain_picks(store: Store, report: RecipeReport) -> dict[str, int | None]:
-    """Picks a DELIFT stage made at zero gain (no scored pair covered more: the tail was
-    ordered by mean utility), per stage; None for methods without a set function."""
-    from curator.store.selections import get_selection
+# The demo's summary: the run report's stage table with the sample data's noise labels.
+SUMMARY_COLUMNS = ["stage", "ver", "selection", "pool", "picked", "objective", "zero gain",
+                   "noisy in pool", "prior left out", "noisy picked", "pairs", "time"]
 
-    out: dict[str, int | None] = {}
+
+def summary_lines(store: Store, report: RunReport, labels: dict[str, dict]) -> list[str]:
+    """Each stage's row of the report, with how many noisy rows were in its pool, picked,
+    and among those the quality prior left out."""
+    rates = noise_rates(store, report, labels)
+    dropped_noisy = prior_noisy(store, report, labels)
+    extra: dict[str, dict[str, str]] = {}
     for r in report.stages:
-        config = get_selection(store, r.selection_id).config or {}
-        out[r.name] = int(config.get("zero_gain_picks", 0)) if r.objective is not None \
-            else None
-    return out
+        pool_rate, sel_rate, n_sel_noisy, n_pool_noisy = rates[r.name]
+        extra[r.name] = {"noisy in pool": f"{n_pool_noisy} ({pool_rate:.0%})",
+                         "noisy picked": f"{n_sel_noisy} ({sel_rate:.0%})"}
+        if r.name in dropped_noisy:
+            extra[r.name]["prior left out"] = \
+                f"{r.prior_dropped} ({dropped_noisy[r.name]} noisy)"
+    return report.stage_table(SUMMARY_COLUMNS, extra)
 
 
 def run_demo(store: Store, model: str | None = None, data_dir: Path | None = None,
              export_dir: Path | None = None, echo: Callable[[str], None] = print,
              model_loader: Callable[[], LoadedModel] | None = None,
-             k: int | None = None) -> RecipeReport:
+             k: int | None = None) -> RunReport:
     from curator.sample_data import SAMPLE_DATA_DIR, ensure_sample_data, load_labels
 
     started = time.monotonic()
@@ -118,29 +126,12 @@ def run_demo(store: Store, model: str | None = None, data_dir: Path | None = Non
         echo(f"  v{v.version}: {v.n_members} samples (+{v.n_added}, {v.n_quarantined} "
              f"quarantined) from {Path(v.source).name}")
     labels = load_labels(data_dir)
-    rates = noise_rates(store, report, labels)
-    zero = zero_gain_picks(store, report)
-    drops = prior_drops(store, report, labels)
     echo("\n== summary ==")
-    echo(f"{'stage':<14} {'ver':>3} {'selection':<9} {'pool':>5} {'picked':>6} {'objective':>9} "
-         f"{'zero gain':>9} {'noisy in pool':>13} {'prior left out':>14} "
-         f"{'noisy picked':>12} {'pairs':>6} {'time':>7}")
-    for r in report.stages:
-        pool_rate, sel_rate, n_sel_noisy, n_pool_noisy = rates[r.name]
-        obj = "-" if r.objective is None else f"{r.objective:.2f}"
-        zg = "-" if zero[r.name] is None else str(zero[r.name])
-        dropped = "-" if drops[r.name] is None else \
-            f"{drops[r.name][0]} ({drops[r.name][1]} noisy)"
-        echo(f"{r.name:<14} {r.version:>3} {r.selection_id:<9} {r.n_pool:>5} {r.n_selected:>6} "
-             f"{obj:>9} {zg:>9} {f'{n_pool_noisy} ({pool_rate:.0%})':>13} {dropped:>14} "
-             f"{f'{n_sel_noisy} ({sel_rate:.0%})':>12} {r.pairs_computed:>6} "
-             f"{r.seconds:>6.1f}s")
+    for line in summary_lines(store, report, labels):
+        echo(line)
     for r in report.stages:
         if r.mask:
-            echo(f"\nDualSFT mask for {r.selection_id}: "
-                 f"{r.mask['overall']['selected']:,} of {r.mask['overall']['total']:,} "
-                 f"parameters ({r.mask['overall']['density']:.2%} of the model, "
-                 f"{r.mask['scope_density']:.1%} of its linear layers)")
+            echo(f"\nDualSFT mask for {r.selection_id}: {mask_words(r.mask)}")
     echo(f"\nexports:  {export_dir.resolve()}")
     echo(f"store:    {store.path.resolve()}")
     echo(f"finished in {time.monotonic() - started:.0f} s")

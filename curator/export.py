@@ -319,9 +319,7 @@ class LoadedExport:
 
 def load_export(path: str | Path, verify: bool = True) -> LoadedExport:
     """Read an export folder back (any format), checking it against its manifest."""
-    from curator.readers import read_file
-    from curator.records import Sample
-    from curator.schemas import map_row
+    from curator.readers import read_file, sample_from_row
 
     path = Path(path)
     if not (path / "manifest.json").exists():
@@ -342,11 +340,12 @@ def load_export(path: str | Path, verify: bool = True) -> LoadedExport:
     for row in rows:
         meta = row.get("metadata")
         meta = json.loads(meta) if isinstance(meta, str) else (meta or {})
-        messages, _ = map_row({"messages": row["messages"]} if "messages" in row else row)
-        if "instruction" in row and row.get("system"):
-            # alpaca keeps the system prompt in its own field, which map_row does not read
-            messages = [{"role": "system", "content": row["system"]}, *messages]
-        samples.append(Sample.from_messages(messages, meta))
+        # jsonl rows repeat prompt and response beside the messages: map the messages only.
+        # alpaca keeps the system prompt in its own field, which map_row does not read.
+        system = row.get("system") if "instruction" in row else None
+        samples.append(sample_from_row(
+            {"messages": row["messages"]} if "messages" in row else row,
+            system=system, metadata=meta))
     mask = None
     if (path / "mask.safetensors").exists():
         from curator.masks import load_mask

@@ -19,9 +19,8 @@ from itertools import islice
 
 import pyarrow as pa
 
-from curator.readers import InputError, RawRow, read_source
-from curator.records import sample_id_for, split_prompt_response
-from curator.schemas import FieldMap, RowError, map_row
+from curator.readers import InputError, RawRow, read_source, sample_from_row
+from curator.schemas import FieldMap, RowError
 from curator.store import Store
 from curator.store.ingest_rows import VersionCounts, commit_version, stage_batch
 from curator.store.recovery import clear_stale_staging
@@ -150,23 +149,20 @@ def _stage_batch(store: Store, run_id: str, dataset: str, batch: list[RawRow],
     bad: list[tuple] = []
     for row in batch:
         summary.n_read += 1
-        reason = row.error
-        if reason is None:
-            try:
-                messages, metadata = map_row(row.data or {}, fields)
-                prompt, response = split_prompt_response(messages)
-            except (RowError, ValueError) as exc:
-                reason = str(exc)
-        if reason is not None:
+        try:
+            sample = sample_from_row(row, fields)
+        except RowError as exc:
+            reason = str(exc)
             bad.append((run_id, dataset, None, row.file, row.line, reason, row.raw))
             summary.n_quarantined += 1
             summary.reasons[_reason_kind(reason)] += 1
             continue
-        sid = sample_id_for(messages)
+        sid, metadata = sample.sample_id, sample.metadata
         if sid in members:
             continue  # duplicate within this batch; counted after staging
-        samples[sid] = (sid, json.dumps(messages, ensure_ascii=False), prompt, response,
-                        len(prompt) + len(response))
+        samples[sid] = (sid, json.dumps(list(sample.messages), ensure_ascii=False),
+                        sample.prompt, sample.response,
+                        len(sample.prompt) + len(sample.response))
         members[sid] = (run_id, sid, json.dumps(metadata, ensure_ascii=False, default=str)
                         if metadata else None, row.file, row.line)
     # The lock keeps two threads of this process from adding the same new sample at once

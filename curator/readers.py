@@ -10,10 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from curator.records import Sample
+from curator.schemas import FieldMap, RowError, map_row
 
 SUFFIXES = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
@@ -32,6 +35,32 @@ class RawRow:
     data: dict[str, Any] | None
     raw: str                    # what was read, for quarantine
     error: str | None = None
+
+
+def sample_from_row(row: RawRow | Mapping[str, Any], fields: FieldMap | None = None, *,
+                    system: str | None = None,
+                    metadata: Mapping[str, Any] | None = None) -> Sample:
+    """The one way a raw row becomes a ``Sample`` (ingest, watched folders, the CLI's
+    ``--data`` files, reading an export back).
+
+    ``row`` is a reader's ``RawRow`` or its data. Its schema is mapped by
+    ``schemas.map_row`` (``fields`` names the fields explicitly); the fields outside the
+    mapping become the metadata unless ``metadata`` is given. ``system`` puts a system turn
+    first (a format that keeps it in a field of its own, e.g. an alpaca export's "system").
+    Raises ``RowError`` with the quarantine reason: the reader's own error for a row it
+    could not parse, else why the schema does not fit.
+    """
+    if isinstance(row, RawRow):
+        if row.error is not None:
+            raise RowError(row.error)
+        row = row.data or {}
+    messages, unmapped = map_row(row, fields)
+    if system:
+        messages = [{"role": "system", "content": system}, *messages]
+    try:
+        return Sample.from_messages(messages, unmapped if metadata is None else metadata)
+    except ValueError as exc:   # no final assistant turn: a reason like map_row's
+        raise RowError(str(exc)) from exc
 
 
 def _shorten(text: str, limit: int = 2000) -> str:

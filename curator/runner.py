@@ -7,51 +7,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from curator.config import Recipe, StageSpec
 from curator.models import LoadedModel
 from curator.pipeline import LazyModel, Pipeline
-from curator.stages import StageOutcome
+from curator.report import RunReport, StageReport
 from curator.store import Store
-from curator.store.selections import get_mask_record
 
-
-@dataclass
-class StageReport:
-    name: str
-    stage: str
-    method: str
-    function: str | None
-    version: int
-    selection_id: str
-    n_pool: int
-    n_selected: int
-    objective: float | None
-    seconds: float
-    reused: bool
-    pairs_computed: int = 0
-    pairs_reused: int = 0
-    mask: dict[str, Any] | None = None
-    export: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class RecipeReport:
-    run_id: str
-    dataset: str
-    ingested: list[str]
-    stages: list[StageReport]
-    seconds: float
+# A recipe run's report is the one run report (curator.report); the old names stay.
+RecipeReport = RunReport
+__all__ = ["RecipeReport", "RunReport", "StageReport", "run_recipe"]
 
 
 def run_recipe(store: Store, recipe: Recipe, *,
                model_loader: Callable[[], LoadedModel] | None = None,
                export_root: Path | None = None, progress: bool = False,
-               echo: Callable[[str], None] = print) -> RecipeReport:
+               echo: Callable[[str], None] = print) -> RunReport:
     """Run every step of ``recipe``; returns what each stage did."""
     started = time.monotonic()
     store.init()
@@ -60,16 +32,16 @@ def run_recipe(store: Store, recipe: Recipe, *,
                     recipe.scoring, echo=echo, progress=progress)
     run_id = store.start_run("curate", recipe.dataset, recipe.to_dict(),
                              total=len(recipe.stages))
-    ingested: list[str] = []
-    reports: list[StageReport] = []
+    report = RunReport(run_id, recipe.dataset, kind="curate")
     try:
         for item in recipe.inputs:
             target_ds = item.dataset or recipe.dataset
             summary = pipe.ingest_once(item.path, target_ds, append=item.append)
             if summary is None:
+                report.files_seen += 1
                 echo(f"input {item.path}: already ingested into {target_ds}")
             else:
-                ingested.append(item.path)
+                report.files_new.append(item.path)
                 echo(f"input {item.path}: {target_ds} v{summary.version}, "
                      f"{summary.n_added} added, {summary.n_quarantined} quarantined")
         previous: str | None = None
@@ -80,16 +52,10 @@ def run_recipe(store: Store, recipe: Recipe, *,
             t0 = time.monotonic()
             outcome = pipe.select(recipe.dataset, _with_parent(spec, previous, by_name),
                                   previous_selection=previous)
-            report = _report(name, spec, outcome, time.monotonic() - t0)
+            stage = StageReport.from_outcome(name, outcome, time.monotonic() - t0)
             for note in outcome.notes:
                 echo(f"  note: {note}")
-            if spec.param_budget and spec.method != "dualsft":
-                report.mask = pipe.ensure_mask(outcome.selection_id, spec.param_budget,
-                                               seed=spec.seed, target=spec.target,
-                                               options=recipe.scoring)
-            elif spec.method == "dualsft":
-                rec = get_mask_record(store, outcome.selection_id)
-                report.mask = rec["info"] if rec else None
+            stage.mask = pipe.stage_mask(spec, outcome.selection_id)
             if recipe.export is not None:
                 from curator.export import export_selection
 
@@ -97,19 +63,20 @@ def run_recipe(store: Store, recipe: Recipe, *,
                 out = root / f"{outcome.selection_id}-{spec.stage}-{spec.method}"
                 result = export_selection(store, outcome.selection_id, out,
                                           recipe.export.format, force=True)
-                report.export = str(result.path)
-            report.seconds = time.monotonic() - t0
-            reports.append(report)
+                stage.export = str(result.path)
+            stage.seconds = time.monotonic() - t0
+            report.stages.append(stage)
             previous = by_name[name] = outcome.selection_id
             store.update_run(run_id, done=i + 1)
     except BaseException as exc:
-        store.finish_run(run_id, "failed", error=str(exc) or type(exc).__name__,
-                         result={"stages": [asdict(r) for r in reports]})
+        report.status, report.error = "failed", str(exc) or type(exc).__name__
+        report.seconds["total"] = round(time.monotonic() - started, 3)
+        store.finish_run(run_id, "failed", error=report.error, result=report.to_dict())
         raise
-    seconds = time.monotonic() - started
-    store.finish_run(run_id, "done", result={"stages": [asdict(r) for r in reports],
-                                             "ingested": ingested, "seconds": seconds})
-    return RecipeReport(run_id, recipe.dataset, ingested, reports, seconds)
+    report.status = "done"
+    report.seconds["total"] = round(time.monotonic() - started, 3)
+    store.finish_run(run_id, "done", result=report.to_dict())
+    return report
 
 
 def _with_parent(spec: StageSpec, previous: str | None, by_name: dict[str, str]) -> StageSpec:
@@ -123,13 +90,3 @@ def _with_parent(spec: StageSpec, previous: str | None, by_name: dict[str, str])
     if spec.parent in by_name:
         return replace(spec, parent=by_name[spec.parent])
     return spec
-
-
-def _report(name: str, spec: StageSpec, outcome: StageOutcome, seconds: float) -> StageReport:
-    r = outcome.record
-    return StageReport(
-        name=name, stage=r.stage, method=r.method, function=r.function, version=r.version,
-        selection_id=outcome.selection_id, n_pool=r.n_pool, n_selected=r.n_selected,
-        objective=r.objective, seconds=seconds, reused=outcome.reused,
-        pairs_computed=sum(s.n_computed for s in outcome.scoring),
-        pairs_reused=sum(s.n_reused for s in outcome.scoring), notes=list(outcome.notes))

@@ -123,7 +123,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("outputs", {"curator.export", "curator.train", "curator.lora", "curator.trained",
                  "curator.evaluate"}),
     ("pipeline", {"curator.pipeline"}),
-    ("recipes, schedules", {"curator.runner", "curator.schedule"}),
+    ("recipes, schedules", {"curator.report", "curator.runner", "curator.schedule"}),
     # The demo runs recipes; the tiny test models and the sample data serve it and the tests.
     ("demo", {"curator.demo", "curator.sample_data", "curator.testing"}),
     ("shells", {"curator.cli", "curator.app"}),

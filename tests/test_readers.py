@@ -369,3 +369,59 @@ def test_whole_input_errors(tmp_path):
     with pytest.raises(InputError, match=r"^unknown format for .*data\.xlsx: use one of \.csv, "
                                          r"\.json, \.jsonl, \.ndjson, \.parquet, \.pq, \.tsv"):
         list(read_source(str(tmp_path / "data.xlsx"))[1])
+
+
+# -- rows to samples ------------------------------------------------------------------------
+
+def test_sample_from_row_maps_each_schema_to_one_pinned_sample():
+    from curator.readers import sample_from_row
+    from curator.schemas import FieldMap
+
+    hello = "184a355aee0241e4024b8ad255384f6c"  # Hi -> Hello (tests/test_records.py)
+    chat = {"messages": [{"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello", "name": "bot"}],
+            "source": "web", "score": 0.5}
+    s = sample_from_row(chat)
+    assert s.sample_id == hello
+    assert s.messages == ({"role": "user", "content": "Hi"},
+                          {"role": "assistant", "content": "Hello"})
+    assert (s.prompt, s.response) == ("Hi", "Hello")
+    assert s.metadata == {"source": "web", "score": 0.5}     # what the mapping did not use
+    # the same conversation as a prompt/response pair, a reader's row, or named fields
+    assert sample_from_row({"prompt": "Hi", "response": "Hello", "id": 7}).sample_id == hello
+    row = RawRow("a.jsonl", 3, {"question": "Hi", "answer": "Hello"}, "{...}")
+    assert sample_from_row(row).sample_id == hello
+    named = sample_from_row({"q": "Hi", "a": "Hello", "lang": "en"},
+                            FieldMap(prompt="q", response="a"))
+    assert (named.sample_id, named.metadata) == (hello, {"lang": "en"})
+    # several turns: the prompt is every turn before the last answer
+    multi = sample_from_row({"conversations": [
+        {"from": "system", "value": "Be brief."}, {"from": "human", "value": "2+2?"},
+        {"from": "gpt", "value": "4"}]})
+    assert multi.prompt == "system: Be brief.\n\nuser: 2+2?" and multi.response == "4"
+    # a system prompt kept outside the schema (alpaca exports), metadata given outright
+    alpaca = sample_from_row({"instruction": "Hi", "input": "", "output": "Hello",
+                              "system": "Be kind."}, system="Be kind.",
+                             metadata={"origin": "export"})
+    assert alpaca.messages[0] == {"role": "system", "content": "Be kind."}
+    assert alpaca.sample_id != hello and alpaca.metadata == {"origin": "export"}
+
+
+def test_sample_from_row_gives_the_quarantine_reason_of_a_bad_row():
+    from curator.readers import sample_from_row
+    from curator.schemas import RowError
+
+    bad = [
+        (RawRow("a.jsonl", 2, None, "{oops", error="invalid JSON: Expecting value"),
+         "invalid JSON: Expecting value"),
+        ({"prompt": "Hi"}, "missing field 'response'"),
+        ({"prompt": "Hi", "response": "  "}, "field 'response' is empty"),
+        ({"messages": [{"role": "user", "content": "Hi"}]},
+         "'messages' does not end with an assistant turn"),
+        ({"text": "Hi"}, "no known schema (fields: text); use --prompt-field and "
+                         "--response-field"),
+    ]
+    for row, reason in bad:
+        with pytest.raises(RowError) as err:
+            sample_from_row(row)
+        assert str(err.value) == reason

@@ -135,7 +135,7 @@ def test_run_recipe_then_rerun_reuses_everything(store, write_jsonl, pair_rows, 
     result = json.loads(run["result"])
     assert [s["selection_id"] for s in result["stages"]] == [base.selection_id,
                                                              update.selection_id]
-    assert result["ingested"] == [v1, v2]
+    assert result["files_new"] == [v1, v2] and result["status"] == "done"
     assert json.loads(run["config"])["dataset"] == "d"
 
     # graph pairs of each stage, plus pairs scored on demand where greedy ran out

@@ -230,11 +230,9 @@ def curate(recipe_path: Path, store_path: Path, export_root: Path | None) -> Non
     recipe = load_recipe(recipe_path)
     report = run_recipe(Store(store_path), recipe, export_root=export_root, progress=True,
                         echo=click.echo)
-    click.echo(f"\nrun {report.run_id}: {len(report.stages)} stages in {report.seconds:.0f} s")
-    for r in report.stages:
-        obj = "-" if r.objective is None else f"{r.objective:.3f}"
-        click.echo(f"  {r.name}: {r.selection_id} {r.n_selected}/{r.n_pool} objective {obj}"
-                   + (" (reused)" if r.reused else "") + (f" -> {r.export}" if r.export else ""))
+    click.echo("")
+    for line in report.lines():
+        click.echo(line)
 
 
 @main.command()
@@ -416,20 +414,16 @@ def _samples_from(data_path: str | None, dataset: str | None, store_path: Path) 
 
         store = open_store(store_path)
         return load_latest(store, dataset)
-    from curator.readers import read_source
-    from curator.records import Sample
-    from curator.schemas import RowError, map_row
+    from curator.readers import read_source, sample_from_row
+    from curator.schemas import RowError
 
     _, rows = read_source(data_path)
     samples = []
     for row in rows:
-        if row.data is None:
-            continue
         try:
-            messages, meta = map_row(row.data)
+            samples.append(sample_from_row(row))
         except RowError:
             continue
-        samples.append(Sample.from_messages(messages, meta))
     if not samples:
         raise CuratorError(f"{data_path}: no usable rows")
     return samples

@@ -9,7 +9,6 @@ import functools
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -150,26 +149,8 @@ def run_cmd(name: str, queue: bool, store_path: Path) -> None:
                                   f"{_when(s.lock_expires_at)} UTC)")
     if outcome.status != "done":
         raise CuratorError(f"run {outcome.run_id} failed: {outcome.error}")
-    _print_outcome(outcome)
-
-
-def _print_outcome(o: Any) -> None:
-    click.echo(f"run {o.run_id}: {o.status}")
-    click.echo(f"  files: {len(o.files_new)} new, {o.files_seen} already ingested, "
-               f"{len(o.files_bad)} quarantined, {len(o.files_waiting)} still being written")
-    for bad in o.files_bad:
-        click.echo(f"  quarantined {bad['path']}: {bad['reason']}")
-    if o.version:
-        click.echo(f"  new version: v{o.version} ({o.n_quarantined_rows} rows quarantined)")
-    if o.selection_id:
-        click.echo(f"  selection: {o.selection_id} ({o.stage}"
-                   + (f", parent {o.parent}" if o.parent else "")
-                   + f"): {o.n_selected} of {o.n_new_samples} new samples; pairs scored "
-                   f"{o.pairs_computed}, reused {o.pairs_reused}")
-    if o.export:
-        click.echo(f"  export: {o.export}")
-    if o.note:
-        click.echo(f"  {o.note}")
+    for line in outcome.lines():
+        click.echo(line)
 
 
 @schedule.command("history")
@@ -179,6 +160,7 @@ def _print_outcome(o: Any) -> None:
 @user_errors
 def history_cmd(name: str, limit: int, store_path: Path) -> None:
     """Runs of schedule NAME, newest first, with their status, counts and errors."""
+    from curator.report import RunReport
     from curator.schedule import schedule_runs
 
     runs = schedule_runs(open_store(store_path), name, limit=limit)
@@ -186,25 +168,8 @@ def history_cmd(name: str, limit: int, store_path: Path) -> None:
         click.echo(f"no runs of {name} yet")
         return
     for r in runs:
-        what = r.get("error") if r["status"] == "failed" else _run_line(r)
+        what = RunReport.from_dict(r).summary()
         click.echo(f"{r['run_id']}  {r['status']:<7}  {r.get('trigger') or '-':<6}  {what}")
-
-
-def _run_line(r: dict[str, Any]) -> str:
-    n_new = len(r.get("files_new") or [])
-    parts = [f"{n_new} new file{'s' * (n_new != 1)}"]
-    if r.get("files_bad"):
-        parts.append(f"{len(r['files_bad'])} quarantined")
-    if r.get("version"):
-        parts.append(f"v{r['version']}")
-    if r.get("selection_id"):
-        parts.append(f"{r['selection_id']} ({r.get('n_selected')} of "
-                     f"{r.get('n_new_samples')})")
-    if r.get("note"):
-        parts.append(r["note"])
-    if r["status"] == "running":
-        return "running"
-    return ", ".join(parts)
 
 
 @click.command("worker")

@@ -68,6 +68,17 @@ class Pipeline:
                             previous_selection=previous_selection, progress=self.progress,
                             echo=self.echo, reuse=reuse)
 
+    def stage_mask(self, spec: StageSpec, selection_id: str) -> dict[str, Any] | None:
+        """The mask info that goes with a stage's selection (recipes and schedules alike):
+        a stage with a ``param_budget`` gets its DualSFT mask built, toward the stage's
+        target and with this pipeline's scoring options (DualSFT stores its own with the
+        selection); otherwise the stored mask, if the selection has one."""
+        if spec.param_budget and spec.method != "dualsft":
+            return self.ensure_mask(selection_id, spec.param_budget, seed=spec.seed,
+                                    target=spec.target, options=self.options)
+        rec = get_mask_record(self.store, selection_id)
+        return rec["info"] if rec else None
+
     def ensure_mask(self, selection_id: str, param_budget: str, *, seed: int = 0,
                     target: str | None = None, targets: Sequence[Sample] | None = None,
                     options: ScoringOptions | None = None) -> dict[str, Any]:

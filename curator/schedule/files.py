@@ -40,23 +40,19 @@ def _candidate_files(folder: Path) -> list[Path]:
 
 def check_input_file(path: Path) -> str | None:
     """Why ``path`` cannot be ingested (unreadable, empty, no usable row), or None."""
-    from curator.readers import InputError, read_file
-    from curator.records import split_prompt_response
-    from curator.schemas import RowError, map_row
+    from curator.readers import InputError, read_file, sample_from_row
+    from curator.schemas import RowError
 
     if path.stat().st_size == 0:
         return "empty file"
     first_problem = None
     try:
         for row in read_file(path):
-            reason = row.error
-            if reason is None:
-                try:
-                    split_prompt_response(map_row(row.data or {})[0])
-                    return None
-                except (RowError, ValueError) as exc:
-                    reason = str(exc)
-            first_problem = first_problem or f"line {row.line}: {reason}"
+            try:
+                sample_from_row(row)
+                return None
+            except RowError as exc:
+                first_problem = first_problem or f"line {row.line}: {exc}"
     except (InputError, OSError, ValueError) as exc:
         return str(exc)
     except Exception as exc:  # pyarrow and friends raise their own types on corrupt files

@@ -13,13 +13,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from curator.config import ExportSpec, Recipe, StageSpec
 from curator.models import LoadedModel
 from curator.pipeline import LazyModel, Pipeline
+from curator.report import StageReport
 from curator.schedule.clock import Clock, SystemClock, _to_db
 from curator.schedule.errors import Interrupted, LeaseLost
 from curator.schedule.files import _ingest_new, _reconcile_inboxes, _scan
@@ -66,8 +67,8 @@ def run_schedule(store: Store, name: str, *, clock: Clock | None = None,
         if before is None:
             return None
         run_id = f"sched-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-        outcome = RunOutcome(run_id, name, trigger="manual" if manual else "due",
-                             started_at=now.isoformat())
+        outcome = RunOutcome(run_id, name, kind="schedule",
+                             trigger="manual" if manual else "due", started_at=now.isoformat())
         try:
             # Read again now that the lease is ours: a run that finished between the read
             # in acquire_lease and the update may have moved last_selection_id.
@@ -103,7 +104,7 @@ def run_schedule(store: Store, name: str, *, clock: Clock | None = None,
         outcome.seconds["total"] = round(time.monotonic() - started, 3)
         outcome.finished_at = clock.now().isoformat()
         _finish(store, sched, outcome, owner, clock.now(), interrupted)
-        say(outcome.summary())
+        say(outcome.headline())
     return outcome
 
 
@@ -127,7 +128,7 @@ def _finish_in(store: Store, before: Schedule, outcome: RunOutcome, owner: str, 
     """Record the run, then update the schedule and release the lease in one transaction
     (only while this worker still holds the lease)."""
     store.finish_run(outcome.run_id, outcome.status, error=outcome.error,
-                     result=asdict(outcome))
+                     result=outcome.to_dict())
     try:
         sched = get_schedule(store, before.name)
     except NotFound:  # removed (with --force) while running
@@ -187,8 +188,6 @@ def _select(store: Store, sched: Schedule, recipe: Recipe, outcome: RunOutcome,
             say: Callable[[str], None]) -> bool:
     """Select from what is new since the schedule's previous selection. False when there
     is nothing new (the run is done without a new selection)."""
-    from curator.store.selections import get_mask_record
-
     with store.connect():
         plan = _plan_selection(store, sched, recipe, outcome)
     if plan is None:
@@ -196,18 +195,15 @@ def _select(store: Store, sched: Schedule, recipe: Recipe, outcome: RunOutcome,
     spec, parent = plan
     # quiet: a scheduled run's log says what it did in its outcome
     pipe = Pipeline(store, model_loader, recipe.scoring)
+    t0 = time.monotonic()
     result = pipe.select(sched.dataset, spec, previous_selection=parent)
-    record = result.record
-    outcome.stage, outcome.selection_id, outcome.parent = record.stage, result.selection_id, \
-        record.parent
-    outcome.n_new_samples, outcome.n_selected = record.n_pool, record.n_selected
-    outcome.reused_selection = result.reused
-    outcome.pairs_computed = sum(s.n_computed for s in result.scoring)
-    outcome.pairs_reused = sum(s.n_reused for s in result.scoring)
-    if spec.param_budget:
-        # with the default scoring options, not the recipe's, as schedules always have
-        pipe.ensure_mask(result.selection_id, spec.param_budget, seed=spec.seed)
-    outcome.mask = get_mask_record(store, result.selection_id) is not None
+    stage = StageReport.from_outcome(spec.name or spec.stage, result, time.monotonic() - t0)
+    outcome.parent = stage.parent
+    # The recipe's target and scoring options, as a recipe run builds it (this once used
+    # the defaults and no target: a different mask from the same recipe).
+    stage.mask = pipe.stage_mask(spec, result.selection_id)
+    stage.seconds = time.monotonic() - t0
+    outcome.stages = [stage]
     return True
 
 

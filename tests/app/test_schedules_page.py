@@ -77,23 +77,26 @@ def test_no_schedules_shows_how_to_add_one(tmp_path, monkeypatch, write_jsonl) -
 
 def test_overdue_schedule_is_due_now_and_runs_say_what_they_did(tmp_path, monkeypatch,
                                                                  write_jsonl) -> None:
-    from dataclasses import asdict
-
-    from curator.schedule.outcome import RunOutcome
+    from curator.report import RunReport, StageReport
 
     store = _store_with_schedule(tmp_path, write_jsonl)
-    # three finished runs as the worker records them (kind "schedule", the outcome as result)
-    made = RunOutcome("sched-1", "nightly", status="done", version=2, n_new_samples=40,
-                      selection_id="sel-0007", n_selected=12, export="/x/exports/nightly/sched-1")
-    quiet = RunOutcome("sched-2", "nightly", status="done")
-    failed = RunOutcome("sched-3", "nightly", status="failed", error="no model on this machine")
+    # four finished runs as the worker records them (kind "schedule", the report as result)
+    made = RunReport("sched-1", "nightly", kind="schedule", status="done", version=2,
+                     files_new=["/in/a.jsonl"],
+                     stages=[StageReport("continual", "continual", "sel-0007", n_pool=40,
+                                         n_selected=12, parent="sel-0003")],
+                     export="/x/exports/nightly/sched-1")
+    quiet = RunReport("sched-2", "nightly", kind="schedule", status="done")
+    failed = RunReport("sched-3", "nightly", kind="schedule", status="failed",
+                       error="no model on this machine")
     # an idle run's note already says "nothing new": said once, not "nothing new; nothing new"
-    idle = RunOutcome("sched-4", "nightly", status="done", note="nothing new since sel-0007 (v2)")
+    idle = RunReport("sched-4", "nightly", kind="schedule", status="done",
+                     note="nothing new since sel-0007 (v2)")
     for outcome in (made, quiet, failed, idle):
         store.start_run("schedule", "d", {"schedule": "nightly", "trigger": "due"},
                         run_id=outcome.run_id)
         store.finish_run(outcome.run_id, outcome.status, error=outcome.error,
-                         result=asdict(outcome))
+                         result=outcome.to_dict())
         time.sleep(0.01)  # distinct start times: the history is newest first
     sched.request_run(store, "nightly")  # due at once: the next run time has passed
     at = _app(store.path, monkeypatch)
@@ -103,27 +106,27 @@ def test_overdue_schedule_is_due_now_and_runs_say_what_they_did(tmp_path, monkey
     assert list(runs["run_id"]) == ["sched-4", "sched-3", "sched-2", "sched-1"]
     assert list(runs["outcome"]) == [
         "nothing new since sel-0007 (v2)", "failed: no model on this machine", "nothing new",
-        "new version v2; selection sel-0007 (12 of 40); export /x/exports/nightly/sched-1"]
+        "1 new file -> v2; continual selection sel-0007 (parent sel-0003): 12 of 40; "
+        "export /x/exports/nightly/sched-1"]
 
 
 
 def test_history_names_quarantined_files_and_selections_made(tmp_path, monkeypatch,
                                                              write_jsonl) -> None:
-    from dataclasses import asdict
-
-    from curator.schedule.outcome import RunOutcome
+    from curator.report import RunReport, StageReport
 
     store = _store_with_schedule(tmp_path, write_jsonl)
     (tmp_path / "in2").mkdir()
     sched.add_schedule(store, "weekly", "d", tmp_path / "in2", every="7d")
-    bad = RunOutcome("sched-1", "nightly", status="done", version=2,
-                     files_bad=[{"path": "/in/broken.jsonl", "reason": "no prompt field"}])
-    reused = RunOutcome("sched-2", "weekly", status="done", selection_id="sel-0004",
-                        reused_selection=True)
+    bad = RunReport("sched-1", "nightly", kind="schedule", status="done", version=2,
+                    files_bad=[{"path": "/in/broken.jsonl", "reason": "no prompt field"}])
+    reused = RunReport("sched-2", "weekly", kind="schedule", status="done",
+                       stages=[StageReport("continual", "continual", "sel-0004",
+                                           reused=True)])
     for outcome in (bad, reused):
-        store.start_run("schedule", "d", {"schedule": outcome.schedule, "trigger": "due"},
+        store.start_run("schedule", "d", {"schedule": outcome.name, "trigger": "due"},
                         run_id=outcome.run_id)
-        store.finish_run(outcome.run_id, outcome.status, result=asdict(outcome))
+        store.finish_run(outcome.run_id, outcome.status, result=outcome.to_dict())
     # what an idle run leaves on the schedule: the selection it conditioned on
     with store.atomic() as con:
         con.execute("UPDATE schedules SET last_selection_id = 'sel-0004' WHERE name = 'weekly'")

@@ -139,15 +139,16 @@ def test_worker_once_then_history(main, env):
     run_id = re.search(r"run (sched-\S+) started", out).group(1)
     assert f"n: quarantined {w / 'bad.jsonl'}: no usable rows (line 1: malformed JSON" in out
     export = Path(s).resolve() / "exports" / "n" / run_id
-    assert out.splitlines()[-1] == (
-        f"n: run {run_id} done: 1 new file -> v1; 1 bad file quarantined; instruction "
-        f"selection sel-0001: 3 of 10; export {export}")
+    # the run report's one line, worded the same in the log, the history and the app
+    what = ("1 new file -> v1; 1 bad file quarantined: bad.jsonl (no usable rows (line 1: "
+            f"malformed JSON: Expecting value)); instruction selection sel-0001: 3 of 10; "
+            f"export {export}")
+    assert out.splitlines()[-1] == f"n: run {run_id} done: {what}"
     assert (export / "manifest.json").exists()
     assert os.readlink(Path(s) / "exports" / "n" / "latest") == run_id
     assert invoke(main, "worker", "--once", "--store", s).output == "nothing due\n"
     history = invoke(main, "schedule", "history", "n", "--store", s).output
-    assert history == f"{run_id}  done     due     1 new file, 1 quarantined, v1, " \
-                      "sel-0001 (3 of 10)\n"
+    assert history == f"{run_id}  done     due     {what}\n"
     listed = invoke(main, "schedule", "list", "--store", s).output.splitlines()[1]
     assert listed.endswith(f"done {run_id}")
 
@@ -159,11 +160,12 @@ def test_run_now_and_failures(main, env, monkeypatch):
     drop(w, "a.jsonl", 0, 10)
     result = invoke(main, "schedule", "run", "n", "--store", s)
     lines = result.stdout.splitlines()
-    assert re.fullmatch(r"run sched-\S+: done", lines[0])
-    assert lines[1:4] == ["  files: 1 new, 0 already ingested, 0 quarantined, 0 still being "
-                          "written", "  new version: v1 (0 rows quarantined)",
-                          "  selection: sel-0001 (instruction): 3 of 10 new samples; pairs "
-                          "scored 0, reused 0"]
+    assert re.fullmatch(r"run sched-\S+: done in \d+\.\d s", lines[0])
+    assert lines[1:3] == ["  files: 1 new, 0 already ingested, 0 quarantined, 0 still being "
+                          "written", "  new version: v1 (0 rows quarantined)"]
+    # the random method scores no pairs: the stage's line says none
+    assert re.fullmatch(r"  instruction selection sel-0001: 3 of 10; \d+\.\d s", lines[3])
+    assert re.fullmatch(r"  export: \S+/exports/n/sched-\S+", lines[4])
     assert "started (manual)" in result.stderr
     # A failed run is one error line and exit 1; the worker retries it later.
     import curator.export
@@ -217,8 +219,8 @@ def test_default_recipe_uses_the_embedded_model_loader(main, env, monkeypatch, o
     drop(w, "a.jsonl", 0, 8)
     out = invoke(main, "schedule", "run", "n", "--store", s).output
     assert loaded == [None]
-    assert re.search(r"selection: sel-0001 \(instruction\): 2 of 8 new samples; pairs "
-                     r"scored [1-9]\d*, reused 0", out)
+    assert re.search(r"  instruction selection sel-0001: 2 of 8; objective \d+\.\d+; pairs "
+                     r"scored [1-9]\d*, reused 0; prior left out \d+; \d+\.\d s\n", out)
 
 
 def test_commands_other_than_add_need_an_existing_store(main, env):

@@ -210,9 +210,9 @@ def test_new_file_gives_version_scores_continual_selection_and_export(store, wat
     drop(watch, "a.jsonl", 0, 10)
     [first] = cycle(store, clock, model_loader=lambda: lm)
     assert first.status == "done", first.error
-    assert (first.version, first.stage, first.parent) == (1, "instruction", None)
+    assert (first.version, first.selection.stage, first.parent) == (1, "instruction", None)
     sel1 = first.selection_id
-    assert first.n_selected == 3 and first.pairs_computed > 0
+    assert first.selection.n_selected == 3 and first.selection.pairs_computed > 0
     assert versions(store) == [1]
 
     before = {t: set(store.query(f"SELECT {col} FROM {t}"))
@@ -224,7 +224,7 @@ def test_new_file_gives_version_scores_continual_selection_and_export(store, wat
     clock.advance(1800)
     [second] = cycle(store, clock, model_loader=lambda: lm)
     assert second.status == "done", second.error
-    assert (second.version, second.stage, second.parent) == (2, "continual", sel1)
+    assert (second.version, second.selection.stage, second.parent) == (2, "continual", sel1)
     assert second.files_new == [str(watch / "b.jsonl")] and second.files_seen == 1
     assert versions(store) == [1, 2]
     sel2 = get_selection(store, second.selection_id)
@@ -302,7 +302,7 @@ def test_unchanged_files_are_not_hashed_again(store, watch, clock, monkeypatch):
     os.utime(watch / "b.jsonl", ns=(0, 10**18))           # whatever the clock's resolution
     clock.advance(3600)
     [changed] = cycle(store, clock)
-    assert hashed == ["b.jsonl"] and changed.version == 2 and changed.n_new_samples == 1
+    assert hashed == ["b.jsonl"] and changed.version == 2 and changed.selection.n_pool == 1
 
 
 def test_bad_files_are_quarantined_and_the_rest_processed(store, watch, clock):
@@ -334,7 +334,7 @@ def test_bad_files_are_quarantined_and_the_rest_processed(store, watch, clock):
     clock.advance(3600)
     [fixed] = cycle(store, clock)
     assert [Path(p).name for p in fixed.files_new] == ["empty.jsonl"] and fixed.version == 2
-    assert fixed.stage == "continual" and fixed.n_new_samples == 5
+    assert fixed.selection.stage == "continual" and fixed.selection.n_pool == 5
 
 
 def test_pause_resume_remove(store, watch, clock):
@@ -394,7 +394,7 @@ def test_first_run_conditions_on_an_existing_selection(store, watch, clock, writ
     sch.add_schedule(store, "n", "d", watch, every="1h", recipe=RANDOM, clock=clock)
     drop(watch, "b.jsonl", 10, 20)
     [run] = cycle(store, clock)
-    assert (run.stage, run.parent, run.version, run.n_new_samples) == \
+    assert (run.selection.stage, run.parent, run.version, run.selection.n_pool) == \
         ("continual", manual, 2, 10)
 
 
@@ -404,9 +404,50 @@ def test_first_run_without_new_files_selects_what_is_there(store, watch, clock, 
     ingest(store, write_jsonl("v1.jsonl", rows(0, 10)), "d")
     sch.add_schedule(store, "n", "d", watch, every="1h", recipe=RANDOM, clock=clock)
     [run] = cycle(store, clock)
-    assert (run.files_new, run.stage, run.n_new_samples, run.version) == \
+    assert (run.files_new, run.selection.stage, run.selection.n_pool, run.version) == \
         ([], "instruction", 10, None)
     assert run.export is not None
+
+
+@pytest.mark.slow  # two DualSFT mask passes on the tiny model: make test-slow
+def test_a_scheduled_mask_follows_the_recipes_target_and_scoring(store, watch, clock, lm,
+                                                                   write_jsonl):
+    """The mask a schedule builds for its selection is the one its recipe's stage describes:
+    toward the stage's target set and with the recipe's scoring options, as a recipe run
+    builds it (issue 25: schedules used the default options and a held-out slice)."""
+    import torch
+
+    from curator.config import ScoringOptions
+    from curator.ingest import ingest
+    from curator.masks import load_mask
+    from curator.stages.gradient import mask_for_selection
+    from curator.store.datasets import load_latest
+    from curator.store.selections import get_mask_record
+
+    ingest(store, write_jsonl("target.jsonl", rows(100, 104)), "t")
+    drop(watch, "a.jsonl", 0, 8)
+    recipe = {"scoring": {"max_length": 64, "batch_size": 4},
+              "stages": [{"stage": "continual", "method": "random", "budget": "50%",
+                          "param_budget": "10%", "target": "t"}]}
+    sch.add_schedule(store, "n", "d", watch, every="1h", recipe=recipe, clock=clock)
+    [run] = cycle(store, clock, model_loader=lambda: lm)
+    assert run.status == "done", run.error
+    sel = run.selection_id
+    assert run.selection.mask["scope_density"] == pytest.approx(0.10, abs=0.01)
+    stored = load_mask(store.artifacts / get_mask_record(store, sel)["path"])
+
+    def rebuilt(**kwargs) -> dict:
+        mask_for_selection(store, sel, lm, "10%", **kwargs)
+        return load_mask(store.artifacts / get_mask_record(store, sel)["path"])
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    recipes = rebuilt(targets=load_latest(store, "t"),
+                      options=ScoringOptions(max_length=64, batch_size=4))
+    assert same(stored, recipes)
+    # and the choice matters here: the defaults without the target give another mask
+    assert not same(stored, rebuilt())
 
 
 def test_an_empty_first_run_records_no_data(store, watch, clock):
@@ -520,7 +561,7 @@ def test_a_killed_worker_is_recovered_by_the_next(store, watch, clock, tmp_path)
     assert versions(store) == [1]
     assert store.query("SELECT path, version FROM ingested_files") == \
         [(str(watch / "a.jsonl"), 1)]
-    assert (run.stage, run.n_new_samples) == ("instruction", 10) and run.export
+    assert (run.selection.stage, run.selection.n_pool) == ("instruction", 10) and run.export
     killed = store.get_run(s.last_run_id)
     assert killed["status"] == "failed" and "abandoned" in killed["error"]
     # The record says what happened: it read "0 new files" and no version (issue 28).
@@ -570,7 +611,7 @@ def test_a_failed_run_keeps_the_last_good_export_and_is_retried(store, watch, cl
     [retry] = cycle(store, clock)
     assert retry.status == "done", retry.error
     assert retry.files_new == [] and versions(store) == [1, 2]      # no duplicate version
-    assert retry.selection_id == failed.selection_id and retry.reused_selection
+    assert retry.selection_id == failed.selection_id and retry.selection.reused
     assert retry.parent == good.selection_id
     s = sch.get_schedule(store, "n")
     assert (s.failures, s.last_error, s.last_export) == (0, None, retry.export)
@@ -610,7 +651,7 @@ def test_stop_between_steps_marks_the_run_interrupted(store, watch, clock, monke
     monkeypatch.setattr(curator.ingest, "ingest", real_ingest)
     [resumed] = cycle(store, clock)
     assert resumed.status == "done" and resumed.files_new == [] and versions(store) == [1]
-    assert resumed.stage == "instruction"
+    assert resumed.selection.stage == "instruction"
 
 
 def test_keyboard_interrupt_abandons_the_step_and_releases_the_lease(store, watch, clock,

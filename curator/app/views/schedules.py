@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import curator_ui as ui
 import streamlit as st
 
 from curator import schedule as sched
+from curator.report import RunReport
 from curator.schedule.worker import POLL_SECONDS
 
 st.title("Schedules")
@@ -43,9 +43,9 @@ def selections_made(runs: list[dict]) -> dict[str, str]:
     """Per schedule, the last selection one of its runs made (a reused one is not made)."""
     made: dict[str, str] = {}
     for r in runs:  # newest first
-        if (r.get("status") == "done" and r.get("selection_id")
-                and not r.get("reused_selection")):
-            made.setdefault(r.get("schedule") or r.get("name") or "", r["selection_id"])
+        run = RunReport.from_dict(r)
+        if run.status == "done" and run.selection and not run.selection.reused:
+            made.setdefault(run.name, run.selection.selection_id)
     return made
 
 
@@ -62,31 +62,9 @@ def worker_note(name: str, schedules: list[sched.Schedule], now: datetime) -> st
 
 
 def outcome(run: dict) -> str:
-    """What a run did, in words: failed (and why), nothing new, or what it made."""
-    status = run.get("status")
-    if status == "failed":
-        return f"failed: {run.get('error') or 'no reason recorded'}"
-    if status != "done":
-        return status or "-"
-    parts = []
-    if run.get("version"):
-        parts.append(f"new version v{run['version']}")
-    if run.get("files_bad"):
-        names = ", ".join(f"{Path(str(f.get('path', '?'))).name}"
-                          + (f" ({f['reason']})" if f.get("reason") else "")
-                          for f in run["files_bad"])
-        parts.append(f"{ui.plural(len(run['files_bad']), 'bad file')} quarantined: {names}")
-    if run.get("selection_id"):
-        parts.append(f"selection {run['selection_id']} ({run.get('n_selected', 0):,} of "
-                     f"{run.get('n_new_samples', 0):,})"
-                     + (" reused" if run.get("reused_selection") else ""))
-    if run.get("export"):
-        parts.append(f"export {run['export']}")
-    if run.get("note"):
-        parts.append(run["note"])        # an idle run's note says "nothing new since ..."
-    if not parts:
-        parts.append("nothing new")
-    return "; ".join(parts)
+    """What a run did, in the run report's words: failed (and why), nothing new, or what
+    it made."""
+    return RunReport.from_dict(run).summary()
 
 
 def controls(s: sched.Schedule, schedules: list[sched.Schedule]) -> None:
