@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from torch import nn
 
 from curator.models import LoadedModel
 from curator.records import Sample
+from curator.scoring.engine import LOCAL, ScoringEngine
 from curator.scoring.gradients import (
     DEFAULT_FOLDS,
     GradientStatistics,
@@ -36,7 +36,6 @@ from curator.scoring.gradients import (
     gradient_statistics,
     heldout_gradients,
     holdout_slice,
-    hook_scores,
     mean_gradient,
     resolve_scope,
     scores_by_fold,
@@ -105,16 +104,15 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
                    anchors: Sequence[Sample] | None = None,
                    param_budget: float = 0.05, data_budget: int | float = 0.1,
                    config: DualSFTConfig | None = None, reference: nn.Module | None = None,
-                   progress: bool = False, engine: Any = None) -> DualSFTResult:
+                   progress: bool = False, engine: ScoringEngine = LOCAL) -> DualSFTResult:
     """Parameter mask and data ranking from one DualSFT pass over ``pool``.
 
     ``reference``: the frozen model of the KL prior. By default (``config.warmup_steps``
     > 0, as in DualSFT) a copy of ``lm`` is warmed up on a slice of the pool, all gradients
     are taken at that copy, and ``lm`` itself is the reference; with no warm-up the prior
     is zero. The mask is meant for fine-tuning ``lm`` (the original weights).
-    ``engine``: where the gradient sums and per-sample scores run (None: here). A warmed-up
-    copy exists only in this process, so with warm-up every pass runs here; so do the
-    scoring passes with ``normalize`` "unit".
+    ``engine``: where the gradient sums and per-sample scores run. A warmed-up copy
+    exists only in this process, so with warm-up every pass runs on the local engine.
     """
     cfg = config or DualSFTConfig()
     if not pool:
@@ -137,20 +135,16 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
         scoring_lm = warmup_copy(lm, warm, cfg.warmup_steps, cfg.warmup_lr,
                                  seed=cfg.seed, max_length=cfg.max_length)
         reference = lm.model
-        engine = None
+        engine = LOCAL  # the actors could only load the original weights
     scope = resolve_scope(scoring_lm.model, cfg.modules, cfg.last_layers, cfg.include_head)
     stats = gradient_statistics(
         scoring_lm, pool, targets, anchors, reference, scope, cfg.holdout_fraction,
         cfg.anchor_fraction, cfg.tau, cfg.confidence, cfg.batch_size, cfg.max_length, cfg.seed,
         cfg.crossfit_folds, engine=engine)
-    score_engine = None if norms else engine  # gradient norms are computed here only
 
     def score(direction: Grads, with_norms: bool = False) -> SampleScores:
-        if score_engine is None:
-            return hook_scores(scoring_lm, pool, direction, scope, cfg.score_batch_size,
-                               cfg.max_length, progress, with_norms)
         return engine.sample_scores(scoring_lm, pool, direction, scope, cfg.score_batch_size,
-                                    cfg.max_length)
+                                    cfg.max_length, progress, with_norms)
     u = update_direction(stats, cfg.eta, cfg.lambda_new, cfg.lambda_prior, cfg.second_order)
     phi_param = {k: u[k] * stats.G[k] for k in u}
     mask = allocate_mask(phi_param, param_budget, cfg.spread, cfg.use_abs)
@@ -160,7 +154,7 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
                                cfg.second_order, v_new=v) for v in stats.v_new_folds]
         full: SampleScores = scores_by_fold(scoring_lm, pool, us, stats.folds, scope,
                                             cfg.score_batch_size, cfg.max_length, progress,
-                                            engine=score_engine, norms=norms)
+                                            engine=engine, norms=norms)
         scores = full.total
         if cfg.co_extract:  # each fold on its own mask (fold_masks), one at a time
             masked_us = [apply_mask_to(d, fold_masks([d], stats.G, param_budget, cfg.spread,
@@ -168,7 +162,7 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
             del us
             scores = scores_by_fold(scoring_lm, pool, masked_us, stats.folds, scope,
                                     cfg.score_batch_size, cfg.max_length,
-                                    progress, engine=score_engine).total
+                                    progress, engine=engine).total
     else:
         full = score(u, norms)
         scores = full.total
@@ -208,14 +202,14 @@ def gast_select(lm: LoadedModel, pool: Sequence[Sample], targets: Sequence[Sampl
                 batch_size: int = 8, score_batch_size: int = 16, max_length: int = 1024,
                 holdout_fraction: float = 0.1, progress: bool = False,
                 layer_share: float = DEFAULT_LAYER_SHARE,
-                n_folds: int = DEFAULT_FOLDS, engine: Any = None) -> GASTResult:
+                n_folds: int = DEFAULT_FOLDS, engine: ScoringEngine = LOCAL) -> GASTResult:
     """Per-layer subsets of ``pool`` aligned with ``targets``, whose union is ``budget``
     samples (``layer_subsets``).
 
     ``targets`` None: the support gradient comes from a seeded held-out slice of the pool,
     cross-fitted over ``n_folds`` folds. Layers are transformer blocks; scoped modules
     outside them (a head) form "(other)". ``engine``: where the gradient sums and
-    per-sample scores run (None: here).
+    per-sample scores run.
     """
     if rule not in RULES:
         raise ValueError(f"unknown GAST rule {rule!r}; use one of {', '.join(RULES)}")
@@ -238,9 +232,8 @@ def gast_select(lm: LoadedModel, pool: Sequence[Sample], targets: Sequence[Sampl
                   f"{len(folds)} folds")
     else:
         support, n_support = mean_gradient(lm, targets, scope, batch_size, max_length, engine)
-        scored = hook_scores(lm, pool, support, scope, score_batch_size, max_length, progress) \
-            if engine is None else engine.sample_scores(lm, pool, support, scope,
-                                                        score_batch_size, max_length)
+        scored = engine.sample_scores(lm, pool, support, scope, score_batch_size, max_length,
+                                      progress)
         source = f"mean gradient of the target set ({n_support} samples)"
     layers, per_layer = scored.per_layer()
     gen = torch.Generator().manual_seed(seed)
