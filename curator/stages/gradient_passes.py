@@ -1,6 +1,7 @@
 """The model-running halves of DualSFT and GAST: warm-up, gradient statistics and hook
 scoring passes, whose arrays the rules in ``curator.selection.dualsft`` and
-``curator.selection.gast`` turn into masks, rankings and per-layer subsets.
+``curator.selection.gast`` (numpy only) turn into masks, rankings and per-layer subsets;
+the torch side of those rules is here (masks over parameter tensors, seeded uniforms).
 
 DualSFT warm-up (on by default, as the reference): the gradients are taken at a copy of the
 model trained for ``warmup_steps`` AdamW steps on a ``warmup_fraction`` slice of the pool,
@@ -16,13 +17,14 @@ scored against a support that contains its own gradient.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from curator.masks import Mask
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.engine import LOCAL, ScoringEngine
@@ -36,23 +38,47 @@ from curator.scoring.gradients import (
     gradient_statistics,
     heldout_gradients,
     holdout_slice,
+    layer_of,
     mean_gradient,
+    module_kind,
     resolve_scope,
     scores_by_fold,
     update_direction,
     warmup_copy,
 )
-from curator.selection.dualsft import (
-    Mask,
-    allocate_mask,
-    apply_mask_to,
-    fold_masks,
-    rank_scores,
-    resolve_count,
-    unit_scores,
-)
-from curator.selection.gast import DEFAULT_LAYER_SHARE, RULES, layer_subsets
+from curator.selection.dualsft import allocate_mask, rank_scores, resolve_count, unit_scores
+from curator.selection.gast import DEFAULT_LAYER_SHARE, RULES, Uniforms, layer_subsets
 from curator.vocabulary import DEFAULT_WARMUP_STEPS, GRADIENT_NORMALIZE
+
+
+def parameter_mask(phi_param: Mapping[str, torch.Tensor], budget: float, spread: float = 0.0,
+                   use_abs: bool = False) -> Mask:
+    """``selection.dualsft.allocate_mask`` over parameter tensors, its cells the (layer,
+    module kind) pairs of scoring's parameter naming; bool tensors on the CPU."""
+    arrays = {k: v.detach().float().cpu().numpy() for k, v in phi_param.items()}
+    mask = allocate_mask(arrays, budget, spread, use_abs,
+                         cell_of=lambda name: (layer_of(name), module_kind(name)))
+    return {k: torch.from_numpy(m) for k, m in mask.items()}
+
+
+def fold_masks(u_folds: Sequence[Mapping[str, torch.Tensor]], G: Mapping[str, torch.Tensor],
+               budget: float, spread: float = 0.0, use_abs: bool = False) -> list[Mask]:
+    """One mask per cross-fitting fold: fold k's from ``u_k * G``, where u_k leaves out fold
+    k's held-out samples, so no held-out sample's gradient chooses the coordinates its own
+    score is read on."""
+    return [parameter_mask({k: u[k] * G[k] for k in u}, budget, spread, use_abs)
+            for u in u_folds]
+
+
+def apply_mask_to(direction: Mapping[str, torch.Tensor], mask: Mask) -> Grads:
+    """The direction with its coordinates outside the mask set to zero."""
+    return {k: v * mask[k].to(v.device, v.dtype) for k, v in direction.items()}
+
+
+def torch_uniforms(generator: torch.Generator) -> Uniforms:
+    """GAST's uniform draws (``selection.gast.choose``) from a seeded torch generator: the
+    stream the torch rule drew, so seeded selections stay what they were."""
+    return lambda n: torch.rand(n, generator=generator, dtype=torch.float64).numpy()
 
 
 @dataclass
@@ -147,7 +173,7 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
                                     cfg.max_length, progress, with_norms)
     u = update_direction(stats, cfg.eta, cfg.lambda_new, cfg.lambda_prior, cfg.second_order)
     phi_param = {k: u[k] * stats.G[k] for k in u}
-    mask = allocate_mask(phi_param, param_budget, cfg.spread, cfg.use_abs)
+    mask = parameter_mask(phi_param, param_budget, cfg.spread, cfg.use_abs)
 
     if stats.folds:  # no target set: fold k is scored against u built without its held-out
         us = [update_direction(stats, cfg.eta, cfg.lambda_new, cfg.lambda_prior,
@@ -177,7 +203,7 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
     selected = ranking[:min(n_data, n_ok)]
     # TODO(selection): optional submodular pick over gradient features via
     # curator.selection (not available when this was written); top-k for now.
-    return DualSFTResult({k: v.cpu() for k, v in mask.items()}, ranking, selected, scores,
+    return DualSFTResult(mask, ranking, selected, scores,
                          full_total, {k: v.cpu() for k, v in phi_param.items()}, stats,
                          full.skipped, full.norms)
 
@@ -237,6 +263,7 @@ def gast_select(lm: LoadedModel, pool: Sequence[Sample], targets: Sequence[Sampl
         source = f"mean gradient of the target set ({n_support} samples)"
     layers, per_layer = scored.per_layer()
     gen = torch.Generator().manual_seed(seed)
-    picked, union = layer_subsets(per_layer, k, rule, temperature, layer_share, gen)
+    picked, union = layer_subsets(per_layer, k, rule, temperature, layer_share,
+                                  torch_uniforms(gen))
     subsets = dict(zip(layers, picked, strict=True))
     return GASTResult(subsets, layers, per_layer, scored.skipped, union, source)
