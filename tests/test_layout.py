@@ -112,13 +112,14 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("vocabulary", {"curator.vocabulary", "curator.budget"}),
     ("records, configs", {"curator.records", "curator.schemas", "curator.readers",
                           "curator.config"}),
+    # Maths over arrays: below the store and the model (see test_selection_is_maths_only).
+    ("selection", {"curator.selection"}),
     ("store", {"curator.store"}),
     ("ingest", {"curator.ingest"}),
     ("models", {"curator.models"}),
     ("scoring", {"curator.scoring"}),
     # Mask files name parameters by scoring's layer and module-kind rules.
     ("masks", {"curator.masks"}),
-    ("selection", {"curator.selection"}),
     ("stages", {"curator.stages"}),
     ("outputs", {"curator.export", "curator.train", "curator.lora", "curator.trained",
                  "curator.evaluate"}),
@@ -178,6 +179,48 @@ def test_every_module_has_a_layer():
 
 def test_imports_point_down():
     assert upward_imports(import_graph()) == []
+
+
+# curator/selection/ is maths over arrays (set functions, optimisers, the mask and layer
+# subset rules): it imports no torch, no model and no scoring (issue 25); the passes that
+# make the arrays are curator/stages/.
+SELECTION_MUST_NOT_IMPORT = ("torch", "curator.scoring", "curator.models")
+# curator.train hands batch_layer_picks a torch.Generator, which only torch can draw from;
+# goes when train passes curator.stages.gradient_passes.torch_uniforms(generator) instead.
+KNOWN_SELECTION_IMPORTS = {("curator.selection.gast", "torch")}
+
+
+def imported_names(source: str) -> set[str]:
+    """Every module an import statement names (absolute imports; inside functions too)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def forbidden_imports(name: str, source: str,
+                      banned: tuple[str, ...] = SELECTION_MUST_NOT_IMPORT) -> set[tuple[str, str]]:
+    return {(name, b) for imp in imported_names(source) for b in banned
+            if imp == b or imp.startswith(b + ".")}
+
+
+def test_the_selection_check_finds_torch_and_scoring():
+    source = ("import numpy as np\ndef f():\n    import torch.nn\n"
+              "from curator.scoring.gradients.scope import layer_of\n"
+              "from curator import models\nfrom curator.budget import parse_budget\n")
+    assert forbidden_imports("m", source) == {("m", "torch"), ("m", "curator.scoring"),
+                                              ("m", "curator.models")}
+    assert forbidden_imports("m", "import torchvision\nimport numpy\n") == set()
+
+
+def test_selection_is_maths_only():
+    found = set().union(*(forbidden_imports(name, path.read_text(encoding="utf-8"))
+                          for name, path in modules().items()
+                          if name == "curator.selection" or name.startswith("curator.selection.")))
+    assert found == KNOWN_SELECTION_IMPORTS
 
 
 def test_no_long_modules():

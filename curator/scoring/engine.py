@@ -1,5 +1,9 @@
 """Where scoring runs: the local engine (this process) or Ray actors (``ray_engine``).
 
+Every scoring call goes through an engine: the jobs, the stages and the gradient passes
+always hold one (``LOCAL`` unless the scoring options name Ray), so ``--engine ray``
+reaches every model pass a stage makes, and there is no second "run it here" path.
+
 An engine computes; it never writes. The store-aware jobs (``curator.scoring.jobs``) decide
 what is missing, hand it to the engine, and commit what comes back chunk by chunk, so the
 store stays the single writer whichever engine computed, and a rerun resumes from what was
@@ -33,10 +37,10 @@ RAY_INSTALL_HINT = "pip install 'curator[ray]'"
 
 
 class ScoringEngine(Protocol):
-    """What the jobs need from an engine: pair chunks and embedding parts, in any order
-    (each carries its ids), computed from ``lm``'s weights; gradient sums (G, the
-    curvature sum C, samples, batches) and per-sample gradient scores
-    (``curator.scoring.gradients``)."""
+    """What the jobs and the stages need from an engine: pair chunks, embedding parts and
+    quality rows, in any order (each carries its ids), computed from ``lm``'s weights;
+    gradient sums (G, the curvature sum C, samples, batches) and per-sample gradient scores
+    (``curator.scoring.gradients``). ``progress``: show one progress bar for the call."""
 
     name: str
 
@@ -57,7 +61,8 @@ class ScoringEngine(Protocol):
                       batch_size: int, max_length: int | None, curvature: bool) -> tuple: ...
 
     def sample_scores(self, lm: LoadedModel, samples: Sequence[Sample], u: Mapping,
-                      scope: Sequence, batch_size: int, max_length: int | None): ...
+                      scope: Sequence, batch_size: int, max_length: int | None,
+                      progress: bool = False, norms: bool = False): ...
 
 
 class LocalEngine:
@@ -77,10 +82,13 @@ class LocalEngine:
     def embeddings(self, lm: LoadedModel, samples: Sequence[Sample], *, max_length: int,
                    batch_size: int, part: int,
                    progress: bool = False) -> Iterator[tuple[list[Sample], np.ndarray]]:
-        for start in range(0, len(samples), part):
-            chunk = list(samples[start:start + part])
-            yield chunk, embed_samples(lm, chunk, max_length=max_length,
-                                       batch_size=batch_size, progress=progress)
+        with tqdm(total=len(samples), unit="sample", disable=not progress,
+                  desc="embeddings") as bar:
+            for start in range(0, len(samples), part):
+                chunk = list(samples[start:start + part])
+                yield chunk, embed_samples(lm, chunk, max_length=max_length,
+                                           batch_size=batch_size)
+                bar.update(len(chunk))
 
     def quality(self, lm: LoadedModel, samples: Sequence[Sample], config: QualityConfig, *,
                 batch_size: int, part: int, progress: bool = False) -> Iterator[QualityRows]:
@@ -92,15 +100,17 @@ class LocalEngine:
 
     def gradient_sums(self, lm: LoadedModel, samples: Sequence[Sample], scope: Sequence,
                       batch_size: int, max_length: int | None, curvature: bool) -> tuple:
-        from curator.scoring.gradients import gradient_sums
+        # the submodules, not the package: the package's statistics hold engines
+        from curator.scoring.gradients.sums import gradient_sums
 
         return gradient_sums(lm, samples, scope, batch_size, max_length, curvature)
 
     def sample_scores(self, lm: LoadedModel, samples: Sequence[Sample], u: Mapping,
-                      scope: Sequence, batch_size: int, max_length: int | None):
-        from curator.scoring.gradients import hook_scores
+                      scope: Sequence, batch_size: int, max_length: int | None,
+                      progress: bool = False, norms: bool = False):
+        from curator.scoring.gradients.hooks import hook_scores
 
-        return hook_scores(lm, samples, u, scope, batch_size, max_length)
+        return hook_scores(lm, samples, u, scope, batch_size, max_length, progress, norms)
 
 
 LOCAL = LocalEngine()

@@ -20,7 +20,7 @@ from curator.config import ScoringOptions
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.embeddings import embedder_fingerprint
-from curator.scoring.engine import ScoringEngine, engine_for
+from curator.scoring.engine import LOCAL, ScoringEngine, engine_for
 from curator.scoring.kernels import Kernel, utility_kernel
 from curator.scoring.neighbours import dense_pairs, knn, neighbour_pairs
 from curator.scoring.quality import QualityConfig, QualityRows
@@ -82,15 +82,15 @@ def utility_config(lm: LoadedModel, options: ScoringOptions) -> UtilityConfig:
 
 def ensure_embeddings(store: Store, lm: LoadedModel, samples: Sequence[Sample], *,
                       batch_size: int = 16, progress: bool = False,
-                      engine: ScoringEngine | None = None) -> tuple[np.ndarray, int]:
+                      engine: ScoringEngine = LOCAL) -> tuple[np.ndarray, int]:
     """Embeddings of ``samples`` (N, d) in order, computing and storing only missing ones
-    (on ``engine``, local by default; each part the engine returns is one commit)."""
+    (on ``engine``; each part the engine returns is one commit)."""
     remember_model(store, lm.fingerprint, lm.name)
     key = embedder_fingerprint(lm, EMBED_MAX_LENGTH)
     ids = [s.sample_id for s in samples]
     cached = load_embeddings(store, key, ids)
     missing = [s for s in samples if s.sample_id not in cached]
-    parts = (engine or engine_for(None)).embeddings(
+    parts = engine.embeddings(
         lm, missing, max_length=EMBED_MAX_LENGTH, batch_size=batch_size, part=EMBED_COMMIT,
         progress=progress) if missing else iter(())
     for part, vectors in parts:
@@ -103,7 +103,7 @@ def ensure_embeddings(store: Store, lm: LoadedModel, samples: Sequence[Sample], 
 
 def ensure_quality(store: Store, lm: LoadedModel, samples: Sequence[Sample], *,
                    config: QualityConfig | None = None, batch_size: int = 16,
-                   progress: bool = False, engine: ScoringEngine | None = None
+                   progress: bool = False, engine: ScoringEngine = LOCAL
                    ) -> tuple[QualityRows, int]:
     """The quality prior's rows for ``samples`` in order (``curator.scoring.quality``),
     computing and committing only those not stored for this model and config (a killed
@@ -114,7 +114,7 @@ def ensure_quality(store: Store, lm: LoadedModel, samples: Sequence[Sample], *,
     ids = [s.sample_id for s in samples]
     stored = load_quality(store, lm.fingerprint, chash, ids)
     missing = [s for s in samples if s.sample_id not in stored]
-    parts = (engine or engine_for(None)).quality(
+    parts = engine.quality(
         lm, missing, cfg, batch_size=batch_size, part=QUALITY_COMMIT,
         progress=progress) if missing else iter(())
     for rows in parts:

@@ -120,9 +120,13 @@ def quality_shard(lm: LoadedModel, samples: Sequence[Sample], config: Any,
     return score_quality(lm, samples, config, batch_size=batch_size)
 
 
+# The gradient helpers come from their submodules, never the ``curator.scoring.gradients``
+# package: the package's statistics hold engines (``curator.scoring.engine``), which import
+# this module.
+
 def _scope(lm: LoadedModel, names: Sequence[str]) -> list:
     """The driver's scope (module names, in its order) in this process's model."""
-    from curator.scoring.gradients import resolve_scope
+    from curator.scoring.gradients.scope import resolve_scope
 
     everything = {s.name: s for s in resolve_scope(lm.model, include_head=True,
                                                    include_embeddings=True)}
@@ -133,7 +137,7 @@ def gradient_shard(lm: LoadedModel, samples: Sequence[Sample], names: Sequence[s
                    batch_size: int, max_length: int | None, curvature: bool,
                    batches: Sequence[Sequence[int]]) -> tuple:
     """(G, C, n, b) over the driver's batches of this shard, on the CPU for the trip back."""
-    from curator.scoring.gradients import gradient_sums
+    from curator.scoring.gradients.sums import gradient_sums
 
     G, C, n, b = gradient_sums(lm, samples, _scope(lm, names), batch_size, max_length,
                                curvature, batches=batches)
@@ -141,11 +145,13 @@ def gradient_shard(lm: LoadedModel, samples: Sequence[Sample], names: Sequence[s
 
 
 def sample_score_shard(lm: LoadedModel, samples: Sequence[Sample], u: Mapping[str, Any],
-                       names: Sequence[str], batch_size: int, max_length: int | None):
-    from curator.scoring.gradients import hook_scores
+                       names: Sequence[str], batch_size: int, max_length: int | None,
+                       norms: bool = False):
+    from curator.scoring.gradients.hooks import hook_scores
 
     u = {k: v.to(lm.device) for k, v in u.items()}
-    return hook_scores(lm, samples, u, _scope(lm, names), batch_size, max_length)
+    return hook_scores(lm, samples, u, _scope(lm, names), batch_size, max_length,
+                       norms=norms)
 
 
 class ScorerActor:
@@ -170,7 +176,8 @@ class ScorerActor:
         # The module's functions, looked up on each call (a test replaces one in the
         # actor's process to kill it mid-shard).
         fn = {"pairs": score_shard, "targets": target_shard, "embed": embed_shard,
-              "quality": quality_shard, "gradients": gradient_shard, "sample_scores": sample_score_shard}[what]
+              "quality": quality_shard, "gradients": gradient_shard,
+              "sample_scores": sample_score_shard}[what]
         start = time.perf_counter()
         out = fn(self.lm, *args)
         return out, time.perf_counter() - start
@@ -364,44 +371,48 @@ class RayEngine:
                     bar.update(len(chunk))
                 yield PairChunk.concat(part)
 
-    def embeddings(self, lm: LoadedModel, samples: Sequence[Sample], *, max_length: int,
-                   batch_size: int, part: int,
-                   progress: bool = False) -> Iterator[tuple[list[Sample], np.ndarray]]:
+    def _sample_shards(self, lm: LoadedModel, what: str, samples: Sequence[Sample],
+                       args: tuple, *, batch_size: int, part: int, progress: bool,
+                       unit: str, desc: str) -> Iterator[tuple[int, list[Sample], Any]]:
+        """(start, shard, result) of ``actor.run(what, shard, *args)`` over contiguous
+        shards of ``samples`` (``_shard_size``: at most ``part`` each; ``start``: the
+        shard's first position in ``samples``), as they complete, with one progress bar
+        over the samples."""
         if not samples:
             return
         pool = self.actors(lm)
         self._reset(pool)
         size = _shard_size(len(samples), len(pool), batch_size, part)
-        calls = [("embed", list(samples[s:s + size]), max_length, batch_size)
-                 for s in range(0, len(samples), size)]
-        with tqdm(total=len(samples), unit="sample", disable=not progress,
-                  desc="embeddings (ray)") as bar:
-            for call, vectors in self._map(pool, calls):
+        starts = range(0, len(samples), size)
+        calls = [(what, list(samples[s:s + size]), *args) for s in starts]
+        start_of = {id(call): s for call, s in zip(calls, starts, strict=True)}
+        with tqdm(total=len(samples), unit=unit, disable=not progress, desc=desc) as bar:
+            for call, result in self._map(pool, calls):
                 bar.update(len(call[1]))
-                yield call[1], vectors
+                yield start_of[id(call)], call[1], result
 
+    def embeddings(self, lm: LoadedModel, samples: Sequence[Sample], *, max_length: int,
+                   batch_size: int, part: int,
+                   progress: bool = False) -> Iterator[tuple[list[Sample], np.ndarray]]:
+        for _, shard, vectors in self._sample_shards(
+                lm, "embed", samples, (max_length, batch_size), batch_size=batch_size,
+                part=part, progress=progress, unit="sample", desc="embeddings (ray)"):
+            yield shard, vectors
 
     def quality(self, lm: LoadedModel, samples: Sequence[Sample], config: Any, *,
                 batch_size: int, part: int, progress: bool = False) -> Iterator[Any]:
         """The quality prior's rows (``curator.scoring.quality``), shard by shard."""
-        if not samples:
-            return
-        pool = self.actors(lm)
-        self._reset(pool)
-        size = _shard_size(len(samples), len(pool), batch_size, part)
-        calls = [("quality", list(samples[s:s + size]), config, batch_size)
-                 for s in range(0, len(samples), size)]
-        with tqdm(total=len(samples), unit="row", disable=not progress,
-                  desc="quality (ray)") as bar:
-            for call, rows in self._map(pool, calls):
-                bar.update(len(call[1]))
-                yield rows
+        for _, _, rows in self._sample_shards(lm, "quality", samples, (config, batch_size),
+                                           batch_size=batch_size, part=part,
+                                           progress=progress, unit="row",
+                                           desc="quality (ray)"):
+            yield rows
 
     def gradient_sums(self, lm: LoadedModel, samples: Sequence[Sample], scope: Sequence,
                       batch_size: int, max_length: int | None, curvature: bool) -> tuple:
         """(G, C, n, b) as ``gradients.gradient_sums`` computes them: the driver plans the
         batches the local engine would run, shards hold whole batches, the sums add up."""
-        from curator.scoring.gradients import _max_len, encode_samples, plan_batches
+        from curator.scoring.gradients.batching import _max_len, encode_samples, plan_batches
 
         encoded = encode_samples(lm.tokenizer, samples, _max_len(lm, max_length))
         batches = plan_batches(encoded, batch_size)
@@ -420,7 +431,7 @@ class RayEngine:
             calls.append(("gradients", [samples[i] for i in flat], names, batch_size,
                           max_length, curvature, local))
         if not calls:  # no sample fits: the local sums of nothing (zeros)
-            from curator.scoring.gradients import gradient_sums
+            from curator.scoring.gradients.sums import gradient_sums
 
             return gradient_sums(lm, [], scope, batch_size, max_length, curvature)
         G: dict[str, Any] = {}
@@ -437,30 +448,31 @@ class RayEngine:
                 n, n_batches)
 
     def sample_scores(self, lm: LoadedModel, samples: Sequence[Sample], u: Mapping[str, Any],
-                      scope: Sequence, batch_size: int, max_length: int | None):
-        """``<u, g_n>`` per sample (``gradients.hook_scores``), shards of the samples in
-        order; u travels once through Ray's object store."""
-        from curator.scoring.gradients import SampleScores
+                      scope: Sequence, batch_size: int, max_length: int | None,
+                      progress: bool = False, norms: bool = False):
+        """``<u, g_n>`` per sample (``gradients.hook_scores``; ``norms``: and ``|g_n|``),
+        shards of the samples in order; u travels once through Ray's object store."""
+        from curator.scoring.gradients.hooks import SampleScores
 
-        pool = self.actors(lm)
-        self._reset(pool)
         names = [s.name for s in scope]
-        u_ref = ray.put({k: v.detach().cpu() for k, v in u.items()})
-        size = _shard_size(len(samples), len(pool), batch_size, 256)
-        starts = list(range(0, len(samples), size))
-        calls = [("sample_scores", list(samples[s:s + size]), u_ref, names, batch_size,
-                  max_length) for s in starts]
-        start_of = {id(call[1]): s for call, s in zip(calls, starts, strict=True)}
         total = np.full(len(samples), np.nan)
         per_module = np.full((len(samples), len(names)), np.nan)
+        sq = np.full(len(samples), np.nan) if norms else None
         skipped: list[int] = []
-        for call, scores in self._map(pool, calls):
-            start = start_of[id(call[1])]
-            end = start + len(call[1])
+        if samples:
+            self.actors(lm)  # connect before ray.put
+        u_ref = ray.put({k: v.detach().cpu() for k, v in u.items()}) if samples else None
+        for start, shard, scores in self._sample_shards(
+                lm, "sample_scores", samples, (u_ref, names, batch_size, max_length, norms),
+                batch_size=batch_size, part=256, progress=progress, unit="sample",
+                desc="gradient scores (ray)"):
+            end = start + len(shard)
             total[start:end] = scores.total
             per_module[start:end] = scores.per_module
+            if sq is not None:
+                sq[start:end] = scores.norms
             skipped += [start + j for j in scores.skipped]
-        return SampleScores(total, per_module, names, sorted(skipped))
+        return SampleScores(total, per_module, names, sorted(skipped), sq)
 
 
 def target_groups(units: Sequence[Sequence[tuple[str, str]]],

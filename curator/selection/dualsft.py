@@ -1,6 +1,7 @@
-"""DualSFT's rules over gradient arrays: the parameter mask, the per-fold masks, the data
-ranking. The passes that produce the arrays (warm-up, gradient statistics, hook scores)
-are ``curator.stages.gradient_passes.dualsft_select``.
+"""DualSFT's rules over gradient arrays (numpy): the parameter mask, the data ranking, the
+unit-normalised utilities. The passes that produce the arrays (warm-up, gradient
+statistics, hook scores) and the torch side of the masks (per-fold masks, masked
+directions) are ``curator.stages.gradient_passes``.
 
 DualSFT: a parameter mask and a data subset from one gradient interaction matrix.
 
@@ -16,7 +17,7 @@ trained, so it must not outrank one with a smaller positive phi), or |phi_param|
 1. K = max(1, round(rho * N)) coordinates are selected in total, exactly.
 2. A share ``spread`` of K (floor(spread * K)) is divided evenly over *cells*, one cell per
    (layer, module kind) pair, e.g. ("model.layers.3", "self_attn.q_proj"); weight and bias
-   of a module share a cell. Water-filling: cells are visited from smallest to largest, each
+   of a module share a cell (the caller names each parameter's cell: ``cell_of``). Water-filling: cells are visited from smallest to largest, each
    takes floor(remaining / cells left) but never more than its size, so a small cell's
    unused quota passes to larger ones. Each cell keeps its own top entries by rank score.
 3. The rest of K goes to the global top by rank score among coordinates not yet selected.
@@ -28,7 +29,7 @@ With no target set, data utilities are cross-fitted (``curator.scoring.gradients
 each fold of the pool is scored against the direction u_k built from the other folds'
 held-out samples, so no held-out sample is scored against its own gradient. Co-extraction
 masks fold k's direction with fold k's own mask, allocated from ``u_k * G``
-(``fold_masks``): a mask built from the whole slice's u would let a held-out sample's own
+(``curator.stages.gradient_passes.fold_masks``): a mask built from the whole slice's u would let a held-out sample's own
 gradient choose the coordinates its score is read on. The mask that is stored and trained
 (a parameter ranking, not a per-sample score) uses u from the whole held-out slice.
 
@@ -40,15 +41,13 @@ alone (LESS normalises for this reason); the mask is unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping
 
 import numpy as np
-import torch
 
 from curator.budget import parse_budget
-from curator.scoring.gradients.scope import Grads, layer_of, module_kind
 
-Mask = dict[str, torch.Tensor]
+BoolMask = dict[str, np.ndarray]  # parameter name -> bool array shaped like the parameter
 
 
 def resolve_count(budget: int | float | str, n: int, what: str) -> int:
@@ -60,71 +59,67 @@ def resolve_count(budget: int | float | str, n: int, what: str) -> int:
         raise ValueError(f"{what} budget: {exc}") from None
 
 
-def _topk_into(mask: torch.Tensor, score: torch.Tensor, k: int) -> None:
-    """Set the k highest-scoring unselected entries of a flat mask (in place)."""
+def top_k(score: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest entries of a flat array (ties at the k-th value: lowest
+    indices first), without sorting it: one partition, then two comparisons."""
+    n = score.shape[0]
+    if k >= n:
+        return np.arange(n)
     if k <= 0:
-        return
-    work = score.masked_fill(mask, -torch.inf)
-    mask[torch.topk(work, k).indices] = True
+        return np.zeros(0, dtype=np.int64)
+    kth = np.partition(score, n - k)[n - k]  # the k-th largest value
+    above = np.flatnonzero(score > kth)
+    return np.concatenate([above, np.flatnonzero(score == kth)[:k - above.size]])
 
 
-def allocate_mask(phi_param: Mapping[str, torch.Tensor], budget: float, spread: float = 0.0,
-                  use_abs: bool = False) -> Mask:
+def allocate_mask(phi_param: Mapping[str, np.ndarray], budget: float, spread: float = 0.0,
+                  use_abs: bool = False,
+                  cell_of: Callable[[str], Hashable] | None = None) -> BoolMask:
     """Top-phi_param mask (signed by default; ``use_abs``: by |phi_param|), optionally
-    with a share ``spread`` of the budget spread evenly over (layer, kind) cells (the rule
-    is in the module docstring). Exactly K = max(1, round(budget * N)) coordinates are
-    selected."""
+    with a share ``spread`` of the budget spread evenly over cells (the rule is in the
+    module docstring; ``cell_of`` maps a parameter name to its cell, default one cell per
+    parameter). Exactly K = max(1, round(budget * N)) coordinates are selected."""
     if not 0.0 <= spread <= 1.0:
         raise ValueError(f"spread must be in [0, 1], got {spread}")
     names = list(phi_param)
     if not names:
         raise ValueError("phi_param is empty")
-    sizes = [phi_param[n].numel() for n in names]
+    shapes = [np.shape(phi_param[n]) for n in names]
+    sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
     N = sum(sizes)
     if isinstance(budget, bool) or not 0.0 < float(budget) <= 1.0:
         raise ValueError(f"parameter budget must be a fraction in (0, 1], got {budget!r}")
     K = max(1, min(N, round(float(budget) * N)))
 
-    # One flat score vector over the scope (fp32 on CPU); -inf marks "taken". Signed scores
-    # are ranked as they are (no shift to make them non-negative: tiny phi values would lose
-    # their order in fp32 next to a large negative minimum).
-    flat = torch.cat([phi_param[n].detach().float().reshape(-1).cpu() for n in names])
-    flat = torch.nan_to_num(flat, nan=0.0)  # +-inf -> +-max float: -inf only marks taken
-    score = flat.abs() if use_abs else flat
-    taken = torch.zeros(N, dtype=torch.bool)
+    # One flat fp32 score vector over the scope. Signed scores are ranked as they are (no
+    # shift to make them non-negative: tiny phi values would lose their order in fp32 next
+    # to a large negative minimum).
+    flat = np.concatenate([np.asarray(phi_param[n], dtype=np.float32).reshape(-1)
+                           for n in names])
+    flat = np.nan_to_num(flat, nan=0.0)  # +-inf -> +-max float: -inf only marks taken below
+    score = np.abs(flat) if use_abs else flat
+    taken = np.zeros(N, dtype=bool)
     offsets = np.cumsum([0] + sizes)
 
-    cells: dict[tuple[str, str], list[int]] = {}
+    cells: dict[Hashable, list[int]] = {}
     for i, n in enumerate(names):
-        cells.setdefault((layer_of(n), module_kind(n)), []).append(i)
-    cell_idx = {key: torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in members])
+        cells.setdefault(n if cell_of is None else cell_of(n), []).append(i)
+    cell_idx = {key: np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members])
                 for key, members in cells.items()}
     remaining = int(spread * K)
-    order = sorted(cell_idx, key=lambda key: (cell_idx[key].numel(), key))
+    order = sorted(cell_idx, key=lambda key: (cell_idx[key].size, key))
     for j, key in enumerate(order):
         idx = cell_idx[key]
-        take = min(remaining // (len(order) - j), idx.numel())
+        take = min(remaining // (len(order) - j), idx.size)
         if take > 0:
-            taken[idx[torch.topk(score[idx], take).indices]] = True
+            taken[idx[top_k(score[idx], take)]] = True
             remaining -= take
-    _topk_into(taken, score, K - int(taken.sum()))
+    left = K - int(taken.sum())
+    if left > 0:
+        taken[top_k(np.where(taken, -np.inf, score), left)] = True
 
-    return {n: taken[offsets[i]:offsets[i + 1]].reshape(phi_param[n].shape)
+    return {n: taken[offsets[i]:offsets[i + 1]].reshape(shapes[i])
             for i, n in enumerate(names)}
-
-
-def fold_masks(u_folds: Sequence[Mapping[str, torch.Tensor]], G: Mapping[str, torch.Tensor],
-               budget: float, spread: float = 0.0, use_abs: bool = False) -> list[Mask]:
-    """One mask per cross-fitting fold: fold k's from ``u_k * G``, where u_k leaves out fold
-    k's held-out samples, so no held-out sample's gradient chooses the coordinates its own
-    score is read on."""
-    return [allocate_mask({k: u[k] * G[k] for k in u}, budget, spread, use_abs)
-            for u in u_folds]
-
-
-def apply_mask_to(direction: Mapping[str, torch.Tensor], mask: Mask) -> Grads:
-    """The direction with its coordinates outside the mask set to zero."""
-    return {k: v * mask[k].to(v.device, v.dtype) for k, v in direction.items()}
 
 
 def unit_scores(scores: np.ndarray, norms: np.ndarray) -> np.ndarray:

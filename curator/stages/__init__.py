@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from curator.config import ScoringOptions, StageSpec
+from curator.scoring.engine import ScoringEngine
 from curator.stages.context import (
     Echo,
     ModelSource,
@@ -36,7 +37,7 @@ __all__ = ["RANKERS", "Pools", "Ranked", "StageContext", "StageOutcome", "build_
 def select_stage(store: Store, dataset: str, spec: StageSpec, *, lm: ModelSource = None,
                  options: ScoringOptions | None = None, previous_selection: str | None = None,
                  progress: bool = False, echo: Echo | None = None,
-                 reuse: bool = True) -> StageOutcome:
+                 reuse: bool = True, engine: ScoringEngine | None = None) -> StageOutcome:
     """Select a subset of ``dataset`` for one stage and store it; returns the outcome.
 
     ``lm`` is a loaded model or a function that loads one (called only by methods that
@@ -44,9 +45,11 @@ def select_stage(store: Store, dataset: str, spec: StageSpec, *, lm: ModelSource
     exists, return it instead of selecting again (selections are deterministic given their
     seed and the scores in the store: a DELIFT kernel reads every stored pair among its
     rows and columns, including pairs other stages scored; docs/design-notes.md).
+    ``engine``: where every model pass runs (default: the one ``options.engine`` names).
     """
     ctx = build_context(store, dataset, spec, model=lm, options=options,
-                        previous_selection=previous_selection, progress=progress, echo=echo)
+                        previous_selection=previous_selection, progress=progress, echo=echo,
+                        engine=engine)
     if reuse:
         existing = find_selection(store, dataset, ctx.key)
         if existing is not None:

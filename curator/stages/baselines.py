@@ -40,7 +40,7 @@ def embedding_kernels(ctx: StageContext, function: str) -> dict[str, Any]:
     pools, options = ctx.pools, ctx.options
     everyone = {s.sample_id: s for s in [*pools.pool, *pools.target, *pools.previous]}
     emb, _ = ensure_embeddings(ctx.store, ctx.lm, list(everyone.values()),
-                               batch_size=options.batch_size)
+                               batch_size=options.batch_size, engine=ctx.engine)
     row = {sid: i for i, sid in enumerate(everyone)}
     pool_ids = ids(pools.pool)
     e_pool = emb[[row[i] for i in pool_ids]]
@@ -116,7 +116,7 @@ def rank_rds(ctx: StageContext) -> Ranked:
         raise ValueError("rds ranks the pool by similarity to a target set: pass a target")
     everyone = {s.sample_id: s for s in [*pools.pool, *pools.target]}
     emb, _ = ensure_embeddings(ctx.store, ctx.lm, list(everyone.values()),
-                               batch_size=ctx.options.batch_size)
+                               batch_size=ctx.options.batch_size, engine=ctx.engine)
     row = {sid: i for i, sid in enumerate(everyone)}
     ranking = rds_ranking(emb[[row[i] for i in ids(pools.pool)]],
                           emb[[row[s.sample_id] for s in pools.target]], ctx.n_select,

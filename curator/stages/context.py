@@ -1,5 +1,6 @@
 """What a stage works on, built once: the pools, the budget as a count, the key that makes
-two selections the same, the scoring options and a lazy model.
+two selections the same, the scoring options, the engine every model pass runs on and a
+lazy model.
 
 Every ranker (``curator.stages.registry``) takes a ``StageContext`` and returns a
 ``Ranked``; ``curator.stages.save`` turns that into a stored selection.
@@ -19,6 +20,7 @@ from curator.budget import parse_budget
 from curator.config import ENGINE_KEYS, ScoringOptions, StageSpec, config_hash
 from curator.models import LoadedModel
 from curator.records import Sample
+from curator.scoring.engine import LOCAL, ScoringEngine, engine_for
 from curator.scoring.jobs import UtilitySummary
 from curator.store import NotFound, Store
 from curator.store.datasets import load_samples, resolve_version
@@ -202,6 +204,8 @@ class StageContext:
     # the quality prior's modular term per pool row (weight * q), set by the stage layer
     # when spec.quality.weight > 0 (curator/stages/quality.py); None: no modular term
     modular: np.ndarray | None = None
+    # where every model pass of the stage runs (embeddings, utilities, quality, gradients)
+    engine: ScoringEngine = LOCAL
 
     @property
     def lm(self) -> LoadedModel:
@@ -223,9 +227,11 @@ class StageContext:
 
 def build_context(store: Store, dataset: str, spec: StageSpec, *, model: ModelSource = None,
                   options: ScoringOptions | None = None, previous_selection: str | None = None,
-                  progress: bool = False, echo: Echo | None = None) -> StageContext:
+                  progress: bool = False, echo: Echo | None = None,
+                  engine: ScoringEngine | None = None) -> StageContext:
     """Validate ``spec`` and ``options``, resolve the pools and the budget, load the model
-    when the method needs one, and compute the stage's key."""
+    when the method needs one, and compute the stage's key. ``engine``: where the stage's
+    model passes run (default: the one ``options.engine`` names)."""
     started = time.monotonic()
     spec.validate("stage")
     options = options or ScoringOptions()
@@ -247,4 +253,5 @@ def build_context(store: Store, dataset: str, spec: StageSpec, *, model: ModelSo
                                   if spec.method == "delift" else 0)
     key = stage_key(dataset, spec, pools, options, fingerprint)
     return StageContext(store, dataset, spec, pools, n_select, options, key, model,
-                        auto_hubs=auto_hubs, progress=progress, echo=echo, started=started)
+                        auto_hubs=auto_hubs, progress=progress, echo=echo, started=started,
+                        engine=engine or engine_for(options))

@@ -47,7 +47,7 @@ def utility_kernels(ctx: StageContext, function: str
                     ) -> tuple[dict[str, Any], list[UtilitySummary]]:
     """Score the pairs the stage's function reads, then build its kernels."""
     store, lm, pools, options = ctx.store, ctx.lm, ctx.pools, ctx.options
-    score = dict(dataset=ctx.dataset, progress=ctx.progress, echo=ctx.echo)
+    score = dict(dataset=ctx.dataset, progress=ctx.progress, echo=ctx.echo, engine=ctx.engine)
     pool = pools.pool
     runs: list[UtilitySummary] = []
     if function in ("facility_location", "graph_cut", "flcg", "flmi") and len(pool) > 1:

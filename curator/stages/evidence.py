@@ -158,7 +158,7 @@ class EvidenceLoop:
         self.asked |= set(pairs)
         self.runs.append(score_pair_list(
             ctx.store, ctx.lm, [*self.row_samples, *ctx.pools.pool], pairs, ctx.options,
-            dataset=ctx.dataset, progress=ctx.progress, echo=ctx.echo))
+            dataset=ctx.dataset, progress=ctx.progress, echo=ctx.echo, engine=ctx.engine))
         ctx.store.finish_run(run_id, "done", result={"pairs": len(pairs)})
         self.kernels = self.rescore(self.excluded())
 
@@ -331,6 +331,7 @@ class EvidenceLoop:
             pools = self.ctx.pools
             everyone = {s.sample_id: s for s in [*pools.pool, *pools.target]}
             emb, _ = ensure_embeddings(self.ctx.store, self.ctx.lm, list(everyone.values()),
-                                       batch_size=self.ctx.options.batch_size)
+                                       batch_size=self.ctx.options.batch_size,
+                                       engine=self.ctx.engine)
             self._emb = {sid: emb[i] for i, sid in enumerate(everyone)}
         return self._emb

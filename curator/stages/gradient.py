@@ -19,6 +19,7 @@ from curator.budget import budget_fraction
 from curator.config import ScoringOptions, StageSpec, config_hash
 from curator.models import LoadedModel
 from curator.records import Sample
+from curator.scoring.engine import LOCAL, ScoringEngine
 from curator.stages.context import Ranked, StageContext
 from curator.stages.save import DEFAULT_PARAM_BUDGET, record_config, store_mask
 from curator.store import Store
@@ -42,10 +43,12 @@ def _dualsft_config(spec: StageSpec, options: ScoringOptions):
 def mask_for_selection(store: Store, selection_id: str, lm: LoadedModel,
                        param_budget: str = DEFAULT_PARAM_BUDGET,
                        targets: Sequence[Sample] | None = None, progress: bool = False,
-                       seed: int = 0, options: ScoringOptions | None = None) -> dict[str, Any]:
+                       seed: int = 0, options: ScoringOptions | None = None,
+                       engine: ScoringEngine = LOCAL) -> dict[str, Any]:
     """The DualSFT parameter mask for an existing selection: parameter importance
     ``u * G`` with G summed over the selected samples only. ``targets`` give the
-    validation direction (default: a held-out slice of the subset)."""
+    validation direction (default: a held-out slice of the subset). ``engine``: where
+    the gradient passes run (the warm-up copy's always run here)."""
     from curator.stages.gradient_passes import dualsft_select
 
     sel = get_selection(store, selection_id)
@@ -57,7 +60,7 @@ def mask_for_selection(store: Store, selection_id: str, lm: LoadedModel,
                             param_budget=budget_fraction(param_budget), data_budget=1.0,
                             config=_dualsft_config(StageSpec(seed=seed),
                                                    options or ScoringOptions()),
-                            progress=progress)
+                            progress=progress, engine=engine)
     return store_mask(store, selection_id, lm, result.mask, param_budget,
                       {"method": "dualsft", "v_prior": result.stats.v_prior_source,
                        "v_new": result.stats.v_new_source})
@@ -73,7 +76,7 @@ def rank_dualsft(ctx: StageContext) -> Ranked:
     result = dualsft_select(ctx.lm, ctx.pools.pool, ctx.pools.target or None,
                             param_budget=budget_fraction(pb), data_budget=ctx.n_select,
                             config=_dualsft_config(spec, ctx.options), progress=ctx.progress,
-                            engine=_engine(ctx))
+                            engine=ctx.engine)
     config = _gradient_config(ctx, param_budget=pb, co_extract=True,
                               gradient=dataclasses.asdict(spec.gradient),
                               v_new=result.stats.v_new_source,
@@ -92,7 +95,7 @@ def rank_gast(ctx: StageContext) -> Ranked:
     result = gast_select(ctx.lm, pool, ctx.pools.target or None, budget=ctx.n_select,
                          seed=ctx.spec.seed, max_length=options.max_length,
                          score_batch_size=options.batch_size, progress=ctx.progress,
-                         layer_share=DEFAULT_LAYER_SHARE, engine=_engine(ctx))
+                         layer_share=DEFAULT_LAYER_SHARE, engine=ctx.engine)
     layers = result.subsets_by_id(pool)
     count: dict[int, int] = {}
     first: dict[int, int] = {}
@@ -118,20 +121,11 @@ def rank_gast(ctx: StageContext) -> Ranked:
     return _scored(ctx, ranking, scores, "gast_sampled", config, layers=layers)
 
 
-def _engine(ctx: StageContext) -> Any:
-    """Where the stage's gradient passes run (``scoring.engine``); None keeps them here,
-    with the local progress bar."""
-    from curator.scoring.engine import engine_for
-
-    return None if ctx.options.engine == "local" else engine_for(ctx.options)
-
-
 def rank_less(ctx: StageContext) -> Ranked:
     """LESS-style baseline: top-k by the inner product with the mean target gradient."""
     from curator.scoring.gradients import alignment_scores, gradient_statistics, resolve_scope
 
-    lm, pool, options = ctx.lm, ctx.pools.pool, ctx.options
-    engine = _engine(ctx)
+    lm, pool, options, engine = ctx.lm, ctx.pools.pool, ctx.options, ctx.engine
     scope = resolve_scope(lm.model)
     stats = gradient_statistics(lm, pool, ctx.pools.target or None, scope=scope,
                                 seed=ctx.spec.seed, max_length=options.max_length,

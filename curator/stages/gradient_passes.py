@@ -1,6 +1,7 @@
 """The model-running halves of DualSFT and GAST: warm-up, gradient statistics and hook
 scoring passes, whose arrays the rules in ``curator.selection.dualsft`` and
-``curator.selection.gast`` turn into masks, rankings and per-layer subsets.
+``curator.selection.gast`` (numpy only) turn into masks, rankings and per-layer subsets;
+the torch side of those rules is here (masks over parameter tensors, seeded uniforms).
 
 DualSFT warm-up (on by default, as the reference): the gradients are taken at a copy of the
 model trained for ``warmup_steps`` AdamW steps on a ``warmup_fraction`` slice of the pool,
@@ -16,16 +17,17 @@ scored against a support that contains its own gradient.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from curator.masks import Mask
 from curator.models import LoadedModel
 from curator.records import Sample
+from curator.scoring.engine import LOCAL, ScoringEngine
 from curator.scoring.gradients import (
     DEFAULT_FOLDS,
     GradientStatistics,
@@ -36,24 +38,47 @@ from curator.scoring.gradients import (
     gradient_statistics,
     heldout_gradients,
     holdout_slice,
-    hook_scores,
+    layer_of,
     mean_gradient,
+    module_kind,
     resolve_scope,
     scores_by_fold,
     update_direction,
     warmup_copy,
 )
-from curator.selection.dualsft import (
-    Mask,
-    allocate_mask,
-    apply_mask_to,
-    fold_masks,
-    rank_scores,
-    resolve_count,
-    unit_scores,
-)
-from curator.selection.gast import DEFAULT_LAYER_SHARE, RULES, layer_subsets
+from curator.selection.dualsft import allocate_mask, rank_scores, resolve_count, unit_scores
+from curator.selection.gast import DEFAULT_LAYER_SHARE, RULES, Uniforms, layer_subsets
 from curator.vocabulary import DEFAULT_WARMUP_STEPS, GRADIENT_NORMALIZE
+
+
+def parameter_mask(phi_param: Mapping[str, torch.Tensor], budget: float, spread: float = 0.0,
+                   use_abs: bool = False) -> Mask:
+    """``selection.dualsft.allocate_mask`` over parameter tensors, its cells the (layer,
+    module kind) pairs of scoring's parameter naming; bool tensors on the CPU."""
+    arrays = {k: v.detach().float().cpu().numpy() for k, v in phi_param.items()}
+    mask = allocate_mask(arrays, budget, spread, use_abs,
+                         cell_of=lambda name: (layer_of(name), module_kind(name)))
+    return {k: torch.from_numpy(m) for k, m in mask.items()}
+
+
+def fold_masks(u_folds: Sequence[Mapping[str, torch.Tensor]], G: Mapping[str, torch.Tensor],
+               budget: float, spread: float = 0.0, use_abs: bool = False) -> list[Mask]:
+    """One mask per cross-fitting fold: fold k's from ``u_k * G``, where u_k leaves out fold
+    k's held-out samples, so no held-out sample's gradient chooses the coordinates its own
+    score is read on."""
+    return [parameter_mask({k: u[k] * G[k] for k in u}, budget, spread, use_abs)
+            for u in u_folds]
+
+
+def apply_mask_to(direction: Mapping[str, torch.Tensor], mask: Mask) -> Grads:
+    """The direction with its coordinates outside the mask set to zero."""
+    return {k: v * mask[k].to(v.device, v.dtype) for k, v in direction.items()}
+
+
+def torch_uniforms(generator: torch.Generator) -> Uniforms:
+    """GAST's uniform draws (``selection.gast.choose``) from a seeded torch generator: the
+    stream the torch rule drew, so seeded selections stay what they were."""
+    return lambda n: torch.rand(n, generator=generator, dtype=torch.float64).numpy()
 
 
 @dataclass
@@ -105,16 +130,15 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
                    anchors: Sequence[Sample] | None = None,
                    param_budget: float = 0.05, data_budget: int | float = 0.1,
                    config: DualSFTConfig | None = None, reference: nn.Module | None = None,
-                   progress: bool = False, engine: Any = None) -> DualSFTResult:
+                   progress: bool = False, engine: ScoringEngine = LOCAL) -> DualSFTResult:
     """Parameter mask and data ranking from one DualSFT pass over ``pool``.
 
     ``reference``: the frozen model of the KL prior. By default (``config.warmup_steps``
     > 0, as in DualSFT) a copy of ``lm`` is warmed up on a slice of the pool, all gradients
     are taken at that copy, and ``lm`` itself is the reference; with no warm-up the prior
     is zero. The mask is meant for fine-tuning ``lm`` (the original weights).
-    ``engine``: where the gradient sums and per-sample scores run (None: here). A warmed-up
-    copy exists only in this process, so with warm-up every pass runs here; so do the
-    scoring passes with ``normalize`` "unit".
+    ``engine``: where the gradient sums and per-sample scores run. A warmed-up copy
+    exists only in this process, so with warm-up every pass runs on the local engine.
     """
     cfg = config or DualSFTConfig()
     if not pool:
@@ -137,30 +161,26 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
         scoring_lm = warmup_copy(lm, warm, cfg.warmup_steps, cfg.warmup_lr,
                                  seed=cfg.seed, max_length=cfg.max_length)
         reference = lm.model
-        engine = None
+        engine = LOCAL  # the actors could only load the original weights
     scope = resolve_scope(scoring_lm.model, cfg.modules, cfg.last_layers, cfg.include_head)
     stats = gradient_statistics(
         scoring_lm, pool, targets, anchors, reference, scope, cfg.holdout_fraction,
         cfg.anchor_fraction, cfg.tau, cfg.confidence, cfg.batch_size, cfg.max_length, cfg.seed,
         cfg.crossfit_folds, engine=engine)
-    score_engine = None if norms else engine  # gradient norms are computed here only
 
     def score(direction: Grads, with_norms: bool = False) -> SampleScores:
-        if score_engine is None:
-            return hook_scores(scoring_lm, pool, direction, scope, cfg.score_batch_size,
-                               cfg.max_length, progress, with_norms)
         return engine.sample_scores(scoring_lm, pool, direction, scope, cfg.score_batch_size,
-                                    cfg.max_length)
+                                    cfg.max_length, progress, with_norms)
     u = update_direction(stats, cfg.eta, cfg.lambda_new, cfg.lambda_prior, cfg.second_order)
     phi_param = {k: u[k] * stats.G[k] for k in u}
-    mask = allocate_mask(phi_param, param_budget, cfg.spread, cfg.use_abs)
+    mask = parameter_mask(phi_param, param_budget, cfg.spread, cfg.use_abs)
 
     if stats.folds:  # no target set: fold k is scored against u built without its held-out
         us = [update_direction(stats, cfg.eta, cfg.lambda_new, cfg.lambda_prior,
                                cfg.second_order, v_new=v) for v in stats.v_new_folds]
         full: SampleScores = scores_by_fold(scoring_lm, pool, us, stats.folds, scope,
                                             cfg.score_batch_size, cfg.max_length, progress,
-                                            engine=score_engine, norms=norms)
+                                            engine=engine, norms=norms)
         scores = full.total
         if cfg.co_extract:  # each fold on its own mask (fold_masks), one at a time
             masked_us = [apply_mask_to(d, fold_masks([d], stats.G, param_budget, cfg.spread,
@@ -168,7 +188,7 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
             del us
             scores = scores_by_fold(scoring_lm, pool, masked_us, stats.folds, scope,
                                     cfg.score_batch_size, cfg.max_length,
-                                    progress, engine=score_engine).total
+                                    progress, engine=engine).total
     else:
         full = score(u, norms)
         scores = full.total
@@ -183,7 +203,7 @@ def dualsft_select(lm: LoadedModel, pool: Sequence[Sample],
     selected = ranking[:min(n_data, n_ok)]
     # TODO(selection): optional submodular pick over gradient features via
     # curator.selection (not available when this was written); top-k for now.
-    return DualSFTResult({k: v.cpu() for k, v in mask.items()}, ranking, selected, scores,
+    return DualSFTResult(mask, ranking, selected, scores,
                          full_total, {k: v.cpu() for k, v in phi_param.items()}, stats,
                          full.skipped, full.norms)
 
@@ -208,14 +228,14 @@ def gast_select(lm: LoadedModel, pool: Sequence[Sample], targets: Sequence[Sampl
                 batch_size: int = 8, score_batch_size: int = 16, max_length: int = 1024,
                 holdout_fraction: float = 0.1, progress: bool = False,
                 layer_share: float = DEFAULT_LAYER_SHARE,
-                n_folds: int = DEFAULT_FOLDS, engine: Any = None) -> GASTResult:
+                n_folds: int = DEFAULT_FOLDS, engine: ScoringEngine = LOCAL) -> GASTResult:
     """Per-layer subsets of ``pool`` aligned with ``targets``, whose union is ``budget``
     samples (``layer_subsets``).
 
     ``targets`` None: the support gradient comes from a seeded held-out slice of the pool,
     cross-fitted over ``n_folds`` folds. Layers are transformer blocks; scoped modules
     outside them (a head) form "(other)". ``engine``: where the gradient sums and
-    per-sample scores run (None: here).
+    per-sample scores run.
     """
     if rule not in RULES:
         raise ValueError(f"unknown GAST rule {rule!r}; use one of {', '.join(RULES)}")
@@ -238,12 +258,12 @@ def gast_select(lm: LoadedModel, pool: Sequence[Sample], targets: Sequence[Sampl
                   f"{len(folds)} folds")
     else:
         support, n_support = mean_gradient(lm, targets, scope, batch_size, max_length, engine)
-        scored = hook_scores(lm, pool, support, scope, score_batch_size, max_length, progress) \
-            if engine is None else engine.sample_scores(lm, pool, support, scope,
-                                                        score_batch_size, max_length)
+        scored = engine.sample_scores(lm, pool, support, scope, score_batch_size, max_length,
+                                      progress)
         source = f"mean gradient of the target set ({n_support} samples)"
     layers, per_layer = scored.per_layer()
     gen = torch.Generator().manual_seed(seed)
-    picked, union = layer_subsets(per_layer, k, rule, temperature, layer_share, gen)
+    picked, union = layer_subsets(per_layer, k, rule, temperature, layer_share,
+                                  torch_uniforms(gen))
     subsets = dict(zip(layers, picked, strict=True))
     return GASTResult(subsets, layers, per_layer, scored.skipped, union, source)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curator.scoring.engine import engine_for
 from curator.scoring.jobs import ensure_embeddings, ensure_quality
 from curator.scoring.neighbours import knn
 from curator.scoring.quality import QualityRows
@@ -99,9 +98,9 @@ def judge_pool(ctx) -> PriorDecision:
     """Score the pool's quality signals (what the store lacks) and decide the drops."""
     opts = ctx.spec.resolved_quality
     pool = ctx.pools.pool
-    engine = engine_for(ctx.options)
+    engine = ctx.engine
     rows, _ = ensure_quality(ctx.store, ctx.lm, pool, batch_size=ctx.options.batch_size,
-                                    progress=ctx.progress, engine=engine)
+                             progress=ctx.progress, engine=engine)
     n = len(pool)
     if n > MIN_NEIGHBOURS:
         emb, _ = ensure_embeddings(ctx.store, ctx.lm, pool, batch_size=ctx.options.batch_size,

@@ -338,6 +338,13 @@ def test_gradient_statistics_and_scores_on_ray_equal_the_local_ones(base, lm, en
                                atol=1e-6 * np.abs(s_want.total).max())
     np.testing.assert_allclose(s_got.per_module, s_want.per_module, rtol=1e-4,
                                atol=1e-6 * np.abs(s_want.per_module).max())
+    # gradient norms (DualSFT's normalize "unit") come from the actors too
+    n_want = LOCAL.sample_scores(lm, pool, want.v_new, scope, 3, 128, norms=True)
+    n_got = engine.sample_scores(lm, pool, want.v_new, scope, 3, 128, progress=True,
+                                 norms=True)
+    np.testing.assert_allclose(n_got.norms, n_want.norms, rtol=1e-4)
+    np.testing.assert_allclose(n_got.total, n_want.total, rtol=1e-4,
+                               atol=1e-6 * np.abs(n_want.total).max())
 
 
 def test_bf16_utilities_are_the_local_engines_bit_for_bit(base, ray_cluster, tmp_path):

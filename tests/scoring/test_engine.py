@@ -72,3 +72,26 @@ def test_where_scoring_runs_is_not_part_of_a_stage_key():
     assert ray == local
     assert stage_key("d", spec, pools, ScoringOptions(k=8), "fp") != local
     assert set(ENGINE_KEYS) <= set(vars(ScoringOptions()))
+
+
+ENGINE_METHODS = ("pair_chunks", "embeddings", "quality", "gradient_sums", "sample_scores")
+
+
+def _parameters(method) -> list[str]:
+    import inspect
+
+    return list(inspect.signature(method).parameters)
+
+
+def test_the_engines_take_the_same_arguments():
+    """Callers hold a ScoringEngine and never ask which one: the local and the Ray engine
+    take every argument the protocol names (progress and gradient norms included)."""
+    from curator.scoring.engine import LocalEngine, ScoringEngine
+
+    want = {m: _parameters(getattr(ScoringEngine, m)) for m in ENGINE_METHODS}
+    assert "progress" in want["sample_scores"] and "norms" in want["sample_scores"]
+    assert {m: _parameters(getattr(LocalEngine, m)) for m in ENGINE_METHODS} == want
+    pytest.importorskip("ray")
+    from curator.scoring.ray_engine import RayEngine
+
+    assert {m: _parameters(getattr(RayEngine, m)) for m in ENGINE_METHODS} == want

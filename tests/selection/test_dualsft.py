@@ -8,8 +8,21 @@ import torch
 
 from curator.records import Sample
 from curator.scoring import gradients as gr
-from curator.selection.dualsft import allocate_mask, resolve_count
-from curator.stages.gradient_passes import DualSFTConfig, dualsft_select
+from curator.selection.dualsft import allocate_mask as allocate_array_mask
+from curator.selection.dualsft import resolve_count, top_k
+from curator.stages.gradient_passes import DualSFTConfig, dualsft_select, parameter_mask
+
+
+def allocate_mask(phi, budget, spread=0.0, use_abs=False):
+    """The numpy rule over tensors, its cells (layer, module kind) as the stages name them;
+    bool tensors back, as the stages store them."""
+    arrays = {k: v.numpy() for k, v in phi.items()}
+    mask = allocate_array_mask(arrays, budget, spread, use_abs,
+                               cell_of=lambda n: (gr.layer_of(n), gr.module_kind(n)))
+    got = {k: torch.from_numpy(m) for k, m in mask.items()}
+    staged = parameter_mask(phi, budget, spread, use_abs)  # what dualsft_select calls
+    assert all(torch.equal(staged[k], got[k]) for k in got)
+    return got
 
 
 def make_samples(n: int, seed: int = 0) -> list[Sample]:
@@ -89,6 +102,24 @@ def test_defaults_follow_the_reference_signed_and_no_spread():
     phi = {k: v.abs() for k, v in fake_phi().items()}
     mask = allocate_mask(phi, 0.2)
     assert all(int(m.sum()) == 0 for n, m in mask.items() if "layers.0" in n)
+
+
+def test_top_k_takes_the_largest_and_the_lowest_indices_among_ties():
+    x = np.array([3.0, 1.0, 2.0, 2.0, 2.0, -1.0])
+    assert sorted(top_k(x, 1)) == [0]
+    assert sorted(top_k(x, 3)) == [0, 2, 3]
+    assert sorted(top_k(x, 6)) == list(range(6)) and len(top_k(x, 0)) == 0
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=1000).astype(np.float32)
+    assert sorted(top_k(y, 37)) == sorted(np.argsort(-y, kind="stable")[:37])
+
+
+def test_cells_default_to_one_per_parameter():
+    phi = {"a": np.array([5.0, 4.0, 3.0]), "b": np.array([0.1, 0.2, 0.3])}
+    assert allocate_array_mask(phi, 2 / 6)["b"].sum() == 0  # plain global top-k
+    mask = allocate_array_mask(phi, 2 / 6, spread=1.0)      # one each
+    assert mask["a"].tolist() == [True, False, False]
+    assert mask["b"].tolist() == [False, False, True]
 
 
 @pytest.mark.parametrize("budget", [0.0, -0.1, 1.5, True])
@@ -208,7 +239,7 @@ def test_each_fold_is_scored_on_its_own_mask(tiny_llama):
     allocated from u_k * G, u_k the mean exact gradient of the held-out samples OUTSIDE
     fold k: a held-out sample's gradient never chooses the coordinates of its own score.
     (The old code masked every fold with the whole slice's mask.)"""
-    from curator.selection.dualsft import fold_masks
+    from curator.stages.gradient_passes import fold_masks
 
     pool = make_samples(12, seed=8)
     cfg = DualSFTConfig(eta=0.1, holdout_fraction=0.5, crossfit_folds=3, warmup_steps=0)
@@ -264,7 +295,7 @@ def test_gradient_norms_equal_per_sample_gradients(arch):
 def test_unit_normalised_utilities_equal_the_per_sample_computation(tiny_llama):
     """normalize="unit": the data utilities are <u, g_n> / |g_n| with g_n each sample's own
     gradient (target set, and cross-fitted without one); the mask does not change."""
-    from curator.selection.dualsft import apply_mask_to
+    from curator.stages.gradient_passes import apply_mask_to
 
     pool, targets = make_samples(10, seed=13), make_samples(3, seed=14)
     scope = gr.resolve_scope(tiny_llama.model)

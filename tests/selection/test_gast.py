@@ -9,7 +9,7 @@ import torch
 from curator.records import Sample
 from curator.scoring import gradients as gr
 from curator.selection.gast import choose, layer_subsets
-from curator.stages.gradient_passes import gast_select
+from curator.stages.gradient_passes import gast_select, torch_uniforms
 
 
 def make_samples(n: int, seed: int = 0) -> list[Sample]:
@@ -28,13 +28,43 @@ def test_choose_topk_and_nan():
 
 def test_choose_sampling_is_seeded():
     scores = np.random.default_rng(0).normal(size=60)
-    a = choose(scores, 10, "sample", 1.0, torch.Generator().manual_seed(3))
-    b = choose(scores, 10, "sample", 1.0, torch.Generator().manual_seed(3))
-    c = choose(scores, 10, "sample", 1.0, torch.Generator().manual_seed(4))
+    a = choose(scores, 10, "sample", 1.0, np.random.default_rng(3))
+    b = choose(scores, 10, "sample", 1.0, np.random.default_rng(3))
+    c = choose(scores, 10, "sample", 1.0, np.random.default_rng(4))
     assert a == b and a != c and len(set(a)) == 10
     # a vanishing temperature turns sampling into top-k
-    cold = choose(scores, 10, "sample", 1e-6, torch.Generator().manual_seed(5))
+    cold = choose(scores, 10, "sample", 1e-6, np.random.default_rng(5))
     assert cold == choose(scores, 10, "topk")
+
+
+def _torch_choose(scores, k, rule, temperature, generator):
+    """The rule as it was written in torch (before selection/ became numpy only)."""
+    ok = np.flatnonzero(~np.isnan(scores))
+    x = torch.as_tensor(scores[ok], dtype=torch.float64)
+    keys = x
+    if rule == "sample":
+        std = x.std(unbiased=False)
+        z = (x - x.mean()) / std if std > 0 else torch.zeros_like(x)
+        u = torch.rand(x.shape, generator=generator, dtype=torch.float64).clamp_(1e-300, 1.0)
+        keys = z / temperature - torch.log(-torch.log(u))
+    order = torch.sort(keys, descending=True, stable=True).indices[:min(k, ok.size)]
+    return [int(ok[i]) for i in order]
+
+
+@pytest.mark.parametrize("rule", ["sample", "topk"])
+def test_the_numpy_rule_draws_what_the_torch_rule_drew(rule):
+    """Seeded by a torch generator (the stages' torch_uniforms, or a torch.Generator as
+    curator.train passes), the numpy rule picks exactly what the torch rule picked."""
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        scores = rng.normal(size=40) * 10.0 ** rng.integers(-3, 3)
+        scores[rng.integers(0, 40, size=3)] = np.nan
+        if trial % 5 == 0:
+            scores[:20] = 1.5  # ties
+        want = _torch_choose(scores, 15, rule, 0.7, torch.Generator().manual_seed(trial))
+        assert choose(scores, 15, rule, 0.7,
+                      torch_uniforms(torch.Generator().manual_seed(trial))) == want
+        assert choose(scores, 15, rule, 0.7, torch.Generator().manual_seed(trial)) == want
 
 
 def test_sampling_prefers_high_scores():
@@ -108,17 +138,17 @@ def test_layer_subsets_union_stays_within_the_budget(rule):
     N, L, k = 100, 8, 30
     scores = rng.normal(size=(N, L))
     scores[[3, 50], :] = np.nan  # skipped samples
-    gen = torch.Generator().manual_seed(0)
+    gen = np.random.default_rng(0)
     independent = set().union(*(choose(scores[:, j], k, rule, 1.0, gen) for j in range(L)))
     assert len(independent) > 2 * k
-    subsets, union = layer_subsets(scores, k, rule, generator=torch.Generator().manual_seed(0))
+    subsets, union = layer_subsets(scores, k, rule, draw=np.random.default_rng(0))
     assert len(union) == k and len(set(union)) == k and not {3, 50} & set(union)
     assert set().union(*map(set, subsets)) == set(union)
     sizes = {len(s) for s in subsets}
     assert len(sizes) == 1 and sizes.pop() >= round(0.5 * k)
     assert all(len(set(s)) == len(s) for s in subsets)
     # a budget beyond the scorable samples takes them all
-    _, everything = layer_subsets(scores, N, rule, generator=torch.Generator().manual_seed(0))
+    _, everything = layer_subsets(scores, N, rule, draw=np.random.default_rng(0))
     assert sorted(everything) == sorted(set(range(N)) - {3, 50})
     with pytest.raises(ValueError, match="layer_share"):
         layer_subsets(scores, k, rule, layer_share=0.0)
@@ -150,16 +180,19 @@ def test_batch_layer_picks_draw_only_scored_rows():
     scores = rng.normal(size=(8, 3))
     scores[[1, 4, 6], 0] = np.nan   # layer 0 scored 5 of the 8 rows
     scores[:, 2] = np.nan           # layer 2 scored none
-    gen = torch.Generator().manual_seed(1)
+    gen = np.random.default_rng(1)
     for _ in range(50):
         picks = batch_layer_picks(scores, 0.5, 1.0, gen)
         assert len(picks[0]) == round(0.5 * 5) and not {1, 4, 6} & set(picks[0])
         assert len(picks[1]) == 4 and len(set(picks[1])) == 4
         assert picks[2] == []
     # within-batch standardisation: a shift or scale of a layer's scores draws the same rows
-    a = batch_layer_picks(scores[:, :2], 0.5, 1.0, torch.Generator().manual_seed(2))
-    b = batch_layer_picks(3 * scores[:, :2] + 7, 0.5, 1.0, torch.Generator().manual_seed(2))
+    a = batch_layer_picks(scores[:, :2], 0.5, 1.0, np.random.default_rng(2))
+    b = batch_layer_picks(3 * scores[:, :2] + 7, 0.5, 1.0, np.random.default_rng(2))
     assert a == b
+    # a torch generator (what curator.train passes) draws torch's stream
+    assert batch_layer_picks(scores, 0.5, 1.0, torch.Generator().manual_seed(2)) == \
+        batch_layer_picks(scores, 0.5, 1.0, torch_uniforms(torch.Generator().manual_seed(2)))
     # higher scores are drawn more often
     ladder = np.arange(10, dtype=float)[:, None]
     drawn = [i for _ in range(200)

@@ -20,7 +20,8 @@ attention that beats SDPA's CPU kernel (``response_losses``).
 
 Modules: ``scope`` (module naming and parameter scope), ``batching`` (encoding, batches),
 ``attention`` (the short-row attention patch), ``losses`` (response losses), ``statistics``
-(v_new, v_prior, G, c, warm-up, the direction u), ``hooks`` (per-sample scores),
+(v_new, v_prior, G, c, warm-up, the direction u), ``sums`` (the gradient sums an engine
+computes), ``hooks`` (per-sample scores),
 ``crossfit`` (scoring against a held-out slice without self-alignment). Everything public
 is re-exported here.
 """
@@ -78,7 +79,6 @@ from curator.scoring.gradients.statistics import (
     GradientStatistics,
     alignment_scores,
     gradient_statistics,
-    gradient_sums,
     heldout_gradients,
     holdout_slice,
     kl_prior_gradient,
@@ -88,6 +88,7 @@ from curator.scoring.gradients.statistics import (
     update_direction,
     warmup_copy,
 )
+from curator.scoring.gradients.sums import gradient_sums
 
 __all__ = [
     "BATCH_OVERHEAD_TOKENS", "CONV1D", "DEFAULT_FOLDS", "alignment_scores", "crossfit_folds",

@@ -25,14 +25,14 @@ own samples, so the pool is still scored once.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
 from curator.models import LoadedModel
 from curator.records import Sample
-from curator.scoring.gradients.hooks import SampleScores, hook_scores
+from curator.scoring.engine import LOCAL, ScoringEngine
+from curator.scoring.gradients.hooks import SampleScores
 from curator.scoring.gradients.scope import ScopedModule
 
 DEFAULT_FOLDS = 5
@@ -67,13 +67,11 @@ def scores_by_fold(lm: LoadedModel, samples: Sequence[Sample],
                    directions: Sequence[Mapping[str, torch.Tensor]],
                    folds: Sequence[Sequence[int]], scope: Sequence[ScopedModule],
                    batch_size: int = 16, max_length: int | None = None,
-                   progress: bool = False, engine: Any = None,
+                   progress: bool = False, engine: ScoringEngine = LOCAL,
                    norms: bool = False) -> SampleScores:
     """``<directions[k], g_n>`` for the samples n of fold k, assembled over the pool
-    (one hook pass per fold over that fold's samples only; on ``engine`` when given).
-    ``norms``: also ``|g_n|`` (``hook_scores``; here only, never on an engine)."""
-    if norms and engine is not None:
-        raise ValueError("gradient norms are computed here only: pass engine=None")
+    (one hook pass per fold over that fold's samples only, on ``engine``).
+    ``norms``: also ``|g_n|`` (``hook_scores``)."""
     if len(directions) != len(folds):
         raise ValueError(f"{len(directions)} directions for {len(folds)} folds")
     scope = list(scope)
@@ -87,9 +85,7 @@ def scores_by_fold(lm: LoadedModel, samples: Sequence[Sample],
         if not idx:
             continue
         part = [samples[i] for i in idx]
-        s = hook_scores(lm, part, u, scope, batch_size, max_length, progress, norms) \
-            if engine is None else engine.sample_scores(lm, part, u, scope, batch_size,
-                                                        max_length)
+        s = engine.sample_scores(lm, part, u, scope, batch_size, max_length, progress, norms)
         total[idx] = s.total
         per_module[idx] = s.per_module
         if sq is not None:

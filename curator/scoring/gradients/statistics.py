@@ -7,7 +7,6 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +15,7 @@ from torch import nn
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.encoding import collate
+from curator.scoring.engine import LOCAL, ScoringEngine
 from curator.scoring.gradients.attention import scoring_attention
 from curator.scoring.gradients.batching import (
     _device_of,
@@ -25,9 +25,10 @@ from curator.scoring.gradients.batching import (
     iter_batches,
 )
 from curator.scoring.gradients.crossfit import DEFAULT_FOLDS, crossfit_folds, scores_by_fold
-from curator.scoring.gradients.hooks import SampleScores, hook_scores
+from curator.scoring.gradients.hooks import SampleScores
 from curator.scoring.gradients.losses import only_grad, response_logits, response_losses
 from curator.scoring.gradients.scope import Grads, ScopedModule, resolve_scope, scope_parameters
+from curator.scoring.gradients.sums import zeros_like
 
 
 @dataclass
@@ -58,14 +59,9 @@ class GradientStatistics:
         return f"held-out slice of the pool ({self.n_target} samples), not cross-fitted"
 
 
-def _zeros_like(params: Mapping[str, nn.Parameter]) -> Grads:
-    return {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device)
-            for n, p in params.items()}
-
-
 def mean_gradient(lm: LoadedModel, samples: Sequence[Sample], scope: Sequence[ScopedModule],
                   batch_size: int = 8, max_length: int | None = None,
-                  engine: Any = None) -> tuple[Grads, int]:
+                  engine: ScoringEngine = LOCAL) -> tuple[Grads, int]:
     """Mean over samples of the gradient of each sample's mean response loss."""
     G, _, n = pool_gradients(lm, samples, scope, batch_size, max_length, curvature=False,
                              engine=engine)
@@ -76,51 +72,19 @@ def mean_gradient(lm: LoadedModel, samples: Sequence[Sample], scope: Sequence[Sc
 
 def pool_gradients(lm: LoadedModel, samples: Sequence[Sample], scope: Sequence[ScopedModule],
                    batch_size: int = 8, max_length: int | None = None,
-                   curvature: bool = True, engine: Any = None) -> tuple[Grads, Grads, int]:
+                   curvature: bool = True, engine: ScoringEngine = LOCAL,
+                   ) -> tuple[Grads, Grads, int]:
     """(G, c, n): G the sum of per-sample gradients; c the mean over mini-batches of the
     squared mini-batch mean gradient (a diagonal curvature proxy, like Adam's second moment
     but an unweighted average); n the number of samples that fit.
 
-    ``engine`` (``curator.scoring.engine``; None: here) computes the sums: both are sums
-    over batches, so shards of whole batches add up to the same G and c."""
-    if engine is None:
-        G, c, n, n_batches = gradient_sums(lm, samples, scope, batch_size, max_length, curvature)
-    else:
-        G, c, n, n_batches = engine.gradient_sums(lm, samples, scope, batch_size, max_length,
-                                                  curvature)
+    ``engine`` (``curator.scoring.engine``) computes the sums: both are sums over batches,
+    so shards of whole batches add up to the same G and c."""
+    G, c, n, n_batches = engine.gradient_sums(lm, samples, scope, batch_size, max_length,
+                                              curvature)
     if curvature and n_batches:
         c = {k: v / n_batches for k, v in c.items()}
     return G, c, n
-
-
-def gradient_sums(lm: LoadedModel, samples: Sequence[Sample], scope: Sequence[ScopedModule],
-                  batch_size: int = 8, max_length: int | None = None, curvature: bool = True,
-                  batches: Sequence[Sequence[int]] | None = None,
-                  ) -> tuple[Grads, Grads, int, int]:
-    """(G, C, n, b) over ``batches`` of sample indices (default: similar-length batches,
-    ``plan_batches``): G the sum of per-sample gradients, C the SUM over the b batches of
-    the squared batch-mean gradient (zeros without ``curvature``), n the samples counted."""
-    model = lm.model
-    params = scope_parameters(model, scope)
-    G, c = _zeros_like(params), _zeros_like(params)
-    names, plist = list(params), list(params.values())
-    encoded = encode_samples(lm.tokenizer, samples, _max_len(lm, max_length))
-    n = n_batches = 0
-    with only_grad(model, plist):
-        for idx, batch in iter_batches(encoded, batch_size, _pad_id(lm.tokenizer), lm.device,
-                                       batches):
-            loss = response_losses(model, batch).sum()
-            grads = torch.autograd.grad(loss, plist, allow_unused=True)
-            for name, g in zip(names, grads, strict=True):
-                if g is None:
-                    continue
-                g = g.float()
-                G[name] += g
-                if curvature:
-                    c[name] += (g / len(idx)) ** 2
-            n += len(idx)
-            n_batches += 1
-    return G, c, n, n_batches
 
 
 def _confidence(q: torch.Tensor, mode: str) -> torch.Tensor:
@@ -150,7 +114,7 @@ def kl_prior_gradient(lm: LoadedModel, reference: nn.Module, anchors: Sequence[S
     model = lm.model
     params = scope_parameters(model, scope)
     names, plist = list(params), list(params.values())
-    acc = _zeros_like(params)
+    acc = zeros_like(params)
     encoded = encode_samples(lm.tokenizer, anchors, _max_len(lm, max_length))
     total_w = 0.0
     ref_device = _device_of(reference)
@@ -234,7 +198,7 @@ def holdout_slice(n: int, fraction: float, seed: int) -> list[int]:
 def heldout_gradients(lm: LoadedModel, pool: Sequence[Sample], holdout: Sequence[int],
                       folds: Sequence[Sequence[int]], scope: Sequence[ScopedModule],
                       batch_size: int = 8, max_length: int | None = None,
-                      engine: Any = None) -> tuple[Grads, list[Grads], int]:
+                      engine: ScoringEngine = LOCAL) -> tuple[Grads, list[Grads], int]:
     """(v_H, [v_{-k}], n): the mean gradient of the held-out samples, and per fold k the
     mean over the held-out samples outside fold k. One gradient pass per fold's held-out
     part; the fold directions are (total - fold) / (n - n_k)."""
@@ -278,7 +242,8 @@ def gradient_statistics(lm: LoadedModel, pool: Sequence[Sample],
                         tau: float = 2.0, confidence: str = "max_prob",
                         batch_size: int = 8, max_length: int | None = None,
                         seed: int = 0, n_folds: int = DEFAULT_FOLDS,
-                        engine: Any = None, pool_sums: bool = True) -> GradientStatistics:
+                        engine: ScoringEngine = LOCAL,
+                        pool_sums: bool = True) -> GradientStatistics:
     """v_new, v_prior, G and c for ``lm`` over ``scope`` (default: all linear layers).
 
     No target set: v_new is the mean gradient over a seeded held-out slice of the pool
@@ -289,7 +254,7 @@ def gradient_statistics(lm: LoadedModel, pool: Sequence[Sample],
     A pool of one sample cannot be cross-fitted: it is scored against its own gradient.
     No anchors: a seeded ``anchor_fraction`` slice of the pool. No ``reference``: the
     reference is ``lm`` itself, so v_prior is zero (and not computed).
-    ``engine``: where the gradient sums run (None: here); v_prior always runs here.
+    ``engine``: where the gradient sums run; v_prior always runs in this process.
     ``pool_sums`` False: skip G and c (a whole backward pass over the pool) for callers
     that only score against v_new (LESS); they stay empty and ``n_pool`` is 0.
     """
@@ -353,13 +318,12 @@ def update_direction(stats: GradientStatistics, eta: float = 2e-5, lambda_new: f
 def alignment_scores(lm: LoadedModel, samples: Sequence[Sample], stats: GradientStatistics,
                      scope: Sequence[ScopedModule], batch_size: int = 16,
                      max_length: int | None = None, progress: bool = False,
-                     engine: Any = None) -> SampleScores:
+                     engine: ScoringEngine = LOCAL) -> SampleScores:
     """``<v_new, g_n>`` for every sample of the pool the statistics were computed on;
     cross-fitted (``v_{-k}`` for fold k) when v_new came from a held-out slice.
-    ``engine``: where the per-sample scores run (None: here)."""
+    ``engine``: where the per-sample scores run."""
     if stats.folds:
         return scores_by_fold(lm, samples, stats.v_new_folds, stats.folds, scope, batch_size,
                               max_length, progress, engine)
-    if engine is not None:
-        return engine.sample_scores(lm, samples, stats.v_new, scope, batch_size, max_length)
-    return hook_scores(lm, samples, stats.v_new, scope, batch_size, max_length, progress)
+    return engine.sample_scores(lm, samples, stats.v_new, scope, batch_size, max_length,
+                                progress)
