@@ -57,6 +57,92 @@ def tiny_llama():
     return tiny_loaded_model("llama")
 
 
+@pytest.fixture(scope="module")
+def lm():
+    """One tiny llama shared by a module's tests (module scope: loading it per test costs
+    more than most of those tests)."""
+    from curator.testing import tiny_loaded_model
+
+    return tiny_loaded_model("llama")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tiny-model work, even under `make test-slow`
+    (CURATOR_TEST_THREADS): two OpenMP threads on a busy CPU spin-wait, 100x slower per
+    tiny matmul. Modules take it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def peaky(lm):
+    """Sharpen the random model's output so log-probabilities differ a lot between tokens:
+    a misaligned position or label then shows up as a large error, not a 1e-6 one."""
+    import torch
+
+    with torch.no_grad():
+        lm.model.get_output_embeddings().weight.mul_(40.0)
+    return lm
+
+
+SAMPLE_WORDS = "alpha beta gamma delta river stone cloud seven apple quiet".split()
+CHAT_WORDS = "the cat sat on a mat while dogs ran far away under blue sky".split()
+
+
+def make_samples(n: int, seed: int = 0, prompt_words: tuple[int, int] = (1, 8),
+                 response_words: tuple[int, int] = (1, 10)) -> list:
+    """n samples "i: <prompt>" -> "<response>" whose word counts are drawn from [lo, hi):
+    varied lengths, so batches carry padding; the index keeps every sample distinct."""
+    import numpy as np
+
+    from curator.records import Sample
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        prompt = " ".join(rng.choice(SAMPLE_WORDS, size=int(rng.integers(*prompt_words))))
+        response = " ".join(rng.choice(SAMPLE_WORDS, size=int(rng.integers(*response_words))))
+        out.append(Sample.from_pair(f"{i}: {prompt}", response))
+    return out
+
+
+def chat_samples(n: int, seed: int = 0) -> list:
+    """Short chat samples of varied lengths, every third with a system prompt (so the
+    rendered heads differ)."""
+    import numpy as np
+
+    from curator.records import Sample
+
+    rng = np.random.default_rng(seed)
+
+    def text(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(CHAT_WORDS, int(rng.integers(lo, hi))))
+
+    return [Sample.from_pair(text(2, 12), text(1, 8), system="Be kind." if i % 3 == 0 else None)
+            for i in range(n)]
+
+
+# The helpers above as fixtures (tests take them by name); tests/test_cuda.py, which runs
+# the same inputs on a device, loads this file by path and calls them directly.
+@pytest.fixture(scope="session", name="peaky")
+def _peaky():
+    return peaky
+
+
+@pytest.fixture(scope="session", name="make_samples")
+def _make_samples():
+    return make_samples
+
+
+@pytest.fixture(scope="session", name="chat_samples")
+def _chat_samples():
+    return chat_samples
+
+
 @pytest.fixture
 def store(tmp_path):
     """An empty store in a temporary folder (a short lock timeout keeps failures fast)."""
