@@ -168,6 +168,47 @@ def write_jsonl(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def write_numbered():
+    """write_numbered(path, ids, extra=()) -> path: a JSONL file with one row per i in ids,
+    {"prompt": "prompt i", "response": "answer i", "n": i}, then the `extra` lines as given
+    (bad rows, say)."""
+    import json
+
+    def write(path, ids, extra=()) -> str:
+        rows = [json.dumps({"prompt": f"prompt {i}", "response": f"answer {i}", "n": i})
+                for i in ids]
+        path.write_text("\n".join(rows + list(extra)) + "\n")
+        return str(path)
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def numbered_id():
+    """numbered_id(i) -> the sample id of write_numbered's row i."""
+    from curator.records import sample_id_for
+
+    def sid(i: int) -> str:
+        return sample_id_for([{"role": "user", "content": f"prompt {i}"},
+                              {"role": "assistant", "content": f"answer {i}"}])
+
+    return sid
+
+
+@pytest.fixture(scope="session")
+def file_tree():
+    """file_tree(folder) -> {relative posix path: bytes} of every file under it, to assert
+    that a refused or replaced output left exactly these files."""
+    from pathlib import Path
+
+    def tree(path: Path) -> dict[str, bytes]:
+        return {p.relative_to(path).as_posix(): p.read_bytes()
+                for p in sorted(path.rglob("*")) if p.is_file()}
+
+    return tree
+
+
+@pytest.fixture(scope="session")
 def pair_rows():
     """pair_rows(n, start=0) -> n short, varied prompt/response rows (distinct per index),
     for small workflow stores: arithmetic, reversal and counting questions in turn."""
