@@ -7,8 +7,8 @@ CURATOR_CUDA_TEST_DEVICE names. ``CURATOR_CUDA_TEST_DEVICE=cpu pytest -m cuda
 tests/test_cuda.py`` runs the same bodies on the CPU, a dry run before GPU time is spent.
 
 The references are the ones the CPU tests use (the one-pair-per-forward utility oracle,
-exact per-sample autograd), with their tolerances; the helpers are imported from those
-test files so the inputs are the same too.
+exact per-sample autograd), with their tolerances; the helpers are loaded from those test
+files and tests/conftest.py, so the inputs are the same too.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _sibling(relative: str) -> ModuleType:
     return module
 
 
-T_UTIL = _sibling("scoring/test_utility.py")
+CONF = _sibling("conftest.py")  # make_samples, chat_samples, peaky
 T_GRAD = _sibling("scoring/test_gradients.py")
 T_TRAIN = _sibling("test_train.py")
 
@@ -58,7 +58,7 @@ def tiny_on(arch: str, device: torch.device, dtype: str = "fp32", peaky: bool = 
     model = tiny_causal_lm(arch, vocab_size=len(tok), seed=seed)
     lm = wrap_model(model, tok, name=f"tiny-{arch}-{seed}", device=device, dtype=dtype)
     assert lm.device.type == device.type and next(lm.model.parameters()).device.type == device.type
-    return T_UTIL.peaky(lm) if peaky else lm
+    return CONF.peaky(lm) if peaky else lm
 
 
 def _engine(lm: LoadedModel, samples, pairs, cfg) -> dict:
@@ -72,7 +72,7 @@ def _engine(lm: LoadedModel, samples, pairs, cfg) -> dict:
 
 @pytest.fixture(scope="module")
 def util_samples():
-    return {s.sample_id: s for s in T_UTIL.make_samples()}
+    return {s.sample_id: s for s in CONF.chat_samples(7)}
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
@@ -80,7 +80,7 @@ def test_fp32_engine_on_device_equals_cpu_reference(arch, cuda_device, util_samp
     """fp32 on the device: the cached, batched engine is the CPU oracle's computation."""
     pairs = dense_pairs(list(util_samples))
     cfg = UtilityConfig(distance="nll")
-    truth = score_pairs_reference(T_UTIL.peaky(tiny_loaded_model(arch)), util_samples, pairs, cfg)
+    truth = score_pairs_reference(CONF.peaky(tiny_loaded_model(arch)), util_samples, pairs, cfg)
     assert truth.valid.all() and np.abs(truth.utility).mean() > 1e-3  # not vacuous
     got = _engine(tiny_on(arch, cuda_device, peaky=True), util_samples, pairs, cfg)
     assert sorted(got) == sorted(pairs)
@@ -98,7 +98,7 @@ def test_bf16_engine_on_device_tracks_fp32_cpu(arch, cuda_device, util_samples):
     model test below), where 0.01 would pass anything, so here it is 1% of their mean."""
     pairs = dense_pairs(list(util_samples))
     cfg = UtilityConfig(distance="nll")
-    truth = score_pairs_reference(T_UTIL.peaky(tiny_loaded_model(arch)), util_samples, pairs,
+    truth = score_pairs_reference(CONF.peaky(tiny_loaded_model(arch)), util_samples, pairs,
                                   cfg).as_dict()
     scale = float(np.mean([abs(u) for u in truth.values()]))
     assert scale > 1e-3  # not vacuous
@@ -151,7 +151,7 @@ def test_default_model_bf16_on_device_tracks_fp32_cpu(cuda_device):
 def test_hook_scores_on_device_match_exact_autograd(arch, cuda_device):
     """Padded batches through the hooks against one backward per sample, both on the
     device, and against the CPU's exact scores (same weights, same u)."""
-    samples = T_GRAD.make_samples(9)
+    samples = CONF.make_samples(9, **T_GRAD.SAMPLE_LENGTHS)
     lm = tiny_on(arch, cuda_device)
     scope = gr.resolve_scope(lm.model)
     u = T_GRAD.random_direction(lm, scope)  # CPU tensors: the hooks move them
@@ -169,7 +169,7 @@ def test_bf16_hook_scores_on_device_track_fp32_cpu_exact(arch, cuda_device):
     """The CPU bf16 test's bound (2e-2), with the bf16 hooks on the device."""
     lm16 = tiny_on(arch, cuda_device, dtype="bf16")
     lm32 = tiny_loaded_model(arch)
-    samples = T_GRAD.make_samples(8)
+    samples = CONF.make_samples(8, **T_GRAD.SAMPLE_LENGTHS)
     scope = gr.resolve_scope(lm16.model)
     u = T_GRAD.random_direction(lm16, scope)
     hook = gr.hook_scores(lm16, samples, u, scope, batch_size=4)
@@ -183,7 +183,7 @@ def test_bf16_hook_scores_on_device_track_fp32_cpu_exact(arch, cuda_device):
 @pytest.mark.slow
 def test_default_model_hook_scores_on_device_match_exact(cuda_device):
     lm = _default_model_or_skip(device=cuda_device, dtype="fp32")
-    samples = T_GRAD.make_samples(4, seed=8)
+    samples = CONF.make_samples(4, seed=8, **T_GRAD.SAMPLE_LENGTHS)
     scope = gr.resolve_scope(lm.model, last_layers=4)
     u = T_GRAD.random_direction(lm, scope)
     hook = gr.hook_scores(lm, samples, u, scope, batch_size=4)
@@ -208,7 +208,7 @@ def test_masked_training_on_device_keeps_masked_coordinates_bit_identical(arch, 
     model = lm.model
     mask = T_TRAIN.partial_mask(model) or _gpt2_mask(model)  # CPU masks: train moves them
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = train(lm, None, T_TRAIN.make_samples(6), mask=mask, steps=3, lr=1e-2, batch_size=3,
+    res = train(lm, None, CONF.make_samples(6), mask=mask, steps=3, lr=1e-2, batch_size=3,
                 weight_decay=0.1)
     assert res.steps == 3
     after = model.state_dict()
@@ -249,11 +249,11 @@ def test_lazy_facility_location_unchanged_on_device_scores(arch, cuda_device):
     leading picks that are no near-tie on the CPU kernel (a peaky tiny model's kernel
     saturates after a few picks, then all gains are 0 and any order is right), checked
     against a plain numpy greedy."""
-    samples = {s.sample_id: s for s in T_UTIL.make_samples(10)}
+    samples = {s.sample_id: s for s in CONF.chat_samples(10)}
     ids = sorted(samples)
     pairs = dense_pairs(ids)
     cfg = UtilityConfig(distance="nll")
-    truth = score_pairs_reference(T_UTIL.peaky(tiny_loaded_model(arch)), samples, pairs, cfg)
+    truth = score_pairs_reference(CONF.peaky(tiny_loaded_model(arch)), samples, pairs, cfg)
     got = PairChunk.concat(list(score_pairs(tiny_on(arch, cuda_device, peaky=True), samples,
                                             pairs, cfg, batch_size=4)))
 

@@ -205,12 +205,7 @@ def test_existing_folder_is_not_overwritten_without_force(store, selection, tmp_
                                                      "manifest.json"]
 
 
-def _tree(path: Path) -> dict[str, bytes]:
-    return {p.relative_to(path).as_posix(): p.read_bytes()
-            for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def test_force_refuses_a_folder_that_is_not_a_curator_export(store, selection, tmp_path):
+def test_force_refuses_a_folder_that_is_not_a_curator_export(store, selection, tmp_path, file_tree):
     """--force used to delete whatever --out named; now it replaces only an export."""
     sid, _ = selection
     out = tmp_path / "out"
@@ -220,27 +215,27 @@ def test_force_refuses_a_folder_that_is_not_a_curator_export(store, selection, t
         export_selection(store, sid, out, force=True)
     assert str(info.value) == (f"{out} is not a curator export (no manifest.json); --force "
                                "replaces only a previous curator export")
-    assert _tree(out) == {"keep.txt": b"precious"}
+    assert file_tree(out) == {"keep.txt": b"precious"}
     (out / "manifest.json").write_text('{"name": "my own manifest"}')
     with pytest.raises(ExportError, match=r"has a manifest.json that curator did not write; "):
         export_selection(store, sid, out, force=True)
-    assert sorted(_tree(out)) == ["keep.txt", "manifest.json"]
+    assert sorted(file_tree(out)) == ["keep.txt", "manifest.json"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_force_refuses_an_export_holding_the_users_files_or_an_edited_manifest(
-        store, selection, tmp_path):
+        store, selection, tmp_path, file_tree):
     sid, _ = selection
     out = tmp_path / "out"
     export_selection(store, sid, out)
     (out / "notes").mkdir()
     (out / "notes" / "todo.md").write_text("mine")
-    before = _tree(out)
+    before = file_tree(out)
     with pytest.raises(ExportError) as info:
         export_selection(store, sid, out, force=True)
     assert str(info.value) == (f"{out} holds files curator did not write (notes/todo.md); "
                                "--force replaces only a previous curator export")
-    assert _tree(out) == before
+    assert file_tree(out) == before
     shutil.rmtree(out / "notes")
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["n_rows"] = 1
@@ -250,7 +245,7 @@ def test_force_refuses_an_export_holding_the_users_files_or_an_edited_manifest(
 
 
 def test_force_never_touches_the_store_its_parents_the_cwd_or_a_links_target(
-        store, selection, tmp_path, monkeypatch):
+        store, selection, tmp_path, monkeypatch, file_tree):
     sid, _ = selection
     home = store.path.resolve()
     for out, word in ((store.path, "is"), (tmp_path, "holds"), (tmp_path.parent, "holds")):
@@ -266,16 +261,16 @@ def test_force_never_touches_the_store_its_parents_the_cwd_or_a_links_target(
     monkeypatch.chdir(work)
     with pytest.raises(ExportError, match=r"is not a curator export \(no manifest.json\)"):
         export_selection(store, sid, ".", force=True)
-    assert _tree(work) == {"data.csv": b"mine"}
+    assert file_tree(work) == {"data.csv": b"mine"}
 
     export_selection(store, sid, tmp_path / "real")
-    target = _tree(tmp_path / "real")
+    target = file_tree(tmp_path / "real")
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with pytest.raises(ExportError) as info:
         export_selection(store, sid, tmp_path / "link", force=True)
     assert str(info.value) == (f"{tmp_path / 'link'} is a symbolic link; name a folder, not a "
                                "link (curator does not write or delete through links)")
-    assert _tree(tmp_path / "real") == target and (tmp_path / "link").is_symlink()
+    assert file_tree(tmp_path / "real") == target and (tmp_path / "link").is_symlink()
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o027, 0o750), (0o002, 0o775)])
@@ -385,7 +380,8 @@ def test_mask_with_a_wrong_checksum_stops_the_export(store, selection, tmp_path)
 
 
 @pytest.mark.parametrize("fmt", ["messages", "parquet", "hf"])
-def test_force_refuses_an_export_whose_data_the_user_edited(store, selection, tmp_path, fmt):
+def test_force_refuses_an_export_whose_data_the_user_edited(store, selection, tmp_path, fmt,
+                                                            file_tree):
     """Issue 28: only the manifest's digest and unlisted files were checked, so --force
     replaced an export whose data.jsonl the user had edited by hand."""
     sid, _ = selection
@@ -394,12 +390,12 @@ def test_force_refuses_an_export_whose_data_the_user_edited(store, selection, tm
     data = sorted(f for f in res.files if f != "dataset_info.json")[0]
     with (out / data).open("ab") as fh:
         fh.write(b"\n")  # one byte the user added
-    before = _tree(out)
+    before = file_tree(out)
     with pytest.raises(ExportError) as info:
         export_selection(store, sid, out, fmt=fmt, force=True)
     assert str(info.value) == (f"{out} holds files changed since curator wrote them ({data}); "
                                "--force replaces only a previous curator export")
-    assert _tree(out) == before
+    assert file_tree(out) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

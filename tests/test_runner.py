@@ -15,13 +15,6 @@ from curator.pipeline import ingest_once
 from curator.runner import run_recipe
 from curator.store.datasets import list_versions
 from curator.store.selections import get_mask_record, get_selection, list_selections
-from curator.testing import tiny_loaded_model
-
-
-@pytest.fixture(scope="module")
-def lm():
-    return tiny_loaded_model("llama")
-
 
 # -- ingest_once ------------------------------------------------------------------------------
 

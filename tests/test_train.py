@@ -8,19 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from curator.records import Sample
 from curator.scoring import gradients as gr
 from curator.scoring.encoding import collate, encode
 from curator.testing import tiny_loaded_model
 from curator.train import LayerRowWeights, apply_mask, build_optimizer, eval_loss, train
-
-
-def make_samples(n: int, seed: int = 0) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-    words = "alpha beta gamma delta river stone cloud seven apple quiet".split()
-    return [Sample.from_pair(f"{i}: " + " ".join(rng.choice(words, size=int(rng.integers(1, 8)))),
-                             " ".join(rng.choice(words, size=int(rng.integers(1, 10)))))
-            for i in range(n)]
 
 
 def partial_mask(model) -> dict[str, torch.Tensor]:
@@ -33,7 +24,7 @@ def partial_mask(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_masked_coordinates_stay_bit_identical(tiny_lm):
+def test_masked_coordinates_stay_bit_identical(tiny_lm, make_samples):
     model = tiny_lm.model
     mask = {k: v for k, v in partial_mask(model).items()}
     if not mask:  # gpt2 names: transformer.h.0.attn.c_attn
@@ -56,7 +47,7 @@ def test_masked_coordinates_stay_bit_identical(tiny_lm):
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_tensor_outside_the_mask_gets_no_optimizer_state(tiny_llama):
+def test_tensor_outside_the_mask_gets_no_optimizer_state(tiny_llama, make_samples):
     model = tiny_llama.model
     mask = partial_mask(model)
     full = "model.layers.1.mlp.up_proj.weight"
@@ -98,7 +89,7 @@ def _per_sample_grads(model, tok, samples):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_layerwise_gradient_comes_only_from_each_layers_samples(arch):
+def test_layerwise_gradient_comes_only_from_each_layers_samples(arch, make_samples):
     lm = tiny_loaded_model(arch)
     model, tok = lm.model, lm.tokenizer
     samples = make_samples(6, seed=1)
@@ -125,7 +116,7 @@ def test_layerwise_gradient_comes_only_from_each_layers_samples(arch):
     assert all("forward" not in m.__dict__ for m in model.modules())
 
 
-def test_train_with_layer_subsets_matches_a_manual_adamw_step(tiny_llama):
+def test_train_with_layer_subsets_matches_a_manual_adamw_step(tiny_llama, make_samples):
     model = tiny_llama.model
     manual = copy.deepcopy(model)
     samples = make_samples(6, seed=2)
@@ -148,7 +139,7 @@ def test_train_with_layer_subsets_matches_a_manual_adamw_step(tiny_llama):
     assert torch.equal(trained["model.norm.weight"], dict(manual.named_parameters())["model.norm.weight"])
 
 
-def test_eval_loss_is_mean_of_per_sample_losses(tiny_llama):
+def test_eval_loss_is_mean_of_per_sample_losses(tiny_llama, make_samples):
     from curator import evaluate
 
     assert eval_loss is evaluate.eval_loss  # training's eval is the one loss loop
@@ -170,7 +161,7 @@ def test_eval_loss_is_mean_of_per_sample_losses(tiny_llama):
     assert eval_loss(tiny_llama, samples) < loss_before
 
 
-def test_train_bad_input(tiny_llama):
+def test_train_bad_input(tiny_llama, make_samples):
     gpt2 = tiny_loaded_model("gpt2")
     samples = make_samples(3)
     with pytest.raises(ValueError, match="another model"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from pathlib import Path
 
 import pytest
 
@@ -25,11 +24,6 @@ def base_and_export(tmp_path):
     lm.model.save_pretrained(tmp_path / "base")
     lm.tokenizer.save_pretrained(tmp_path / "base")
     return tmp_path / "base", _gast_export(tmp_path)
-
-
-def _tree(path: Path) -> dict[str, bytes]:
-    return {p.relative_to(path).as_posix(): p.read_bytes()
-            for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def test_force_over_a_lora_adapter_leaves_no_old_adapter(base_and_export, tmp_path):
@@ -60,20 +54,20 @@ def test_force_over_a_lora_adapter_leaves_no_old_adapter(base_and_export, tmp_pa
 
 
 def test_force_refuses_an_output_somebody_changed_or_train_did_not_write(
-        base_and_export, tmp_path):
+        base_and_export, tmp_path, file_tree):
     base, export = base_and_export
     out = tmp_path / "t"
     r = _cli("train", export, "--out", out, "--model", base, "--steps", 1, "--batch-size", 2)
     assert r.exit_code == 0, r.output
     with (out / "config.json").open("a") as fh:
         fh.write(" ")
-    before = _tree(out)
+    before = file_tree(out)
     r = _cli("train", export, "--out", out, "--model", base, "--force", "--steps", 1)
     assert r.exit_code == 1
     assert r.output.strip().splitlines()[-1] == (
         f"error: {out} holds files changed since curator wrote them (config.json); --force "
         "replaces only a previous `curator train` output")
-    assert _tree(out) == before
+    assert file_tree(out) == before
 
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -88,7 +82,7 @@ def test_force_refuses_an_output_somebody_changed_or_train_did_not_write(
         "replaces only a previous `curator train` output")
 
 
-def test_a_dead_writers_folders_are_put_back_or_removed(tmp_path):
+def test_a_dead_writers_folders_are_put_back_or_removed(tmp_path, file_tree):
     out = tmp_path / "t"
     dead = f"{os.uname().nodename} 999999999 x\n"
     tmp = tmp_path / ".t.abcdef12"
@@ -103,4 +97,4 @@ def test_a_dead_writers_folders_are_put_back_or_removed(tmp_path):
     (live / PARTIAL).write_text(f"{os.uname().nodename} {os.getpid()}\n")
     clean_dead_writes(out)
     assert not tmp.exists() and not old.exists() and live.exists()
-    assert _tree(out) == {"model.safetensors": b"previous"}
+    assert file_tree(out) == {"model.safetensors": b"previous"}

@@ -85,6 +85,19 @@ def fixture_store_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def free_port():
+    """free_port() -> a local TCP port nothing listens on now (for `curator app`)."""
+    import socket
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return port
+
+
+@pytest.fixture(scope="session")
 def demo_store_path() -> Path:
     return fixture_store_path()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,14 +36,8 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def app_url(demo_store, tmp_path):
+def app_url(demo_store, tmp_path, free_port):
     """`curator app` on a free port; always stopped (with its process group) afterwards."""
     port = free_port()
     # this checkout's curator (an installed `curator` may be another checkout's code)

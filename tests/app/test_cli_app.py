@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,6 @@ pytestmark = pytest.mark.slow  # starts `curator app` and stops it with SIGTERM:
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -32,7 +25,7 @@ def answers(url: str) -> bool:
         return False
 
 
-def test_sigterm_to_curator_app_stops_the_server(tmp_path):
+def test_sigterm_to_curator_app_stops_the_server(tmp_path, free_port):
     port = free_port()
     url = f"http://127.0.0.1:{port}/_stcore/health"
     env = dict(os.environ, PYTHONPATH=str(REPO))

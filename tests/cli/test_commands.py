@@ -34,25 +34,14 @@ def fail(*args: str) -> str:
     return result.stderr[len("error: "):-1]
 
 
-def sid(i: int) -> str:
-    return sample_id_for([{"role": "user", "content": f"prompt {i}"},
-                          {"role": "assistant", "content": f"answer {i}"}])
-
-
-def write(path: Path, ids, extra=()) -> str:
-    rows = [json.dumps({"prompt": f"prompt {i}", "response": f"answer {i}", "n": i}) for i in ids]
-    path.write_text("\n".join(rows + list(extra)) + "\n")
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, write_numbered):
     """Store with dataset "d": v1 = 0..3 + a bad line, v2 = snapshot 2..5 (read-only)."""
     tmp = tmp_path_factory.mktemp("cli")
     store = tmp / "s"
-    run("ingest", write(tmp / "v1.jsonl", range(4), ['{"prompt": 1}']), "-d", "d",
+    run("ingest", write_numbered(tmp / "v1.jsonl", range(4), ['{"prompt": 1}']), "-d", "d",
         "--store", store, "-q")
-    run("ingest", write(tmp / "v2.jsonl", range(2, 6)), "-d", "d", "--store", store,
+    run("ingest", write_numbered(tmp / "v2.jsonl", range(2, 6)), "-d", "d", "--store", store,
         "-m", "second")
     return store
 
@@ -77,8 +66,8 @@ def test_store_comes_from_the_environment(tmp_path, monkeypatch):
 # -- ingest ---------------------------------------------------------------------------------
 
 
-def test_ingest_prints_the_summary(tmp_path):
-    source = write(tmp_path / "a.jsonl", [0, 1, 0], ["not json", '{"prompt": "p"}'])
+def test_ingest_prints_the_summary(tmp_path, write_numbered):
+    source = write_numbered(tmp_path / "a.jsonl", [0, 1, 0], ["not json", '{"prompt": "p"}'])
     result = run("ingest", source, "-d", "d", "--store", tmp_path / "s")
     assert result.stdout == (
         "dataset d: version 1 (snapshot)\n"
@@ -87,7 +76,7 @@ def test_ingest_prints_the_summary(tmp_path):
         "  quarantined 1: malformed JSON\n"
         "  quarantined 1: missing field 'response'\n"
     )
-    result = run("ingest", write(tmp_path / "b.jsonl", [2]), "-d", "d", "--store",
+    result = run("ingest", write_numbered(tmp_path / "b.jsonl", [2]), "-d", "d", "--store",
                  tmp_path / "s", "--append")
     assert result.stdout == (
         "dataset d: version 2 (append on version 1)\n"
@@ -206,11 +195,11 @@ def test_versions_table(built):
     ]
 
 
-def test_diff_lines(built):
+def test_diff_lines(built, numbered_id):
     default = run("diff", "-d", "d", "--store", built).stdout
-    added = sorted([sid(4), sid(5)])
-    removed = sorted([sid(0), sid(1)])
-    prompt = {sid(i): f"prompt {i}" for i in range(6)}
+    added = sorted([numbered_id(4), numbered_id(5)])
+    removed = sorted([numbered_id(0), numbered_id(1)])
+    prompt = {numbered_id(i): f"prompt {i}" for i in range(6)}
     assert default == "d: v1 -> v2: added 2, removed 2, unchanged 2\n" + "".join(
         f"  + {s}  {prompt[s]}\n" for s in added) + "".join(
         f"  - {s}  {prompt[s]}\n" for s in removed)
@@ -223,28 +212,28 @@ def test_diff_lines(built):
         "d: v2 -> v2: added 0, removed 0, unchanged 4\n"
 
 
-def test_diff_errors(built, tmp_path):
+def test_diff_errors(built, tmp_path, write_numbered):
     assert fail("diff", "1", "7", "-d", "d", "--store", built) == "dataset 'd' has no version 7"
     assert fail("diff", "x", "-d", "d", "--store", built) == \
         "bad version 'x': use a number such as 2 or v2"
     assert fail("diff", "-d", "nope", "--store", built) == "no dataset 'nope' (known: d)"
     store = tmp_path / "one"
-    run("ingest", write(tmp_path / "a.jsonl", [1]), "-d", "one", "--store", store)
+    run("ingest", write_numbered(tmp_path / "a.jsonl", [1]), "-d", "one", "--store", store)
     assert fail("diff", "-d", "one", "--store", store) == \
         "dataset 'one' has one version; name two to compare"
 
 
-def test_show_samples_paging_and_search(built):
+def test_show_samples_paging_and_search(built, numbered_id):
     assert run("show", "-d", "d", "--store", built, "--limit", "2").stdout == (
         f"d v2: 4 samples (showing 1-2 of 4)\n"
-        f"- {sid(2)} n=2\n    prompt:   prompt 2\n    response: answer 2\n"
-        f"- {sid(3)} n=3\n    prompt:   prompt 3\n    response: answer 3\n")
+        f"- {numbered_id(2)} n=2\n    prompt:   prompt 2\n    response: answer 2\n"
+        f"- {numbered_id(3)} n=3\n    prompt:   prompt 3\n    response: answer 3\n")
     assert run("show", "-d", "d", "--store", built, "-v", "1", "--offset", "3").stdout == (
-        f"d v1: 4 samples (showing 4-4 of 4)\n- {sid(3)} n=3\n    prompt:   prompt 3\n"
+        f"d v1: 4 samples (showing 4-4 of 4)\n- {numbered_id(3)} n=3\n    prompt:   prompt 3\n"
         f"    response: answer 3\n")
     assert run("show", "-d", "d", "--store", built, "--search", "ANSWER 5").stdout == (
         f"d v2: 1 samples matching 'ANSWER 5'\n"
-        f"- {sid(5)} n=5\n    prompt:   prompt 5\n    response: answer 5\n")
+        f"- {numbered_id(5)} n=5\n    prompt:   prompt 5\n    response: answer 5\n")
 
 
 def test_show_search_is_literal_text(tmp_path):

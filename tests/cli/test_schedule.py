@@ -191,16 +191,6 @@ def test_run_now_and_failures(main, env, monkeypatch):
         "schedule n is due now: the next worker cycle runs it\n"
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)      # tiny matrices: threads only add contention on 2 cores
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_default_recipe_uses_the_embedded_model_loader(main, env, monkeypatch, one_thread):
     """No --recipe: continual DELIFT at 30% with the default model (a tiny one here)."""
     import curator.models

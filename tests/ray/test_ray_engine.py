@@ -51,11 +51,6 @@ SEED = 17
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_loaded_model("llama")
-
-
-@pytest.fixture(scope="module")
 def base(tmp_path_factory, pair_rows) -> Path:
     root = tmp_path_factory.mktemp("ray-base")
     store = Store(root / "store", lock_timeout=10)

@@ -31,24 +31,13 @@ T0 = datetime(2025, 1, 1, tzinfo=UTC)
 RANDOM = {"stages": [{"stage": "continual", "method": "random", "budget": "30%"}]}
 DELIFT = {"scoring": {"k": 4, "max_length": 128},
           "stages": [{"stage": "continual", "method": "delift", "budget": "30%"}]}
+pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model: see tests/conftest.py
 
 
 @pytest.fixture(autouse=True)
 def no_settle(monkeypatch):
     """Files written by the test are complete at once."""
     monkeypatch.setattr(sch_files, "SETTLE_SECONDS", 0.0)
-
-
-@pytest.fixture(scope="module")
-def lm():
-    import torch
-
-    from curator.testing import tiny_loaded_model
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny matrices: threads only add contention on 2 cores
-    yield tiny_loaded_model("llama")
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

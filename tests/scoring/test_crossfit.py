@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 
-from curator.records import Sample
 from curator.scoring import gradients as gr
 
 
-def make_samples(n: int, seed: int = 0) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-    words = "alpha beta gamma delta river stone cloud seven apple quiet".split()
-    return [Sample.from_pair(f"{i}: " + " ".join(rng.choice(words, size=int(rng.integers(1, 6)))),
-                             " ".join(rng.choice(words, size=int(rng.integers(1, 8)))))
-            for i in range(n)]
+@pytest.fixture(scope="module")
+def make_samples(make_samples):
+    """Shorter prompts and responses than conftest's default."""
+    return functools.partial(make_samples, prompt_words=(1, 6), response_words=(1, 8))
 
 
 def test_folds_partition_the_pool_and_share_the_holdout():
@@ -66,7 +65,7 @@ def test_toy_held_out_samples_are_not_over_represented_in_the_top_picks():
     assert heldout_share(scores) <= 0.2
 
 
-def test_less_scores_of_held_out_samples_leave_their_own_gradient_out(tiny_llama):
+def test_less_scores_of_held_out_samples_leave_their_own_gradient_out(tiny_llama, make_samples):
     """End to end on a tiny model, against exact per-sample gradients: every sample of
     fold k is scored against the mean gradient of the held-out samples outside fold k (the
     old code scored all against the mean over all held-out samples, its own included)."""
@@ -91,7 +90,7 @@ def test_less_scores_of_held_out_samples_leave_their_own_gradient_out(tiny_llama
     assert not np.allclose([got[h] for h in hset], self_aligned, rtol=1e-3)
 
 
-def test_a_target_set_is_not_cross_fitted(tiny_llama):
+def test_a_target_set_is_not_cross_fitted(tiny_llama, make_samples):
     pool, targets = make_samples(6, seed=2), make_samples(2, seed=3)
     scope = gr.resolve_scope(tiny_llama.model)
     stats = gr.gradient_statistics(tiny_llama, pool, targets, scope=scope)

@@ -15,14 +15,7 @@ from curator.scoring.embeddings import (
 from curator.scoring.encoding import encode
 from curator.testing import tiny_loaded_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: two OpenMP threads on a busy CPU spin-wait
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 SAMPLES = [Sample.from_pair("hello there", "general kenobi"),
            Sample.from_pair("a much longer prompt about cats and dogs", "ok"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 import pytest
@@ -15,17 +16,14 @@ from curator.scoring import gradients as gr
 from curator.scoring.encoding import collate, encode
 from curator.testing import tiny_loaded_model
 
+# Longer prompts and responses than conftest's make_samples default, so batches carry more
+# padding (tests/test_cuda.py reuses them).
+SAMPLE_LENGTHS = {"prompt_words": (1, 9), "response_words": (1, 12)}
 
-def make_samples(n: int, seed: int = 0) -> list[Sample]:
-    """Prompts and responses of varied lengths, so batches carry padding."""
-    rng = np.random.default_rng(seed)
-    words = "alpha beta gamma delta river stone cloud seven apple quiet".split()
-    out = []
-    for i in range(n):
-        prompt = " ".join(rng.choice(words, size=int(rng.integers(1, 9))))
-        response = " ".join(rng.choice(words, size=int(rng.integers(1, 12))))
-        out.append(Sample.from_pair(f"{i}: {prompt}", response))
-    return out
+
+@pytest.fixture(scope="module")
+def make_samples(make_samples):
+    return functools.partial(make_samples, **SAMPLE_LENGTHS)
 
 
 def random_direction(lm, scope, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -38,7 +36,7 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def test_hook_scores_match_exact_per_sample_autograd(tiny_lm):
+def test_hook_scores_match_exact_per_sample_autograd(tiny_lm, make_samples):
     samples = make_samples(9)
     scope = gr.resolve_scope(tiny_lm.model)
     u = random_direction(tiny_lm, scope)
@@ -54,7 +52,7 @@ def test_hook_scores_match_exact_per_sample_autograd(tiny_lm):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])  # both tie head and token embedding
-def test_hook_scores_with_tied_head_and_embeddings(arch):
+def test_hook_scores_with_tied_head_and_embeddings(arch, make_samples):
     lm = tiny_loaded_model(arch)
     samples = make_samples(5, seed=1)
     scope = gr.resolve_scope(lm.model, include_head=True)
@@ -67,7 +65,7 @@ def test_hook_scores_with_tied_head_and_embeddings(arch):
     assert rel_err(hook.total, exact.total) < 1e-4
 
 
-def test_scores_do_not_depend_on_batch_composition(tiny_llama):
+def test_scores_do_not_depend_on_batch_composition(tiny_llama, make_samples):
     samples = make_samples(7, seed=2)
     scope = gr.resolve_scope(tiny_llama.model)
     u = random_direction(tiny_llama, scope)
@@ -114,7 +112,8 @@ def _manual_grad(lm, sample: Sample, params: dict[str, torch.nn.Parameter]):
 
 
 @pytest.mark.parametrize("batch_size", [1, 100])
-def test_first_and_second_order_direction_match_direct_computation(tiny_llama, batch_size):
+def test_first_and_second_order_direction_match_direct_computation(tiny_llama, batch_size,
+                                                                   make_samples):
     lm = tiny_llama
     pool, targets = make_samples(6, seed=4), make_samples(3, seed=5)
     scope = gr.resolve_scope(lm.model)
@@ -142,7 +141,7 @@ def test_first_and_second_order_direction_match_direct_computation(tiny_llama, b
         torch.testing.assert_close(second[n], direct, rtol=1e-4, atol=1e-7)
 
 
-def test_v_prior_is_the_confidence_weighted_kl_gradient(tiny_llama):
+def test_v_prior_is_the_confidence_weighted_kl_gradient(tiny_llama, make_samples):
     lm = tiny_llama
     reference = copy.deepcopy(lm.model)
     with torch.no_grad():  # move the scored model away from the reference
@@ -178,7 +177,7 @@ def test_v_prior_is_the_confidence_weighted_kl_gradient(tiny_llama):
     assert max(float(v.abs().max()) for v in same.values()) < 1e-6
 
 
-def test_holdout_slice_when_no_target_set(tiny_llama):
+def test_holdout_slice_when_no_target_set(tiny_llama, make_samples):
     pool = make_samples(10, seed=7)
     stats = gr.gradient_statistics(tiny_llama, pool, None, holdout_fraction=0.3, seed=1)
     assert len(stats.holdout) == 3 and stats.n_target == 3
@@ -186,7 +185,7 @@ def test_holdout_slice_when_no_target_set(tiny_llama):
     assert again.holdout == stats.holdout
 
 
-def test_bad_input_is_a_clear_value_error(tiny_llama):
+def test_bad_input_is_a_clear_value_error(tiny_llama, make_samples):
     pool = make_samples(3)
     with pytest.raises(ValueError, match="target set is empty"):
         gr.gradient_statistics(tiny_llama, pool, targets=[])
@@ -196,7 +195,7 @@ def test_bad_input_is_a_clear_value_error(tiny_llama):
         gr.hook_scores(tiny_llama, pool, {"model.norm.weight": torch.ones(32)})
 
 
-def test_sample_that_does_not_fit_is_skipped_not_scored(tiny_llama):
+def test_sample_that_does_not_fit_is_skipped_not_scored(tiny_llama, make_samples):
     pool = make_samples(3) + [Sample.from_pair("hi", "x" * 200)]
     scope = gr.resolve_scope(tiny_llama.model)
     u = random_direction(tiny_llama, scope)
@@ -205,7 +204,7 @@ def test_sample_that_does_not_fit_is_skipped_not_scored(tiny_llama):
 
 
 @pytest.mark.slow
-def test_hook_scores_match_exact_on_the_default_model():
+def test_hook_scores_match_exact_on_the_default_model(make_samples):
     from curator.models import load_model
 
     lm = load_model(None, device="cpu", dtype="fp32")
@@ -218,7 +217,7 @@ def test_hook_scores_match_exact_on_the_default_model():
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_bf16_hook_scores_track_fp32_exact(arch):
+def test_bf16_hook_scores_track_fp32_exact(arch, make_samples):
     """The CUDA/CPU bf16 path: projections in bf16, reductions in fp32."""
     lm16, lm32 = tiny_loaded_model(arch, dtype="bf16"), tiny_loaded_model(arch)
     samples = make_samples(8)
@@ -245,7 +244,7 @@ class _MatmulLog(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_hook_path_forms_no_weight_gradient_and_matches_exact(tiny_lm):
+def test_hook_path_forms_no_weight_gradient_and_matches_exact(tiny_lm, make_samples):
     """Only activation gradients: no matmul contracts over tokens (a weight gradient
     dW = delta^T a does), no parameter gets a .grad, and the requires_grad flags come back.
     The exact per-sample path, which does form dW, is the positive control."""
@@ -271,7 +270,7 @@ def test_hook_path_forms_no_weight_gradient_and_matches_exact(tiny_lm):
     assert rel_err(hook.per_module, exact.per_module) < 1e-5
 
 
-def test_response_losses_equal_full_logit_losses(tiny_lm):
+def test_response_losses_equal_full_logit_losses(tiny_lm, make_samples):
     """The head on response positions only (and the short-row attention on CPU) gives
     the same per-sample losses as full logits through the model's own attention."""
     lm = tiny_lm
@@ -323,7 +322,8 @@ def test_short_row_attention_matches_sdpa_with_grouped_heads(masked):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_hook_scores_gather_real_tokens_when_padding_is_large(tiny_llama, monkeypatch):
+def test_hook_scores_gather_real_tokens_when_padding_is_large(tiny_llama, monkeypatch,
+                                                             make_samples):
     """Padding-heavy batches take the gathered-token contraction; same scores."""
     samples = make_samples(6, seed=11) + [Sample.from_pair("long " * 30, "answer " * 10)]
     scope = gr.resolve_scope(tiny_llama.model)

@@ -31,14 +31,8 @@ from curator.scoring.utility import score_pairs_reference
 from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.scores import load_embeddings, save_utilities
-from curator.testing import tiny_loaded_model
 
 OPTIONS = ScoringOptions(k=3, batch_size=8, max_length=128)
-
-
-@pytest.fixture(scope="module")
-def lm():
-    return tiny_loaded_model("llama")
 
 
 @pytest.fixture(scope="module")

@@ -12,25 +12,6 @@ from curator.scoring.encoding import answer_split, render, tokenize
 from curator.scoring.quality import QualityConfig, quality_reference, score_quality
 from curator.testing import tiny_loaded_model, tiny_tokenizer
 
-WORDS = "the cat sat on a mat while dogs ran far away under blue sky".split()
-
-
-def make_samples(n: int = 9, seed: int = 0) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-
-    def text(lo: int, hi: int) -> str:
-        return " ".join(rng.choice(WORDS, int(rng.integers(lo, hi))))
-
-    return [Sample.from_pair(text(2, 12), text(1, 8), system="Be kind." if i % 3 == 0 else None)
-            for i in range(n)]
-
-
-def peaky(lm):
-    """Sharpen the random model so a misaligned position shows up as a large error."""
-    with torch.no_grad():
-        lm.model.get_output_embeddings().weight.mul_(40.0)
-    return lm
-
 
 def nll_at(lm, ids: list[int], positions: range) -> np.ndarray:
     """-log p(ids[p] | ids[:p]) for p in positions, one unbatched forward: the hand path."""
@@ -52,9 +33,9 @@ def test_answer_split_excludes_the_end_of_turn_tokens():
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_signals_match_a_per_row_computation(arch):
+def test_signals_match_a_per_row_computation(arch, peaky, chat_samples):
     lm = peaky(tiny_loaded_model(arch))
-    samples = make_samples()
+    samples = chat_samples(9)
     got = score_quality(lm, samples, batch_size=4)
     ref = quality_reference(lm, samples)
     assert got.reason == [""] * len(samples)
@@ -78,14 +59,14 @@ def test_signals_match_a_per_row_computation(arch):
     assert int(got.n_answer[1]) == n
 
 
-def test_without_a_chat_template_the_plain_layout_is_scored():
+def test_without_a_chat_template_the_plain_layout_is_scored(peaky, chat_samples):
     from curator.models import wrap_model
     from curator.testing import tiny_causal_lm
 
     tok = tiny_tokenizer(chat_template=False)
     lm = peaky(wrap_model(tiny_causal_lm("llama", vocab_size=len(tok)), tok, name="plain",
                           device="cpu", dtype="fp32"))
-    samples = make_samples(5, seed=3)
+    samples = chat_samples(5, seed=3)
     got, ref = score_quality(lm, samples, batch_size=2), quality_reference(lm, samples)
     np.testing.assert_allclose(got.loss, ref.loss, rtol=1e-4)
     np.testing.assert_allclose(got.stop_nll, ref.stop_nll, rtol=1e-4)  # the eos after it

@@ -21,41 +21,12 @@ from curator.scoring.utility import (
 )
 from curator.testing import tiny_loaded_model
 
-WORDS = "the cat sat on a mat while dogs ran far away under blue sky".split()
-
-
-def make_samples(n: int = 7, seed: int = 0) -> list[Sample]:
-    """Short chat samples of varied lengths, some with a system prompt (so heads differ)."""
-    rng = np.random.default_rng(seed)
-
-    def text(lo: int, hi: int) -> str:
-        return " ".join(rng.choice(WORDS, int(rng.integers(lo, hi))))
-
-    return [Sample.from_pair(text(2, 12), text(1, 8), system="Be kind." if i % 3 == 0 else None)
-            for i in range(n)]
-
-
-def peaky(lm):
-    """Sharpen the random model's output so log-probabilities differ a lot between tokens:
-    a misaligned position or label then shows up as a large error, not a 1e-6 one."""
-    with torch.no_grad():
-        lm.model.get_output_embeddings().weight.mul_(40.0)
-    return lm
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a busy CPU spin-wait
-    (100x slower per tiny matmul)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def samples():
-    s = make_samples()
+def samples(chat_samples):
+    s = chat_samples(7)
     return {x.sample_id: x for x in s}
 
 
@@ -70,7 +41,7 @@ def run(lm, samples, pairs, cfg, **kw) -> PairChunk:
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 @pytest.mark.parametrize("template", ["chat", "plain"])
-def test_engine_equals_reference(arch, template, samples, pairs):
+def test_engine_equals_reference(arch, template, samples, pairs, peaky):
     lm = peaky(tiny_loaded_model(arch))
     cfg = UtilityConfig(distance="nll", template=template)
     ref = score_pairs_reference(lm, samples, pairs, cfg)
@@ -91,12 +62,12 @@ def test_engine_equals_reference(arch, template, samples, pairs):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_a_shared_head_runs_once_and_matches_the_reference(arch):
+def test_a_shared_head_runs_once_and_matches_the_reference(arch, peaky, chat_samples):
     # Every sample has the same system prompt, so every prefix batch shares one head: the
     # head's cache is computed once and expanded (examples and d(i) continue from it).
     lm = peaky(tiny_loaded_model(arch))
     rng = np.random.default_rng(3)
-    plain = make_samples(6, seed=3)
+    plain = chat_samples(6, seed=3)
     same = {s.sample_id: s for s in [
         Sample.from_pair(x.prompt, x.response, system="Answer as a pirate would, briefly.")
         for x in plain]}

@@ -18,19 +18,13 @@ from curator.scoring.utility import (
 from curator.testing import tiny_loaded_model
 
 
-def peaky(lm):
-    with torch.no_grad():
-        lm.model.get_output_embeddings().weight.mul_(40.0)
-    return lm
-
-
 def samples() -> list[Sample]:
     return [Sample.from_pair("Name a colour of the sky.", "blue"),
             Sample.from_pair("What do cats chase?", "mice and string"),
             Sample.from_pair("Say yes.", "yes", system="Be brief.")]
 
 
-def test_answer_tokens_only_by_hand():
+def test_answer_tokens_only_by_hand(peaky):
     lm = peaky(tiny_loaded_model("llama"))
     s = samples()[1]
     prompt_text, response_text = render(lm.tokenizer, s.prompt_messages, s.response)
@@ -48,7 +42,7 @@ def test_answer_tokens_only_by_hand():
 
 
 @pytest.mark.parametrize("distance", ["prob-l2", "nll"])
-def test_pairs_over_answer_tokens_match_the_reference(distance):
+def test_pairs_over_answer_tokens_match_the_reference(distance, peaky):
     lm = peaky(tiny_loaded_model("qwen2"))
     by_id = {s.sample_id: s for s in samples()}
     ids = list(by_id)

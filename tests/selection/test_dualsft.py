@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from curator.records import Sample
 from curator.scoring import gradients as gr
 from curator.selection.dualsft import allocate_mask as allocate_array_mask
 from curator.selection.dualsft import resolve_count, top_k
@@ -23,14 +22,6 @@ def allocate_mask(phi, budget, spread=0.0, use_abs=False):
     staged = parameter_mask(phi, budget, spread, use_abs)  # what dualsft_select calls
     assert all(torch.equal(staged[k], got[k]) for k in got)
     return got
-
-
-def make_samples(n: int, seed: int = 0) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-    words = "alpha beta gamma delta river stone cloud seven apple quiet".split()
-    return [Sample.from_pair(f"{i}: " + " ".join(rng.choice(words, size=int(rng.integers(1, 8)))),
-                             " ".join(rng.choice(words, size=int(rng.integers(1, 10)))))
-            for i in range(n)]
 
 
 def fake_phi(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -140,7 +131,7 @@ def test_resolve_count():
             resolve_count(bad, 10, "data")
 
 
-def test_dualsft_select_mask_and_co_extracted_ranking(tiny_llama):
+def test_dualsft_select_mask_and_co_extracted_ranking(tiny_llama, make_samples):
     pool, targets = make_samples(12), make_samples(3, seed=1)
     cfg = DualSFTConfig(eta=0.1, warmup_steps=2, warmup_fraction=0.25)
     r = dualsft_select(tiny_llama, pool, targets, param_budget=0.1, data_budget=4, config=cfg)
@@ -159,7 +150,7 @@ def test_dualsft_select_mask_and_co_extracted_ranking(tiny_llama):
     assert len(r.selected_ids(pool)) == 4
 
 
-def test_co_extraction_equals_masked_direction(tiny_llama):
+def test_co_extraction_equals_masked_direction(tiny_llama, make_samples):
     pool, targets = make_samples(8, seed=2), make_samples(2, seed=3)
     cfg = DualSFTConfig(eta=0.1, warmup_steps=0)  # exact scores below: at the model itself
     r = dualsft_select(tiny_llama, pool, targets, param_budget=0.2, data_budget=0.5, config=cfg)
@@ -175,7 +166,7 @@ def test_co_extraction_equals_masked_direction(tiny_llama):
     np.testing.assert_allclose(no_co.scores, r.scores_full)
 
 
-def test_dualsft_bad_input(tiny_llama):
+def test_dualsft_bad_input(tiny_llama, make_samples):
     pool = make_samples(4)
     with pytest.raises(ValueError, match="target set is empty"):
         dualsft_select(tiny_llama, pool, [], param_budget=0.1, data_budget=2)
@@ -185,7 +176,7 @@ def test_dualsft_bad_input(tiny_llama):
         dualsft_select(tiny_llama, pool, pool, param_budget=0.1, data_budget=9)
 
 
-def test_prior_is_zero_without_warm_up_and_non_zero_after(tiny_llama):
+def test_prior_is_zero_without_warm_up_and_non_zero_after(tiny_llama, make_samples):
     pool, targets = make_samples(8, seed=4), make_samples(2, seed=5)
     cold = dualsft_select(tiny_llama, pool, targets, param_budget=0.1, data_budget=2,
                           config=DualSFTConfig(eta=1e-2, warmup_steps=0))
@@ -201,7 +192,7 @@ def test_prior_is_zero_without_warm_up_and_non_zero_after(tiny_llama):
     assert any(not torch.allclose(u1[k], u0[k]) for k in u1)
 
 
-def test_no_target_set_scores_each_fold_against_the_other_folds(tiny_llama):
+def test_no_target_set_scores_each_fold_against_the_other_folds(tiny_llama, make_samples):
     """DualSFT without targets: sample n of fold k gets <u_k, g_n>, u_k built from the
     held-out samples outside fold k (exact per-sample gradients as the reference)."""
     pool = make_samples(10, seed=6)
@@ -217,7 +208,7 @@ def test_no_target_set_scores_each_fold_against_the_other_folds(tiny_llama):
     np.testing.assert_allclose(r.scores, r.scores_full)
 
 
-def test_warm_up_is_on_by_default_and_the_prior_is_not_zero(tiny_llama):
+def test_warm_up_is_on_by_default_and_the_prior_is_not_zero(tiny_llama, make_samples):
     """As the reference: with default settings the scored model is a warmed-up copy and
     v_prior (KL to the frozen original on anchors) is non-zero, so lambda_prior matters."""
     from curator.config import GradientOptions, ScoringOptions, StageSpec
@@ -234,7 +225,7 @@ def test_warm_up_is_on_by_default_and_the_prior_is_not_zero(tiny_llama):
     assert any(not torch.equal(u1[k], u0[k]) for k in u1)
 
 
-def test_each_fold_is_scored_on_its_own_mask(tiny_llama):
+def test_each_fold_is_scored_on_its_own_mask(tiny_llama, make_samples):
     """No target set, co-extraction: fold k's samples are scored on u_k masked by the mask
     allocated from u_k * G, u_k the mean exact gradient of the held-out samples OUTSIDE
     fold k: a held-out sample's gradient never chooses the coordinates of its own score.
@@ -273,7 +264,7 @@ def test_each_fold_is_scored_on_its_own_mask(tiny_llama):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_gradient_norms_equal_per_sample_gradients(arch):
+def test_gradient_norms_equal_per_sample_gradients(arch, make_samples):
     """hook_scores(norms=True): |g_n| from the batched pass equals the norm of each sample's
     own autograd gradient (padded and gathered batches; Conv1D with biases; for the untied
     Qwen2 also the head on gathered rows and the token embedding)."""
@@ -292,7 +283,7 @@ def test_gradient_norms_equal_per_sample_gradients(arch):
                                rtol=1e-4, atol=1e-5)
 
 
-def test_unit_normalised_utilities_equal_the_per_sample_computation(tiny_llama):
+def test_unit_normalised_utilities_equal_the_per_sample_computation(tiny_llama, make_samples):
     """normalize="unit": the data utilities are <u, g_n> / |g_n| with g_n each sample's own
     gradient (target set, and cross-fitted without one); the mask does not change."""
     from curator.stages.gradient_passes import apply_mask_to
@@ -324,7 +315,7 @@ def test_unit_normalised_utilities_equal_the_per_sample_computation(tiny_llama):
                        config=DualSFTConfig(normalize="l2"))
 
 
-def test_warm_up_of_a_bf16_model_moves_every_weight_in_fp32():
+def test_warm_up_of_a_bf16_model_moves_every_weight_in_fp32(make_samples):
     """An AdamW step at a fine-tuning learning rate is below bf16's resolution: in bf16 only
     about 30% of a tiny model's weights moved. The warmed copy is trained and scored in fp32,
     the bf16 original stays the (unchanged) reference, and v_prior is non-zero."""

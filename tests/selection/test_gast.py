@@ -6,18 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from curator.records import Sample
 from curator.scoring import gradients as gr
 from curator.selection.gast import choose, layer_subsets
 from curator.stages.gradient_passes import gast_select, torch_uniforms
-
-
-def make_samples(n: int, seed: int = 0) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-    words = "alpha beta gamma delta river stone cloud seven apple quiet".split()
-    return [Sample.from_pair(f"{i}: " + " ".join(rng.choice(words, size=int(rng.integers(1, 8)))),
-                             " ".join(rng.choice(words, size=int(rng.integers(1, 10)))))
-            for i in range(n)]
 
 
 def test_choose_topk_and_nan():
@@ -81,7 +72,7 @@ def test_bad_rule_and_temperature():
         choose(np.zeros(3), 1, "sample", 0.0)
 
 
-def test_gast_select_layers_scores_and_reproducibility(tiny_lm):
+def test_gast_select_layers_scores_and_reproducibility(tiny_lm, make_samples):
     pool, targets = make_samples(10), make_samples(3, seed=1)
     r = gast_select(tiny_lm, pool, targets, budget=4, seed=7)
     assert len(r.layers) == 2 and r.layers == list(r.layer_subsets)
@@ -105,7 +96,7 @@ def test_gast_select_layers_scores_and_reproducibility(tiny_lm):
     assert {k: [pool[i].sample_id for i in v] for k, v in r.layer_subsets.items()} == ids
 
 
-def test_gast_bad_input(tiny_llama):
+def test_gast_bad_input(tiny_llama, make_samples):
     pool = make_samples(4)
     with pytest.raises(ValueError, match="target set is empty"):
         gast_select(tiny_llama, pool, [], budget=2)
@@ -154,7 +145,7 @@ def test_layer_subsets_union_stays_within_the_budget(rule):
         layer_subsets(scores, k, rule, layer_share=0.0)
 
 
-def test_gast_without_targets_is_cross_fitted(tiny_lm):
+def test_gast_without_targets_is_cross_fitted(tiny_lm, make_samples):
     pool = make_samples(10, seed=3)
     r = gast_select(tiny_lm, pool, None, budget=4, seed=2, holdout_fraction=0.4, n_folds=2)
     assert "cross-fitted over 2 folds" in r.support

@@ -26,7 +26,6 @@ from curator.store.selections import (
     selection_members,
     selection_sample_ids,
 )
-from curator.testing import tiny_loaded_model
 
 OPTIONS = ScoringOptions(k=3, batch_size=8, max_length=128)
 
@@ -36,11 +35,6 @@ def StageSpec(**kw) -> _StageSpec:  # noqa: N802 - stands in for the config clas
     default, tests/stages/test_quality_prior.py) is off here."""
     kw.setdefault("quality", QualityOptions.off())
     return _StageSpec(**kw)
-
-
-@pytest.fixture(scope="module")
-def lm():
-    return tiny_loaded_model("llama")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from curator.stages.quality import AUTO_MAX_DROP, decide_drops, neighbour_z
 from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.selections import get_selection, selection_sample_ids
-from curator.testing import tiny_loaded_model
 
 OPTIONS = ScoringOptions(k=3, batch_size=8, max_length=128)
 
@@ -71,11 +70,6 @@ def test_modular_term_matches_identity_rows():
         np.testing.assert_allclose(got.gains, ref.gains, rtol=1e-9)
     with pytest.raises(ValueError, match="modular"):
         select(kernel, 5, modular=-m)
-
-
-@pytest.fixture(scope="module")
-def lm():
-    return tiny_loaded_model("llama")
 
 
 @pytest.fixture

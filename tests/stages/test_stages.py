@@ -30,7 +30,6 @@ from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.scores import load_embeddings, save_utilities
 from curator.store.selections import get_selection, selection_members
-from curator.testing import tiny_loaded_model
 
 OPTIONS = ScoringOptions(k=3, batch_size=8, max_length=128)
 N_V1, N_NEW, N_Q = 24, 8, 4
@@ -49,11 +48,6 @@ def write(path, data) -> str:
 
     path.write_text("".join(json.dumps(r) + "\n" for r in data))
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def lm():
-    return tiny_loaded_model("llama")
 
 
 @pytest.fixture(scope="module")

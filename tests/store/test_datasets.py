@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from curator.ingest import ingest
-from curator.records import sample_id_for
 from curator.store import NotFound, Store
 from curator.store.datasets import (
     diff_versions,
@@ -24,27 +21,16 @@ from curator.store.datasets import (
 )
 
 
-def sid(i: int) -> str:
-    return sample_id_for([{"role": "user", "content": f"prompt {i}"},
-                          {"role": "assistant", "content": f"answer {i}"}])
-
-
-def write(path, ids, extra=()):
-    rows = [json.dumps({"prompt": f"prompt {i}", "response": f"answer {i}", "n": i}) for i in ids]
-    path.write_text("\n".join(rows + list(extra)) + "\n")
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, write_numbered):
     """Dataset "d": v1 = 0..9 (one bad row), v2 = snapshot 5..14, v3 = v2 + 20..21.
     Dataset "e": one version. Read-only for the tests below."""
     tmp = tmp_path_factory.mktemp("ds")
     store = Store(tmp / "store")
-    ingest(store, write(tmp / "v1.jsonl", range(10), ["{broken"]), "d")
-    ingest(store, write(tmp / "v2.jsonl", range(5, 15)), "d")
-    ingest(store, write(tmp / "v3.jsonl", [20, 21]), "d", append=True)
-    ingest(store, write(tmp / "e.jsonl", [1]), "e")
+    ingest(store, write_numbered(tmp / "v1.jsonl", range(10), ["{broken"]), "d")
+    ingest(store, write_numbered(tmp / "v2.jsonl", range(5, 15)), "d")
+    ingest(store, write_numbered(tmp / "v3.jsonl", [20, 21]), "d", append=True)
+    ingest(store, write_numbered(tmp / "e.jsonl", [1]), "e")
     return store
 
 
@@ -79,17 +65,17 @@ def test_get_version_and_list_versions(built):
         [(1, 1), (2, 0), (3, 0)]
 
 
-def test_version_members_in_source_order(built):
-    assert version_sample_ids(built, "d", 1) == [sid(i) for i in range(10)]
+def test_version_members_in_source_order(built, numbered_id):
+    assert version_sample_ids(built, "d", 1) == [numbered_id(i) for i in range(10)]
     # v3 keeps v2's members from v2.jsonl and adds v3.jsonl's; order is by file, then line
-    assert version_sample_ids(built, "d", 3) == [sid(i) for i in range(5, 15)] + [sid(20),
-                                                                                    sid(21)]
+    assert version_sample_ids(built, "d", 3) == [numbered_id(i) for i in
+                                                 [*range(5, 15), 20, 21]]
 
 
-def test_load_samples_pages_and_searches(built):
+def test_load_samples_pages_and_searches(built, numbered_id):
     page = load_samples(built, "d", 1, limit=3, offset=4)
     assert [(s.sample_id, s.prompt, s.response, s.metadata) for s in page] == [
-        (sid(i), f"prompt {i}", f"answer {i}", {"n": i}) for i in (4, 5, 6)]
+        (numbered_id(i), f"prompt {i}", f"answer {i}", {"n": i}) for i in (4, 5, 6)]
     assert page[0].messages == ({"role": "user", "content": "prompt 4"},
                                 {"role": "assistant", "content": "answer 4"})
     assert load_samples(built, "d", 1, limit=5, offset=10) == []
@@ -108,19 +94,19 @@ def test_iter_samples_in_batches(built):
     assert ids == version_sample_ids(built, "d", 3)
 
 
-def test_get_samples_by_id(built):
-    got = get_samples(built, [sid(3), sid(20), "no-such-id"])
-    assert set(got) == {sid(3), sid(20)}
-    assert (got[sid(3)].prompt, got[sid(3)].metadata) == ("prompt 3", {})
+def test_get_samples_by_id(built, numbered_id):
+    got = get_samples(built, [numbered_id(3), numbered_id(20), "no-such-id"])
+    assert set(got) == {numbered_id(3), numbered_id(20)}
+    assert (got[numbered_id(3)].prompt, got[numbered_id(3)].metadata) == ("prompt 3", {})
     assert get_samples(built, []) == {}
 
 
-def test_diff_versions(built):
+def test_diff_versions(built, numbered_id):
     d = diff_versions(built, "d", 1, 3, limit=3)
     assert (d.dataset, d.old, d.new, d.n_added, d.n_removed, d.n_unchanged) == \
         ("d", 1, 3, 7, 5, 5)
-    assert d.added == sorted(sid(i) for i in (10, 11, 12, 13, 14, 20, 21))[:3]
-    assert d.removed == sorted(sid(i) for i in range(5))[:3]
+    assert d.added == sorted(numbered_id(i) for i in (10, 11, 12, 13, 14, 20, 21))[:3]
+    assert d.removed == sorted(numbered_id(i) for i in range(5))[:3]
     same = diff_versions(built, "d", "v2", "2")
     assert (same.n_added, same.n_removed, same.n_unchanged, same.added, same.removed) == \
         (0, 0, 10, [], [])
