@@ -65,6 +65,18 @@ ARMS_FULL = ("oracle_clean", "oracle_dirty", "random", "rds", "rds+filter", "rds
 # Arm variants: a method name with a suffix that changes one option (see ``select``).
 VARIANTS = ("_gated", "_nll", "_noharm", "_unit", "_masked")
 CURVE_ARMS = ("random", "rds", "delift+both")
+# (arm, against, what the difference measures): each pair differs in one choice
+ISOLATE = (
+    ("delift+both", "delift+filter", "the prior's term, over its filter alone"),
+    ("delift+both", "delift+modular", "the prior's filter, over its term alone"),
+    ("delift+both", "delift_noharm+both", "the harm rule (mean+fit) with the prior"),
+    ("delift", "delift_gated", "dense answer-token DELIFT over kNN-gated whole-response"),
+    ("delift_nll+both", "delift+both", "distance nll over prob-l2 (with the prior)"),
+    ("dualsft_unit", "dualsft", "DualSFT: unit-norm gradients over none"),
+    ("dualsft+filter", "dualsft", "DualSFT: the prior's filter"),
+    ("dualsft_masked", "random_dualsft_mask", "DualSFT's subset, both through its mask"),
+    ("dualsft_masked", "dualsft", "DualSFT's mask, both on its subset"),
+)
 LABEL = {"oracle_clean": "oracle-clean (control)", "oracle_dirty": "oracle-dirty (control)",
          "random": "random", "rds": "RDS+", "delift": "DELIFT",
          "delift_gated": "DELIFT, kNN-gated, whole response (before issue 24)",
@@ -618,6 +630,15 @@ def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds)
             a, _, _ = _diff_line(label(arm), rs, runs[ref], "loss", args.boot)
             b, _, _ = _diff_line(label(arm), rs, runs[ref], "acc", args.boot)
             lines.append(f"| {a[0]} | {a[1]} | {a[2]} | {b[1]} | {b[2]} |")
+    isolate = [(a, b, why) for a, b, why in ISOLATE if a in runs and b in runs]
+    if isolate:
+        lines += ["", "## Pairs that isolate one change (paired, same training seeds)", "",
+                  "| change | arm | against | answer loss (95% CI) | option acc (95% CI) |",
+                  "|---|---|---|---|---|"]
+        for a, b, why in isolate:
+            x, _, _ = _diff_line(a, runs[a], runs[b], "loss", args.boot)
+            y, _, _ = _diff_line(a, runs[a], runs[b], "acc", args.boot)
+            lines.append(f"| {why} | {label(a)} | {label(b)} | {x[1]} | {y[1]} |")
     if curve:
         lines += ["", "## Budget curve (paired against random at the same budget)", "",
                   "| budget | arm | answer loss (95% CI) | option acc (95% CI) |",
