@@ -433,9 +433,10 @@ def _batch_picks(idx: Sequence[int], scored: Mapping[str, Mapping[int, float]],
     import numpy as np
 
     from curator.selection.gast import batch_layer_picks
+    from curator.stages.gradient_passes import torch_uniforms
 
     keys = list(scored)
     table = np.array([[scored[k].get(i, np.nan) for k in keys] for i in idx], dtype=float)
     picks = batch_layer_picks(table.reshape(len(idx), len(keys)), layer_share, temperature,
-                              generator)
+                              torch_uniforms(generator))
     return {k: {idx[p] for p in rows} for k, rows in zip(keys, picks, strict=True)}
