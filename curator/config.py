@@ -77,7 +77,8 @@ class ScoringOptions:
     """How pairwise utilities are computed (DELIFT) and candidate pairs are chosen."""
 
     k: int = 16                       # neighbours per target in the candidate graph
-    distance: str = "prob-l2"         # the paper's distance, or "nll"
+    distance: str = "nll"             # mean NLL of the answer tokens (bench/quality_prior.py:
+                                      #   +0.26 nats over "prob-l2", the paper's distance)
     tokens: str = "answer"            # DELIFT: d over the answer's tokens, or the whole
                                       #   "response" (with the template's end-of-turn tokens)
     batch_size: int = 16
@@ -182,7 +183,8 @@ class GradientOptions:
     tau: float = 2.0                  # temperature of the self-distillation
     mask_rank: str = "signed"         # rank parameters by signed phi (reference) or "abs"
     mask_spread: float = 0.0          # share of the mask spread over (layer, kind) cells
-    normalize: str = "none"           # data utilities over unit-norm sample gradients: "unit"
+    normalize: str = "unit"           # data utilities over unit-norm sample gradients (LESS;
+                                      #   bench/quality_prior.py: +0.11 over "none")
 
     def validate(self, where: str = "gradient") -> None:
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \

@@ -43,7 +43,7 @@ def scoring_options(func: Callable) -> Callable:
                           "auto: k of them when a selection keeps at most 20% of its pool "
                           "(`score utility` knows no budget and scores none)."),
         click.option("--distance", type=click.Choice(DISTANCES), default=_scoring("distance"),
-                     show_default=True, help="prob-l2: the paper's distance; nll: mean NLL."),
+                     show_default=True, help="nll: mean NLL of the answer tokens; prob-l2: the paper's distance."),
         click.option("--batch-size", type=int, default=_scoring("batch_size"),
                      show_default=True),
         click.option("--max-length", type=int, default=_scoring("max_length"),

@@ -59,7 +59,7 @@ _LOGIT_ROWS = 1024  # response positions per lm-head block: bounds the (rows, V)
 class UtilityConfig:
     """Everything that changes a utility's value (besides the model), hashed for the store."""
 
-    distance: str = "prob-l2"
+    distance: str = "nll"
     template: str = "auto"  # "chat", "plain", or "auto" (chat when the tokenizer has one)
     max_length: int = 2048  # capped by the model's context length
     min_example_tokens: int = 16  # a truncated example shorter than this makes the pair invalid
