@@ -24,6 +24,7 @@ import curator.schedule.files as sch_files
 import curator.schedule.run as sch_run
 from curator.export import verify_export
 from curator.records import sample_id_for
+from curator.report import RunReport
 from curator.store import NotFound, Store
 from curator.store.selections import get_selection, selection_sample_ids
 
@@ -258,7 +259,7 @@ def test_new_file_gives_version_scores_continual_selection_and_export(store, wat
     history = sch.schedule_runs(store, "n")
     assert [h["run_id"] for h in history] == [third.run_id, second.run_id, first.run_id]
     assert [h["status"] for h in history] == ["done"] * 3
-    assert history[1]["selection_id"] == second.selection_id
+    assert RunReport.from_dict(history[1]).selection_id == second.selection_id
     assert history[1]["seconds"]["total"] > 0 and history[0]["note"].startswith("nothing new")
 
 

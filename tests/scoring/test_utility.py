@@ -89,7 +89,7 @@ def test_a_shared_head_runs_once_and_matches_the_reference(arch, peaky, chat_sam
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_prob_l2_engine_equals_reference(arch, samples, pairs):
     lm = tiny_loaded_model(arch)
-    cfg = UtilityConfig()  # prob-l2, chat template
+    cfg = UtilityConfig(distance="prob-l2")  # the paper's distance, chat template
     ref = score_pairs_reference(lm, samples, pairs, cfg)
     got = run(lm, samples, pairs, cfg, batch_size=3, chunk_pairs=5)
     d_want = dict(zip(zip(ref.target_id, ref.example_id, strict=True),
@@ -143,7 +143,7 @@ def test_truncation_cuts_example_first():
     by = {s.sample_id: s for s in (target, long_example)}
     tpl = PairTemplate(lm.tokenizer, "chat")
     n_target = tpl.target(target).n_tokens
-    cfg = UtilityConfig(max_length=n_target + 40, min_example_tokens=16)
+    cfg = UtilityConfig(distance="prob-l2", max_length=n_target + 40, min_example_tokens=16)
     pair = [(target.sample_id, long_example.sample_id)]
     got = run(lm, by, pair, cfg)
     ref = score_pairs_reference(lm, by, pair, cfg)
@@ -180,7 +180,7 @@ def test_pair_that_cannot_fit_is_invalid_not_useful():
 def test_config_hash_is_stable_and_sensitive():
     a = UtilityConfig()
     assert a.config_hash() == UtilityConfig().config_hash()
-    assert a.config_hash() != UtilityConfig(distance="nll").config_hash()
+    assert a.config_hash() != UtilityConfig(distance="prob-l2").config_hash()
     assert a.config_hash() != UtilityConfig(max_length=512).config_hash()
     lm = tiny_loaded_model("llama")
     r = a.resolved(lm)
