@@ -175,7 +175,9 @@ def test_why_selected_in_model_terms(demo_store_path, monkeypatch):
     at = app(demo_store_path, monkeypatch, {"selection": "sel-0002", "sample": sample})
     clean(at)
     sentence = next(m.value for m in at.markdown if "Showing this example" in m.value)
-    assert (f"makes the model's error on the answers of {len(helped)} targets drop by "
+    # the distance names the quantity: loss (nll, the default) or error (prob-l2)
+    what = "loss" if sel.config.get("distance", "prob-l2") == "nll" else "error"
+    assert (f"makes the model's {what} on the answers of {len(helped)} targets drop by "
             f"{percent(mean)} on average") in sentence
     assert f"{percent(max(p for _, p in helped))})" in sentence
     share = browse_selections.member_rank(store, "sel-0002", sample)["gain"] / sel.objective
