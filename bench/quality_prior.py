@@ -237,27 +237,37 @@ class Evaluator:
 
         keep = 3  # last prompt tokens in the suffix: the first option token's context
         loss, acc = [], []
-        for s in range(0, len(self.items), 16):
-            group = self.items[s:s + 16]
-            keys = [((), tuple(p[:-keep])) for p, _, _ in group]
-            rows = [(g, tuple(p[-keep:]) + tuple(o), len(o))
-                    for g, (p, opts, _) in enumerate(group) for o in opts]
-            with torch.inference_mode(), autocast(lm):
+        # One autocast context for all items: each weight is cast to bf16 once (the cache),
+        # not once per group; the same numbers, half the time.
+        with torch.inference_mode(), autocast(lm):
+            for s in range(0, len(self.items), 16):
+                group = self.items[s:s + 16]
+                keys = [((), tuple(p[:-keep])) for p, _, _ in group]
+                rows = [(g, tuple(p[-keep:]) + tuple(o), len(o))
+                        for g, (p, opts, _) in enumerate(group) for o in opts]
                 nll = _score_with_prefixes(lm, keys, rows, "nll", 64)
-            at = 0
-            for _, opts, right in group:
-                total = [float(nll[at + j]) * len(o) for j, o in enumerate(opts)]
-                loss.append(float(nll[at + right]))
-                acc.append(float(int(np.argmin(total)) == right))
-                at += len(opts)
+                at = 0
+                for _, opts, right in group:
+                    total = [float(nll[at + j]) * len(o) for j, o in enumerate(opts)]
+                    loss.append(float(nll[at + right]))
+                    acc.append(float(int(np.argmin(total)) == right))
+                    at += len(opts)
         return {"loss": loss, "acc": acc}
 
 
-def autocast(lm):
+def autocast(lm, *, training: bool = False):
+    """bf16 autocast over the fp32 weights on a CPU.
+
+    ``training`` turns autocast's weight cache off. Inside one context the cache keeps each
+    weight's first bf16 cast, which is what evaluation wants (the weights are fixed: one cast
+    per weight for all items) and wrong for training: after an optimizer step the forward
+    still reads the cast of the weights before it. Until 2026-12-07 the whole training loop
+    ran in one cached context, so every step's linear layers saw the base weights (see
+    bench/RESULTS.md); ``tests/test_bench_prior.py`` checks both behaviours."""
     import torch
 
     if lm.device.type == "cpu" and lm.dtype == torch.float32:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=not training)
     return contextlib.nullcontext()
 
 
@@ -276,7 +286,9 @@ class Trainer:
         args = self.args
         what = {"ids": [s.sample_id for s in samples], "layers": layers, "seed": seed,
                 "epochs": args.epochs, "lr": args.lr, "model": args.model,
-                "eval": self.evaluator.eval_id}
+                "eval": self.evaluator.eval_id,
+                # runs before the autocast fix (every step saw the base weights) are not reused
+                "train": "autocast-uncached"}
         if layer_scores is not None:  # GAST sampled per batch (added later: keys kept)
             what["layer_scores"] = True
         if mask is not None:  # added later: keys without a mask kept
@@ -288,7 +300,7 @@ class Trainer:
         self.lm.model.load_state_dict(self.base)
         t = time.monotonic()
         if samples:
-            with autocast(self.lm):
+            with autocast(self.lm, training=True):
                 result = train(self.lm, None, samples, layer_subsets=layers, epochs=args.epochs,
                                lr=args.lr, batch_size=8, seed=seed, max_length=512,
                                layer_scores=layer_scores,
