@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from curator.cli import main
+from tests.helpers import write_jsonl
 from tests.safety import cases
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,6 +145,7 @@ torch.set_num_threads(1)   # set before forking: tiny matrices, and no threads a
 
 import transformers  # noqa: F401  (imported once, not in every child)
 from curator.cli import main
+from tests.helpers import write_jsonl
 from tests.safety import cases
 import curator.runner  # noqa: F401
 from curator.store import Store
@@ -302,9 +304,8 @@ def _export(tmp_path: Path) -> Path:
     from curator.store.selections import SelectionRecord, save_selection
 
     rows = [{"prompt": f"Question {i}?", "response": f"Answer {i}."} for i in range(4)]
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     store = Store(tmp_path / "store", lock_timeout=10)
-    ingest(store, str(tmp_path / "d.jsonl"), "d")
+    ingest(store, write_jsonl(tmp_path / "d.jsonl", rows), "d")
     ids = [s.sample_id for s in load_samples(store, "d", 1)][:3]
     sid = save_selection(store, SelectionRecord("d", 1, "instruction", "random", "3", 4, 3),
                          ids)
