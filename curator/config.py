@@ -370,7 +370,7 @@ class InputSpec:
 
 @dataclass
 class ExportSpec:
-    format: str = "jsonl"
+    format: str = "jsonl"             # also export_selection's and `curator export`'s
     out: str = "exports"              # one folder per selection below this
 
     def validate(self, where: str = "export") -> None:
@@ -411,6 +411,55 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """What ``curator.train.train`` and ``curator train`` default to. Said here, below
+    torch, so the CLI reads them without importing the trainer; the trainer's signature
+    reads them too (``TRAIN_DEFAULTS``)."""
+
+    epochs: int = 1
+    lr: float = 1e-5
+    batch_size: int = 8
+    max_length: int = 1024
+    seed: int = 0
+    gast_sampling: str = "batch"      # GAST: each layer samples its rows per batch (the paper)
+
+
+@dataclass(frozen=True)
+class EvalDefaults:
+    """What ``curator.evaluate`` (``eval_loss``, ``row_losses``, ``exact_match``) and
+    ``curator eval`` default to (see ``TrainDefaults``)."""
+
+    batch_size: int = 16
+    max_length: int = 1024
+    max_new_tokens: int = 32          # exact match: tokens generated per prompt at most
+    tokens: str = "answer"            # the loss over the answer's own tokens (EVAL_TOKENS)
+
+
+TRAIN_DEFAULTS = TrainDefaults()
+EVAL_DEFAULTS = EvalDefaults()
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    """LoRA adapters for ``curator.lora.train_lora`` (re-exported there); here, with the
+    other configs, so ``curator train``'s options read its defaults without torch."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    # Module name suffixes; None: every linear layer in the blocks.
+    target_modules: tuple[str, ...] | None = None
+    dropout: float = 0.0
+    # peft's init_lora_weights: True starts with lora_B = 0 (the adapter is a no-op at step 0).
+    init_weights: bool = True
+
+    def validate(self) -> None:
+        if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError("LoRA rank must be >= 1, alpha > 0 and dropout in [0, 1)")
+        if self.target_modules is not None and not [t for t in self.target_modules if t]:
+            raise ValueError("LoRA target modules: give at least one module name")
 
 
 def default_of(cls: type, name: str) -> Any:

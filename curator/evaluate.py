@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from curator.config import EVAL_DEFAULTS as _D
 from curator.models import LoadedModel, pad_token_id
 from curator.records import Sample
 from curator.scoring.encoding import EncodedSample, answer_split, render, tokenize
@@ -95,8 +96,9 @@ def _stop_ids(tokenizer: object) -> list[int]:
 
 
 @torch.no_grad()
-def generate_greedy(lm: LoadedModel, samples: Sequence[Sample], max_new_tokens: int = 32,
-                    batch_size: int = 16) -> list[str]:
+def generate_greedy(lm: LoadedModel, samples: Sequence[Sample],
+                    max_new_tokens: int = _D.max_new_tokens,
+                    batch_size: int = _D.batch_size) -> list[str]:
     """Greedy continuation of each sample's prompt (its response is ignored), decoded up
     to the first stop token. Prompts are left-padded in batches of similar length."""
     if max_new_tokens < 1 or batch_size < 1:
@@ -147,9 +149,10 @@ class ExactMatch:
         return float(np.mean(self.hits)) if self.hits else float("nan")
 
 
-def exact_match(lm: LoadedModel, samples: Sequence[Sample], max_new_tokens: int = 32,
+def exact_match(lm: LoadedModel, samples: Sequence[Sample],
+                max_new_tokens: int = _D.max_new_tokens,
                 answer_pattern: str | re.Pattern | None = None,
-                batch_size: int = 16) -> ExactMatch:
+                batch_size: int = _D.batch_size) -> ExactMatch:
     """Greedy-generate for each sample and compare the extracted answer with the one in
     its response (see the module docstring)."""
     rx = compile_pattern(answer_pattern)
@@ -182,8 +185,8 @@ def _answer_only(tokenizer: object, sample: Sample,
 
 
 @torch.no_grad()
-def row_losses(lm: LoadedModel, samples: Sequence[Sample], batch_size: int = 16,
-               max_length: int = 1024, *, tokens: str = "answer") -> np.ndarray:
+def row_losses(lm: LoadedModel, samples: Sequence[Sample], batch_size: int = _D.batch_size,
+               max_length: int = _D.max_length, *, tokens: str = _D.tokens) -> np.ndarray:
     """(N,) each sample's mean loss over its answer's tokens (``tokens="answer"``) or its
     whole response's (``"response"``), teacher-forced; NaN for a sample whose response
     does not fit the context (or, for "answer", whose answer has no token of its own)."""
@@ -205,8 +208,8 @@ def row_losses(lm: LoadedModel, samples: Sequence[Sample], batch_size: int = 16,
     return out
 
 
-def eval_loss(lm: LoadedModel, samples: Sequence[Sample], batch_size: int = 16,
-              max_length: int = 1024, *, tokens: str = "answer") -> float:
+def eval_loss(lm: LoadedModel, samples: Sequence[Sample], batch_size: int = _D.batch_size,
+              max_length: int = _D.max_length, *, tokens: str = _D.tokens) -> float:
     """The mean of ``row_losses`` over the samples it could score (`curator eval`, and
     training's eval as ``curator.train.eval_loss``); ValueError when there is none."""
     losses = row_losses(lm, samples, batch_size, max_length, tokens=tokens)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curator.config import TRAIN_DEFAULTS, ExportSpec
 from curator.digests import sha256_file
 from curator.folders import (
     FolderRefused,
@@ -151,8 +152,8 @@ def selected_samples(store: Store, selection_id: str) -> list[Sample]:
     return [by_id[i] for i in ids]
 
 
-def export_selection(store: Store, selection_id: str, out: str | Path, fmt: str = "jsonl",
-                     force: bool = False) -> ExportResult:
+def export_selection(store: Store, selection_id: str, out: str | Path,
+                     fmt: str = ExportSpec.format, force: bool = False) -> ExportResult:
     """Write selection ``selection_id`` to the folder ``out`` (created; must not exist
     unless ``force``)."""
     if fmt not in FORMATS:
@@ -288,7 +289,7 @@ class LoadedExport:
     manifest: dict[str, Any]
     layer_scores: dict[str, dict[str, float]] | None = None  # GAST: layer -> {id: score}
 
-    def layer_training(self, sampling: str = "batch", lora: bool = False,
+    def layer_training(self, sampling: str = TRAIN_DEFAULTS.gast_sampling, lora: bool = False,
                        ) -> tuple[dict[str, Any], str | None]:
         """GAST: ``curator.train.train`` keyword arguments for this export's layers ({}
         without layers), and a note when per-batch sampling ("batch", the default) was asked

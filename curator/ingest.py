@@ -19,7 +19,7 @@ from itertools import islice
 
 import pyarrow as pa
 
-from curator.readers import InputError, RawRow, read_source, sample_from_row
+from curator.readers import DEFAULT_SPLIT, InputError, RawRow, read_source, sample_from_row
 from curator.schemas import FieldMap, RowError
 from curator.store import Store
 from curator.store.ingest_rows import VersionCounts, commit_version, stage_batch
@@ -94,7 +94,7 @@ def clear_abandoned_staging(store: Store) -> None:
 
 
 def ingest(store: Store, source: str, dataset: str, *, append: bool = False,
-           fields: FieldMap | None = None, split: str = "train", message: str | None = None,
+           fields: FieldMap | None = None, split: str = DEFAULT_SPLIT, message: str | None = None,
            batch_size: int = BATCH_SIZE, hub: bool = False,
            record_file: tuple[str, str] | None = None,
            progress: Callable[[int], None] | None = None) -> IngestSummary:

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+# defined with the other configs (light, for the CLI); re-exported: curator.lora.LoraOptions
+from curator.config import LoraOptions as LoraOptions
 from curator.records import Sample
 from curator.scoring.gradients import CONV1D, OTHER_LAYER, layer_of
 from curator.train import TrainResult, train
@@ -36,23 +37,6 @@ from curator.train import TrainResult, train
 PEFT_PREFIX = "base_model.model."
 
 INSTALL_HINT = "LoRA training needs peft: pip install 'curator[train]' (or peft)"
-
-
-@dataclass(frozen=True)
-class LoraOptions:
-    rank: int = 8
-    alpha: float = 16.0
-    # Module name suffixes; None: every linear layer in the blocks.
-    target_modules: tuple[str, ...] | None = None
-    dropout: float = 0.0
-    # peft's init_lora_weights: True starts with lora_B = 0 (the adapter is a no-op at step 0).
-    init_weights: bool = True
-
-    def validate(self) -> None:
-        if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
-            raise ValueError("LoRA rank must be >= 1, alpha > 0 and dropout in [0, 1)")
-        if self.target_modules is not None and not [t for t in self.target_modules if t]:
-            raise ValueError("LoRA target modules: give at least one module name")
 
 
 def _is_linear(module: nn.Module) -> bool:

@@ -18,6 +18,9 @@ from typing import Any
 from curator.records import Sample
 from curator.schemas import FieldMap, RowError, map_row
 
+# The split read from a saved or hub Hugging Face data set unless one is named (ingest's,
+# read_source's and `curator ingest --split`'s default).
+DEFAULT_SPLIT = "train"
 SUFFIXES = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
     ".parquet": "parquet", ".pq": "parquet",
@@ -347,7 +350,7 @@ def _folder_rows(files: list[Path]) -> Iterator[RawRow]:
             yield RawRow(str(f), None, None, "", f"unreadable file: {f}: {exc}")
 
 
-def read_source(source: str, split: str = "train",
+def read_source(source: str, split: str = DEFAULT_SPLIT,
                 hub: bool = False) -> tuple[list[str], Iterator[RawRow]]:
     """Resolve an input (path, folder, saved HF dataset, or hub name) to its rows.
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # training's eval: the one loss loop (curator.evaluate.row_losses), re-exported here
+from curator.config import TRAIN_DEFAULTS as _D
 from curator.evaluate import eval_loss as eval_loss
 from curator.masks import validate_mask
 from curator.models import LoadedModel, pad_token_id
@@ -297,8 +298,9 @@ def _nothing() -> Iterator[None]:
 def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
           samples: Sequence[Sample], mask: Mapping[str, torch.Tensor] | None = None,
           layer_subsets: Mapping[str, Sequence[int | str]] | None = None,
-          steps: int | None = None, epochs: int = 1, lr: float = 1e-5, batch_size: int = 8,
-          seed: int = 0, weight_decay: float = 0.0, max_length: int = 1024,
+          steps: int | None = None, epochs: int = _D.epochs, lr: float = _D.lr,
+          batch_size: int = _D.batch_size, seed: int = _D.seed, weight_decay: float = 0.0,
+          max_length: int = _D.max_length,
           outside_layers: str = "union", max_grad_norm: float | None = None,
           progress: bool | Callable[[int, int, float], None] = False,
           layer_scores: Mapping[str, Mapping[int | str, float]] | None = None,

@@ -153,18 +153,11 @@ def store(tmp_path):
 
 @pytest.fixture
 def write_jsonl(tmp_path):
-    """write_jsonl(name, rows) -> path: rows are dicts (dumped) or str (written as is)."""
-    import json
+    """write_jsonl(name, rows) -> path: ``tests.helpers.write_jsonl`` below tmp_path (a name,
+    or an absolute path as it is); rows are dicts (dumped) or str (written as is)."""
+    from tests.helpers import write_jsonl
 
-    def write(name: str, rows: list) -> str:
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
-        return str(path)
-
-    return write
+    return lambda name, rows: write_jsonl(tmp_path / name, rows)
 
 
 @pytest.fixture(scope="session")
@@ -172,13 +165,11 @@ def write_numbered():
     """write_numbered(path, ids, extra=()) -> path: a JSONL file with one row per i in ids,
     {"prompt": "prompt i", "response": "answer i", "n": i}, then the `extra` lines as given
     (bad rows, say)."""
-    import json
+    from tests.helpers import write_jsonl
 
     def write(path, ids, extra=()) -> str:
-        rows = [json.dumps({"prompt": f"prompt {i}", "response": f"answer {i}", "n": i})
-                for i in ids]
-        path.write_text("\n".join(rows + list(extra)) + "\n")
-        return str(path)
+        return write_jsonl(path, [*({"prompt": f"prompt {i}", "response": f"answer {i}", "n": i}
+                                    for i in ids), *extra])
 
     return write
 

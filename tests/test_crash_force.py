@@ -26,6 +26,7 @@ from curator.ingest import ingest
 from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.selections import SelectionRecord, save_selection
+from tests.helpers import write_jsonl
 
 pytestmark = pytest.mark.slow  # kill -9 at every step of a forced export and train, a process each: make test-slow
 
@@ -85,9 +86,8 @@ def exported(tmp_path_factory):
     """A store with a selection and its export (jsonl) in ``base/out``."""
     base = tmp_path_factory.mktemp("crash-force")
     rows = [{"prompt": f"Question {i}?", "response": f"Answer {i}."} for i in range(6)]
-    (base / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     store = Store(base / "store", lock_timeout=10)
-    ingest(store, str(base / "d.jsonl"), "d")
+    ingest(store, write_jsonl(base / "d.jsonl", rows), "d")
     ids = [s.sample_id for s in load_samples(store, "d", 1)][:4]
     sid = save_selection(store, SelectionRecord("d", 1, "instruction", "random", "4", 6, 4),
                          ids, gains=[0.0] * 4)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import write_jsonl
 
 pytest.importorskip("trl")
 
@@ -52,9 +53,8 @@ def masked_export(tmp_path: Path, model) -> tuple[Path, dict[str, torch.Tensor]]
     rows.append({"messages": [{"role": "system", "content": "Be brief."},
                               {"role": "user", "content": "Colour of the sky?"},
                               {"role": "assistant", "content": "Blue."}]})
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     store = Store(tmp_path / "store", lock_timeout=10)
-    ingest(store, str(tmp_path / "d.jsonl"), "d")
+    ingest(store, write_jsonl(tmp_path / "d.jsonl", rows), "d")
     ids = [s.sample_id for s in load_samples(store, "d", 1)]
     sid = save_selection(store, SelectionRecord("d", 1, "instruction", "dualsft", "6", 6, 6),
                          ids)

@@ -24,6 +24,7 @@ from curator.ingest import ingest
 from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.selections import SelectionRecord, save_mask_record, save_selection
+from tests.helpers import write_jsonl
 
 ROWS = [
     {"prompt": "What is 2 plus 2?", "response": "4", "topic": "math"},
@@ -44,8 +45,7 @@ ROWS = [
 def base(tmp_path_factory):
     """The six rows ingested once; tests use copies."""
     root = tmp_path_factory.mktemp("export-base")
-    (root / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    ingest(Store(root / "store", lock_timeout=10), str(root / "d.jsonl"), "d")
+    ingest(Store(root / "store", lock_timeout=10), write_jsonl(root / "d.jsonl", ROWS), "d")
     return root / "store"
 
 

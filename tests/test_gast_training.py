@@ -12,6 +12,7 @@ import torch
 from curator.records import Sample
 from curator.testing import tiny_loaded_model
 from curator.train import LayerRowWeights, train
+from tests.helpers import write_jsonl
 
 
 def _samples(n: int) -> list[Sample]:
@@ -82,8 +83,7 @@ def gast_export(tmp_path, pair_rows):
     from curator.store import Store
 
     store = Store(tmp_path / "store", lock_timeout=10)
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pair_rows(12)))
-    ingest(store, str(tmp_path / "d.jsonl"), "d")
+    ingest(store, write_jsonl(tmp_path / "d.jsonl", pair_rows(12)), "d")
     lm = tiny_loaded_model("llama")
     out = select_stage(store, "d", StageSpec(method="gast", budget="6", seed=1), lm=lm,
                        options=ScoringOptions(batch_size=8, max_length=128))

@@ -22,6 +22,7 @@ from curator.store.datasets import (
     quarantine_rows,
     version_sample_ids,
 )
+from tests import helpers
 
 
 def pair(i: int | str) -> dict[str, str]:
@@ -217,11 +218,11 @@ def test_every_format_and_schema_through_ingest(store, tmp_path):
 
     folder = tmp_path / "in"
     folder.mkdir()
-    (folder / "a.jsonl").write_text("\n".join(json.dumps(r) for r in [
+    helpers.write_jsonl(folder / "a.jsonl", [
         {"instruction": "i1", "input": "x", "output": "o1", "id": 1},
         {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u2"},
                       {"role": "assistant", "content": "a2"}]},
-    ]) + "\n")
+    ])
     (folder / "b.json").write_text(json.dumps({"data": [
         {"conversations": [{"from": "human", "value": "u3"}, {"from": "gpt", "value": "a3"}]},
         {"question": "q4", "answer": "a4", "level": "easy"},
@@ -442,8 +443,7 @@ def test_text_round_trips_exactly(tmp_path, fmt):
         rows = [(f"{i}:{p}", r) for i, (p, r) in enumerate(pairs)]
         path = tmp_path / f"in{n}.{fmt}"
         if fmt == "jsonl":
-            path.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n"
-                                    for p, r in rows), encoding="utf-8")
+            helpers.write_jsonl(path, [{"prompt": p, "response": r} for p, r in rows])
         else:
             with path.open("w", encoding="utf-8", newline="") as fh:
                 writer = csv.writer(fh)

@@ -185,9 +185,9 @@ def test_imports_point_down():
 # subset rules): it imports no torch, no model and no scoring (issue 25); the passes that
 # make the arrays are curator/stages/.
 SELECTION_MUST_NOT_IMPORT = ("torch", "curator.scoring", "curator.models")
-# curator.train hands batch_layer_picks a torch.Generator, which only torch can draw from;
-# goes when train passes curator.stages.gradient_passes.torch_uniforms(generator) instead.
-KNOWN_SELECTION_IMPORTS = {("curator.selection.gast", "torch")}
+# Imports of those that are allowed, each with its reason (none: a torch generator's draws
+# reach selection.gast wrapped by curator.stages.gradient_passes.torch_uniforms).
+KNOWN_SELECTION_IMPORTS: set[tuple[str, str]] = set()
 
 
 def imported_names(source: str) -> set[str]:

@@ -8,6 +8,8 @@ import copy
 import pytest
 import torch
 
+from tests.helpers import write_jsonl
+
 pytest.importorskip("peft")
 
 from curator.lora import (  # noqa: E402
@@ -173,7 +175,6 @@ def test_train_lora_maps_layer_keys_onto_the_adapters():
 def _gast_export(tmp_path, with_mask: bool = False):
     """A real export (store, selection with a layer map, optional mask) of four samples:
     layer 0 has three of them, layer 1 none (so the export lists layer 0 only)."""
-    import json
 
     from curator.digests import sha256_file
     from curator.export import export_selection
@@ -185,9 +186,8 @@ def _gast_export(tmp_path, with_mask: bool = False):
 
     rows = [{"prompt": f"Question {i}: what is {i} plus {i}?", "response": f"It is {2 * i}."}
             for i in range(4)]
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     store = Store(tmp_path / "store", lock_timeout=10)
-    ingest(store, str(tmp_path / "d.jsonl"), "d")
+    ingest(store, write_jsonl(tmp_path / "d.jsonl", rows), "d")
     ids = [s.sample_id for s in load_samples(store, "d", 1)]
     layers = {"model.layers.0": ids[:3], "model.layers.1": []}
     sid = save_selection(store, SelectionRecord("d", 1, "instruction", "gast", "4", 4, 4),

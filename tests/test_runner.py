@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from curator.config import ExportSpec, InputSpec, Recipe, ScoringOptions, StageSpec
+from curator.config import ExportSpec, InputSpec, Recipe, StageSpec
 from curator.export import load_export, verify_export
 from curator.pipeline import ingest_once
 from curator.runner import run_recipe
 from curator.store.datasets import list_versions
 from curator.store.selections import get_mask_record, get_selection, list_selections
+from tests.helpers import TINY_OPTIONS
 
 # -- ingest_once ------------------------------------------------------------------------------
 
@@ -79,7 +80,7 @@ def small_recipe(v1: str, v2: str, out: Path) -> Recipe:
     return Recipe(
         dataset="d",
         inputs=[InputSpec(v1, append=False), InputSpec(v2)],
-        scoring=ScoringOptions(k=3, batch_size=8, max_length=128),
+        scoring=TINY_OPTIONS,
         stages=[StageSpec(name="base", stage="instruction", budget="25%", version=1),
                 StageSpec(name="update", stage="continual", budget="3", version=2,
                           parent="previous", param_budget="10%")],

@@ -24,7 +24,15 @@ from curator.cli.options import engine_options, flag_error, gradient_options, sc
 from curator.cli.options import model_loader as _loader
 from curator.cli.options import scoring_config as _options
 from curator.cli.quality import quality_options
-from curator.config import ScoringOptions, StageSpec, default_of
+from curator.config import (
+    EVAL_DEFAULTS,
+    TRAIN_DEFAULTS,
+    ExportSpec,
+    LoraOptions,
+    ScoringOptions,
+    StageSpec,
+    default_of,
+)
 from curator.store import Store
 from curator.vocabulary import (
     CONTINUAL_POOLS,
@@ -192,7 +200,7 @@ def selections(store_path: Path, dataset: str | None) -> None:
 @store_option
 @click.option("--format", "fmt",
               type=click.Choice(EXPORT_FORMATS),
-              default="jsonl", show_default=True)
+              default=default_of(ExportSpec, "format"), show_default=True)
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Folder to write (must not exist unless --force).")
 @click.option("--force", is_flag=True, help="Replace an existing export folder.")
@@ -243,7 +251,7 @@ def curate(recipe_path: Path, store_path: Path, export_root: Path | None) -> Non
 @click.option("--target-set", default=None,
               help="Dataset whose gradient defines the direction (default: a held-out slice).")
 @click.option("--model", default=None, help="Model (default: the embedded SmolLM2).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=_stage("seed"), show_default=True)
 @user_errors
 def mask(selection_id: str, store_path: Path, param_budget: str, target_set: str | None,
          model: str | None, seed: int) -> None:
@@ -273,25 +281,27 @@ def mask(selection_id: str, store_path: Path, param_budget: str, target_set: str
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder for the fine-tuned model (must not exist unless --force).")
 @click.option("--model", default=None, help="Model to fine-tune (default: embedded SmolLM2).")
-@click.option("--epochs", default=1, show_default=True)
+@click.option("--epochs", default=TRAIN_DEFAULTS.epochs, show_default=True)
 @click.option("--steps", default=None, type=int, help="Overrides --epochs.")
-@click.option("--lr", default=1e-5, show_default=True)
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--max-length", default=1024, show_default=True)
+@click.option("--lr", default=TRAIN_DEFAULTS.lr, show_default=True)
+@click.option("--batch-size", default=TRAIN_DEFAULTS.batch_size, show_default=True)
+@click.option("--max-length", default=TRAIN_DEFAULTS.max_length, show_default=True)
 @click.option("--no-mask", is_flag=True, help="Ignore the export's mask (train everything).")
 @click.option("--lora", is_flag=True,
               help="Train LoRA adapters (peft) instead of the weights; --out gets the adapter. "
                    "LoRA usually wants a larger --lr (1e-4 to 2e-4).")
-@click.option("--lora-rank", default=8, show_default=True)
-@click.option("--lora-alpha", default=16.0, show_default=True)
-@click.option("--lora-dropout", default=0.0, show_default=True)
+@click.option("--lora-rank", default=default_of(LoraOptions, "rank"), show_default=True)
+@click.option("--lora-alpha", default=default_of(LoraOptions, "alpha"), show_default=True)
+@click.option("--lora-dropout", default=default_of(LoraOptions, "dropout"),
+              show_default=True)
 @click.option("--lora-targets", default=None,
               help="Comma-separated module names (q_proj,v_proj); default: every linear "
                    "layer in the transformer blocks.")
-@click.option("--gast-sampling", type=click.Choice(GAST_SAMPLING), default="batch",
+@click.option("--gast-sampling", type=click.Choice(GAST_SAMPLING),
+              default=TRAIN_DEFAULTS.gast_sampling,
               show_default=True, help="GAST export: each layer samples its rows in every "
               "batch, as the paper ('batch'), or trains on its fixed subset ('static').")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=TRAIN_DEFAULTS.seed, show_default=True)
 @click.option("--force", is_flag=True)
 @user_errors
 def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: int | None,
@@ -335,7 +345,7 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
     kwargs = dict(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                   max_length=max_length, progress=True)
     if lora:
-        from curator.lora import LoraOptions, train_lora
+        from curator.lora import train_lora
 
         targets = None if lora_targets is None else tuple(
             t.strip() for t in lora_targets.split(",") if t.strip())
@@ -371,12 +381,13 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
 @click.option("--data", "data_path", default=None, help="A file of samples (any input format).")
 @click.option("--dataset", "-d", default=None, help="Or a dataset in the store.")
 @store_option
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--max-length", default=1024, show_default=True)
+@click.option("--batch-size", default=EVAL_DEFAULTS.batch_size, show_default=True)
+@click.option("--max-length", default=EVAL_DEFAULTS.max_length, show_default=True)
 @click.option("--exact-match", is_flag=True,
               help="Also greedy-generate an answer to each prompt and report the share that "
                    "equals the reference (after extraction and normalisation).")
-@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-new-tokens", default=EVAL_DEFAULTS.max_new_tokens, show_default=True,
+              type=click.IntRange(min=1),
               help="Exact match: tokens generated per prompt at most.")
 @click.option("--answer-pattern", default=None,
               help="Exact match: regex that extracts the answer from the generation and the "

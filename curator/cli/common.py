@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from curator.config import EVAL_DEFAULTS
 from curator.store import Store, StoreError
 from curator.vocabulary import EVAL_TOKENS
 
@@ -53,7 +54,8 @@ def dataset_option(func: Callable) -> Callable:
 
 def eval_tokens_option(func: Callable) -> Callable:
     return click.option(
-        "--eval-tokens", type=click.Choice(EVAL_TOKENS), default="answer", show_default=True,
+        "--eval-tokens", type=click.Choice(EVAL_TOKENS), default=EVAL_DEFAULTS.tokens,
+        show_default=True,
         help="Loss over the answer's own tokens ('answer') or the whole response with the "
              "chat template's end-of-turn tokens ('response', the loss training minimises)."
     )(func)

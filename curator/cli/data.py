@@ -15,6 +15,7 @@ from curator.cli.common import (
     store_option,
     user_errors,
 )
+from curator.readers import DEFAULT_SPLIT
 from curator.store import Store
 
 
@@ -39,7 +40,7 @@ def init(store_path: Path) -> None:
 @click.option("--prompt-field", help="Field holding the prompt (overrides schema detection).")
 @click.option("--response-field", help="Field holding the response.")
 @click.option("--messages-field", help="Field holding chat turns (OpenAI or ShareGPT style).")
-@click.option("--split", default="train", show_default=True,
+@click.option("--split", default=DEFAULT_SPLIT, show_default=True,
               help="Split to read from a saved or hub Hugging Face dataset.")
 @click.option("--message", "-m", help="A note stored with the version.")
 @click.option("--hub", is_flag=True,

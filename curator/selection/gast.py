@@ -32,7 +32,6 @@ paper recomputes them as training moves).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -42,24 +41,24 @@ DEFAULT_LAYER_SHARE = 0.5  # each layer trains on at least this share of the uni
 Uniforms = Callable[[int], np.ndarray]  # n -> (n,) float64 uniforms in [0, 1)
 
 
-def uniform_source(draw: Any) -> Uniforms:
+def uniform_source(draw: Uniforms | np.random.Generator | None) -> Uniforms:
     """``draw`` as a function n -> n uniforms: itself when callable, a numpy Generator's
-    ``random``, fresh entropy for None. A torch.Generator draws through ``torch.rand``:
-    ``curator.train`` passes one (tests/test_layout.py names this import; it goes when
-    train passes ``curator.stages.gradient_passes.torch_uniforms(generator)``)."""
+    ``random``, fresh entropy for None. A torch generator's stream (the stages' and
+    training's) comes wrapped by the caller, ``curator.stages.gradient_passes.
+    torch_uniforms``: this package imports no torch."""
     if draw is None:
         return np.random.default_rng().random
-    if callable(draw):
-        return draw
     if isinstance(draw, np.random.Generator):
         return draw.random
-    import torch
-
-    return lambda n: torch.rand(n, generator=draw, dtype=torch.float64).numpy()
+    if callable(draw):
+        return draw
+    raise TypeError(f"draw: a function n -> n uniforms, a numpy Generator or None, got "
+                    f"{type(draw).__module__}.{type(draw).__qualname__} (a torch.Generator: "
+                    "pass curator.stages.gradient_passes.torch_uniforms(generator))")
 
 
 def choose(scores: np.ndarray, k: int, rule: str = "sample", temperature: float = 1.0,
-           draw: Uniforms | Any = None) -> list[int]:
+           draw: Uniforms | np.random.Generator | None = None) -> list[int]:
     """k indices from one layer's (n,) scores by the sampled rule or top-k; NaN never
     picked. The sampled rule takes one uniform per scorable entry from ``draw``
     (``uniform_source``); top-k takes none."""
@@ -86,7 +85,8 @@ def choose(scores: np.ndarray, k: int, rule: str = "sample", temperature: float 
 
 def layer_subsets(scores: np.ndarray, k: int, rule: str = "sample", temperature: float = 1.0,
                   layer_share: float = DEFAULT_LAYER_SHARE,
-                  draw: Uniforms | Any = None) -> tuple[list[list[int]], list[int]]:
+                  draw: Uniforms | np.random.Generator | None = None,
+                  ) -> tuple[list[list[int]], list[int]]:
     """(per-layer subsets, union) from (N, L) scores, the union of at most k samples (the
     rule is in the module docstring). NaN scores are never picked. Each layer's subset is in
     its pick order; the union is in order of first pick. ``draw``: ``choose``'s uniforms,
@@ -131,7 +131,8 @@ def layer_subsets(scores: np.ndarray, k: int, rule: str = "sample", temperature:
 
 def batch_layer_picks(scores: np.ndarray, layer_share: float = DEFAULT_LAYER_SHARE,
                       temperature: float = 1.0,
-                      generator: Uniforms | Any = None) -> list[list[int]]:
+                      generator: Uniforms | np.random.Generator | None = None,
+                      ) -> list[list[int]]:
     """For one training batch, per layer the batch rows that layer learns from.
 
     ``scores`` (B, L): row b's score in layer l, NaN where layer l did not score row b
@@ -139,7 +140,8 @@ def batch_layer_picks(scores: np.ndarray, layer_share: float = DEFAULT_LAYER_SHA
     ``max(1, round(layer_share * n))`` are drawn without replacement with probabilities
     ``softmax(z / temperature)``, z the scores standardised within the batch (``choose``,
     rule "sample"); none when n is 0. Returns, per layer, batch positions in draw order.
-    ``generator``: the uniforms (``uniform_source``; curator.train passes a torch one)."""
+    ``generator``: the uniforms (``uniform_source``; curator.train passes
+    ``torch_uniforms`` of its torch generator)."""
     if not 0.0 < layer_share <= 1.0:
         raise ValueError(f"layer_share must be in (0, 1], got {layer_share}")
     scores = np.asarray(scores, dtype=float)

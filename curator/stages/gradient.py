@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from curator.budget import budget_fraction
-from curator.config import ScoringOptions, StageSpec, config_hash
+from curator.config import ScoringOptions, StageSpec, config_hash, default_of
 from curator.models import LoadedModel
 from curator.records import Sample
 from curator.scoring.engine import LOCAL, ScoringEngine
@@ -43,7 +43,8 @@ def _dualsft_config(spec: StageSpec, options: ScoringOptions):
 def mask_for_selection(store: Store, selection_id: str, lm: LoadedModel,
                        param_budget: str = DEFAULT_PARAM_BUDGET,
                        targets: Sequence[Sample] | None = None, progress: bool = False,
-                       seed: int = 0, options: ScoringOptions | None = None,
+                       seed: int = default_of(StageSpec, "seed"),
+                       options: ScoringOptions | None = None,
                        engine: ScoringEngine = LOCAL) -> dict[str, Any]:
     """The DualSFT parameter mask for an existing selection: parameter importance
     ``u * G`` with G summed over the selected samples only. ``targets`` give the

@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 
 from curator.app.explain import explain, selection_kernels
-from curator.config import QualityOptions, ScoringOptions, StageSpec
+from curator.config import QualityOptions, StageSpec
 from curator.ingest import ingest
 from curator.stages import select_stage
 from curator.stages.evidence import EvidenceLoop
 from curator.store import Store
 from curator.store.selections import selection_members
 from curator.testing import tiny_loaded_model
-
-OPTIONS = ScoringOptions(k=3, batch_size=8, max_length=128)
+from tests.helpers import TINY_OPTIONS
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,7 @@ def test_flmi_explanation_reads_the_stage_kernels(store, lm, used):
     out = select_stage(store, "d", StageSpec(stage="task", function="flmi", budget="3",
                                              version=1, target="q", eta=0.5, harm="off",
                                              quality=QualityOptions.off()),
-                       lm=lm, options=OPTIONS)
+                       lm=lm, options=TINY_OPTIONS)
     k = selection_kernels(store, out.selection_id)
     # the pool x pool kernel and the targets' cap, value for value (FLMI's shared scale)
     np.testing.assert_array_equal(_dense(k.cover), _dense(used["kernel"]))
@@ -77,7 +76,7 @@ def test_flmi_explanation_reads_the_stage_kernels(store, lm, used):
 def test_flvmi_explanation_reads_the_stage_kernels(store, lm, used):
     out = select_stage(store, "d", StageSpec(stage="task", budget="3", version=1, target="q",
                                              harm="off", quality=QualityOptions.off()),
-                       lm=lm, options=OPTIONS)
+                       lm=lm, options=TINY_OPTIONS)
     k = selection_kernels(store, out.selection_id)
     assert k.helped is None
     np.testing.assert_array_equal(_dense(k.cover), _dense(used["query_kernel"]).T)
@@ -88,7 +87,7 @@ def test_flcg_explanation_reads_the_stage_kernels(store, lm, used):
                                                 quality=QualityOptions.off()))
     out = select_stage(store, "d", StageSpec(stage="continual", budget="2", pool="all",
                                              harm="off", quality=QualityOptions.off()),
-                       lm=lm, options=OPTIONS, previous_selection=parent.selection_id)
+                       lm=lm, options=TINY_OPTIONS, previous_selection=parent.selection_id)
     k = selection_kernels(store, out.selection_id)
     np.testing.assert_array_equal(_dense(k.cover), _dense(used["kernel"]))
     np.testing.assert_allclose(k.already, _dense(used["private_kernel"]).max(axis=1))

@@ -5,7 +5,6 @@ says so without "the store is busy" and keeps listing the exports."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from curator.ingest import ingest
 from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.selections import SelectionRecord, save_selection
+from tests.helpers import write_jsonl
 
 APP_FILE = Path(__file__).resolve().parents[2] / "curator" / "app" / "streamlit_app.py"
 
@@ -24,9 +24,8 @@ APP_FILE = Path(__file__).resolve().parents[2] / "curator" / "app" / "streamlit_
 @pytest.fixture
 def store(tmp_path) -> Store:
     rows = [{"prompt": f"Question {i}?", "response": f"Answer {i}."} for i in range(5)]
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     store = Store(tmp_path / "store", lock_timeout=10)
-    ingest(store, str(tmp_path / "d.jsonl"), "d")
+    ingest(store, write_jsonl(tmp_path / "d.jsonl", rows), "d")
     ids = [s.sample_id for s in load_samples(store, "d", 1)][:3]
     save_selection(store, SelectionRecord("d", 1, "instruction", "random", "3", 5, 3), ids,
                    gains=[0.0] * 3)

@@ -3,8 +3,6 @@ reason on a row the selection's prior left out."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -15,6 +13,7 @@ from curator.stages import select_stage
 from curator.store import Store
 from curator.store.selections import get_selection
 from curator.testing import tiny_loaded_model
+from tests.helpers import write_jsonl
 
 APP_FILE = APP_INIT.replace("__init__.py", "streamlit_app.py")
 
@@ -23,8 +22,7 @@ APP_FILE = APP_INIT.replace("__init__.py", "streamlit_app.py")
 def prior_store(tmp_path_factory, pair_rows):
     root = tmp_path_factory.mktemp("quality-view")
     store = Store(root / "store")
-    (root / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pair_rows(12)))
-    ingest(store, str(root / "d.jsonl"), "d")
+    ingest(store, write_jsonl(root / "d.jsonl", pair_rows(12)), "d")
     out = select_stage(store, "d", StageSpec(method="embedding", budget="4",
                                              quality=QualityOptions(drop="25%")),
                        lm=tiny_loaded_model("llama"), options=ScoringOptions(k=3))

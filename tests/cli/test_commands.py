@@ -14,6 +14,7 @@ from curator.records import sample_id_for
 from curator.store import Store
 from curator.store.datasets import list_versions
 from curator.store.schema import LATEST
+from tests.helpers import write_jsonl
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -239,8 +240,8 @@ def test_show_samples_paging_and_search(built, numbered_id):
 def test_show_search_is_literal_text(tmp_path):
     """% and _ are characters to find, not LIKE wildcards (the old CLI matched every row)."""
     path = tmp_path / "a.jsonl"
-    path.write_text("".join(json.dumps({"prompt": p, "response": "r"}) + "\n"
-                            for p in ("100% sure", "snake_case", "plain", "a!b")))
+    write_jsonl(path, [{"prompt": p, "response": "r"}
+                       for p in ("100% sure", "snake_case", "plain", "a!b")])
     store = tmp_path / "s"
     run("ingest", path, "-d", "d", "--store", store, "-q")
     def prompts(text):
@@ -265,8 +266,8 @@ def test_show_quarantine(built):
 def test_show_quarantine_pages_searches_and_says_when_cut(tmp_path):
     """--offset and --search apply to quarantined rows, and a cut list says so."""
     path = tmp_path / "q.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(12))
-                    + '{"prompt": "x", "response": "y"}\n' + "not json_\n")
+    write_jsonl(path, [*({"prompt": f"p{i}"} for i in range(12)),
+                       '{"prompt": "x", "response": "y"}', "not json_"])
     store = tmp_path / "s"
     run("ingest", path, "-d", "d", "--store", store, "-q")
     out = run("show", "-d", "d", "--store", store, "--quarantine").stdout.splitlines()
@@ -408,8 +409,8 @@ def test_eval_exact_match(saved_qwen, tmp_path):
     path, prompts, answers = saved_qwen
     data = tmp_path / "heldout.jsonl"
     # the first reference is the model's own greedy answer, the second is not
-    data.write_text("\n".join(json.dumps({"prompt": p, "response": r}) for p, r in
-                              zip(prompts, [answers[0], "not this"], strict=True)) + "\n")
+    write_jsonl(data, [{"prompt": p, "response": r}
+                       for p, r in zip(prompts, [answers[0], "not this"], strict=True)])
     out = run("eval", "--model", path, "--data", data, "--exact-match",
               "--max-new-tokens", "4").stdout
     lines = out.splitlines()
@@ -432,7 +433,7 @@ def test_eval_tokens(saved_qwen, tmp_path):
     path, prompts, _ = saved_qwen
     data = tmp_path / "heldout.jsonl"
     rows = [(prompts[0], "four"), (prompts[1], "a deep blue")]
-    data.write_text("\n".join(json.dumps({"prompt": p, "response": r}) for p, r in rows) + "\n")
+    write_jsonl(data, [{"prompt": p, "response": r} for p, r in rows])
     lm = load_model(str(path), dtype="fp32")
     samples = [Sample.from_pair(p, r) for p, r in rows]
     for tokens in ("answer", "response"):

@@ -49,7 +49,8 @@ def _library() -> dict[str, dict[str, tuple]]:
     """Options whose default is a library function's or dataclass's (imported here, not
     by the CLI, which would pay for transformers on every command)."""
     from curator.evaluate import exact_match
-    from curator.export import LoadedExport
+    from curator.export import LoadedExport, export_selection
+    from curator.ingest import ingest
     from curator.lora import LoraOptions
     from curator.stages.gradient import mask_for_selection
     from curator.train import eval_loss, train
@@ -57,6 +58,8 @@ def _library() -> dict[str, dict[str, tuple]]:
     return {
         "mask": {"param_budget": (mask_for_selection, "param_budget"),
                  "seed": (mask_for_selection, "seed")},
+        "export": {"fmt": (export_selection, "fmt")},
+        "ingest": {"split": (ingest, "split")},
         "train": {"epochs": (train, "epochs"), "steps": (train, "steps"), "lr": (train, "lr"),
                   "batch_size": (train, "batch_size"), "max_length": (train, "max_length"),
                   "seed": (train, "seed"), "lora_rank": (LoraOptions, "rank"),
@@ -65,8 +68,35 @@ def _library() -> dict[str, dict[str, tuple]]:
                   "gast_sampling": (LoadedExport.layer_training, "sampling")},
         "eval": {"batch_size": (eval_loss, "batch_size"),
                  "max_length": (eval_loss, "max_length"),
-                 "max_new_tokens": (exact_match, "max_new_tokens")},
+                 "max_new_tokens": (exact_match, "max_new_tokens"),
+                 "eval_tokens": (eval_loss, "tokens")},
     }
+
+
+# Options whose default is the command line's own (where it listens, how much it lists):
+# no library function or config takes them.
+UI_ONLY = {"store_path", "host", "port", "limit", "offset", "poll"}
+
+
+def _twins() -> list[tuple[tuple, tuple]]:
+    """Library defaults that must agree with another library default (the one the CLI's
+    table names): each pair reads one declaration, so a literal in either one fails here."""
+    from curator.config import ExportSpec, StageSpec
+    from curator.evaluate import eval_loss, exact_match, generate_greedy, row_losses
+    from curator.export import export_selection
+    from curator.ingest import ingest
+    from curator.readers import read_source
+    from curator.stages.gradient import mask_for_selection
+
+    pairs = [((export_selection, "fmt"), (ExportSpec, "format")),
+             ((ingest, "split"), (read_source, "split")),
+             ((mask_for_selection, "seed"), (StageSpec, "seed")),
+             ((exact_match, "batch_size"), (eval_loss, "batch_size"))]
+    pairs += [((row_losses, name), (eval_loss, name))
+              for name in ("batch_size", "max_length", "tokens")]
+    pairs += [((generate_greedy, name), (exact_match, name))
+              for name in ("batch_size", "max_new_tokens")]
+    return pairs
 
 
 # The scoring commands: every option but these sets a config field.
@@ -111,7 +141,25 @@ def test_every_option_that_sets_a_config_field_has_its_default():
             expected = declared(owner, field)
             assert params[name].default == expected, f"{path} --{name}: {owner} says {expected!r}"
             checked += 1
-    assert checked >= 60
+    assert checked >= 63
+
+
+def test_no_option_writes_its_own_default():
+    """Every option with a default takes it from a table above (its owner's), unless it is
+    a UI-only setting: a new literal default on any command fails here."""
+    tables = CONFIG | _library()
+    for path, command in walk():
+        for p in command.params:
+            if not isinstance(p, click.Option) or p.is_flag or p.name in UI_ONLY:
+                continue
+            if isinstance(p.default, (int, float, str)):  # not None and not click's UNSET
+                assert p.name in tables.get(path, {}), \
+                    f"{path} --{p.name}: default {p.default!r} is said in the CLI only"
+
+
+def test_library_defaults_that_repeat_each_other_agree():
+    for (owner, name), (other, other_name) in _twins():
+        assert declared(owner, name) == declared(other, other_name), (owner, name)
 
 
 def option_help(command: list[str]) -> dict[str, str]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from click.testing import CliRunner
 
 from curator.cli import main
 from curator.store import Store
 from curator.store.selections import get_selection
+from tests.helpers import write_jsonl
 
 
 def run(*args, ok: bool = True):
@@ -29,7 +28,7 @@ def setup(tmp_path_factory, pair_rows):
     lm.model.save_pretrained(model)
     lm.tokenizer.save_pretrained(model)
     data = tmp / "d.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in pair_rows(12)))
+    write_jsonl(data, pair_rows(12))
     run("ingest", data, "-d", "d", "--store", tmp / "s", "-q")
     return tmp / "s", model
 

@@ -15,6 +15,7 @@ import curator.schedule as sch
 import curator.schedule.files as sch_files
 from curator.cli.schedule import register
 from curator.store import Store
+from tests.helpers import write_jsonl
 
 RANDOM_RECIPE = {"dataset": "ignored",
                  "stages": [{"stage": "continual", "method": "random", "budget": "30%"}]}
@@ -60,9 +61,8 @@ def error(main, *args) -> str:
 
 
 def drop(folder: Path, name: str, lo: int, hi: int) -> None:
-    (folder / name).write_text("".join(
-        json.dumps({"prompt": f"question {i}", "response": f"answer {i}"}) + "\n"
-        for i in range(lo, hi)))
+    write_jsonl(folder / name,
+                [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(lo, hi)])
 
 
 def test_the_commands_are_registered_on_the_real_cli():

@@ -3,8 +3,6 @@ announced once, ingest once by checksum, a mask built only when missing."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 import curator.models
@@ -13,6 +11,7 @@ from curator.pipeline import LazyModel, Pipeline, ingest_once
 from curator.store.datasets import list_versions
 from curator.store.selections import get_mask_record
 from curator.testing import tiny_loaded_model
+from tests.helpers import write_jsonl
 
 
 def test_lazy_model_loads_once_and_says_so_once(monkeypatch):
@@ -38,10 +37,9 @@ def test_a_given_loader_is_called_once_and_not_announced():
 
 
 def test_ingest_once_skips_the_same_content_under_another_name(store, tmp_path):
-    rows = "".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n"
-                   for i in range(3))
-    (tmp_path / "a.jsonl").write_text(rows)
-    (tmp_path / "b.jsonl").write_text(rows)
+    rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(3)]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    write_jsonl(tmp_path / "b.jsonl", rows)
     assert ingest_once(store, tmp_path / "a.jsonl", "d").version == 1
     assert ingest_once(store, tmp_path / "b.jsonl", "d") is None
     assert [v.version for v in list_versions(store, "d")] == [1]
@@ -50,9 +48,8 @@ def test_ingest_once_skips_the_same_content_under_another_name(store, tmp_path):
 
 
 def test_ensure_mask_builds_once(store, tmp_path):
-    rows = "".join(json.dumps({"prompt": f"What is {i} + 1?", "response": str(i + 1)}) + "\n"
-                   for i in range(6))
-    (tmp_path / "d.jsonl").write_text(rows)
+    write_jsonl(tmp_path / "d.jsonl",
+                [{"prompt": f"What is {i} + 1?", "response": str(i + 1)} for i in range(6)])
     said: list[str] = []
     pipe = Pipeline(store, LazyModel(loader=lambda: tiny_loaded_model("llama")),
                     echo=said.append)

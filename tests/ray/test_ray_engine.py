@@ -9,6 +9,7 @@ fingerprints are checked).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.helpers import TINY_OPTIONS, write_jsonl
 
 pytest.importorskip("ray")
 
@@ -45,7 +48,8 @@ from curator.testing import tiny_loaded_model  # noqa: E402
 pytestmark = pytest.mark.slow  # Ray: a local cluster, workers killed on purpose: make test-slow
 
 # batch_size 4: units of at most 4 prefix groups, so 20 targets x k=3 make several shards
-OPTIONS = ScoringOptions(k=3, batch_size=4, max_length=128, hubs=0)
+# batches of 4: several batches per actor from 20 samples
+OPTIONS = dataclasses.replace(TINY_OPTIONS, batch_size=4, hubs=0)
 TOLERANCE = 1e-5   # fp32 on CPU; shards batch d(i) and embeddings differently from local
 SEED = 17
 
@@ -54,8 +58,7 @@ SEED = 17
 def base(tmp_path_factory, pair_rows) -> Path:
     root = tmp_path_factory.mktemp("ray-base")
     store = Store(root / "store", lock_timeout=10)
-    (root / "v1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pair_rows(20)))
-    ingest(store, str(root / "v1.jsonl"), "d")
+    ingest(store, write_jsonl(root / "v1.jsonl", pair_rows(20)), "d")
     return store.path
 
 

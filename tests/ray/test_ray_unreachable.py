@@ -3,10 +3,11 @@ CURATOR_RAY_TIMEOUT seconds (issue 28: Ray retried for minutes, printing warning
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
+
+from tests.helpers import write_jsonl
 
 pytest.importorskip("ray")
 
@@ -42,8 +43,7 @@ def test_the_cli_says_it_in_one_line(monkeypatch, tmp_path):
     lm.model.save_pretrained(tmp_path / "model")
     lm.tokenizer.save_pretrained(tmp_path / "model")
     rows = [{"prompt": f"Q{i}?", "response": f"A{i}."} for i in range(6)]
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ingest(Store(tmp_path / "s"), str(tmp_path / "d.jsonl"), "d")
+    ingest(Store(tmp_path / "s"), write_jsonl(tmp_path / "d.jsonl", rows), "d")
     monkeypatch.setenv("CURATOR_RAY_TIMEOUT", "0.5")
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     t0 = time.monotonic()

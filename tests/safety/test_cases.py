@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +13,14 @@ import pytest
 from click.testing import CliRunner
 
 from curator.cli import main
+from tests.helpers import write_jsonl
+from tests.kill_harness import (
+    export_digests,
+    kill_server,
+    kill_then_rerun,
+    question_rows,
+    store_contents,
+)
 from tests.safety import cases
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,9 +141,9 @@ def test_export_of_an_unknown_selection_writes_nothing(tmp_path):
 # -- kill -9 in curate ------------------------------------------------------------------------
 
 CURATE_SERVER = r'''
-# Imports once, then runs each `curator curate` (a JSON job on stdin) in a forked child that
-# kills itself at the n-th store transaction of the run, just before or after its commit.
-import contextlib, json, os, signal, sys, traceback
+# Imports once, then runs each `curator curate` in a forked child that kills itself at the
+# n-th store transaction of the run, just before or after its commit (tests/kill_harness.py).
+import json
 from pathlib import Path
 
 import torch
@@ -144,67 +151,25 @@ torch.set_num_threads(1)   # set before forking: tiny matrices, and no threads a
 
 import transformers  # noqa: F401  (imported once, not in every child)
 from curator.cli import main
-from tests.safety import cases
 import curator.runner  # noqa: F401
-from curator.store import Store
-
-REAL_ATOMIC = Store.atomic
+from tests.kill_harness import kill_in_transactions, serve
 
 
-def curate(store, work, plan, counts_file):
-    count = [0]
-
-    @contextlib.contextmanager
-    def atomic(self):
-        outer = not getattr(self._local, "in_tx", False)
-        with REAL_ATOMIC(self) as con:
-            yield con
-            if outer:
-                count[0] += 1
-                if count[0] == plan.get("n") and plan.get("when") == "before":
-                    os.kill(os.getpid(), signal.SIGKILL)   # not committed
-        if outer and count[0] == plan.get("n") and plan.get("when") == "after":
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    Store.atomic = atomic
-    main(["curate", "--recipe", str(work / "recipe.json"), "--store", store],
+def curate(job):
+    counts, phase = kill_in_transactions(job["plan"])
+    phase[0] = "curate"
+    main(["curate", "--recipe", str(Path(job["work"]) / "recipe.json"), "--store", job["store"]],
          standalone_mode=False)
-    Path(counts_file).write_text(json.dumps({"curate": count[0]}))
+    Path(job["counts"]).write_text(json.dumps(counts))
 
 
-for line in sys.stdin:
-    job = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        # The command's output goes to a log: stdout carries the answers, and a pipe
-        # nobody reads until the end could fill up.
-        log = os.open(os.path.join(job["work"], "curate.log"), os.O_WRONLY | os.O_CREAT
-                      | os.O_APPEND)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        code = 0
-        try:
-            curate(job["store"], Path(job["work"]), job["plan"], job["counts"])
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-    print(json.dumps({"rc": rc}), flush=True)
+serve(curate, log_name="curate.log")
 '''
 
 
 def _curate_inputs(work: Path, model: Path) -> None:
-    def rows(lo, hi):
-        return "".join(json.dumps({"prompt": f"question {i}: what is {i} times 7?",
-                                   "response": f"{i * 7}", "n": i}) + "\n"
-                       for i in range(lo, hi))
-    work.mkdir()
-    (work / "v1.jsonl").write_text(rows(0, 12) + '{"prompt": "no response"}\n')
-    (work / "v2.jsonl").write_text(rows(12, 18) + rows(3, 4))
+    write_jsonl(work / "v1.jsonl", [*question_rows(0, 12), '{"prompt": "no response"}'])
+    write_jsonl(work / "v2.jsonl", question_rows(12, 18) + question_rows(3, 4))
     recipe = {
         "dataset": "d", "model": str(model),
         "inputs": [{"path": "v1.jsonl", "append": False}, {"path": "v2.jsonl"}],
@@ -218,25 +183,7 @@ def _curate_inputs(work: Path, model: Path) -> None:
 
 
 def _exported(work: Path) -> dict:
-    """Each export's files by checksum (manifests without their time and digest), and any
-    hidden folder beside them (a killed export's leftovers)."""
-    from curator.digests import sha256_file
-
-    found = {}
-    for folder in sorted((work / "exports").iterdir()):
-        if folder.name.startswith("."):
-            found[f"leftover {folder.name}"] = sorted(p.name for p in folder.iterdir())
-            continue
-        for f in sorted(folder.rglob("*")):
-            key = f"{folder.name}/{f.relative_to(folder)}"
-            if f.name == "manifest.json":
-                manifest = json.loads(f.read_text())
-                for volatile in ("created_at", "manifest_sha256"):
-                    manifest.pop(volatile)
-                found[key] = manifest
-            elif f.is_file():
-                found[key] = sha256_file(f)
-    return found
+    return export_digests({p.name: p for p in (work / "exports").iterdir()})
 
 
 @pytest.mark.slow  # kill -9 of curate, a process each: make test-slow
@@ -247,42 +194,31 @@ def test_kill_9_in_curate_then_rerun_gives_what_one_run_gives(tmp_path, monkeypa
 
     from curator.store import Store
     from curator.testing import tiny_loaded_model
-    from tests.test_crash import _contents, _Server
 
     monkeypatch.setenv("CURATOR_CACHE", str(tmp_path / "cache"))
     lm = tiny_loaded_model("llama")
     lm.model.save_pretrained(tmp_path / "model")
     lm.tokenizer.save_pretrained(tmp_path / "model")
-    script = tmp_path / "server.py"
-    script.write_text(CURATE_SERVER)
-    server = _Server(script)
-    killed = []
-    try:
-        ref_work, ref_store = tmp_path / "ref", tmp_path / "ref-store"
-        _curate_inputs(ref_work, tmp_path / "model")
-        assert server.run(ref_store, ref_work, {}) == 0
-        total = json.loads((ref_work / "counts.json").read_text())["curate"]
+    ref_work, ref_store = tmp_path / "ref", tmp_path / "ref-store"
+    work, store = tmp_path / "crash", tmp_path / "crash-store"
+    _curate_inputs(ref_work, tmp_path / "model")
+    _curate_inputs(work, tmp_path / "model")
+
+    def plans(counts: dict[str, int]) -> list[dict]:
+        total = counts["curate"]
         assert total > 10
-
         rng = random.Random(28)
-        work, store = tmp_path / "crash", tmp_path / "crash-store"
-        _curate_inputs(work, tmp_path / "model")
-        for _ in range(2):   # each killed run resumes what the one before left
-            plan = {"n": rng.randint(1, total // 2), "when": rng.choice(["before", "after"])}
-            killed.append(plan)
-            assert server.run(store, work, plan) == -signal.SIGKILL, killed
-        assert server.run(store, work, {}) == 0, killed
-        print(f"{total} transactions in one curate; killed at {killed}")
-    except AssertionError:
-        print(server.close())
-        for log in tmp_path.glob("*/curate.log"):
-            print(log, log.read_text()[-3000:])
-        raise
-    server.close()
+        # each killed run resumes what the one before left
+        return [{"phase": "curate", "n": rng.randint(1, total // 2),
+                 "when": rng.choice(["before", "after"])} for _ in range(2)]
 
-    expected = _contents(ref_store)
+    with kill_server(tmp_path / "server.py", CURATE_SERVER, logs="*/curate.log") as server:
+        killed = kill_then_rerun(server, (ref_store, ref_work), (store, work), plans)
+    print(f"killed at {killed}")
+
+    expected = store_contents(ref_store)
     assert expected["running"] == [] and len(expected["selections"]) == 2
-    assert _contents(store) == expected, killed
+    assert store_contents(store) == expected, killed
     assert _exported(work) == _exported(ref_work), killed
     runs = Store(store).query("SELECT status, error FROM runs WHERE kind = 'curate' "
                               "ORDER BY started_at")
@@ -302,9 +238,8 @@ def _export(tmp_path: Path) -> Path:
     from curator.store.selections import SelectionRecord, save_selection
 
     rows = [{"prompt": f"Question {i}?", "response": f"Answer {i}."} for i in range(4)]
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     store = Store(tmp_path / "store", lock_timeout=10)
-    ingest(store, str(tmp_path / "d.jsonl"), "d")
+    ingest(store, write_jsonl(tmp_path / "d.jsonl", rows), "d")
     ids = [s.sample_id for s in load_samples(store, "d", 1)][:3]
     sid = save_selection(store, SelectionRecord("d", 1, "instruction", "random", "3", 4, 3),
                          ids)

@@ -27,6 +27,7 @@ from curator.records import sample_id_for
 from curator.report import RunReport
 from curator.store import NotFound, Store
 from curator.store.selections import get_selection, selection_sample_ids
+from tests import helpers
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 RANDOM = {"stages": [{"stage": "continual", "method": "random", "budget": "30%"}]}
@@ -66,8 +67,7 @@ def ids(lo: int, hi: int) -> set[str]:
 
 def drop(folder: Path, name: str, lo: int, hi: int, extra: tuple[str, ...] = ()) -> Path:
     path = folder / name
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows(lo, hi))
-                    + "".join(line + "\n" for line in extra))
+    helpers.write_jsonl(path, [*rows(lo, hi), *extra])
     return path
 
 

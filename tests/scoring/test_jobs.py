@@ -3,7 +3,7 @@ and kernels read back from the store in the right orientation and units."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -31,8 +31,7 @@ from curator.scoring.utility import score_pairs_reference
 from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.scores import load_embeddings, save_utilities
-
-OPTIONS = ScoringOptions(k=3, batch_size=8, max_length=128)
+from tests.helpers import TINY_OPTIONS, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +42,7 @@ def base(tmp_path_factory, pair_rows) -> Path:
     store = Store(root / "store", lock_timeout=10)
     for name, data, append in (("v1.jsonl", pair_rows(20), False),
                                ("v2.jsonl", pair_rows(6, start=20), True)):
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in data))
-        ingest(store, str(root / name), "d", append=append)
+        ingest(store, write_jsonl(root / name, data), "d", append=append)
     return store.path
 
 
@@ -60,13 +58,13 @@ def pool(store):
 
 
 def stored_pairs(store, lm) -> dict[tuple[str, str], float]:
-    chash = utility_config(lm, OPTIONS).config_hash()
+    chash = utility_config(lm, TINY_OPTIONS).config_hash()
     rows = store.query("SELECT target_id, example_id, utility FROM utilities WHERE model = ? "
                        "AND config = ?", [lm.fingerprint, chash])
     return {(t, e): (math.nan if u is None else u) for t, e, u in rows}
 
 
-def expected_knn_pairs(store, lm, samples, k=OPTIONS.k) -> set[tuple[str, str]]:
+def expected_knn_pairs(store, lm, samples, k=TINY_OPTIONS.k) -> set[tuple[str, str]]:
     """The candidate pairs computed independently from the stored embeddings."""
     ids = [s.sample_id for s in samples]
     emb = load_embeddings(store, embedder_fingerprint(lm, EMBED_MAX_LENGTH), ids)
@@ -80,7 +78,7 @@ def expected_knn_pairs(store, lm, samples, k=OPTIONS.k) -> set[tuple[str, str]]:
 
 def test_scores_exactly_the_knn_pairs_then_nothing_new(store, lm, pool):
     v1, _ = pool
-    first = score_utilities(store, lm, v1, v1, OPTIONS, dataset="d")
+    first = score_utilities(store, lm, v1, v1, TINY_OPTIONS, dataset="d")
     want = expected_knn_pairs(store, lm, v1)
     assert len(want) == 20 * 3
     assert set(stored_pairs(store, lm)) == want
@@ -94,7 +92,7 @@ def test_scores_exactly_the_knn_pairs_then_nothing_new(store, lm, pool):
     # d(i) is stored once per target
     assert store.query("SELECT count(*) FROM losses")[0][0] == 20
 
-    again = score_utilities(store, lm, v1, v1, OPTIONS, dataset="d")
+    again = score_utilities(store, lm, v1, v1, TINY_OPTIONS, dataset="d")
     assert (again.n_pairs, again.n_computed, again.n_reused, again.n_embedded) == (60, 0, 60, 0)
     assert again.line().startswith("nothing new to score: 60 pairs already in the store")
     assert again.run_id is None
@@ -104,9 +102,9 @@ def test_scores_exactly_the_knn_pairs_then_nothing_new(store, lm, pool):
 
 def test_a_new_version_scores_only_the_pairs_not_stored(store, lm, pool):
     v1, v2 = pool
-    score_utilities(store, lm, v1, v1, OPTIONS)
+    score_utilities(store, lm, v1, v1, TINY_OPTIONS)
     before = set(stored_pairs(store, lm))
-    summary = score_utilities(store, lm, v2, v2, OPTIONS)
+    summary = score_utilities(store, lm, v2, v2, TINY_OPTIONS)
     want = expected_knn_pairs(store, lm, v2)
     new = want - before
     assert summary.n_pairs == len(want) == 26 * 3
@@ -139,7 +137,7 @@ def test_hub_examples_by_hand():
 def test_hubs_are_scored_against_every_target_once(store, lm, pool):
     v1, _ = pool
     ids = [s.sample_id for s in v1]
-    options = ScoringOptions(k=3, batch_size=8, max_length=128, hubs=2)
+    options = dataclasses.replace(TINY_OPTIONS, hubs=2)
     out = score_utilities(store, lm, v1, v1, options, dataset="d")
     knn_pairs = expected_knn_pairs(store, lm, v1)
     stored = stored_pairs(store, lm)
@@ -158,7 +156,7 @@ def test_hubs_are_scored_against_every_target_once(store, lm, pool):
     again = score_utilities(store, lm, v1, v1, options, dataset="d")
     assert (again.n_computed, again.n_reused) == (0, out.n_pairs)
     # hubs off: the same store serves the plain kNN pairs without computing anything
-    plain = score_utilities(store, lm, v1, v1, OPTIONS)
+    plain = score_utilities(store, lm, v1, v1, TINY_OPTIONS)
     assert (plain.n_pairs, plain.n_computed) == (len(knn_pairs), 0)
 
 
@@ -184,8 +182,8 @@ def test_auto_hubs_are_k_for_budgets_up_to_a_fifth_of_the_pool():
 
 def test_auto_hubs_score_nothing_without_a_budget(store, lm, pool):
     v1, _ = pool
-    assert OPTIONS.hubs == "auto"
-    out = score_utilities(store, lm, v1, v1, OPTIONS)
+    assert TINY_OPTIONS.hubs == "auto"
+    out = score_utilities(store, lm, v1, v1, TINY_OPTIONS)
     assert out.graph == "exact"
     assert set(stored_pairs(store, lm)) == expected_knn_pairs(store, lm, v1)
 
@@ -204,7 +202,7 @@ def test_an_interrupted_run_resumes_to_the_same_table(store, lm, pool, base, tmp
 
     monkeypatch.setattr(engines, "score_pairs", dies_after_first_chunk)
     with pytest.raises(RuntimeError, match="killed"):
-        score_utilities(store, lm, v1, v1, OPTIONS)
+        score_utilities(store, lm, v1, v1, TINY_OPTIONS)
     partial = stored_pairs(store, lm)
     assert 0 < len(partial) <= 16
     failed = store.runs(kind="score-utility")
@@ -212,7 +210,7 @@ def test_an_interrupted_run_resumes_to_the_same_table(store, lm, pool, base, tmp
     assert failed[0]["error"] == "killed" and failed[0]["done"] == len(partial)
 
     monkeypatch.setattr(engines, "score_pairs", real)
-    resumed = score_utilities(store, lm, v1, v1, OPTIONS)
+    resumed = score_utilities(store, lm, v1, v1, TINY_OPTIONS)
     assert resumed.n_computed == 60 - len(partial)
     assert resumed.n_reused == len(partial)
     runs = sorted(store.runs(kind="score-utility"), key=lambda r: r["started_at"])
@@ -221,7 +219,7 @@ def test_an_interrupted_run_resumes_to_the_same_table(store, lm, pool, base, tmp
     # an uninterrupted run in a second store gives the same table
     shutil.copytree(base, tmp_path / "other")
     other = Store(tmp_path / "other", lock_timeout=10)
-    score_utilities(other, lm, v1, v1, OPTIONS)
+    score_utilities(other, lm, v1, v1, TINY_OPTIONS)
     got, ref = stored_pairs(store, lm), stored_pairs(other, lm)
     assert set(got) == set(ref) and len(got) == 60
     np.testing.assert_allclose([got[p] for p in sorted(ref)], [ref[p] for p in sorted(ref)],
@@ -233,7 +231,7 @@ def test_an_interrupted_run_resumes_to_the_same_table(store, lm, pool, base, tmp
 def test_dense_scores_all_ordered_pairs_but_self(store, lm, pool):
     small = pool[0][:5]
     summary = score_utilities(store, lm, small, small,
-                              ScoringOptions(k=3, batch_size=8, max_length=128, dense=True))
+                              dataclasses.replace(TINY_OPTIONS, dense=True))
     ids = [s.sample_id for s in small]
     assert set(stored_pairs(store, lm)) == {(t, e) for t in ids for e in ids if t != e}
     assert (summary.n_pairs, summary.n_computed, summary.graph) == (20, 20, "dense")
@@ -244,7 +242,7 @@ def test_dense_scores_all_ordered_pairs_but_self(store, lm, pool):
 def test_targets_and_examples_may_differ(store, lm, pool):
     v1, _ = pool
     targets, examples = v1[:4], v1[4:12]
-    summary = score_utilities(store, lm, targets, examples, OPTIONS, k=2)
+    summary = score_utilities(store, lm, targets, examples, TINY_OPTIONS, k=2)
     pairs = set(stored_pairs(store, lm))
     assert summary.n_pairs == len(pairs) == 8
     assert {t for t, _ in pairs} == {s.sample_id for s in targets}
@@ -254,9 +252,9 @@ def test_targets_and_examples_may_differ(store, lm, pool):
 def test_empty_sets_raise(store, lm, pool):
     v1, _ = pool
     with pytest.raises(ValueError, match="no targets"):
-        score_utilities(store, lm, [], v1, OPTIONS)
+        score_utilities(store, lm, [], v1, TINY_OPTIONS)
     with pytest.raises(ValueError, match="no candidate examples"):
-        score_utilities(store, lm, v1, [], OPTIONS)
+        score_utilities(store, lm, v1, [], TINY_OPTIONS)
     with pytest.raises(ValueError, match="no candidate examples"):
         candidate_pairs(v1[:1], v1[:1], np.ones((1, 4)), np.ones((1, 4)), k=3)
 
@@ -264,16 +262,16 @@ def test_empty_sets_raise(store, lm, pool):
 def test_stored_utilities_equal_the_reference_and_make_a_kernel(store, lm, pool):
     v1, _ = pool
     small = v1[:8]
-    score_utilities(store, lm, small, small, OPTIONS)
+    score_utilities(store, lm, small, small, TINY_OPTIONS)
     got = stored_pairs(store, lm)
     pairs = sorted(got)
     ref = score_pairs_reference(lm, {s.sample_id: s for s in small}, pairs,
-                                utility_config(lm, OPTIONS)).as_dict()
+                                utility_config(lm, TINY_OPTIONS)).as_dict()
     assert np.isfinite(list(ref.values())).all()
     np.testing.assert_allclose([got[p] for p in pairs], [ref[p] for p in pairs], atol=1e-5)
 
     ids = [s.sample_id for s in small]
-    kernel = utility_kernel_from_store(store, lm.fingerprint, utility_config(lm, OPTIONS)
+    kernel = utility_kernel_from_store(store, lm.fingerprint, utility_config(lm, TINY_OPTIONS)
                                        .config_hash(), ids, ids)
     m = dense(kernel)
     off = m - np.diag(np.diag(m))
@@ -284,7 +282,7 @@ def test_stored_utilities_equal_the_reference_and_make_a_kernel(store, lm, pool)
     assert (off > 0).sum() == len(positive)
     for (t, e), u in positive.items():
         assert kernel.value(t, e) == pytest.approx(u / kernel.scale, rel=1e-6)
-    unit = dense(utility_kernel_from_store(store, lm.fingerprint, utility_config(lm, OPTIONS)
+    unit = dense(utility_kernel_from_store(store, lm.fingerprint, utility_config(lm, TINY_OPTIONS)
                                            .config_hash(), ids, ids, self_coverage="one"))
     np.testing.assert_array_equal(np.diag(unit), np.ones(8))
     np.testing.assert_array_equal(unit - np.diag(np.diag(unit)), off)

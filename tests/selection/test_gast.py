@@ -44,8 +44,8 @@ def _torch_choose(scores, k, rule, temperature, generator):
 
 @pytest.mark.parametrize("rule", ["sample", "topk"])
 def test_the_numpy_rule_draws_what_the_torch_rule_drew(rule):
-    """Seeded by a torch generator (the stages' torch_uniforms, or a torch.Generator as
-    curator.train passes), the numpy rule picks exactly what the torch rule picked."""
+    """Seeded by a torch generator through torch_uniforms (as the stages and
+    curator.train pass it), the numpy rule picks exactly what the torch rule picked."""
     rng = np.random.default_rng(7)
     for trial in range(20):
         scores = rng.normal(size=40) * 10.0 ** rng.integers(-3, 3)
@@ -55,12 +55,17 @@ def test_the_numpy_rule_draws_what_the_torch_rule_drew(rule):
         want = _torch_choose(scores, 15, rule, 0.7, torch.Generator().manual_seed(trial))
         assert choose(scores, 15, rule, 0.7,
                       torch_uniforms(torch.Generator().manual_seed(trial))) == want
-        assert choose(scores, 15, rule, 0.7, torch.Generator().manual_seed(trial)) == want
+
+
+def test_a_bare_torch_generator_is_refused_with_the_wrapper_named():
+    """selection/ imports no torch: a torch.Generator must come through torch_uniforms."""
+    with pytest.raises(TypeError, match="torch_uniforms"):
+        choose(np.arange(5.0), 2, "sample", 1.0, torch.Generator().manual_seed(0))
 
 
 def test_sampling_prefers_high_scores():
     scores = np.arange(100, dtype=float)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch_uniforms(torch.Generator().manual_seed(0))
     picks = [i for _ in range(50) for i in choose(scores, 5, "sample", 0.5, gen)]
     assert np.mean(picks) > 75
 
@@ -181,9 +186,11 @@ def test_batch_layer_picks_draw_only_scored_rows():
     a = batch_layer_picks(scores[:, :2], 0.5, 1.0, np.random.default_rng(2))
     b = batch_layer_picks(3 * scores[:, :2] + 7, 0.5, 1.0, np.random.default_rng(2))
     assert a == b
-    # a torch generator (what curator.train passes) draws torch's stream
-    assert batch_layer_picks(scores, 0.5, 1.0, torch.Generator().manual_seed(2)) == \
-        batch_layer_picks(scores, 0.5, 1.0, torch_uniforms(torch.Generator().manual_seed(2)))
+    # a torch generator (curator.train's) comes wrapped: seeded, the same picks
+    assert batch_layer_picks(scores, 0.5, 1.0, torch_uniforms(torch.Generator().manual_seed(2))) \
+        == batch_layer_picks(scores, 0.5, 1.0, torch_uniforms(torch.Generator().manual_seed(2)))
+    with pytest.raises(TypeError, match="torch_uniforms"):
+        batch_layer_picks(scores, 0.5, 1.0, torch.Generator().manual_seed(2))
     # higher scores are drawn more often
     ladder = np.arange(10, dtype=float)[:, None]
     drawn = [i for _ in range(200)

@@ -4,7 +4,7 @@ locally stands in for Ray and says which of its methods each method's stage call
 
 from __future__ import annotations
 
-import json
+import dataclasses
 
 import pytest
 
@@ -15,8 +15,9 @@ from curator.scoring.engine import LOCAL
 from curator.stages import select_stage
 from curator.store import Store
 from curator.testing import tiny_loaded_model
+from tests.helpers import TINY_OPTIONS, write_jsonl
 
-RAY = ScoringOptions(k=3, batch_size=8, max_length=128, engine="ray")
+RAY = dataclasses.replace(TINY_OPTIONS, engine="ray")
 
 
 class RecordingEngine:
@@ -61,9 +62,7 @@ def fresh(tmp_path, pair_rows):
     """A store with nothing scored: "d" (16 rows) and a target set "q" (3)."""
     store = Store(tmp_path / "store", lock_timeout=10)
     for name, rows in (("d", pair_rows(16)), ("q", pair_rows(3, start=40))):
-        path = tmp_path / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        ingest(store, str(path), name)
+        ingest(store, write_jsonl(tmp_path / f"{name}.jsonl", rows), name)
     return store
 
 

@@ -4,14 +4,13 @@ per layer, LESS a top-k by score; masks are recorded with the file's sha256."""
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from curator.config import GradientOptions, QualityOptions, ScoringOptions
+from curator.config import GradientOptions, QualityOptions
 from curator.config import StageSpec as _StageSpec
 from curator.ingest import ingest
 from curator.masks import load_mask
@@ -26,8 +25,7 @@ from curator.store.selections import (
     selection_members,
     selection_sample_ids,
 )
-
-OPTIONS = ScoringOptions(k=3, batch_size=8, max_length=128)
+from tests.helpers import TINY_OPTIONS, write_jsonl
 
 
 def StageSpec(**kw) -> _StageSpec:  # noqa: N802 - stands in for the config class
@@ -43,8 +41,7 @@ def base(tmp_path_factory, pair_rows):
     root = tmp_path_factory.mktemp("gradient-base")
     store = Store(root / "store", lock_timeout=10)
     for name, data in (("d", pair_rows(16)), ("q", pair_rows(3, start=50))):
-        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
-        ingest(store, str(root / f"{name}.jsonl"), name)
+        ingest(store, write_jsonl(root / f"{name}.jsonl", data), name)
     return store.path
 
 
@@ -62,7 +59,7 @@ def sha256(path) -> str:
 @pytest.mark.slow  # gradient passes on a tiny model: make test-slow
 def test_dualsft_stores_subset_and_mask(gstore, lm):
     out = select_stage(gstore, "d", StageSpec(method="dualsft", budget="25%",
-                                              param_budget="10%"), lm=lm, options=OPTIONS)
+                                              param_budget="10%"), lm=lm, options=TINY_OPTIONS)
     rec = get_selection(gstore, out.selection_id)
     assert (rec.method, rec.function, rec.n_pool, rec.n_selected) == (
         "dualsft", "top_k_gradient_utility", 16, 4)
@@ -96,7 +93,7 @@ def test_dualsft_stores_subset_and_mask(gstore, lm):
 @pytest.mark.slow  # gradient passes on a tiny model: make test-slow
 def test_dualsft_default_param_budget_is_five_percent(gstore, lm):
     out = select_stage(gstore, "d", StageSpec(method="dualsft", budget="4"), lm=lm,
-                       options=OPTIONS)
+                       options=TINY_OPTIONS)
     info = get_mask_record(gstore, out.selection_id)["info"]
     assert info["scope_density"] == pytest.approx(0.05, abs=0.01)
     assert get_selection(gstore, out.selection_id).config["param_budget"] == "5%"
@@ -104,7 +101,7 @@ def test_dualsft_default_param_budget_is_five_percent(gstore, lm):
 
 def test_gast_stores_a_subset_per_layer_and_their_union(gstore, lm):
     out = select_stage(gstore, "d", StageSpec(method="gast", budget="4", target="q"), lm=lm,
-                       options=OPTIONS)
+                       options=TINY_OPTIONS)
     layers = selection_layers(gstore, out.selection_id)
     assert sorted(layers) == ["model.layers.0", "model.layers.1"]
     sizes = {len(v) for v in layers.values()}
@@ -126,7 +123,7 @@ def test_gast_stores_a_subset_per_layer_and_their_union(gstore, lm):
 @pytest.mark.slow  # gradient passes on a tiny model: make test-slow
 def test_dualsft_record_states_the_gradient_settings_and_the_prior(gstore, lm):
     default = select_stage(gstore, "d", StageSpec(method="dualsft", budget="4"), lm=lm,
-                           options=OPTIONS)
+                           options=TINY_OPTIONS)
     cfg = get_selection(gstore, default.selection_id).config
     assert cfg["gradient"] == {"warmup_steps": 10, "eta": 2e-5, "lambda_new": 1.0,
                                "lambda_prior": 1.0, "tau": 2.0, "mask_rank": "signed",
@@ -134,14 +131,14 @@ def test_dualsft_record_states_the_gradient_settings_and_the_prior(gstore, lm):
     assert cfg["v_prior"].startswith("kl to reference")  # warmed up by default
     cold = select_stage(gstore, "d", StageSpec(method="dualsft", budget="4",
                                                gradient=GradientOptions(warmup_steps=0)),
-                        lm=lm, options=OPTIONS)
+                        lm=lm, options=TINY_OPTIONS)
     cfg = get_selection(gstore, cold.selection_id).config
     assert cfg["v_prior"].startswith("zero")  # no warm-up: the prior did nothing
     assert "cross-fitted" in cfg["v_new"]  # no target set: a held-out slice, cross-fitted
     warm_spec = StageSpec(method="dualsft", budget="4", target="q",
                           gradient=GradientOptions(warmup_steps=2, eta=1e-3, tau=1.5,
                                                    mask_rank="abs", mask_spread=0.5))
-    warm = select_stage(gstore, "d", warm_spec, lm=lm, options=OPTIONS)
+    warm = select_stage(gstore, "d", warm_spec, lm=lm, options=TINY_OPTIONS)
     assert warm.selection_id != cold.selection_id
     cfg = get_selection(gstore, warm.selection_id).config
     assert cfg["gradient"]["warmup_steps"] == 2 and cfg["gradient"]["mask_rank"] == "abs"
@@ -153,7 +150,7 @@ def test_less_ranks_by_score_descending(gstore, lm):
     # the quality prior off: every pool row is scored and ranked by its score alone
     out = select_stage(gstore, "d", StageSpec(method="less", budget="5", target="q",
                                               quality=QualityOptions.off()), lm=lm,
-                       options=OPTIONS)
+                       options=TINY_OPTIONS)
     members = selection_members(gstore, out.selection_id)
     scores = [m["score"] for m in members]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
@@ -168,8 +165,8 @@ def test_less_ranks_by_score_descending(gstore, lm):
 
 def test_gradient_selection_is_reused(gstore, lm):
     spec = StageSpec(method="less", budget="5", target="q")
-    first = select_stage(gstore, "d", spec, lm=lm, options=OPTIONS)
-    second = select_stage(gstore, "d", spec, lm=lm, options=OPTIONS)
+    first = select_stage(gstore, "d", spec, lm=lm, options=TINY_OPTIONS)
+    second = select_stage(gstore, "d", spec, lm=lm, options=TINY_OPTIONS)
     assert second.reused and second.selection_id == first.selection_id
 
 

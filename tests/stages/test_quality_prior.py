@@ -3,13 +3,12 @@ term in greedy, incremental scoring, and the record of what was left out."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 
-from curator.config import QualityOptions, RecipeError, ScoringOptions, StageSpec
+from curator.config import QualityOptions, RecipeError, StageSpec
 from curator.ingest import ingest
 from curator.scoring.jobs import ensure_quality
 from curator.scoring.quality import score_quality
@@ -19,8 +18,7 @@ from curator.stages.quality import AUTO_MAX_DROP, decide_drops, neighbour_z
 from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.selections import get_selection, selection_sample_ids
-
-OPTIONS = ScoringOptions(k=3, batch_size=8, max_length=128)
+from tests.helpers import TINY_OPTIONS, write_jsonl
 
 
 def test_neighbour_z_by_hand():
@@ -76,8 +74,7 @@ def test_modular_term_matches_identity_rows():
 def qstore(tmp_path, pair_rows):
     store = Store(tmp_path / "store", lock_timeout=10)
     for name, data in (("d", pair_rows(16)), ("q", pair_rows(3, start=50))):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
-        ingest(store, str(tmp_path / f"{name}.jsonl"), name)
+        ingest(store, write_jsonl(tmp_path / f"{name}.jsonl", data), name)
     return store
 
 
@@ -89,9 +86,8 @@ def test_scoring_is_incremental(qstore, lm, tmp_path, pair_rows):
     np.testing.assert_allclose(rows.loss, ref.loss, rtol=1e-6)
     np.testing.assert_allclose(rows.stop_nll, ref.stop_nll, rtol=1e-6)
     assert ensure_quality(qstore, lm, pool)[1] == 0
-    more = tmp_path / "more.jsonl"
-    more.write_text("".join(json.dumps(r) + "\n" for r in pair_rows(4, start=100)))
-    ingest(qstore, str(more), "d", append=True)
+    ingest(qstore, write_jsonl(tmp_path / "more.jsonl", pair_rows(4, start=100)), "d",
+           append=True)
     assert ensure_quality(qstore, lm, load_samples(qstore, "d", 2))[1] == 4
 
 
@@ -99,7 +95,7 @@ def test_scoring_is_incremental(qstore, lm, tmp_path, pair_rows):
 def test_every_model_method_leaves_out_what_the_prior_drops(qstore, lm, method):
     spec = StageSpec(stage="task", method=method, budget="25%", target="q",
                      quality=QualityOptions(drop="25%"))
-    out = select_stage(qstore, "d", spec, lm=lm, options=OPTIONS)
+    out = select_stage(qstore, "d", spec, lm=lm, options=TINY_OPTIONS)
     rec = get_selection(qstore, out.selection_id)
     prior = rec.config["quality"]
     assert prior["n_dropped"] == 4 and prior["n_pool"] == 16 and rec.n_pool == 16
@@ -121,21 +117,21 @@ def test_every_model_method_leaves_out_what_the_prior_drops(qstore, lm, method):
 
 def test_the_prior_is_on_by_default(qstore, lm):
     out = select_stage(qstore, "d", StageSpec(method="embedding", budget="4"), lm=lm,
-                       options=OPTIONS)
+                       options=TINY_OPTIONS)
     prior = get_selection(qstore, out.selection_id).config["quality"]
     assert (prior["signal"], prior["drop"], prior["weight"]) == ("combined", "auto", 1.0)
     off = select_stage(qstore, "d", StageSpec(method="embedding", budget="4",
-                                              quality="off"), lm=lm, options=OPTIONS)
+                                              quality="off"), lm=lm, options=TINY_OPTIONS)
     assert "quality" not in get_selection(qstore, off.selection_id).config
     assert off.selection_id != out.selection_id
 
 
 def test_prior_off_keeps_the_key_and_random_ignores_it(qstore, lm):
     plain = select_stage(qstore, "d", StageSpec(method="random", budget="4"), lm=lm,
-                         options=OPTIONS)
+                         options=TINY_OPTIONS)
     again = select_stage(qstore, "d", StageSpec(method="random", budget="4",
                                                 quality=QualityOptions(drop="25%")),
-                         lm=lm, options=OPTIONS)
+                         lm=lm, options=TINY_OPTIONS)
     assert again.reused and again.selection_id == plain.selection_id
 
 
@@ -143,12 +139,12 @@ def test_weight_adds_the_modular_term(qstore, lm):
     off = QualityOptions.off()
     base = select_stage(qstore, "d", StageSpec(stage="task", method="rds", budget="25%",
                                                target="q", quality=off), lm=lm,
-                        options=OPTIONS)
+                        options=TINY_OPTIONS)
     heavy = select_stage(qstore, "d", StageSpec(stage="task", method="rds", budget="25%",
                                                 target="q",
                                                 quality=QualityOptions(drop="off",
                                                                        weight=100.0)),
-                         lm=lm, options=OPTIONS)
+                         lm=lm, options=TINY_OPTIONS)
     rec = get_selection(qstore, heavy.selection_id)
     assert rec.config["quality"]["weight"] == 100.0 and rec.config["quality"]["n_dropped"] == 0
     # with a huge weight RDS+ takes the rows of best quality (lowest z) regardless of targets
@@ -168,7 +164,7 @@ def test_weight_adds_the_modular_term(qstore, lm):
 def test_delift_gains_sum_to_its_objective_without_the_modular_part(qstore, lm):
     out = select_stage(qstore, "d", StageSpec(method="delift", budget="4",
                                               quality=QualityOptions(drop="off", weight=2.0)),
-                       lm=lm, options=OPTIONS)
+                       lm=lm, options=TINY_OPTIONS)
     rec = get_selection(qstore, out.selection_id)
     assert out.gains.sum() == pytest.approx(rec.objective, abs=1e-6)
 
@@ -188,7 +184,7 @@ def test_task_candidates_above_dense_target_take_the_prior(qstore, lm, monkeypat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(evidence, "propose_pairs", spy)
-    opts = dataclasses.replace(OPTIONS, k=1, dense_target=0)
+    opts = dataclasses.replace(TINY_OPTIONS, k=1, dense_target=0)
     out = select_stage(qstore, "d", StageSpec(stage="task", method="delift", budget="8",
                                               target="q",
                                               quality=QualityOptions(drop="off", weight=1.0)),

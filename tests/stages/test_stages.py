@@ -30,8 +30,8 @@ from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.scores import load_embeddings, save_utilities
 from curator.store.selections import get_selection, selection_members
+from tests.helpers import TINY_OPTIONS, write_jsonl
 
-OPTIONS = ScoringOptions(k=3, batch_size=8, max_length=128)
 N_V1, N_NEW, N_Q = 24, 8, 4
 
 
@@ -43,28 +43,21 @@ def StageSpec(**kw) -> _StageSpec:  # noqa: N802 - stands in for the config clas
     return _StageSpec(**kw)
 
 
-def write(path, data) -> str:
-    import json
-
-    path.write_text("".join(json.dumps(r) + "\n" for r in data))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, lm, pair_rows):
     """A store built once: "d" v1 (24), v2 = v1 + 8 new (append), target set "q" (4), with
     every sample embedded and v1 x v1 utilities scored. Tests work on copies."""
     root = tmp_path_factory.mktemp("curate-base")
     store = Store(root / "store", lock_timeout=10)
-    ingest(store, write(root / "v1.jsonl", pair_rows(N_V1)), "d")
-    ingest(store, write(root / "v2.jsonl", pair_rows(N_NEW, start=N_V1)), "d", append=True)
-    ingest(store, write(root / "q.jsonl", [{"prompt": f"Add {i} and {i + 1}.",
+    ingest(store, write_jsonl(root / "v1.jsonl", pair_rows(N_V1)), "d")
+    ingest(store, write_jsonl(root / "v2.jsonl", pair_rows(N_NEW, start=N_V1)), "d", append=True)
+    ingest(store, write_jsonl(root / "q.jsonl", [{"prompt": f"Add {i} and {i + 1}.",
                                             "response": f"{2 * i + 1}"} for i in range(N_Q)]),
            "q")
     everyone = {s.sample_id: s for s in [*load_samples(store, "d", 2), *load_samples(store, "q", 1)]}
     ensure_embeddings(store, lm, list(everyone.values()))
     v1 = load_samples(store, "d", 1)
-    score_utilities(store, lm, v1, v1, OPTIONS)
+    score_utilities(store, lm, v1, v1, TINY_OPTIONS)
     return store.path
 
 
@@ -79,7 +72,7 @@ def ids(samples) -> list[str]:
 
 
 def chash(lm) -> str:
-    return utility_config(lm, OPTIONS).config_hash()
+    return utility_config(lm, TINY_OPTIONS).config_hash()
 
 
 def embeddings(store, lm, sample_ids) -> np.ndarray:
@@ -121,12 +114,12 @@ def test_task_without_a_target_is_a_clear_error(cstore, lm):
     with pytest.raises(ValueError, match="task stage needs a target set"):
         resolve_pools(cstore, "d", StageSpec(stage="task", method="random"))
     with pytest.raises(RecipeError, match="task stage needs a target set"):
-        select_stage(cstore, "d", StageSpec(stage="task"), lm=lm, options=OPTIONS)
+        select_stage(cstore, "d", StageSpec(stage="task"), lm=lm, options=TINY_OPTIONS)
 
 
 def test_continual_with_nothing_previous_is_a_clear_error(cstore, lm):
     with pytest.raises(ValueError, match="continual stage needs something previous"):
-        select_stage(cstore, "d", StageSpec(stage="continual"), lm=lm, options=OPTIONS)
+        select_stage(cstore, "d", StageSpec(stage="continual"), lm=lm, options=TINY_OPTIONS)
 
 
 def test_continual_pools_new_and_all(cstore):
@@ -223,7 +216,7 @@ def test_rds_ranking_is_round_robin_by_hand():
 
 def test_rds_stage_ranks_by_round_robin_cosine(cstore, lm):
     out = select_stage(cstore, "d", StageSpec(stage="task", method="rds", budget="6",
-                                              target="q"), lm=lm, options=OPTIONS)
+                                              target="q"), lm=lm, options=TINY_OPTIONS)
     pool = ids(load_samples(cstore, "d", 2))
     q = ids(load_samples(cstore, "q", 1))
     expected = rds_ranking(embeddings(cstore, lm, pool), embeddings(cstore, lm, q), 6)
@@ -234,7 +227,7 @@ def test_rds_stage_ranks_by_round_robin_cosine(cstore, lm):
 
 def test_rds_needs_a_target(cstore, lm):
     with pytest.raises(ValueError, match="rds ranks the pool by similarity to a target"):
-        select_stage(cstore, "d", StageSpec(method="rds"), lm=lm, options=OPTIONS)
+        select_stage(cstore, "d", StageSpec(method="rds"), lm=lm, options=TINY_OPTIONS)
 
 
 # -- DELIFT and the embedding baseline --------------------------------------------------------
@@ -248,7 +241,7 @@ def test_instruction_delift_facility_location(cstore, lm):
     spec = StageSpec(stage="instruction", method="delift", budget="25%", version=1,
                      harm="off")
     out = select_stage(cstore, "d", spec, lm=lm,
-                       options=dataclasses.replace(OPTIONS, expand=0))
+                       options=dataclasses.replace(TINY_OPTIONS, expand=0))
     assert out.scoring[0].n_computed == 0           # v1 x v1 was scored in the base store
     assert out.scoring[0].n_pairs == 72
     assert not out.reused
@@ -272,8 +265,8 @@ def test_instruction_delift_facility_location(cstore, lm):
 
 def test_identical_selection_is_reused(cstore, lm):
     spec = StageSpec(stage="instruction", method="delift", budget="6", version=1)
-    first = select_stage(cstore, "d", spec, lm=lm, options=OPTIONS)
-    second = select_stage(cstore, "d", spec, lm=lm, options=OPTIONS)
+    first = select_stage(cstore, "d", spec, lm=lm, options=TINY_OPTIONS)
+    second = select_stage(cstore, "d", spec, lm=lm, options=TINY_OPTIONS)
     assert second.reused and not first.reused
     assert second.selection_id == first.selection_id
     assert second.sample_ids == first.sample_ids
@@ -281,10 +274,10 @@ def test_identical_selection_is_reused(cstore, lm):
     assert cstore.query("SELECT count(*) FROM selections")[0][0] == 1
     # reuse=False, or a different setting, selects again (reuse=False first: a larger budget
     # may score pairs that the same spec's kernel then reads, docs/design-notes.md)
-    fourth = select_stage(cstore, "d", spec, lm=lm, options=OPTIONS, reuse=False)
+    fourth = select_stage(cstore, "d", spec, lm=lm, options=TINY_OPTIONS, reuse=False)
     assert not fourth.reused and fourth.sample_ids == first.sample_ids
     third = select_stage(cstore, "d", StageSpec(stage="instruction", method="delift",
-                                                budget="7", version=1), lm=lm, options=OPTIONS)
+                                                budget="7", version=1), lm=lm, options=TINY_OPTIONS)
     assert not third.reused and third.selection_id != first.selection_id
 
 
@@ -298,13 +291,13 @@ def test_a_model_loader_is_called_only_for_model_methods(cstore, lm):
     select_stage(cstore, "d", StageSpec(method="random", budget="3"), lm=loader)
     assert calls == []
     out = select_stage(cstore, "d", StageSpec(method="embedding", budget="3", version=1),
-                       lm=loader, options=OPTIONS)
+                       lm=loader, options=TINY_OPTIONS)
     assert calls == [1] and get_selection(cstore, out.selection_id).model == lm.fingerprint
 
 
 def test_instruction_embedding_baseline(cstore, lm):
     out = select_stage(cstore, "d", StageSpec(method="embedding", budget="6", version=1),
-                       lm=lm, options=OPTIONS)
+                       lm=lm, options=TINY_OPTIONS)
     rec, _ = check_stored(cstore, out, method="embedding", function="facility_location",
                           model=lm.fingerprint, n_pool=24)
     pool = ids(load_samples(cstore, "d", 1))
@@ -317,7 +310,7 @@ def test_instruction_embedding_baseline(cstore, lm):
 def test_task_delift_flvmi(cstore, lm):
     # harm "mean": no fit pairs (test_fit_pairs_are_scored_for_task_picks), only Q x pool
     out = select_stage(cstore, "d", StageSpec(stage="task", budget="6", version=1,
-                                              target="q", harm="mean"), lm=lm, options=OPTIONS)
+                                              target="q", harm="mean"), lm=lm, options=TINY_OPTIONS)
     rec, members = check_stored(cstore, out, stage="task", method="delift", function="flvmi",
                                 target="q:1", n_pool=24, n_selected=6)
     assert len(out.scoring) == 1                    # FLVMI needs only Q x pool
@@ -336,7 +329,7 @@ def test_task_delift_flvmi(cstore, lm):
 def test_task_delift_flmi(cstore, lm):
     out = select_stage(cstore, "d", StageSpec(stage="task", function="flmi", budget="6",
                                               version=1, target="q", eta=0.5),
-                       lm=lm, options=OPTIONS)
+                       lm=lm, options=TINY_OPTIONS)
     rec, members = check_stored(cstore, out, function="flmi", target="q:1")
     assert [s.n_targets for s in out.scoring[:2]] == [24, N_Q]   # pool x pool, then Q x pool
     assert out.scoring[0].n_computed == 0
@@ -361,7 +354,7 @@ def test_continual_delift_flcg(cstore, lm):
     pool_kind = "new"
     parent = select_stage(cstore, "d", StageSpec(method="random", budget="6", version=1))
     out = select_stage(cstore, "d", StageSpec(stage="continual", budget="3", pool=pool_kind),
-                       lm=lm, options=OPTIONS, previous_selection=parent.selection_id)
+                       lm=lm, options=TINY_OPTIONS, previous_selection=parent.selection_id)
     pools = resolve_pools(cstore, "d", StageSpec(stage="continual", pool=pool_kind,
                                                  parent=parent.selection_id))
     rec, members = check_stored(cstore, out, stage="continual", function="flcg",
@@ -400,7 +393,7 @@ def test_zero_gain_tail_is_ordered_by_utility_evidence(cstore, lm):
                    [1.0 if e == hub else -0.01 * (1 + pool.index(e)) for _, e in pairs],
                    [0.5] * len(pairs), [0.5] * len(pairs), [True] * len(pairs))
     out = select_stage(cstore, "d", StageSpec(budget="6", version=1, harm="mean"), lm=lm,
-                       options=OPTIONS)
+                       options=TINY_OPTIONS)
     assert out.scoring[0].n_computed == 0            # every candidate pair was stored
     assert out.sample_ids == [hub, *pool[:5]]
     rec, members = check_stored(cstore, out, objective=23.0)
@@ -428,11 +421,11 @@ def test_harmful_examples_are_left_out(cstore, lm):
     save_utilities(cstore, lm.fingerprint, cfg, [t for t, _ in pairs], [e for _, e in pairs],
                    u, [0.5] * len(pairs), [0.5] * len(pairs), [True] * len(pairs))
     kept = select_stage(cstore, "d", StageSpec(budget="6", version=1, harm="mean"), lm=lm,
-                        options=OPTIONS)
+                        options=TINY_OPTIONS)
     assert bad not in kept.sample_ids
     assert kept.record.config["harmful_excluded"] == 1
     off = select_stage(cstore, "d", StageSpec(budget="6", version=1, harm="off"), lm=lm,
-                       options=OPTIONS)
+                       options=TINY_OPTIONS)
     assert off.sample_ids[0] == bad and off.record.config["harmful_excluded"] == 0
 
 
@@ -456,10 +449,10 @@ def test_examples_their_neighbours_do_not_fit_are_left_out(cstore, lm):
     save_utilities(cstore, lm.fingerprint, cfg, [t for t, _ in pairs], [e for _, e in pairs],
                    u, [0.5] * len(pairs), [0.5] * len(pairs), [True] * len(pairs))
     mean_only = select_stage(cstore, "d", StageSpec(budget="6", version=1, harm="mean"),
-                             lm=lm, options=OPTIONS)
+                             lm=lm, options=TINY_OPTIONS)
     assert mean_only.sample_ids[0] == bad
     assert mean_only.record.config["harmful_excluded"] == 0
-    out = select_stage(cstore, "d", StageSpec(budget="6", version=1), lm=lm, options=OPTIONS)
+    out = select_stage(cstore, "d", StageSpec(budget="6", version=1), lm=lm, options=TINY_OPTIONS)
     assert out.record.config["harm"] == "mean+fit"
     assert bad not in out.sample_ids
     assert out.record.config["harmful_excluded"] == 1 == out.record.config["unfit_excluded"]
@@ -479,7 +472,7 @@ def test_fit_pairs_are_scored_for_task_picks(cstore, lm):
     pool = ids(pool_samples)
     cstore.query("DELETE FROM utilities")
     out = select_stage(cstore, "d", StageSpec(stage="task", budget="6", version=1, target="q"),
-                       lm=lm, options=OPTIONS)
+                       lm=lm, options=TINY_OPTIONS)
     ev = out.record.config["evidence"]
     rows = load_utilities(cstore, lm.fingerprint, chash(lm), pool, pool)
     fit = list(zip(rows.target_id, rows.example_id, strict=True))
@@ -492,13 +485,13 @@ def test_fit_pairs_are_scored_for_task_picks(cstore, lm):
     assert max(per_target.values()) == FIT_PAIRS
     assert all(t != e for t, e in fit)
     ref = score_pairs_reference(lm, {s.sample_id: s for s in pool_samples}, fit,
-                                utility_config(lm, OPTIONS)).as_dict()
+                                utility_config(lm, TINY_OPTIONS)).as_dict()
     np.testing.assert_allclose([dict(zip(fit, rows.utility, strict=True))[p] for p in ref],
                                list(ref.values()), rtol=1e-4, atol=1e-5)
     # the record names what the fit pairs left out, and a rerun scores nothing new
     unfit = out.record.config["unfit_excluded"]
     again = select_stage(cstore, "d", StageSpec(stage="task", budget="6", version=1,
-                                                target="q"), lm=lm, options=OPTIONS)
+                                                target="q"), lm=lm, options=TINY_OPTIONS)
     assert again.sample_ids == out.sample_ids and again.record.config["unfit_excluded"] == unfit
     assert sum(r.n_computed for r in again.scoring) == 0
 
@@ -514,7 +507,7 @@ def test_pairs_scored_on_demand_fill_the_budget_with_measured_utilities(cstore, 
     pool_samples = load_samples(cstore, "d", 1)
     pool = ids(pool_samples)
     cstore.query("DELETE FROM utilities")
-    opts = dataclasses.replace(OPTIONS, k=1, hubs=0)
+    opts = dataclasses.replace(TINY_OPTIONS, k=1, hubs=0)
     spec = StageSpec(budget="12", version=1, harm="off")
     blind = select_stage(cstore, "d", spec, lm=lm, options=dataclasses.replace(opts, expand=0))
     n_graph = int(cstore.query("SELECT count(*) FROM utilities")[0][0])
@@ -543,7 +536,7 @@ def test_continual_embedding_flcg_over_all_unused_samples(cstore, lm):
     out = select_stage(cstore, "d", StageSpec(stage="continual", method="embedding",
                                               budget="4", pool="all",
                                               parent=parent.selection_id),
-                       lm=lm, options=OPTIONS)
+                       lm=lm, options=TINY_OPTIONS)
     pools = resolve_pools(cstore, "d", StageSpec(stage="continual", pool="all",
                                                  parent=parent.selection_id))
     rec, members = check_stored(cstore, out, function="flcg", parent=parent.selection_id,
@@ -585,7 +578,7 @@ def test_stage_key_ignores_settings_at_their_new_defaults(cstore):
     pools = resolve_pools(cstore, "d", spec)
     from curator.config import ENGINE_KEYS  # where scoring runs: never part of the key
 
-    old_options = {k: v for k, v in vars(OPTIONS).items()
+    old_options = {k: v for k, v in vars(TINY_OPTIONS).items()
                    if k not in ("hubs", "expand", "tokens", "dense_target", *ENGINE_KEYS)}
     old_key = raw_hash({"dataset": "d", "version": 1, "pool": ids(pools.pool), "target": None,
                         "parent": None,
@@ -593,9 +586,9 @@ def test_stage_key_ignores_settings_at_their_new_defaults(cstore):
                                  if k not in ("name", "version", "parent", "self_coverage",
                                               "harm", "gradient", "quality")},
                         "options": old_options, "model": None})
-    off = dataclasses.replace(OPTIONS, hubs=0)  # what select_stage resolves "auto" to here
+    off = dataclasses.replace(TINY_OPTIONS, hubs=0)  # what select_stage resolves "auto" to here
     assert stage_key("d", spec, pools, off, None) == old_key
-    hubs = ScoringOptions(**{**vars(OPTIONS), "hubs": 2})
+    hubs = ScoringOptions(**{**vars(TINY_OPTIONS), "hubs": 2})
     assert stage_key("d", spec, pools, hubs, None) != old_key
 
 
@@ -609,7 +602,7 @@ def test_stage_key_of_gradient_methods(cstore):
     spec = StageSpec(method="dualsft", budget="4", version=1)
     pools = resolve_pools(cstore, "d", spec)
     warm = dataclasses.replace(spec, gradient=GradientOptions(warmup_steps=3))
-    assert stage_key("d", spec, pools, OPTIONS, "m") != stage_key("d", warm, pools, OPTIONS,
+    assert stage_key("d", spec, pools, TINY_OPTIONS, "m") != stage_key("d", warm, pools, TINY_OPTIONS,
                                                                   "m")
     less = StageSpec(method="less", budget="4", version=1)
     before = raw_hash({"dataset": "d", "version": 1, "pool": ids(pools.pool), "target": None,
@@ -617,32 +610,32 @@ def test_stage_key_of_gradient_methods(cstore):
                        "spec": {k: v for k, v in vars(less).items()
                                 if k not in ("name", "version", "parent", "self_coverage",
                                              "gradient")},
-                       "options": vars(OPTIONS), "model": "m"})
-    assert stage_key("d", less, pools, OPTIONS, "m") != before
+                       "options": vars(TINY_OPTIONS), "model": "m"})
+    assert stage_key("d", less, pools, TINY_OPTIONS, "m") != before
 
 
 def test_auto_hubs_at_small_budgets(cstore, lm):
     # 4 of 24 is at most a fifth of the pool: "auto" scores k (3) hub columns in full
     small = select_stage(cstore, "d", StageSpec(stage="instruction", budget="4", version=1),
-                         lm=lm, options=OPTIONS)
+                         lm=lm, options=TINY_OPTIONS)
     run = small.scoring[0]
     assert run.graph == "exact + 3 hubs" and run.n_pairs > 72
     assert small.record.config["hubs"] == 3
     assert any("3 hub examples" in n and "scoring.hubs: auto" in n for n in small.notes)
     # the count "auto" became is the setting: asking for 3 hubs is the same selection
     again = select_stage(cstore, "d", StageSpec(stage="instruction", budget="4", version=1),
-                         lm=lm, options=dataclasses.replace(OPTIONS, hubs=3))
+                         lm=lm, options=dataclasses.replace(TINY_OPTIONS, hubs=3))
     assert again.reused and again.selection_id == small.selection_id
     # 6 of 24 is more than a fifth: no hubs, and the same key as hubs off (0)
     large = select_stage(cstore, "d", StageSpec(stage="instruction", budget="6", version=1),
-                         lm=lm, options=OPTIONS)
+                         lm=lm, options=TINY_OPTIONS)
     assert "hubs" not in large.scoring[0].graph and "hubs" not in large.record.config
     off = select_stage(cstore, "d", StageSpec(stage="instruction", budget="6", version=1),
-                       lm=lm, options=dataclasses.replace(OPTIONS, hubs=0))
+                       lm=lm, options=dataclasses.replace(TINY_OPTIONS, hubs=0))
     assert off.reused and off.selection_id == large.selection_id
     # other methods score no hubs, whatever the budget
     emb = select_stage(cstore, "d", StageSpec(method="embedding", budget="2", version=1),
-                       lm=lm, options=OPTIONS)
+                       lm=lm, options=TINY_OPTIONS)
     assert "hubs" not in emb.record.config
 
 
@@ -656,7 +649,7 @@ def test_a_stage_killed_while_scoring_on_demand_reruns_to_the_same_result(cstore
     cstore.query("DELETE FROM utilities")
     shutil.copytree(cstore.path, tmp_path / "twin")
     twin = Store(tmp_path / "twin", lock_timeout=10)
-    opts = dataclasses.replace(OPTIONS, k=1, hubs=0, expand=3)
+    opts = dataclasses.replace(TINY_OPTIONS, k=1, hubs=0, expand=3)
     spec = StageSpec(budget="12", version=1, harm="off")
     whole = select_stage(cstore, "d", spec, lm=lm, options=opts)
     assert whole.record.config["evidence"]["rounds"] >= 1

@@ -4,8 +4,6 @@ pools were keep a rebuilt pool."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from curator.config import StageSpec
@@ -21,16 +19,15 @@ from curator.store.selections import (
     selection_pool_sql,
 )
 from curator.store.trash import trash_samples
+from tests.helpers import write_jsonl
 
 
 @pytest.fixture
 def store(tmp_path):
     s = Store(tmp_path / "s")
     rows = [{"prompt": f"Question {i}?", "response": f"Answer {i}."} for i in range(12)]
-    (tmp_path / "v1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
-    (tmp_path / "v2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[8:]))
-    ingest(s, str(tmp_path / "v1.jsonl"), "d")
-    ingest(s, str(tmp_path / "v2.jsonl"), "d", append=True)
+    ingest(s, write_jsonl(tmp_path / "v1.jsonl", rows[:8]), "d")
+    ingest(s, write_jsonl(tmp_path / "v2.jsonl", rows[8:]), "d", append=True)
     return s
 
 

@@ -4,8 +4,6 @@ without what was trashed when it was made."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from click.testing import CliRunner
 
@@ -23,16 +21,15 @@ from curator.store.trash import (
     trash_samples,
     trashed_ids,
 )
+from tests.helpers import write_jsonl
 
 
 @pytest.fixture
 def store(tmp_path):
     s = Store(tmp_path / "s")
     rows = [{"prompt": f"Question {i}?", "response": f"Answer {i}."} for i in range(10)]
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
-    ingest(s, str(tmp_path / "d.jsonl"), "d")
-    ingest(s, str(tmp_path / "q.jsonl"), "q")
+    ingest(s, write_jsonl(tmp_path / "d.jsonl", rows), "d")
+    ingest(s, write_jsonl(tmp_path / "q.jsonl", rows[:3]), "q")
     return s
 
 
