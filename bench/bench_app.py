@@ -57,7 +57,7 @@ def write_jsonl(path: Path, start: int, stop: int, malformed: int = 0) -> None:
 def build_store(path: Path, rows: int) -> dict:
     """Fill a store at ``path``; returns what was made (selection ids, timings)."""
     from curator.config import StageSpec
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
     from curator.stages import select_stage
     from curator.store import Store
     from curator.store.datasets import version_sample_ids
@@ -66,7 +66,7 @@ def build_store(path: Path, rows: int) -> dict:
         save_gradient_scores,
         save_utilities,
     )
-    from curator.store.selections import SelectionRecord, save_selection
+    from curator.store.selection_rows import SelectionRecord, save_selection
 
     store = Store(path)
     store.init()
@@ -224,7 +224,7 @@ def main() -> None:
         print(f"built {store_path} in {built['seconds']:.0f} s", flush=True)
     from curator.store import Store
     from curator.store.browse_masks import layered_selections
-    from curator.store.selections import list_selections
+    from curator.store.selection_rows import list_selections
 
     store = Store(store_path)
     randoms = [s.selection_id for s in list_selections(store) if s.method == "random"]

@@ -1,4 +1,4 @@
-"""Ingest and diff benchmark: time and peak memory of `curator.ingest.ingest` on generated JSONL.
+"""Ingest and diff benchmark: time and peak memory of `curator.ingestion.ingest.ingest` on generated JSONL.
 
 Targets (issue 2): ingest of 100k JSONL rows in under 20 s on 2 cores, with peak memory that
 does not grow with the file (rows stream through in batches); a diff of two 100k-row
@@ -62,7 +62,7 @@ def rss_mb(field: str) -> float:
 
 
 def child(args: argparse.Namespace) -> None:
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
     from curator.store import Store
     from curator.store.datasets import diff_versions
 

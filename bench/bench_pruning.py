@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from _machine import cpu_name  # noqa: E402  (bench/ helper, beside this script)
 
 from curator.config import AUTO_HUBS_MAX_SHARE, ScoringOptions  # noqa: E402
-from curator.ingest import ingest  # noqa: E402
+from curator.ingestion.ingest import ingest  # noqa: E402
 from curator.models import load_model  # noqa: E402
 from curator.scoring.jobs import (  # noqa: E402
     candidate_pairs,

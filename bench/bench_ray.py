@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from _machine import cpu_name  # noqa: E402  (bench/ helper, beside this script)
 
-from curator.ingest import ingest  # noqa: E402
+from curator.ingestion.ingest import ingest  # noqa: E402
 from curator.models import load_model  # noqa: E402
 from curator.scoring.engine import LOCAL  # noqa: E402
 from curator.scoring.jobs import PAIR_COMMIT, candidate_pairs, ensure_embeddings  # noqa: E402

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from curator.store import Store
-from curator.store.selections import SelectionRecord, save_selection, selection_pool_ids
+from curator.store.selection_rows import SelectionRecord, save_selection, selection_pool_ids
 
 
 def _size(store: Store) -> int:

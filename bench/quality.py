@@ -12,7 +12,7 @@ near-duplicates) and two target tasks:
 - ``t0``: a held-out T0 family (default sciq) scored by response loss; its evaluation set
   takes each held-out item under every template, and the bootstrap resamples items;
 - ``em``: a BBH task (default sports_understanding; or GSM8K test) scored by response
-  loss and by exact match (greedy answer, ``curator.evaluate``).
+  loss and by exact match (greedy answer, ``curator.training.evaluate``).
 For each task, each method selects 30% of the pool in the task stage toward that task's
 target set Q (20 rows). Each selection is fine-tuned from the same base model with
 training seeds 0..S-1: the same steps, batch size, lr and seed, hence the same data order
@@ -75,7 +75,7 @@ moves): ``select_one`` (curator.stages.select_stage, resolve_pools; config.Stage
 ScoringOptions), ``training_set`` (export.export_selection, load_export), ``fine_tune``
 (train.train), ``evaluate_task`` (evaluate.row_losses, exact_match), ``prepare``
 (ingest.ingest, store.Store, store.datasets.load_samples), ``stored_gains`` and
-``subset_digest`` (store.selections), ``scoring_model`` / ``training_model`` (models,
+``subset_digest`` (store.selection_rows), ``scoring_model`` / ``training_model`` (models,
 testing).
 """
 
@@ -272,7 +272,7 @@ def training_model(args: argparse.Namespace):
 def prepare(args: argparse.Namespace, tokenizer: Any):
     """Build the data, write it, and (re)ingest it when it changed. Returns (data, store):
     dataset "pool" (v1 existing, v2 existing + new), "target" (t0 task's Q), "em_target"."""
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
     from curator.store import Store
     from curator.store.datasets import load_samples
 
@@ -348,7 +348,7 @@ def select_one(args, store, lm, stage: str, method: str, seed: int, target: str 
 
 def stored_gains(store, selection_id: str) -> list[float]:
     """Marginal gains of a selection's members as stored (rank order)."""
-    from curator.store.selections import selection_members
+    from curator.store.selection_rows import selection_members
 
     return [float(r["gain"] or 0.0) for r in selection_members(store, selection_id)]
 
@@ -356,7 +356,7 @@ def stored_gains(store, selection_id: str) -> list[float]:
 def subset_digest(store, selection_id: str) -> str:
     """What a fine-tuning run depends on in a selection: its members in order, its layer
     subsets and its mask file."""
-    from curator.store.selections import get_mask_record, selection_layers, selection_sample_ids
+    from curator.store.selection_rows import get_mask_record, selection_layers, selection_sample_ids
 
     mask = get_mask_record(store, selection_id)
     blob = json.dumps({"members": selection_sample_ids(store, selection_id),
@@ -367,14 +367,14 @@ def subset_digest(store, selection_id: str) -> str:
 
 def training_set(store, selection_id: str, folder: Path):
     """The selection as training reads it: samples, mask, layer subsets (via an export)."""
-    from curator.export import export_selection, load_export
+    from curator.outputs.subsets import export_selection, load_export
 
     export_selection(store, selection_id, folder, force=True)
     return load_export(folder)
 
 
 def fine_tune(args, lm, exported, seed: int):
-    from curator.train import train
+    from curator.training.finetune import train
 
     return train(lm, None, exported.samples, mask=exported.mask,
                  layer_subsets=exported.layers, steps=args.steps, lr=args.lr,
@@ -420,8 +420,8 @@ def make_tasks(args, data: QualityData) -> list[Task]:
 
 def evaluate_task(lm, task: Task) -> dict[str, Any]:
     """Per-row response losses (and exact-match hits) of one model on one task."""
-    from curator.evaluate import exact_match, row_losses
     from curator.records import Sample
+    from curator.training.evaluate import exact_match, row_losses
 
     samples = [Sample.from_pair(r.prompt, r.response) for r in task.rows]
     t = time.monotonic()

@@ -143,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def prepare(args) -> tuple[PriorData, Any]:
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
     from curator.store import Store
 
     cfg = PriorConfig(eval_size=args.eval_size)
@@ -286,7 +286,7 @@ class Trainer:
     def run(self, samples, seed: int, layers=None, layer_scores=None,
             tag: str = "", mask: tuple[str, dict] | None = None) -> dict[str, Any]:
         """``mask``: (its sha256, the mask) to train only its coordinates (DualSFT)."""
-        from curator.train import train
+        from curator.training.finetune import train
 
         args = self.args
         what = {"ids": [s.sample_id for s in samples], "layers": layers, "seed": seed,
@@ -491,21 +491,21 @@ def _count(budget: str, n: int) -> int:
 
 def _layer_scores(store, selection_id: str):
     """GAST: the per-layer scores training samples each batch from (the paper's rule)."""
-    from curator.store.selections import selection_layer_scores
+    from curator.store.selection_rows import selection_layer_scores
 
     return selection_layer_scores(store, selection_id) or None
 
 
 def _layers(store, selection_id: str):
-    from curator.store.selections import selection_layers
+    from curator.store.selection_rows import selection_layers
 
     return selection_layers(store, selection_id) or None
 
 
 def _mask(store, out) -> tuple[str, dict]:
     """The DualSFT mask stored with a selection: (its sha256, the mask)."""
-    from curator.masks import load_mask
-    from curator.store.selections import get_mask_record
+    from curator.outputs.mask_files import load_mask
+    from curator.store.selection_rows import get_mask_record
 
     rec = get_mask_record(store, out.selection_id)
     if rec is None:
@@ -514,7 +514,7 @@ def _mask(store, out) -> tuple[str, dict]:
 
 
 def _describe(out, labels, secs: float, store, rds_ids: set[str]) -> dict[str, Any]:
-    from curator.store.selections import get_selection
+    from curator.store.selection_rows import get_selection
 
     rows = [labels[i] for i in out.sample_ids]
     fam = [r for r in rows if r.family == "mc"]

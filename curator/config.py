@@ -415,7 +415,7 @@ class Recipe:
 
 @dataclass(frozen=True)
 class TrainDefaults:
-    """What ``curator.train.train`` and ``curator train`` default to. Said here, below
+    """What ``curator.training.finetune.train`` and ``curator train`` default to. Said here, below
     torch, so the CLI reads them without importing the trainer; the trainer's signature
     reads them too (``TRAIN_DEFAULTS``)."""
 
@@ -429,7 +429,7 @@ class TrainDefaults:
 
 @dataclass(frozen=True)
 class EvalDefaults:
-    """What ``curator.evaluate`` (``eval_loss``, ``row_losses``, ``exact_match``) and
+    """What ``curator.training.evaluate`` (``eval_loss``, ``row_losses``, ``exact_match``) and
     ``curator eval`` default to (see ``TrainDefaults``)."""
 
     batch_size: int = 16
@@ -444,7 +444,7 @@ EVAL_DEFAULTS = EvalDefaults()
 
 @dataclass(frozen=True)
 class LoraOptions:
-    """LoRA adapters for ``curator.lora.train_lora`` (re-exported there); here, with the
+    """LoRA adapters for ``curator.training.lora.train_lora`` (re-exported there); here, with the
     other configs, so ``curator train``'s options read its defaults without torch."""
 
     rank: int = 8

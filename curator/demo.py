@@ -18,7 +18,7 @@ from curator.report import RunReport, mask_words
 from curator.runner import run_recipe
 from curator.store import Store
 from curator.store.datasets import list_versions
-from curator.store.selections import selection_pool_ids, selection_sample_ids
+from curator.store.selection_rows import selection_pool_ids, selection_sample_ids
 
 DEMO_DATASET = "demo"
 TARGET_DATASET = "demo-target"
@@ -70,7 +70,7 @@ def noise_rates(store: Store, report: RunReport, labels: dict[str, dict]) -> dic
 def prior_noisy(store: Store, report: RunReport, labels: dict[str, dict]) -> dict[str, int]:
     """How many of the rows the quality prior left out are noisy, per stage that ran with
     the prior (the report counts the rows left out)."""
-    from curator.store.selections import get_selection
+    from curator.store.selection_rows import get_selection
 
     noisy = {i for i, v in labels.items() if v.get("noisy")}
     out: dict[str, int] = {}

@@ -25,7 +25,7 @@ from typing import Any
 from curator.digests import sha256_file
 
 MANIFEST = "manifest.json"
-# What an export writes (curator.export): a killed export's temporary folder holding
+# What an export writes (curator.outputs.subsets): a killed export's temporary folder holding
 # anything else is not removed by the recovery.
 EXPORT_NAMES = frozenset({"data.jsonl", "data.parquet", "hf", "mask.safetensors",
                           "layers.json", "layer_scores.json", "dataset_info.json", MANIFEST})

@@ -57,7 +57,7 @@ def run_recipe(store: Store, recipe: Recipe, *,
                 echo(f"  note: {note}")
             stage.mask = pipe.stage_mask(spec, outcome.selection_id)
             if recipe.export is not None:
-                from curator.export import export_selection
+                from curator.outputs.subsets import export_selection
 
                 root = export_root or Path(recipe.export.out)
                 out = root / f"{outcome.selection_id}-{spec.stage}-{spec.method}"

@@ -38,7 +38,7 @@ OPTIMIZERS = ("naive", "lazy", "stochastic")
 ENGINES = ("local", "ray")                         # where scoring runs (scoring/engine.py)
 # DELIFT's d over the answer's own tokens, or the whole response (with end-of-turn tokens)
 SCORED_TOKENS = ("answer", "response")
-# The evaluation loss (curator/evaluate.py) over the same two spans; "answer" by default
+# The evaluation loss (curator/training/evaluate.py) over the same two spans; "answer" by default
 EVAL_TOKENS = SCORED_TOKENS
 DISTANCES = ("prob-l2", "nll")                     # DELIFT: the paper's distance, or mean NLL
 # DELIFT: leave out net-harmful examples ("mean"), also those whose own response the examples

@@ -10,7 +10,7 @@ split into prompt (the turns before the last) and completion (the last assistant
 because on prompt/completion data TRL's loss is on completion tokens only, which is the
 response-token loss curator scored and selected with.
 
-The mask: ``curator.train.apply_mask`` freezes the tensors the mask leaves out and zeroes
+The mask: ``curator.training.finetune.apply_mask`` freezes the tensors the mask leaves out and zeroes
 the gradient of masked-out coordinates in the others; with AdamW and weight decay 0 (TRL's
 default, kept here) a frozen coordinate's update is exactly 0, so it stays bit-identical.
 A GAST export's layer subsets need one sample subset per layer, which SFTTrainer's single
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
     from trl import SFTConfig, SFTTrainer
 
-    from curator.export import load_export
     from curator.models import load_model
-    from curator.train import apply_mask
+    from curator.outputs.subsets import load_export
+    from curator.training.finetune import apply_mask
 
     exp = load_export(args.export_dir)  # checks every file against the manifest
     if exp.layers:

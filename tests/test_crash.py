@@ -43,7 +43,7 @@ torch.set_num_threads(1)   # tiny matrices: threads only add contention; set bef
 import curator.schedule as sch
 from curator.config import ScoringOptions, StageSpec
 from curator.stages import select_stage
-from curator.export import export_selection
+from curator.outputs.subsets import export_selection
 from curator.pipeline import ingest_once
 from curator.scoring.jobs import score_utilities
 from curator.store import NotFound, Store

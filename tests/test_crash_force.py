@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from curator.export import export_selection, verify_export
 from curator.folders import replace_refusal
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
+from curator.outputs.subsets import export_selection, verify_export
 from curator.store import Store
 from curator.store.datasets import load_samples
-from curator.store.selections import SelectionRecord, save_selection
+from curator.store.selection_rows import SelectionRecord, save_selection
 from tests.helpers import write_jsonl
 
 pytestmark = pytest.mark.slow  # kill -9 at every step of a forced export and train, a process each: make test-slow
@@ -130,7 +130,7 @@ def test_kill_9_at_every_step_of_export_force(exported, tmp_path):
 
 def test_kill_9_at_every_step_of_train_force(tmp_path):
     from curator.testing import tiny_loaded_model
-    from curator.trained import clean_dead_writes, save_trained
+    from curator.training.trained import clean_dead_writes, save_trained
 
     base = tmp_path / "base"
     base.mkdir()

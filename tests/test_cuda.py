@@ -28,7 +28,7 @@ from curator.scoring.neighbours import dense_pairs
 from curator.scoring.utility import PairChunk, UtilityConfig, score_pairs, score_pairs_reference
 from curator.selection import select
 from curator.testing import tiny_causal_lm, tiny_loaded_model, tiny_tokenizer
-from curator.train import train
+from curator.training.finetune import train
 
 pytestmark = pytest.mark.cuda
 
@@ -48,7 +48,7 @@ def _sibling(relative: str) -> ModuleType:
 
 CONF = _sibling("conftest.py")  # make_samples, chat_samples, peaky
 T_GRAD = _sibling("scoring/test_gradients.py")
-T_TRAIN = _sibling("test_train.py")
+T_TRAIN = _sibling("training/test_finetune.py")
 
 
 def tiny_on(arch: str, device: torch.device, dtype: str = "fp32", peaky: bool = False,

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from curator.demo import DEMO_DATASET, MALFORMED_DATASET, TARGET_DATASET, run_demo
-from curator.export import load_export, verify_export
+from curator.outputs.subsets import load_export, verify_export
 from curator.sample_data import FILES, SAMPLE_DATA_DIR
 from curator.store import Store
 from curator.store.datasets import list_versions
-from curator.store.selections import get_mask_record, get_selection
+from curator.store.selection_rows import get_mask_record, get_selection
 from curator.testing import tiny_loaded_model
 
 KEEP_LINES = {"v1": 16, "v2": 8, "v3": 9, "target": 3}   # v3.csv: header + 8 rows

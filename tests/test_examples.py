@@ -14,12 +14,12 @@ from tests.helpers import write_jsonl
 pytest.importorskip("trl")
 
 from curator.digests import sha256_file  # noqa: E402
-from curator.export import export_selection  # noqa: E402
-from curator.ingest import ingest  # noqa: E402
-from curator.masks import save_mask  # noqa: E402
+from curator.ingestion.ingest import ingest  # noqa: E402
+from curator.outputs.mask_files import save_mask  # noqa: E402
+from curator.outputs.subsets import export_selection  # noqa: E402
 from curator.store import Store  # noqa: E402
 from curator.store.datasets import load_samples  # noqa: E402
-from curator.store.selections import (  # noqa: E402
+from curator.store.selection_rows import (  # noqa: E402
     SelectionRecord,
     save_mask_record,
     save_selection,

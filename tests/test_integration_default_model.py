@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from curator.config import ScoringOptions, StageSpec
-from curator.export import export_selection, load_export
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
 from curator.models import load_model
+from curator.outputs.subsets import export_selection, load_export
 from curator.sample_data import SAMPLE_DATA_DIR
 from curator.stages import select_stage
 from curator.stages.gradient import mask_for_selection
 from curator.store import Store
-from curator.train import train
+from curator.training.finetune import train
 
 pytestmark = pytest.mark.slow
 

@@ -110,19 +110,19 @@ def test_no_import_cycles():
 LAYERS: list[tuple[str, set[str]]] = [
     ("environment, folders", {"curator", "curator.env", "curator.digests", "curator.folders"}),
     ("vocabulary", {"curator.vocabulary", "curator.budget"}),
-    ("records, configs", {"curator.records", "curator.schemas", "curator.readers",
+    ("records, configs", {"curator.records", "curator.ingestion.schemas", "curator.ingestion.readers",
                           "curator.config"}),
     # Maths over arrays: below the store and the model (see test_selection_is_maths_only).
     ("selection", {"curator.selection"}),
     ("store", {"curator.store"}),
-    ("ingest", {"curator.ingest"}),
+    ("ingest", {"curator.ingestion.ingest"}),
     ("models", {"curator.models"}),
     ("scoring", {"curator.scoring"}),
     # Mask files name parameters by scoring's layer and module-kind rules.
-    ("masks", {"curator.masks"}),
+    ("masks", {"curator.outputs.mask_files"}),
     ("stages", {"curator.stages"}),
-    ("outputs", {"curator.export", "curator.train", "curator.lora", "curator.trained",
-                 "curator.evaluate"}),
+    ("outputs", {"curator.outputs.subsets", "curator.training.finetune", "curator.training.lora", "curator.training.trained",
+                 "curator.training.evaluate"}),
     ("pipeline", {"curator.pipeline"}),
     ("recipes, schedules", {"curator.report", "curator.runner", "curator.schedule"}),
     # The demo runs recipes; the tiny test models and the sample data serve it and the tests.
@@ -168,9 +168,9 @@ def test_the_layer_check_finds_an_upward_import():
                                              "p.mid.y (mid) -> p.top (high)"]
     # and on the real tree: a store module importing the exporter would fail the test
     real = import_graph()
-    real["curator.store.browse_masks"] = real["curator.store.browse_masks"] | {"curator.export"}
+    real["curator.store.browse_masks"] = real["curator.store.browse_masks"] | {"curator.outputs.subsets"}
     assert upward_imports(real) == [
-        "curator.store.browse_masks (store) -> curator.export (outputs)"]
+        "curator.store.browse_masks (store) -> curator.outputs.subsets (outputs)"]
 
 
 def test_every_module_has_a_layer():

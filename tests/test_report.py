@@ -9,7 +9,7 @@ import numpy as np
 
 from curator.report import RunReport, StageReport, mask_words, table_lines
 from curator.stages import StageOutcome
-from curator.store.selections import SelectionRecord
+from curator.store.selection_rows import SelectionRecord
 
 MASK = {"overall": {"selected": 1234, "total": 56789, "density": 1234 / 56789},
         "scope_density": 0.1}

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from curator.config import ExportSpec, InputSpec, Recipe, StageSpec
-from curator.export import load_export, verify_export
+from curator.outputs.subsets import load_export, verify_export
 from curator.pipeline import ingest_once
 from curator.runner import run_recipe
 from curator.store.datasets import list_versions
-from curator.store.selections import get_mask_record, get_selection, list_selections
+from curator.store.selection_rows import get_mask_record, get_selection, list_selections
 from tests.helpers import TINY_OPTIONS
 
 # -- ingest_once ------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def test_ingest_once_killed_after_the_version_does_not_ingest_again(store, write
     """The version and its file's checksum are one transaction: a crash right after the
     version committed used to leave the file unrecorded, and the rerun made a second
     version of the same file."""
-    import curator.ingest as ingest_mod
+    import curator.ingestion.ingest as ingest_mod
 
     path = write_jsonl("a.jsonl", pair_rows(4))
     real = ingest_mod.Store.finish_run

@@ -19,11 +19,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import duckdb
 import streamlit as st
 
-from curator import env, masks
+from curator import env
 from curator.app import explain as _explain
-from curator.export import ExportError
-from curator.store import Store, StoreError, browse_overview
-from curator.store import selections as store_selections
+from curator.outputs import mask_files
+from curator.outputs.subsets import ExportError
+from curator.store import Store, StoreError, browse_overview, selection_rows
 from curator.store import trash as store_trash
 
 CACHE_TTL = 10  # seconds: a scheduled job's new data shows up after this at the latest
@@ -92,14 +92,14 @@ def clear_cache() -> None:
 @st.cache_data(ttl=3600, show_spinner=False, max_entries=32)
 def _mask_cells(path: str, timeout: float, selection_id: str, sha256: str) -> Any:
     store = _store(path, timeout)
-    rec = store_selections.get_mask_record(store, selection_id)
+    rec = selection_rows.get_mask_record(store, selection_id)
     if rec is None:
         return []
-    return masks.mask_heatmap(Path(store.artifacts) / rec["path"], rec["sha256"])
+    return mask_files.mask_heatmap(Path(store.artifacts) / rec["path"], rec["sha256"])
 
 
 def mask_heatmap(selection_id: str, sha256: str) -> Any:
-    """``masks.mask_heatmap`` of the selection's mask file, cached per mask checksum."""
+    """``mask_files.mask_heatmap`` of the selection's mask file, cached per mask checksum."""
     return _mask_cells(str(store_path().resolve()), lock_timeout(), selection_id, sha256)
 
 
@@ -252,7 +252,7 @@ def selection_label(sel: Any) -> str:
 def pick_selection(key: str, label: str = "selection", only: list[str] | None = None,
                    default: str | None = None) -> Any:
     """A selectbox over the store's selections; returns the chosen SelectionRecord."""
-    sels = read(store_selections.list_selections)
+    sels = read(selection_rows.list_selections)
     if only is not None:
         sels = [s for s in sels if s.selection_id in only]
     if not sels:

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from curator.stages.delift import delift_kernels
 from curator.store import Store
 from curator.store.datasets import get_samples, resolve_version, version_sample_ids
-from curator.store.selections import (
+from curator.store.selection_rows import (
     SelectionRecord,
     get_selection,
     selection_pool_ids,

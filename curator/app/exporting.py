@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from curator.export import ExportError, export_selection
 from curator.folders import FolderRefused, check_target
+from curator.outputs.subsets import ExportError, export_selection
 from curator.store import Store
-from curator.store.selections import get_selection
+from curator.store.selection_rows import get_selection
 
 MAX_DEPTH = 2  # <dest>/<export>/ and <dest>/<schedule>/<run>/
 

@@ -182,7 +182,7 @@ def select_cmd(dataset: str, store_path: Path, version: str | None, stage: str, 
 @user_errors
 def selections(store_path: Path, dataset: str | None) -> None:
     """List stored selections."""
-    from curator.store.selections import list_selections
+    from curator.store.selection_rows import list_selections
 
     rows = list_selections(open_store(store_path), dataset)
     click.echo(f"{'selection':<10} {'dataset':<12} {'ver':>3} {'stage':<11} {'method':<9} "
@@ -207,7 +207,7 @@ def selections(store_path: Path, dataset: str | None) -> None:
 @user_errors
 def export(selection_id: str, store_path: Path, fmt: str, out: Path, force: bool) -> None:
     """Write a selection's samples, its mask (if any) and manifest.json to a folder."""
-    from curator.export import ExportError, export_selection
+    from curator.outputs.subsets import ExportError, export_selection
 
     try:
         result = export_selection(open_store(store_path), selection_id, out, fmt, force)
@@ -315,15 +315,15 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
     layer subsets put adapters only on layers that have samples, each learning from its
     own fixed subset; a DualSFT mask is not applied (a sparse mask and LoRA are different
     restrictions)."""
-    from curator.export import load_export
-    from curator.train import train as run_train
-    from curator.trained import check_out, save_trained
+    from curator.outputs.subsets import load_export
+    from curator.training.finetune import train as run_train
+    from curator.training.trained import check_out, save_trained
 
     out = check_out(out, force)  # refused before any training, with the reason
     if lora:
         import importlib.util
 
-        from curator.lora import INSTALL_HINT
+        from curator.training.lora import INSTALL_HINT
 
         if importlib.util.find_spec("peft") is None:
             raise CuratorError(INSTALL_HINT)
@@ -345,7 +345,7 @@ def train(export_dir: Path, out: Path, model: str | None, epochs: int, steps: in
     kwargs = dict(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                   max_length=max_length, progress=True)
     if lora:
-        from curator.lora import train_lora
+        from curator.training.lora import train_lora
 
         targets = None if lora_targets is None else tuple(
             t.strip() for t in lora_targets.split(",") if t.strip())
@@ -399,7 +399,7 @@ def eval_cmd(model: str | None, data_path: str | None, dataset: str | None, stor
              answer_pattern: str | None, eval_tokens: str) -> None:
     """Mean answer-token loss of a model on a target set (compare before/after training;
     --eval-tokens), and with --exact-match the share of greedy answers equal to the references."""
-    from curator import evaluate
+    from curator.training import evaluate
 
     if answer_pattern is not None and not exact_match:
         raise CuratorError("--answer-pattern needs --exact-match")
@@ -425,8 +425,8 @@ def _samples_from(data_path: str | None, dataset: str | None, store_path: Path) 
 
         store = open_store(store_path)
         return load_latest(store, dataset)
-    from curator.readers import read_source, sample_from_row
-    from curator.schemas import RowError
+    from curator.ingestion.readers import read_source, sample_from_row
+    from curator.ingestion.schemas import RowError
 
     _, rows = read_source(data_path)
     samples = []

@@ -25,9 +25,9 @@ class CuratorError(click.ClickException):
 
 def user_errors(func: Callable) -> Callable:
     """Turn the library's expected errors into one line and exit 1 (no traceback)."""
-    from curator.ingest import IngestError
+    from curator.ingestion.ingest import IngestError
+    from curator.ingestion.readers import InputError
     from curator.models import ModelLoadError
-    from curator.readers import InputError
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

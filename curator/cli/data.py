@@ -15,7 +15,7 @@ from curator.cli.common import (
     store_option,
     user_errors,
 )
-from curator.readers import DEFAULT_SPLIT
+from curator.ingestion.readers import DEFAULT_SPLIT
 from curator.store import Store
 
 
@@ -59,8 +59,8 @@ def ingest(source: str, dataset: str, store_path: Path, append: bool, prompt_fie
     """
     from tqdm import tqdm
 
-    from curator.ingest import ingest as run_ingest
-    from curator.schemas import FieldMap
+    from curator.ingestion.ingest import ingest as run_ingest
+    from curator.ingestion.schemas import FieldMap
 
     fields = None
     if prompt_field or response_field or messages_field:

@@ -66,7 +66,7 @@ def add_cmd(name: str, dataset: str, watch_dir: Path, every: str | None, cron: s
 def list_cmd(store_path: Path) -> None:
     """List schedules: trigger, state, next run and last run."""
     from curator.schedule import SystemClock, list_schedules
-    from curator.store.schedules import last_run_statuses
+    from curator.store.schedule_rows import last_run_statuses
 
     store = open_store(store_path)
     rows = list_schedules(store)

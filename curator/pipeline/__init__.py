@@ -15,14 +15,14 @@ from typing import Any
 
 from curator.config import ScoringOptions, StageSpec
 from curator.digests import sha256_file
-from curator.ingest import IngestSummary, ingest
+from curator.ingestion.ingest import IngestSummary, ingest
 from curator.pipeline.model import LazyModel
 from curator.records import Sample
 from curator.stages import StageOutcome, select_stage
 from curator.store import Store
 from curator.store.datasets import has_versions, load_latest
 from curator.store.inputs import is_ingested
-from curator.store.selections import get_mask_record
+from curator.store.selection_rows import get_mask_record
 
 __all__ = ["LazyModel", "Pipeline", "ingest_once"]
 

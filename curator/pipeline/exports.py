@@ -1,4 +1,4 @@
-"""Exports as a zip in memory, and the store's ``exports/`` folder (``curator.export``
+"""Exports as a zip in memory, and the store's ``exports/`` folder (``curator.outputs.subsets``
 writes each export; ``curator.app.exporting`` lists and names them)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from curator.export import export_selection
+from curator.outputs.subsets import export_selection
 from curator.store import Store
 
 

@@ -21,13 +21,7 @@ Modules, top to bottom (``curator.schedule`` re-exports their public names):
 """
 
 from curator.schedule.clock import Clock, ManualClock, SystemClock
-from curator.schedule.errors import Interrupted, LeaseLost, ScheduleError
-from curator.schedule.files import SETTLE_SECONDS, check_input_file
-from curator.schedule.lease import LEASE_SECONDS, acquire_lease, release_lease, renew_lease
-from curator.schedule.outcome import RunOutcome, export_folder, schedule_folder
-from curator.schedule.owners import new_owner_id
-from curator.schedule.run import run_schedule
-from curator.schedule.schedules import (
+from curator.schedule.definitions import (
     Schedule,
     add_schedule,
     default_recipe,
@@ -42,6 +36,12 @@ from curator.schedule.schedules import (
     schedule_recipe,
     schedule_runs,
 )
+from curator.schedule.errors import Interrupted, LeaseLost, ScheduleError
+from curator.schedule.files import SETTLE_SECONDS, check_input_file
+from curator.schedule.lease import LEASE_SECONDS, acquire_lease, release_lease, renew_lease
+from curator.schedule.outcome import RunOutcome, export_folder, schedule_folder
+from curator.schedule.owners import new_owner_id
+from curator.schedule.run import run_schedule
 from curator.schedule.triggers import (
     RETRY_BASE_SECONDS,
     RETRY_MAX_SECONDS,

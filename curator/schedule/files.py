@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from curator.digests import sha256_file as file_sha256
+from curator.schedule.definitions import Schedule
 from curator.schedule.outcome import RunOutcome, schedule_folder
-from curator.schedule.schedules import Schedule
 from curator.store import Store
 from curator.store.datasets import has_versions, latest_version
 from curator.store.inputs import record_ingested
-from curator.store.schedules import (
+from curator.store.schedule_rows import (
     known_checksums,
     quarantine_file,
     record_watched_files,
@@ -40,8 +40,8 @@ def _candidate_files(folder: Path) -> list[Path]:
 
 def check_input_file(path: Path) -> str | None:
     """Why ``path`` cannot be ingested (unreadable, empty, no usable row), or None."""
-    from curator.readers import InputError, read_file, sample_from_row
-    from curator.schemas import RowError
+    from curator.ingestion.readers import InputError, read_file, sample_from_row
+    from curator.ingestion.schemas import RowError
 
     if path.stat().st_size == 0:
         return "empty file"
@@ -115,7 +115,7 @@ def _ingest_new(store: Store, sched: Schedule, outcome: RunOutcome,
     worker dies after that commit and before the checksums are recorded, the next run
     finds the version by its source (the inbox) and records them (``_reconcile_inboxes``).
     """
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
 
     inbox = schedule_folder(store, sched.name) / "inbox" / outcome.run_id
     inbox.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from curator.schedule.clock import Clock, _aware, _to_db
+from curator.schedule.definitions import Schedule, get_schedule
 from curator.schedule.owners import _owner_gone
-from curator.schedule.schedules import Schedule, get_schedule
 from curator.store import Store
-from curator.store.schedules import extend_lease, free_lease, is_conflict, take_lease
+from curator.store.schedule_rows import extend_lease, free_lease, is_conflict, take_lease
 
 LEASE_SECONDS = 600.0        # a lease not renewed for this long is free for another worker
 

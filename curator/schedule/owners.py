@@ -1,5 +1,5 @@
 """Who holds a lease (host:pid:random, and whether that process is gone). Store writes
-retried on a write conflict are in ``curator/store/schedules.py``."""
+retried on a write conflict are in ``curator/store/schedule_rows.py``."""
 
 from __future__ import annotations
 

@@ -22,15 +22,15 @@ from curator.models import LoadedModel
 from curator.pipeline import LazyModel, Pipeline
 from curator.report import StageReport
 from curator.schedule.clock import Clock, SystemClock, _to_db
+from curator.schedule.definitions import Schedule, get_schedule, next_trigger
 from curator.schedule.errors import Interrupted, LeaseLost
 from curator.schedule.files import _ingest_new, _reconcile_inboxes, _scan
 from curator.schedule.lease import LEASE_SECONDS, _Heartbeat, acquire_lease, release_lease
 from curator.schedule.outcome import RunOutcome, export_folder
 from curator.schedule.owners import new_owner_id
-from curator.schedule.schedules import Schedule, get_schedule, next_trigger
 from curator.schedule.triggers import retry_delay
 from curator.store import NotFound, Store
-from curator.store.schedules import fail_abandoned_run, finish_schedule_run, set_last_run_id
+from curator.store.schedule_rows import fail_abandoned_run, finish_schedule_run, set_last_run_id
 
 
 def _check_stop(stop: threading.Event | None, heartbeat: _Heartbeat | None) -> None:
@@ -215,7 +215,7 @@ def _plan_selection(store: Store, sched: Schedule, recipe: Recipe, outcome: RunO
     the dataset's latest selection if it has one, else its first run is an instruction
     stage over the whole latest version (same method, budget and settings)."""
     from curator.store.datasets import count_new_members, latest_version
-    from curator.store.selections import get_selection, latest_selection
+    from curator.store.selection_rows import get_selection, latest_selection
 
     latest = latest_version(store, sched.dataset)
     if latest is None:
@@ -246,7 +246,7 @@ def _note_resumed(store: Store, sched: Schedule, outcome: RunOutcome, latest: in
     """When this run selects from a version it did not ingest and the schedule's previous
     run did not finish, that run ingested it: say so (a resumed kill used to read "0 new
     files" with no version, as if nothing had come in)."""
-    from curator.store.selections import get_selection
+    from curator.store.selection_rows import get_selection
 
     prev = sched.last_run_id
     if outcome.version is not None or not prev or prev == outcome.run_id:
@@ -268,7 +268,7 @@ def _note_resumed(store: Store, sched: Schedule, outcome: RunOutcome, latest: in
 def _export(store: Store, sched: Schedule, spec: ExportSpec, outcome: RunOutcome) -> None:
     """Write the run's export into its own folder; ``latest`` moves only in ``_finish``'s
     success path (here, after the export is complete)."""
-    from curator.export import export_selection
+    from curator.outputs.subsets import export_selection
 
     root = export_folder(store, sched.name)
     result = export_selection(store, outcome.selection_id, root / outcome.run_id, spec.format)

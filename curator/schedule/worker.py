@@ -10,11 +10,11 @@ from typing import Any
 
 from curator.models import LoadedModel
 from curator.schedule.clock import Clock, SystemClock, _aware
+from curator.schedule.definitions import due_schedules, list_schedules
 from curator.schedule.lease import LEASE_SECONDS
 from curator.schedule.outcome import RunOutcome
 from curator.schedule.owners import new_owner_id
 from curator.schedule.run import run_schedule
-from curator.schedule.schedules import due_schedules, list_schedules
 from curator.store import Store, StoreError
 
 POLL_SECONDS = 30.0          # the worker looks for due schedules at least this often

@@ -247,7 +247,7 @@ def score_pair_list(store: Store, lm: LoadedModel, samples: Sequence[Sample],
                     engine: ScoringEngine | None = None) -> UtilitySummary:
     """Score UF(target, example) for an explicit list of (target_id, example_id) pairs (those
     already stored are skipped), under one recorded run, committed chunk by chunk: what a
-    selection asks for when its kNN pairs run out (``curator.selection.evidence``)."""
+    selection asks for when its kNN pairs run out (``curator.selection.evidence_rules``)."""
     remember_model(store, lm.fingerprint, lm.name)
     options = options or ScoringOptions()
     started = time.monotonic()

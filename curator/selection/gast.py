@@ -18,7 +18,7 @@ and every layer holds at least ``layer_share`` of it, so all layers end with the
 number of samples, each layer's subset is its own preferred part of the union, and the
 union is exactly the budget (or the pool's scorable samples, if fewer).
 
-Training (``curator.train``) honours the map in one of two ways: the static per-layer
+Training (``curator.training.finetune``) honours the map in one of two ways: the static per-layer
 subsets above, or, by default with an export that carries the layers' scores, as the paper
 trains: batches are drawn from the union and in every batch each layer samples its own rows
 from the batch rows it scored (``batch_layer_picks``: the layer's scores standardised
@@ -140,7 +140,7 @@ def batch_layer_picks(scores: np.ndarray, layer_share: float = DEFAULT_LAYER_SHA
     ``max(1, round(layer_share * n))`` are drawn without replacement with probabilities
     ``softmax(z / temperature)``, z the scores standardised within the batch (``choose``,
     rule "sample"); none when n is 0. Returns, per layer, batch positions in draw order.
-    ``generator``: the uniforms (``uniform_source``; curator.train passes
+    ``generator``: the uniforms (``uniform_source``; curator.training.finetune passes
     ``torch_uniforms`` of its torch generator)."""
     if not 0.0 < layer_share <= 1.0:
         raise ValueError(f"layer_share must be in (0, 1], got {layer_share}")

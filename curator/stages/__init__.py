@@ -27,7 +27,7 @@ from curator.stages.quality import judge_pool
 from curator.stages.registry import RANKERS, ranker
 from curator.stages.save import save
 from curator.store import Store
-from curator.store.selections import find_selection, selection_sample_ids
+from curator.store.selection_rows import find_selection, selection_sample_ids
 from curator.vocabulary import MODEL_METHODS
 
 __all__ = ["RANKERS", "Pools", "Ranked", "StageContext", "StageOutcome", "build_context",

@@ -24,7 +24,7 @@ from curator.scoring.engine import LOCAL, ScoringEngine, engine_for
 from curator.scoring.jobs import UtilitySummary
 from curator.store import NotFound, Store
 from curator.store.datasets import load_samples, resolve_version
-from curator.store.selections import (
+from curator.store.selection_rows import (
     SelectionRecord,
     get_selection,
     latest_selection,

@@ -124,7 +124,7 @@ def rank_delift(ctx: StageContext) -> Ranked:
     """DELIFT on a sparse utility kernel that asks for the evidence it lacks.
 
     1. Score the stage's candidate graph (kNN pairs, hub columns) and build the kernels.
-    2. Leave out harmful examples (``spec.harm``; ``selection.evidence.harmful_columns``).
+    2. Leave out harmful examples (``spec.harm``; ``selection.evidence_rules.harmful_columns``).
     3. Greedy; when picks start to come at zero gain before the budget is filled, score
        more pairs where the kernel is blind (the rows in most need, against their most
        similar unscored candidates), at most ``options.expand`` times the graph's pairs in

@@ -12,7 +12,7 @@ kNN graph already; for the task stage (targets x pool) the loop scores a few "fi
 each candidate greedy picks (FIT_PAIRS each, most similar first) and selects again.
 
 The decisions (which rows need cover, which pairs to score, what is harmful, the tail's
-order) are pure functions in ``curator.selection.evidence``; this module runs them against
+order) are pure functions in ``curator.selection.evidence_rules``; this module runs them against
 the store and the model for one stage.
 
 Killed and rerun, a stage must reach the same selection and score the same pairs. Each
@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from curator.scoring.jobs import UtilitySummary, ensure_embeddings, score_pair_list, utility_config
-from curator.selection.evidence import (
+from curator.selection.evidence_rules import (
     column_mean_utility,
     evidence_order,
     first_zero_gain,

@@ -25,7 +25,7 @@ from curator.stages.save import DEFAULT_PARAM_BUDGET, record_config, store_mask
 from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.scores import remember_model, save_gradient_scores
-from curator.store.selections import get_selection, selection_sample_ids
+from curator.store.selection_rows import get_selection, selection_sample_ids
 
 
 def _dualsft_config(spec: StageSpec, options: ScoringOptions):
@@ -111,7 +111,7 @@ def rank_gast(ctx: StageContext) -> Ranked:
                               layer_size=max((len(v) for v in layers.values()), default=0),
                               support=result.support)
     # Each layer's scores of the pool rows it scored, for training's per-batch sampling
-    # (``curator.train``): stored under their own key, which the selection's config names.
+    # (``curator.training.finetune``): stored under their own key, which the selection's config names.
     key = config_hash(["gast-layer-scores", ctx.spec.method, config])
     remember_model(ctx.store, ctx.lm.fingerprint, ctx.lm.name)
     for j, layer in enumerate(result.layers):

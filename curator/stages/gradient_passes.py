@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from curator.masks import Mask
 from curator.models import LoadedModel
+from curator.outputs.mask_files import Mask
 from curator.records import Sample
 from curator.scoring.engine import LOCAL, ScoringEngine
 from curator.scoring.gradients import (

@@ -9,11 +9,11 @@ import numpy as np
 
 from curator.budget import DEFAULT_PARAM_BUDGET
 from curator.digests import sha256_file
-from curator.masks import mask_density, save_mask
 from curator.models import LoadedModel
+from curator.outputs.mask_files import mask_density, save_mask
 from curator.stages.context import Ranked, StageContext, StageOutcome, trash_notes
 from curator.store import Store
-from curator.store.selections import SelectionRecord, save_mask_record, save_selection
+from curator.store.selection_rows import SelectionRecord, save_mask_record, save_selection
 from curator.vocabulary import MODEL_METHODS
 
 

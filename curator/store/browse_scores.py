@@ -16,7 +16,7 @@ import numpy as np
 from curator.config import config_hash
 from curator.store import Store
 from curator.store.browse_filters import preview
-from curator.store.selections import SelectionRecord, get_selection, selection_pool_sql
+from curator.store.selection_rows import SelectionRecord, get_selection, selection_pool_sql
 from curator.vocabulary import GRADIENT_METHODS
 
 

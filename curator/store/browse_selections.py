@@ -14,7 +14,7 @@ from typing import Any
 from curator.store import Store
 from curator.store.browse_filters import json_key, like_pattern, metadata_where, preview
 from curator.store.browse_versions import metadata_keys
-from curator.store.selections import get_selection, selection_pool_sql
+from curator.store.selection_rows import get_selection, selection_pool_sql
 
 
 def selections_table(store: Store, dataset: str | None = None) -> list[dict[str, Any]]:

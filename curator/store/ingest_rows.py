@@ -1,6 +1,6 @@
 """Ingest's writes: stage a batch of samples, members and quarantined rows under an ingest
 run, then turn the staged rows into a new version. Both run inside the caller's
-transaction (``curator.ingest`` holds the boundaries and its write lock)."""
+transaction (``curator.ingestion.ingest`` holds the boundaries and its write lock)."""
 
 from __future__ import annotations
 

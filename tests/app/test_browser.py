@@ -23,7 +23,7 @@ import pytest
 
 from curator.store import Store, browse_selections, browse_versions
 from curator.store.datasets import load_samples
-from curator.store.selections import selection_sample_ids
+from curator.store.selection_rows import selection_sample_ids
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]

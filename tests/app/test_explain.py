@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from curator.app.explain import explain, selection_kernels
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
 from curator.store import Store
 from curator.store.datasets import get_samples, version_sample_ids
 from curator.store.scores import save_utilities
-from curator.store.selections import SelectionRecord, save_selection
+from curator.store.selection_rows import SelectionRecord, save_selection
 
 MODEL, CONFIG = "m" * 16, "c" * 16
 

@@ -8,11 +8,11 @@ import pytest
 
 from curator.app.explain import explain, selection_kernels
 from curator.config import QualityOptions, StageSpec
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
 from curator.stages import select_stage
 from curator.stages.evidence import EvidenceLoop
 from curator.store import Store
-from curator.store.selections import selection_members
+from curator.store.selection_rows import selection_members
 from curator.testing import tiny_loaded_model
 from tests.helpers import TINY_OPTIONS
 

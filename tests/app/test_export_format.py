@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from curator.app import __file__ as APP_INIT
 from curator.config import StageSpec
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
 from curator.stages import select_stage
 from curator.store import Store
 from curator.vocabulary import EXPORT_FORMATS

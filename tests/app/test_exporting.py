@@ -11,11 +11,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from curator.app import exporting
-from curator.export import ExportError, export_selection
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
+from curator.outputs.subsets import ExportError, export_selection
 from curator.store import Store
 from curator.store.datasets import load_samples
-from curator.store.selections import SelectionRecord, save_selection
+from curator.store.selection_rows import SelectionRecord, save_selection
 from tests.helpers import write_jsonl
 
 APP_FILE = Path(__file__).resolve().parents[2] / "curator" / "app" / "streamlit_app.py"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from curator.masks import mask_heatmap
+from curator.outputs.mask_files import mask_heatmap
 from curator.pipeline import exports
 from curator.store import Store, browse_scores, browse_selections, browse_versions
 from curator.store.datasets import (
@@ -29,7 +29,7 @@ from curator.store.datasets import (
     load_samples,
     version_sample_ids,
 )
-from curator.store.selections import (
+from curator.store.selection_rows import (
     get_mask_record,
     get_selection,
     list_selections,

@@ -8,10 +8,10 @@ from streamlit.testing.v1 import AppTest
 
 from curator.app import __file__ as APP_INIT
 from curator.config import QualityOptions, ScoringOptions, StageSpec
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
 from curator.stages import select_stage
 from curator.store import Store
-from curator.store.selections import get_selection
+from curator.store.selection_rows import get_selection
 from curator.testing import tiny_loaded_model
 from tests.helpers import write_jsonl
 

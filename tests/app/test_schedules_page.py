@@ -27,7 +27,7 @@ def _store_with_schedule(tmp_path: Path, write_jsonl) -> Store:
     store = Store(tmp_path / "s")
     store.init()
     # The app shows its how-to for a store without data, so give it a dataset.
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
 
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "p1", "response": "r1"}])
     ingest(store, str(data), "d")
@@ -65,7 +65,7 @@ def test_schedules_table_and_controls(tmp_path, monkeypatch, write_jsonl) -> Non
 
 
 def test_no_schedules_shows_how_to_add_one(tmp_path, monkeypatch, write_jsonl) -> None:
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
 
     store = Store(tmp_path / "s")
     ingest(store, str(write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "response": "b"}])),

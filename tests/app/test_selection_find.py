@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from curator.app.explain import percent
 from curator.store import Store, browse_selections, browse_versions
 from curator.store.browse_filters import SampleFilter
-from curator.store.selections import get_selection, selection_sample_ids
+from curator.store.selection_rows import get_selection, selection_sample_ids
 
 pytestmark = pytest.mark.slow  # the whole app (AppTest) over a demo store: make test-slow
 

@@ -146,7 +146,7 @@ def test_a_missing_path_with_a_slash_is_not_a_hub_lookup(tmp_path, monkeypatch):
     --hub ask the hub, and an unreachable hub fails with one line (no network is reached)."""
     import time
 
-    from curator import readers
+    from curator.ingestion import readers
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -392,9 +392,9 @@ def test_choices_come_from_the_vocabulary():
 @pytest.fixture(scope="module")
 def saved_qwen(tmp_path_factory):
     """A tiny Qwen2 saved as a model folder, and its greedy answers to two prompts."""
-    from curator.evaluate import generate_greedy
     from curator.records import Sample
     from curator.testing import tiny_loaded_model
+    from curator.training.evaluate import generate_greedy
 
     path = tmp_path_factory.mktemp("tiny-qwen")
     lm = tiny_loaded_model("qwen2", seed=0)
@@ -426,9 +426,9 @@ def test_eval_exact_match(saved_qwen, tmp_path):
 def test_eval_tokens(saved_qwen, tmp_path):
     """--eval-tokens picks the loss the library computes: the answer's own tokens by
     default, the whole response (end-of-turn tokens included) with 'response'."""
-    from curator.evaluate import eval_loss
     from curator.models import load_model
     from curator.records import Sample
+    from curator.training.evaluate import eval_loss
 
     path, prompts, _ = saved_qwen
     data = tmp_path / "heldout.jsonl"

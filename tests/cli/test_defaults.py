@@ -48,12 +48,12 @@ STAGE["expand"] = (ScoringOptions, "expand")
 def _library() -> dict[str, dict[str, tuple]]:
     """Options whose default is a library function's or dataclass's (imported here, not
     by the CLI, which would pay for transformers on every command)."""
-    from curator.evaluate import exact_match
-    from curator.export import LoadedExport, export_selection
-    from curator.ingest import ingest
-    from curator.lora import LoraOptions
+    from curator.ingestion.ingest import ingest
+    from curator.outputs.subsets import LoadedExport, export_selection
     from curator.stages.gradient import mask_for_selection
-    from curator.train import eval_loss, train
+    from curator.training.evaluate import exact_match
+    from curator.training.finetune import eval_loss, train
+    from curator.training.lora import LoraOptions
 
     return {
         "mask": {"param_budget": (mask_for_selection, "param_budget"),
@@ -82,11 +82,11 @@ def _twins() -> list[tuple[tuple, tuple]]:
     """Library defaults that must agree with another library default (the one the CLI's
     table names): each pair reads one declaration, so a literal in either one fails here."""
     from curator.config import ExportSpec, StageSpec
-    from curator.evaluate import eval_loss, exact_match, generate_greedy, row_losses
-    from curator.export import export_selection
-    from curator.ingest import ingest
-    from curator.readers import read_source
+    from curator.ingestion.ingest import ingest
+    from curator.ingestion.readers import read_source
+    from curator.outputs.subsets import export_selection
     from curator.stages.gradient import mask_for_selection
+    from curator.training.evaluate import eval_loss, exact_match, generate_greedy, row_losses
 
     pairs = [((export_selection, "fmt"), (ExportSpec, "format")),
              ((ingest, "split"), (read_source, "split")),

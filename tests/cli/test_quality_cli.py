@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from curator.cli import main
 from curator.store import Store
-from curator.store.selections import get_selection
+from curator.store.selection_rows import get_selection
 from tests.helpers import write_jsonl
 
 

@@ -168,12 +168,12 @@ def test_run_now_and_failures(main, env, monkeypatch):
     assert re.fullmatch(r"  export: \S+/exports/n/sched-\S+", lines[4])
     assert "started (manual)" in result.stderr
     # A failed run is one error line and exit 1; the worker retries it later.
-    import curator.export
+    import curator.outputs.subsets
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(curator.export, "export_selection", broken)
+    monkeypatch.setattr(curator.outputs.subsets, "export_selection", broken)
     drop(w, "b.jsonl", 10, 20)
     assert re.fullmatch(r"run sched-\S+ failed: disk full",
                         error(main, "schedule", "run", "n", "--store", s))

@@ -9,7 +9,7 @@ import curator.models
 from curator.config import StageSpec
 from curator.pipeline import LazyModel, Pipeline, ingest_once
 from curator.store.datasets import list_versions
-from curator.store.selections import get_mask_record
+from curator.store.selection_rows import get_mask_record
 from curator.testing import tiny_loaded_model
 from tests.helpers import write_jsonl
 

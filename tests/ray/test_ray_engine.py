@@ -29,7 +29,7 @@ from tests.helpers import TINY_OPTIONS, write_jsonl
 pytest.importorskip("ray")
 
 from curator.config import ScoringOptions  # noqa: E402
-from curator.ingest import ingest  # noqa: E402
+from curator.ingestion.ingest import ingest  # noqa: E402
 from curator.scoring import ray_engine  # noqa: E402
 from curator.scoring.embeddings import embedder_fingerprint  # noqa: E402
 from curator.scoring.engine import LOCAL  # noqa: E402

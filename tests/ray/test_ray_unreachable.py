@@ -35,7 +35,7 @@ def test_the_cli_says_it_in_one_line(monkeypatch, tmp_path):
     from click.testing import CliRunner
 
     from curator.cli import main
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
     from curator.store import Store
     from curator.testing import tiny_loaded_model
 

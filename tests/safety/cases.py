@@ -45,17 +45,17 @@ AREAS = {
 
 SAFETY = "tests/safety/test_cases.py"
 CLI = "tests/cli/test_commands.py"
-INGEST = "tests/test_ingest.py"
-READERS = "tests/test_readers.py"
-EXPORT = "tests/test_export.py"
+INGEST = "tests/ingestion/test_ingest.py"
+READERS = "tests/ingestion/test_readers.py"
+EXPORT = "tests/outputs/test_subsets.py"
 CONFIG = "tests/test_config.py"
 STORE = "tests/store/test_store.py"
 RECOVERY = "tests/store/test_recovery.py"
 SCHEDULE = "tests/schedule/test_schedule.py"
 CRASH = "tests/test_crash.py"
 CRASH_FORCE = "tests/test_crash_force.py"
-TRAINED = "tests/test_trained.py"
-LORA = "tests/test_lora.py"
+TRAINED = "tests/training/test_trained.py"
+LORA = "tests/training/test_lora.py"
 MODELS = "tests/test_models.py"
 RAY = "tests/ray/test_ray_engine.py"
 ENV = "tests/test_env.py"
@@ -218,7 +218,7 @@ CASES: tuple[Case, ...] = (
        f"{MODELS}::test_trust_remote_code_is_off_by_default"),
     _c("S05", "write and read masks",
        "safetensors, not pickle",
-       "tests/test_masks.py::test_round_trip_and_metadata"),
+       "tests/outputs/test_mask_files.py::test_round_trip_and_metadata"),
     _c("S06", "give curate a recipe with a YAML python tag (or broken YAML, or not UTF-8)",
        "refused in one line; nothing run",
        f"{SAFETY}::test_a_recipe_that_would_run_code_is_refused_in_one_line"),
@@ -228,7 +228,7 @@ CASES: tuple[Case, ...] = (
     # -- training ---------------------------------------------------------------------------
     _c("T01", "train with bad options (steps, learning rate, batch size)",
        "one line before any training",
-       "tests/test_train.py::test_train_bad_input"),
+       "tests/training/test_finetune.py::test_train_bad_input"),
     _c("T02", "train --lora with bad LoRA options, or without peft installed",
        "one line each",
        f"{LORA}::test_cli_train_lora_bad_options_are_one_line",
@@ -248,7 +248,7 @@ CASES: tuple[Case, ...] = (
     _c("V01", "eval with contradictory options or a bad answer regex",
        "one line",
        f"{CLI}::test_eval_option_errors",
-       "tests/test_evaluate.py::test_bad_pattern_is_a_one_line_value_error"),
+       "tests/training/test_evaluate.py::test_bad_pattern_is_a_one_line_value_error"),
     _c("V02", "eval --data on a file without one usable row",
        "one line naming the file, before any model loads",
        f"{SAFETY}::test_eval_data_without_usable_rows_is_one_line"),

@@ -231,11 +231,11 @@ def test_kill_9_in_curate_then_rerun_gives_what_one_run_gives(tmp_path, monkeypa
 
 def _export(tmp_path: Path) -> Path:
     """A random selection of three rows, exported as JSONL."""
-    from curator.export import export_selection
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
+    from curator.outputs.subsets import export_selection
     from curator.store import Store
     from curator.store.datasets import load_samples
-    from curator.store.selections import SelectionRecord, save_selection
+    from curator.store.selection_rows import SelectionRecord, save_selection
 
     rows = [{"prompt": f"Question {i}?", "response": f"Answer {i}."} for i in range(4)]
     store = Store(tmp_path / "store", lock_timeout=10)

@@ -22,11 +22,11 @@ import pytest
 import curator.schedule as sch
 import curator.schedule.files as sch_files
 import curator.schedule.run as sch_run
-from curator.export import verify_export
+from curator.outputs.subsets import verify_export
 from curator.records import sample_id_for
 from curator.report import RunReport
 from curator.store import NotFound, Store
-from curator.store.selections import get_selection, selection_sample_ids
+from curator.store.selection_rows import get_selection, selection_sample_ids
 from tests import helpers
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -376,7 +376,7 @@ def test_run_now_ignores_the_timetable(store, watch, clock):
 
 def test_first_run_conditions_on_an_existing_selection(store, watch, clock, write_jsonl):
     from curator.config import StageSpec
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
     from curator.stages import select_stage
 
     ingest(store, write_jsonl("v1.jsonl", rows(0, 10)), "d")
@@ -389,7 +389,7 @@ def test_first_run_conditions_on_an_existing_selection(store, watch, clock, writ
 
 
 def test_first_run_without_new_files_selects_what_is_there(store, watch, clock, write_jsonl):
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
 
     ingest(store, write_jsonl("v1.jsonl", rows(0, 10)), "d")
     sch.add_schedule(store, "n", "d", watch, every="1h", recipe=RANDOM, clock=clock)
@@ -408,11 +408,11 @@ def test_a_scheduled_mask_follows_the_recipes_target_and_scoring(store, watch, c
     import torch
 
     from curator.config import ScoringOptions
-    from curator.ingest import ingest
-    from curator.masks import load_mask
+    from curator.ingestion.ingest import ingest
+    from curator.outputs.mask_files import load_mask
     from curator.stages.gradient import mask_for_selection
     from curator.store.datasets import load_latest
-    from curator.store.selections import get_mask_record
+    from curator.store.selection_rows import get_mask_record
 
     ingest(store, write_jsonl("target.jsonl", rows(100, 104)), "t")
     drop(watch, "a.jsonl", 0, 8)
@@ -566,19 +566,19 @@ def test_a_killed_worker_is_recovered_by_the_next(store, watch, clock, tmp_path)
 @pytest.mark.slow  # scheduled runs end to end: make test-slow
 def test_a_failed_run_keeps_the_last_good_export_and_is_retried(store, watch, clock,
                                                                 monkeypatch):
-    import curator.export
+    import curator.outputs.subsets
 
     sch.add_schedule(store, "n", "d", watch, every="1h", recipe=RANDOM, clock=clock)
     drop(watch, "a.jsonl", 0, 10)
     [good] = cycle(store, clock)
     root = store.path / "exports" / "n"
     drop(watch, "b.jsonl", 10, 20)
-    real_export = curator.export.export_selection
+    real_export = curator.outputs.subsets.export_selection
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(curator.export, "export_selection", broken)
+    monkeypatch.setattr(curator.outputs.subsets, "export_selection", broken)
     clock.advance(3600)
     [failed] = cycle(store, clock)
     assert (failed.status, failed.error, failed.version) == ("failed", "disk full", 2)
@@ -596,7 +596,7 @@ def test_a_failed_run_keeps_the_last_good_export_and_is_retried(store, watch, cl
     [again] = cycle(store, clock)                          # fails again: twice the wait
     assert again.status == "failed"
     assert sch.get_schedule(store, "n").next_run_at == clock.now() + timedelta(seconds=120)
-    monkeypatch.setattr(curator.export, "export_selection", real_export)
+    monkeypatch.setattr(curator.outputs.subsets, "export_selection", real_export)
     clock.advance(120)
     [retry] = cycle(store, clock)
     assert retry.status == "done", retry.error
@@ -619,26 +619,26 @@ def test_a_missing_watched_folder_fails_the_run(store, watch, clock):
 
 
 def test_stop_between_steps_marks_the_run_interrupted(store, watch, clock, monkeypatch):
-    import curator.ingest
+    import curator.ingestion.ingest
 
     sch.add_schedule(store, "n", "d", watch, every="1h", recipe=RANDOM, clock=clock)
     drop(watch, "a.jsonl", 0, 10)
     stop = threading.Event()
-    real_ingest = curator.ingest.ingest
+    real_ingest = curator.ingestion.ingest.ingest
 
     def ingest_then_signal(*args, **kwargs):
         result = real_ingest(*args, **kwargs)
         stop.set()                     # SIGTERM arrives while the ingest step runs
         return result
 
-    monkeypatch.setattr(curator.ingest, "ingest", ingest_then_signal)
+    monkeypatch.setattr(curator.ingestion.ingest, "ingest", ingest_then_signal)
     outcomes = sch.worker(store, clock=clock, stop_event=stop, sleep=clock.sleep)
     [run] = outcomes
     assert (run.status, run.error, run.version, run.selection_id) == \
         ("failed", "interrupted", 1, None)                 # the step finished, then stopped
     s = sch.get_schedule(store, "n")
     assert (s.lock_owner, s.failures, s.next_run_at) == (None, 0, T0)    # still due
-    monkeypatch.setattr(curator.ingest, "ingest", real_ingest)
+    monkeypatch.setattr(curator.ingestion.ingest, "ingest", real_ingest)
     [resumed] = cycle(store, clock)
     assert resumed.status == "done" and resumed.files_new == [] and versions(store) == [1]
     assert resumed.selection.stage == "instruction"
@@ -646,7 +646,7 @@ def test_stop_between_steps_marks_the_run_interrupted(store, watch, clock, monke
 
 def test_keyboard_interrupt_abandons_the_step_and_releases_the_lease(store, watch, clock,
                                                                       monkeypatch):
-    import curator.ingest
+    import curator.ingestion.ingest
 
     sch.add_schedule(store, "n", "d", watch, every="1h", recipe=RANDOM, clock=clock)
     drop(watch, "a.jsonl", 0, 10)
@@ -654,7 +654,7 @@ def test_keyboard_interrupt_abandons_the_step_and_releases_the_lease(store, watc
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(curator.ingest, "ingest", interrupted)
+    monkeypatch.setattr(curator.ingestion.ingest, "ingest", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cycle(store, clock)
     s = sch.get_schedule(store, "n")

@@ -14,7 +14,7 @@ import pytest
 import curator.scoring.engine as engines
 import curator.scoring.jobs as jobs
 from curator.config import ScoringOptions
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
 from curator.scoring.embeddings import embedder_fingerprint
 from curator.scoring.jobs import (
     EMBED_MAX_LENGTH,

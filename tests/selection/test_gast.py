@@ -45,7 +45,7 @@ def _torch_choose(scores, k, rule, temperature, generator):
 @pytest.mark.parametrize("rule", ["sample", "topk"])
 def test_the_numpy_rule_draws_what_the_torch_rule_drew(rule):
     """Seeded by a torch generator through torch_uniforms (as the stages and
-    curator.train pass it), the numpy rule picks exactly what the torch rule picked."""
+    curator.training.finetune pass it), the numpy rule picks exactly what the torch rule picked."""
     rng = np.random.default_rng(7)
     for trial in range(20):
         scores = rng.normal(size=40) * 10.0 ** rng.integers(-3, 3)
@@ -186,7 +186,7 @@ def test_batch_layer_picks_draw_only_scored_rows():
     a = batch_layer_picks(scores[:, :2], 0.5, 1.0, np.random.default_rng(2))
     b = batch_layer_picks(3 * scores[:, :2] + 7, 0.5, 1.0, np.random.default_rng(2))
     assert a == b
-    # a torch generator (curator.train's) comes wrapped: seeded, the same picks
+    # a torch generator (curator.training.finetune's) comes wrapped: seeded, the same picks
     assert batch_layer_picks(scores, 0.5, 1.0, torch_uniforms(torch.Generator().manual_seed(2))) \
         == batch_layer_picks(scores, 0.5, 1.0, torch_uniforms(torch.Generator().manual_seed(2)))
     with pytest.raises(TypeError, match="torch_uniforms"):

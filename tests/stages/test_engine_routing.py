@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from curator.config import GradientOptions, QualityOptions, ScoringOptions, StageSpec
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
 from curator.scoring import engine as engines
 from curator.scoring.engine import LOCAL
 from curator.stages import select_stage

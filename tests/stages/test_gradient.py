@@ -12,13 +12,13 @@ import torch
 
 from curator.config import GradientOptions, QualityOptions
 from curator.config import StageSpec as _StageSpec
-from curator.ingest import ingest
-from curator.masks import load_mask
+from curator.ingestion.ingest import ingest
+from curator.outputs.mask_files import load_mask
 from curator.stages import select_stage
 from curator.stages.gradient import mask_for_selection
 from curator.stages.save import store_mask
 from curator.store import Store
-from curator.store.selections import (
+from curator.store.selection_rows import (
     get_mask_record,
     get_selection,
     selection_layers,
@@ -184,7 +184,7 @@ def test_mask_for_an_existing_selection(gstore, lm):
 
 
 def test_mask_for_an_empty_selection_raises(gstore, lm):
-    from curator.store.selections import SelectionRecord, save_selection
+    from curator.store.selection_rows import SelectionRecord, save_selection
 
     sid = save_selection(gstore, SelectionRecord("d", 1, "instruction", "random", "1", 16, 0),
                          [])

@@ -23,7 +23,7 @@ from curator.demo import TARGET_DATASET, demo_recipe
 from curator.runner import run_recipe
 from curator.store import Store
 from curator.store.datasets import load_samples
-from curator.store.selections import (
+from curator.store.selection_rows import (
     get_mask_record,
     get_selection,
     selection_layers,

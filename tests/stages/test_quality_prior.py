@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from curator.config import QualityOptions, RecipeError, StageSpec
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
 from curator.scoring.jobs import ensure_quality
 from curator.scoring.quality import score_quality
 from curator.selection import select
@@ -17,7 +17,7 @@ from curator.stages import select_stage
 from curator.stages.quality import AUTO_MAX_DROP, decide_drops, neighbour_z
 from curator.store import Store
 from curator.store.datasets import load_samples
-from curator.store.selections import get_selection, selection_sample_ids
+from curator.store.selection_rows import get_selection, selection_sample_ids
 from tests.helpers import TINY_OPTIONS, write_jsonl
 
 

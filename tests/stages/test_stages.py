@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from curator.config import QualityOptions, RecipeError, ScoringOptions
 from curator.config import StageSpec as _StageSpec
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
 from curator.scoring.embeddings import embedder_fingerprint
 from curator.scoring.jobs import (
     EMBED_MAX_LENGTH,
@@ -29,7 +29,7 @@ from curator.stages.baselines import rds_ranking
 from curator.store import Store
 from curator.store.datasets import load_samples
 from curator.store.scores import load_embeddings, save_utilities
-from curator.store.selections import get_selection, selection_members
+from curator.store.selection_rows import get_selection, selection_members
 from tests.helpers import TINY_OPTIONS, write_jsonl
 
 N_V1, N_NEW, N_Q = 24, 8, 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
 from curator.store import NotFound, Store
 from curator.store.datasets import (
     diff_versions,
@@ -125,7 +125,7 @@ def test_quarantine_rows(built):
 
 
 def test_latest_version_and_new_members(store, write_jsonl):
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
     from curator.store.datasets import count_new_members, latest_version
 
     assert latest_version(store, "d") is None

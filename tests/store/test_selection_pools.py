@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 
 from curator.config import StageSpec
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
 from curator.stages import resolve_pools, select_stage
 from curator.store import Store, browse_scores
 from curator.store.datasets import load_samples
-from curator.store.selections import (
+from curator.store.selection_rows import (
     SelectionRecord,
     get_selection,
     save_selection,

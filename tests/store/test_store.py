@@ -128,7 +128,7 @@ def key_constraints(store: Store, table: str) -> list[str]:
 
 
 def test_the_ingest_tables_lose_their_in_memory_keys_and_keep_their_rows(tmp_path, write_jsonl):
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
     from curator.records import sample_id_for
     from curator.store.datasets import load_samples
 
@@ -269,7 +269,7 @@ con.close()
 
 @pytest.mark.slow  # two processes: make test-slow
 def test_a_second_process_reads_between_the_writers_transactions(store, write_jsonl):
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
 
     store.init()
     source = write_jsonl("a.jsonl", [{"prompt": f"p{i}", "response": "r"} for i in range(200)])

@@ -9,11 +9,11 @@ from click.testing import CliRunner
 
 from curator.cli import main
 from curator.config import StageSpec
-from curator.ingest import ingest
+from curator.ingestion.ingest import ingest
 from curator.stages import resolve_pools, select_stage
 from curator.store import NotFound, Store, browse_scores
 from curator.store.datasets import load_samples
-from curator.store.selections import get_selection
+from curator.store.selection_rows import get_selection
 from curator.store.trash import (
     restore_samples,
     trash_count,

@@ -8,10 +8,9 @@ import curator_ui as ui
 import streamlit as st
 
 from curator.app import exporting
-from curator.export import FORMATS, ExportError
+from curator.outputs.subsets import FORMATS, ExportError
 from curator.pipeline import exports
-from curator.store import browse_masks
-from curator.store import selections as store_selections
+from curator.store import browse_masks, selection_rows
 
 st.title("Export")
 
@@ -34,7 +33,7 @@ with ui.guard():
     # mentions messages too); the chosen format's help below it
     fmt = st.selectbox("format", FORMATS, key="exp_fmt")
     st.caption(FORMAT_HELP.get(fmt, ""))
-    mask = ui.read(store_selections.get_mask_record, sel.selection_id)
+    mask = ui.read(selection_rows.get_mask_record, sel.selection_id)
     layers = sel.selection_id in ui.read(browse_masks.layered_selections)
     parts = [f"**{ui.plural(sel.n_selected, 'sample')}** ({fmt})"]
     if mask:

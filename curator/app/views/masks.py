@@ -8,8 +8,7 @@ import curator_ui as ui
 import pandas as pd
 import streamlit as st
 
-from curator.store import browse_masks
-from curator.store import selections as store_selections
+from curator.store import browse_masks, selection_rows
 
 st.title("Masks")
 
@@ -25,7 +24,7 @@ def mask_section() -> None:
                  column_config={"density": st.column_config.NumberColumn(format="percent")})
     sel = ui.pick_selection("mask_sel", "mask of selection",
                             only=[m["selection_id"] for m in masks])
-    rec = ui.read(store_selections.get_mask_record, sel.selection_id)
+    rec = ui.read(selection_rows.get_mask_record, sel.selection_id)
     info = rec["info"]
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("density (whole model)", f"{rec['density']:.2%}")

@@ -15,8 +15,7 @@ import streamlit as st
 
 from curator.app.explain import HOW_COMPUTED, ZERO_GAIN_WHY, objective_share, percent, pick_label
 from curator.app.views.quality import quality_signals
-from curator.store import browse_scores, browse_selections, browse_versions
-from curator.store import selections as store_selections
+from curator.store import browse_scores, browse_selections, browse_versions, selection_rows
 from curator.vocabulary import GRADIENT_METHODS, KERNEL_METHODS
 
 st.title("Selections")
@@ -523,7 +522,7 @@ def sample_view(sel) -> None:
 
 
 def compare_view(sel) -> None:
-    sels = ui.read(store_selections.list_selections)
+    sels = ui.read(selection_rows.list_selections)
     others = [s.selection_id for s in sels if s.selection_id != sel.selection_id]
     if not others:
         st.info("Only one selection so far: nothing to compare with.")

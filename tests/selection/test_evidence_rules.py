@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from curator.selection.evidence import (
+from curator.selection.evidence_rules import (
     column_mean_utility,
     evidence_order,
     first_zero_gain,

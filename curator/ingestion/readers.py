@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curator.ingestion.schemas import FieldMap, RowError, map_row
 from curator.records import Sample
-from curator.schemas import FieldMap, RowError, map_row
 
 # The split read from a saved or hub Hugging Face data set unless one is named (ingest's,
 # read_source's and `curator ingest --split`'s default).

@@ -14,8 +14,8 @@ pytest.importorskip("peft")
 
 from curator.folders import PARTIAL  # noqa: E402
 from curator.testing import tiny_loaded_model  # noqa: E402
-from curator.trained import clean_dead_writes  # noqa: E402
-from tests.test_lora import _cli, _gast_export  # noqa: E402
+from curator.training.trained import clean_dead_writes  # noqa: E402
+from tests.training.test_lora import _cli, _gast_export  # noqa: E402
 
 
 @pytest.fixture

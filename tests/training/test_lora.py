@@ -12,18 +12,18 @@ from tests.helpers import write_jsonl
 
 pytest.importorskip("peft")
 
-from curator.lora import (  # noqa: E402
+from curator.records import Sample  # noqa: E402
+from curator.scoring import gradients as gr  # noqa: E402
+from curator.scoring.encoding import collate, encode  # noqa: E402
+from curator.testing import tiny_causal_lm, tiny_loaded_model  # noqa: E402
+from curator.training.finetune import LayerRowWeights  # noqa: E402
+from curator.training.lora import (  # noqa: E402
     PEFT_PREFIX,
     LoraOptions,
     add_lora,
     lora_targets,
     train_lora,
 )
-from curator.records import Sample  # noqa: E402
-from curator.scoring import gradients as gr  # noqa: E402
-from curator.scoring.encoding import collate, encode  # noqa: E402
-from curator.testing import tiny_causal_lm, tiny_loaded_model  # noqa: E402
-from curator.train import LayerRowWeights  # noqa: E402
 
 
 def make_samples(n: int, seed: int = 0) -> list[Sample]:
@@ -177,12 +177,12 @@ def _gast_export(tmp_path, with_mask: bool = False):
     layer 0 has three of them, layer 1 none (so the export lists layer 0 only)."""
 
     from curator.digests import sha256_file
-    from curator.export import export_selection
-    from curator.ingest import ingest
-    from curator.masks import save_mask
+    from curator.ingestion.ingest import ingest
+    from curator.outputs.mask_files import save_mask
+    from curator.outputs.subsets import export_selection
     from curator.store import Store
     from curator.store.datasets import load_samples
-    from curator.store.selections import SelectionRecord, save_mask_record, save_selection
+    from curator.store.selection_rows import SelectionRecord, save_mask_record, save_selection
 
     rows = [{"prompt": f"Question {i}: what is {i} plus {i}?", "response": f"It is {2 * i}."}
             for i in range(4)]

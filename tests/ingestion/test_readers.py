@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from curator import readers
-from curator.readers import (
+from curator.ingestion import readers
+from curator.ingestion.readers import (
     InputError,
     RawRow,
     input_files,
@@ -374,8 +374,8 @@ def test_whole_input_errors(tmp_path):
 # -- rows to samples ------------------------------------------------------------------------
 
 def test_sample_from_row_maps_each_schema_to_one_pinned_sample():
-    from curator.readers import sample_from_row
-    from curator.schemas import FieldMap
+    from curator.ingestion.readers import sample_from_row
+    from curator.ingestion.schemas import FieldMap
 
     hello = "184a355aee0241e4024b8ad255384f6c"  # Hi -> Hello (tests/test_records.py)
     chat = {"messages": [{"role": "user", "content": "Hi"},
@@ -408,8 +408,8 @@ def test_sample_from_row_maps_each_schema_to_one_pinned_sample():
 
 
 def test_sample_from_row_gives_the_quarantine_reason_of_a_bad_row():
-    from curator.readers import sample_from_row
-    from curator.schemas import RowError
+    from curator.ingestion.readers import sample_from_row
+    from curator.ingestion.schemas import RowError
 
     bad = [
         (RawRow("a.jsonl", 2, None, "{oops", error="invalid JSON: Expecting value"),

@@ -32,11 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# training's eval: the one loss loop (curator.evaluate.row_losses), re-exported here
+# training's eval: the one loss loop (curator.training.evaluate.row_losses), re-exported here
 from curator.config import TRAIN_DEFAULTS as _D
-from curator.evaluate import eval_loss as eval_loss
-from curator.masks import validate_mask
 from curator.models import LoadedModel, pad_token_id
+from curator.outputs.mask_files import validate_mask
 from curator.records import Sample
 from curator.scoring.encoding import collate
 from curator.scoring.gradients import (
@@ -45,6 +44,7 @@ from curator.scoring.gradients import (
     batch_losses,
     encode_samples,
 )
+from curator.training.evaluate import eval_loss as eval_loss
 
 # ---------------------------------------------------------------- masks
 

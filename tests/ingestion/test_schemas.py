@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from curator.schemas import FieldMap, RowError, map_row
+from curator.ingestion.schemas import FieldMap, RowError, map_row
 
 
 def pair(prompt: str, response: str) -> list[dict[str, str]]:

@@ -34,7 +34,7 @@ from curator.folders import (
 from curator.records import Sample, split_prompt_response
 from curator.store import Store
 from curator.store.datasets import load_samples
-from curator.store.selections import (
+from curator.store.selection_rows import (
     get_mask_record,
     get_selection,
     selection_layer_scores,
@@ -291,7 +291,7 @@ class LoadedExport:
 
     def layer_training(self, sampling: str = TRAIN_DEFAULTS.gast_sampling, lora: bool = False,
                        ) -> tuple[dict[str, Any], str | None]:
-        """GAST: ``curator.train.train`` keyword arguments for this export's layers ({}
+        """GAST: ``curator.training.finetune.train`` keyword arguments for this export's layers ({}
         without layers), and a note when per-batch sampling ("batch", the default) was asked
         for but cannot run: LoRA takes fixed subsets only, and an export without
         layer_scores.json has no scores to sample by. "static": the fixed subsets."""
@@ -320,7 +320,7 @@ class LoadedExport:
 
 def load_export(path: str | Path, verify: bool = True) -> LoadedExport:
     """Read an export folder back (any format), checking it against its manifest."""
-    from curator.readers import read_file, sample_from_row
+    from curator.ingestion.readers import read_file, sample_from_row
 
     path = Path(path)
     if not (path / "manifest.json").exists():
@@ -349,7 +349,7 @@ def load_export(path: str | Path, verify: bool = True) -> LoadedExport:
             system=system, metadata=meta))
     mask = None
     if (path / "mask.safetensors").exists():
-        from curator.masks import load_mask
+        from curator.outputs.mask_files import load_mask
 
         mask = load_mask(path / "mask.safetensors")
     layers = json.loads((path / "layers.json").read_text()) if (path / "layers.json").exists() \

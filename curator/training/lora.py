@@ -5,7 +5,7 @@ blocks, all of them by default or those whose names end with one of ``target_mod
 ("q_proj", "mlp.down_proj", "c_attn"). With a layer map (GAST: layer key -> sample ids),
 only layers that have samples get adapters, and each layer's adapters learn from that
 layer's samples only: the adapters' ``lora_A`` / ``lora_B`` are ``nn.Linear`` modules under
-the layer's name, so ``curator.train``'s layer-wise row weighting applies to them as it does
+the layer's name, so ``curator.training.finetune``'s layer-wise row weighting applies to them as it does
 to full weights (parameter gradient of layer l = mean over layer l's samples in the batch).
 The map's OTHER_LAYER entry (embeddings, final norm, head) gets no adapter: its samples stay
 in the batches, as in full training, but move only the layers that list them.
@@ -26,11 +26,11 @@ from typing import Any
 
 from torch import nn
 
-# defined with the other configs (light, for the CLI); re-exported: curator.lora.LoraOptions
+# defined with the other configs (light, for the CLI); re-exported: curator.training.lora.LoraOptions
 from curator.config import LoraOptions as LoraOptions
 from curator.records import Sample
 from curator.scoring.gradients import CONV1D, OTHER_LAYER, layer_of
-from curator.train import TrainResult, train
+from curator.training.finetune import TrainResult, train
 
 # peft wraps a causal LM as PeftModelForCausalLM -> LoraModel -> the model, so a module
 # "model.layers.0.mlp" of the model is "base_model.model.model.layers.0.mlp" after wrapping.
@@ -97,7 +97,7 @@ def train_lora(model: nn.Module, tokenizer: object, samples: Sequence[Sample],
                layer_subsets: Mapping[str, Sequence[int | str]] | None = None,
                **train_kwargs: Any) -> tuple[Any, TrainResult]:
     """Add LoRA adapters to ``model`` (only on layers with samples when ``layer_subsets``
-    is given) and train them with ``curator.train.train`` (its keyword arguments pass
+    is given) and train them with ``curator.training.finetune.train`` (its keyword arguments pass
     through; ``mask`` is not one: see the module docstring). Returns (peft model, result)."""
     if "mask" in train_kwargs:
         raise TypeError("train_lora takes no mask: a sparse mask and LoRA do not combine")

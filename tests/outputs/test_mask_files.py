@@ -7,7 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curator.masks import load_mask, mask_density, mask_metadata, save_mask, validate_mask
+from curator.outputs.mask_files import (
+    load_mask,
+    mask_density,
+    mask_metadata,
+    save_mask,
+    validate_mask,
+)
 from curator.testing import tiny_loaded_model
 
 

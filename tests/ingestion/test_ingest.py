@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import curator.ingest as ingest_mod
-from curator.ingest import IngestError, IngestSummary, ingest
+import curator.ingestion.ingest as ingest_mod
+from curator.ingestion.ingest import IngestError, IngestSummary, ingest
+from curator.ingestion.schemas import FieldMap
 from curator.records import sample_id_for
-from curator.schemas import FieldMap
 from curator.store.datasets import (
     diff_versions,
     list_versions,

@@ -1,4 +1,4 @@
-"""curator.evaluate: answer extraction, greedy generation, exact match, per-row losses."""
+"""curator.training.evaluate: answer extraction, greedy generation, exact match, per-row losses."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from curator.evaluate import (
+from curator.records import Sample
+from curator.scoring.encoding import render, tokenize
+from curator.testing import tiny_loaded_model, tiny_tokenizer
+from curator.training.evaluate import (
     answers_match,
     compile_pattern,
     exact_match,
@@ -15,10 +18,7 @@ from curator.evaluate import (
     normalise_answer,
     row_losses,
 )
-from curator.records import Sample
-from curator.scoring.encoding import render, tokenize
-from curator.testing import tiny_loaded_model, tiny_tokenizer
-from curator.train import eval_loss
+from curator.training.finetune import eval_loss
 
 GSM8K = r"#### (.*)"
 

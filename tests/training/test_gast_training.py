@@ -11,7 +11,7 @@ import torch
 
 from curator.records import Sample
 from curator.testing import tiny_loaded_model
-from curator.train import LayerRowWeights, train
+from curator.training.finetune import LayerRowWeights, train
 from tests.helpers import write_jsonl
 
 
@@ -77,8 +77,8 @@ def test_static_subsets_stay_an_option():
 @pytest.fixture
 def gast_export(tmp_path, pair_rows):
     from curator.config import ScoringOptions, StageSpec
-    from curator.export import export_selection
-    from curator.ingest import ingest
+    from curator.ingestion.ingest import ingest
+    from curator.outputs.subsets import export_selection
     from curator.stages import select_stage
     from curator.store import Store
 
@@ -91,8 +91,8 @@ def gast_export(tmp_path, pair_rows):
 
 
 def test_a_gast_export_carries_each_layers_scores_and_the_counts(gast_export):
-    from curator.export import load_export
-    from curator.store.selections import selection_layer_scores, selection_layers
+    from curator.outputs.subsets import load_export
+    from curator.store.selection_rows import selection_layer_scores, selection_layers
 
     store, out, path = gast_export
     layers = selection_layers(store, out.selection_id)

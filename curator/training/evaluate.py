@@ -211,7 +211,7 @@ def row_losses(lm: LoadedModel, samples: Sequence[Sample], batch_size: int = _D.
 def eval_loss(lm: LoadedModel, samples: Sequence[Sample], batch_size: int = _D.batch_size,
               max_length: int = _D.max_length, *, tokens: str = _D.tokens) -> float:
     """The mean of ``row_losses`` over the samples it could score (`curator eval`, and
-    training's eval as ``curator.train.eval_loss``); ValueError when there is none."""
+    training's eval as ``curator.training.finetune.eval_loss``); ValueError when there is none."""
     losses = row_losses(lm, samples, batch_size, max_length, tokens=tokens)
     scored = losses[~np.isnan(losses)]
     if scored.size == 0:

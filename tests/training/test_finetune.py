@@ -11,7 +11,7 @@ import torch
 from curator.scoring import gradients as gr
 from curator.scoring.encoding import collate, encode
 from curator.testing import tiny_loaded_model
-from curator.train import LayerRowWeights, apply_mask, build_optimizer, eval_loss, train
+from curator.training.finetune import LayerRowWeights, apply_mask, build_optimizer, eval_loss, train
 
 
 def partial_mask(model) -> dict[str, torch.Tensor]:
@@ -140,11 +140,11 @@ def test_train_with_layer_subsets_matches_a_manual_adamw_step(tiny_llama, make_s
 
 
 def test_eval_loss_is_mean_of_per_sample_losses(tiny_llama, make_samples):
-    from curator import evaluate
+    from curator.training import evaluate
 
     assert eval_loss is evaluate.eval_loss  # training's eval is the one loss loop
     samples = make_samples(5, seed=3)
-    # "response": every response token, end-of-turn included (tests/test_evaluate.py checks
+    # "response": every response token, end-of-turn included (tests/training/test_evaluate.py checks
     # the default, the answer's own tokens, by hand)
     got = eval_loss(tiny_llama, samples, batch_size=2, tokens="response")
     direct = []

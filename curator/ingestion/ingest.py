@@ -19,8 +19,14 @@ from itertools import islice
 
 import pyarrow as pa
 
-from curator.readers import DEFAULT_SPLIT, InputError, RawRow, read_source, sample_from_row
-from curator.schemas import FieldMap, RowError
+from curator.ingestion.readers import (
+    DEFAULT_SPLIT,
+    InputError,
+    RawRow,
+    read_source,
+    sample_from_row,
+)
+from curator.ingestion.schemas import FieldMap, RowError
 from curator.store import Store
 from curator.store.ingest_rows import VersionCounts, commit_version, stage_batch
 from curator.store.recovery import clear_stale_staging

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from curator.digests import sha256_file
-from curator.export import (
+from curator.ingestion.ingest import ingest
+from curator.outputs.subsets import (
     FORMATS,
     ExportError,
     export_selection,
@@ -20,10 +21,9 @@ from curator.export import (
     manifest_digest,
     verify_export,
 )
-from curator.ingest import ingest
 from curator.store import Store
 from curator.store.datasets import load_samples
-from curator.store.selections import SelectionRecord, save_mask_record, save_selection
+from curator.store.selection_rows import SelectionRecord, save_mask_record, save_selection
 from tests.helpers import write_jsonl
 
 ROWS = [
@@ -67,7 +67,7 @@ def selection(store):
 
 def with_mask(store, sid):
     """A hand-made mask file in the artifacts, recorded against the selection."""
-    from curator.masks import save_mask
+    from curator.outputs.mask_files import save_mask
 
     mask = {"layer.weight": torch.tensor([[True, False], [False, True]])}
     path = save_mask(mask, store.artifacts / "masks" / f"{sid}.safetensors")

@@ -22,7 +22,7 @@ from curator.schedule.triggers import (
     parse_duration,
 )
 from curator.store import NotFound, Store
-from curator.store.schedules import (
+from curator.store.schedule_rows import (
     delete_schedule,
     insert_schedule,
     lock_holder,

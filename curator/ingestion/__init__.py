@@ -1,0 +1,1 @@
+"""Input schemas, readers and the ingest into versions."""

@@ -1,0 +1,1 @@
+"""Mask files and exported subsets."""

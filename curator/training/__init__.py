@@ -1,0 +1,1 @@
+"""Fine-tuning, LoRA, evaluation and saving what was trained."""
