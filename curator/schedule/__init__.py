@@ -6,7 +6,7 @@ Modules, top to bottom (``curator.schedule`` re-exports their public names):
 
 - triggers: an interval (``every_seconds``, anchored at the schedule's creation so runs
   do not drift) or a 5-field cron expression in UTC; times come from an injectable clock;
-- schedules in the store: add, list, pause, resume, remove, request a run;
+- ``definitions``: schedules in the store: add, list, pause, resume, remove, request a run;
 - the lease: one run per schedule at a time, even across processes and machines sharing
   a store. A worker takes the lease with one conditional UPDATE (free, expired, or held
   by a process of this host that no longer exists) and renews it from a heartbeat thread;
