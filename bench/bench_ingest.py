@@ -1,4 +1,5 @@
-"""Ingest and diff benchmark: time and peak memory of `curator.ingestion.ingest.ingest` on generated JSONL.
+"""Ingest and diff benchmark: time and peak memory of `curator.ingestion.ingest.ingest` on
+generated JSONL.
 
 Targets (issue 2): ingest of 100k JSONL rows in under 20 s on 2 cores, with peak memory that
 does not grow with the file (rows stream through in batches); a diff of two 100k-row

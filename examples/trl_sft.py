@@ -10,9 +10,10 @@ split into prompt (the turns before the last) and completion (the last assistant
 because on prompt/completion data TRL's loss is on completion tokens only, which is the
 response-token loss curator scored and selected with.
 
-The mask: ``curator.training.finetune.apply_mask`` freezes the tensors the mask leaves out and zeroes
-the gradient of masked-out coordinates in the others; with AdamW and weight decay 0 (TRL's
-default, kept here) a frozen coordinate's update is exactly 0, so it stays bit-identical.
+The mask: ``curator.training.finetune.apply_mask`` freezes the tensors the mask leaves out
+and zeroes the gradient of masked-out coordinates in the others; with AdamW and weight decay
+0 (TRL's default, kept here) a frozen coordinate's update is exactly 0, so it stays
+bit-identical.
 A GAST export's layer subsets need one sample subset per layer, which SFTTrainer's single
 batch mean cannot do: such an export is refused here (``curator train`` honours it).
 """

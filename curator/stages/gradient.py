@@ -111,7 +111,8 @@ def rank_gast(ctx: StageContext) -> Ranked:
                               layer_size=max((len(v) for v in layers.values()), default=0),
                               support=result.support)
     # Each layer's scores of the pool rows it scored, for training's per-batch sampling
-    # (``curator.training.finetune``): stored under their own key, which the selection's config names.
+    # (``curator.training.finetune``): stored under their own key, which the selection's
+    # config names.
     key = config_hash(["gast-layer-scores", ctx.spec.method, config])
     remember_model(ctx.store, ctx.lm.fingerprint, ctx.lm.name)
     for j, layer in enumerate(result.layers):

@@ -246,9 +246,10 @@ CREATE TABLE watched_files (
 -- so the keys below made an ingest's memory grow with the rows stored (about 200 bytes per
 -- key).
 -- The same tables without the keys; uniqueness is kept by the only writer, ingest
--- (curator/ingestion/ingest.py): samples and staging rows are inserted only where their id is absent,
--- and a version's members come from its deduplicated staging rows plus parent members not
--- among them, in the transaction that writes the version's row (versions keeps its key).
+-- (curator/ingestion/ingest.py): samples and staging rows are inserted only where their
+-- id is absent, and a version's members come from its deduplicated staging rows plus parent
+-- members not among them, in the transaction that writes the version's row (versions keeps
+-- its key).
 -- DuckDB cannot drop a constraint, so each table is copied and replaced.
 CREATE TABLE samples_v6 (
     sample_id TEXT NOT NULL,

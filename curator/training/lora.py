@@ -5,8 +5,9 @@ blocks, all of them by default or those whose names end with one of ``target_mod
 ("q_proj", "mlp.down_proj", "c_attn"). With a layer map (GAST: layer key -> sample ids),
 only layers that have samples get adapters, and each layer's adapters learn from that
 layer's samples only: the adapters' ``lora_A`` / ``lora_B`` are ``nn.Linear`` modules under
-the layer's name, so ``curator.training.finetune``'s layer-wise row weighting applies to them as it does
-to full weights (parameter gradient of layer l = mean over layer l's samples in the batch).
+the layer's name, so ``curator.training.finetune``'s layer-wise row weighting applies to
+them as it does to full weights (parameter gradient of layer l = mean over layer l's
+samples in the batch).
 The map's OTHER_LAYER entry (embeddings, final norm, head) gets no adapter: its samples stay
 in the batches, as in full training, but move only the layers that list them.
 
