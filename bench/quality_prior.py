@@ -61,10 +61,10 @@ from quality_stats import compare  # noqa: E402
 ARMS_QUICK = ("oracle_clean", "oracle_dirty", "random", "rds", "delift+both")
 ARMS_FULL = ("oracle_clean", "oracle_dirty", "random", "rds", "rds+filter", "rds+modular",
              "rds+both", "delift", "delift+filter", "delift+modular", "delift+both",
-             "delift_gated", "delift_nll+both", "delift_noharm+both", "dualsft",
+             "delift_gated", "delift_pl2+both", "delift_noharm+both", "dualsft",
              "dualsft+filter", "dualsft_unit", "dualsft_masked", "random_dualsft_mask", "gast")
 # Arm variants: a method name with a suffix that changes one option (see ``select``).
-VARIANTS = ("_gated", "_nll", "_noharm", "_unit", "_masked")
+VARIANTS = ("_gated", "_nll", "_pl2", "_noharm", "_unit", "_masked")
 CURVE_ARMS = ("random", "rds", "delift+both")
 # (arm, against, what the difference measures): each pair differs in one choice
 ISOLATE = (
@@ -72,7 +72,8 @@ ISOLATE = (
     ("delift+both", "delift+modular", "the prior's filter, over its term alone"),
     ("delift+both", "delift_noharm+both", "the harm rule (mean+fit) with the prior"),
     ("delift", "delift_gated", "dense answer-token DELIFT over kNN-gated whole-response"),
-    ("delift_nll+both", "delift+both", "distance nll over prob-l2 (with the prior)"),
+    # nll is the default since session 8, so the prob-l2 arm is the variant now
+    ("delift+both", "delift_pl2+both", "distance nll over prob-l2 (with the prior)"),
     ("dualsft_unit", "dualsft", "DualSFT: unit-norm gradients over none"),
     ("dualsft+filter", "dualsft", "DualSFT: the prior's filter"),
     ("dualsft_masked", "random_dualsft_mask", "DualSFT's subset, both through its mask"),
@@ -81,7 +82,7 @@ ISOLATE = (
 LABEL = {"oracle_clean": "oracle-clean (control)", "oracle_dirty": "oracle-dirty (control)",
          "random": "random", "rds": "RDS+", "delift": "DELIFT",
          "delift_gated": "DELIFT, kNN-gated, whole response (before issue 24)",
-         "delift_nll": "DELIFT, distance nll", "delift_noharm": "DELIFT, harm rule off",
+         "delift_nll": "DELIFT, distance nll", "delift_pl2": "DELIFT, distance prob-l2", "delift_noharm": "DELIFT, harm rule off",
          "dualsft": "DualSFT (subset, full fine-tuning)",
          "dualsft_unit": "DualSFT, unit-norm gradients (subset, full fine-tuning)",
          "dualsft_masked": "DualSFT (subset, trained through its 5% mask)",
@@ -201,6 +202,8 @@ def select(args, store, lm, arm: str, budget: str, stage: str = "task",
         options = dataclasses.replace(options, dense_target=0, tokens="response")
     if arm.startswith("delift_nll"):
         options = dataclasses.replace(options, distance="nll")
+    if arm.startswith("delift_pl2"):
+        options = dataclasses.replace(options, distance="prob-l2")
     t = time.monotonic()
     out = select_stage(store, "pool", spec, lm=lm, options=options, previous_selection=previous)
     return out, time.monotonic() - t
