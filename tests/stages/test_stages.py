@@ -666,6 +666,9 @@ def test_a_stage_killed_while_scoring_on_demand_reruns_to_the_same_result(cstore
     monkeypatch.setattr(ev, "score_pair_list", real)
     again = select_stage(twin, "d", spec, lm=lm, options=opts)
     assert again.sample_ids == whole.sample_ids
-    np.testing.assert_allclose(again.gains, whole.gains)
+    # The rerun scores the round's other half in batches of other widths; on some CPUs
+    # (an AMD EPYC) fp32 kernels then round d(i|j) of a few pairs one ulp differently
+    # (5.5288 vs 5.5288 + 5e-7), which moved one gain by 2e-5 relative.
+    np.testing.assert_allclose(again.gains, whole.gains, rtol=1e-4, atol=1e-6)
     pairs = "SELECT target_id, example_id FROM utilities ORDER BY ALL"
     assert twin.query(pairs) == cstore.query(pairs)
