@@ -617,8 +617,10 @@ def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds)
              f"Data: {json.dumps(data.summary())}", "",
              f"Task stage toward Q, budget {args.budget} ({_count(args.budget, len(data.pool))} "
              f"rows), {args.epochs} epochs, lr {args.lr}, batch 8, training seeds "
-             f"0..{args.train_seeds - 1} (random: subsets 0..{len(runs.get('random', [])) - 1}, the "
-             f"first {args.train_seeds} paired). {len(data.eval)} held-out MC items. Differences: "
+             f"0..{args.train_seeds - 1}"
+             + (f" (random: subsets 0..{len(runs['random']) - 1}, the first "
+                f"{args.train_seeds} paired)" if runs.get("random") else "")
+             + f". {len(data.eval)} held-out MC items. Differences: "
              "positive = better; 95% two-way bootstrap (seeds x items).", ""]
     # go / no-go
     if "oracle_clean" in runs and "oracle_dirty" in runs:
