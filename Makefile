@@ -48,8 +48,9 @@ lock:
 demo: setup
 	$(BIN)/curator demo
 
+# The fast suite on every core: each test runs torch on one thread (tests/conftest.py).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 test-slow: setup
 	CURATOR_TEST_THREADS=$$(nproc) $(BIN)/python -m pytest -q -m slow
