@@ -26,7 +26,6 @@ import datetime as dt
 import json
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def sweep(settings: list[tuple[float, float, float]], workdir: Path) -> list[dict]:
     import curator.stages.quality as prior
     from curator.config import ScoringOptions
-    from curator.stages import resolve_pools, select_stage
+    from curator.stages import select_stage
 
     args = qp.parse_args(["--quick", "--workdir", str(workdir), "--eval-size", "400"])
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -72,14 +71,7 @@ def sweep(settings: list[tuple[float, float, float]], workdir: Path) -> list[dic
                     spec.parent, spec.pool = prev, "new"
                 out = select_stage(store, "pool", spec, lm=lm, options=options, reuse=False,
                                    previous_selection=prev if stage == "continual" else None)
-                pool = [s.sample_id for s in resolve_pools(store, "pool", spec, prev).pool]
-                kinds = Counter(labels[i].corruption for i in out.sample_ids
-                                if labels[i].corruption)
-                row["stages"][name] = {
-                    "share": qp._share(labels, pool, out.sample_ids, lambda k: k is not None),
-                    "seen": qp._share(labels, pool, out.sample_ids,
-                                      lambda k: k not in (None, "wrong_option")),
-                    "kinds": dict(kinds), "n": len(out.sample_ids)}
+                row["stages"][name] = qp.stage_cell(store, labels, spec, prev, out.sample_ids)
                 if stage == "instruction":
                     prev = out.selection_id
             row["seconds"] = round(time.monotonic() - t)
@@ -103,11 +95,7 @@ def write(rows: list[dict], argv: list[str], out: Path, seconds: float) -> None:
              "| AUTO_Z | max drop | weight | " + " | ".join(n for n, _ in STAGES) + " |",
              "|---|---|---|" + "---|" * len(STAGES)]
     for r in rows:
-        cells = []
-        for name, _ in STAGES:
-            s = r["stages"][name]
-            kinds = ", ".join(f"{k} {n}" for k, n in sorted(s["kinds"].items())) or "none"
-            cells.append(f"{s['share']:.2f}x ({s['seen']:.2f}x) {kinds}")
+        cells = [qp.cell_text(r["stages"][name]) for name, _ in STAGES]
         lines.append(f"| {r['z']} | {r['cap']} | {r['weight']} | " + " | ".join(cells) + " |")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

@@ -555,41 +555,52 @@ def harm_lines(sel_info: dict[str, dict[str, Any]], data: PriorData) -> list[str
             f"Corrupted rows picked: {on['corrupt']} with the rule, {off['corrupt']} without."]
 
 
-def stage_shares(args, store, lm, labels) -> dict[str, dict[str, float]]:
+def stage_shares(args, store, lm, labels) -> dict[str, dict[str, dict[str, Any]]]:
     """Corrupted share of each stage's selection against its pool's base rate."""
-    from curator.stages import resolve_pools
-
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for arm in ("random", "delift", "delift+filter", "delift+both"):
         if arm not in ("random",) and arm not in args.arms:
             continue
-        row: dict[str, float] = {}
+        row: dict[str, dict[str, Any]] = {}
         prev = None
         for stage in ("instruction", "task", "continual"):
             sel, _ = select(args, store, lm, arm, "30%", stage=stage, previous=prev)
             spec = spec_for(arm, args, "30%", stage)
             if stage == "continual":
                 spec.parent, spec.pool = prev, "new"
-            pool = [s.sample_id for s in resolve_pools(store, "pool", spec, prev).pool]
-            row[stage] = _share(labels, pool, sel.sample_ids, lambda k: k is not None)
-            # wrong_option rows are the kind the default signal does not see (a 135M model
-            # barely ranks listed options: AUC about 0.5): the other kinds' share says what
-            # the prior does where it can
-            row[f"{stage}_seen"] = _share(labels, pool, sel.sample_ids,
-                                          lambda k: k not in (None, "wrong_option"))
-            row[f"{stage}_kinds"] = dict(Counter(labels[i].corruption for i in sel.sample_ids
-                                                 if labels[i].corruption))
+            row[stage] = stage_cell(store, labels, spec, prev, sel.sample_ids)
             if stage == "instruction":
                 prev = sel.selection_id
         out[arm] = row
     return out
 
 
-def _share(labels, pool: list[str], picked: list[str], bad) -> float:
-    """Share of ``picked`` rows whose corruption kind ``bad`` accepts, over the pool's."""
-    base = np.mean([bad(labels[i].corruption) for i in pool])
-    return float(np.mean([bad(labels[i].corruption) for i in picked]) / base) if base \
-        else float("nan")
+def stage_cell(store, labels, spec, previous: str | None, picked: list[str]) -> dict[str, Any]:
+    """The corrupted rows of one stage's selection: ``share`` of all kinds and ``seen``, of
+    the kinds the default signal sees, each over the stage pool's base rate; ``kinds``, the
+    corrupted rows picked by kind. wrong_option is the kind the signal does not see (a 135M
+    model barely ranks listed options: AUC about 0.5), so ``seen`` says what the prior does
+    where it can."""
+    from curator.stages import resolve_pools
+
+    pool = [s.sample_id for s in resolve_pools(store, "pool", spec, previous).pool]
+
+    def share(bad) -> float:
+        base = np.mean([bad(labels[i].corruption) for i in pool])
+        return float(np.mean([bad(labels[i].corruption) for i in picked]) / base) if base \
+            else float("nan")
+
+    return {"share": share(lambda k: k is not None),
+            "seen": share(lambda k: k not in (None, "wrong_option")),
+            "kinds": dict(Counter(labels[i].corruption for i in picked
+                                  if labels[i].corruption)),
+            "n": len(picked)}
+
+
+def cell_text(cell: dict[str, Any]) -> str:
+    """"0.27x (0.00x) wrong_option 3": all kinds, the seen kinds, the kinds kept."""
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(cell["kinds"].items())) or "none"
+    return f"{cell['share']:.2f}x ({cell['seen']:.2f}x) {kinds}"
 
 
 def _diff_line(name: str, method: list[dict], baseline: list[dict], metric: str,
@@ -694,11 +705,8 @@ def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds)
                   "kind. Budget 30% in every stage.", "",
                   "| method | instruction (v1) | task | continual (v2 new) |", "|---|---|---|---|"]
         for arm, row in stages.items():
-            cells = [f"{row[s]:.2f}x ({row.get(s + '_seen', float('nan')):.2f}x) "
-                     + ", ".join(f"{k} {n}" for k, n in sorted(row.get(s + "_kinds",
-                                                                          {}).items()))
-                     for s in names]
-            lines.append(f"| {label(arm)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(arm)} | " + " | ".join(cell_text(row[s]) for s in names)
+                         + " |")
     lines += ["", "## AUC for corrupted rows (whole pool / in-family; per kind: pool / family)",
               "", "| signal | pool | in family | " + " | ".join(MC_KINDS) + " |",
               "|---|---|---|" + "---|" * len(MC_KINDS)]
