@@ -47,3 +47,34 @@ def test_evaluation_context_caches_the_casts():
 def test_cpu_fp32_only():
     bf16 = SimpleNamespace(device=torch.device("cpu"), dtype=torch.bfloat16)
     assert not isinstance(quality_prior.autocast(bf16, training=True), torch.autocast)
+
+
+def test_option_nlls_match_whole_sequence_forwards():
+    # The evaluator's shared head, length-sorted groups and per-prompt caches give each
+    # option's summed NLL as one plain forward of prompt + option does, in the items' order.
+    from curator.testing import tiny_loaded_model
+
+    lm = tiny_loaded_model("llama", seed=0)
+    g = torch.Generator().manual_seed(0)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(3, 60, (n,), generator=g).tolist()
+
+    head = ids(6)
+    items = [(head + ids(n), [ids(m) for m in opt_lens], 0)
+             for n, opt_lens in ((9, (2, 3)), (5, (1, 4, 2)), (12, (3,)), (7, (2, 2)),
+                                 (5, (5, 1)))]
+    got = quality_prior.option_nlls(lm, items, group=2)
+    with torch.inference_mode():
+        for (prompt, opts, _), total in zip(items, got, strict=True):
+            for o, value in zip(opts, total, strict=True):
+                x = torch.tensor([prompt + o])
+                logp = torch.log_softmax(lm.model(input_ids=x).logits[0, :-1].float(), -1)
+                want = -logp[len(prompt) - 1:, :].gather(1, x[0, len(prompt):, None]).sum()
+                assert abs(float(want) - value) < 1e-4 * max(1.0, abs(float(want)))
+
+
+def test_common_head_stops_at_the_limit_and_the_first_difference():
+    assert quality_prior._common_head([[1, 2, 3, 4], [1, 2, 3, 5]], 10) == (1, 2, 3)
+    assert quality_prior._common_head([[1, 2, 3, 4], [1, 2, 3, 5]], 2) == (1, 2)
+    assert quality_prior._common_head([[1, 2], [3, 2]], 5) == ()

@@ -43,6 +43,7 @@ from curator.scoring.gradients import (
     OTHER_LAYER,
     batch_losses,
     encode_samples,
+    response_losses,
 )
 from curator.training.evaluate import eval_loss as eval_loss
 
@@ -386,7 +387,11 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
                         lw.set_batch(idx, device, picked)
                         for key, rows in (picked or {}).items():
                             layer_rows[key] = layer_rows.get(key, 0) + len(rows)
-                    loss = batch_losses(model, batch).mean()
+                    # The output head on the response positions only (the same loss; the
+                    # head is a fifth of SmolLM2's forward and the answer a tenth of a
+                    # row). GAST's per-layer row weights need the head's batch rows.
+                    losses_of = batch_losses if lw is not None else response_losses
+                    loss = losses_of(model, batch).mean()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if max_grad_norm is not None:

@@ -322,6 +322,23 @@ def test_short_row_attention_matches_sdpa_with_grouped_heads(masked):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_short_row_attention_stays_fp32_under_bf16_autocast():
+    # A bug fix: under CPU bf16 autocast (training over fp32 weights) its matmuls ran in
+    # bf16 and the fp32 mask fill overflowed ("cannot be converted to BFloat16").
+    torch.manual_seed(0)
+    B, H, Hkv, T, D = 2, 4, 2, 5, 8
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, Hkv, T, D), torch.randn(B, Hkv, T, D)
+    keys = torch.ones(B, T, dtype=torch.bool)
+    keys[-1, 3:] = False
+    mask = torch.ones(T, T, dtype=torch.bool).tril()[None, None] & keys[:, None, None, :]
+    module = torch.nn.Module()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = gr._short_row_attention(module, q, k, v, mask, scaling=0.3)
+    ref, _ = gr._short_row_attention(module, q, k, v, mask, scaling=0.3)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
 def test_hook_scores_gather_real_tokens_when_padding_is_large(tiny_llama, monkeypatch,
                                                              make_samples):
     """Padding-heavy batches take the gathered-token contraction; same scores."""

@@ -41,6 +41,16 @@ def _short_row_attention(module: nn.Module, query: torch.Tensor, key: torch.Tens
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, is_causal=is_causal,
                                       **kwargs)
+    # fp32 also under autocast (bf16 training on CPU), which would run these matmuls in bf16
+    with torch.autocast(query.device.type, enabled=False):
+        return _fp32_attention(module, query, key, value, attention_mask, scaling, is_causal)
+
+
+def _fp32_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                    value: torch.Tensor, attention_mask: torch.Tensor | None,
+                    scaling: float | None, is_causal: bool | None) -> tuple[torch.Tensor, None]:
+    B, H, T, D = query.shape
+    Hkv = key.shape[1]
     g = H // Hkv  # query heads per K/V head, consecutive (as repeat_kv orders them)
     scores = query.float().reshape(B, Hkv, g * T, D) @ key.float().transpose(-1, -2)
     scores = scores.mul_(D ** -0.5 if scaling is None else scaling).view(B, Hkv, g, T, T)
