@@ -289,7 +289,7 @@ class Evaluator:
     def __init__(self, data: PriorData, tokenizer) -> None:
         opts = [data.options[r.sample_id] for r in data.eval]
         self.items = option_items(tokenizer, data.eval, opts,
-                                  [o.index(r.response) for r, o in zip(data.eval, opts)])
+                                  [o.index(r.response) for r, o in zip(data.eval, opts, strict=True)])
         # "v2": the shared head and length-sorted groups (the same numbers up to bf16
         # rounding; runs evaluated before it are not mixed with runs after)
         self.eval_id = hashlib.sha256(json.dumps([[r.prompt, r.response] for r in data.eval]
