@@ -40,6 +40,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -53,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from prior_data import MC_KINDS, PriorConfig, PriorData, build  # noqa: E402
+from prior_data import MC_KINDS, PriorConfig, PriorData, build, parse_options  # noqa: E402
 from quality import scoring_model, training_model  # noqa: E402  (same models, same dtypes)
 from quality_stats import compare  # noqa: E402
 
@@ -465,13 +466,15 @@ def signal_aucs(store, lm, data: PriorData) -> list[list[str]]:
                "kNN z of end-of-turn": neighbour_z(q.stop_nll, nb),
                "combined (default signal)": signal_z(q, nb, "combined")}
     signals.update(delift_means(store, lm, data, samples))
+    signals["option contrast"] = option_contrast(lm, rows)
     y = np.array([r.corruption is not None for r in rows])
     fam = np.array([r.family == "mc" for r in rows])
     table = []
     for name, v in signals.items():
         has = np.ones(len(v), dtype=bool)
-        if name.startswith("DELIFT"):
-            # over the rows that have such pairs (the others have no evidence either way)
+        if name.startswith(("DELIFT", "option")):
+            # over the rows that have such pairs or listed options (the others have no
+            # evidence either way)
             has = np.isfinite(v)
             name = f"{name}, {int(has.sum())} rows"
         line = [name, f"{auc(y[has], v[has]):.2f}", f"{auc(y[fam & has], v[fam & has]):.2f}"]
@@ -480,6 +483,30 @@ def signal_aucs(store, lm, data: PriorData) -> list[list[str]]:
             line.append(f"{auc(y[m], v[m]):.2f} / {auc(y[m & fam], v[m & fam]):.2f}")
         table.append(line)
     return table
+
+
+def option_contrast(lm, rows) -> np.ndarray:
+    """For a row whose prompt lists options and whose answer is one of them: minus the log
+    share of the given answer among the listed options (each option's summed log-likelihood,
+    softmaxed over the options). High: the model prefers another listed option, which is
+    what a wrong-option row looks like to a model that can rank options. NaN elsewhere."""
+    out = np.full(len(rows), np.nan)
+    picked, opts, given = [], [], []
+    for i, r in enumerate(rows):
+        listed = parse_options(r.prompt, r.template.split(":")[0]) if r.family == "mc" else []
+        if len(listed) >= 2 and r.response in listed:
+            picked.append(i)
+            opts.append(listed)
+            given.append(listed.index(r.response))
+    if not picked:
+        return out
+    items = option_items(lm.tokenizer, [rows[i] for i in picked], opts, given)
+    with autocast(lm):
+        totals = option_nlls(lm, items)
+    for i, g, total in zip(picked, given, totals, strict=True):
+        logp = -total - np.logaddexp.reduce(-total)
+        out[i] = -logp[g]
+    return out
 
 
 def delift_means(store, lm, data: PriorData, samples) -> dict[str, np.ndarray]:
@@ -731,7 +758,7 @@ def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds)
     machine_line = lambda: f"{cpu_name()} ({bf16}), {os.cpu_count()} cores, torch {torch.__version__}"  # noqa: E731
 
     lines = [f"# Quality-prior benchmark{' (quick)' if args.quick else ''}", "",
-             f"Command: `.venv/bin/python bench/quality_prior.py {' '.join(sys.argv[1:])}`"
+             f"Command: `.venv/bin/python bench/quality_prior.py {shlex.join(sys.argv[1:])}`"
              f" ({dt.date.today()}, {seconds / 60:.0f} min). Machine: {machine_line()}."
              + (f" {args.note}" if args.note else ""), "",
              f"Data: {json.dumps(data.summary())}", "",

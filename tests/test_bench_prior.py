@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -78,3 +79,23 @@ def test_common_head_stops_at_the_limit_and_the_first_difference():
     assert quality_prior._common_head([[1, 2, 3, 4], [1, 2, 3, 5]], 10) == (1, 2, 3)
     assert quality_prior._common_head([[1, 2, 3, 4], [1, 2, 3, 5]], 2) == (1, 2)
     assert quality_prior._common_head([[1, 2], [3, 2]], 5) == ()
+
+
+@pytest.mark.slow
+def test_tiny_run_on_two_workers_resumes_from_its_cache_on_one(tmp_path):
+    # The runs two worker processes wrote are what one process finds and reuses: the same
+    # keys, nothing trained twice, the same report numbers.
+    argv = ["--model", "tiny", "--workdir", str(tmp_path), "--no-stages", "--arms",
+            "oracle_clean", "oracle_dirty", "--train-seeds", "2"]
+    assert quality_prior.main(argv + ["--workers", "2"]) == 0
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 5  # 2 oracle-clean, 2 oracle-dirty, the base model
+    stamps = {p.name: p.stat().st_mtime_ns for p in runs}
+    first = (tmp_path / "quality_prior.md").read_text()
+    assert quality_prior.main(argv + ["--workers", "1"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()} == stamps
+    second = (tmp_path / "quality_prior.md").read_text()
+    def controls(report: str) -> str:  # the go/no-go table (the arms' table times selection)
+        return report.split("## Go / no-go")[1].split("## Arms")[0]
+
+    assert controls(first) == controls(second)
