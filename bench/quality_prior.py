@@ -64,9 +64,9 @@ ARMS_QUICK = ("oracle_clean", "oracle_dirty", "random", "rds", "delift+both")
 ARMS_FULL = ("oracle_clean", "oracle_dirty", "random", "rds", "rds+filter", "rds+modular",
              "rds+both", "delift", "delift+filter", "delift+modular", "delift+both",
              "delift_gated", "delift_pl2+both", "delift_noharm+both", "dualsft",
-             "dualsft+filter", "dualsft_unit", "dualsft_masked", "random_dualsft_mask", "gast")
+             "dualsft+filter", "dualsft_raw", "dualsft_masked", "random_dualsft_mask", "gast")
 # Arm variants: a method name with a suffix that changes one option (see ``select``).
-VARIANTS = ("_gated", "_nll", "_pl2", "_noharm", "_unit", "_masked")
+VARIANTS = ("_gated", "_nll", "_pl2", "_noharm", "_raw", "_masked")
 CURVE_ARMS = ("random", "rds", "delift+both")
 # (arm, against, what the difference measures): each pair differs in one choice
 ISOLATE = (
@@ -76,7 +76,8 @@ ISOLATE = (
     ("delift", "delift_gated", "dense answer-token DELIFT over kNN-gated whole-response"),
     # nll is the default since session 8, so the prob-l2 arm is the variant now
     ("delift+both", "delift_pl2+both", "distance nll over prob-l2 (with the prior)"),
-    ("dualsft_unit", "dualsft", "DualSFT: unit-norm gradients over none"),
+    # unit-norm is the default since session 8, so the unnormalised arm is the variant
+    ("dualsft", "dualsft_raw", "DualSFT: unit-norm gradients over none"),
     ("dualsft+filter", "dualsft", "DualSFT: the prior's filter"),
     ("dualsft_masked", "random_dualsft_mask", "DualSFT's subset, both through its mask"),
     ("dualsft_masked", "dualsft", "DualSFT's mask, both on its subset"),
@@ -85,8 +86,8 @@ LABEL = {"oracle_clean": "oracle-clean (control)", "oracle_dirty": "oracle-dirty
          "random": "random", "rds": "RDS+", "delift": "DELIFT",
          "delift_gated": "DELIFT, kNN-gated, whole response (before issue 24)",
          "delift_nll": "DELIFT, distance nll", "delift_pl2": "DELIFT, distance prob-l2", "delift_noharm": "DELIFT, harm rule off",
-         "dualsft": "DualSFT (subset, full fine-tuning)",
-         "dualsft_unit": "DualSFT, unit-norm gradients (subset, full fine-tuning)",
+         "dualsft": "DualSFT (unit-norm gradients; subset, full fine-tuning)",
+         "dualsft_raw": "DualSFT, unnormalised gradients (subset, full fine-tuning)",
          "dualsft_masked": "DualSFT (subset, trained through its 5% mask)",
          "random_dualsft_mask": "random subset, trained through DualSFT's mask",
          "gast": "GAST (layer subsets)"}
@@ -193,8 +194,8 @@ def spec_for(arm: str, args, budget: str, stage: str = "task", seed: int = 0):
                      target="target" if stage == "task" else None)
     if "_noharm" in arm:
         spec.harm = "off"
-    if "_unit" in arm:
-        spec.gradient = dataclasses.replace(spec.gradient, normalize="unit")
+    if "_raw" in arm:  # unit-norm is the default (bench arms before session 11 had "_unit")
+        spec.gradient = dataclasses.replace(spec.gradient, normalize="none")
     spec.version = 1 if stage == "instruction" else 2
     return spec
 

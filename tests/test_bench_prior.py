@@ -99,3 +99,14 @@ def test_tiny_run_on_two_workers_resumes_from_its_cache_on_one(tmp_path):
         return report.split("## Go / no-go")[1].split("## Arms")[0]
 
     assert controls(first) == controls(second)
+
+
+def test_the_unnormalised_dualsft_arm_differs_from_the_default():
+    # A bug fix: the "_unit" arm set what is already the default, so "unit over none" compared
+    # two identical selections (+0.0000 [+0.0000, +0.0000]); "_raw" is the variant now.
+    args = SimpleNamespace(weight=1.0)
+    default = quality_prior.spec_for("dualsft", args, "15%")
+    raw = quality_prior.spec_for("dualsft_raw", args, "15%")
+    assert default.method == raw.method == "dualsft"
+    assert default.gradient.normalize == "unit"
+    assert raw.gradient.normalize == "none"
