@@ -64,9 +64,9 @@ ARMS_QUICK = ("oracle_clean", "oracle_dirty", "random", "rds", "delift+both")
 ARMS_FULL = ("oracle_clean", "oracle_dirty", "random", "rds", "rds+filter", "rds+modular",
              "rds+both", "delift", "delift+filter", "delift+modular", "delift+both",
              "delift_gated", "delift_pl2+both", "delift_noharm+both", "dualsft",
-             "dualsft+filter", "dualsft_raw", "dualsft_masked", "random_dualsft_mask", "gast")
+             "dualsft+filter", "dualsft_unit", "dualsft_masked", "random_dualsft_mask", "gast")
 # Arm variants: a method name with a suffix that changes one option (see ``select``).
-VARIANTS = ("_gated", "_nll", "_pl2", "_noharm", "_raw", "_masked")
+VARIANTS = ("_gated", "_nll", "_pl2", "_noharm", "_raw", "_unit", "_masked")
 CURVE_ARMS = ("random", "rds", "delift+both")
 # (arm, against, what the difference measures): each pair differs in one choice
 ISOLATE = (
@@ -76,8 +76,8 @@ ISOLATE = (
     ("delift", "delift_gated", "dense answer-token DELIFT over kNN-gated whole-response"),
     # nll is the default since session 8, so the prob-l2 arm is the variant now
     ("delift+both", "delift_pl2+both", "distance nll over prob-l2 (with the prior)"),
-    # unit-norm is the default since session 8, so the unnormalised arm is the variant
-    ("dualsft", "dualsft_raw", "DualSFT: unit-norm gradients over none"),
+    # the default is unnormalised again since session 11 (unit-norm from session 8 to 10)
+    ("dualsft", "dualsft_unit", "DualSFT: the default (unnormalised) over unit-norm gradients"),
     ("dualsft+filter", "dualsft", "DualSFT: the prior's filter"),
     ("dualsft_masked", "random_dualsft_mask", "DualSFT's subset, both through its mask"),
     ("dualsft_masked", "dualsft", "DualSFT's mask, both on its subset"),
@@ -86,8 +86,9 @@ LABEL = {"oracle_clean": "oracle-clean (control)", "oracle_dirty": "oracle-dirty
          "random": "random", "rds": "RDS+", "delift": "DELIFT",
          "delift_gated": "DELIFT, kNN-gated, whole response (before issue 24)",
          "delift_nll": "DELIFT, distance nll", "delift_pl2": "DELIFT, distance prob-l2", "delift_noharm": "DELIFT, harm rule off",
-         "dualsft": "DualSFT (unit-norm gradients; subset, full fine-tuning)",
+         "dualsft": "DualSFT (subset, full fine-tuning)",
          "dualsft_raw": "DualSFT, unnormalised gradients (subset, full fine-tuning)",
+         "dualsft_unit": "DualSFT, unit-norm gradients (subset, full fine-tuning)",
          "dualsft_masked": "DualSFT (subset, trained through its 5% mask)",
          "random_dualsft_mask": "random subset, trained through DualSFT's mask",
          "gast": "GAST (layer subsets)"}
@@ -194,8 +195,12 @@ def spec_for(arm: str, args, budget: str, stage: str = "task", seed: int = 0):
                      target="target" if stage == "task" else None)
     if "_noharm" in arm:
         spec.harm = "off"
-    if "_raw" in arm:  # unit-norm is the default (bench arms before session 11 had "_unit")
+    # the normalisation named whatever the default is (a variant that sets the default
+    # compares a selection with itself)
+    if "_raw" in arm:
         spec.gradient = dataclasses.replace(spec.gradient, normalize="none")
+    if "_unit" in arm:
+        spec.gradient = dataclasses.replace(spec.gradient, normalize="unit")
     spec.version = 1 if stage == "instruction" else 2
     return spec
 

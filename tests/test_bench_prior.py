@@ -101,12 +101,21 @@ def test_tiny_run_on_two_workers_resumes_from_its_cache_on_one(tmp_path):
     assert controls(first) == controls(second)
 
 
-def test_the_unnormalised_dualsft_arm_differs_from_the_default():
-    # A bug fix: the "_unit" arm set what is already the default, so "unit over none" compared
-    # two identical selections (+0.0000 [+0.0000, +0.0000]); "_raw" is the variant now.
+def test_the_dualsft_normalisation_arms_name_their_setting():
+    # A bug fix: the "_unit" arm set what was then the default, so "unit over none" compared
+    # one selection with itself (+0.0000 [+0.0000, +0.0000]). Each variant now names its
+    # setting, and the isolating pair compares the default with the other one.
     args = SimpleNamespace(weight=1.0)
-    default = quality_prior.spec_for("dualsft", args, "15%")
-    raw = quality_prior.spec_for("dualsft_raw", args, "15%")
-    assert default.method == raw.method == "dualsft"
-    assert default.gradient.normalize == "unit"
-    assert raw.gradient.normalize == "none"
+    spec = {arm: quality_prior.spec_for(arm, args, "15%")
+            for arm in ("dualsft", "dualsft_raw", "dualsft_unit")}
+    assert {s.method for s in spec.values()} == {"dualsft"}
+    assert spec["dualsft_raw"].gradient.normalize == "none"
+    assert spec["dualsft_unit"].gradient.normalize == "unit"
+    # pairs that differ in their selection's spec (the others differ in scoring options or
+    # in training, which select() and the trainer set by name)
+    elsewhere = ("_gated", "_nll", "_pl2", "_masked", "random_")
+    for arm, against, _ in quality_prior.ISOLATE:
+        if any(m in arm or m in against for m in elsewhere):
+            continue
+        assert quality_prior.spec_for(arm, args, "15%") != \
+            quality_prior.spec_for(against, args, "15%"), (arm, against)

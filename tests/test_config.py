@@ -249,7 +249,7 @@ def test_gradient_settings_are_a_stage_mapping():
     assert r.stages[1].gradient == GradientOptions()  # warm-up, signed, no spread
     assert (GradientOptions().warmup_steps, GradientOptions().mask_rank,
             GradientOptions().mask_spread, GradientOptions().normalize) == (10, "signed", 0.0,
-                                                                            "unit")
+                                                                            "none")
     assert recipe_from_dict(r.to_dict()) == r
 
 

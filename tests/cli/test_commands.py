@@ -316,11 +316,11 @@ def test_dualsft_options_reach_the_stage_and_are_checked_first(built, monkeypatc
     assert fail("select", "-d", "d", "--store", built, "--method", "dualsft",
                 "--warmup-steps", "4", "--grad-eta", "1e-4", "--lambda-new", "0.5",
                 "--lambda-prior", "2", "--tau", "1.5", "--mask-rank", "abs",
-                "--mask-spread", "0.25", "--grad-normalize", "none") == "stopped before scoring"
-    assert seen[0].gradient == GradientOptions(4, 1e-4, 0.5, 2.0, 1.5, "abs", 0.25, "none")
+                "--mask-spread", "0.25", "--grad-normalize", "unit") == "stopped before scoring"
+    assert seen[0].gradient == GradientOptions(4, 1e-4, 0.5, 2.0, 1.5, "abs", 0.25, "unit")
     fail("select", "-d", "d", "--store", built, "--method", "dualsft")
     assert seen[1].gradient == GradientOptions()
-    assert seen[1].gradient.warmup_steps > 0 and seen[1].gradient.normalize == "unit"
+    assert seen[1].gradient.warmup_steps > 0 and seen[1].gradient.normalize == "none"
 
 
 def test_a_locked_store_fails_with_one_line(tmp_path, monkeypatch):

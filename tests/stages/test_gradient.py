@@ -127,7 +127,7 @@ def test_dualsft_record_states_the_gradient_settings_and_the_prior(gstore, lm):
     cfg = get_selection(gstore, default.selection_id).config
     assert cfg["gradient"] == {"warmup_steps": 10, "eta": 2e-5, "lambda_new": 1.0,
                                "lambda_prior": 1.0, "tau": 2.0, "mask_rank": "signed",
-                               "mask_spread": 0.0, "normalize": "unit"}
+                               "mask_spread": 0.0, "normalize": "none"}
     assert cfg["v_prior"].startswith("kl to reference")  # warmed up by default
     cold = select_stage(gstore, "d", StageSpec(method="dualsft", budget="4",
                                                gradient=GradientOptions(warmup_steps=0)),
