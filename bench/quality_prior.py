@@ -74,6 +74,8 @@ ISOLATE = (
     ("delift+both", "delift+modular", "the prior's filter, over its term alone"),
     ("delift+both", "delift_noharm+both", "the harm rule (mean+fit) with the prior"),
     ("delift", "delift_gated", "dense answer-token DELIFT over kNN-gated whole-response"),
+    ("delift+both", "delift_gated+both",
+     "dense answer-token DELIFT over kNN-gated whole-response (with the prior)"),
     # nll is the default since session 8, so the prob-l2 arm is the variant now
     ("delift+both", "delift_pl2+both", "distance nll over prob-l2 (with the prior)"),
     # the default is unnormalised again since session 11 (unit-norm from session 8 to 10)
@@ -598,27 +600,33 @@ def main(argv: list[str] | None = None) -> int:
     base = trainer.run([], 0, tag="base")
 
     curve: dict[str, dict[str, list[dict]]] = {}
+    curve_info: dict[str, dict[str, dict[str, Any]]] = {}
     for budget in args.curve:
-        curve[budget] = {}
+        curve[budget], curve_info[budget] = {}, {}
         for arm in CURVE_ARMS:
             if arm == "random":
-                outs = [select(args, store, lm, "random", budget, seed=s)[0]
+                outs = [select(args, store, lm, "random", budget, seed=s)
                         for s in range(args.train_seeds)]
                 curve[budget][arm] = [trainer.run([by_id[i] for i in o.sample_ids], s,
                                                   tag=f"random@{budget}")
-                                      for s, o in enumerate(outs)]
+                                      for s, (o, _) in enumerate(outs)]
+                out, secs = outs[0]  # random's row describes subset 0
             else:
-                out, _ = select(args, store, lm, arm, budget)
+                out, secs = select(args, store, lm, arm, budget)
                 curve[budget][arm] = [trainer.run([by_id[i] for i in out.sample_ids], s,
                                                   tag=f"{arm}@{budget}")
                                       for s in range(args.train_seeds)]
+            curve_info[budget][arm] = _describe(out, labels, secs, store, rds_ids)
+    if curve and all(a in runs for a in CURVE_ARMS):  # the main budget joins its curve
+        curve[args.budget] = {a: runs[a] for a in CURVE_ARMS}
+        curve_info[args.budget] = {a: sel_info[a] for a in CURVE_ARMS}
 
     stages = {} if args.no_stages else stage_shares(args, store, lm, labels)
     aucs = signal_aucs(store, lm, data)
     runs, base, curve = resolve(runs), resolve(base), resolve(curve)
     trainer.close()
     write_report(args, data, sel_info, runs, base, curve, stages, aucs,
-                 time.monotonic() - started)
+                 time.monotonic() - started, curve_info)
     print(f"wrote {args.out}", flush=True)
     return 0
 
@@ -756,7 +764,8 @@ def _diff_line(name: str, method: list[dict], baseline: list[dict], metric: str,
             d.mean, (d.high - d.low) / 2)
 
 
-def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds) -> None:
+def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds,
+                 curve_info=None) -> None:
     import torch
     from _machine import cpu_name
 
@@ -829,16 +838,30 @@ def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds)
             y, _, _ = _diff_line(a, runs[a], runs[b], "acc", args.boot)
             lines.append(f"| {why} | {label(a)} | {label(b)} | {x[1]} | {y[1]} |")
     if curve:
-        lines += ["", "## Budget curve (paired against random at the same budget)", "",
-                  "| budget | arm | answer loss (95% CI) | option acc (95% CI) |",
-                  "|---|---|---|---|"]
-        for budget, arms in curve.items():
+        curve_info = curve_info or {}
+        lines += ["", "## Budget curve (paired at the same budget)", "",
+                  "Answer loss: the mean, then paired differences against random and RDS+ "
+                  "(positive = better); option accuracy against random. Selections: rows of "
+                  "the target family, corrupted ones among them (random: subset 0).", "",
+                  "| budget | arm | answer loss | vs random (95% CI) | vs RDS+ (95% CI) | "
+                  "option acc vs random (95% CI) | in family | corrupted in family |",
+                  "|---|---|---|---|---|---|---|---|"]
+        n_pool = len(data.pool)
+        for budget in sorted(curve, key=lambda b: _count(b, n_pool)):
+            arms = curve[budget]
             for arm, rs in arms.items():
-                if arm == "random":
-                    continue
-                a, _, _ = _diff_line(arm, rs, arms["random"], "loss", args.boot)
-                b, _, _ = _diff_line(arm, rs, arms["random"], "acc", args.boot)
-                lines.append(f"| {budget} | {label(arm)} | {a[1]} | {b[1]} |")
+                info = curve_info.get(budget, {}).get(arm, {})
+                cells = [f"{budget} ({_count(budget, n_pool)})", label(arm),
+                         f"{np.mean([np.mean(r['loss']) for r in rs]):.4f}"]
+                for ref in ("random", "rds"):
+                    cells.append("" if arm == ref or ref not in arms or (
+                        ref == "rds" and arm == "random") else
+                        _diff_line(arm, rs, arms[ref], "loss", args.boot)[0][1])
+                cells.append("" if arm == "random" else
+                             _diff_line(arm, rs, arms["random"], "acc", args.boot)[0][1])
+                cells += [str(info.get("in_family", "")),
+                          str(info.get("corrupt_in_family", ""))]
+                lines.append("| " + " | ".join(cells) + " |")
     if stages:
         names = ("instruction", "task", "continual")
         lines += ["", "## Corrupted rows per stage (share of the selection / base rate)", "",

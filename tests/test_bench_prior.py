@@ -101,6 +101,32 @@ def test_tiny_run_on_two_workers_resumes_from_its_cache_on_one(tmp_path):
     assert controls(first) == controls(second)
 
 
+@pytest.mark.slow
+def test_tiny_budget_curve_compares_each_budget_with_random_and_rds(tmp_path):
+    # The curve's table: every budget (the main one included), each arm's mean loss, its
+    # paired differences against random and RDS+ at that budget, and what it selected.
+    argv = ["--model", "tiny", "--workdir", str(tmp_path), "--no-stages", "--arms",
+            "random", "rds", "delift+both", "--train-seeds", "2", "--curve", "30%",
+            "--workers", "1"]
+    assert quality_prior.main(argv) == 0
+    report = (tmp_path / "quality_prior.md").read_text()
+    table = report.split("## Budget curve")[1].split("## AUC")[0]
+    rows = [[c.strip() for c in r.strip().strip("|").split("|")]
+            for r in table.splitlines() if r.startswith(("| 15%", "| 30%"))]
+    assert [(r[0].split()[0], r[1]) for r in rows] == [
+        (b, a) for b in ("15%", "30%")
+        for a in ("random", "RDS+", "DELIFT + prior (drop auto, weight)")]
+    for _budget, arm, loss, vs_random, vs_rds, acc, in_family, corrupted in rows:
+        float(loss)
+        assert int(in_family) >= int(corrupted) >= 0
+        if arm == "random":  # nothing to pair it with
+            assert vs_random == vs_rds == acc == ""
+        elif arm == "RDS+":
+            assert vs_random.startswith(("+", "-")) and vs_rds == ""
+        else:
+            assert vs_random.startswith(("+", "-")) and vs_rds.startswith(("+", "-"))
+
+
 def test_the_dualsft_normalisation_arms_name_their_setting():
     # A bug fix: the "_unit" arm set what was then the default, so "unit over none" compared
     # one selection with itself (+0.0000 [+0.0000, +0.0000]). Each variant now names its
