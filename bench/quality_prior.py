@@ -363,8 +363,10 @@ class Trainer:
                 "eval": self.evaluator.eval_id,
                 # runs before the autocast fix (every step saw the base weights) are not
                 # reused; "head-gathered": the head on response positions only, fp32
-                # short-row attention (the same loss, other bf16 rounding)
-                "train": "autocast-uncached-head-gathered"}
+                # short-row attention (the same loss, other bf16 rounding); "unpadded-
+                # fused": length-sorted micro-batches and fused AdamW (the same steps,
+                # other rounding)
+                "train": "autocast-uncached-head-gathered-unpadded-fused"}
         if layer_scores is not None:  # GAST sampled per batch (added later: keys kept)
             what["layer_scores"] = True
         if mask is not None:  # added later: keys without a mask kept

@@ -13,6 +13,7 @@ from curator.scoring.encoding import (
     encode_ids,
     has_chat_template,
     length_batches,
+    length_groups,
     render,
     tokenize,
 )
@@ -88,3 +89,42 @@ def test_collate_pads_right_and_masks_prompt_and_padding():
 def test_length_batches_longest_first():
     assert length_batches([3, 9, 1, 9, 5], 2) == [[1, 3], [4, 0], [2]]
     assert length_batches([], 4) == []
+
+
+def _cost(lengths, groups, overhead):
+    return sum(len(g) * max(lengths[i] for i in g) + overhead for g in groups)
+
+
+def _partitions(items):
+    """Every set partition of ``items`` (the brute-force reference)."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _partitions(rest):
+        for k in range(len(part)):
+            yield part[:k] + [[first] + part[k]] + part[k + 1:]
+        yield [[first]] + part
+
+
+def test_length_groups_by_hand():
+    # one long row among short ones: 4 x 100 + 32 = 432 as one batch, 100 + 32 + 30 + 32
+    # = 194 split; rows of one length stay together (a split only adds overhead)
+    assert length_groups([10, 100, 10, 10], overhead=32) == [[1], [0, 2, 3]]
+    assert length_groups([10, 10, 10, 10], overhead=32) == [[0, 1, 2, 3]]
+    # near lengths: 3 x 60 + 32 = 212 against 60 + 2 x 50 + 64 = 224, so together
+    assert length_groups([50, 60, 50], overhead=32) == [[1, 0, 2]]
+    assert length_groups([], overhead=32) == []
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_length_groups_is_the_cheapest_partition(seed):
+    import random
+
+    rng = random.Random(seed)
+    lengths = [rng.randint(5, 300) for _ in range(rng.randint(1, 7))]
+    overhead = rng.choice([0, 16, 32, 100])
+    groups = length_groups(lengths, overhead=overhead)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    best = min(_cost(lengths, p, overhead) for p in _partitions(list(range(len(lengths)))))
+    assert _cost(lengths, groups, overhead) == best

@@ -107,3 +107,29 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Index batches of similar length (longest first), so padding stays small."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def length_groups(lengths: Sequence[int], overhead: int = 32) -> list[list[int]]:
+    """Split one batch into micro-batches of similar length that compute the fewest tokens.
+
+    A micro-batch costs its rows times its longest row (padding costs as much as a real
+    token on a CPU), plus ``overhead`` token-equivalents for running one more forward and
+    backward (per-call work, less efficient small matrices). The exact minimum over
+    contiguous runs of the length-sorted rows (an optimal partition is contiguous there;
+    a batch is small, so the quadratic search is nothing). Index lists into ``lengths``,
+    longest first; ``[]`` for no rows.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: the cheapest split of the first j rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # the last micro-batch is order[i:j]; its longest row is order[i]
+            cost = best[i] + (j - i) * lengths[order[i]] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]

@@ -37,7 +37,7 @@ from curator.config import TRAIN_DEFAULTS as _D
 from curator.models import LoadedModel, pad_token_id
 from curator.outputs.mask_files import validate_mask
 from curator.records import Sample
-from curator.scoring.encoding import collate
+from curator.scoring.encoding import collate, length_groups
 from curator.scoring.gradients import (
     CONV1D,
     OTHER_LAYER,
@@ -115,7 +115,12 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0,
         raise ValueError("no parameter requires grad: nothing to optimise")
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
+    # The fused kernel: the same update (to float rounding) in one pass over the state;
+    # for full fine-tuning of SmolLM2 on a CPU thread, 0.13 s a step instead of 0.59 s.
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                for p in decay + no_decay)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas,
+                             fused=fused or None)
 
 
 # ---------------------------------------------------------------- layer-wise gradients
@@ -305,7 +310,8 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
           outside_layers: str = "union", max_grad_norm: float | None = None,
           progress: bool | Callable[[int, int, float], None] = False,
           layer_scores: Mapping[str, Mapping[int | str, float]] | None = None,
-          layer_share: float = 0.5, temperature: float = 1.0) -> TrainResult:
+          layer_share: float = 0.5, temperature: float = 1.0,
+          unpad: bool | None = None) -> TrainResult:
     """Fine-tune on the response-token loss (batch mean of per-sample mean losses).
 
     ``mask``: train only its True coordinates. ``layer_subsets``: layer key -> sample
@@ -318,6 +324,12 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
     without them) and in every batch each layer learns from rows drawn from the batch rows
     it scored (``curator.selection.gast.batch_layer_picks`` with ``layer_share`` and
     ``temperature``); ``layer_subsets`` then only bound the union.
+    ``unpad``: run each batch as length-sorted micro-batches (``length_groups``) and sum
+    their gradients: the same gradient, since the loss is a mean of per-row means and rows
+    do not interact, without computing padding (dropout, where a model has it, draws other
+    masks). Default: on a CPU, where a padded token costs as much as a real one (on a GPU
+    a wide batch is nearly free). GAST batches stay whole (their per-layer row weights are
+    set per batch).
     """
     model, tok, ctx = _unpack(lm_or_model, tokenizer)
     if not samples:
@@ -371,6 +383,7 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
         layer_rows: dict[str, int] = {}
         if scored is None and subsets is not None:
             layer_rows = {k: len(v) for k, v in subsets.items()}
+        split = device.type == "cpu" if unpad is None else unpad
         model.train()
         with layered as lw:
             step = 0
@@ -380,26 +393,28 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
                     if step >= total:
                         break
                     idx = order[start:start + batch_size]
-                    batch = collate([encoded[i] for i in idx], pad, device)
+                    opt.zero_grad(set_to_none=True)
                     if lw is not None:
+                        # GAST: its per-layer row weights need the whole batch and the
+                        # head's rows of it
+                        batch = collate([encoded[i] for i in idx], pad, device)
                         picked = None if scored is None else _batch_picks(
                             idx, scored, layer_share, temperature, pick_gen)
                         lw.set_batch(idx, device, picked)
                         for key, rows in (picked or {}).items():
                             layer_rows[key] = layer_rows.get(key, 0) + len(rows)
-                    # The output head on the response positions only (the same loss; the
-                    # head is a fifth of SmolLM2's forward and the answer a tenth of a
-                    # row). GAST's per-layer row weights need the head's batch rows.
-                    losses_of = batch_losses if lw is not None else response_losses
-                    loss = losses_of(model, batch).mean()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                        loss = batch_losses(model, batch).mean()
+                        loss.backward()
+                        value = float(loss.detach())
+                    else:
+                        value = _accumulate(model, [encoded[i] for i in idx], pad, device,
+                                           split)
                     if max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(
                             [p for p in model.parameters() if p.requires_grad], max_grad_norm)
                     opt.step()
                     step += 1
-                    losses.append(float(loss.detach()))
+                    losses.append(value)
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -415,6 +430,22 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
             handle.remove()
     sampling = None if subsets is None else "static" if scored is None else "batch"
     return TrainResult(len(losses), losses, opt, len(pool), layer_rows, sampling)
+
+
+def _accumulate(model: nn.Module, rows: Sequence, pad: int, device: torch.device,
+                split: bool) -> float:
+    """Backpropagate the batch's loss (the mean of its rows' mean response losses), as one
+    padded batch or as length-sorted micro-batches whose gradients add up to the same.
+    The output head runs on the response positions only (``response_losses``: the head is a
+    fifth of SmolLM2's forward and the answer a tenth of a row). Returns the loss."""
+    groups = length_groups([len(r.input_ids) for r in rows]) if split else [range(len(rows))]
+    total = 0.0
+    for g in groups:
+        part = response_losses(model, collate([rows[i] for i in g], pad, device)).sum()
+        part = part / len(rows)
+        part.backward()
+        total += float(part.detach())
+    return total
 
 
 def _scored_rows(values: Mapping[int | str, float], samples: Sequence[Sample],

@@ -196,3 +196,37 @@ def test_training_on_response_logits_matches_full_logits(arch, make_samples, mon
     # so rounding there shows at ~1e-6 (steps here are up to 3e-2)
     for name, value in w_full.items():
         torch.testing.assert_close(w_fast[name], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_unpadded_micro_batches_train_like_one_padded_batch(arch, make_samples, monkeypatch):
+    # On a CPU a batch runs as length-sorted micro-batches (no padding computed) whose
+    # gradients add up to the padded batch's: the same losses and weights.
+    import curator.training.finetune as ft
+
+    samples = make_samples(7, seed=3, response_words=(1, 40))
+    calls = []
+    real_collate = ft.collate
+    monkeypatch.setattr(ft, "collate", lambda rows, *a: calls.append(len(rows))
+                        or real_collate(rows, *a))
+    runs = []
+    for unpad in (True, False):
+        calls.clear()
+        lm = tiny_loaded_model(arch, seed=0)
+        for m in lm.model.modules():  # gpt2's dropout draws depend on the batch's shape
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        res = train(lm, None, samples, steps=3, lr=1e-2, batch_size=4, seed=1, unpad=unpad,
+                    weight_decay=0.1)
+        runs.append((res.losses, {k: v.clone() for k, v in lm.model.state_dict().items()},
+                     list(calls)))
+    (split, w_split, c_split), (whole, w_whole, c_whole) = runs
+    assert c_whole == [4, 3, 4] and len(c_split) > 3 and sum(c_split) == 11
+    np.testing.assert_allclose(split, whole, rtol=1e-5)
+    for name, value in w_whole.items():  # AdamW's rounding at ~0 gradients: see above
+        torch.testing.assert_close(w_split[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_optimizer_is_fused_on_cpu(tiny_llama):
+    opt = build_optimizer(tiny_llama.model, 1e-3)
+    assert opt.defaults["fused"] is True
