@@ -32,9 +32,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _machine import cpu_name  # noqa: E402
-from bench_gradients import t0_samples  # noqa: E402
+from bench_gradients import DATA, t0_samples  # noqa: E402
 
 import curator.training.finetune as ft  # noqa: E402
+from curator.records import Sample  # noqa: E402
 
 SEED = 1  # the training seed: the batch order
 # (label, unpad, fused)
@@ -61,6 +62,24 @@ def optimizer(fused: bool):
         ft.build_optimizer = build
 
 
+def mixed_samples(n: int, seed: int = 0) -> list[Sample]:
+    """A pool as curation sees one: three T0 rows to one GSM8K train row (worked solutions,
+    several times longer), shuffled."""
+    import json
+    import random
+
+    long_rows = []
+    with (DATA.parent / "gsm8k" / "train_first2000.jsonl").open() as fh:
+        for line in fh:
+            r = json.loads(line)
+            long_rows.append(Sample.from_pair(r["question"], r["answer"], {"task": "gsm8k"}))
+            if len(long_rows) == n // 4:
+                break
+    rows = t0_samples(n - len(long_rows), seed) + long_rows
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
 def padding(samples, tok, batch_size: int, steps: int, seed: int) -> tuple[int, int, int]:
     """(real, padded, micro-batched) tokens of the timed steps (train's batch order; the
     first batch is the warm-up step)."""
@@ -74,7 +93,7 @@ def padding(samples, tok, batch_size: int, steps: int, seed: int) -> tuple[int, 
         lengths = [len(enc[i].input_ids) for i in order[s * batch_size:(s + 1) * batch_size]]
         real += sum(lengths)
         padded += len(lengths) * max(lengths)
-        micro += sum(len(g) * max(lengths[i] for i in g) for g in length_groups(lengths))
+        micro += sum(len(g) * max(lengths[i] for i in g) for g in length_groups(lengths, ft.MICRO_BATCH_OVERHEAD))
     return real, padded, micro
 
 
@@ -92,52 +111,53 @@ def main(argv: list[str] | None = None) -> int:
     lm = load_model(None, dtype="fp32")
     base = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
     n = args.batch_size * (args.steps + 1)
-    samples = t0_samples(n, seed=0)
-    real, padded, micro = padding(samples, lm.tokenizer, args.batch_size, args.steps, SEED)
+    pools = {"T0 rows": t0_samples(n, seed=0), "T0 and GSM8K, 3:1": mixed_samples(n, seed=0)}
     bf16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text() \
         if Path("/proc/cpuinfo").exists() else False
     modes = [("fp32 (curator train)", None)]
     if bf16:
         modes.append(("bf16 autocast (bench/quality_prior.py)", torch.bfloat16))
-    rows = []
-    for mode, dtype in modes:
-        for label, unpad, fused in CONFIGS:
-            lm.model.load_state_dict(base)
-            cast = torch.autocast("cpu", dtype=dtype, cache_enabled=False) if dtype \
-                else contextlib.nullcontext()
-            times: list[float] = []
-            last = [time.perf_counter()]
-
-            def tick(step, total, loss, times=times, last=last):
-                now = time.perf_counter()
-                times.append(now - last[0])
-                last[0] = now
-
-            with optimizer(fused), cast:
-                last[0] = time.perf_counter()
-                res = ft.train(lm, None, samples, steps=args.steps + 1, lr=1e-5,
-                               batch_size=args.batch_size, seed=SEED, unpad=unpad,
-                               progress=tick)
-            per_step = sum(times[1:]) / args.steps  # the first step warms up
-            rows.append((mode, label, per_step, res.losses[-1]))
-            print(f"{mode} | {label}: {per_step:.2f} s a step, last loss {res.losses[-1]:.4f}",
-                  flush=True)
     lines = ["# Fine-tuning steps: micro-batches and fused AdamW", "",
-             f"Command: `.venv/bin/python bench/bench_train.py --steps {args.steps}`. "
+             f"Command: `{' '.join(['.venv/bin/python bench/bench_train.py'] + sys.argv[1:])}`. "
              f"Machine: {cpu_name()}, {torch.get_num_threads()} torch threads, "
              f"torch {torch.__version__}, Python {platform.python_version()}.", "",
              f"SmolLM2-135M-Instruct, full fine-tuning, batch {args.batch_size}, "
-             f"{args.steps} timed steps after one warm-up step, T0 rows of mixed length: "
-             f"{real} real tokens in the timed steps' batches, {padded} with padding "
-             f"({padded / real:.2f}x), {micro} as micro-batches ({micro / real:.2f}x).", "",
-             "| training | configuration | s a step | speed-up over before | last loss |",
-             "|---|---|---|---|---|"]
-    for mode, _ in modes:
-        ref = next(r[2] for r in rows if r[0] == mode)
-        for m, label, per_step, loss in rows:
-            if m == mode:
+             f"{args.steps} timed steps after one warm-up step; micro-batches count "
+             f"{ft.MICRO_BATCH_OVERHEAD} tokens for each extra forward.", ""]
+    for pool, samples in pools.items():
+        real, padded, micro = padding(samples, lm.tokenizer, args.batch_size, args.steps,
+                                      SEED)
+        lines += [f"## {pool}", "", f"{real} real tokens in the timed steps' batches, "
+                  f"{padded} with padding ({padded / real:.2f}x), {micro} as micro-batches "
+                  f"({micro / real:.2f}x).", "",
+                  "| training | configuration | s a step | speed-up over before | last loss |",
+                  "|---|---|---|---|---|"]
+        for mode, dtype in modes:
+            ref = None
+            for label, unpad, fused in CONFIGS:
+                lm.model.load_state_dict(base)
+                cast = torch.autocast("cpu", dtype=dtype, cache_enabled=False) if dtype \
+                    else contextlib.nullcontext()
+                times: list[float] = []
+                last = [time.perf_counter()]
+
+                def tick(step, total, loss, times=times, last=last):
+                    now = time.perf_counter()
+                    times.append(now - last[0])
+                    last[0] = now
+
+                with optimizer(fused), cast:
+                    last[0] = time.perf_counter()
+                    res = ft.train(lm, None, samples, steps=args.steps + 1, lr=1e-5,
+                                   batch_size=args.batch_size, seed=SEED, unpad=unpad,
+                                   progress=tick)
+                per_step = sum(times[1:]) / args.steps  # the first step warms up
+                ref = ref or per_step
+                print(f"{pool} | {mode} | {label}: {per_step:.2f} s a step, last loss "
+                      f"{res.losses[-1]:.4f}", flush=True)
                 lines.append(f"| {mode} | {label} | {per_step:.2f} | {ref / per_step:.2f}x "
-                             f"| {loss:.4f} |")
+                             f"| {res.losses[-1]:.4f} |")
+        lines.append("")
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0

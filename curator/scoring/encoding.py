@@ -109,7 +109,7 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def length_groups(lengths: Sequence[int], overhead: int = 32) -> list[list[int]]:
+def length_groups(lengths: Sequence[int], overhead: int) -> list[list[int]]:
     """Split one batch into micro-batches of similar length that compute the fewest tokens.
 
     A micro-batch costs its rows times its longest row (padding costs as much as a real

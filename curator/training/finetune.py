@@ -115,8 +115,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0,
         raise ValueError("no parameter requires grad: nothing to optimise")
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernel: the same update (to float rounding) in one pass over the state;
-    # for full fine-tuning of SmolLM2 on a CPU thread, 0.13 s a step instead of 0.59 s.
+    # The fused kernel: the same update (to float rounding) in one pass over the state.
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
                 for p in decay + no_decay)
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas,
@@ -432,13 +431,20 @@ def train(lm_or_model: LoadedModel | nn.Module, tokenizer: object | None,
     return TrainResult(len(losses), losses, opt, len(pool), layer_rows, sampling)
 
 
+# What one more forward and backward costs, in padded tokens (per-call work; smaller
+# matrices use threads less well), so a batch is only split where its padding costs more.
+# Rough, from bench/bench_train.py's timings of SmolLM2 on two CPU threads.
+MICRO_BATCH_OVERHEAD = 128
+
+
 def _accumulate(model: nn.Module, rows: Sequence, pad: int, device: torch.device,
                 split: bool) -> float:
     """Backpropagate the batch's loss (the mean of its rows' mean response losses), as one
     padded batch or as length-sorted micro-batches whose gradients add up to the same.
     The output head runs on the response positions only (``response_losses``: the head is a
     fifth of SmolLM2's forward and the answer a tenth of a row). Returns the loss."""
-    groups = length_groups([len(r.input_ids) for r in rows]) if split else [range(len(rows))]
+    groups = length_groups([len(r.input_ids) for r in rows], MICRO_BATCH_OVERHEAD) \
+        if split else [range(len(rows))]
     total = 0.0
     for g in groups:
         part = response_losses(model, collate([rows[i] for i in g], pad, device)).sum()
