@@ -767,7 +767,7 @@ def _diff_line(name: str, method: list[dict], baseline: list[dict], metric: str,
 
 
 def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds,
-                 curve_info=None) -> None:
+                 curve_info) -> None:
     import torch
     from _machine import cpu_name
 
@@ -840,7 +840,6 @@ def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds,
             y, _, _ = _diff_line(a, runs[a], runs[b], "acc", args.boot)
             lines.append(f"| {why} | {label(a)} | {label(b)} | {x[1]} | {y[1]} |")
     if curve:
-        curve_info = curve_info or {}
         lines += ["", "## Budget curve (paired at the same budget)", "",
                   "Answer loss: the mean, then paired differences against random and RDS+ "
                   "(positive = better); option accuracy against random. Selections: rows of "
@@ -852,17 +851,15 @@ def write_report(args, data, sel_info, runs, base, curve, stages, aucs, seconds,
         for budget in sorted(curve, key=lambda b: _count(b, n_pool)):
             arms = curve[budget]
             for arm, rs in arms.items():
-                info = curve_info.get(budget, {}).get(arm, {})
+                info = curve_info[budget][arm]
                 cells = [f"{budget} ({_count(budget, n_pool)})", label(arm),
                          f"{np.mean([np.mean(r['loss']) for r in rs]):.4f}"]
-                for ref in ("random", "rds"):
-                    cells.append("" if arm == ref or ref not in arms or (
-                        ref == "rds" and arm == "random") else
-                        _diff_line(arm, rs, arms[ref], "loss", args.boot)[0][1])
+                refs = CURVE_ARMS[:CURVE_ARMS.index(arm)]  # RDS+ against random, DELIFT both
+                cells += [_diff_line(arm, rs, arms[ref], "loss", args.boot)[0][1]
+                          if ref in refs else "" for ref in ("random", "rds")]
                 cells.append("" if arm == "random" else
                              _diff_line(arm, rs, arms["random"], "acc", args.boot)[0][1])
-                cells += [str(info.get("in_family", "")),
-                          str(info.get("corrupt_in_family", ""))]
+                cells += [str(info["in_family"]), str(info["corrupt_in_family"])]
                 lines.append("| " + " | ".join(cells) + " |")
     if stages:
         names = ("instruction", "task", "continual")
